@@ -1,0 +1,86 @@
+//! The library's error type.
+//!
+//! Every variant names the object, path or URL it is about, and its message is
+//! one sentence a user can act on. The CLI prints `Display` and exits non-zero;
+//! nothing in the library panics on input from a store, a disk or a user.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed (after retries) for a reason other than a missing object.
+    #[error("store error at {url} on {object}: {reason}")]
+    Store {
+        url: String,
+        object: String,
+        reason: String,
+    },
+
+    /// An object the repository needs is not in the store.
+    #[error("object {object} is missing from the store at {url}")]
+    Missing { url: String, object: String },
+
+    /// An object exists but does not decode, decrypt or verify.
+    #[error("object {object} is corrupt: {reason}")]
+    Corrupt { object: String, reason: String },
+
+    #[error("wrong passphrase (or key) for the repository at {url}")]
+    WrongKey { url: String },
+
+    #[error("no repository at {url} (create one with `secrate init`)")]
+    NoRepository { url: String },
+
+    #[error("a repository already exists at {url}")]
+    RepositoryExists { url: String },
+
+    #[error("the repository at {url} is locked by {holder}")]
+    Locked { url: String, holder: String },
+
+    #[error("this key can write but not read file contents ({what})")]
+    WriteOnly { what: String },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// Bad input from the user: one sentence saying what is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Error::Missing { .. })
+    }
+}
+
+/// Attach a path to an `io::Result`.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

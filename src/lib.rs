@@ -1,0 +1,15 @@
+//! secrate: a filesystem with its whole history inside it.
+//!
+//! Layers, top to bottom (dependencies point downward only):
+//! `ops` (backup, restore, check) → `repo` (the format: packs, index, trees,
+//! snapshots, keys, locks) → `crypto` / `chunk` → `store` (object stores by
+//! URL). The CLI (`src/cli`, binary only) is the one place that prints.
+
+pub mod chunk;
+pub mod crypto;
+pub mod error;
+pub mod progress;
+pub mod repo;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,356 @@
+//! The writer lock (`locks/writer`): one writer per repository at a time.
+//!
+//! Taken with a create-only put, so two writers racing for a free lock
+//! cannot both win. The holder refreshes it every `REFRESH` while working; a
+//! lock not refreshed for `STALE`, or held by a dead process on this host,
+//! may be broken. The holder checks its token on every refresh and before it
+//! commits (`WriterLock::check`), so a writer whose lock was broken stops
+//! instead of committing alongside another. The lock's contents (host, pid,
+//! time, purpose) are encrypted like every other metadata object.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::crypto::{random_bytes, Keyring};
+use crate::error::{Error, Result};
+use crate::repo::codec::{Dec, DecodeResult, Enc};
+use crate::repo::sealed;
+use crate::repo::snapshot::format_time;
+use crate::store::Store;
+
+pub const NAME: &str = "locks/writer";
+pub const MAGIC: &[u8; 7] = b"SECRATL";
+pub const VERSION: u8 = 1;
+pub const REFRESH: Duration = Duration::from_secs(60);
+pub const STALE: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    pub host: String,
+    pub pid: u32,
+    pub since_ns: i64,
+    pub refreshed_ns: i64,
+    pub token: [u8; 16],
+    pub purpose: String,
+}
+
+impl LockInfo {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::new();
+        e.bytes16(self.host.as_bytes())
+            .u32(self.pid)
+            .i64(self.since_ns)
+            .i64(self.refreshed_ns)
+            .raw(&self.token)
+            .bytes16(self.purpose.as_bytes());
+        e.finish()
+    }
+
+    pub fn decode(b: &[u8]) -> DecodeResult<LockInfo> {
+        let mut d = Dec::new(b);
+        let l = LockInfo {
+            host: d.string16()?,
+            pid: d.u32()?,
+            since_ns: d.i64()?,
+            refreshed_ns: d.i64()?,
+            token: d.array()?,
+            purpose: d.string16()?,
+        };
+        d.finish()?;
+        Ok(l)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} on host {} (pid {}) since {}",
+            self.purpose,
+            self.host,
+            self.pid,
+            format_time(self.since_ns)
+        )
+    }
+}
+
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+fn process_alive(pid: u32) -> bool {
+    // Signal 0 checks existence; EPERM means it exists under another user.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+struct Shared {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    lost: AtomicBool,
+    lost_reason: Mutex<Option<String>>,
+}
+
+/// A held writer lock; refreshed in the background, released on drop.
+pub struct WriterLock {
+    store: Store,
+    keys: Arc<Keyring>,
+    info: LockInfo,
+    shared: Arc<Shared>,
+    refresher: Option<JoinHandle<()>>,
+}
+
+fn read_lock(store: &Store, keys: &Keyring) -> Result<Option<(LockInfo, Bytes)>> {
+    let bytes = match store.get(NAME) {
+        Ok(b) => b,
+        Err(Error::Missing { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let plain =
+        sealed::open(keys, MAGIC, VERSION, &bytes).map_err(|e| Error::corrupt(NAME, e.0))?;
+    let info = LockInfo::decode(&plain).map_err(|e| Error::corrupt(NAME, e.0))?;
+    Ok(Some((info, bytes)))
+}
+
+impl WriterLock {
+    pub fn acquire(store: &Store, keys: Arc<Keyring>, purpose: &str) -> Result<WriterLock> {
+        let mut info = LockInfo {
+            host: hostname(),
+            pid: std::process::id(),
+            since_ns: now_ns(),
+            refreshed_ns: now_ns(),
+            token: random_bytes(),
+            purpose: purpose.to_string(),
+        };
+        for _ in 0..5 {
+            info.refreshed_ns = now_ns();
+            let bytes = sealed::seal(&keys, MAGIC, VERSION, &info.encode());
+            if store.put_new(NAME, Bytes::from(bytes))? {
+                return Ok(WriterLock::start(store.clone(), keys, info));
+            }
+            let (held, raw) = match read_lock(store, &keys) {
+                Ok(Some(x)) => x,
+                Ok(None) => continue, // released between our put and our read
+                Err(Error::Corrupt { .. }) => {
+                    // An unreadable lock protects nothing; only a stale one may go.
+                    match store.head(NAME)? {
+                        Some(m) if age(m.modified) > STALE => {
+                            store.delete(NAME)?;
+                            continue;
+                        }
+                        _ => return Err(Error::Locked {
+                            url: store.url().into(),
+                            holder:
+                                "an unreadable lock (it expires 10 minutes after its last write)"
+                                    .into(),
+                        }),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            let stale_by_time = now_ns() - held.refreshed_ns > STALE.as_nanos() as i64;
+            let dead_here =
+                held.host == info.host && held.pid != info.pid && !process_alive(held.pid);
+            if !(stale_by_time || dead_here) {
+                return Err(Error::Locked {
+                    url: store.url().into(),
+                    holder: held.describe(),
+                });
+            }
+            // Break the stale lock only if it is still the one we judged.
+            match store.get(NAME) {
+                Ok(again) if again == raw => store.delete(NAME)?,
+                Ok(_) | Err(Error::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Locked {
+            url: store.url().into(),
+            holder: "another writer (the lock kept changing hands)".into(),
+        })
+    }
+
+    fn start(store: Store, keys: Arc<Keyring>, info: LockInfo) -> WriterLock {
+        let shared = Arc::new(Shared {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            lost: AtomicBool::new(false),
+            lost_reason: Mutex::new(None),
+        });
+        let refresher = {
+            let (store, keys, shared, info) =
+                (store.clone(), keys.clone(), shared.clone(), info.clone());
+            std::thread::Builder::new()
+                .name("secrate-lock".into())
+                .spawn(move || refresh_loop(store, keys, shared, info))
+                .ok()
+        };
+        WriterLock {
+            store,
+            keys,
+            info,
+            shared,
+            refresher,
+        }
+    }
+
+    /// Fails if the lock was broken or could not be refreshed in time.
+    pub fn check(&self) -> Result<()> {
+        if self.shared.lost.load(Ordering::SeqCst) {
+            let why = self
+                .shared
+                .lost_reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default()
+                .unwrap_or_default();
+            return Err(Error::Locked {
+                url: self.store.url().into(),
+                holder: format!("another writer: our lock was lost ({why})"),
+            });
+        }
+        match read_lock(&self.store, &self.keys)? {
+            Some((held, _)) if held.token == self.info.token => Ok(()),
+            Some((held, _)) => Err(Error::Locked {
+                url: self.store.url().into(),
+                holder: held.describe(),
+            }),
+            None => Err(Error::Locked {
+                url: self.store.url().into(),
+                holder: "nobody: our lock was removed".into(),
+            }),
+        }
+    }
+
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+}
+
+fn age(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+fn refresh_loop(store: Store, keys: Arc<Keyring>, shared: Arc<Shared>, mut info: LockInfo) {
+    let mut last_ok = std::time::Instant::now();
+    loop {
+        {
+            let stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
+            let (stop, _) = shared
+                .wake
+                .wait_timeout_while(stop, REFRESH, |s| !*s)
+                .unwrap_or_else(|e| e.into_inner());
+            if *stop {
+                return;
+            }
+        }
+        // Ok: refreshed. Err((true, why)): someone else holds it now.
+        // Err((false, why)): the store failed; retry until STALE is near.
+        let result: std::result::Result<(), (bool, String)> = match read_lock(&store, &keys) {
+            Ok(Some((held, _))) if held.token == info.token => {
+                info.refreshed_ns = now_ns();
+                let bytes = sealed::seal(&keys, MAGIC, VERSION, &info.encode());
+                store
+                    .put(NAME, Bytes::from(bytes))
+                    .map_err(|e| (false, e.to_string()))
+            }
+            Ok(Some((held, _))) => Err((true, format!("taken over by {}", held.describe()))),
+            Ok(None) => Err((true, "removed by someone else".to_string())),
+            Err(e @ Error::Corrupt { .. }) => Err((true, e.to_string())),
+            Err(e) => Err((false, e.to_string())),
+        };
+        match result {
+            Ok(()) => last_ok = std::time::Instant::now(),
+            Err((taken, why)) => {
+                if taken || last_ok.elapsed() > STALE - REFRESH {
+                    if let Ok(mut r) = shared.lost_reason.lock() {
+                        *r = Some(why);
+                    }
+                    shared.lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.stop.lock() {
+            *s = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        if let Ok(Some((held, _))) = read_lock(&self.store, &self.keys) {
+            if held.token == self.info.token {
+                let _ = self.store.delete(NAME);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ChunkerParams;
+
+    #[test]
+    fn one_writer_at_a_time_and_stale_locks_break() {
+        let store = Store::open("memory://lock-test", true).unwrap();
+        let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
+        let a = WriterLock::acquire(&store, keys.clone(), "backup").unwrap();
+        a.check().unwrap();
+        let err = WriterLock::acquire(&store, keys.clone(), "mount")
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("backup on host") && msg.contains("pid"),
+            "{msg}"
+        );
+        drop(a);
+        let b = WriterLock::acquire(&store, keys.clone(), "mount").unwrap();
+        // Forge an old lock by a dead process: it is broken.
+        std::mem::forget(b);
+        let stale = LockInfo {
+            host: hostname(),
+            pid: 999_999_999,
+            since_ns: 0,
+            refreshed_ns: 0,
+            token: [1; 16],
+            purpose: "old".into(),
+        };
+        store
+            .put(
+                NAME,
+                Bytes::from(sealed::seal(&keys, MAGIC, VERSION, &stale.encode())),
+            )
+            .unwrap();
+        let c = WriterLock::acquire(&store, keys.clone(), "new").unwrap();
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn lock_info_round_trip() {
+        let l = LockInfo {
+            host: "h".into(),
+            pid: 7,
+            since_ns: 1,
+            refreshed_ns: 2,
+            token: [3; 16],
+            purpose: "p".into(),
+        };
+        assert_eq!(LockInfo::decode(&l.encode()).unwrap(), l);
+        assert!(LockInfo::decode(&l.encode()[1..]).is_err());
+    }
+}

@@ -1,0 +1,694 @@
+//! The repository on a store: the one place that knows the format.
+//!
+//! Objects: `config` (plaintext, checksummed), `keys/<id>` (the keyring,
+//! age-encrypted per passphrase or recovery key), `packs/<2 hex>/<id>`
+//! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`, and
+//! `locks/writer`. Packs, index deltas and snapshots are named by the BLAKE3
+//! hash of their bytes and are never modified; every read checks the name.
+//!
+//! Write order keeps the store consistent at every instant: packs first, then
+//! the index deltas that list them, then the snapshot that needs them.
+//! docs/FORMAT.md describes every byte.
+
+pub mod codec;
+pub mod config;
+pub mod index;
+pub mod keys;
+pub mod lock;
+pub mod pack;
+pub mod sealed;
+pub mod snapshot;
+pub mod tree;
+pub mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use bytes::Bytes;
+use zeroize::Zeroizing;
+
+use crate::crypto::{
+    age_decrypt, age_encrypt, parse_identity, passphrase_identity, passphrase_recipient, AgeError,
+    BlobKind, ChunkerParams, Id, Keyring, PackKey,
+};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+use self::config::Config;
+use self::index::{decode_delta, encode_delta, index_name, Index, PackMeta};
+use self::keys::{decode_keyring, encode_keyring, KeyKind, KeyObject};
+use self::lock::WriterLock;
+use self::pack::{pack_id_from_name, pack_name, PackInfo};
+use self::snapshot::{snapshot_name, Snapshot};
+use self::tree::Tree;
+
+/// What unlocks a repository.
+pub enum Secret {
+    Passphrase(Zeroizing<String>),
+    /// An age X25519 identity (`AGE-SECRET-KEY-1…`), from `init`'s recovery key.
+    RecoveryKey(Zeroizing<String>),
+}
+
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub pack_target: u32,
+    /// scrypt work factor for the passphrase key (`N = 2^log_n`).
+    pub kdf_log_n: u8,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::DEFAULT,
+            pack_target: config::DEFAULT_PACK_TARGET,
+            kdf_log_n: DEFAULT_KDF_LOG_N,
+        }
+    }
+}
+
+/// 2^18 scrypt: about a second and 256 MiB here, once per command.
+pub const DEFAULT_KDF_LOG_N: u8 = 18;
+
+pub struct Repository {
+    store: Store,
+    config: Config,
+    keys: Arc<Keyring>,
+    index: RwLock<Index>,
+    loaded_deltas: Mutex<HashSet<String>>,
+    pack_keys: Mutex<HashMap<Id, PackKey>>,
+}
+
+fn now_secs() -> i64 {
+    lock::now_ns() / 1_000_000_000
+}
+
+impl Repository {
+    /// Create a repository. Returns it and the recovery key, which exists
+    /// nowhere else once the caller has shown it.
+    pub fn init(
+        store: Store,
+        passphrase: &str,
+        opts: InitOptions,
+    ) -> Result<(Repository, Zeroizing<String>)> {
+        if !opts.chunker.is_valid() {
+            return Err(Error::Invalid(
+                "chunk sizes must be even, min ≤ avg ≤ max, within fastcdc's limits".into(),
+            ));
+        }
+        if store.head(config::NAME)?.is_some() {
+            return Err(Error::RepositoryExists {
+                url: store.url().into(),
+            });
+        }
+        let repo_id: [u8; 16] = crate::crypto::random_bytes();
+        let keys = Keyring::generate(repo_id, opts.chunker);
+        let config = Config {
+            repo_id,
+            created: now_secs(),
+            chunker: opts.chunker,
+            pack_target: opts.pack_target,
+        };
+        let recovery = age::x25519::Identity::generate();
+        let recovery_text = crate::crypto::identity_to_string(&recovery);
+        let plain = encode_keyring(&keys);
+        let pass = passphrase_recipient(passphrase, opts.kdf_log_n);
+        write_key(
+            &store,
+            KeyKind::Passphrase,
+            false,
+            age_encrypt(&pass, &plain),
+        )?;
+        write_key(
+            &store,
+            KeyKind::Recovery,
+            false,
+            age_encrypt(&recovery.to_public(), &plain),
+        )?;
+        if !store.put_new(config::NAME, Bytes::from(config.encode()))? {
+            return Err(Error::RepositoryExists {
+                url: store.url().into(),
+            });
+        }
+        Ok((Repository::from_parts(store, config, keys), recovery_text))
+    }
+
+    fn from_parts(store: Store, config: Config, keys: Keyring) -> Repository {
+        Repository {
+            store,
+            config,
+            keys: Arc::new(keys),
+            index: RwLock::new(Index::new()),
+            loaded_deltas: Mutex::new(HashSet::new()),
+            pack_keys: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Read the config.
+    pub fn read_config(store: &Store) -> Result<Config> {
+        let bytes = match store.get(config::NAME) {
+            Ok(b) => b,
+            Err(Error::Missing { .. }) => {
+                return Err(Error::NoRepository {
+                    url: store.url().into(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        Config::decode(&bytes).map_err(|e| Error::corrupt(config::NAME, e.0))
+    }
+
+    /// Open and unlock a repository.
+    pub fn open(store: Store, secret: &Secret) -> Result<Repository> {
+        let config = Repository::read_config(&store)?;
+        let keys = unlock(&store, secret)?;
+        if keys.repo_id != config.repo_id || keys.chunker != config.chunker {
+            return Err(Error::corrupt(
+                config::NAME,
+                "it does not match the keyring (tampered, or keys from another repository)",
+            ));
+        }
+        Ok(Repository::from_parts(store, config, keys))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn url(&self) -> &str {
+        self.store.url()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &Arc<Keyring> {
+        &self.keys
+    }
+
+    pub fn chunker(&self) -> crate::chunk::Chunker {
+        crate::chunk::Chunker::new(self.config.chunker, self.keys.chunker_seed())
+    }
+
+    /// Add another way in (a passphrase or a recovery identity).
+    pub fn add_key(&self, secret: &Secret, write_only: bool, kdf_log_n: u8) -> Result<String> {
+        let ring = if write_only {
+            self.keys.write_only()
+        } else {
+            self.keys.try_clone()
+        };
+        let plain = encode_keyring(&ring);
+        match secret {
+            Secret::Passphrase(p) => {
+                let r = passphrase_recipient(p, kdf_log_n);
+                write_key(
+                    &self.store,
+                    KeyKind::Passphrase,
+                    write_only,
+                    age_encrypt(&r, &plain),
+                )
+            }
+            Secret::RecoveryKey(k) => {
+                let id = parse_identity(k).ok_or_else(|| {
+                    Error::Invalid("not an age identity (AGE-SECRET-KEY-1…)".into())
+                })?;
+                write_key(
+                    &self.store,
+                    KeyKind::Recovery,
+                    write_only,
+                    age_encrypt(&id.to_public(), &plain),
+                )
+            }
+        }
+    }
+
+    pub fn lock(&self, purpose: &str) -> Result<WriterLock> {
+        WriterLock::acquire(&self.store, self.keys.clone(), purpose)
+    }
+
+    // ---- index ----
+
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_to_index(&self, packs: &[PackInfo]) {
+        let mut ix = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for p in packs {
+            ix.add_pack(p);
+        }
+    }
+
+    /// Load every index delta not loaded yet. Returns the deltas that could
+    /// not be read (missing or corrupt), as errors to report: the packs they
+    /// listed can be recovered with `index_unindexed_packs`.
+    pub fn load_index(&self) -> Result<Vec<Error>> {
+        let names: Vec<String> = self
+            .store
+            .list("index")?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let todo: Vec<String> = {
+            let loaded = self.loaded_deltas.lock().unwrap_or_else(|e| e.into_inner());
+            names.into_iter().filter(|n| !loaded.contains(n)).collect()
+        };
+        use rayon::prelude::*;
+        let results: Vec<(String, Result<Vec<PackInfo>>)> = todo
+            .into_par_iter()
+            .map(|n| {
+                let r = self.read_delta(&n);
+                (n, r)
+            })
+            .collect();
+        let mut problems = Vec::new();
+        for (name, r) in results {
+            match r {
+                Ok(packs) => {
+                    self.add_to_index(&packs);
+                    self.loaded_deltas
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name);
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        Ok(problems)
+    }
+
+    fn read_delta(&self, name: &str) -> Result<Vec<PackInfo>> {
+        let bytes = self.store.get(name)?;
+        check_name(name, "index/", &bytes)?;
+        let plain = sealed::open(&self.keys, index::MAGIC, index::VERSION, &bytes)
+            .map_err(|e| Error::corrupt(name, e.0))?;
+        decode_delta(&plain).map_err(|e| Error::corrupt(name, e.0))
+    }
+
+    /// Store an index delta listing `packs` (which must all be stored).
+    pub fn write_index(&self, packs: &[PackInfo]) -> Result<Id> {
+        let bytes = sealed::seal(
+            &self.keys,
+            index::MAGIC,
+            index::VERSION,
+            &encode_delta(packs),
+        );
+        let id = Id::of_object(&bytes);
+        let name = index_name(&id);
+        self.store.put_new(&name, Bytes::from(bytes))?;
+        self.loaded_deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name);
+        self.add_to_index(packs);
+        Ok(id)
+    }
+
+    /// Find packs in the store that no loaded index lists (a writer died
+    /// after storing them, or their index delta was lost), and read their
+    /// headers. The caller decides whether to write an index delta for them.
+    pub fn find_unindexed_packs(&self) -> Result<(Vec<PackInfo>, Vec<Error>)> {
+        let listed = self.store.list("packs")?;
+        let todo: Vec<_> = {
+            let ix = self.index();
+            listed
+                .into_iter()
+                .filter(|o| pack_id_from_name(&o.name).is_some_and(|id| !ix.has_pack(&id)))
+                .collect()
+        };
+        use rayon::prelude::*;
+        let results: Vec<Result<PackInfo>> = todo
+            .par_iter()
+            .map(|o| {
+                let id = pack_id_from_name(&o.name).expect("filtered above");
+                self.read_pack_header(&id, o.size)
+            })
+            .collect();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for r in results {
+            match r {
+                Ok(p) => ok.push(p),
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((ok, bad))
+    }
+
+    /// Read and decrypt a pack's own header.
+    pub fn read_pack_header(&self, id: &Id, size: u64) -> Result<PackInfo> {
+        let name = pack_name(id);
+        let start = size.saturating_sub(pack::TAIL_GUESS);
+        let tail = self.store.get_range(&name, start..size)?;
+        let range = pack::header_range(&tail, size).map_err(|e| Error::corrupt(&name, e.0))?;
+        let header = if range.start >= start {
+            tail.slice((range.start - start) as usize..(range.end - start) as usize)
+        } else {
+            self.store.get_range(&name, range.clone())?
+        };
+        let plain = match age_decrypt(self.keys.meta_identity(), &header) {
+            Ok(p) => p,
+            Err(_) => return Err(Error::corrupt(&name, "its header does not decrypt")),
+        };
+        pack::decode_header(&plain, *id, size, range.start).map_err(|e| Error::corrupt(&name, e.0))
+    }
+
+    // ---- packs and blobs ----
+
+    pub fn put_pack(&self, info: &PackInfo, bytes: Vec<u8>) -> Result<()> {
+        self.store
+            .put_new(&pack_name(&info.id), Bytes::from(bytes))?;
+        Ok(())
+    }
+
+    /// The key of a pack, unwrapped once and cached.
+    pub fn pack_key(&self, pack: &PackMeta) -> Result<PackKey> {
+        if let Some(k) = self
+            .pack_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pack.id)
+        {
+            return Ok(k.clone());
+        }
+        let identity = self
+            .keys
+            .pack_key_identity(pack.kind)
+            .ok_or_else(|| Error::WriteOnly {
+                what: "reading file contents needs a full key".into(),
+            })?;
+        let name = pack_name(&pack.id);
+        let plain = match age_decrypt(identity, &pack.wrapped_key) {
+            Ok(p) => p,
+            Err(AgeError::NoMatchingKey) => {
+                return Err(Error::corrupt(
+                    &name,
+                    "its key is not wrapped to this repository",
+                ))
+            }
+            Err(AgeError::Damaged(why)) => {
+                return Err(Error::corrupt(
+                    &name,
+                    format!("its wrapped key is damaged ({why})"),
+                ))
+            }
+        };
+        let key = PackKey::from_bytes(&plain)
+            .ok_or_else(|| Error::corrupt(&name, "its key has the wrong length"))?;
+        self.pack_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pack.id, key.clone());
+        Ok(key)
+    }
+
+    /// Read, decrypt and verify one blob.
+    pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
+        let (pack, loc) = {
+            let ix = self.index();
+            let (p, l) = ix.get(id).ok_or_else(|| Error::Missing {
+                url: self.url().into(),
+                object: format!("{} blob {}", kind.name(), id.short()),
+            })?;
+            (p.clone(), l)
+        };
+        let name = pack_name(&pack.id);
+        if pack.kind != kind {
+            return Err(Error::corrupt(
+                &name,
+                format!(
+                    "index lists blob {} in a pack of the other kind",
+                    id.short()
+                ),
+            ));
+        }
+        let key = self.pack_key(&pack)?;
+        let sealed = self.store.get_range(
+            &name,
+            loc.offset as u64..loc.offset as u64 + loc.length as u64,
+        )?;
+        pack::open_blob(&self.keys, &key, kind, id, &sealed).map_err(|e| Error::corrupt(&name, e.0))
+    }
+
+    pub fn read_tree(&self, id: &Id) -> Result<Tree> {
+        let raw = self.read_blob(BlobKind::Tree, id)?;
+        Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))
+    }
+
+    // ---- snapshots ----
+
+    pub fn write_snapshot(&self, s: &Snapshot) -> Result<Id> {
+        let bytes = sealed::seal(&self.keys, snapshot::MAGIC, snapshot::VERSION, &s.encode());
+        let id = Id::of_object(&bytes);
+        self.store
+            .put_new(&snapshot_name(&id), Bytes::from(bytes))?;
+        Ok(id)
+    }
+
+    pub fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let name = snapshot_name(id);
+        let bytes = self.store.get(&name)?;
+        check_name(&name, "snapshots/", &bytes)?;
+        let plain = sealed::open(&self.keys, snapshot::MAGIC, snapshot::VERSION, &bytes)
+            .map_err(|e| Error::corrupt(&name, e.0))?;
+        Snapshot::decode(&plain).map_err(|e| Error::corrupt(&name, e.0))
+    }
+
+    /// Every snapshot, oldest first, plus the ones that could not be read.
+    pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<Error>)> {
+        let ids: Vec<Id> = self
+            .store
+            .list("snapshots")?
+            .into_iter()
+            .filter_map(|o| o.name.strip_prefix("snapshots/").and_then(Id::from_hex))
+            .collect();
+        use rayon::prelude::*;
+        let results: Vec<(Id, Result<Snapshot>)> = ids
+            .into_par_iter()
+            .map(|id| (id, self.read_snapshot(&id)))
+            .collect();
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for (id, r) in results {
+            match r {
+                Ok(s) => ok.push((id, s)),
+                Err(e) => bad.push(e),
+            }
+        }
+        ok.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+        Ok((ok, bad))
+    }
+
+    /// Resolve `latest` or a unique id prefix.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(Id, Snapshot)> {
+        let (all, _) = self.snapshots()?;
+        find_in(all, spec, self.url())
+    }
+}
+
+/// Resolve `latest` or an id prefix among `all` (oldest first).
+pub fn find_in(mut all: Vec<(Id, Snapshot)>, spec: &str, url: &str) -> Result<(Id, Snapshot)> {
+    if spec == "latest" {
+        return all.pop().ok_or_else(|| {
+            Error::Invalid(format!("the repository at {url} has no snapshots yet"))
+        });
+    }
+    let spec_l = spec.to_ascii_lowercase();
+    if spec_l.is_empty() || !spec_l.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!(
+            "{spec:?} is not a snapshot id (hex) or \"latest\""
+        )));
+    }
+    let mut m: Vec<_> = all
+        .into_iter()
+        .filter(|(id, _)| id.to_hex().starts_with(&spec_l))
+        .collect();
+    match m.len() {
+        0 => Err(Error::Invalid(format!(
+            "no snapshot with id {spec} in {url}"
+        ))),
+        1 => Ok(m.pop().expect("one")),
+        n => Err(Error::Invalid(format!(
+            "snapshot id {spec} is ambiguous ({n} snapshots match); give more digits"
+        ))),
+    }
+}
+
+/// Content-addressed objects must hash to their name.
+fn check_name(name: &str, dir: &str, bytes: &[u8]) -> Result<()> {
+    let want = name.strip_prefix(dir).and_then(Id::from_hex);
+    if want != Some(Id::of_object(bytes)) {
+        return Err(Error::corrupt(name, "its content does not match its name"));
+    }
+    Ok(())
+}
+
+fn write_key(store: &Store, kind: KeyKind, write_only: bool, sealed: Vec<u8>) -> Result<String> {
+    let obj = KeyObject {
+        kind,
+        created: now_secs(),
+        write_only,
+        sealed,
+    };
+    let id = hex::encode(crate::crypto::random_bytes::<8>());
+    let name = format!("keys/{id}");
+    store.put_new(&name, Bytes::from(obj.encode()))?;
+    Ok(id)
+}
+
+/// Try `secret` against every key object of its kind.
+fn unlock(store: &Store, secret: &Secret) -> Result<Keyring> {
+    let names: Vec<String> = store.list("keys")?.into_iter().map(|o| o.name).collect();
+    let want = match secret {
+        Secret::Passphrase(_) => KeyKind::Passphrase,
+        Secret::RecoveryKey(_) => KeyKind::Recovery,
+    };
+    let recovery_identity = match secret {
+        Secret::RecoveryKey(k) => Some(parse_identity(k).ok_or_else(|| {
+            Error::Invalid(
+                "the recovery key is not an age identity (it starts with AGE-SECRET-KEY-1)".into(),
+            )
+        })?),
+        Secret::Passphrase(_) => None,
+    };
+    let mut damaged = None;
+    for name in names {
+        let bytes = store.get(&name)?;
+        let obj = match KeyObject::decode(&bytes) {
+            Ok(o) => o,
+            Err(e) => {
+                damaged = Some(Error::corrupt(&name, e.0));
+                continue;
+            }
+        };
+        if obj.kind != want {
+            continue;
+        }
+        let r = match (secret, &recovery_identity) {
+            (Secret::Passphrase(p), _) => age_decrypt(&passphrase_identity(p), &obj.sealed),
+            (Secret::RecoveryKey(_), Some(id)) => age_decrypt(id, &obj.sealed),
+            _ => continue,
+        };
+        match r {
+            Ok(plain) => return decode_keyring(&plain).map_err(|e| Error::corrupt(&name, e.0)),
+            Err(AgeError::NoMatchingKey) => continue,
+            Err(AgeError::Damaged(why)) => damaged = Some(Error::corrupt(&name, why)),
+        }
+    }
+    // A wrong secret is the likely story; a damaged key object is reported
+    // only when it might have been the one.
+    match damaged {
+        Some(e) => Err(Error::Invalid(format!(
+            "wrong passphrase (or key) for the repository at {}, or its key object is damaged: {e}",
+            store.url()
+        ))),
+        None => Err(Error::WrongKey {
+            url: store.url().into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn test_init(url: &str) -> Repository {
+        let store = Store::open(url, true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        Repository::init(store, "pw", opts).unwrap().0
+    }
+
+    #[test]
+    fn init_open_wrong_key_recovery() {
+        let store = Store::open("memory://repo-init", true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let (_r, recovery) = Repository::init(store.clone(), "pw", opts).unwrap();
+        assert!(recovery.starts_with("AGE-SECRET-KEY-1"));
+        assert!(matches!(
+            Repository::init(
+                store.clone(),
+                "pw",
+                InitOptions {
+                    kdf_log_n: 4,
+                    ..Default::default()
+                }
+            ),
+            Err(Error::RepositoryExists { .. })
+        ));
+        let r = Repository::open(
+            store.clone(),
+            &Secret::Passphrase(Zeroizing::new("pw".into())),
+        )
+        .unwrap();
+        assert!(r.keys().can_read_data());
+        let e = Repository::open(
+            store.clone(),
+            &Secret::Passphrase(Zeroizing::new("nope".into())),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e.to_string(),
+            "wrong passphrase (or key) for the repository at memory://repo-init"
+        );
+        let r2 = Repository::open(store.clone(), &Secret::RecoveryKey(recovery.clone())).unwrap();
+        assert_eq!(r2.config().repo_id, r.config().repo_id);
+        let other = crate::crypto::identity_to_string(&age::x25519::Identity::generate());
+        assert!(matches!(
+            Repository::open(store, &Secret::RecoveryKey(other)),
+            Err(Error::WrongKey { .. })
+        ));
+        let missing = Store::open("memory://nothing-here", true).unwrap();
+        assert!(matches!(
+            Repository::open(missing, &Secret::Passphrase(Zeroizing::new("pw".into()))),
+            Err(Error::NoRepository { .. })
+        ));
+    }
+
+    #[test]
+    fn blobs_index_and_snapshots_round_trip() {
+        let r = test_init("memory://repo-blobs");
+        let keys = r.keys().clone();
+        let mut b = pack::PackBuilder::new(BlobKind::Data, 1024);
+        let id = keys.blob_id(BlobKind::Data, b"content");
+        b.add(id, b"content");
+        let (bytes, info) = b.finish(&keys);
+        r.put_pack(&info, bytes).unwrap();
+        // Not indexed yet: found by scanning packs.
+        let (found, bad) = r.find_unindexed_packs().unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(found, vec![info.clone()]);
+        r.write_index(&found).unwrap();
+        assert_eq!(r.read_blob(BlobKind::Data, &id).unwrap(), b"content");
+        let r2 = Repository::open(
+            r.store().clone(),
+            &Secret::Passphrase(Zeroizing::new("pw".into())),
+        )
+        .unwrap();
+        assert!(r2.load_index().unwrap().is_empty());
+        assert_eq!(r2.read_blob(BlobKind::Data, &id).unwrap(), b"content");
+        assert!(r2.find_unindexed_packs().unwrap().0.is_empty());
+        let s = Snapshot {
+            time_ns: 5,
+            host: "h".into(),
+            user: "u".into(),
+            source: "/x".into(),
+            origin: snapshot::Origin::Backup,
+            root: id,
+            parent: None,
+            files: 1,
+            dirs: 0,
+            bytes: 7,
+            added_bytes: 0,
+            tags: vec![],
+        };
+        let sid = r.write_snapshot(&s).unwrap();
+        assert_eq!(r2.find_snapshot("latest").unwrap(), (sid, s.clone()));
+        assert_eq!(r2.find_snapshot(&sid.short()).unwrap().0, sid);
+        assert!(r2.find_snapshot("zz").is_err());
+    }
+}

@@ -1,0 +1,424 @@
+//! Tree blobs: one per directory, its entries sorted by name.
+//!
+//! An entry carries what restore and the mount need to recreate the file
+//! exactly (kind, mode, owner, mtime, size, xattrs, hard-link identity) and
+//! its content: the file's chunk list, the subtree's id, or the symlink's
+//! target. A directory whose entries did not change encodes to the same bytes
+//! and so keeps its id: a snapshot of a huge tree with one change costs the
+//! blobs on the path from that change to the root.
+//!
+//! Decoding validates what a hostile store could abuse: names are non-empty,
+//! contain neither `/` nor NUL, are not `.` or `..`, and are strictly sorted
+//! (so unique); a file's size equals the sum of its chunk lengths.
+
+use crate::crypto::Id;
+use crate::repo::codec::{bad, Dec, DecodeError, DecodeResult, Enc};
+
+const VERSION: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    Fifo = 4,
+    CharDevice = 5,
+    BlockDevice = 6,
+    Socket = 7,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::File,
+            2 => Kind::Dir,
+            3 => Kind::Symlink,
+            4 => Kind::Fifo,
+            5 => Kind::CharDevice,
+            6 => Kind::BlockDevice,
+            7 => Kind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// The `S_IFMT` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        (match self {
+            Kind::File => libc::S_IFREG,
+            Kind::Dir => libc::S_IFDIR,
+            Kind::Symlink => libc::S_IFLNK,
+            Kind::Fifo => libc::S_IFIFO,
+            Kind::CharDevice => libc::S_IFCHR,
+            Kind::BlockDevice => libc::S_IFBLK,
+            Kind::Socket => libc::S_IFSOCK,
+        }) as u32
+    }
+
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        Some(match mode & libc::S_IFMT as u32 {
+            m if m == libc::S_IFREG as u32 => Kind::File,
+            m if m == libc::S_IFDIR as u32 => Kind::Dir,
+            m if m == libc::S_IFLNK as u32 => Kind::Symlink,
+            m if m == libc::S_IFIFO as u32 => Kind::Fifo,
+            m if m == libc::S_IFCHR as u32 => Kind::CharDevice,
+            m if m == libc::S_IFBLK as u32 => Kind::BlockDevice,
+            m if m == libc::S_IFSOCK as u32 => Kind::Socket,
+            _ => return None,
+        })
+    }
+
+    /// One letter as `ls -l` shows it.
+    pub fn letter(self) -> char {
+        match self {
+            Kind::File => '-',
+            Kind::Dir => 'd',
+            Kind::Symlink => 'l',
+            Kind::Fifo => 'p',
+            Kind::CharDevice => 'c',
+            Kind::BlockDevice => 'b',
+            Kind::Socket => 's',
+        }
+    }
+}
+
+/// One chunk of a file: its blob and plaintext length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub id: Id,
+    pub len: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    None,
+    Chunks(Vec<ChunkRef>),
+    Subtree(Id),
+    Symlink(Vec<u8>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Timestamp {
+    pub secs: i64,
+    pub nanos: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    pub size: u64,
+    /// Device and inode of the source, for hard links and change detection.
+    pub dev: u64,
+    pub inode: u64,
+    pub links: u32,
+    pub rdev: u64,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub content: Content,
+}
+
+impl Entry {
+    pub fn chunks(&self) -> &[ChunkRef] {
+        match &self.content {
+            Content::Chunks(c) => c,
+            _ => &[],
+        }
+    }
+
+    pub fn subtree(&self) -> Option<Id> {
+        match self.content {
+            Content::Subtree(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tree {
+    pub entries: Vec<Entry>,
+}
+
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name != b"."
+        && name != b".."
+        && name.len() <= u16::MAX as usize
+        && !name.iter().any(|&c| c == b'/' || c == 0)
+}
+
+impl Tree {
+    /// Sort entries by name (the encoding requires it).
+    pub fn sort(&mut self) {
+        self.entries.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<&Entry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// Encode; entries must be sorted with unique, valid names.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc::with_capacity(64 + self.entries.len() * 128);
+        e.u8(VERSION).u32(self.entries.len() as u32);
+        for x in &self.entries {
+            e.bytes16(&x.name)
+                .u8(x.kind as u8)
+                .u32(x.mode)
+                .u32(x.uid)
+                .u32(x.gid)
+                .i64(x.mtime.secs)
+                .u32(x.mtime.nanos)
+                .u64(x.size)
+                .u64(x.dev)
+                .u64(x.inode)
+                .u32(x.links)
+                .u64(x.rdev)
+                .u16(x.xattrs.len() as u16);
+            for (k, v) in &x.xattrs {
+                e.bytes16(k).bytes32(v);
+            }
+            match &x.content {
+                Content::None => {}
+                Content::Chunks(c) => {
+                    e.u32(c.len() as u32);
+                    for r in c {
+                        e.raw(&r.id.0).u32(r.len);
+                    }
+                }
+                Content::Subtree(id) => {
+                    e.raw(&id.0);
+                }
+                Content::Symlink(t) => {
+                    e.bytes32(t);
+                }
+            }
+        }
+        e.finish()
+    }
+
+    pub fn decode(b: &[u8]) -> DecodeResult<Tree> {
+        let mut d = Dec::new(b);
+        let v = d.u8()?;
+        if v != VERSION {
+            return bad(format!("tree version {v} is not supported"));
+        }
+        let n = d.count(67)?;
+        let mut entries: Vec<Entry> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = d.bytes16()?.to_vec();
+            if !valid_name(&name) {
+                return bad(format!(
+                    "invalid entry name {:?}",
+                    String::from_utf8_lossy(&name)
+                ));
+            }
+            if let Some(prev) = entries.last() {
+                if prev.name >= name {
+                    return bad("entries are not sorted by name");
+                }
+            }
+            let kind =
+                Kind::from_u8(d.u8()?).ok_or_else(|| DecodeError("unknown entry kind".into()))?;
+            let mode = d.u32()?;
+            if mode & !0o7777 != 0 {
+                return bad("mode has bits beyond 0o7777");
+            }
+            let (uid, gid) = (d.u32()?, d.u32()?);
+            let mtime = Timestamp {
+                secs: d.i64()?,
+                nanos: d.u32()?,
+            };
+            if mtime.nanos >= 1_000_000_000 {
+                return bad("mtime nanoseconds out of range");
+            }
+            let size = d.u64()?;
+            let (dev, inode, links, rdev) = (d.u64()?, d.u64()?, d.u32()?, d.u64()?);
+            let nx = d.u16()? as usize;
+            let mut xattrs = Vec::with_capacity(nx.min(d.remaining() / 6));
+            for _ in 0..nx {
+                let k = d.bytes16()?.to_vec();
+                let v = d.bytes32()?.to_vec();
+                xattrs.push((k, v));
+            }
+            let content = match kind {
+                Kind::File => {
+                    let c = d.count(36)?;
+                    let mut chunks = Vec::with_capacity(c);
+                    let mut total = 0u64;
+                    for _ in 0..c {
+                        let r = ChunkRef {
+                            id: Id(d.array()?),
+                            len: d.u32()?,
+                        };
+                        total += r.len as u64;
+                        chunks.push(r);
+                    }
+                    if total != size {
+                        return bad("file size differs from the sum of its chunks");
+                    }
+                    Content::Chunks(chunks)
+                }
+                Kind::Dir => Content::Subtree(Id(d.array()?)),
+                Kind::Symlink => Content::Symlink(d.bytes32()?.to_vec()),
+                _ => Content::None,
+            };
+            entries.push(Entry {
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+                mtime,
+                size,
+                dev,
+                inode,
+                links,
+                rdev,
+                xattrs,
+                content,
+            });
+        }
+        d.finish()?;
+        Ok(Tree { entries })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub fn file(name: &str, chunks: Vec<ChunkRef>) -> Entry {
+        Entry {
+            name: name.as_bytes().to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime: Timestamp { secs: 1, nanos: 2 },
+            size: chunks.iter().map(|c| c.len as u64).sum(),
+            dev: 3,
+            inode: 4,
+            links: 1,
+            rdev: 0,
+            xattrs: vec![(b"user.k".to_vec(), b"v".to_vec())],
+            content: Content::Chunks(chunks),
+        }
+    }
+
+    fn sample() -> Tree {
+        let mut link = file("b", vec![]);
+        link.kind = Kind::Symlink;
+        link.xattrs.clear();
+        link.content = Content::Symlink(b"a".to_vec());
+        Tree {
+            entries: vec![
+                file(
+                    "a",
+                    vec![ChunkRef {
+                        id: Id([5; 32]),
+                        len: 7,
+                    }],
+                ),
+                link,
+            ],
+        }
+    }
+
+    #[test]
+    fn test_vector() {
+        let b = sample().encode();
+        let expect = [
+            "01",
+            "02000000", // version, entry count
+            "0100",
+            "61",
+            "01",
+            "a4010000",
+            "e8030000",
+            "e8030000", // name "a", file, 0644, uid, gid
+            "0100000000000000",
+            "02000000",
+            "0700000000000000", // mtime, size 7
+            "0300000000000000",
+            "0400000000000000",
+            "01000000",
+            "0000000000000000", // dev, inode, links, rdev
+            "0100",
+            "0600",
+            "757365722e6b",
+            "01000000",
+            "76", // one xattr user.k=v
+            "01000000",
+            "0505050505050505050505050505050505050505050505050505050505050505",
+            "07000000",
+            "0100",
+            "62",
+            "03",
+            "a4010000",
+            "e8030000",
+            "e8030000", // "b", symlink
+            "0100000000000000",
+            "02000000",
+            "0000000000000000",
+            "0300000000000000",
+            "0400000000000000",
+            "01000000",
+            "0000000000000000",
+            "0000",
+            "01000000",
+            "61", // no xattrs, target "a"
+        ]
+        .concat();
+        assert_eq!(hex::encode(&b), expect);
+        assert_eq!(Tree::decode(&b).unwrap(), sample());
+    }
+
+    #[test]
+    fn hostile_names_and_order_are_rejected() {
+        for bad_name in ["..", ".", "a/b", "", "a\0"] {
+            let mut t = sample();
+            t.entries[0].name = bad_name.as_bytes().to_vec();
+            assert!(Tree::decode(&t.encode()).is_err(), "{bad_name:?} accepted");
+        }
+        let mut t = sample();
+        t.entries.swap(0, 1);
+        assert!(Tree::decode(&t.encode()).is_err());
+        let mut t = sample();
+        t.entries[0].size = 8;
+        assert!(Tree::decode(&t.encode()).is_err());
+    }
+
+    #[test]
+    fn find_by_name() {
+        let t = sample();
+        assert_eq!(t.find(b"b").unwrap().kind, Kind::Symlink);
+        assert!(t.find(b"c").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(b in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Tree::decode(&b);
+        }
+
+        #[test]
+        fn round_trip(names in proptest::collection::btree_set("[a-z]{1,8}", 0..20), secs in any::<i64>()) {
+            let mut t = Tree::default();
+            for n in names {
+                let mut e = file(&n, vec![]);
+                e.mtime.secs = secs;
+                t.entries.push(e);
+            }
+            prop_assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
+        }
+    }
+}
