@@ -331,6 +331,27 @@ mod tests {
         assert_eq!(s.head("a/c").unwrap().unwrap().size, 1);
     }
 
+    /// Runs against the S3 server that scripts/test.sh starts.
+    #[test]
+    fn s3_store_basics_when_configured() {
+        let Ok(base) = std::env::var("SECRATE_TEST_S3_URL") else {
+            eprintln!("SECRATE_TEST_S3_URL not set; scripts/test.sh sets it");
+            return;
+        };
+        let url = format!("{base}/store-basics-{}", hex::encode(crate::crypto::random_bytes::<4>()));
+        let s = Store::open(&url, true).unwrap();
+        assert!(s.get("a/b").unwrap_err().is_missing());
+        assert!(s.put_new("a/b", Bytes::from_static(b"hello")).unwrap());
+        assert!(!s.put_new("a/b", Bytes::from_static(b"other")).unwrap());
+        assert_eq!(&s.get("a/b").unwrap()[..], b"hello");
+        assert_eq!(&s.get_range("a/b", 1..3).unwrap()[..], b"el");
+        let l = s.list("a").unwrap();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].name, "a/b");
+        s.delete("a/b").unwrap();
+        assert!(s.head("a/b").unwrap().is_none());
+    }
+
     #[test]
     fn file_store_create_only_and_prefix() {
         let dir = tempfile::tempdir().unwrap();
