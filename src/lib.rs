@@ -8,6 +8,8 @@
 pub mod chunk;
 pub mod crypto;
 pub mod error;
+pub mod fsmeta;
+pub mod ops;
 pub mod progress;
 pub mod repo;
 pub mod store;

@@ -1,1 +1,7 @@
-fn main() {}
+//! The `secrate` command.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::run());
+}

@@ -140,24 +140,21 @@ impl Index {
         self.blobs.iter()
     }
 
-    /// Blobs of one pack as this index locates them.
-    pub fn blobs_in(&self, pack: &Id) -> Vec<PackBlob> {
-        let Some(&pos) = self.pack_pos.get(pack) else {
-            return Vec::new();
-        };
-        let mut v: Vec<PackBlob> = self
-            .blobs
-            .iter()
-            .filter(|(_, l)| l.pack == pos)
-            .map(|(id, l)| PackBlob {
+    /// Blobs grouped by pack (positions as in `packs()`), each sorted by offset.
+    pub fn blobs_by_pack(&self) -> Vec<Vec<PackBlob>> {
+        let mut out = vec![Vec::new(); self.packs.len()];
+        for (id, l) in &self.blobs {
+            out[l.pack as usize].push(PackBlob {
                 id: *id,
                 offset: l.offset,
                 length: l.length,
                 raw_len: l.raw_len,
-            })
-            .collect();
-        v.sort_by_key(|b| b.offset);
-        v
+            });
+        }
+        for v in &mut out {
+            v.sort_by_key(|b| b.offset);
+        }
+        out
     }
 }
 
@@ -211,7 +208,7 @@ mod tests {
         let (p, l) = i.get(&Id([2; 32])).unwrap();
         assert_eq!(p.id, Id([1; 32]));
         assert_eq!(l.offset, 8);
-        assert_eq!(i.blobs_in(&Id([1; 32])).len(), 1);
+        assert_eq!(i.blobs_by_pack()[0].len(), 1);
         assert!(!i.contains(&Id([3; 32])));
     }
 

@@ -679,6 +679,7 @@ mod tests {
             source: "/x".into(),
             origin: snapshot::Origin::Backup,
             root: id,
+            root_meta: Default::default(),
             parent: None,
             files: 1,
             dirs: 0,

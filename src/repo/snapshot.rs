@@ -6,6 +6,7 @@
 
 use crate::crypto::Id;
 use crate::repo::codec::{bad, Dec, DecodeResult, Enc};
+use crate::repo::tree::Timestamp;
 
 pub const MAGIC: &[u8; 7] = b"SECRATS";
 pub const VERSION: u8 = 1;
@@ -22,6 +23,16 @@ pub enum Origin {
     Mount = 1,
 }
 
+/// Attributes of the snapshot's root directory itself (its entries are in
+/// the root tree; the directory has no parent tree to hold these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RootMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// Nanoseconds since the Unix epoch, UTC.
@@ -32,6 +43,7 @@ pub struct Snapshot {
     pub source: String,
     pub origin: Origin,
     pub root: Id,
+    pub root_meta: RootMeta,
     pub parent: Option<Id>,
     pub files: u64,
     pub dirs: u64,
@@ -55,7 +67,12 @@ impl Snapshot {
             .bytes16(short_str(&self.user))
             .bytes16(short_str(&self.source))
             .u8(self.origin as u8)
-            .raw(&self.root.0);
+            .raw(&self.root.0)
+            .u32(self.root_meta.mode)
+            .u32(self.root_meta.uid)
+            .u32(self.root_meta.gid)
+            .i64(self.root_meta.mtime.secs)
+            .u32(self.root_meta.mtime.nanos);
         match &self.parent {
             Some(p) => e.u8(1).raw(&p.0),
             None => e.u8(0),
@@ -83,6 +100,18 @@ impl Snapshot {
             o => return bad(format!("unknown origin {o}")),
         };
         let root = Id(d.array()?);
+        let root_meta = RootMeta {
+            mode: d.u32()?,
+            uid: d.u32()?,
+            gid: d.u32()?,
+            mtime: Timestamp {
+                secs: d.i64()?,
+                nanos: d.u32()?,
+            },
+        };
+        if root_meta.mode & !0o7777 != 0 || root_meta.mtime.nanos >= 1_000_000_000 {
+            return bad("root attributes out of range");
+        }
         let parent = match d.u8()? {
             0 => None,
             1 => Some(Id(d.array()?)),
@@ -102,6 +131,7 @@ impl Snapshot {
             source,
             origin,
             root,
+            root_meta,
             parent,
             files,
             dirs,
@@ -139,6 +169,12 @@ mod tests {
             source: "/s".into(),
             origin: Origin::Backup,
             root: Id([1; 32]),
+            root_meta: RootMeta {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: Timestamp { secs: 2, nanos: 0 },
+            },
             parent: None,
             files: 2,
             dirs: 3,
@@ -159,7 +195,12 @@ mod tests {
             "2f73", // host, user, source
             "00",   // origin
             "0101010101010101010101010101010101010101010101010101010101010101",
-            "00", // no parent
+            "ed010000",
+            "00000000",
+            "00000000",
+            "0200000000000000",
+            "00000000", // root attributes
+            "00",       // no parent
             "0200000000000000",
             "0300000000000000",
             "0400000000000000",

@@ -59,8 +59,8 @@ pub struct BlobWriter {
     target: usize,
     open: Mutex<Vec<PackBuilder>>,
     taken: Mutex<HashSet<Id>>,
-    tx: Option<Sender<(PackInfo, Vec<u8>)>>,
-    uploaders: Vec<JoinHandle<()>>,
+    tx: Mutex<Option<Sender<(PackInfo, Vec<u8>)>>>,
+    uploaders: Mutex<Vec<JoinHandle<()>>>,
     shared: Arc<Shared>,
     new_blobs: AtomicU64,
     new_bytes: AtomicU64,
@@ -107,8 +107,8 @@ impl BlobWriter {
             target,
             open: Mutex::new(Vec::new()),
             taken: Mutex::new(HashSet::new()),
-            tx: Some(tx),
-            uploaders,
+            tx: Mutex::new(Some(tx)),
+            uploaders: Mutex::new(uploaders),
             shared,
             new_blobs: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
@@ -160,7 +160,9 @@ impl BlobWriter {
 
     fn send(&self, pack: PackBuilder) -> Result<()> {
         let (bytes, info) = pack.finish(self.repo.keys());
-        let tx = self.tx.as_ref().expect("sender lives until finish");
+        let tx = lock(&self.tx)
+            .clone()
+            .ok_or_else(|| Error::Invalid("the blob writer is finished".into()))?;
         tx.send((info, bytes)).map_err(|_| Error::Store {
             url: self.repo.url().into(),
             object: "a pack".into(),
@@ -185,7 +187,7 @@ impl BlobWriter {
 
     /// Seal the open packs, wait for every upload, and return the packs
     /// stored since the last `take_stored`.
-    pub fn finish(mut self) -> Result<(Vec<PackInfo>, WriterStats)> {
+    pub fn finish(&self) -> Result<(Vec<PackInfo>, WriterStats)> {
         let open = std::mem::take(&mut *lock(&self.open));
         let mut result = Ok(());
         for p in open.into_iter().filter(|p| !p.is_empty()) {
@@ -194,10 +196,7 @@ impl BlobWriter {
                 break;
             }
         }
-        self.tx = None;
-        for h in self.uploaders.drain(..) {
-            let _ = h.join();
-        }
+        self.stop();
         result?;
         self.failed()?;
         let stats = self.stats();
@@ -205,12 +204,19 @@ impl BlobWriter {
     }
 }
 
-impl Drop for BlobWriter {
-    fn drop(&mut self) {
-        self.tx = None;
-        for h in self.uploaders.drain(..) {
+impl BlobWriter {
+    fn stop(&self) {
+        lock(&self.tx).take();
+        let handles = std::mem::take(&mut *lock(&self.uploaders));
+        for h in handles {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

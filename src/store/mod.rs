@@ -338,7 +338,10 @@ mod tests {
             eprintln!("SECRATE_TEST_S3_URL not set; scripts/test.sh sets it");
             return;
         };
-        let url = format!("{base}/store-basics-{}", hex::encode(crate::crypto::random_bytes::<4>()));
+        let url = format!(
+            "{base}/store-basics-{}",
+            hex::encode(crate::crypto::random_bytes::<4>())
+        );
         let s = Store::open(&url, true).unwrap();
         assert!(s.get("a/b").unwrap_err().is_missing());
         assert!(s.put_new("a/b", Bytes::from_static(b"hello")).unwrap());

@@ -1,0 +1,57 @@
+//! `secrate check [--read-data]`: name every damaged file, exit 1 if any.
+
+use super::format::bytes;
+use super::progress::Bar;
+use super::Globals;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Also read, decrypt and re-hash every blob.
+    #[arg(long)]
+    read_data: bool,
+}
+
+pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    let repo = g.open_repo()?;
+    let bar = Bar::new(g.quiet);
+    let r = secrate::ops::check::check(&repo, a.read_data, &bar)?;
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    for p in &r.problems {
+        println!("error: {p}");
+    }
+    for d in &r.damage {
+        println!(
+            "damaged: snapshot {} ({}): /{}: {}",
+            d.snapshot.short(),
+            d.time,
+            d.path.trim_start_matches('/'),
+            d.reason
+        );
+    }
+    let read = if a.read_data {
+        format!(", read {} in {} blobs", bytes(r.bytes_read), r.blobs_read)
+    } else {
+        String::new()
+    };
+    if r.is_clean() {
+        println!(
+            "no errors: {} snapshots, {} trees, {} packs{read}",
+            r.snapshots, r.trees, r.packs
+        );
+        Ok(0)
+    } else {
+        let files: std::collections::HashSet<_> = r.damage.iter().map(|d| &d.path).collect();
+        println!(
+            "damage found: {} damaged paths ({} distinct) and {} damaged objects; {} snapshots, {} trees, {} packs{read}",
+            r.damage.len(),
+            files.len(),
+            r.problems.len(),
+            r.snapshots,
+            r.trees,
+            r.packs
+        );
+        Ok(1)
+    }
+}

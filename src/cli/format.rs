@@ -1,0 +1,50 @@
+//! Human formats for sizes, times and modes.
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn mode(kind: char, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(kind);
+    for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x']
+        .iter()
+        .enumerate()
+    {
+        let bit = 1 << (8 - i);
+        s.push(if mode & bit != 0 { *c } else { '-' });
+    }
+    let mut b: Vec<char> = s.chars().collect();
+    if mode & 0o4000 != 0 {
+        b[3] = if b[3] == 'x' { 's' } else { 'S' };
+    }
+    if mode & 0o2000 != 0 {
+        b[6] = if b[6] == 'x' { 's' } else { 'S' };
+    }
+    if mode & 0o1000 != 0 {
+        b[9] = if b[9] == 'x' { 't' } else { 'T' };
+    }
+    b.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats() {
+        assert_eq!(super::bytes(10), "10 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::mode('d', 0o755), "drwxr-xr-x");
+        assert_eq!(super::mode('-', 0o4755), "-rwsr-xr-x");
+    }
+}

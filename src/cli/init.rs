@@ -1,0 +1,58 @@
+//! `secrate init`: create a repository and show its recovery key once.
+
+use secrate::crypto::ChunkerParams;
+use secrate::repo::{InitOptions, Repository, DEFAULT_KDF_LOG_N};
+
+use super::{secret, Globals};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// scrypt work factor (log2 N) for the passphrase; lower is faster and weaker.
+    #[arg(long, default_value_t = DEFAULT_KDF_LOG_N, value_parser = clap::value_parser!(u8).range(10..=20))]
+    kdf_work_factor: u8,
+    /// Chunk sizes in bytes: min, average and max (fixed for the repository's life).
+    #[arg(long, value_name = "MIN,AVG,MAX", hide = true)]
+    chunk_sizes: Option<String>,
+}
+
+pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    let chunker = match &a.chunk_sizes {
+        None => ChunkerParams::DEFAULT,
+        Some(s) => {
+            let v: Vec<u32> = s
+                .split(',')
+                .map(|x| x.trim().parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("--chunk-sizes wants three numbers: MIN,AVG,MAX"))?;
+            match v[..] {
+                [min, avg, max] => ChunkerParams { min, avg, max },
+                _ => anyhow::bail!("--chunk-sizes wants three numbers: MIN,AVG,MAX"),
+            }
+        }
+    };
+    let store = g.open_store(true)?;
+    if Repository::read_config(&store).is_ok() {
+        anyhow::bail!(secrate::Error::RepositoryExists {
+            url: store.url().into()
+        });
+    }
+    let pass = secret::new_passphrase(g, None)?;
+    let opts = InitOptions {
+        chunker,
+        kdf_log_n: a.kdf_work_factor,
+        ..Default::default()
+    };
+    let (repo, recovery) = Repository::init(store, &pass, opts)?;
+    println!(
+        "created repository {} at {}",
+        repo.config().repo_id_hex(),
+        repo.url()
+    );
+    println!();
+    println!("Recovery key (shown only now): it opens this repository if the passphrase is lost.");
+    println!("Write it on paper and keep it somewhere safe; use it with --recovery-key-file or SECRATE_RECOVERY_KEY.");
+    println!();
+    println!("    {}", recovery.as_str());
+    println!();
+    Ok(0)
+}

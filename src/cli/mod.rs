@@ -1,0 +1,135 @@
+//! The command line: parse arguments, run one command, print, exit.
+//!
+//! The only place that prints for the user or asks for a passphrase. Each
+//! command lives in its own file and returns an exit code; errors become one
+//! sentence on stderr and a non-zero exit.
+
+mod backup;
+mod check;
+mod format;
+mod init;
+mod progress;
+mod read;
+mod restore;
+mod secret;
+mod snapshots;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use secrate::repo::Repository;
+use secrate::store::{default_store_url, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "secrate",
+    version,
+    about = "A filesystem with its whole history inside it: encrypted, deduplicated snapshots on any object store."
+)]
+pub struct Cli {
+    /// Store URL: file:///path, s3://bucket/prefix, gs://bucket/prefix,
+    /// az://container/prefix (default: file://$XDG_DATA_HOME/secrate/store).
+    #[arg(long, global = true, env = "SECRATE_STORE", value_name = "URL")]
+    store: Option<String>,
+
+    /// Read the passphrase from this file (else $SECRATE_PASSPHRASE, else a prompt).
+    #[arg(long, global = true, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+
+    /// Unlock with the recovery key in this file (or $SECRATE_RECOVERY_KEY).
+    #[arg(long, global = true, value_name = "FILE")]
+    recovery_key_file: Option<PathBuf>,
+
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a repository in the store.
+    Init(init::Args),
+    /// Record a directory as a new snapshot (batch mode, no mount).
+    Backup(backup::Args),
+    /// List snapshots.
+    Snapshots(snapshots::Args),
+    /// List the paths in a snapshot.
+    Ls(read::LsArgs),
+    /// Write a file from a snapshot to standard output.
+    Cat(read::CatArgs),
+    /// Restore a snapshot, or a path of it, into a directory.
+    Restore(restore::Args),
+    /// Verify that every snapshot's data is in the store and intact.
+    Check(check::Args),
+}
+
+/// What every command needs to reach the repository.
+pub struct Globals {
+    pub store_url: String,
+    pub passphrase_file: Option<PathBuf>,
+    pub recovery_key_file: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl Globals {
+    pub fn open_store(&self, create: bool) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.store_url, create)?)
+    }
+
+    /// Open and unlock the repository.
+    pub fn open_repo(&self) -> anyhow::Result<Arc<Repository>> {
+        let store = self.open_store(false)?;
+        // Fail on a missing repository before asking for a passphrase.
+        Repository::read_config(&store)?;
+        let secret = secret::for_open(self)?;
+        let repo = Repository::open(store, &secret)?;
+        for problem in repo.load_index()? {
+            eprintln!("warning: {problem}");
+        }
+        Ok(Arc::new(repo))
+    }
+}
+
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let g = Globals {
+        store_url: cli.store.unwrap_or_else(default_store_url),
+        passphrase_file: cli.passphrase_file,
+        recovery_key_file: cli.recovery_key_file,
+        quiet: cli.quiet,
+    };
+    let r = match cli.command {
+        Command::Init(a) => init::run(&g, a),
+        Command::Backup(a) => backup::run(&g, a),
+        Command::Snapshots(a) => snapshots::run(&g, a),
+        Command::Ls(a) => read::ls(&g, a),
+        Command::Cat(a) => read::cat(&g, a),
+        Command::Restore(a) => restore::run(&g, a),
+        Command::Check(a) => check::run(&g, a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("secrate: {}", one_sentence(&e));
+            1
+        }
+    }
+}
+
+/// Our library errors already read as one sentence; others get their chain.
+fn one_sentence(e: &anyhow::Error) -> String {
+    if e.downcast_ref::<secrate::Error>().is_some() {
+        return e.to_string();
+    }
+    let mut s = e.to_string();
+    for c in e.chain().skip(1) {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+    }
+    s
+}

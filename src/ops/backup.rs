@@ -1,0 +1,436 @@
+//! `backup`: record a directory tree as a new snapshot, without FUSE.
+//!
+//! Walks the tree depth-first, entries of each directory in parallel. A file
+//! whose size, mtime and inode match the previous snapshot of the same source
+//! keeps its chunk list without being read (as restic does). Other files are
+//! chunked; the chunks of one big file are sealed in parallel while the file
+//! is still being read. Hard-linked files are read once per run.
+//!
+//! Commit order: packs, then index deltas (every few packs, so a killed run
+//! leaves most of its work indexed; the rest is found by its pack headers on
+//! the next run), then the snapshot, checked against the writer lock.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::chunk::Chunker;
+use crate::crypto::{BlobKind, Id};
+use crate::error::{Error, IoContext, Result};
+use crate::fsmeta;
+use crate::progress::Progress;
+use crate::repo::lock::{hostname, now_ns};
+use crate::repo::pack::PackInfo;
+use crate::repo::snapshot::{Origin, RootMeta, Snapshot};
+use crate::repo::tree::{ChunkRef, Content, Entry, Kind, Timestamp, Tree};
+use crate::repo::writer::{BlobWriter, StoreSink};
+use crate::repo::Repository;
+
+pub struct BackupOptions {
+    /// Absolute path of the directory to back up.
+    pub source: PathBuf,
+    pub host: String,
+    pub tags: Vec<String>,
+    /// Paths never to enter (e.g. the store itself when it lies inside).
+    pub exclude: Vec<PathBuf>,
+}
+
+impl BackupOptions {
+    pub fn new(source: PathBuf) -> BackupOptions {
+        BackupOptions {
+            source,
+            host: hostname(),
+            tags: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unchanged: u64,
+    pub dirs: u64,
+    pub bytes_read: u64,
+    /// Bytes written to the store: packs, index deltas and the snapshot.
+    pub bytes_added: u64,
+    /// Entries that could not be read and are missing from the snapshot.
+    pub errors: Vec<String>,
+    pub duration: Duration,
+}
+
+/// Packs stored but not yet listed in an index delta; written out when this
+/// many have accumulated.
+const INDEX_EVERY: usize = 32;
+
+struct Run<'a> {
+    repo: &'a Repository,
+    writer: BlobWriter,
+    chunker: Chunker,
+    progress: &'a dyn Progress,
+    exclude: &'a [PathBuf],
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unchanged: AtomicU64,
+    dirs: AtomicU64,
+    total_bytes: AtomicU64,
+    bytes_read: AtomicU64,
+    meta_bytes: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    hard_links: Mutex<HashMap<(u64, u64), Vec<ChunkRef>>>,
+    unindexed: Mutex<Vec<PackInfo>>,
+}
+
+pub fn backup(
+    repo: Arc<Repository>,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupSummary> {
+    let started = Instant::now();
+    let source = &opts.source;
+    let root_md = fs::metadata(source).at(source)?;
+    if !root_md.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is not a directory",
+            source.display()
+        )));
+    }
+    let lock = repo.lock("backup")?;
+    for problem in repo.load_index()? {
+        progress.warn(&format!(
+            "{problem}; its packs are re-read from their headers"
+        ));
+    }
+    let run = Run {
+        repo: &repo,
+        writer: BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 3),
+        chunker: repo.chunker(),
+        progress,
+        exclude: &opts.exclude,
+        files_new: AtomicU64::new(0),
+        files_changed: AtomicU64::new(0),
+        files_unchanged: AtomicU64::new(0),
+        dirs: AtomicU64::new(0),
+        total_bytes: AtomicU64::new(0),
+        bytes_read: AtomicU64::new(0),
+        meta_bytes: AtomicU64::new(0),
+        errors: Mutex::new(Vec::new()),
+        hard_links: Mutex::new(HashMap::new()),
+        unindexed: Mutex::new(Vec::new()),
+    };
+    // Packs a killed run stored but never indexed are reused, not re-uploaded.
+    let (orphans, bad) = repo.find_unindexed_packs()?;
+    for e in bad {
+        progress.warn(&format!("{e}"));
+    }
+    if !orphans.is_empty() {
+        run.write_index(&orphans)?;
+    }
+
+    let source_str = source.to_string_lossy().into_owned();
+    let (all, _) = repo.snapshots()?;
+    let parent = all
+        .iter()
+        .rev()
+        .find(|(_, s)| s.origin == Origin::Backup && s.source == source_str && s.host == opts.host)
+        .map(|(id, s)| (*id, s.root));
+    let prev_root = parent.and_then(|(_, root)| repo.read_tree(&root).ok());
+
+    progress.start("backup", None);
+    let root = run.dir(source, prev_root.as_ref())?;
+    let (rest, stats) = run.writer.finish()?;
+    let mut pending = std::mem::take(&mut *run.unindexed.lock().unwrap_or_else(|e| e.into_inner()));
+    pending.extend(rest);
+    if !pending.is_empty() {
+        run.write_index(&pending)?;
+    }
+    progress.finish();
+
+    let snapshot = Snapshot {
+        time_ns: now_ns(),
+        host: opts.host.clone(),
+        user: std::env::var("USER").unwrap_or_default(),
+        source: source_str,
+        origin: Origin::Backup,
+        root,
+        root_meta: RootMeta {
+            mode: root_md.mode() & 0o7777,
+            uid: root_md.uid(),
+            gid: root_md.gid(),
+            mtime: mtime_of(&root_md),
+        },
+        parent: parent.map(|(id, _)| id),
+        files: run.files_new.load(Ordering::Relaxed)
+            + run.files_changed.load(Ordering::Relaxed)
+            + run.files_unchanged.load(Ordering::Relaxed),
+        dirs: run.dirs.load(Ordering::Relaxed),
+        bytes: run.total_bytes.load(Ordering::Relaxed),
+        added_bytes: stats.stored_bytes + run.meta_bytes.load(Ordering::Relaxed),
+        tags: opts.tags.clone(),
+    };
+    lock.check()?;
+    let id = repo.write_snapshot(&snapshot)?;
+    drop(lock);
+    Ok(BackupSummary {
+        id,
+        files_new: run.files_new.load(Ordering::Relaxed),
+        files_changed: run.files_changed.load(Ordering::Relaxed),
+        files_unchanged: run.files_unchanged.load(Ordering::Relaxed),
+        dirs: run.dirs.load(Ordering::Relaxed),
+        bytes_read: run.bytes_read.load(Ordering::Relaxed),
+        bytes_added: snapshot.added_bytes,
+        errors: run.errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+        duration: started.elapsed(),
+        snapshot,
+    })
+}
+
+pub fn mtime_of(md: &Metadata) -> Timestamp {
+    Timestamp {
+        secs: md.mtime(),
+        nanos: md.mtime_nsec().clamp(0, 999_999_999) as u32,
+    }
+}
+
+/// The tree entry for `md`, without content.
+pub fn entry_from_metadata(name: Vec<u8>, md: &Metadata) -> Option<Entry> {
+    let kind = Kind::from_mode(md.mode())?;
+    Some(Entry {
+        name,
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: mtime_of(md),
+        size: 0,
+        dev: md.dev(),
+        inode: md.ino(),
+        links: md.nlink().min(u32::MAX as u64) as u32,
+        rdev: if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+            md.rdev()
+        } else {
+            0
+        },
+        xattrs: Vec::new(),
+        content: Content::None,
+    })
+}
+
+impl Run<'_> {
+    fn error(&self, path: &Path, e: impl std::fmt::Display) {
+        let msg = format!("{}: {e}", path.display());
+        self.progress.warn(&msg);
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
+    }
+
+    fn write_index(&self, packs: &[PackInfo]) -> Result<()> {
+        let id = self.repo.write_index(packs)?;
+        if let Ok(Some(o)) = self.repo.store().head(&crate::repo::index::index_name(&id)) {
+            self.meta_bytes.fetch_add(o.size, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Index what was stored so far once enough has piled up.
+    fn maybe_write_index(&self) -> Result<()> {
+        let batch = {
+            let mut u = self.unindexed.lock().unwrap_or_else(|e| e.into_inner());
+            u.extend(self.writer.take_stored());
+            if u.len() < INDEX_EVERY {
+                return Ok(());
+            }
+            std::mem::take(&mut *u)
+        };
+        self.write_index(&batch)
+    }
+
+    /// Back up one directory's entries; returns its tree id.
+    fn dir(&self, path: &Path, prev: Option<&Tree>) -> Result<Id> {
+        let mut names: Vec<OsString> = fs::read_dir(path)
+            .at(path)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()
+            .at(path)?;
+        names.sort();
+        let entries: Vec<Option<Entry>> = names
+            .par_iter()
+            .map(|name| {
+                let child = path.join(name);
+                if self.exclude.iter().any(|x| x == &child) {
+                    return Ok(None);
+                }
+                let bytes = fsmeta::name_bytes(name);
+                let prev_entry = prev.and_then(|t| t.find(bytes));
+                match self.entry(&child, bytes.to_vec(), prev_entry) {
+                    Ok(e) => Ok(Some(e)),
+                    Err(e @ Error::Io { .. }) | Err(e @ Error::Invalid(_)) => {
+                        self.error(&child, strip_path(&e, &child));
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .collect::<Result<_>>()?;
+        let tree = Tree {
+            entries: entries.into_iter().flatten().collect(),
+        };
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+        let id = self.writer.add(BlobKind::Tree, &tree.encode())?;
+        self.maybe_write_index()?;
+        Ok(id)
+    }
+
+    fn entry(&self, path: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<Entry> {
+        let md = fs::symlink_metadata(path).at(path)?;
+        let mut e = entry_from_metadata(name, &md)
+            .ok_or_else(|| Error::Invalid("unknown file type".into()))?;
+        e.xattrs = match fsmeta::list_xattrs(path) {
+            Ok(x) => x,
+            Err(err) => {
+                self.error(path, format!("extended attributes not saved: {err}"));
+                Vec::new()
+            }
+        };
+        match e.kind {
+            Kind::Dir => {
+                let prev_tree = prev
+                    .filter(|p| p.kind == Kind::Dir)
+                    .and_then(|p| p.subtree())
+                    .and_then(|id| self.repo.read_tree(&id).ok());
+                e.content = Content::Subtree(self.dir(path, prev_tree.as_ref())?);
+            }
+            Kind::File => {
+                let chunks = self.file(path, &md, &e, prev)?;
+                e.size = chunks.iter().map(|c| c.len as u64).sum();
+                self.total_bytes.fetch_add(e.size, Ordering::Relaxed);
+                e.content = Content::Chunks(chunks);
+            }
+            Kind::Symlink => {
+                let target = fs::read_link(path).at(path)?;
+                let t = fsmeta::name_bytes(target.as_os_str()).to_vec();
+                e.size = t.len() as u64;
+                e.content = Content::Symlink(t);
+            }
+            _ => {}
+        }
+        Ok(e)
+    }
+
+    fn file(
+        &self,
+        path: &Path,
+        md: &Metadata,
+        e: &Entry,
+        prev: Option<&Entry>,
+    ) -> Result<Vec<ChunkRef>> {
+        if let Some(p) = prev {
+            let same = p.kind == Kind::File
+                && p.size == md.len()
+                && p.mtime == e.mtime
+                && p.inode == e.inode;
+            if same {
+                let ix = self.repo.index();
+                if p.chunks().iter().all(|c| ix.contains(&c.id)) {
+                    self.files_unchanged.fetch_add(1, Ordering::Relaxed);
+                    return Ok(p.chunks().to_vec());
+                }
+            }
+            self.files_changed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.files_new.fetch_add(1, Ordering::Relaxed);
+        }
+        let link_key = (e.dev, e.inode);
+        if e.links > 1 {
+            if let Some(c) = self
+                .hard_links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&link_key)
+            {
+                return Ok(c.clone());
+            }
+        }
+        let chunks = self.read_file(path, md.len())?;
+        if e.links > 1 {
+            self.hard_links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(link_key, chunks.clone());
+        }
+        Ok(chunks)
+    }
+
+    fn read_file(&self, path: &Path, size_hint: u64) -> Result<Vec<ChunkRef>> {
+        let mut f = File::open(path).at(path)?;
+        // Small files are one chunk: skip the chunker and its buffer.
+        if size_hint < self.repo.config().chunker.min as u64 {
+            let mut data = Vec::with_capacity(size_hint as usize);
+            f.read_to_end(&mut data).at(path)?;
+            return Ok(if data.len() < self.repo.config().chunker.min as usize {
+                self.note_read(data.len());
+                if data.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![ChunkRef {
+                        id: self.writer.add(BlobKind::Data, &data)?,
+                        len: data.len() as u32,
+                    }]
+                }
+            } else {
+                // It grew while we looked: chunk what we read.
+                self.chunk_stream(path, &data[..])?
+            });
+        }
+        self.chunk_stream(path, f)
+    }
+
+    /// Chunk a stream; seal chunks in parallel, keep their order.
+    fn chunk_stream(&self, path: &Path, source: impl Read + Send) -> Result<Vec<ChunkRef>> {
+        let mut out: Vec<(usize, ChunkRef)> = self
+            .chunker
+            .stream(source)
+            .enumerate()
+            .par_bridge()
+            .map(|(i, chunk)| {
+                let chunk = chunk.at(path)?;
+                self.note_read(chunk.len());
+                let id = self.writer.add(BlobKind::Data, &chunk)?;
+                Ok((
+                    i,
+                    ChunkRef {
+                        id,
+                        len: chunk.len() as u32,
+                    },
+                ))
+            })
+            .collect::<Result<_>>()?;
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, c)| c).collect())
+    }
+
+    fn note_read(&self, n: usize) {
+        self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress.advance(n as u64);
+    }
+}
+
+/// An I/O error message without the path (the caller prints it first).
+fn strip_path(e: &Error, path: &Path) -> String {
+    let s = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    s.strip_prefix(&prefix).map(str::to_string).unwrap_or(s)
+}
