@@ -1,0 +1,307 @@
+//! End-to-end tests of the batch commands (init, backup, snapshots, ls, cat,
+//! restore, check) through the real binary, on `file://` and on the S3
+//! server that scripts/test.sh starts.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::*;
+
+/// Backup → restore is byte- and attribute-exact; a second backup and a
+/// renamed copy add almost nothing; a 1 MiB edit in a 200 MB file adds
+/// little; no name or content reaches the store in plaintext.
+#[test]
+fn round_trip_dedup_and_secrecy() {
+    for store in stores("round-trip") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        let secrets = make_tree(
+            &src,
+            &TreeSpec {
+                small_files: 3000,
+                big_file: 200_000_000,
+                seed: 1,
+            },
+        );
+        let s = Secrate::new(&store.url);
+        s.init();
+        let out = s.ok(&["backup", src.to_str().unwrap()]);
+        assert!(out.contains("saved"), "{out}");
+        let first = store_size(&store.url);
+
+        let dst = work.path().join("restored");
+        s.ok(&["restore", "latest", dst.to_str().unwrap()]);
+        assert_same_tree(&src, &dst);
+
+        // Unchanged: nothing re-read, < 1 % added.
+        let out = s.ok(&["backup", src.to_str().unwrap()]);
+        assert!(out.contains(" 0 new, 0 changed"), "{out}");
+        assert!(out.contains("read 0 B"), "{out}");
+        let second = store_size(&store.url);
+        assert!(
+            second - first < first / 100,
+            "unchanged backup added {} bytes",
+            second - first
+        );
+
+        // 1 MiB changed in the middle of the 200 MB file: < 5 MiB added.
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(src.join("big.bin"))
+                .unwrap();
+            f.seek(SeekFrom::Start(100_000_000)).unwrap();
+            f.write_all(&vec![0x5a; 1 << 20]).unwrap();
+        }
+        let out = s.ok(&["backup", src.to_str().unwrap()]);
+        assert!(out.contains(" 0 new, 1 changed"), "{out}");
+        let third = store_size(&store.url);
+        assert!(
+            third - second < 5 << 20,
+            "1 MiB edit added {} bytes",
+            third - second
+        );
+
+        // A copy under another name: < 1 % of the tree added.
+        let copy = work.path().join("copy-of-src");
+        let st = std::process::Command::new("cp")
+            .args(["-a", src.to_str().unwrap(), copy.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        s.ok(&["backup", copy.to_str().unwrap()]);
+        let fourth = store_size(&store.url);
+        assert!(
+            fourth - third < third / 100,
+            "copy added {} bytes",
+            fourth - third
+        );
+
+        // The latest snapshot restores the edited tree exactly.
+        let dst2 = work.path().join("restored-2");
+        s.ok(&["restore", "latest", dst2.to_str().unwrap()]);
+        assert_same_tree(&copy, &dst2);
+
+        // --path restores one subtree; cat and ls read without restoring.
+        let sub = work.path().join("sub");
+        s.ok(&[
+            "restore",
+            "latest",
+            sub.to_str().unwrap(),
+            "--path",
+            "dir-03",
+        ]);
+        assert_same_tree(&copy.join("dir-03"), &sub);
+        let cat = s
+            .command()
+            .args(["cat", "latest", "exec.sh"])
+            .output()
+            .unwrap();
+        assert_eq!(cat.stdout, fs::read(src.join("exec.sh")).unwrap());
+        let ls = s.ok(&["ls", "latest", "dir-01"]);
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with("/dir-01/file-secret-name-")),
+            "{ls}"
+        );
+
+        // Snapshots as JSON.
+        let json: serde_json::Value =
+            serde_json::from_str(&s.ok(&["snapshots", "--json"])).unwrap();
+        let arr = json.as_array().unwrap();
+        assert_eq!(arr.len(), 4);
+        for snap in arr {
+            assert_eq!(snap["id"].as_str().unwrap().len(), 64);
+            assert!(snap["time"].as_str().unwrap().ends_with('Z'));
+        }
+
+        // Nothing readable in the store.
+        let objects = store_objects(&store.url);
+        assert!(objects.len() > 5);
+        for (name, bytes) in &objects {
+            for n in secrets.names.iter().chain(&secrets.contents) {
+                assert!(
+                    !contains(bytes, n),
+                    "{} leaks {:?}",
+                    name,
+                    String::from_utf8_lossy(n)
+                );
+            }
+            for leak in [
+                src.to_str().unwrap().as_bytes(),
+                b"file-secret-name".as_slice(),
+                b"SECRATE-PLAINTEXT",
+            ] {
+                assert!(
+                    !contains(bytes, leak),
+                    "{name} leaks {:?}",
+                    String::from_utf8_lossy(leak)
+                );
+            }
+        }
+        assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
+    }
+}
+
+#[test]
+fn passphrase_recovery_key_and_errors() {
+    for store in stores("keys") {
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        // No repository yet: one sentence, exit 1.
+        let o = s.run(&["snapshots"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).starts_with("secrate: no repository at"),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(stderr(&o).lines().count(), 1);
+
+        let recovery = s.init();
+        let o = s.run(&["init", "--kdf-work-factor", "10"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+
+        let src = work.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), b"data").unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+
+        let mut wrong = Secrate::new(&store.url);
+        wrong.envs = vec![("SECRATE_PASSPHRASE".into(), "not it".into())];
+        let o = wrong.run(&["snapshots"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(
+            stderr(&o).trim(),
+            format!(
+                "secrate: wrong passphrase (or key) for the repository at {}",
+                store.url.trim_end_matches('/')
+            )
+        );
+
+        // The recovery key, from the environment and from a file.
+        let mut rec = Secrate::new(&store.url);
+        rec.envs = vec![("SECRATE_RECOVERY_KEY".into(), recovery.clone())];
+        assert!(rec.ok(&["snapshots"]).contains("1 snapshots"));
+        let keyfile = work.path().join("recovery.txt");
+        fs::write(&keyfile, format!("{recovery}\n")).unwrap();
+        let mut rec = Secrate::new(&store.url);
+        rec.envs.clear();
+        assert!(rec
+            .ok(&[
+                "snapshots",
+                "--recovery-key-file",
+                keyfile.to_str().unwrap()
+            ])
+            .contains("1 snapshots"));
+        let mut bad = Secrate::new(&store.url);
+        bad.envs = vec![(
+            "SECRATE_RECOVERY_KEY".into(),
+            "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ".into(),
+        )];
+        let o = bad.run(&["snapshots"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+
+        // A passphrase file.
+        let pf = work.path().join("pass");
+        fs::write(&pf, format!("{PASSPHRASE}\n")).unwrap();
+        let mut viafile = Secrate::new(&store.url);
+        viafile.envs.clear();
+        assert!(viafile
+            .ok(&["snapshots", "--passphrase-file", pf.to_str().unwrap()])
+            .contains("1 snapshots"));
+
+        // Bad input: one sentence, non-zero.
+        for args in [
+            vec!["restore", "nothex", "/tmp/x"],
+            vec!["restore", "ffffffff", "/tmp/x"],
+            vec!["cat", "latest", "no/such/file"],
+            vec!["backup", "/no/such/dir"],
+        ] {
+            let o = s.run(&args);
+            assert_eq!(o.status.code(), Some(1), "{args:?}");
+            let e = stderr(&o);
+            assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+            assert!(e.starts_with("secrate: "), "{args:?}: {e}");
+        }
+    }
+}
+
+#[test]
+fn unreachable_store_and_bad_urls() {
+    let s = Secrate::new("s3://bucket/prefix");
+    let o = s
+        .command()
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    let e = stderr(&o);
+    assert!(
+        e.starts_with("secrate: store error at s3://bucket/prefix"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    for url in ["file://relative", "ftp://x", "nonsense"] {
+        let o = Secrate::new(url).run(&["snapshots"]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("cannot use store URL"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+/// A flipped byte in a pack: `check --read-data` names the damaged file and
+/// exits 1; every other file still restores.
+#[test]
+fn flipped_byte_names_the_damaged_file() {
+    for store in stores("flip") {
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        let mut data = vec![0u8; 3 << 20];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+        fs::write(src.join("d/victim.bin"), &data).unwrap();
+        fs::write(src.join("other.txt"), b"unharmed").unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
+
+        // The data pack is the big one; flip a byte inside its first blob.
+        let st = open_store(&store.url);
+        let packs = st.list("packs").unwrap();
+        let big = packs.iter().max_by_key(|p| p.size).unwrap();
+        let mut bytes = st.get(&big.name).unwrap().to_vec();
+        bytes[1000] ^= 0x01;
+        st.put(&big.name, bytes.into()).unwrap();
+
+        let o = s.run(&["check", "--read-data"]);
+        assert_eq!(o.status.code(), Some(1));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let damaged: Vec<&str> = out.lines().filter(|l| l.starts_with("damaged:")).collect();
+        assert_eq!(damaged.len(), 1, "{out}");
+        assert!(damaged[0].contains("/d/victim.bin"), "{out}");
+        assert!(!out.contains("other.txt"), "{out}");
+
+        // The other file still restores; the damaged one is reported.
+        let dst = work.path().join("dst");
+        let o = s.run(&["restore", "latest", dst.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains("victim.bin"), "{}", stderr(&o));
+        assert_eq!(fs::read(dst.join("other.txt")).unwrap(), b"unharmed");
+        assert!(Path::new(&dst.join("d/victim.bin")).exists());
+    }
+}
