@@ -42,6 +42,9 @@ use self::pack::{pack_id_from_name, pack_name, PackInfo};
 use self::snapshot::{snapshot_name, Snapshot};
 use self::tree::Tree;
 
+/// Snapshots with their ids, oldest first.
+pub type SnapshotList = Vec<(Id, Snapshot)>;
+
 /// What unlocks a repository.
 pub enum Secret {
     Passphrase(Zeroizing<String>),
@@ -454,7 +457,7 @@ impl Repository {
     }
 
     /// Every snapshot, oldest first, plus the ones that could not be read.
-    pub fn snapshots(&self) -> Result<(Vec<(Id, Snapshot)>, Vec<Error>)> {
+    pub fn snapshots(&self) -> Result<(SnapshotList, Vec<Error>)> {
         let ids: Vec<Id> = self
             .store
             .list("snapshots")?

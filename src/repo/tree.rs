@@ -44,7 +44,7 @@ impl Kind {
 
     /// The `S_IFMT` bits of this kind.
     pub fn mode_bits(self) -> u32 {
-        (match self {
+        match self {
             Kind::File => libc::S_IFREG,
             Kind::Dir => libc::S_IFDIR,
             Kind::Symlink => libc::S_IFLNK,
@@ -52,18 +52,18 @@ impl Kind {
             Kind::CharDevice => libc::S_IFCHR,
             Kind::BlockDevice => libc::S_IFBLK,
             Kind::Socket => libc::S_IFSOCK,
-        }) as u32
+        }
     }
 
     pub fn from_mode(mode: u32) -> Option<Kind> {
-        Some(match mode & libc::S_IFMT as u32 {
-            m if m == libc::S_IFREG as u32 => Kind::File,
-            m if m == libc::S_IFDIR as u32 => Kind::Dir,
-            m if m == libc::S_IFLNK as u32 => Kind::Symlink,
-            m if m == libc::S_IFIFO as u32 => Kind::Fifo,
-            m if m == libc::S_IFCHR as u32 => Kind::CharDevice,
-            m if m == libc::S_IFBLK as u32 => Kind::BlockDevice,
-            m if m == libc::S_IFSOCK as u32 => Kind::Socket,
+        Some(match mode & libc::S_IFMT {
+            m if m == libc::S_IFREG => Kind::File,
+            m if m == libc::S_IFDIR => Kind::Dir,
+            m if m == libc::S_IFLNK => Kind::Symlink,
+            m if m == libc::S_IFIFO => Kind::Fifo,
+            m if m == libc::S_IFCHR => Kind::CharDevice,
+            m if m == libc::S_IFBLK => Kind::BlockDevice,
+            m if m == libc::S_IFSOCK => Kind::Socket,
             _ => return None,
         })
     }

@@ -54,12 +54,14 @@ struct Shared {
     stored_packs: AtomicU64,
 }
 
+type FinishedPack = (PackInfo, Vec<u8>);
+
 pub struct BlobWriter {
     repo: Arc<Repository>,
     target: usize,
     open: Mutex<Vec<PackBuilder>>,
     taken: Mutex<HashSet<Id>>,
-    tx: Mutex<Option<Sender<(PackInfo, Vec<u8>)>>>,
+    tx: Mutex<Option<Sender<FinishedPack>>>,
     uploaders: Mutex<Vec<JoinHandle<()>>>,
     shared: Arc<Shared>,
     new_blobs: AtomicU64,
