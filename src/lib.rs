@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod crypto;
 pub mod error;
 pub mod fsmeta;
+pub mod live;
 pub mod ops;
 pub mod progress;
 pub mod repo;

@@ -1,0 +1,330 @@
+//! File contents in the live tree: staged files and sealed chunks.
+//!
+//! A file's content is either its staged file (`staged/<ino>`, written
+//! since the file was last sealed, or copied up to be written) or its chunk
+//! list, read through a `DataSource` (chunk cache, outbox, store). The first
+//! write to a sealed file copies it up into a staged file; a truncation to
+//! zero skips the copy. Reads never take the barrier; writes hold it shared.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::{Arc, Mutex};
+
+use crate::crypto::Id;
+use crate::live::{now, Body, Inode, Live, LiveError, LiveResult};
+use crate::repo::tree::{ChunkRef, Kind};
+
+/// Where sealed file data comes from.
+pub trait DataSource: Send + Sync {
+    /// The plaintext of a data blob.
+    fn chunk(&self, id: &Id) -> crate::Result<Arc<Vec<u8>>>;
+    /// A hint that these chunks will be read soon.
+    fn prefetch(&self, _ids: &[Id]) {}
+}
+
+#[derive(Default)]
+struct OpenEntry {
+    count: u32,
+    file: Option<Arc<File>>,
+}
+
+/// Open counts and staged file handles, per inode.
+#[derive(Default)]
+pub struct OpenFiles {
+    entries: Mutex<HashMap<u64, OpenEntry>>,
+    copy_up: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
+}
+
+impl OpenFiles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.lock().get(&ino).is_some_and(|e| e.count > 0)
+    }
+
+    /// Drop a cached handle (the staged file was replaced or removed).
+    pub fn forget_handle(&self, ino: u64) {
+        if let Some(e) = self.lock().get_mut(&ino) {
+            e.file = None;
+        }
+    }
+
+    fn copy_up_lock(&self, ino: u64) -> Arc<Mutex<()>> {
+        self.copy_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ino)
+            .or_default()
+            .clone()
+    }
+}
+
+/// Which chunks cover `[offset, offset + size)`: (index, offset in chunk start).
+fn chunk_span(chunks: &[ChunkRef], offset: u64, size: u64) -> Vec<(usize, u64)> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    let end = offset + size;
+    for (i, c) in chunks.iter().enumerate() {
+        let next = pos + c.len as u64;
+        if next > offset && pos < end {
+            out.push((i, pos));
+        }
+        if next >= end {
+            break;
+        }
+        pos = next;
+    }
+    out
+}
+
+impl Live {
+    pub fn open_file(&self, ino: u64) {
+        self.open_files.lock().entry(ino).or_default().count += 1;
+    }
+
+    /// The last close of an unlinked file removes it.
+    pub fn release_file(&self, ino: u64) -> LiveResult<()> {
+        let last = {
+            let mut m = self.open_files.lock();
+            match m.get_mut(&ino) {
+                Some(e) if e.count > 1 => {
+                    e.count -= 1;
+                    false
+                }
+                Some(_) => {
+                    m.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+            let gone = self.tx(|tx| match tx.get(ino) {
+                Ok(rec) if rec.nlink == 0 => {
+                    tx.remove_inode(ino)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            })?;
+            if gone {
+                let _ = std::fs::remove_file(self.staged_path(ino));
+            }
+        }
+        Ok(())
+    }
+
+    fn staged_handle(&self, ino: u64) -> LiveResult<Arc<File>> {
+        if let Some(f) = self.open_files.lock().get(&ino).and_then(|e| e.file.clone()) {
+            return Ok(f);
+        }
+        let f = Arc::new(OpenOptions::new().read(true).write(true).open(self.staged_path(ino))?);
+        if let Some(e) = self.open_files.lock().get_mut(&ino) {
+            e.file = Some(f.clone());
+        }
+        Ok(f)
+    }
+
+    /// Make `ino`'s content a staged file, fetching its chunks unless
+    /// `truncate` (the caller is about to cut it to zero).
+    pub fn ensure_staged(&self, ino: u64, src: &dyn DataSource, truncate: bool) -> LiveResult<()> {
+        let lock = self.open_files.copy_up_lock(ino);
+        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = self.inode(ino)?;
+        if rec.kind != Kind::File {
+            return Err(LiveError::IsDir);
+        }
+        if rec.is_staged() {
+            return Ok(());
+        }
+        let chunks = rec.chunks().map(|c| c.to_vec()).unwrap_or_default();
+        let tmp = self.dir().join("staged").join(format!("{ino}.tmp"));
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            if !truncate {
+                for c in &chunks {
+                    let data = src.chunk(&c.id)?;
+                    f.write_all(&data)?;
+                }
+            }
+        }
+        std::fs::rename(&tmp, self.staged_path(ino))?;
+        self.open_files.forget_handle(ino);
+        self.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            if let Body::File { staged, chunks: c, .. } = &mut r.body {
+                *staged = true;
+                if truncate {
+                    // The staged file is empty; it no longer matches.
+                    *c = None;
+                }
+            }
+            if truncate {
+                r.size = 0;
+                tx.mark_dirty_file(ino)?;
+                tx.stamp(ino, &mut r)
+            } else {
+                tx.put(ino, &r)
+            }
+        })
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32, src: &dyn DataSource) -> LiveResult<Vec<u8>> {
+        let rec = self.inode(ino)?;
+        read_inode(self, ino, &rec, offset, size, src)
+    }
+
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8], src: &dyn DataSource) -> LiveResult<usize> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.ensure_staged(ino, src, false)?;
+        let f = self.staged_handle(ino)?;
+        f.write_all_at(data, offset)?;
+        let end = offset + data.len() as u64;
+        self.write_meta(ino, |r| {
+            r.size = r.size.max(end);
+            Ok(())
+        })?;
+        Ok(data.len())
+    }
+
+    /// Record a content change: times, dirty state, and `f`'s edit.
+    fn write_meta(&self, ino: u64, f: impl FnOnce(&mut Inode) -> LiveResult<()>) -> LiveResult<()> {
+        self.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            f(&mut r)?;
+            let t = now();
+            r.mtime = t;
+            r.ctime = t;
+            let was_dirty = r.is_dirty_file();
+            if let Body::File { chunks, .. } = &mut r.body {
+                *chunks = None;
+            }
+            if !was_dirty {
+                tx.mark_dirty_file(ino)?;
+            }
+            tx.stamp(ino, &mut r)
+        })
+    }
+
+    /// Set a file's size (truncate or extend with a hole).
+    pub fn truncate(&self, ino: u64, size: u64, src: &dyn DataSource) -> LiveResult<()> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.ensure_staged(ino, src, size == 0)?;
+        let f = self.staged_handle(ino)?;
+        f.set_len(size)?;
+        self.write_meta(ino, |r| {
+            r.size = size;
+            Ok(())
+        })
+    }
+
+    /// Make a file's data and the whole live tree durable.
+    pub fn fsync(&self, ino: u64) -> LiveResult<()> {
+        if self.inode(ino)?.is_staged() {
+            self.staged_handle(ino)?.sync_data()?;
+        }
+        self.commit(true)
+    }
+
+    /// The bytes of a file as `View`/`Inode` describe them, for sealing:
+    /// `None` if the content is the chunk list already.
+    pub fn staged_file(&self, ino: u64) -> std::path::PathBuf {
+        self.staged_path(ino)
+    }
+}
+
+/// Read from a record's content (used for the live tree).
+pub fn read_inode(
+    live: &Live,
+    ino: u64,
+    rec: &Inode,
+    offset: u64,
+    size: u32,
+    src: &dyn DataSource,
+) -> LiveResult<Vec<u8>> {
+    if rec.kind == Kind::Dir {
+        return Err(LiveError::IsDir);
+    }
+    if rec.is_staged() {
+        let f = match live.staged_handle(ino) {
+            Ok(f) => f,
+            // Copy-up raced with us and replaced the file: read the record again.
+            Err(LiveError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return live.read(ino, offset, size, src);
+            }
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let n = (size as u64).min(len - offset) as usize;
+        let mut buf = vec![0u8; n];
+        let mut done = 0;
+        while done < n {
+            let r = f.read_at(&mut buf[done..], offset + done as u64)?;
+            if r == 0 {
+                break;
+            }
+            done += r;
+        }
+        buf.truncate(done);
+        return Ok(buf);
+    }
+    let chunks = rec.chunks().unwrap_or(&[]);
+    read_chunks(chunks, rec.size, offset, size, src)
+}
+
+/// Read `[offset, offset+size)` of content made of `chunks`.
+pub fn read_chunks(chunks: &[ChunkRef], file_size: u64, offset: u64, size: u32, src: &dyn DataSource) -> LiveResult<Vec<u8>> {
+    if offset >= file_size {
+        return Ok(Vec::new());
+    }
+    let size = (size as u64).min(file_size - offset);
+    let span = chunk_span(chunks, offset, size);
+    let mut out = Vec::with_capacity(size as usize);
+    for (i, start) in &span {
+        let data = src.chunk(&chunks[*i].id)?;
+        if data.len() != chunks[*i].len as usize {
+            return Err(LiveError::Repo(crate::Error::corrupt(
+                format!("data blob {}", chunks[*i].id.short()),
+                "its length differs from the tree's",
+            )));
+        }
+        let from = offset.saturating_sub(*start) as usize;
+        let to = ((offset + size - start) as usize).min(data.len());
+        out.extend_from_slice(&data[from..to]);
+    }
+    // Read ahead: the chunks after this read.
+    if let Some((last, _)) = span.last() {
+        let next: Vec<Id> = chunks.iter().skip(last + 1).take(2).map(|c| c.id).collect();
+        if !next.is_empty() {
+            src.prefetch(&next);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans() {
+        let c = |len| ChunkRef { id: Id::default(), len };
+        let chunks = [c(10), c(10), c(10)];
+        assert_eq!(chunk_span(&chunks, 0, 5), vec![(0, 0)]);
+        assert_eq!(chunk_span(&chunks, 5, 10), vec![(0, 0), (1, 10)]);
+        assert_eq!(chunk_span(&chunks, 10, 10), vec![(1, 10)]);
+        assert_eq!(chunk_span(&chunks, 25, 100), vec![(2, 20)]);
+    }
+}

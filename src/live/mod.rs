@@ -1,0 +1,509 @@
+//! The live tree: what the mount shows and what the next seal records.
+//!
+//! Metadata lives in `meta.redb` in the cache directory: inode records,
+//! directory entries (keyed by parent and name, so a range scan lists a
+//! directory in name order), the parents of every non-directory (hard links),
+//! the set of files with unsealed content, and the flush pipeline's state.
+//! File data written since its last seal lives in `staged/<ino>`.
+//!
+//! Invariants:
+//! - A directory's `tree` is `Some` only if nothing in it or below it
+//!   changed since the seal that computed it. Every change stamps the inode
+//!   and its ancestors with the current epoch (a counter a seal bumps when it
+//!   takes its view) and clears their `tree`; the walk up stops at an
+//!   ancestor already stamped in this epoch, since its ancestors are too. A
+//!   seal commits a result for an inode only if its stamp is not newer than
+//!   the seal's view.
+//! - For a staged file the staged file's length is its size.
+//! - Every metadata change happens in the one shared write transaction,
+//!   committed every ~100 ms without fsync and durably on fsync, seal and
+//!   unmount. A crash loses at most the uncommitted tail; staged data
+//!   survives as written, and anything fsync'd survives whole.
+//! - Mutating operations hold `barrier` for reading; a seal holds it for
+//!   writing while it takes its consistent view, so the view never sees half
+//!   an operation.
+
+mod data;
+mod ops;
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use crate::repo::tree::{Kind, Timestamp};
+
+pub use self::data::{DataSource, OpenFiles};
+pub use self::ops::{Attr, SetAttr};
+pub use self::record::{Body, Inode};
+
+pub const ROOT: u64 = 1;
+/// Live inode numbers start here; lower numbers are reserved (1 is the
+/// root, 2 is `.history`).
+pub const FIRST_INO: u64 = 16;
+/// The reserved name at the root.
+pub const HISTORY_NAME: &[u8] = b".history";
+
+pub(crate) const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
+pub(crate) const DIRENTS: TableDefinition<&[u8], u64> = TableDefinition::new("dirents");
+pub(crate) const PARENTS: TableDefinition<&[u8], u32> = TableDefinition::new("parents");
+pub(crate) const DIRTY_FILES: TableDefinition<u64, ()> = TableDefinition::new("dirty_files");
+pub(crate) const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// Why a live-tree operation failed; `fs` maps these to errno.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("read-only")]
+    ReadOnly,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The cache database failed or holds garbage.
+    #[error("cache: {0}")]
+    Cache(String),
+    /// Reading data from the repository failed.
+    #[error("{0}")]
+    Repo(#[from] crate::Error),
+}
+
+pub type LiveResult<T> = Result<T, LiveError>;
+
+fn cache_err(e: impl std::fmt::Display) -> LiveError {
+    LiveError::Cache(e.to_string())
+}
+
+pub fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        secs: d.as_secs() as i64,
+        nanos: d.subsec_nanos(),
+    }
+}
+
+pub fn dirent_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+fn pair_key(a: u64, b: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_be_bytes());
+    k[8..].copy_from_slice(&b.to_be_bytes());
+    k
+}
+
+pub struct Live {
+    dir: PathBuf,
+    db: Database,
+    txn: Mutex<Option<WriteTransaction>>,
+    /// Mutating operations hold it shared; a seal takes it exclusively.
+    pub barrier: RwLock<()>,
+    pending: AtomicBool,
+    epoch: std::sync::atomic::AtomicU64,
+    pub open_files: OpenFiles,
+}
+
+impl Live {
+    /// Open (or create) the live tree in `dir`. A new one gets a root
+    /// directory owned by the caller.
+    pub fn open(dir: &Path) -> LiveResult<Live> {
+        std::fs::create_dir_all(dir.join("staged"))?;
+        let db = Database::create(dir.join("meta.redb")).map_err(cache_err)?;
+        let live = Live {
+            dir: dir.to_path_buf(),
+            db,
+            txn: Mutex::new(None),
+            barrier: RwLock::new(()),
+            pending: AtomicBool::new(false),
+            epoch: std::sync::atomic::AtomicU64::new(1),
+            open_files: OpenFiles::default(),
+        };
+        let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
+        live.epoch.store(e, Ordering::SeqCst);
+        live.tx(|tx| {
+            if tx.inodes.get(ROOT).map_err(cache_err)?.is_none() {
+                let t = now();
+                let root = Inode {
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    uid: unsafe { libc::getuid() },
+                    gid: unsafe { libc::getgid() },
+                    size: 0,
+                    atime: t,
+                    mtime: t,
+                    ctime: t,
+                    nlink: 2,
+                    rdev: 0,
+                    origin_dev: 0,
+                    origin_ino: ROOT,
+                    parent: ROOT,
+                    gen: 1,
+                    xattrs: Vec::new(),
+                    body: Body::Dir { tree: None },
+                };
+                tx.put(ROOT, &root)?;
+            }
+            Ok(())
+        })?;
+        live.commit(true)?;
+        Ok(live)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn staged_path(&self, ino: u64) -> PathBuf {
+        self.dir.join("staged").join(ino.to_string())
+    }
+
+    fn lock_txn(&self) -> MutexGuard<'_, Option<WriteTransaction>> {
+        self.txn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `f` in the shared write transaction.
+    pub fn tx<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> LiveResult<R>) -> LiveResult<R> {
+        let mut guard = self.lock_txn();
+        if guard.is_none() {
+            let mut t = self.db.begin_write().map_err(cache_err)?;
+            t.set_durability(redb::Durability::None).map_err(cache_err)?;
+            *guard = Some(t);
+        }
+        let txn = guard.as_mut().expect("just set");
+        let mut tx = Tx::open(txn, self.epoch.load(Ordering::SeqCst))?;
+        let r = f(&mut tx);
+        drop(tx);
+        self.pending.store(true, Ordering::Release);
+        r
+    }
+
+    /// Commit the shared transaction; `durable` waits for the disk.
+    pub fn commit(&self, durable: bool) -> LiveResult<()> {
+        let mut guard = self.lock_txn();
+        match guard.take() {
+            Some(mut t) => {
+                if durable {
+                    t.set_durability(redb::Durability::Immediate).map_err(cache_err)?;
+                }
+                self.pending.store(false, Ordering::Release);
+                t.commit().map_err(cache_err)
+            }
+            None if durable => {
+                // Make earlier non-durable commits durable.
+                let mut t = self.db.begin_write().map_err(cache_err)?;
+                t.set_durability(redb::Durability::Immediate).map_err(cache_err)?;
+                t.commit().map_err(cache_err)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Commit if anything changed since the last commit (the periodic tick).
+    pub fn commit_if_pending(&self) -> LiveResult<()> {
+        if self.pending.load(Ordering::Acquire) {
+            self.commit(false)?;
+        }
+        Ok(())
+    }
+
+    /// Start a new epoch (under the exclusive barrier, as a seal takes its
+    /// view): changes from now on are newer than the view. Returns the
+    /// epoch the view belongs to.
+    pub fn next_epoch(&self) -> LiveResult<u64> {
+        let old = self.epoch.load(Ordering::SeqCst);
+        self.tx(|tx| tx.set_state_u64("epoch", old + 1))?;
+        self.epoch.store(old + 1, Ordering::SeqCst);
+        Ok(old)
+    }
+
+    /// A consistent read-only view of everything committed.
+    pub fn read_view(&self) -> LiveResult<View> {
+        let txn = self.db.begin_read().map_err(cache_err)?;
+        Ok(View { txn })
+    }
+
+    /// Read one inode from the current state (including uncommitted changes).
+    pub fn inode(&self, ino: u64) -> LiveResult<Inode> {
+        self.tx(|tx| tx.get(ino))
+    }
+
+    /// Fetch a named state value.
+    pub fn state(&self, key: &str) -> LiveResult<Option<Vec<u8>>> {
+        self.tx(|tx| tx.state(key))
+    }
+}
+
+/// The shared write transaction with its tables open.
+pub struct Tx<'t> {
+    pub(crate) inodes: Table<'t, u64, &'static [u8]>,
+    pub(crate) dirents: Table<'t, &'static [u8], u64>,
+    pub(crate) parents: Table<'t, &'static [u8], u32>,
+    pub(crate) dirty: Table<'t, u64, ()>,
+    pub(crate) state: Table<'t, &'static str, &'static [u8]>,
+    pub(crate) txn: &'t WriteTransaction,
+    pub epoch: u64,
+}
+
+impl<'t> Tx<'t> {
+    fn open(txn: &'t WriteTransaction, epoch: u64) -> LiveResult<Tx<'t>> {
+        Ok(Tx {
+            inodes: txn.open_table(INODES).map_err(cache_err)?,
+            dirents: txn.open_table(DIRENTS).map_err(cache_err)?,
+            parents: txn.open_table(PARENTS).map_err(cache_err)?,
+            dirty: txn.open_table(DIRTY_FILES).map_err(cache_err)?,
+            state: txn.open_table(STATE).map_err(cache_err)?,
+            txn,
+            epoch,
+        })
+    }
+
+    pub fn txn(&self) -> &'t WriteTransaction {
+        self.txn
+    }
+
+    pub fn get(&self, ino: u64) -> LiveResult<Inode> {
+        match self.inodes.get(ino).map_err(cache_err)? {
+            Some(v) => Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
+            None => Err(LiveError::NotFound),
+        }
+    }
+
+    pub fn exists(&self, ino: u64) -> LiveResult<bool> {
+        Ok(self.inodes.get(ino).map_err(cache_err)?.is_some())
+    }
+
+    pub fn put(&mut self, ino: u64, rec: &Inode) -> LiveResult<()> {
+        self.inodes.insert(ino, rec.encode().as_slice()).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn remove_inode(&mut self, ino: u64) -> LiveResult<()> {
+        self.inodes.remove(ino).map_err(cache_err)?;
+        self.dirty.remove(ino).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> LiveResult<Option<u64>> {
+        Ok(self
+            .dirents
+            .get(dirent_key(parent, name).as_slice())
+            .map_err(cache_err)?
+            .map(|v| v.value()))
+    }
+
+    pub fn insert_dirent(&mut self, parent: u64, name: &[u8], child: u64) -> LiveResult<()> {
+        self.dirents
+            .insert(dirent_key(parent, name).as_slice(), child)
+            .map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn remove_dirent(&mut self, parent: u64, name: &[u8]) -> LiveResult<()> {
+        self.dirents
+            .remove(dirent_key(parent, name).as_slice())
+            .map_err(cache_err)?;
+        Ok(())
+    }
+
+    /// A directory's entries in name order.
+    pub fn children(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
+        list_children(&self.dirents, parent)
+    }
+
+    pub fn has_children(&self, parent: u64) -> LiveResult<bool> {
+        let lo = parent.to_be_bytes();
+        let hi = (parent + 1).to_be_bytes();
+        Ok(self
+            .dirents
+            .range(&lo[..]..&hi[..])
+            .map_err(cache_err)?
+            .next()
+            .is_some())
+    }
+
+    /// Record one more link of `child` in `parent` (non-directories).
+    pub fn add_parent(&mut self, child: u64, parent: u64) -> LiveResult<()> {
+        let k = pair_key(child, parent);
+        let n = self.parents.get(&k[..]).map_err(cache_err)?.map(|v| v.value()).unwrap_or(0);
+        self.parents.insert(&k[..], n + 1).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn remove_parent(&mut self, child: u64, parent: u64) -> LiveResult<()> {
+        let k = pair_key(child, parent);
+        let n = self.parents.get(&k[..]).map_err(cache_err)?.map(|v| v.value()).unwrap_or(0);
+        if n <= 1 {
+            self.parents.remove(&k[..]).map_err(cache_err)?;
+        } else {
+            self.parents.insert(&k[..], n - 1).map_err(cache_err)?;
+        }
+        Ok(())
+    }
+
+    /// The directories holding a link to `ino`.
+    pub fn parents_of(&self, ino: u64, rec: &Inode) -> LiveResult<Vec<u64>> {
+        if rec.kind == Kind::Dir {
+            return Ok(if ino == ROOT { vec![] } else { vec![rec.parent] });
+        }
+        let lo = pair_key(ino, 0);
+        let hi = pair_key(ino, u64::MAX);
+        let mut out = Vec::new();
+        for r in self.parents.range(&lo[..]..=&hi[..]).map_err(cache_err)? {
+            let (k, _) = r.map_err(cache_err)?;
+            let k = k.value();
+            out.push(u64::from_be_bytes(k[8..16].try_into().map_err(cache_err)?));
+        }
+        Ok(out)
+    }
+
+    /// Stamp every directory above `ino` with this epoch and clear its tree
+    /// id, stopping at one already stamped (its ancestors are too).
+    pub fn dirty_ancestors(&mut self, ino: u64, rec: &Inode) -> LiveResult<()> {
+        let mut stack = self.parents_of(ino, rec)?;
+        let mut seen = std::collections::HashSet::new();
+        while let Some(p) = stack.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
+            let mut d = self.get(p)?;
+            if d.gen == self.epoch && d.dir_tree().is_none() {
+                continue;
+            }
+            d.gen = self.epoch;
+            d.body = Body::Dir { tree: None };
+            self.put(p, &d)?;
+            stack.extend(self.parents_of(p, &d)?);
+        }
+        Ok(())
+    }
+
+    /// Change an inode: stamp it with this epoch, mark it and its
+    /// ancestors changed (a file whose content changed is also marked dirty
+    /// by the caller).
+    pub fn modify<R>(&mut self, ino: u64, f: impl FnOnce(&mut Inode) -> LiveResult<R>) -> LiveResult<R> {
+        let mut rec = self.get(ino)?;
+        let r = f(&mut rec)?;
+        self.stamp(ino, &mut rec)?;
+        Ok(r)
+    }
+
+    /// Store a changed record, stamped with this epoch, and dirty its ancestors.
+    pub fn stamp(&mut self, ino: u64, rec: &mut Inode) -> LiveResult<()> {
+        rec.gen = self.epoch;
+        if let Body::Dir { tree } = &mut rec.body {
+            *tree = None;
+        }
+        self.put(ino, rec)?;
+        self.dirty_ancestors(ino, rec)
+    }
+
+    pub fn mark_dirty_file(&mut self, ino: u64) -> LiveResult<()> {
+        self.dirty.insert(ino, ()).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn dirty_files(&self) -> LiveResult<Vec<u64>> {
+        let mut out = Vec::new();
+        for r in self.dirty.iter().map_err(cache_err)? {
+            out.push(r.map_err(cache_err)?.0.value());
+        }
+        Ok(out)
+    }
+
+    pub fn clear_dirty_file(&mut self, ino: u64) -> LiveResult<()> {
+        self.dirty.remove(ino).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn state(&self, key: &str) -> LiveResult<Option<Vec<u8>>> {
+        Ok(self.state.get(key).map_err(cache_err)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn set_state(&mut self, key: &str, value: &[u8]) -> LiveResult<()> {
+        self.state.insert(key, value).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn state_u64(&self, key: &str) -> LiveResult<u64> {
+        Ok(self
+            .state(key)?
+            .and_then(|v| v.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0))
+    }
+
+    pub fn set_state_u64(&mut self, key: &str, v: u64) -> LiveResult<()> {
+        self.set_state(key, &v.to_le_bytes())
+    }
+
+    pub fn alloc_ino(&mut self) -> LiveResult<u64> {
+        let next = self.state_u64("next_ino")?.max(FIRST_INO);
+        self.set_state_u64("next_ino", next + 1)?;
+        Ok(next)
+    }
+}
+
+fn list_children<T: ReadableTable<&'static [u8], u64>>(t: &T, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
+    let lo = parent.to_be_bytes();
+    let hi = (parent + 1).to_be_bytes();
+    let mut out = Vec::new();
+    for r in t.range(&lo[..]..&hi[..]).map_err(cache_err)? {
+        let (k, v) = r.map_err(cache_err)?;
+        out.push((k.value()[8..].to_vec(), v.value()));
+    }
+    Ok(out)
+}
+
+/// A committed, consistent view of the live tree (what a seal records).
+pub struct View {
+    txn: redb::ReadTransaction,
+}
+
+impl View {
+    pub fn inode(&self, ino: u64) -> LiveResult<Inode> {
+        let t = self.txn.open_table(INODES).map_err(cache_err)?;
+        match t.get(ino).map_err(cache_err)? {
+            Some(v) => Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
+            None => Err(LiveError::NotFound),
+        }
+    }
+
+    pub fn children(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
+        let t = self.txn.open_table(DIRENTS).map_err(cache_err)?;
+        list_children(&t, parent)
+    }
+
+    pub fn dirty_files(&self) -> LiveResult<Vec<u64>> {
+        let t = self.txn.open_table(DIRTY_FILES).map_err(cache_err)?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(cache_err)? {
+            out.push(r.map_err(cache_err)?.0.value());
+        }
+        Ok(out)
+    }
+
+    pub fn txn(&self) -> &redb::ReadTransaction {
+        &self.txn
+    }
+}

@@ -1,0 +1,397 @@
+//! Namespace and attribute operations on the live tree, with POSIX
+//! semantics: create, mkdir, symlink, link, unlink, rmdir, rename (with
+//! RENAME_NOREPLACE and RENAME_EXCHANGE), setattr, extended attributes.
+//!
+//! Each runs in the shared transaction under the shared barrier, and stamps
+//! what it changes so the next seal records it.
+
+use crate::live::{now, Body, Inode, Live, LiveError, LiveResult, Tx, ROOT};
+use crate::repo::tree::{Kind, Timestamp};
+
+/// An inode number and its record, as operations return them.
+pub type Attr = (u64, Inode);
+
+/// Which attributes `setattr` changes (size is handled by the caller).
+#[derive(Default, Debug, Clone)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
+}
+
+const NAME_MAX: usize = 255;
+
+fn check_name(name: &[u8]) -> LiveResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(LiveError::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(LiveError::Invalid);
+    }
+    Ok(())
+}
+
+fn dir_of(tx: &Tx, ino: u64) -> LiveResult<Inode> {
+    let d = tx.get(ino)?;
+    if d.kind != Kind::Dir {
+        return Err(LiveError::NotDir);
+    }
+    Ok(d)
+}
+
+/// Parent's mtime and ctime move when its entries change.
+fn touch_dir(tx: &mut Tx, ino: u64, nlink_delta: i32) -> LiveResult<()> {
+    tx.modify(ino, |d| {
+        let t = now();
+        d.mtime = t;
+        d.ctime = t;
+        d.nlink = (d.nlink as i64 + nlink_delta as i64).max(2) as u32;
+        Ok(())
+    })
+}
+
+pub struct NewNode<'a> {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub symlink: Option<&'a [u8]>,
+}
+
+impl Live {
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> LiveResult<Attr> {
+        self.tx(|tx| {
+            dir_of(tx, parent)?;
+            let ino = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
+            Ok((ino, tx.get(ino)?))
+        })
+    }
+
+    pub fn children(&self, dir: u64) -> LiveResult<Vec<(Vec<u8>, u64, Kind)>> {
+        self.tx(|tx| {
+            dir_of(tx, dir)?;
+            let mut out = Vec::new();
+            for (name, ino) in tx.children(dir)? {
+                out.push((name, ino, tx.get(ino)?.kind));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Create a file, directory, symlink or special node.
+    pub fn create_node(&self, parent: u64, name: &[u8], n: NewNode) -> LiveResult<Attr> {
+        check_name(name)?;
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let staged = n.kind == Kind::File;
+        let (ino, rec) = self.tx(|tx| {
+            dir_of(tx, parent)?;
+            if tx.lookup(parent, name)?.is_some() {
+                return Err(LiveError::Exists);
+            }
+            let ino = tx.alloc_ino()?;
+            let t = now();
+            let body = match n.kind {
+                Kind::Dir => Body::Dir { tree: None },
+                Kind::File => Body::File {
+                    staged: true,
+                    chunks: None,
+                    sealed_gen: 0,
+                },
+                Kind::Symlink => Body::Symlink(n.symlink.unwrap_or_default().to_vec()),
+                _ => Body::Special,
+            };
+            let mut rec = Inode {
+                kind: n.kind,
+                mode: n.mode & 0o7777,
+                uid: n.uid,
+                gid: n.gid,
+                size: n.symlink.map(|s| s.len() as u64).unwrap_or(0),
+                atime: t,
+                mtime: t,
+                ctime: t,
+                nlink: if n.kind == Kind::Dir { 2 } else { 1 },
+                rdev: n.rdev,
+                origin_dev: 0,
+                origin_ino: ino,
+                parent,
+                gen: tx.epoch,
+                xattrs: Vec::new(),
+                body,
+            };
+            tx.insert_dirent(parent, name, ino)?;
+            if n.kind != Kind::Dir {
+                tx.add_parent(ino, parent)?;
+            }
+            if staged {
+                tx.mark_dirty_file(ino)?;
+            }
+            tx.stamp(ino, &mut rec)?;
+            touch_dir(tx, parent, if n.kind == Kind::Dir { 1 } else { 0 })?;
+            Ok((ino, rec))
+        })?;
+        if staged {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(self.staged_path(ino))?;
+        }
+        Ok((ino, rec))
+    }
+
+    pub fn link(&self, ino: u64, newparent: u64, newname: &[u8]) -> LiveResult<Attr> {
+        check_name(newname)?;
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.tx(|tx| {
+            dir_of(tx, newparent)?;
+            if tx.lookup(newparent, newname)?.is_some() {
+                return Err(LiveError::Exists);
+            }
+            let mut rec = tx.get(ino)?;
+            if rec.kind == Kind::Dir {
+                return Err(LiveError::IsDir);
+            }
+            tx.insert_dirent(newparent, newname, ino)?;
+            tx.add_parent(ino, newparent)?;
+            rec.nlink += 1;
+            rec.ctime = now();
+            tx.stamp(ino, &mut rec)?;
+            touch_dir(tx, newparent, 0)?;
+            Ok((ino, rec))
+        })
+    }
+
+    /// Remove one name; the inode goes when its last link and last open
+    /// handle are gone.
+    pub fn unlink(&self, parent: u64, name: &[u8]) -> LiveResult<()> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let gone = self.tx(|tx| {
+            dir_of(tx, parent)?;
+            let ino = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
+            if tx.get(ino)?.kind == Kind::Dir {
+                return Err(LiveError::IsDir);
+            }
+            remove_name(tx, parent, name, ino)
+        })?;
+        if let Some(ino) = gone {
+            self.drop_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &[u8]) -> LiveResult<()> {
+        if name == b"." {
+            return Err(LiveError::Invalid);
+        }
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.tx(|tx| {
+            dir_of(tx, parent)?;
+            let ino = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
+            let d = tx.get(ino)?;
+            if d.kind != Kind::Dir {
+                return Err(LiveError::NotDir);
+            }
+            if tx.has_children(ino)? {
+                return Err(LiveError::NotEmpty);
+            }
+            tx.remove_dirent(parent, name)?;
+            tx.remove_inode(ino)?;
+            touch_dir(tx, parent, -1)
+        })
+    }
+
+    /// Remove an inode with no links and no open handles.
+    fn drop_if_unused(&self, ino: u64) -> LiveResult<()> {
+        if self.open_files.is_open(ino) {
+            return Ok(());
+        }
+        let gone = self.tx(|tx| match tx.get(ino) {
+            Ok(r) if r.nlink == 0 => {
+                tx.remove_inode(ino)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })?;
+        if gone {
+            let _ = std::fs::remove_file(self.staged_path(ino));
+        }
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], noreplace: bool, exchange: bool) -> LiveResult<()> {
+        check_name(newname)?;
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let gone = self.tx(|tx| {
+            dir_of(tx, parent)?;
+            dir_of(tx, newparent)?;
+            let src = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
+            let dst = tx.lookup(newparent, newname)?;
+            let srec = tx.get(src)?;
+            if srec.kind == Kind::Dir && is_ancestor(tx, src, newparent)? {
+                return Err(LiveError::Invalid);
+            }
+            if exchange {
+                let dst = dst.ok_or(LiveError::NotFound)?;
+                let drec = tx.get(dst)?;
+                if drec.kind == Kind::Dir && is_ancestor(tx, dst, parent)? {
+                    return Err(LiveError::Invalid);
+                }
+                tx.insert_dirent(parent, name, dst)?;
+                tx.insert_dirent(newparent, newname, src)?;
+                move_inode(tx, src, parent, newparent)?;
+                move_inode(tx, dst, newparent, parent)?;
+                let dirs = (srec.kind == Kind::Dir) as i32 - (drec.kind == Kind::Dir) as i32;
+                if parent != newparent {
+                    touch_dir(tx, parent, -dirs)?;
+                    touch_dir(tx, newparent, dirs)?;
+                } else {
+                    touch_dir(tx, parent, 0)?;
+                }
+                return Ok(None);
+            }
+            let mut gone = None;
+            if let Some(dst) = dst {
+                if noreplace {
+                    return Err(LiveError::Exists);
+                }
+                if dst == src {
+                    return Ok(None);
+                }
+                let drec = tx.get(dst)?;
+                match (srec.kind == Kind::Dir, drec.kind == Kind::Dir) {
+                    (true, false) => return Err(LiveError::NotDir),
+                    (false, true) => return Err(LiveError::IsDir),
+                    (true, true) => {
+                        if tx.has_children(dst)? {
+                            return Err(LiveError::NotEmpty);
+                        }
+                        tx.remove_dirent(newparent, newname)?;
+                        tx.remove_inode(dst)?;
+                        touch_dir(tx, newparent, -1)?;
+                    }
+                    (false, false) => gone = remove_name(tx, newparent, newname, dst)?,
+                }
+            }
+            tx.remove_dirent(parent, name)?;
+            tx.insert_dirent(newparent, newname, src)?;
+            move_inode(tx, src, parent, newparent)?;
+            let dirs = (srec.kind == Kind::Dir) as i32;
+            if parent != newparent {
+                touch_dir(tx, parent, -dirs)?;
+                touch_dir(tx, newparent, dirs)?;
+            } else {
+                touch_dir(tx, parent, 0)?;
+            }
+            Ok(gone)
+        })?;
+        if let Some(ino) = gone {
+            self.drop_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
+    pub fn setattr(&self, ino: u64, a: &SetAttr) -> LiveResult<Inode> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            if let Some(m) = a.mode {
+                r.mode = m & 0o7777;
+            }
+            if let Some(u) = a.uid {
+                r.uid = u;
+            }
+            if let Some(g) = a.gid {
+                r.gid = g;
+            }
+            if let Some(t) = a.atime {
+                r.atime = t;
+            }
+            if let Some(t) = a.mtime {
+                r.mtime = t;
+            }
+            r.ctime = a.ctime.unwrap_or_else(now);
+            tx.stamp(ino, &mut r)?;
+            Ok(r)
+        })
+    }
+
+    pub fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8], create: bool, replace: bool) -> LiveResult<()> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.tx(|tx| {
+            tx.modify(ino, |r| {
+                let pos = r.xattrs.iter().position(|(k, _)| k == name);
+                match (pos, create, replace) {
+                    (Some(_), true, _) => return Err(LiveError::Exists),
+                    (None, _, true) => return Err(LiveError::NoAttr),
+                    (Some(i), _, _) => r.xattrs[i].1 = value.to_vec(),
+                    (None, _, _) => {
+                        r.xattrs.push((name.to_vec(), value.to_vec()));
+                        r.xattrs.sort();
+                    }
+                }
+                r.ctime = now();
+                Ok(())
+            })
+        })
+    }
+
+    pub fn remove_xattr(&self, ino: u64, name: &[u8]) -> LiveResult<()> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.tx(|tx| {
+            tx.modify(ino, |r| {
+                let pos = r.xattrs.iter().position(|(k, _)| k == name).ok_or(LiveError::NoAttr)?;
+                r.xattrs.remove(pos);
+                r.ctime = now();
+                Ok(())
+            })
+        })
+    }
+}
+
+/// Is `anc` an ancestor of (or the same as) directory `ino`?
+fn is_ancestor(tx: &Tx, anc: u64, mut ino: u64) -> LiveResult<bool> {
+    loop {
+        if ino == anc {
+            return Ok(true);
+        }
+        if ino == ROOT {
+            return Ok(false);
+        }
+        ino = tx.get(ino)?.parent;
+    }
+}
+
+/// Update parent links after `ino` moved from `from` to `to`.
+fn move_inode(tx: &mut Tx, ino: u64, from: u64, to: u64) -> LiveResult<()> {
+    let mut rec = tx.get(ino)?;
+    if rec.kind == Kind::Dir {
+        rec.parent = to;
+    } else {
+        tx.remove_parent(ino, from)?;
+        tx.add_parent(ino, to)?;
+    }
+    rec.ctime = now();
+    tx.stamp(ino, &mut rec)
+}
+
+/// Drop one name of a non-directory; returns the inode if no link is left.
+fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Option<u64>> {
+    tx.remove_dirent(parent, name)?;
+    tx.remove_parent(ino, parent)?;
+    let mut rec = tx.get(ino)?;
+    rec.nlink = rec.nlink.saturating_sub(1);
+    rec.ctime = now();
+    if rec.nlink > 0 {
+        // Other names' directories record the link count: they change too.
+        tx.stamp(ino, &mut rec)?;
+    } else {
+        tx.put(ino, &rec)?;
+        tx.clear_dirty_file(ino)?;
+    }
+    touch_dir(tx, parent, 0)?;
+    Ok((rec.nlink == 0).then_some(ino))
+}
