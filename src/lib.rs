@@ -5,6 +5,7 @@
 //! snapshots, keys, locks) → `crypto` / `chunk` → `store` (object stores by
 //! URL). The CLI (`src/cli`, binary only) is the one place that prints.
 
+pub mod blobs;
 pub mod chunk;
 pub mod crypto;
 pub mod error;

@@ -398,28 +398,10 @@ impl Run<'_> {
         self.chunk_stream(path, f)
     }
 
-    /// Chunk a stream; seal chunks in parallel, keep their order.
     fn chunk_stream(&self, path: &Path, source: impl Read + Send) -> Result<Vec<ChunkRef>> {
-        let mut out: Vec<(usize, ChunkRef)> = self
-            .chunker
-            .stream(source)
-            .enumerate()
-            .par_bridge()
-            .map(|(i, chunk)| {
-                let chunk = chunk.at(path)?;
-                self.note_read(chunk.len());
-                let id = self.writer.add(BlobKind::Data, &chunk)?;
-                Ok((
-                    i,
-                    ChunkRef {
-                        id,
-                        len: chunk.len() as u32,
-                    },
-                ))
-            })
-            .collect::<Result<_>>()?;
-        out.sort_by_key(|(i, _)| *i);
-        Ok(out.into_iter().map(|(_, c)| c).collect())
+        self.writer
+            .store_stream(&self.chunker, source, &|n| self.note_read(n))
+            .at(path)?
     }
 
     fn note_read(&self, n: usize) {

@@ -288,15 +288,31 @@ impl Repository {
         decode_delta(&plain).map_err(|e| Error::corrupt(name, e.0))
     }
 
+    /// An index delta listing `packs`, sealed: its id and bytes.
+    pub fn seal_index(&self, packs: &[PackInfo]) -> (Id, Vec<u8>) {
+        let bytes = sealed::seal(&self.keys, index::MAGIC, index::VERSION, &encode_delta(packs));
+        (Id::of_object(&bytes), bytes)
+    }
+
+    /// A snapshot object, sealed: its id and bytes.
+    pub fn seal_snapshot(&self, s: &Snapshot) -> (Id, Vec<u8>) {
+        let bytes = sealed::seal(&self.keys, snapshot::MAGIC, snapshot::VERSION, &s.encode());
+        (Id::of_object(&bytes), bytes)
+    }
+
+    /// Upload an object sealed earlier (by name, from the outbox). Objects
+    /// are content-addressed, so finding one already there is success.
+    pub fn put_sealed(&self, name: &str, bytes: Bytes) -> Result<()> {
+        self.store.put_new(name, bytes)?;
+        if name.starts_with("index/") {
+            self.loaded_deltas.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+        }
+        Ok(())
+    }
+
     /// Store an index delta listing `packs` (which must all be stored).
     pub fn write_index(&self, packs: &[PackInfo]) -> Result<Id> {
-        let bytes = sealed::seal(
-            &self.keys,
-            index::MAGIC,
-            index::VERSION,
-            &encode_delta(packs),
-        );
-        let id = Id::of_object(&bytes);
+        let (id, bytes) = self.seal_index(packs);
         let name = index_name(&id);
         self.store.put_new(&name, Bytes::from(bytes))?;
         self.loaded_deltas
@@ -440,8 +456,7 @@ impl Repository {
     // ---- snapshots ----
 
     pub fn write_snapshot(&self, s: &Snapshot) -> Result<Id> {
-        let bytes = sealed::seal(&self.keys, snapshot::MAGIC, snapshot::VERSION, &s.encode());
-        let id = Id::of_object(&bytes);
+        let (id, bytes) = self.seal_snapshot(s);
         self.store
             .put_new(&snapshot_name(&id), Bytes::from(bytes))?;
         Ok(id)

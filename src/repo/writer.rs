@@ -18,7 +18,11 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 
+use std::io::Read;
+
+use crate::chunk::Chunker;
 use crate::crypto::{BlobKind, Id};
+use crate::repo::tree::ChunkRef;
 use crate::error::{Error, Result};
 use crate::repo::pack::{PackBuilder, PackInfo};
 use crate::repo::Repository;
@@ -173,6 +177,43 @@ impl BlobWriter {
         self.failed()
     }
 
+    /// Chunk a stream and store its chunks, sealing them in parallel while
+    /// the stream is still being read; returns the chunk list in order.
+    /// `on_read` hears of every chunk's size as it is read.
+    pub fn store_stream(
+        &self,
+        chunker: &Chunker,
+        source: impl Read + Send,
+        on_read: &(dyn Fn(usize) + Sync),
+    ) -> std::io::Result<Result<Vec<ChunkRef>>> {
+        use rayon::prelude::*;
+        let r: std::result::Result<Vec<(usize, ChunkRef)>, StreamError> = chunker
+            .stream(source)
+            .enumerate()
+            .par_bridge()
+            .map(|(i, chunk)| {
+                let chunk = chunk.map_err(StreamError::Io)?;
+                on_read(chunk.len());
+                let id = self.add(BlobKind::Data, &chunk).map_err(StreamError::Repo)?;
+                Ok((
+                    i,
+                    ChunkRef {
+                        id,
+                        len: chunk.len() as u32,
+                    },
+                ))
+            })
+            .collect();
+        match r {
+            Ok(mut v) => {
+                v.sort_by_key(|(i, _)| *i);
+                Ok(Ok(v.into_iter().map(|(_, c)| c).collect()))
+            }
+            Err(StreamError::Io(e)) => Err(e),
+            Err(StreamError::Repo(e)) => Ok(Err(e)),
+        }
+    }
+
     /// Packs stored since the last call (for writing index deltas early).
     pub fn take_stored(&self) -> Vec<PackInfo> {
         std::mem::take(&mut *lock(&self.shared.stored))
@@ -220,6 +261,11 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+enum StreamError {
+    Io(std::io::Error),
+    Repo(Error),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1,0 +1,339 @@
+//! Reading blobs for the mount: memory cache → disk chunk cache → outbox →
+//! store, with read-ahead.
+//!
+//! Data blobs fetched from the store are kept decrypted in `chunks/` under
+//! the cache directory (0700), bounded by the cache size and evicted least
+//! recently used; tree blobs are read from whole tree packs cached in
+//! `packs/` (one GET serves thousands of directories). Blobs sealed but not
+//! yet uploaded are read from their outbox pack. Every blob is verified
+//! against its keyed id before it is used, wherever it came from.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crossbeam_channel::{bounded, Sender};
+use lru::LruCache;
+
+use crate::crypto::{BlobKind, Id};
+use crate::error::{Error, Result};
+use crate::live::DataSource;
+use crate::repo::pack::{open_blob, pack_name};
+use crate::repo::tree::Tree;
+use crate::repo::Repository;
+
+/// Decrypted chunks kept in memory (sequential reads of ~1 MiB chunks in
+/// 128 KiB requests hit here).
+const MEM_BYTES: usize = 64 << 20;
+
+struct DiskCache {
+    order: VecDeque<Id>,
+    sizes: HashMap<Id, u64>,
+    total: u64,
+}
+
+pub struct BlobReader {
+    repo: Arc<Repository>,
+    chunk_dir: PathBuf,
+    pack_dir: PathBuf,
+    outbox: RwLock<HashMap<Id, PathBuf>>,
+    mem: Mutex<(LruCache<Id, Arc<Vec<u8>>>, usize)>,
+    trees: Mutex<LruCache<Id, Arc<Tree>>>,
+    disk: Mutex<DiskCache>,
+    disk_budget: u64,
+    prefetch_tx: Mutex<Option<Sender<Id>>>,
+    in_flight: Mutex<HashSet<Id>>,
+    tree_pack_lock: Mutex<()>,
+}
+
+impl BlobReader {
+    /// `cache_dir` holds `chunks/` and `packs/`; `disk_budget` bounds the
+    /// decrypted chunk cache.
+    pub fn new(repo: Arc<Repository>, cache_dir: &Path, disk_budget: u64) -> Result<Arc<BlobReader>> {
+        let chunk_dir = cache_dir.join("chunks");
+        let pack_dir = cache_dir.join("packs");
+        for d in [&chunk_dir, &pack_dir] {
+            fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        // Rebuild the chunk cache's order from file times (oldest first).
+        let mut found: Vec<(std::time::SystemTime, Id, u64)> = Vec::new();
+        if let Ok(rd) = fs::read_dir(&chunk_dir) {
+            for e in rd.flatten() {
+                let (Some(id), Ok(md)) = (e.file_name().to_str().and_then(Id::from_hex), e.metadata()) else {
+                    let _ = fs::remove_file(e.path());
+                    continue;
+                };
+                found.push((md.modified().unwrap_or(std::time::UNIX_EPOCH), id, md.len()));
+            }
+        }
+        found.sort();
+        let mut disk = DiskCache {
+            order: VecDeque::new(),
+            sizes: HashMap::new(),
+            total: 0,
+        };
+        for (_, id, len) in found {
+            disk.order.push_back(id);
+            disk.sizes.insert(id, len);
+            disk.total += len;
+        }
+        let reader = Arc::new(BlobReader {
+            repo,
+            chunk_dir,
+            pack_dir,
+            outbox: RwLock::new(HashMap::new()),
+            mem: Mutex::new((LruCache::unbounded(), 0)),
+            trees: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("nonzero"))),
+            disk: Mutex::new(disk),
+            disk_budget,
+            prefetch_tx: Mutex::new(None),
+            in_flight: Mutex::new(HashSet::new()),
+            tree_pack_lock: Mutex::new(()),
+        });
+        reader.start_prefetchers(2);
+        Ok(reader)
+    }
+
+    pub fn repo(&self) -> &Arc<Repository> {
+        &self.repo
+    }
+
+    fn start_prefetchers(self: &Arc<Self>, n: usize) {
+        let (tx, rx) = bounded::<Id>(64);
+        for i in 0..n {
+            let rx = rx.clone();
+            let me = Arc::downgrade(self);
+            let _ = std::thread::Builder::new()
+                .name(format!("secrate-ahead{i}"))
+                .spawn(move || {
+                    for id in rx {
+                        let Some(r) = me.upgrade() else { return };
+                        let _ = r.blob(BlobKind::Data, &id);
+                        r.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    }
+                });
+        }
+        *self.prefetch_tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    /// Stop read-ahead threads (they hold no strong reference; this just
+    /// lets them exit).
+    pub fn stop(&self) {
+        self.prefetch_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// A pack sealed but not yet uploaded lives at `path`.
+    pub fn add_outbox(&self, pack: Id, path: PathBuf) {
+        self.outbox.write().unwrap_or_else(|e| e.into_inner()).insert(pack, path);
+    }
+
+    pub fn remove_outbox(&self, pack: &Id) {
+        self.outbox.write().unwrap_or_else(|e| e.into_inner()).remove(pack);
+    }
+
+    fn mem_get(&self, id: &Id) -> Option<Arc<Vec<u8>>> {
+        self.mem.lock().unwrap_or_else(|e| e.into_inner()).0.get(id).cloned()
+    }
+
+    fn mem_put(&self, id: Id, data: Arc<Vec<u8>>) {
+        let mut m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        let (cache, bytes) = &mut *m;
+        if let Some(old) = cache.put(id, data.clone()) {
+            *bytes -= old.len();
+        }
+        *bytes += data.len();
+        while *bytes > MEM_BYTES {
+            match cache.pop_lru() {
+                Some((_, v)) => *bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// A verified blob, from wherever it is cheapest.
+    pub fn blob(&self, kind: BlobKind, id: &Id) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.mem_get(id) {
+            return Ok(d);
+        }
+        if kind == BlobKind::Data {
+            if let Some(d) = self.disk_get(id) {
+                let d = Arc::new(d);
+                self.mem_put(*id, d.clone());
+                return Ok(d);
+            }
+        }
+        let (pack, loc) = {
+            let ix = self.repo.index();
+            let (p, l) = ix.get(id).ok_or_else(|| Error::Missing {
+                url: self.repo.url().into(),
+                object: format!("{} blob {}", kind.name(), id.short()),
+            })?;
+            (p.clone(), l)
+        };
+        let local = self.outbox.read().unwrap_or_else(|e| e.into_inner()).get(&pack.id).cloned();
+        let local = match local {
+            Some(p) => Some(p),
+            None if kind == BlobKind::Tree => Some(self.tree_pack(&pack.id)?),
+            None => None,
+        };
+        let data = match local {
+            Some(path) => {
+                let sealed = read_range(&path, loc.offset as u64, loc.length as u64)?;
+                let key = self.repo.pack_key(&pack)?;
+                open_blob(self.repo.keys(), &key, kind, id, &sealed)
+                    .map_err(|e| Error::corrupt(pack_name(&pack.id), e.0))?
+            }
+            None => self.repo.read_blob(kind, id)?,
+        };
+        let data = Arc::new(data);
+        if kind == BlobKind::Data {
+            self.disk_put(id, &data);
+        }
+        self.mem_put(*id, data.clone());
+        Ok(data)
+    }
+
+    /// The local copy of a whole tree pack, fetched once and verified.
+    fn tree_pack(&self, pack: &Id) -> Result<PathBuf> {
+        let path = self.pack_dir.join(pack.to_hex());
+        if path.exists() {
+            return Ok(path);
+        }
+        let _g = self.tree_pack_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if path.exists() {
+            return Ok(path);
+        }
+        let name = pack_name(pack);
+        let bytes = self.repo.store().get(&name)?;
+        if Id::of_object(&bytes) != *pack {
+            return Err(Error::corrupt(name, "its content does not match its name"));
+        }
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        Ok(path)
+    }
+
+    /// Fetch every tree pack in the index now (before walking a whole
+    /// snapshot: a few large GETs instead of one per directory).
+    pub fn fetch_tree_packs(&self) -> Result<()> {
+        use rayon::prelude::*;
+        let packs: Vec<Id> = {
+            let ix = self.repo.index();
+            ix.packs().iter().filter(|p| p.kind == BlobKind::Tree).map(|p| p.id).collect()
+        };
+        let outbox = self.outbox.read().unwrap_or_else(|e| e.into_inner()).clone();
+        packs
+            .par_iter()
+            .filter(|p| !outbox.contains_key(p))
+            .try_for_each(|p| self.tree_pack(p).map(|_| ()))
+    }
+
+    pub fn read_tree(&self, id: &Id) -> Result<Arc<Tree>> {
+        if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+            return Ok(t.clone());
+        }
+        let raw = self.blob(BlobKind::Tree, id)?;
+        let t = Arc::new(Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))?);
+        self.trees.lock().unwrap_or_else(|e| e.into_inner()).put(*id, t.clone());
+        Ok(t)
+    }
+
+    fn disk_path(&self, id: &Id) -> PathBuf {
+        self.chunk_dir.join(id.to_hex())
+    }
+
+    fn disk_get(&self, id: &Id) -> Option<Vec<u8>> {
+        if !self.disk.lock().unwrap_or_else(|e| e.into_inner()).sizes.contains_key(id) {
+            return None;
+        }
+        let data = fs::read(self.disk_path(id)).ok()?;
+        // The cache is local but still checked: a damaged file is refetched.
+        if self.repo.keys().blob_id(BlobKind::Data, &data) != *id {
+            self.disk_remove(id);
+            return None;
+        }
+        let mut d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = d.order.iter().rposition(|x| x == id) {
+            d.order.remove(pos);
+            d.order.push_back(*id);
+        }
+        Some(data)
+    }
+
+    fn disk_remove(&self, id: &Id) {
+        let mut d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = d.sizes.remove(id) {
+            d.total -= n;
+            d.order.retain(|x| x != id);
+        }
+        let _ = fs::remove_file(self.disk_path(id));
+    }
+
+    fn disk_put(&self, id: &Id, data: &[u8]) {
+        if self.disk_budget == 0 || data.len() as u64 > self.disk_budget {
+            return;
+        }
+        let path = self.disk_path(id);
+        let tmp = path.with_extension("tmp");
+        if fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, &path)).is_err() {
+            let _ = fs::remove_file(&tmp);
+            return;
+        }
+        let mut evict = Vec::new();
+        {
+            let mut d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+            if d.sizes.insert(*id, data.len() as u64).is_none() {
+                d.total += data.len() as u64;
+                d.order.push_back(*id);
+            }
+            while d.total > self.disk_budget {
+                let Some(old) = d.order.pop_front() else { break };
+                if let Some(n) = d.sizes.remove(&old) {
+                    d.total -= n;
+                }
+                evict.push(old);
+            }
+        }
+        for old in evict {
+            let _ = fs::remove_file(self.disk_path(&old));
+        }
+    }
+
+    /// Bytes in the decrypted chunk cache.
+    pub fn disk_usage(&self) -> u64 {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, offset).map_err(|e| Error::io(path, e))?;
+    Ok(buf)
+}
+
+impl DataSource for BlobReader {
+    fn chunk(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
+        self.blob(BlobKind::Data, id)
+    }
+
+    fn prefetch(&self, ids: &[Id]) {
+        let tx = self.prefetch_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(tx) = tx else { return };
+        for id in ids {
+            if self.mem_get(id).is_some() {
+                continue;
+            }
+            if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(*id) {
+                continue;
+            }
+            if tx.try_send(*id).is_err() {
+                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            }
+        }
+    }
+}
