@@ -88,12 +88,15 @@ trap 'exit 143' TERM
 
 banner "S3 test server (s3s-fs $S3S_FS_VERSION)"
 s3_server_install
-s3_server_start
+s3_server_start "${TMPDIR:-/tmp}"
 
 # --- checks -----------------------------------------------------------------
 if ((!quick)); then
     banner "cargo fmt --check"
-    cargo fmt --check
+    cargo fmt --check || {
+        echo "test.sh: formatting differs (see above); run cargo fmt" >&2
+        exit 1
+    }
     banner "cargo clippy --all-targets -- -D warnings"
     cargo clippy --all-targets -- -D warnings
 fi

@@ -66,8 +66,7 @@ print(s.getsockname()[1])' 2>/dev/null)" && [[ -n "$port" ]]; then
         echo "$port"
         return 0
     fi
-    local i
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         port=$((20000 + RANDOM % 40000))
         if ! _s3_port_open "$port"; then
             echo "$port"
@@ -169,11 +168,11 @@ s3_server_start() {
 # Stops the server (TERM, then KILL after 5 s) and removes its temp dir.
 # Safe to call more than once and when nothing was started.
 s3_server_stop() {
-    local pid="$S3_SERVER_PID" i
+    local pid="$S3_SERVER_PID"
     S3_SERVER_PID=""
     if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
