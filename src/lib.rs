@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod chunk;
 pub mod crypto;
 pub mod error;
+pub mod flush;
 pub mod fsmeta;
 pub mod live;
 pub mod ops;

@@ -24,6 +24,7 @@
 //!   an operation.
 
 mod data;
+pub mod import;
 mod ops;
 pub mod record;
 
@@ -36,7 +37,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 use crate::repo::tree::{Kind, Timestamp};
 
 pub use self::data::{DataSource, OpenFiles};
-pub use self::ops::{Attr, SetAttr};
+pub use self::ops::{Attr, NewNode, SetAttr};
 pub use self::record::{Body, Inode};
 
 pub const ROOT: u64 = 1;
@@ -85,7 +86,7 @@ pub enum LiveError {
 
 pub type LiveResult<T> = Result<T, LiveError>;
 
-fn cache_err(e: impl std::fmt::Display) -> LiveError {
+pub(crate) fn cache_err(e: impl std::fmt::Display) -> LiveError {
     LiveError::Cache(e.to_string())
 }
 
@@ -142,6 +143,7 @@ impl Live {
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);
         live.tx(|tx| {
+            tx.txn().open_table(import::TREE_STATS).map_err(cache_err)?;
             if tx.inodes.get(ROOT).map_err(cache_err)?.is_none() {
                 let t = now();
                 let root = Inode {
@@ -505,5 +507,10 @@ impl View {
 
     pub fn txn(&self) -> &redb::ReadTransaction {
         &self.txn
+    }
+
+    pub fn tree_stats(&self, id: &crate::crypto::Id) -> LiveResult<Option<import::TreeStats>> {
+        let t = self.txn.open_table(import::TREE_STATS).map_err(cache_err)?;
+        Ok(t.get(&id.0[..]).map_err(cache_err)?.and_then(|v| import::TreeStats::decode(v.value())))
     }
 }

@@ -1,0 +1,348 @@
+//! Seal and upload: turning the live tree into snapshots in the store.
+//!
+//! SEAL is local and quick: under the exclusive barrier it takes a view of
+//! the live tree and copies the staged files that changed; then, with the
+//! filesystem running again, it chunks those copies, encodes the changed
+//! directories, and writes packs, an index delta and a snapshot object to
+//! the outbox, committing it all in one transaction. UPLOAD runs in the
+//! background, takes outbox items in order, and retries until the store
+//! has them; a kill at any point resumes from the outbox.
+
+pub mod outbox;
+mod seal;
+mod upload;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use redb::ReadableTable;
+
+use crate::blobs::BlobReader;
+use crate::crypto::Id;
+use crate::error::{Error, Result};
+use crate::live::{cache_err, Live, LiveError, LiveResult};
+use crate::repo::index::decode_delta;
+use crate::repo::lock::WriterLock;
+use crate::repo::snapshot::Snapshot;
+use crate::repo::Repository;
+
+pub use self::seal::SealOutcome;
+
+/// A snapshot the mount knows of, uploaded or not.
+#[derive(Clone, Debug)]
+pub struct SnapEntry {
+    pub id: Id,
+    pub snapshot: Snapshot,
+    pub uploaded: bool,
+}
+
+/// What `secrate status` shows.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Status {
+    pub pending_objects: u64,
+    pub pending_bytes: u64,
+    pub store_reachable: bool,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub last_upload_at: Option<String>,
+    pub last_snapshot: Option<String>,
+    pub last_snapshot_time: Option<String>,
+    pub last_snapshot_uploaded: bool,
+    pub sealed_gen: u64,
+    pub uploaded_gen: u64,
+    pub dirty: bool,
+    pub cache_bytes: u64,
+    pub store: String,
+    pub cache_dir: String,
+}
+
+#[derive(Default)]
+struct UploadState {
+    last_error: Option<(String, SystemTime)>,
+    last_ok: Option<SystemTime>,
+    reachable: bool,
+}
+
+pub struct Flusher {
+    pub(crate) live: Arc<Live>,
+    pub(crate) reader: Arc<BlobReader>,
+    pub(crate) repo: Arc<Repository>,
+    lock: Option<WriterLock>,
+    pub(crate) source: String,
+    seal_mutex: Mutex<()>,
+    upload_mutex: Mutex<()>,
+    state: Mutex<UploadState>,
+    wake: (Mutex<bool>, Condvar),
+    /// Uploads progress: (sealed_gen, uploaded_gen) changes wake waiters.
+    progress: (Mutex<()>, Condvar),
+    stop: AtomicBool,
+    snapshots: RwLock<Vec<SnapEntry>>,
+}
+
+fn time_str(t: SystemTime) -> String {
+    let ns = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    crate::repo::snapshot::format_time(ns)
+}
+
+impl Flusher {
+    /// Set up the flusher: recover the outbox after a crash (drop unlisted
+    /// files, make listed packs readable) and learn the snapshot list.
+    pub fn new(
+        live: Arc<Live>,
+        reader: Arc<BlobReader>,
+        repo: Arc<Repository>,
+        lock: Option<WriterLock>,
+        source: String,
+    ) -> Result<Arc<Flusher>> {
+        let dir = live.dir().join("outbox");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let (items, packs, pending) = live
+            .tx(|tx| {
+                outbox::create_tables(tx)?;
+                let items = outbox::items(tx)?;
+                let mut packs = Vec::new();
+                for r in tx.txn().open_table(outbox::OUTBOX_PACKS).map_err(cache_err)?.iter().map_err(cache_err)? {
+                    let (_, v) = r.map_err(cache_err)?;
+                    packs.extend(decode_delta(v.value()).map_err(|e| LiveError::Cache(format!("outbox pack: {e}")))?);
+                }
+                let mut pending = Vec::new();
+                for r in tx
+                    .txn()
+                    .open_table(outbox::PENDING_SNAPSHOTS)
+                    .map_err(cache_err)?
+                    .iter()
+                    .map_err(cache_err)?
+                {
+                    let (k, v) = r.map_err(cache_err)?;
+                    let id = Id(k.value().try_into().map_err(cache_err)?);
+                    let s = Snapshot::decode(v.value()).map_err(|e| LiveError::Cache(format!("pending snapshot: {e}")))?;
+                    pending.push(SnapEntry {
+                        id,
+                        snapshot: s,
+                        uploaded: false,
+                    });
+                }
+                Ok((items, packs, pending))
+            })
+            .map_err(live_err)?;
+        live.commit(true).map_err(live_err)?;
+        // Files no item lists come from seals that never committed.
+        let listed: std::collections::HashSet<_> = items.iter().map(|(_, i)| outbox::file_for(live.dir(), &i.name)).collect();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if !listed.contains(&e.path()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(live.dir().join("sealing"));
+        repo.add_to_index(&packs);
+        for p in &packs {
+            reader.add_outbox(p.id, outbox::file_for(live.dir(), &crate::repo::pack::pack_name(&p.id)));
+        }
+        let (uploaded, problems) = repo.snapshots()?;
+        for p in problems {
+            eprintln!("warning: {p}");
+        }
+        let mut snaps: Vec<SnapEntry> = uploaded
+            .into_iter()
+            .map(|(id, snapshot)| SnapEntry {
+                id,
+                snapshot,
+                uploaded: true,
+            })
+            .collect();
+        for p in pending {
+            if !snaps.iter().any(|s| s.id == p.id) {
+                snaps.push(p);
+            }
+        }
+        snaps.sort_by(|a, b| a.snapshot.time_ns.cmp(&b.snapshot.time_ns).then(a.id.cmp(&b.id)));
+        Ok(Arc::new(Flusher {
+            live,
+            reader,
+            repo,
+            lock,
+            source,
+            seal_mutex: Mutex::new(()),
+            upload_mutex: Mutex::new(()),
+            state: Mutex::new(UploadState {
+                reachable: true,
+                ..Default::default()
+            }),
+            wake: (Mutex::new(false), Condvar::new()),
+            progress: (Mutex::new(()), Condvar::new()),
+            stop: AtomicBool::new(false),
+            snapshots: RwLock::new(snaps),
+        }))
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapEntry> {
+        self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Wake the uploader.
+    pub fn kick(&self) {
+        let mut w = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+        *w = true;
+        self.wake.1.notify_all();
+    }
+
+    fn notify_progress(&self) {
+        let _g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.progress.1.notify_all();
+    }
+
+    /// Wait up to `timeout` for upload progress.
+    pub fn wait_progress(&self, timeout: Duration) {
+        let g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.progress.1.wait_timeout(g, timeout);
+    }
+
+    pub fn gens(&self) -> LiveResult<(u64, u64)> {
+        self.live.tx(|tx| Ok((tx.state_u64("seal_gen")?, tx.state_u64("uploaded_gen")?)))
+    }
+
+    /// Everything waiting for upload: (objects, bytes).
+    pub fn pending(&self) -> LiveResult<(u64, u64)> {
+        let items = self.live.tx(|tx| outbox::items(tx))?;
+        Ok((items.len() as u64, items.iter().map(|(_, i)| i.size).sum()))
+    }
+
+    pub fn status(&self) -> Status {
+        let (objects, bytes) = self.pending().unwrap_or_default();
+        let (sealed, uploaded) = self.gens().unwrap_or_default();
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let last = self.snapshots().last().cloned();
+        let dirty = self.live.inode(crate::live::ROOT).map(|r| r.dir_tree().is_none()).unwrap_or(true);
+        Status {
+            pending_objects: objects,
+            pending_bytes: bytes,
+            store_reachable: st.reachable,
+            last_error: st.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_at: st.last_error.as_ref().map(|(_, t)| time_str(*t)),
+            last_upload_at: st.last_ok.map(time_str),
+            last_snapshot: last.as_ref().map(|s| s.id.to_hex()),
+            last_snapshot_time: last.as_ref().map(|s| s.snapshot.time_rfc3339()),
+            last_snapshot_uploaded: last.map(|s| s.uploaded).unwrap_or(true),
+            sealed_gen: sealed,
+            uploaded_gen: uploaded,
+            dirty,
+            cache_bytes: dir_size(self.live.dir()),
+            store: self.repo.url().to_string(),
+            cache_dir: self.live.dir().display().to_string(),
+        }
+    }
+
+    /// Start the background threads: uploader, periodic sealer, committer.
+    pub fn start(self: &Arc<Self>, snapshot_interval: Duration) -> Vec<std::thread::JoinHandle<()>> {
+        let mut handles = Vec::new();
+        let me = self.clone();
+        handles.push(spawn("secrate-upload", move || me.upload_loop()));
+        let me = self.clone();
+        handles.push(spawn("secrate-commit", move || {
+            while !me.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Err(e) = me.live.commit_if_pending() {
+                    eprintln!("error: committing the live tree: {e}");
+                }
+            }
+        }));
+        if !snapshot_interval.is_zero() {
+            let me = self.clone();
+            handles.push(spawn("secrate-seal", move || {
+                let mut last = std::time::Instant::now();
+                while !me.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if last.elapsed() < snapshot_interval {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    if let Err(e) = me.seal() {
+                        eprintln!("error: automatic snapshot failed: {e}");
+                    }
+                }
+            }));
+        }
+        handles
+    }
+
+    /// Ask the background threads to stop (the uploader finishes its item).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.kick();
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Keep uploading until the outbox is empty; `progress` hears
+    /// (objects, bytes) left after each attempt.
+    pub fn drain(&self, progress: &dyn Fn(u64, u64, Option<&str>)) -> Result<()> {
+        loop {
+            let r = self.upload_pending();
+            let (n, b) = self.pending().map_err(live_err)?;
+            let err = r.as_ref().err().map(|e| e.to_string());
+            progress(n, b, err.as_deref());
+            if n == 0 {
+                return Ok(());
+            }
+            if let Err(Error::Locked { .. }) = r {
+                return r;
+            }
+            std::thread::sleep(Duration::from_secs(if r.is_ok() { 0 } else { 2 }));
+        }
+    }
+
+    fn record_ok(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_ok = Some(SystemTime::now());
+        st.reachable = true;
+    }
+
+    fn record_err(&self, e: &Error) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_error = Some((e.to_string(), SystemTime::now()));
+        st.reachable = !matches!(e, Error::Store { .. });
+    }
+
+    fn read_outbox(&self, name: &str) -> Result<Bytes> {
+        let p = outbox::file_for(self.live.dir(), name);
+        std::fs::read(&p).map(Bytes::from).map_err(|e| Error::io(&p, e))
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning a flusher thread")
+}
+
+pub fn live_err(e: LiveError) -> Error {
+    match e {
+        LiveError::Repo(e) => e,
+        LiveError::Io(e) => Error::io("cache", e),
+        e => Error::Invalid(format!("cache: {e}")),
+    }
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) => total += std::os::unix::fs::MetadataExt::blocks(&m) * 512,
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+    total
+}

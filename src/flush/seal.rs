@@ -1,0 +1,353 @@
+//! SEAL: one consistent snapshot of the live tree into the outbox.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::chunk::Chunker;
+use crate::crypto::{BlobKind, Id};
+use crate::error::{Error, Result};
+use crate::flush::outbox::{self, Item, ItemKind};
+use crate::flush::{live_err, Flusher, SnapEntry};
+use crate::live::import::{put_tree_stats, TreeStats};
+use crate::live::{cache_err, Body, Inode, LiveError, View, HISTORY_NAME, ROOT};
+use crate::repo::index::encode_delta;
+use crate::repo::lock::{hostname, now_ns};
+use crate::repo::pack::{pack_name, PackInfo};
+use crate::repo::snapshot::{snapshot_name, Origin, RootMeta, Snapshot};
+use crate::repo::tree::{ChunkRef, Content, Entry, Kind, Tree};
+use crate::repo::writer::{BlobWriter, PackSink};
+
+#[derive(Clone, Debug)]
+pub struct SealOutcome {
+    pub id: Id,
+    pub gen: u64,
+    pub snapshot: Snapshot,
+}
+
+/// Writes finished packs into the outbox, durably.
+struct OutboxSink {
+    dir: PathBuf,
+    written: Mutex<Vec<PathBuf>>,
+}
+
+impl PackSink for OutboxSink {
+    fn store_pack(&self, info: &PackInfo, bytes: Vec<u8>) -> Result<()> {
+        let path = outbox::file_for(&self.dir, &pack_name(&info.id));
+        outbox::write_durable(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        Ok(())
+    }
+}
+
+struct Build<'a> {
+    view: &'a View,
+    writer: &'a BlobWriter,
+    chunker: Chunker,
+    copies: &'a HashMap<u64, PathBuf>,
+    live_dir: &'a Path,
+    reader: &'a crate::blobs::BlobReader,
+    dirs: Vec<(u64, Id)>,
+    files: HashMap<u64, Vec<ChunkRef>>,
+    stats: HashMap<Id, TreeStats>,
+}
+
+impl Flusher {
+    /// Seal a snapshot of the live tree if anything changed since the last
+    /// one. Returns what was sealed.
+    pub fn seal(&self) -> Result<Option<SealOutcome>> {
+        let _one = self.seal_mutex.lock().unwrap_or_else(|e| e.into_inner());
+        let live = &self.live;
+        let sealing = live.dir().join("sealing");
+        std::fs::create_dir_all(&sealing).map_err(|e| Error::io(&sealing, e))?;
+
+        // Freeze: a view of the metadata and copies of what changed.
+        let (view, view_epoch, copies) = {
+            let _w = live.barrier.write().unwrap_or_else(|e| e.into_inner());
+            live.commit(false).map_err(live_err)?;
+            if live.inode(ROOT).map_err(live_err)?.dir_tree().is_some() {
+                return Ok(None);
+            }
+            let epoch = live.next_epoch().map_err(live_err)?;
+            live.commit(false).map_err(live_err)?;
+            let view = live.read_view().map_err(live_err)?;
+            let mut copies = HashMap::new();
+            for ino in view.dirty_files().map_err(live_err)? {
+                let rec = match view.inode(ino) {
+                    Ok(r) => r,
+                    Err(LiveError::NotFound) => continue,
+                    Err(e) => return Err(live_err(e)),
+                };
+                if rec.nlink == 0 || !rec.is_dirty_file() {
+                    continue;
+                }
+                let dst = sealing.join(ino.to_string());
+                copy_file(&live.staged_path(ino), &dst)?;
+                copies.insert(ino, dst);
+            }
+            (view, epoch, copies)
+        };
+
+        let result = self.build_and_commit(&view, view_epoch, &copies);
+        let _ = std::fs::remove_dir_all(&sealing);
+        let outcome = result?;
+        self.snapshots.write().unwrap_or_else(|e| e.into_inner()).push(SnapEntry {
+            id: outcome.id,
+            snapshot: outcome.snapshot.clone(),
+            uploaded: false,
+        });
+        self.notify_progress();
+        self.kick();
+        Ok(Some(outcome))
+    }
+
+    fn build_and_commit(&self, view: &View, view_epoch: u64, copies: &HashMap<u64, PathBuf>) -> Result<SealOutcome> {
+        let live = &self.live;
+        let sink = Arc::new(OutboxSink {
+            dir: live.dir().to_path_buf(),
+            written: Mutex::new(Vec::new()),
+        });
+        let writer = BlobWriter::new(self.repo.clone(), sink.clone(), 1);
+        let mut b = Build {
+            view,
+            writer: &writer,
+            chunker: self.repo.chunker(),
+            copies,
+            live_dir: live.dir(),
+            reader: &self.reader,
+            dirs: Vec::new(),
+            files: HashMap::new(),
+            stats: HashMap::new(),
+        };
+        let built = b.dir(ROOT).and_then(|root| writer.finish().map(|(packs, _)| (root, packs)));
+        let (root_id, packs) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                // Nothing lists these packs: remove them now.
+                drop(writer);
+                for p in sink.written.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+        let (root_stats, _) = b.stats_of(&root_id)?;
+        let root = view.inode(ROOT).map_err(live_err)?;
+        let (gen, parent) = live
+            .tx(|tx| Ok((tx.state_u64("seal_gen")? + 1, tx.state("last_snapshot")?)))
+            .map_err(live_err)?;
+        let snapshot = Snapshot {
+            time_ns: now_ns(),
+            host: hostname(),
+            user: std::env::var("USER").unwrap_or_default(),
+            source: self.source.clone(),
+            origin: Origin::Mount,
+            root: root_id,
+            root_meta: RootMeta {
+                mode: root.mode,
+                uid: root.uid,
+                gid: root.gid,
+                mtime: root.mtime,
+            },
+            parent: parent.and_then(|p| p.try_into().ok()).map(Id),
+            files: root_stats.files,
+            dirs: root_stats.dirs,
+            bytes: root_stats.bytes,
+            added_bytes: packs.iter().map(|p| p.size).sum(),
+            tags: Vec::new(),
+        };
+        let (index_id, index_bytes) = self.repo.seal_index(&packs);
+        let (snap_id, snap_bytes) = self.repo.seal_snapshot(&snapshot);
+        let index_name = crate::repo::index::index_name(&index_id);
+        let snap_name = snapshot_name(&snap_id);
+        if !packs.is_empty() {
+            let p = outbox::file_for(live.dir(), &index_name);
+            outbox::write_durable(&p, &index_bytes).map_err(|e| Error::io(&p, e))?;
+        }
+        let p = outbox::file_for(live.dir(), &snap_name);
+        outbox::write_durable(&p, &snap_bytes).map_err(|e| Error::io(&p, e))?;
+
+        live.tx(|tx| {
+            for (ino, id) in &b.dirs {
+                if let Ok(mut r) = tx.get(*ino) {
+                    if r.gen <= view_epoch && r.kind == Kind::Dir {
+                        r.body = Body::Dir { tree: Some(*id) };
+                        tx.put(*ino, &r)?;
+                    }
+                }
+            }
+            for (ino, chunks) in &b.files {
+                if let Ok(mut r) = tx.get(*ino) {
+                    if r.gen <= view_epoch && r.is_dirty_file() {
+                        r.body = Body::File {
+                            staged: true,
+                            chunks: Some(chunks.clone()),
+                            sealed_gen: gen,
+                        };
+                        tx.put(*ino, &r)?;
+                        tx.clear_dirty_file(*ino)?;
+                    }
+                }
+            }
+            for (id, s) in &b.stats {
+                put_tree_stats(tx, id, *s)?;
+            }
+            {
+                let mut t = tx.txn().open_table(outbox::OUTBOX_PACKS).map_err(cache_err)?;
+                for p in &packs {
+                    t.insert(&p.id.0[..], encode_delta(std::slice::from_ref(p)).as_slice()).map_err(cache_err)?;
+                }
+            }
+            for p in &packs {
+                outbox::push(tx, &Item { kind: ItemKind::Pack, gen, name: pack_name(&p.id), size: p.size })?;
+            }
+            if !packs.is_empty() {
+                outbox::push(tx, &Item { kind: ItemKind::Index, gen, name: index_name.clone(), size: index_bytes.len() as u64 })?;
+            }
+            outbox::push(tx, &Item { kind: ItemKind::Snapshot, gen, name: snap_name.clone(), size: snap_bytes.len() as u64 })?;
+            {
+                let mut t = tx.txn().open_table(outbox::PENDING_SNAPSHOTS).map_err(cache_err)?;
+                t.insert(&snap_id.0[..], snapshot.encode().as_slice()).map_err(cache_err)?;
+            }
+            tx.set_state_u64("seal_gen", gen)?;
+            tx.set_state("last_snapshot", &snap_id.0)?;
+            Ok(())
+        })
+        .map_err(live_err)?;
+        live.commit(true).map_err(live_err)?;
+        self.repo.add_to_index(&packs);
+        for p in &packs {
+            self.reader.add_outbox(p.id, outbox::file_for(live.dir(), &pack_name(&p.id)));
+        }
+        Ok(SealOutcome {
+            id: snap_id,
+            gen,
+            snapshot,
+        })
+    }
+}
+
+/// Copy a staged file for sealing; the kernel may share the blocks
+/// (copy_file_range reflinks where the filesystem can).
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    match std::fs::copy(from, to) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(to, b"").map_err(|e| Error::io(to, e))
+        }
+        Err(e) => Err(Error::io(from, e)),
+    }
+}
+
+fn entry_of(name: Vec<u8>, rec: &Inode, content: Content) -> Entry {
+    let size = match &content {
+        Content::Chunks(c) => c.iter().map(|c| c.len as u64).sum(),
+        Content::Symlink(t) => t.len() as u64,
+        _ => 0,
+    };
+    Entry {
+        name,
+        kind: rec.kind,
+        mode: rec.mode,
+        uid: rec.uid,
+        gid: rec.gid,
+        mtime: rec.mtime,
+        size,
+        dev: rec.origin_dev,
+        inode: rec.origin_ino,
+        links: rec.nlink,
+        rdev: rec.rdev,
+        xattrs: rec.xattrs.clone(),
+        content,
+    }
+}
+
+impl Build<'_> {
+    /// The tree id of directory `ino` as the view shows it.
+    fn dir(&mut self, ino: u64) -> Result<Id> {
+        let rec = self.view.inode(ino).map_err(live_err)?;
+        if let Some(id) = rec.dir_tree() {
+            return Ok(id);
+        }
+        let mut tree = Tree::default();
+        let mut stats = TreeStats::default();
+        for (name, child) in self.view.children(ino).map_err(live_err)? {
+            if ino == ROOT && name == HISTORY_NAME {
+                continue;
+            }
+            let c = self.view.inode(child).map_err(live_err)?;
+            let content = match &c.body {
+                Body::Dir { .. } => {
+                    let id = self.dir(child)?;
+                    let (s, _) = self.stats_of(&id)?;
+                    stats.add(s);
+                    stats.dirs += 1;
+                    Content::Subtree(id)
+                }
+                Body::File { .. } => {
+                    let chunks = self.file(child, &c)?;
+                    stats.files += 1;
+                    stats.bytes += chunks.iter().map(|c| c.len as u64).sum::<u64>();
+                    Content::Chunks(chunks)
+                }
+                Body::Symlink(t) => Content::Symlink(t.clone()),
+                Body::Special => Content::None,
+            };
+            tree.entries.push(entry_of(name, &c, content));
+        }
+        let id = self.writer.add(BlobKind::Tree, &tree.encode())?;
+        self.stats.insert(id, stats);
+        self.dirs.push((ino, id));
+        Ok(id)
+    }
+
+    fn file(&mut self, ino: u64, rec: &Inode) -> Result<Vec<ChunkRef>> {
+        if !rec.is_dirty_file() {
+            return Ok(rec.chunks().map(|c| c.to_vec()).unwrap_or_default());
+        }
+        if let Some(c) = self.files.get(&ino) {
+            return Ok(c.clone());
+        }
+        let path = match self.copies.get(&ino) {
+            Some(p) => p.clone(),
+            // Dirty but not in the dirty list: read the staged file as it is.
+            None => self.live_dir.join("staged").join(ino.to_string()),
+        };
+        let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let chunks = self
+            .writer
+            .store_stream(&self.chunker, std::io::BufReader::with_capacity(1 << 20, f), &|_| {})
+            .map_err(|e| Error::io(&path, e))??;
+        self.files.insert(ino, chunks.clone());
+        Ok(chunks)
+    }
+
+    /// Statistics of a tree: computed this seal, recorded earlier, or (for
+    /// trees from elsewhere) counted by reading them.
+    fn stats_of(&mut self, id: &Id) -> Result<(TreeStats, bool)> {
+        if let Some(s) = self.stats.get(id) {
+            return Ok((*s, true));
+        }
+        if let Some(s) = self.view.tree_stats(id).map_err(live_err)? {
+            return Ok((s, false));
+        }
+        let tree = self.reader.read_tree(id)?;
+        let mut s = TreeStats::default();
+        for e in &tree.entries {
+            match &e.content {
+                Content::Subtree(sub) => {
+                    let (x, _) = self.stats_of(sub)?;
+                    s.add(x);
+                    s.dirs += 1;
+                }
+                _ if e.kind == Kind::File => {
+                    s.files += 1;
+                    s.bytes += e.size;
+                }
+                _ => {}
+            }
+        }
+        self.stats.insert(*id, s);
+        Ok((s, true))
+    }
+}

@@ -1,0 +1,133 @@
+//! UPLOAD: outbox items to the store, in order, until none are left.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+
+use crate::crypto::Id;
+use crate::error::{Error, Result};
+use crate::flush::outbox::{self, Item, ItemKind};
+use crate::flush::{live_err, Flusher};
+use crate::live::cache_err;
+use crate::repo::pack::pack_id_from_name;
+
+/// Packs uploaded at once.
+const PARALLEL: usize = 4;
+
+impl Flusher {
+    pub(crate) fn upload_loop(&self) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            {
+                let w = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut w, _) = self
+                    .wake
+                    .1
+                    .wait_timeout_while(w, Duration::from_secs(5), |woken| !*woken)
+                    .unwrap_or_else(|e| e.into_inner());
+                *w = false;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match self.upload_pending() {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(e) => {
+                    eprintln!("warning: upload: {e} (retrying in {} s)", backoff.as_secs());
+                    let deadline = std::time::Instant::now() + backoff;
+                    while std::time::Instant::now() < deadline && !self.stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// Upload everything in the outbox now, in order. Stops at the first
+    /// failure (the next call resumes there).
+    pub fn upload_pending(&self) -> Result<()> {
+        let _one = self.upload_mutex.lock().unwrap_or_else(|e| e.into_inner());
+        let items = self.live.tx(|tx| outbox::items(tx)).map_err(live_err)?;
+        let mut i = 0;
+        while i < items.len() {
+            // A run of packs goes up in parallel; index deltas and snapshots
+            // wait for everything before them.
+            let mut j = i;
+            while j < items.len() && j - i < PARALLEL && items[j].1.kind == ItemKind::Pack {
+                j += 1;
+            }
+            if j == i {
+                j = i + 1;
+            }
+            let batch = &items[i..j];
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let hs: Vec<_> = batch.iter().map(|(_, item)| s.spawn(move || self.upload_item(item))).collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("an upload thread panicked".into()))))
+                    .collect()
+            });
+            for ((seq, item), r) in batch.iter().zip(&results) {
+                if r.is_ok() {
+                    self.finish_item(*seq, item)?;
+                }
+            }
+            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+                self.record_err(&e);
+                return Err(e);
+            }
+            self.record_ok();
+            i = j;
+        }
+        Ok(())
+    }
+
+    fn upload_item(&self, item: &Item) -> Result<()> {
+        let bytes = self.read_outbox(&item.name)?;
+        if item.kind == ItemKind::Snapshot {
+            if let Some(lock) = &self.lock {
+                lock.check()?;
+            }
+        }
+        self.repo.put_sealed(&item.name, bytes)
+    }
+
+    fn finish_item(&self, seq: u64, item: &Item) -> Result<()> {
+        let snap_id = item.name.strip_prefix("snapshots/").and_then(Id::from_hex);
+        self.live
+            .tx(|tx| {
+                outbox::remove(tx, seq)?;
+                match item.kind {
+                    ItemKind::Pack => {
+                        if let Some(id) = pack_id_from_name(&item.name) {
+                            let mut t = tx.txn().open_table(outbox::OUTBOX_PACKS).map_err(cache_err)?;
+                            t.remove(&id.0[..]).map_err(cache_err)?;
+                        }
+                    }
+                    ItemKind::Snapshot => {
+                        if let Some(id) = snap_id {
+                            let mut t = tx.txn().open_table(outbox::PENDING_SNAPSHOTS).map_err(cache_err)?;
+                            t.remove(&id.0[..]).map_err(cache_err)?;
+                        }
+                        let up = tx.state_u64("uploaded_gen")?.max(item.gen);
+                        tx.set_state_u64("uploaded_gen", up)?;
+                    }
+                    ItemKind::Index => {}
+                }
+                Ok(())
+            })
+            .map_err(live_err)?;
+        if let Some(id) = pack_id_from_name(&item.name) {
+            self.reader.remove_outbox(&id);
+        }
+        if let Some(id) = snap_id {
+            let mut snaps = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = snaps.iter_mut().find(|s| s.id == id) {
+                s.uploaded = true;
+            }
+        }
+        let _ = std::fs::remove_file(outbox::file_for(self.live.dir(), &item.name));
+        self.notify_progress();
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! Make a snapshot the live tree (a fresh cache, or a clean cache behind
+//! the repository).
+//!
+//! Every directory of the snapshot becomes a clean inode that keeps its tree
+//! id, so the next seal re-encodes only what changes afterwards. Entries
+//! sharing a hard-link identity become one inode. Tree statistics are
+//! recorded for every tree so seals can total a snapshot without walking it.
+
+use std::collections::HashMap;
+
+use redb::TableDefinition;
+
+use crate::blobs::BlobReader;
+use crate::crypto::Id;
+use crate::live::{cache_err, Body, Inode, Live, LiveError, LiveResult, Tx, HISTORY_NAME, ROOT};
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::{Content, Entry, Kind};
+
+/// Tree id → (files, dirs, bytes) below it, for snapshot totals.
+pub(crate) const TREE_STATS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree_stats");
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+}
+
+impl TreeStats {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.files.to_le_bytes());
+        b[8..16].copy_from_slice(&self.dirs.to_le_bytes());
+        b[16..].copy_from_slice(&self.bytes.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<TreeStats> {
+        if b.len() != 24 {
+            return None;
+        }
+        let u = |r: std::ops::Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        Some(TreeStats {
+            files: u(0..8),
+            dirs: u(8..16),
+            bytes: u(16..24),
+        })
+    }
+
+    pub fn add(&mut self, o: TreeStats) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.bytes += o.bytes;
+    }
+}
+
+pub fn put_tree_stats(tx: &Tx, id: &Id, s: TreeStats) -> LiveResult<()> {
+    let mut t = tx.txn().open_table(TREE_STATS).map_err(cache_err)?;
+    t.insert(&id.0[..], &s.encode()[..]).map_err(cache_err)?;
+    Ok(())
+}
+
+pub struct Import {
+    pub files: u64,
+    pub dirs: u64,
+}
+
+struct Walk<'a> {
+    reader: &'a BlobReader,
+    links: HashMap<(u64, u64), u64>,
+    nlink: HashMap<u64, u32>,
+    stats: HashMap<Id, TreeStats>,
+    skipped_history: bool,
+}
+
+/// Replace the live tree with `snap`. The caller makes sure nothing in
+/// the live tree is unsealed.
+pub fn import_snapshot(live: &Live, reader: &BlobReader, snap_id: &Id, snap: &Snapshot) -> LiveResult<Import> {
+    reader.fetch_tree_packs()?;
+    let mut w = Walk {
+        reader,
+        links: HashMap::new(),
+        nlink: HashMap::new(),
+        stats: HashMap::new(),
+        skipped_history: false,
+    };
+    let staged = live.dir().join("staged");
+    live.tx(|tx| {
+        clear(tx)?;
+        let mut root = tx.get(ROOT).unwrap_or_else(|_| blank_dir());
+        root.mode = snap.root_meta.mode;
+        root.uid = snap.root_meta.uid;
+        root.gid = snap.root_meta.gid;
+        root.mtime = snap.root_meta.mtime;
+        root.atime = snap.root_meta.mtime;
+        root.ctime = snap.root_meta.mtime;
+        root.gen = 0;
+        root.xattrs.clear();
+        let (stats, subdirs) = w.dir(tx, ROOT, &snap.root)?;
+        root.nlink = 2 + subdirs;
+        root.body = Body::Dir { tree: Some(snap.root) };
+        tx.put(ROOT, &root)?;
+        for (ino, n) in &w.nlink {
+            let mut r = tx.get(*ino)?;
+            r.nlink = *n;
+            tx.put(*ino, &r)?;
+        }
+        for (id, s) in &w.stats {
+            put_tree_stats(tx, id, *s)?;
+        }
+        tx.set_state("base_snapshot", &snap_id.0)?;
+        tx.set_state("last_snapshot", &snap_id.0)?;
+        Ok(Import {
+            files: stats.files,
+            dirs: stats.dirs,
+        })
+    })
+    .inspect(|_| {
+        if let Ok(rd) = std::fs::read_dir(&staged) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    })
+}
+
+fn blank_dir() -> Inode {
+    Inode {
+        kind: Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        atime: Default::default(),
+        mtime: Default::default(),
+        ctime: Default::default(),
+        nlink: 2,
+        rdev: 0,
+        origin_dev: 0,
+        origin_ino: ROOT,
+        parent: ROOT,
+        gen: 0,
+        xattrs: Vec::new(),
+        body: Body::Dir { tree: None },
+    }
+}
+
+/// Remove every inode but the root, every entry, link and dirty mark.
+fn clear(tx: &mut Tx) -> LiveResult<()> {
+    tx.inodes.retain(|k, _| k == ROOT).map_err(cache_err)?;
+    tx.dirents.retain(|_, _| false).map_err(cache_err)?;
+    tx.parents.retain(|_, _| false).map_err(cache_err)?;
+    tx.dirty.retain(|_, _| false).map_err(cache_err)?;
+    Ok(())
+}
+
+impl Walk<'_> {
+    /// Import the entries of tree `id` under directory `dir`; returns the
+    /// tree's statistics and its number of subdirectories.
+    fn dir(&mut self, tx: &mut Tx, dir: u64, id: &Id) -> LiveResult<(TreeStats, u32)> {
+        let tree = self.reader.read_tree(id)?;
+        let mut stats = TreeStats::default();
+        let mut subdirs = 0;
+        for e in &tree.entries {
+            if dir == ROOT && e.name == HISTORY_NAME {
+                // The name is reserved at the root of the mount.
+                self.skipped_history = true;
+                continue;
+            }
+            let ino = self.entry(tx, dir, e, &mut stats, &mut subdirs)?;
+            tx.insert_dirent(dir, &e.name, ino)?;
+        }
+        self.stats.insert(*id, stats);
+        Ok((stats, subdirs))
+    }
+
+    fn entry(&mut self, tx: &mut Tx, dir: u64, e: &Entry, stats: &mut TreeStats, subdirs: &mut u32) -> LiveResult<u64> {
+        if e.kind != Kind::Dir && e.links > 1 {
+            if let Some(&ino) = self.links.get(&(e.dev, e.inode)) {
+                *self.nlink.entry(ino).or_insert(1) += 1;
+                tx.add_parent(ino, dir)?;
+                stats.files += (e.kind == Kind::File) as u64;
+                return Ok(ino);
+            }
+        }
+        let ino = tx.alloc_ino()?;
+        let mut rec = Inode {
+            kind: e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size,
+            atime: e.mtime,
+            mtime: e.mtime,
+            ctime: e.mtime,
+            nlink: 1,
+            rdev: e.rdev,
+            origin_dev: e.dev,
+            origin_ino: e.inode,
+            parent: dir,
+            gen: 0,
+            xattrs: e.xattrs.clone(),
+            body: Body::Special,
+        };
+        match &e.content {
+            Content::Subtree(sub) => {
+                let (s, n) = self.dir(tx, ino, sub)?;
+                stats.add(s);
+                stats.dirs += 1;
+                *subdirs += 1;
+                rec.nlink = 2 + n;
+                rec.body = Body::Dir { tree: Some(*sub) };
+            }
+            Content::Chunks(c) => {
+                stats.files += 1;
+                stats.bytes += e.size;
+                rec.body = Body::File {
+                    staged: false,
+                    chunks: Some(c.clone()),
+                    sealed_gen: 0,
+                };
+            }
+            Content::Symlink(t) => rec.body = Body::Symlink(t.clone()),
+            Content::None if e.kind == Kind::File => {
+                stats.files += 1;
+                rec.body = Body::File {
+                    staged: false,
+                    chunks: Some(Vec::new()),
+                    sealed_gen: 0,
+                };
+            }
+            Content::None if e.kind == Kind::Dir => return Err(LiveError::Cache("directory without a tree".into())),
+            Content::None => {}
+        }
+        if e.kind != Kind::Dir {
+            tx.add_parent(ino, dir)?;
+            if e.links > 1 {
+                self.links.insert((e.dev, e.inode), ino);
+                self.nlink.insert(ino, 1);
+            }
+        }
+        tx.put(ino, &rec)?;
+        Ok(ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_round_trip() {
+        let s = TreeStats { files: 1, dirs: 2, bytes: 3 };
+        assert_eq!(TreeStats::decode(&s.encode()), Some(s));
+        assert_eq!(TreeStats::decode(&[0; 3]), None);
+    }
+}
