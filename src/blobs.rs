@@ -51,7 +51,11 @@ pub struct BlobReader {
 impl BlobReader {
     /// `cache_dir` holds `chunks/` and `packs/`; `disk_budget` bounds the
     /// decrypted chunk cache.
-    pub fn new(repo: Arc<Repository>, cache_dir: &Path, disk_budget: u64) -> Result<Arc<BlobReader>> {
+    pub fn new(
+        repo: Arc<Repository>,
+        cache_dir: &Path,
+        disk_budget: u64,
+    ) -> Result<Arc<BlobReader>> {
         let chunk_dir = cache_dir.join("chunks");
         let pack_dir = cache_dir.join("packs");
         for d in [&chunk_dir, &pack_dir] {
@@ -61,7 +65,9 @@ impl BlobReader {
         let mut found: Vec<(std::time::SystemTime, Id, u64)> = Vec::new();
         if let Ok(rd) = fs::read_dir(&chunk_dir) {
             for e in rd.flatten() {
-                let (Some(id), Ok(md)) = (e.file_name().to_str().and_then(Id::from_hex), e.metadata()) else {
+                let (Some(id), Ok(md)) =
+                    (e.file_name().to_str().and_then(Id::from_hex), e.metadata())
+                else {
                     let _ = fs::remove_file(e.path());
                     continue;
                 };
@@ -111,7 +117,10 @@ impl BlobReader {
                     for id in rx {
                         let Some(r) = me.upgrade() else { return };
                         let _ = r.blob(BlobKind::Data, &id);
-                        r.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        r.in_flight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&id);
                     }
                 });
         }
@@ -121,20 +130,34 @@ impl BlobReader {
     /// Stop read-ahead threads (they hold no strong reference; this just
     /// lets them exit).
     pub fn stop(&self) {
-        self.prefetch_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.prefetch_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     /// A pack sealed but not yet uploaded lives at `path`.
     pub fn add_outbox(&self, pack: Id, path: PathBuf) {
-        self.outbox.write().unwrap_or_else(|e| e.into_inner()).insert(pack, path);
+        self.outbox
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pack, path);
     }
 
     pub fn remove_outbox(&self, pack: &Id) {
-        self.outbox.write().unwrap_or_else(|e| e.into_inner()).remove(pack);
+        self.outbox
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pack);
     }
 
     fn mem_get(&self, id: &Id) -> Option<Arc<Vec<u8>>> {
-        self.mem.lock().unwrap_or_else(|e| e.into_inner()).0.get(id).cloned()
+        self.mem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(id)
+            .cloned()
     }
 
     fn mem_put(&self, id: Id, data: Arc<Vec<u8>>) {
@@ -172,7 +195,12 @@ impl BlobReader {
             })?;
             (p.clone(), l)
         };
-        let local = self.outbox.read().unwrap_or_else(|e| e.into_inner()).get(&pack.id).cloned();
+        let local = self
+            .outbox
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pack.id)
+            .cloned();
         let local = match local {
             Some(p) => Some(p),
             None if kind == BlobKind::Tree => Some(self.tree_pack(&pack.id)?),
@@ -201,7 +229,10 @@ impl BlobReader {
         if path.exists() {
             return Ok(path);
         }
-        let _g = self.tree_pack_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self
+            .tree_pack_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if path.exists() {
             return Ok(path);
         }
@@ -222,9 +253,17 @@ impl BlobReader {
         use rayon::prelude::*;
         let packs: Vec<Id> = {
             let ix = self.repo.index();
-            ix.packs().iter().filter(|p| p.kind == BlobKind::Tree).map(|p| p.id).collect()
+            ix.packs()
+                .iter()
+                .filter(|p| p.kind == BlobKind::Tree)
+                .map(|p| p.id)
+                .collect()
         };
-        let outbox = self.outbox.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let outbox = self
+            .outbox
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         packs
             .par_iter()
             .filter(|p| !outbox.contains_key(p))
@@ -236,8 +275,13 @@ impl BlobReader {
             return Ok(t.clone());
         }
         let raw = self.blob(BlobKind::Tree, id)?;
-        let t = Arc::new(Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))?);
-        self.trees.lock().unwrap_or_else(|e| e.into_inner()).put(*id, t.clone());
+        let t = Arc::new(
+            Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))?,
+        );
+        self.trees
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(*id, t.clone());
         Ok(t)
     }
 
@@ -246,7 +290,13 @@ impl BlobReader {
     }
 
     fn disk_get(&self, id: &Id) -> Option<Vec<u8>> {
-        if !self.disk.lock().unwrap_or_else(|e| e.into_inner()).sizes.contains_key(id) {
+        if !self
+            .disk
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sizes
+            .contains_key(id)
+        {
             return None;
         }
         let data = fs::read(self.disk_path(id)).ok()?;
@@ -278,7 +328,10 @@ impl BlobReader {
         }
         let path = self.disk_path(id);
         let tmp = path.with_extension("tmp");
-        if fs::write(&tmp, data).and_then(|()| fs::rename(&tmp, &path)).is_err() {
+        if fs::write(&tmp, data)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .is_err()
+        {
             let _ = fs::remove_file(&tmp);
             return;
         }
@@ -290,7 +343,9 @@ impl BlobReader {
                 d.order.push_back(*id);
             }
             while d.total > self.disk_budget {
-                let Some(old) = d.order.pop_front() else { break };
+                let Some(old) = d.order.pop_front() else {
+                    break;
+                };
                 if let Some(n) = d.sizes.remove(&old) {
                     d.total -= n;
                 }
@@ -312,7 +367,8 @@ fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut buf = vec![0u8; len as usize];
-    f.read_exact_at(&mut buf, offset).map_err(|e| Error::io(path, e))?;
+    f.read_exact_at(&mut buf, offset)
+        .map_err(|e| Error::io(path, e))?;
     Ok(buf)
 }
 
@@ -322,17 +378,29 @@ impl DataSource for BlobReader {
     }
 
     fn prefetch(&self, ids: &[Id]) {
-        let tx = self.prefetch_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let tx = self
+            .prefetch_tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let Some(tx) = tx else { return };
         for id in ids {
             if self.mem_get(id).is_some() {
                 continue;
             }
-            if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(*id) {
+            if !self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(*id)
+            {
                 continue;
             }
             if tx.try_send(*id).is_err() {
-                self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(id);
             }
         }
     }

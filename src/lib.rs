@@ -7,11 +7,16 @@
 
 pub mod blobs;
 pub mod chunk;
+pub mod control;
 pub mod crypto;
 pub mod error;
 pub mod flush;
+pub mod fs;
 pub mod fsmeta;
 pub mod live;
+#[macro_use]
+pub mod log;
+pub mod mount;
 pub mod ops;
 pub mod progress;
 pub mod repo;

@@ -8,6 +8,7 @@ mod backup;
 mod check;
 mod format;
 mod init;
+mod mount;
 mod progress;
 mod read;
 mod restore;
@@ -66,6 +67,14 @@ enum Command {
     Restore(restore::Args),
     /// Verify that every snapshot's data is in the store and intact.
     Check(check::Args),
+    /// Mount the repository's live tree (with .history/) at a directory.
+    Mount(mount::Args),
+    /// Seal a last snapshot, upload everything, unmount.
+    Umount(mount::UmountArgs),
+    /// Seal a snapshot of a mount now and wait for its upload.
+    Snapshot(mount::SnapshotArgs),
+    /// What a mount is doing: uploads waiting, last snapshot, store reachable.
+    Status(mount::StatusArgs),
 }
 
 /// What every command needs to reach the repository.
@@ -111,6 +120,10 @@ pub fn run() -> i32 {
         Command::Cat(a) => read::cat(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::Check(a) => check::run(&g, a),
+        Command::Mount(a) => mount::mount(&g, a),
+        Command::Umount(a) => mount::umount(&g, a),
+        Command::Snapshot(a) => mount::snapshot(&g, a),
+        Command::Status(a) => mount::status(&g, a),
     };
     match r {
         Ok(code) => code,

@@ -69,7 +69,7 @@ pub struct Flusher {
     pub(crate) live: Arc<Live>,
     pub(crate) reader: Arc<BlobReader>,
     pub(crate) repo: Arc<Repository>,
-    lock: Option<WriterLock>,
+    lock: Mutex<Option<WriterLock>>,
     pub(crate) source: String,
     seal_mutex: Mutex<()>,
     upload_mutex: Mutex<()>,
@@ -82,7 +82,10 @@ pub struct Flusher {
 }
 
 fn time_str(t: SystemTime) -> String {
-    let ns = t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let ns = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     crate::repo::snapshot::format_time(ns)
 }
 
@@ -103,9 +106,18 @@ impl Flusher {
                 outbox::create_tables(tx)?;
                 let items = outbox::items(tx)?;
                 let mut packs = Vec::new();
-                for r in tx.txn().open_table(outbox::OUTBOX_PACKS).map_err(cache_err)?.iter().map_err(cache_err)? {
+                for r in tx
+                    .txn()
+                    .open_table(outbox::OUTBOX_PACKS)
+                    .map_err(cache_err)?
+                    .iter()
+                    .map_err(cache_err)?
+                {
                     let (_, v) = r.map_err(cache_err)?;
-                    packs.extend(decode_delta(v.value()).map_err(|e| LiveError::Cache(format!("outbox pack: {e}")))?);
+                    packs.extend(
+                        decode_delta(v.value())
+                            .map_err(|e| LiveError::Cache(format!("outbox pack: {e}")))?,
+                    );
                 }
                 let mut pending = Vec::new();
                 for r in tx
@@ -117,7 +129,8 @@ impl Flusher {
                 {
                     let (k, v) = r.map_err(cache_err)?;
                     let id = Id(k.value().try_into().map_err(cache_err)?);
-                    let s = Snapshot::decode(v.value()).map_err(|e| LiveError::Cache(format!("pending snapshot: {e}")))?;
+                    let s = Snapshot::decode(v.value())
+                        .map_err(|e| LiveError::Cache(format!("pending snapshot: {e}")))?;
                     pending.push(SnapEntry {
                         id,
                         snapshot: s,
@@ -129,7 +142,10 @@ impl Flusher {
             .map_err(live_err)?;
         live.commit(true).map_err(live_err)?;
         // Files no item lists come from seals that never committed.
-        let listed: std::collections::HashSet<_> = items.iter().map(|(_, i)| outbox::file_for(live.dir(), &i.name)).collect();
+        let listed: std::collections::HashSet<_> = items
+            .iter()
+            .map(|(_, i)| outbox::file_for(live.dir(), &i.name))
+            .collect();
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 if !listed.contains(&e.path()) {
@@ -140,11 +156,14 @@ impl Flusher {
         let _ = std::fs::remove_dir_all(live.dir().join("sealing"));
         repo.add_to_index(&packs);
         for p in &packs {
-            reader.add_outbox(p.id, outbox::file_for(live.dir(), &crate::repo::pack::pack_name(&p.id)));
+            reader.add_outbox(
+                p.id,
+                outbox::file_for(live.dir(), &crate::repo::pack::pack_name(&p.id)),
+            );
         }
         let (uploaded, problems) = repo.snapshots()?;
         for p in problems {
-            eprintln!("warning: {p}");
+            crate::log!("warning: {p}");
         }
         let mut snaps: Vec<SnapEntry> = uploaded
             .into_iter()
@@ -159,12 +178,17 @@ impl Flusher {
                 snaps.push(p);
             }
         }
-        snaps.sort_by(|a, b| a.snapshot.time_ns.cmp(&b.snapshot.time_ns).then(a.id.cmp(&b.id)));
+        snaps.sort_by(|a, b| {
+            a.snapshot
+                .time_ns
+                .cmp(&b.snapshot.time_ns)
+                .then(a.id.cmp(&b.id))
+        });
         Ok(Arc::new(Flusher {
             live,
             reader,
             repo,
-            lock,
+            lock: Mutex::new(lock),
             source,
             seal_mutex: Mutex::new(()),
             upload_mutex: Mutex::new(()),
@@ -180,7 +204,10 @@ impl Flusher {
     }
 
     pub fn snapshots(&self) -> Vec<SnapEntry> {
-        self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Wake the uploader.
@@ -202,7 +229,8 @@ impl Flusher {
     }
 
     pub fn gens(&self) -> LiveResult<(u64, u64)> {
-        self.live.tx(|tx| Ok((tx.state_u64("seal_gen")?, tx.state_u64("uploaded_gen")?)))
+        self.live
+            .tx(|tx| Ok((tx.state_u64("seal_gen")?, tx.state_u64("uploaded_gen")?)))
     }
 
     /// Everything waiting for upload: (objects, bytes).
@@ -216,7 +244,11 @@ impl Flusher {
         let (sealed, uploaded) = self.gens().unwrap_or_default();
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let last = self.snapshots().last().cloned();
-        let dirty = self.live.inode(crate::live::ROOT).map(|r| r.dir_tree().is_none()).unwrap_or(true);
+        let dirty = self
+            .live
+            .inode(crate::live::ROOT)
+            .map(|r| r.dir_tree().is_none())
+            .unwrap_or(true);
         Status {
             pending_objects: objects,
             pending_bytes: bytes,
@@ -237,7 +269,10 @@ impl Flusher {
     }
 
     /// Start the background threads: uploader, periodic sealer, committer.
-    pub fn start(self: &Arc<Self>, snapshot_interval: Duration) -> Vec<std::thread::JoinHandle<()>> {
+    pub fn start(
+        self: &Arc<Self>,
+        snapshot_interval: Duration,
+    ) -> Vec<std::thread::JoinHandle<()>> {
         let mut handles = Vec::new();
         let me = self.clone();
         handles.push(spawn("secrate-upload", move || me.upload_loop()));
@@ -246,7 +281,7 @@ impl Flusher {
             while !me.stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
                 if let Err(e) = me.live.commit_if_pending() {
-                    eprintln!("error: committing the live tree: {e}");
+                    crate::log!("error: committing the live tree: {e}");
                 }
             }
         }));
@@ -261,7 +296,7 @@ impl Flusher {
                     }
                     last = std::time::Instant::now();
                     if let Err(e) = me.seal() {
-                        eprintln!("error: automatic snapshot failed: {e}");
+                        crate::log!("error: automatic snapshot failed: {e}");
                     }
                 }
             }));
@@ -273,6 +308,19 @@ impl Flusher {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.kick();
+    }
+
+    /// Give up the repository's writer lock (after the last upload).
+    pub fn release_lock(&self) {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Fails if this mount no longer holds the writer lock.
+    pub(crate) fn check_lock(&self) -> Result<()> {
+        match &*self.lock.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(l) => l.check(),
+            None => Ok(()),
+        }
     }
 
     pub fn stopped(&self) -> bool {
@@ -311,7 +359,9 @@ impl Flusher {
 
     fn read_outbox(&self, name: &str) -> Result<Bytes> {
         let p = outbox::file_for(self.live.dir(), name);
-        std::fs::read(&p).map(Bytes::from).map_err(|e| Error::io(&p, e))
+        std::fs::read(&p)
+            .map(Bytes::from)
+            .map_err(|e| Error::io(&p, e))
     }
 }
 

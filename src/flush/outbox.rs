@@ -22,7 +22,8 @@ pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("out
 /// yet uploaded: their blobs are read from the outbox meanwhile.
 pub(crate) const OUTBOX_PACKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outbox_packs");
 /// Snapshot id → plaintext snapshot, for snapshots sealed but not uploaded.
-pub(crate) const PENDING_SNAPSHOTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_snapshots");
+pub(crate) const PENDING_SNAPSHOTS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("pending_snapshots");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItemKind {
@@ -107,7 +108,8 @@ pub fn items(tx: &Tx) -> LiveResult<Vec<(u64, Item)>> {
     let mut out = Vec::new();
     for r in t.iter().map_err(cache_err)? {
         let (k, v) = r.map_err(cache_err)?;
-        let item = Item::decode(v.value()).map_err(|e| crate::live::LiveError::Cache(format!("outbox item: {e}")))?;
+        let item = Item::decode(v.value())
+            .map_err(|e| crate::live::LiveError::Cache(format!("outbox item: {e}")))?;
         out.push((k.value(), item));
     }
     Ok(out)

@@ -35,7 +35,10 @@ impl PackSink for OutboxSink {
     fn store_pack(&self, info: &PackInfo, bytes: Vec<u8>) -> Result<()> {
         let path = outbox::file_for(&self.dir, &pack_name(&info.id));
         outbox::write_durable(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-        self.written.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
         Ok(())
     }
 }
@@ -91,17 +94,25 @@ impl Flusher {
         let result = self.build_and_commit(&view, view_epoch, &copies);
         let _ = std::fs::remove_dir_all(&sealing);
         let outcome = result?;
-        self.snapshots.write().unwrap_or_else(|e| e.into_inner()).push(SnapEntry {
-            id: outcome.id,
-            snapshot: outcome.snapshot.clone(),
-            uploaded: false,
-        });
+        self.snapshots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(SnapEntry {
+                id: outcome.id,
+                snapshot: outcome.snapshot.clone(),
+                uploaded: false,
+            });
         self.notify_progress();
         self.kick();
         Ok(Some(outcome))
     }
 
-    fn build_and_commit(&self, view: &View, view_epoch: u64, copies: &HashMap<u64, PathBuf>) -> Result<SealOutcome> {
+    fn build_and_commit(
+        &self,
+        view: &View,
+        view_epoch: u64,
+        copies: &HashMap<u64, PathBuf>,
+    ) -> Result<SealOutcome> {
         let live = &self.live;
         let sink = Arc::new(OutboxSink {
             dir: live.dir().to_path_buf(),
@@ -119,13 +130,20 @@ impl Flusher {
             files: HashMap::new(),
             stats: HashMap::new(),
         };
-        let built = b.dir(ROOT).and_then(|root| writer.finish().map(|(packs, _)| (root, packs)));
+        let built = b
+            .dir(ROOT)
+            .and_then(|root| writer.finish().map(|(packs, _)| (root, packs)));
         let (root_id, packs) = match built {
             Ok(x) => x,
             Err(e) => {
                 // Nothing lists these packs: remove them now.
                 drop(writer);
-                for p in sink.written.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                for p in sink
+                    .written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..)
+                {
                     let _ = std::fs::remove_file(p);
                 }
                 return Err(e);
@@ -193,21 +211,56 @@ impl Flusher {
                 put_tree_stats(tx, id, *s)?;
             }
             {
-                let mut t = tx.txn().open_table(outbox::OUTBOX_PACKS).map_err(cache_err)?;
+                let mut t = tx
+                    .txn()
+                    .open_table(outbox::OUTBOX_PACKS)
+                    .map_err(cache_err)?;
                 for p in &packs {
-                    t.insert(&p.id.0[..], encode_delta(std::slice::from_ref(p)).as_slice()).map_err(cache_err)?;
+                    t.insert(
+                        &p.id.0[..],
+                        encode_delta(std::slice::from_ref(p)).as_slice(),
+                    )
+                    .map_err(cache_err)?;
                 }
             }
             for p in &packs {
-                outbox::push(tx, &Item { kind: ItemKind::Pack, gen, name: pack_name(&p.id), size: p.size })?;
+                outbox::push(
+                    tx,
+                    &Item {
+                        kind: ItemKind::Pack,
+                        gen,
+                        name: pack_name(&p.id),
+                        size: p.size,
+                    },
+                )?;
             }
             if !packs.is_empty() {
-                outbox::push(tx, &Item { kind: ItemKind::Index, gen, name: index_name.clone(), size: index_bytes.len() as u64 })?;
+                outbox::push(
+                    tx,
+                    &Item {
+                        kind: ItemKind::Index,
+                        gen,
+                        name: index_name.clone(),
+                        size: index_bytes.len() as u64,
+                    },
+                )?;
             }
-            outbox::push(tx, &Item { kind: ItemKind::Snapshot, gen, name: snap_name.clone(), size: snap_bytes.len() as u64 })?;
+            outbox::push(
+                tx,
+                &Item {
+                    kind: ItemKind::Snapshot,
+                    gen,
+                    name: snap_name.clone(),
+                    size: snap_bytes.len() as u64,
+                },
+            )?;
             {
-                let mut t = tx.txn().open_table(outbox::PENDING_SNAPSHOTS).map_err(cache_err)?;
-                t.insert(&snap_id.0[..], snapshot.encode().as_slice()).map_err(cache_err)?;
+                let mut t = tx
+                    .txn()
+                    .open_table(outbox::PENDING_SNAPSHOTS)
+                    .map_err(cache_err)?;
+                t.insert(&snap_id.0[..], snapshot.encode().as_slice())
+                    .map_err(cache_err)?;
             }
             tx.set_state_u64("seal_gen", gen)?;
             tx.set_state("last_snapshot", &snap_id.0)?;
@@ -217,7 +270,8 @@ impl Flusher {
         live.commit(true).map_err(live_err)?;
         self.repo.add_to_index(&packs);
         for p in &packs {
-            self.reader.add_outbox(p.id, outbox::file_for(live.dir(), &pack_name(&p.id)));
+            self.reader
+                .add_outbox(p.id, outbox::file_for(live.dir(), &pack_name(&p.id)));
         }
         Ok(SealOutcome {
             id: snap_id,
@@ -316,7 +370,11 @@ impl Build<'_> {
         let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         let chunks = self
             .writer
-            .store_stream(&self.chunker, std::io::BufReader::with_capacity(1 << 20, f), &|_| {})
+            .store_stream(
+                &self.chunker,
+                std::io::BufReader::with_capacity(1 << 20, f),
+                &|_| {},
+            )
             .map_err(|e| Error::io(&path, e))??;
         self.files.insert(ino, chunks.clone());
         Ok(chunks)

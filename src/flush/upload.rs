@@ -3,7 +3,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::flush::outbox::{self, Item, ItemKind};
@@ -33,9 +32,10 @@ impl Flusher {
             match self.upload_pending() {
                 Ok(()) => backoff = Duration::from_secs(1),
                 Err(e) => {
-                    eprintln!("warning: upload: {e} (retrying in {} s)", backoff.as_secs());
+                    crate::log!("warning: upload: {e} (retrying in {} s)", backoff.as_secs());
                     let deadline = std::time::Instant::now() + backoff;
-                    while std::time::Instant::now() < deadline && !self.stop.load(Ordering::SeqCst) {
+                    while std::time::Instant::now() < deadline && !self.stop.load(Ordering::SeqCst)
+                    {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(60));
@@ -62,9 +62,16 @@ impl Flusher {
             }
             let batch = &items[i..j];
             let results: Vec<Result<()>> = std::thread::scope(|s| {
-                let hs: Vec<_> = batch.iter().map(|(_, item)| s.spawn(move || self.upload_item(item))).collect();
+                let hs: Vec<_> = batch
+                    .iter()
+                    .map(|(_, item)| s.spawn(move || self.upload_item(item)))
+                    .collect();
                 hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(Error::Invalid("an upload thread panicked".into()))))
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Invalid("an upload thread panicked".into()))
+                        })
+                    })
                     .collect()
             });
             for ((seq, item), r) in batch.iter().zip(&results) {
@@ -85,9 +92,7 @@ impl Flusher {
     fn upload_item(&self, item: &Item) -> Result<()> {
         let bytes = self.read_outbox(&item.name)?;
         if item.kind == ItemKind::Snapshot {
-            if let Some(lock) = &self.lock {
-                lock.check()?;
-            }
+            self.check_lock()?;
         }
         self.repo.put_sealed(&item.name, bytes)
     }
@@ -100,13 +105,19 @@ impl Flusher {
                 match item.kind {
                     ItemKind::Pack => {
                         if let Some(id) = pack_id_from_name(&item.name) {
-                            let mut t = tx.txn().open_table(outbox::OUTBOX_PACKS).map_err(cache_err)?;
+                            let mut t = tx
+                                .txn()
+                                .open_table(outbox::OUTBOX_PACKS)
+                                .map_err(cache_err)?;
                             t.remove(&id.0[..]).map_err(cache_err)?;
                         }
                     }
                     ItemKind::Snapshot => {
                         if let Some(id) = snap_id {
-                            let mut t = tx.txn().open_table(outbox::PENDING_SNAPSHOTS).map_err(cache_err)?;
+                            let mut t = tx
+                                .txn()
+                                .open_table(outbox::PENDING_SNAPSHOTS)
+                                .map_err(cache_err)?;
                             t.remove(&id.0[..]).map_err(cache_err)?;
                         }
                         let up = tx.state_u64("uploaded_gen")?.max(item.gen);

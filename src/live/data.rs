@@ -119,10 +119,20 @@ impl Live {
     }
 
     fn staged_handle(&self, ino: u64) -> LiveResult<Arc<File>> {
-        if let Some(f) = self.open_files.lock().get(&ino).and_then(|e| e.file.clone()) {
+        if let Some(f) = self
+            .open_files
+            .lock()
+            .get(&ino)
+            .and_then(|e| e.file.clone())
+        {
             return Ok(f);
         }
-        let f = Arc::new(OpenOptions::new().read(true).write(true).open(self.staged_path(ino))?);
+        let f = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.staged_path(ino))?,
+        );
         if let Some(e) = self.open_files.lock().get_mut(&ino) {
             e.file = Some(f.clone());
         }
@@ -161,7 +171,10 @@ impl Live {
         self.open_files.forget_handle(ino);
         self.tx(|tx| {
             let mut r = tx.get(ino)?;
-            if let Body::File { staged, chunks: c, .. } = &mut r.body {
+            if let Body::File {
+                staged, chunks: c, ..
+            } = &mut r.body
+            {
                 *staged = true;
                 if truncate {
                     // The staged file is empty; it no longer matches.
@@ -178,12 +191,24 @@ impl Live {
         })
     }
 
-    pub fn read(&self, ino: u64, offset: u64, size: u32, src: &dyn DataSource) -> LiveResult<Vec<u8>> {
+    pub fn read(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        src: &dyn DataSource,
+    ) -> LiveResult<Vec<u8>> {
         let rec = self.inode(ino)?;
         read_inode(self, ino, &rec, offset, size, src)
     }
 
-    pub fn write(&self, ino: u64, offset: u64, data: &[u8], src: &dyn DataSource) -> LiveResult<usize> {
+    pub fn write(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        src: &dyn DataSource,
+    ) -> LiveResult<usize> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, false)?;
         let f = self.staged_handle(ino)?;
@@ -285,7 +310,13 @@ pub fn read_inode(
 }
 
 /// Read `[offset, offset+size)` of content made of `chunks`.
-pub fn read_chunks(chunks: &[ChunkRef], file_size: u64, offset: u64, size: u32, src: &dyn DataSource) -> LiveResult<Vec<u8>> {
+pub fn read_chunks(
+    chunks: &[ChunkRef],
+    file_size: u64,
+    offset: u64,
+    size: u32,
+    src: &dyn DataSource,
+) -> LiveResult<Vec<u8>> {
     if offset >= file_size {
         return Ok(Vec::new());
     }
@@ -320,7 +351,10 @@ mod tests {
 
     #[test]
     fn spans() {
-        let c = |len| ChunkRef { id: Id::default(), len };
+        let c = |len| ChunkRef {
+            id: Id::default(),
+            len,
+        };
         let chunks = [c(10), c(10), c(10)];
         assert_eq!(chunk_span(&chunks, 0, 5), vec![(0, 0)]);
         assert_eq!(chunk_span(&chunks, 5, 10), vec![(0, 0), (1, 10)]);

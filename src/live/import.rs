@@ -75,7 +75,12 @@ struct Walk<'a> {
 
 /// Replace the live tree with `snap`. The caller makes sure nothing in
 /// the live tree is unsealed.
-pub fn import_snapshot(live: &Live, reader: &BlobReader, snap_id: &Id, snap: &Snapshot) -> LiveResult<Import> {
+pub fn import_snapshot(
+    live: &Live,
+    reader: &BlobReader,
+    snap_id: &Id,
+    snap: &Snapshot,
+) -> LiveResult<Import> {
     reader.fetch_tree_packs()?;
     let mut w = Walk {
         reader,
@@ -98,7 +103,9 @@ pub fn import_snapshot(live: &Live, reader: &BlobReader, snap_id: &Id, snap: &Sn
         root.xattrs.clear();
         let (stats, subdirs) = w.dir(tx, ROOT, &snap.root)?;
         root.nlink = 2 + subdirs;
-        root.body = Body::Dir { tree: Some(snap.root) };
+        root.body = Body::Dir {
+            tree: Some(snap.root),
+        };
         tx.put(ROOT, &root)?;
         for (ino, n) in &w.nlink {
             let mut r = tx.get(*ino)?;
@@ -174,7 +181,14 @@ impl Walk<'_> {
         Ok((stats, subdirs))
     }
 
-    fn entry(&mut self, tx: &mut Tx, dir: u64, e: &Entry, stats: &mut TreeStats, subdirs: &mut u32) -> LiveResult<u64> {
+    fn entry(
+        &mut self,
+        tx: &mut Tx,
+        dir: u64,
+        e: &Entry,
+        stats: &mut TreeStats,
+        subdirs: &mut u32,
+    ) -> LiveResult<u64> {
         if e.kind != Kind::Dir && e.links > 1 {
             if let Some(&ino) = self.links.get(&(e.dev, e.inode)) {
                 *self.nlink.entry(ino).or_insert(1) += 1;
@@ -229,7 +243,9 @@ impl Walk<'_> {
                     sealed_gen: 0,
                 };
             }
-            Content::None if e.kind == Kind::Dir => return Err(LiveError::Cache("directory without a tree".into())),
+            Content::None if e.kind == Kind::Dir => {
+                return Err(LiveError::Cache("directory without a tree".into()))
+            }
             Content::None => {}
         }
         if e.kind != Kind::Dir {
@@ -250,7 +266,11 @@ mod tests {
 
     #[test]
     fn stats_round_trip() {
-        let s = TreeStats { files: 1, dirs: 2, bytes: 3 };
+        let s = TreeStats {
+            files: 1,
+            dirs: 2,
+            bytes: 3,
+        };
         assert_eq!(TreeStats::decode(&s.encode()), Some(s));
         assert_eq!(TreeStats::decode(&[0; 3]), None);
     }

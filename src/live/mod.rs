@@ -23,7 +23,7 @@
 //!   writing while it takes its consistent view, so the view never sees half
 //!   an operation.
 
-mod data;
+pub mod data;
 pub mod import;
 mod ops;
 pub mod record;
@@ -189,7 +189,8 @@ impl Live {
         let mut guard = self.lock_txn();
         if guard.is_none() {
             let mut t = self.db.begin_write().map_err(cache_err)?;
-            t.set_durability(redb::Durability::None).map_err(cache_err)?;
+            t.set_durability(redb::Durability::None)
+                .map_err(cache_err)?;
             *guard = Some(t);
         }
         let txn = guard.as_mut().expect("just set");
@@ -206,7 +207,8 @@ impl Live {
         match guard.take() {
             Some(mut t) => {
                 if durable {
-                    t.set_durability(redb::Durability::Immediate).map_err(cache_err)?;
+                    t.set_durability(redb::Durability::Immediate)
+                        .map_err(cache_err)?;
                 }
                 self.pending.store(false, Ordering::Release);
                 t.commit().map_err(cache_err)
@@ -214,7 +216,8 @@ impl Live {
             None if durable => {
                 // Make earlier non-durable commits durable.
                 let mut t = self.db.begin_write().map_err(cache_err)?;
-                t.set_durability(redb::Durability::Immediate).map_err(cache_err)?;
+                t.set_durability(redb::Durability::Immediate)
+                    .map_err(cache_err)?;
                 t.commit().map_err(cache_err)
             }
             None => Ok(()),
@@ -286,7 +289,9 @@ impl<'t> Tx<'t> {
 
     pub fn get(&self, ino: u64) -> LiveResult<Inode> {
         match self.inodes.get(ino).map_err(cache_err)? {
-            Some(v) => Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
+            Some(v) => {
+                Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}")))
+            }
             None => Err(LiveError::NotFound),
         }
     }
@@ -296,7 +301,9 @@ impl<'t> Tx<'t> {
     }
 
     pub fn put(&mut self, ino: u64, rec: &Inode) -> LiveResult<()> {
-        self.inodes.insert(ino, rec.encode().as_slice()).map_err(cache_err)?;
+        self.inodes
+            .insert(ino, rec.encode().as_slice())
+            .map_err(cache_err)?;
         Ok(())
     }
 
@@ -347,14 +354,24 @@ impl<'t> Tx<'t> {
     /// Record one more link of `child` in `parent` (non-directories).
     pub fn add_parent(&mut self, child: u64, parent: u64) -> LiveResult<()> {
         let k = pair_key(child, parent);
-        let n = self.parents.get(&k[..]).map_err(cache_err)?.map(|v| v.value()).unwrap_or(0);
+        let n = self
+            .parents
+            .get(&k[..])
+            .map_err(cache_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         self.parents.insert(&k[..], n + 1).map_err(cache_err)?;
         Ok(())
     }
 
     pub fn remove_parent(&mut self, child: u64, parent: u64) -> LiveResult<()> {
         let k = pair_key(child, parent);
-        let n = self.parents.get(&k[..]).map_err(cache_err)?.map(|v| v.value()).unwrap_or(0);
+        let n = self
+            .parents
+            .get(&k[..])
+            .map_err(cache_err)?
+            .map(|v| v.value())
+            .unwrap_or(0);
         if n <= 1 {
             self.parents.remove(&k[..]).map_err(cache_err)?;
         } else {
@@ -366,7 +383,11 @@ impl<'t> Tx<'t> {
     /// The directories holding a link to `ino`.
     pub fn parents_of(&self, ino: u64, rec: &Inode) -> LiveResult<Vec<u64>> {
         if rec.kind == Kind::Dir {
-            return Ok(if ino == ROOT { vec![] } else { vec![rec.parent] });
+            return Ok(if ino == ROOT {
+                vec![]
+            } else {
+                vec![rec.parent]
+            });
         }
         let lo = pair_key(ino, 0);
         let hi = pair_key(ino, u64::MAX);
@@ -403,7 +424,11 @@ impl<'t> Tx<'t> {
     /// Change an inode: stamp it with this epoch, mark it and its
     /// ancestors changed (a file whose content changed is also marked dirty
     /// by the caller).
-    pub fn modify<R>(&mut self, ino: u64, f: impl FnOnce(&mut Inode) -> LiveResult<R>) -> LiveResult<R> {
+    pub fn modify<R>(
+        &mut self,
+        ino: u64,
+        f: impl FnOnce(&mut Inode) -> LiveResult<R>,
+    ) -> LiveResult<R> {
         let mut rec = self.get(ino)?;
         let r = f(&mut rec)?;
         self.stamp(ino, &mut rec)?;
@@ -439,7 +464,11 @@ impl<'t> Tx<'t> {
     }
 
     pub fn state(&self, key: &str) -> LiveResult<Option<Vec<u8>>> {
-        Ok(self.state.get(key).map_err(cache_err)?.map(|v| v.value().to_vec()))
+        Ok(self
+            .state
+            .get(key)
+            .map_err(cache_err)?
+            .map(|v| v.value().to_vec()))
     }
 
     pub fn set_state(&mut self, key: &str, value: &[u8]) -> LiveResult<()> {
@@ -466,7 +495,10 @@ impl<'t> Tx<'t> {
     }
 }
 
-fn list_children<T: ReadableTable<&'static [u8], u64>>(t: &T, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
+fn list_children<T: ReadableTable<&'static [u8], u64>>(
+    t: &T,
+    parent: u64,
+) -> LiveResult<Vec<(Vec<u8>, u64)>> {
     let lo = parent.to_be_bytes();
     let hi = (parent + 1).to_be_bytes();
     let mut out = Vec::new();
@@ -486,7 +518,9 @@ impl View {
     pub fn inode(&self, ino: u64) -> LiveResult<Inode> {
         let t = self.txn.open_table(INODES).map_err(cache_err)?;
         match t.get(ino).map_err(cache_err)? {
-            Some(v) => Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
+            Some(v) => {
+                Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}")))
+            }
             None => Err(LiveError::NotFound),
         }
     }
@@ -511,6 +545,8 @@ impl View {
 
     pub fn tree_stats(&self, id: &crate::crypto::Id) -> LiveResult<Option<import::TreeStats>> {
         let t = self.txn.open_table(import::TREE_STATS).map_err(cache_err)?;
-        Ok(t.get(&id.0[..]).map_err(cache_err)?.and_then(|v| import::TreeStats::decode(v.value())))
+        Ok(t.get(&id.0[..])
+            .map_err(cache_err)?
+            .and_then(|v| import::TreeStats::decode(v.value())))
     }
 }

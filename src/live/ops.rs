@@ -28,7 +28,8 @@ fn check_name(name: &[u8]) -> LiveResult<()> {
     if name.len() > NAME_MAX {
         return Err(LiveError::NameTooLong);
     }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return Err(LiveError::Invalid);
     }
     Ok(())
@@ -222,7 +223,15 @@ impl Live {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &[u8], newparent: u64, newname: &[u8], noreplace: bool, exchange: bool) -> LiveResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        noreplace: bool,
+        exchange: bool,
+    ) -> LiveResult<()> {
         check_name(newname)?;
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         let gone = self.tx(|tx| {
@@ -319,7 +328,14 @@ impl Live {
         })
     }
 
-    pub fn set_xattr(&self, ino: u64, name: &[u8], value: &[u8], create: bool, replace: bool) -> LiveResult<()> {
+    pub fn set_xattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        create: bool,
+        replace: bool,
+    ) -> LiveResult<()> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.tx(|tx| {
             tx.modify(ino, |r| {
@@ -343,7 +359,11 @@ impl Live {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.tx(|tx| {
             tx.modify(ino, |r| {
-                let pos = r.xattrs.iter().position(|(k, _)| k == name).ok_or(LiveError::NoAttr)?;
+                let pos = r
+                    .xattrs
+                    .iter()
+                    .position(|(k, _)| k == name)
+                    .ok_or(LiveError::NoAttr)?;
                 r.xattrs.remove(pos);
                 r.ctime = now();
                 Ok(())

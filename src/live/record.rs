@@ -14,7 +14,9 @@ const VERSION: u8 = 1;
 pub enum Body {
     /// `tree` is the id of this directory's tree blob as of the last seal,
     /// or `None` if it or anything below it changed since.
-    Dir { tree: Option<Id> },
+    Dir {
+        tree: Option<Id>,
+    },
     /// `staged`: the content is the local file `staged/<ino>`. `chunks`:
     /// the content as sealed; with `staged`, `Some` means the staged file
     /// still equals it (clean), `None` means it changed (dirty).
@@ -66,7 +68,14 @@ impl Inode {
 
     /// A file whose content changed since its last seal.
     pub fn is_dirty_file(&self) -> bool {
-        matches!(self.body, Body::File { staged: true, chunks: None, .. })
+        matches!(
+            self.body,
+            Body::File {
+                staged: true,
+                chunks: None,
+                ..
+            }
+        )
     }
 
     pub fn is_staged(&self) -> bool {
@@ -75,7 +84,9 @@ impl Inode {
 
     pub fn chunks(&self) -> Option<&[ChunkRef]> {
         match &self.body {
-            Body::File { chunks: Some(c), .. } => Some(c),
+            Body::File {
+                chunks: Some(c), ..
+            } => Some(c),
             _ => None,
         }
     }
@@ -252,7 +263,10 @@ mod tests {
             xattrs: vec![(b"user.a".to_vec(), b"b".to_vec())],
             body: Body::File {
                 staged: true,
-                chunks: Some(vec![ChunkRef { id: Id([1; 32]), len: 3 }]),
+                chunks: Some(vec![ChunkRef {
+                    id: Id([1; 32]),
+                    len: 3,
+                }]),
                 sealed_gen: 4,
             },
         };

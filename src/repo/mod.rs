@@ -290,7 +290,12 @@ impl Repository {
 
     /// An index delta listing `packs`, sealed: its id and bytes.
     pub fn seal_index(&self, packs: &[PackInfo]) -> (Id, Vec<u8>) {
-        let bytes = sealed::seal(&self.keys, index::MAGIC, index::VERSION, &encode_delta(packs));
+        let bytes = sealed::seal(
+            &self.keys,
+            index::MAGIC,
+            index::VERSION,
+            &encode_delta(packs),
+        );
         (Id::of_object(&bytes), bytes)
     }
 
@@ -305,7 +310,10 @@ impl Repository {
     pub fn put_sealed(&self, name: &str, bytes: Bytes) -> Result<()> {
         self.store.put_new(name, bytes)?;
         if name.starts_with("index/") {
-            self.loaded_deltas.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string());
+            self.loaded_deltas
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string());
         }
         Ok(())
     }

@@ -22,9 +22,9 @@ use std::io::Read;
 
 use crate::chunk::Chunker;
 use crate::crypto::{BlobKind, Id};
-use crate::repo::tree::ChunkRef;
 use crate::error::{Error, Result};
 use crate::repo::pack::{PackBuilder, PackInfo};
+use crate::repo::tree::ChunkRef;
 use crate::repo::Repository;
 
 /// Where finished packs go.
@@ -194,7 +194,9 @@ impl BlobWriter {
             .map(|(i, chunk)| {
                 let chunk = chunk.map_err(StreamError::Io)?;
                 on_read(chunk.len());
-                let id = self.add(BlobKind::Data, &chunk).map_err(StreamError::Repo)?;
+                let id = self
+                    .add(BlobKind::Data, &chunk)
+                    .map_err(StreamError::Repo)?;
                 Ok((
                     i,
                     ChunkRef {

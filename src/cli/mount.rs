@@ -1,0 +1,380 @@
+//! `secrate mount`, `umount`, `snapshot` and `status`.
+//!
+//! `mount` without `--foreground` starts a copy of itself in the
+//! background (a new session, its log in the cache directory), hands it the
+//! passphrase through a pipe, and returns once it reports the filesystem
+//! mounted, or prints why it is not. The others talk to the running mount
+//! through its control socket.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use zeroize::Zeroizing;
+
+use secrate::control::{self, Event, Request};
+use secrate::mount::{default_cache_dir, serve, MountOptions};
+use secrate::repo::{Repository, Secret};
+
+use super::format::{bytes, parse_size};
+use super::{secret, Globals};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where to mount (an existing directory).
+    mountpoint: PathBuf,
+    /// Cache directory (default: $XDG_CACHE_HOME/secrate/<repository id>).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Seal a snapshot this often while something changed (0: only on demand and unmount).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    snapshot_interval: u64,
+    /// Bound on cached clean data, e.g. 10G.
+    #[arg(long, default_value = "10G", value_parser = parse_size, value_name = "SIZE")]
+    cache_size: u64,
+    /// Mount read-only (no snapshots, no writer lock).
+    #[arg(long)]
+    read_only: bool,
+    /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    allow_other: bool,
+    /// Serve in the foreground; logs to stderr.
+    #[arg(long)]
+    foreground: bool,
+    /// Internal: the background copy started by `mount`.
+    #[arg(long, hide = true)]
+    daemon_child: bool,
+}
+
+pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    let mountpoint = std::fs::canonicalize(&a.mountpoint)
+        .with_context(|| format!("cannot mount at {}", a.mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("cannot mount at {}: not a directory", mountpoint.display());
+    }
+    let store = g.open_store(false)?;
+    let config = Repository::read_config(&store)?;
+    let cache_dir = match &a.cache {
+        Some(c) => std::path::absolute(c)
+            .with_context(|| format!("bad cache directory {}", c.display()))?,
+        None => default_cache_dir(&config.repo_id_hex()),
+    };
+    if a.daemon_child {
+        return run_child(g, a, mountpoint, cache_dir, store);
+    }
+    let secret = secret::for_open(g)?;
+    if a.foreground {
+        let repo = Arc::new(Repository::open(store, &secret)?);
+        let opts = options(&a, mountpoint.clone(), cache_dir);
+        serve(repo, opts, &mut || {
+            eprintln!("mounted at {}", mountpoint.display())
+        })?;
+        return Ok(0);
+    }
+    spawn_child(g, &a, &mountpoint, &cache_dir, &secret)
+}
+
+fn options(a: &Args, mountpoint: PathBuf, cache_dir: PathBuf) -> MountOptions {
+    MountOptions {
+        mountpoint,
+        cache_dir,
+        snapshot_interval: Duration::from_secs(a.snapshot_interval),
+        read_only: a.read_only,
+        cache_size: a.cache_size,
+        allow_other: a.allow_other,
+    }
+}
+
+/// Start the background copy and wait for it to say "ready" or why not.
+fn spawn_child(
+    g: &Globals,
+    a: &Args,
+    mountpoint: &std::path::Path,
+    cache_dir: &std::path::Path,
+    secret: &Secret,
+) -> anyhow::Result<i32> {
+    secrate::mount::lock_cache(cache_dir).map(drop)?;
+    let log = cache_dir.join("mount.log");
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open the log {}", log.display()))?;
+    let exe = std::env::current_exe().context("cannot find the secrate program")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store")
+        .arg(&g.store_url)
+        .arg("mount")
+        .arg(mountpoint)
+        .arg("--cache")
+        .arg(cache_dir)
+        .arg("--snapshot-interval")
+        .arg(a.snapshot_interval.to_string())
+        .arg("--cache-size")
+        .arg(a.cache_size.to_string())
+        .arg("--daemon-child");
+    if a.read_only {
+        cmd.arg("--read-only");
+    }
+    if a.allow_other {
+        cmd.arg("--allow-other");
+    }
+    cmd.env_remove("SECRATE_PASSPHRASE")
+        .env_remove("SECRATE_RECOVERY_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(logf);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the background process")?;
+    {
+        let mut stdin = child
+            .stdin
+            .take()
+            .context("no pipe to the background process")?;
+        let (kind, value) = match secret {
+            Secret::Passphrase(p) => ("passphrase", p),
+            Secret::RecoveryKey(k) => ("recovery", k),
+        };
+        let msg = Zeroizing::new(format!("{kind}\n{}\n", value.as_str()));
+        stdin
+            .write_all(msg.as_bytes())
+            .context("cannot hand over the passphrase")?;
+    }
+    let out = child
+        .stdout
+        .take()
+        .context("no pipe from the background process")?;
+    let mut said = String::new();
+    for line in BufReader::new(out).lines() {
+        let line = line.unwrap_or_default();
+        if line == "ready" {
+            println!(
+                "mounted at {} (cache {}, log {})",
+                mountpoint.display(),
+                cache_dir.display(),
+                log.display()
+            );
+            return Ok(0);
+        }
+        said.push_str(&line);
+    }
+    let status = child.wait().context("the background process vanished")?;
+    if said.trim().is_empty() {
+        bail!(
+            "the background process exited ({status}) before mounting; see {}",
+            log.display()
+        );
+    }
+    bail!("{}", said.trim().trim_start_matches("secrate: "));
+}
+
+/// The background copy: read the secret, serve, report readiness on stdout.
+fn run_child(
+    _g: &Globals,
+    a: Args,
+    mountpoint: PathBuf,
+    cache_dir: PathBuf,
+    store: secrate::store::Store,
+) -> anyhow::Result<i32> {
+    let mut lines = std::io::stdin().lock().lines();
+    let kind = lines.next().transpose()?.unwrap_or_default();
+    let value = Zeroizing::new(lines.next().transpose()?.unwrap_or_default());
+    let secret = match kind.as_str() {
+        "recovery" => Secret::RecoveryKey(value),
+        _ => Secret::Passphrase(value),
+    };
+    let report = |msg: &str| {
+        println!("{msg}");
+        let _ = std::io::stdout().flush();
+    };
+    let result = Repository::open(store, &secret)
+        .map_err(anyhow::Error::from)
+        .and_then(|repo| {
+            let opts = options(&a, mountpoint, cache_dir);
+            serve(Arc::new(repo), opts, &mut || {
+                report("ready");
+                // Nobody reads our stdout any more.
+                if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                    use std::os::fd::AsRawFd;
+                    unsafe { libc::dup2(null.as_raw_fd(), 1) };
+                }
+            })
+            .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(()) => Ok(0),
+        Err(e) => {
+            report(&format!("secrate: {e}"));
+            Err(e)
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct UmountArgs {
+    mountpoint: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotArgs {
+    mountpoint: PathBuf,
+    /// Return once sealed, without waiting for the upload.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    mountpoint: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A one-line progress display on a terminal.
+struct Line {
+    tty: bool,
+}
+
+impl Line {
+    fn new(quiet: bool) -> Line {
+        Line {
+            tty: !quiet && std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn show(&self, ev: &Event) {
+        if let Event::Progress {
+            pending_objects,
+            pending_bytes,
+            error,
+            phase,
+        } = ev
+        {
+            if self.tty {
+                let err = error
+                    .as_deref()
+                    .map(|e| format!(" (retrying: {e})"))
+                    .unwrap_or_default();
+                eprint!(
+                    "\r\x1b[K{phase}: {pending_objects} objects, {} left{err}",
+                    bytes(*pending_bytes)
+                );
+            } else if let Some(e) = error {
+                eprintln!("warning: upload failed, retrying: {e}");
+            }
+        }
+    }
+
+    fn end(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
+    let line = Line::new(g.quiet);
+    let r = control::call(&a.mountpoint, &Request::Umount, &mut |ev| line.show(ev));
+    line.end();
+    r?;
+    println!(
+        "unmounted {}: everything is in the store",
+        a.mountpoint.display()
+    );
+    Ok(0)
+}
+
+pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
+    let line = Line::new(g.quiet);
+    let mut sealed = None;
+    let r = control::call(
+        &a.mountpoint,
+        &Request::Snapshot { wait: !a.no_wait },
+        &mut |ev| {
+            if let Event::Sealed { id } = ev {
+                sealed = Some(id.clone());
+            }
+            line.show(ev)
+        },
+    );
+    line.end();
+    r?;
+    match sealed.flatten() {
+        Some(id) if a.no_wait => println!("snapshot {} sealed", &id[..8]),
+        Some(id) => println!("snapshot {} sealed and uploaded", &id[..8]),
+        None => println!("nothing changed since the last snapshot; everything is uploaded"),
+    }
+    Ok(0)
+}
+
+pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
+    let mut st = None;
+    control::call(&a.mountpoint, &Request::Status, &mut |ev| {
+        if let Event::Status { status } = ev {
+            st = Some(status.clone());
+        }
+    })?;
+    let st = st.context("the mount sent no status")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(0);
+    }
+    let s = |k: &str| {
+        st.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let n = |k: &str| st.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let b = |k: &str| st.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    println!(
+        "store:           {} ({})",
+        s("store"),
+        if b("store_reachable") {
+            "reachable"
+        } else {
+            "unreachable"
+        }
+    );
+    println!(
+        "cache:           {} ({})",
+        s("cache_dir"),
+        bytes(n("cache_bytes"))
+    );
+    println!(
+        "waiting upload:  {} objects, {}",
+        n("pending_objects"),
+        bytes(n("pending_bytes"))
+    );
+    println!(
+        "last snapshot:   {} {} ({})",
+        s("last_snapshot").get(..8).unwrap_or("-"),
+        s("last_snapshot_time"),
+        if b("last_snapshot_uploaded") {
+            "uploaded"
+        } else {
+            "not yet uploaded"
+        }
+    );
+    println!(
+        "unsealed changes: {}",
+        if b("dirty") { "yes" } else { "no" }
+    );
+    if st.get("last_error").is_some_and(|v| !v.is_null()) {
+        println!(
+            "last error:      {} (at {})",
+            s("last_error"),
+            s("last_error_at")
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,279 @@
+//! `.history/`: every snapshot as a read-only tree.
+//!
+//! One directory per snapshot named by its UTC time (a `-N` suffix when two
+//! share a second), and `latest`, a symlink to the newest. Snapshots sealed
+//! but not yet uploaded are listed too. Inode numbers are synthesized on
+//! first lookup, from 2^62 up, and stay the same for the life of the mount.
+//! Trees are read on demand through the blob reader: opening a file in an
+//! old snapshot reads the trees on its path and the chunks it reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::blobs::BlobReader;
+use crate::crypto::Id;
+use crate::flush::{Flusher, SnapEntry};
+use crate::live::data::read_chunks;
+use crate::live::{LiveError, LiveResult};
+use crate::repo::snapshot::RootMeta;
+use crate::repo::tree::{Entry, Kind, Timestamp};
+
+pub const HISTORY_INO: u64 = 2;
+pub const FIRST: u64 = 1 << 62;
+pub const LATEST: &[u8] = b"latest";
+
+#[derive(Clone, Debug)]
+pub enum Node {
+    /// `.history/latest`, pointing at the newest snapshot's name.
+    Latest,
+    /// A snapshot's root directory.
+    Root { tree: Id, meta: RootMeta },
+    /// Anything inside a snapshot.
+    Entry(Arc<Entry>),
+}
+
+/// What `getattr` needs of a history node.
+pub struct HistAttr {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Timestamp,
+    pub nlink: u32,
+    pub rdev: u64,
+}
+
+pub struct History {
+    flusher: Arc<Flusher>,
+    reader: Arc<BlobReader>,
+    nodes: RwLock<Vec<Node>>,
+    by_name: Mutex<HashMap<(u64, Vec<u8>), u64>>,
+}
+
+/// Directory names for snapshots, oldest first, unique.
+pub fn snapshot_names(snaps: &[SnapEntry]) -> Vec<(Vec<u8>, &SnapEntry)> {
+    let mut out: Vec<(Vec<u8>, &SnapEntry)> = Vec::with_capacity(snaps.len());
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for s in snaps {
+        let base = s.snapshot.time_rfc3339();
+        let n = seen.entry(base.clone()).or_insert(0);
+        let name = if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        *n += 1;
+        out.push((name.into_bytes(), s));
+    }
+    out
+}
+
+impl History {
+    pub fn new(flusher: Arc<Flusher>, reader: Arc<BlobReader>) -> History {
+        History {
+            flusher,
+            reader,
+            nodes: RwLock::new(Vec::new()),
+            by_name: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_history(ino: u64) -> bool {
+        ino == HISTORY_INO || ino >= FIRST
+    }
+
+    fn node(&self, ino: u64) -> LiveResult<Node> {
+        let i = ino.checked_sub(FIRST).ok_or(LiveError::NotFound)? as usize;
+        self.nodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)
+            .cloned()
+            .ok_or(LiveError::NotFound)
+    }
+
+    fn intern(&self, parent: u64, name: &[u8], node: Node) -> u64 {
+        let mut by = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&ino) = by.get(&(parent, name.to_vec())) {
+            // Refresh in place (a pending snapshot's node is the same tree).
+            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+            nodes[(ino - FIRST) as usize] = node;
+            return ino;
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        nodes.push(node);
+        let ino = FIRST + nodes.len() as u64 - 1;
+        by.insert((parent, name.to_vec()), ino);
+        ino
+    }
+
+    fn latest_name(&self) -> Option<Vec<u8>> {
+        let snaps = self.flusher.snapshots();
+        snapshot_names(&snaps).pop().map(|(n, _)| n)
+    }
+
+    /// Children of a history directory: (name, node).
+    fn list(&self, ino: u64) -> LiveResult<Vec<(Vec<u8>, Node)>> {
+        if ino == HISTORY_INO {
+            let snaps = self.flusher.snapshots();
+            let mut out: Vec<(Vec<u8>, Node)> = snapshot_names(&snaps)
+                .into_iter()
+                .map(|(n, s)| {
+                    (
+                        n,
+                        Node::Root {
+                            tree: s.snapshot.root,
+                            meta: s.snapshot.root_meta,
+                        },
+                    )
+                })
+                .collect();
+            if !out.is_empty() {
+                out.push((LATEST.to_vec(), Node::Latest));
+            }
+            return Ok(out);
+        }
+        let tree = match self.node(ino)? {
+            Node::Root { tree, .. } => tree,
+            Node::Entry(e) => e.subtree().ok_or(LiveError::NotDir)?,
+            Node::Latest => return Err(LiveError::NotDir),
+        };
+        let t = self.reader.read_tree(&tree)?;
+        Ok(t.entries
+            .iter()
+            .map(|e| (e.name.clone(), Node::Entry(Arc::new(e.clone()))))
+            .collect())
+    }
+
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> LiveResult<u64> {
+        if parent == HISTORY_INO {
+            let (n, node) = self
+                .list(HISTORY_INO)?
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .ok_or(LiveError::NotFound)?;
+            return Ok(self.intern(parent, &n, node));
+        }
+        let tree = match self.node(parent)? {
+            Node::Root { tree, .. } => tree,
+            Node::Entry(e) => e.subtree().ok_or(LiveError::NotDir)?,
+            Node::Latest => return Err(LiveError::NotDir),
+        };
+        let t = self.reader.read_tree(&tree)?;
+        let e = t.find(name).ok_or(LiveError::NotFound)?;
+        Ok(self.intern(parent, name, Node::Entry(Arc::new(e.clone()))))
+    }
+
+    /// Entries of a history directory with their inode numbers.
+    pub fn readdir(&self, ino: u64) -> LiveResult<Vec<(u64, Kind, Vec<u8>)>> {
+        Ok(self
+            .list(ino)?
+            .into_iter()
+            .map(|(name, node)| {
+                let kind = node_kind(&node);
+                let child = self.intern(ino, &name, node);
+                (child, kind, name)
+            })
+            .collect())
+    }
+
+    pub fn attr(&self, ino: u64, owner: (u32, u32)) -> LiveResult<HistAttr> {
+        if ino == HISTORY_INO {
+            let newest = self
+                .flusher
+                .snapshots()
+                .last()
+                .map(|s| s.snapshot.time_ns)
+                .unwrap_or(0);
+            return Ok(HistAttr {
+                kind: Kind::Dir,
+                mode: 0o555,
+                uid: owner.0,
+                gid: owner.1,
+                size: 0,
+                mtime: Timestamp {
+                    secs: newest.div_euclid(1_000_000_000),
+                    nanos: newest.rem_euclid(1_000_000_000) as u32,
+                },
+                nlink: 2,
+                rdev: 0,
+            });
+        }
+        Ok(match self.node(ino)? {
+            Node::Latest => HistAttr {
+                kind: Kind::Symlink,
+                mode: 0o777,
+                uid: owner.0,
+                gid: owner.1,
+                size: self.latest_name().map(|n| n.len() as u64).unwrap_or(0),
+                mtime: Timestamp::default(),
+                nlink: 1,
+                rdev: 0,
+            },
+            Node::Root { meta, .. } => HistAttr {
+                kind: Kind::Dir,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                size: 0,
+                mtime: meta.mtime,
+                nlink: 2,
+                rdev: 0,
+            },
+            Node::Entry(e) => HistAttr {
+                kind: e.kind,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                size: e.size,
+                mtime: e.mtime,
+                nlink: if e.kind == Kind::Dir {
+                    2
+                } else {
+                    e.links.max(1)
+                },
+                rdev: e.rdev,
+            },
+        })
+    }
+
+    pub fn readlink(&self, ino: u64) -> LiveResult<Vec<u8>> {
+        match self.node(ino)? {
+            Node::Latest => self.latest_name().ok_or(LiveError::NotFound),
+            Node::Entry(e) => match &e.content {
+                crate::repo::tree::Content::Symlink(t) => Ok(t.clone()),
+                _ => Err(LiveError::Invalid),
+            },
+            Node::Root { .. } => Err(LiveError::Invalid),
+        }
+    }
+
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> LiveResult<Vec<u8>> {
+        match self.node(ino)? {
+            Node::Entry(e) if e.kind == Kind::File => {
+                read_chunks(e.chunks(), e.size, offset, size, &*self.reader)
+            }
+            Node::Entry(e) if e.kind == Kind::Dir => Err(LiveError::IsDir),
+            Node::Root { .. } => Err(LiveError::IsDir),
+            _ => Err(LiveError::Invalid),
+        }
+    }
+
+    pub fn xattrs(&self, ino: u64) -> LiveResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        match self.node(ino) {
+            Ok(Node::Entry(e)) => Ok(e.xattrs.clone()),
+            Ok(_) => Ok(Vec::new()),
+            Err(_) if ino == HISTORY_INO => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn node_kind(n: &Node) -> Kind {
+    match n {
+        Node::Latest => Kind::Symlink,
+        Node::Root { .. } => Kind::Dir,
+        Node::Entry(e) => e.kind,
+    }
+}

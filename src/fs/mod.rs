@@ -1,0 +1,872 @@
+//! The FUSE filesystem: the live tree at the root, `.history/` beside it.
+//!
+//! Translates FUSE requests into `live` and `history` calls and their errors
+//! into errno (in one place, `errno`). No format or crypto code lives here.
+//! Requests run on several threads; everything below is thread-safe.
+
+pub mod history;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::blobs::BlobReader;
+use crate::flush::Flusher;
+use crate::live::{Inode, Live, LiveError, LiveResult, NewNode, SetAttr, HISTORY_NAME, ROOT};
+use crate::repo::tree::{Kind, Timestamp};
+
+use self::history::{HistAttr, History, HISTORY_INO};
+
+/// How long the kernel may cache live attributes and entries. Every change
+/// passes through this filesystem, so this only bounds staleness from
+/// start-up imports; history never changes.
+const LIVE_TTL: Duration = Duration::from_secs(1);
+const HISTORY_TTL: Duration = Duration::from_secs(60);
+
+pub struct SecrateFs {
+    live: Arc<Live>,
+    reader: Arc<BlobReader>,
+    history: History,
+    read_only: bool,
+    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, Vec<u8>)>>>>,
+    next_fh: AtomicU64,
+}
+
+fn errno(e: &LiveError) -> Errno {
+    let n = match e {
+        LiveError::NotFound => libc::ENOENT,
+        LiveError::Exists => libc::EEXIST,
+        LiveError::NotEmpty => libc::ENOTEMPTY,
+        LiveError::NotDir => libc::ENOTDIR,
+        LiveError::IsDir => libc::EISDIR,
+        LiveError::Invalid => libc::EINVAL,
+        LiveError::NameTooLong => libc::ENAMETOOLONG,
+        LiveError::ReadOnly => libc::EROFS,
+        LiveError::NoAttr => libc::ENODATA,
+        LiveError::Io(io) => io.raw_os_error().unwrap_or(libc::EIO),
+        LiveError::Repo(crate::Error::WriteOnly { .. }) => libc::EACCES,
+        LiveError::Repo(crate::Error::Io { source, .. }) => {
+            source.raw_os_error().unwrap_or(libc::EIO)
+        }
+        LiveError::Cache(_) | LiveError::Repo(_) => libc::EIO,
+    };
+    if n == libc::EIO || n == libc::EACCES {
+        // The one place a damaged blob or an unreachable store surfaces.
+        crate::log!("error: {e}");
+    }
+    Errno::from_i32(n)
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.secs >= 0 {
+        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
+            + Duration::from_nanos(t.nanos as u64)
+    }
+}
+
+fn timestamp(t: TimeOrNow) -> Timestamp {
+    let st = match t {
+        TimeOrNow::SpecificTime(s) => s,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match st.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut secs = -(d.as_secs() as i64);
+            let mut nanos = d.subsec_nanos();
+            if nanos > 0 {
+                secs -= 1;
+                nanos = 1_000_000_000 - nanos;
+            }
+            Timestamp { secs, nanos }
+        }
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+fn live_attr(ino: u64, r: &Inode) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: r.size,
+        blocks: r.size.div_ceil(512),
+        atime: system_time(r.atime),
+        mtime: system_time(r.mtime),
+        ctime: system_time(r.ctime),
+        crtime: system_time(r.ctime),
+        kind: file_type(r.kind),
+        perm: r.mode as u16,
+        nlink: r.nlink,
+        uid: r.uid,
+        gid: r.gid,
+        rdev: r.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn hist_attr(ino: u64, a: &HistAttr) -> FileAttr {
+    let t = system_time(a.mtime);
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(a.kind),
+        // Read-only whatever the snapshot says: writes give EROFS anyway.
+        perm: a.mode as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+impl SecrateFs {
+    pub fn new(
+        live: Arc<Live>,
+        reader: Arc<BlobReader>,
+        flusher: Arc<Flusher>,
+        read_only: bool,
+    ) -> SecrateFs {
+        SecrateFs {
+            history: History::new(flusher, reader.clone()),
+            live,
+            reader,
+            read_only,
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn owner(&self) -> (u32, u32) {
+        self.live
+            .inode(ROOT)
+            .map(|r| (r.uid, r.gid))
+            .unwrap_or((0, 0))
+    }
+
+    fn attr(&self, ino: u64) -> LiveResult<(FileAttr, Duration)> {
+        if History::is_history(ino) {
+            let a = self.history.attr(ino, self.owner())?;
+            let ttl = if ino == HISTORY_INO {
+                LIVE_TTL
+            } else {
+                HISTORY_TTL
+            };
+            return Ok((hist_attr(ino, &a), ttl));
+        }
+        let r = self.live.inode(ino)?;
+        Ok((live_attr(ino, &r), LIVE_TTL))
+    }
+
+    /// Refuse changes in `.history`, to `.history` itself, and everywhere
+    /// on a read-only mount.
+    fn writable(&self, ino: u64) -> LiveResult<()> {
+        if self.read_only || History::is_history(ino) {
+            return Err(LiveError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    fn writable_name(&self, parent: u64, name: &[u8], creating: bool) -> LiveResult<()> {
+        self.writable(parent)?;
+        if parent == ROOT && name == HISTORY_NAME {
+            return Err(if creating {
+                LiveError::Exists
+            } else {
+                LiveError::ReadOnly
+            });
+        }
+        Ok(())
+    }
+
+    fn new_node(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u64,
+        target: Option<&[u8]>,
+    ) -> LiveResult<(u64, Inode)> {
+        self.writable_name(parent, name, true)?;
+        let p = self.live.inode(parent)?;
+        let mut mode = mode & 0o7777;
+        let mut gid = req.gid();
+        if p.mode & libc::S_ISGID != 0 {
+            gid = p.gid;
+            if kind == Kind::Dir {
+                mode |= libc::S_ISGID;
+            }
+        }
+        self.live.create_node(
+            parent,
+            name,
+            NewNode {
+                kind,
+                mode,
+                uid: req.uid(),
+                gid,
+                rdev,
+                symlink: target,
+            },
+        )
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: LiveResult<(u64, Inode)>) {
+        match r {
+            Ok((ino, rec)) => reply.entry(&LIVE_TTL, &live_attr(ino, &rec), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn list_dir(&self, ino: u64) -> LiveResult<Vec<(u64, FileType, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if History::is_history(ino) {
+            out.push((ino, FileType::Directory, b".".to_vec()));
+            out.push((
+                if ino == HISTORY_INO { ROOT } else { ino },
+                FileType::Directory,
+                b"..".to_vec(),
+            ));
+            for (i, k, n) in self.history.readdir(ino)? {
+                out.push((i, file_type(k), n));
+            }
+            return Ok(out);
+        }
+        let rec = self.live.inode(ino)?;
+        out.push((ino, FileType::Directory, b".".to_vec()));
+        out.push((rec.parent, FileType::Directory, b"..".to_vec()));
+        if ino == ROOT {
+            out.push((HISTORY_INO, FileType::Directory, HISTORY_NAME.to_vec()));
+        }
+        for (name, child, kind) in self.live.children(ino)? {
+            out.push((child, file_type(kind), name));
+        }
+        Ok(out)
+    }
+}
+
+impl Filesystem for SecrateFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let want = InitFlags::FUSE_WRITEBACK_CACHE
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_ASYNC_DIO;
+        let caps = config.capabilities();
+        let _ = config.add_capabilities(want & caps);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (parent, name) = (parent.0, name.as_bytes());
+        if parent == ROOT && name == HISTORY_NAME {
+            return match self.attr(HISTORY_INO) {
+                Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        if History::is_history(parent) {
+            return match self.history.lookup(parent, name).and_then(|i| self.attr(i)) {
+                Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        self.reply_entry(reply, self.live.lookup(parent, name));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Ok((a, ttl)) => reply.attr(&ttl, &a),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let ino = ino.0;
+        let r = self.writable(ino).and_then(|()| {
+            if let Some(size) = size {
+                self.live.truncate(ino, size, &*self.reader)?;
+            }
+            let a = SetAttr {
+                mode,
+                uid,
+                gid,
+                atime: atime.map(timestamp),
+                mtime: mtime.map(timestamp),
+                ctime: ctime.map(|c| timestamp(TimeOrNow::SpecificTime(c))),
+            };
+            self.live.setattr(ino, &a)
+        });
+        match r {
+            Ok(rec) => reply.attr(&LIVE_TTL, &live_attr(ino, &rec)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = if History::is_history(ino.0) {
+            self.history.readlink(ino.0)
+        } else {
+            self.live.inode(ino.0).and_then(|r| match r.body {
+                crate::live::Body::Symlink(t) => Ok(t),
+                _ => Err(LiveError::Invalid),
+            })
+        };
+        match r {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match Kind::from_mode(mode) {
+            Some(k) if k != Kind::Dir && k != Kind::Symlink => k,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let r = self.new_node(
+            req,
+            parent.0,
+            name.as_bytes(),
+            kind,
+            mode & !umask,
+            rdev as u64,
+            None,
+        );
+        self.reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.new_node(
+            req,
+            parent.0,
+            name.as_bytes(),
+            Kind::Dir,
+            mode & !umask,
+            0,
+            None,
+        );
+        self.reply_entry(reply, r);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes();
+        match self
+            .writable_name(parent.0, name, false)
+            .and_then(|()| self.live.unlink(parent.0, name))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes();
+        match self
+            .writable_name(parent.0, name, false)
+            .and_then(|()| self.live.rmdir(parent.0, name))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let t = target.as_os_str().as_bytes();
+        let r = self.new_node(
+            req,
+            parent.0,
+            link_name.as_bytes(),
+            Kind::Symlink,
+            0o777,
+            0,
+            Some(t),
+        );
+        self.reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(Errno::EINVAL);
+        }
+        let (name, newname) = (name.as_bytes(), newname.as_bytes());
+        let r = self
+            .writable_name(parent.0, name, false)
+            .and_then(|()| self.writable_name(newparent.0, newname, false))
+            .and_then(|()| {
+                self.live.rename(
+                    parent.0,
+                    name,
+                    newparent.0,
+                    newname,
+                    flags.contains(RenameFlags::RENAME_NOREPLACE),
+                    flags.contains(RenameFlags::RENAME_EXCHANGE),
+                )
+            });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.as_bytes();
+        let r = self
+            .writable(ino.0)
+            .and_then(|()| self.writable_name(newparent.0, newname, true))
+            .and_then(|()| self.live.link(ino.0, newparent.0, newname));
+        self.reply_entry(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let ino = ino.0;
+        let acc = flags.0 & libc::O_ACCMODE;
+        if History::is_history(ino) {
+            if acc != libc::O_RDONLY {
+                return reply.error(Errno::EROFS);
+            }
+            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        if self.read_only && acc != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.live.inode(ino) {
+            Ok(r) if r.kind == Kind::Dir => reply.error(Errno::EISDIR),
+            Ok(_) => {
+                self.live.open_file(ino);
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = if History::is_history(ino.0) {
+            self.history.read(ino.0, offset, size)
+        } else {
+            self.live.read(ino.0, offset, size, &*self.reader)
+        };
+        match r {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .writable(ino.0)
+            .and_then(|()| self.live.write(ino.0, offset, data, &*self.reader))
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if History::is_history(ino.0) {
+            return reply.ok();
+        }
+        match self.live.release_file(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        if History::is_history(ino.0) || self.read_only {
+            return reply.ok();
+        }
+        match self.live.fsync(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.list_dir(ino.0) {
+            Ok(list) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(fh, Arc::new(list));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(list) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(*ino),
+                (i + 1) as u64,
+                *kind,
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(list) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh.0)
+            .cloned()
+        else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (child, _kind, name)) in list.iter().enumerate().skip(offset as usize) {
+            // "." and ".." get no entry attributes (the kernel ignores them).
+            let looked = if name == b"." || name == b".." {
+                self.attr(if name == b"." { ino.0 } else { *child })
+            } else if History::is_history(ino.0) {
+                self.attr(*child)
+            } else {
+                self.attr(*child)
+            };
+            let Ok((attr, ttl)) = looked else { continue };
+            if reply.add(
+                INodeNo(*child),
+                (i + 1) as u64,
+                OsStr::from_bytes(name),
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.live.commit(true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        let path =
+            std::ffi::CString::new(self.live.dir().as_os_str().as_bytes()).unwrap_or_default();
+        if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
+            return reply.error(Errno::EIO);
+        }
+        reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            255,
+            s.f_frsize as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let create = flags & libc::XATTR_CREATE != 0;
+        let replace = flags & libc::XATTR_REPLACE != 0;
+        match self.writable(ino.0).and_then(|()| {
+            self.live
+                .set_xattr(ino.0, name.as_bytes(), value, create, replace)
+        }) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let all = if History::is_history(ino.0) {
+            self.history.xattrs(ino.0)
+        } else {
+            self.live.inode(ino.0).map(|r| r.xattrs)
+        };
+        match all {
+            Ok(x) => match x.iter().find(|(k, _)| k == name.as_bytes()) {
+                Some((_, v)) if size == 0 => reply.size(v.len() as u32),
+                Some((_, v)) if v.len() > size as usize => {
+                    reply.error(Errno::from_i32(libc::ERANGE))
+                }
+                Some((_, v)) => reply.data(v),
+                None => reply.error(Errno::from_i32(libc::ENODATA)),
+            },
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let all = if History::is_history(ino.0) {
+            self.history.xattrs(ino.0)
+        } else {
+            self.live.inode(ino.0).map(|r| r.xattrs)
+        };
+        match all {
+            Ok(x) => {
+                let mut buf = Vec::new();
+                for (k, _) in &x {
+                    buf.extend_from_slice(k);
+                    buf.push(0);
+                }
+                if size == 0 {
+                    reply.size(buf.len() as u32)
+                } else if buf.len() > size as usize {
+                    reply.error(Errno::from_i32(libc::ERANGE))
+                } else {
+                    reply.data(&buf)
+                }
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self
+            .writable(ino.0)
+            .and_then(|()| self.live.remove_xattr(ino.0, name.as_bytes()))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.new_node(
+            req,
+            parent.0,
+            name.as_bytes(),
+            Kind::File,
+            mode & !umask,
+            0,
+            None,
+        ) {
+            Ok((ino, rec)) => {
+                self.live.open_file(ino);
+                reply.created(
+                    &LIVE_TTL,
+                    &live_attr(ino, &rec),
+                    Generation(0),
+                    FileHandle(0),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}

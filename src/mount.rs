@@ -1,0 +1,461 @@
+//! Serving a mount: cache directory, locks, the live tree, the flusher, the
+//! control socket and the FUSE session, from mount to the last upload.
+//!
+//! Order on the way in: lock the cache directory (one process per cache),
+//! take the repository's writer lock, recover the outbox, make the live tree
+//! follow the repository (import on a fresh cache), start flushing, mount.
+//! On the way out (`secrate umount`, `fusermount3 -u`, SIGTERM): the session
+//! ends, a last snapshot is sealed, and the process exits only when the
+//! outbox is empty, so an unmount means "everything is in the store".
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::blobs::BlobReader;
+use crate::control::{send, Event, Request, FSNAME_PREFIX, SOCKET};
+use crate::error::{Error, Result};
+use crate::flush::{live_err, Flusher};
+use crate::fs::SecrateFs;
+use crate::live::import::import_snapshot;
+use crate::live::{Live, ROOT};
+use crate::repo::Repository;
+
+pub struct MountOptions {
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub snapshot_interval: Duration,
+    pub read_only: bool,
+    /// Bound on clean cached data (decrypted chunks), in bytes.
+    pub cache_size: u64,
+    pub allow_other: bool,
+}
+
+/// `$XDG_CACHE_HOME/secrate/<repository id>` (falling back to `~/.cache`).
+pub fn default_cache_dir(repo_id: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("secrate").join(repo_id)
+}
+
+/// Holds `lock` in the cache directory (flock) for as long as it lives.
+pub struct CacheLock {
+    _file: File,
+}
+
+/// Create the cache directory (0700) and take its lock.
+pub fn lock_cache(dir: &Path) -> Result<CacheLock> {
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        return Err(Error::Invalid(format!(
+            "the cache directory {} is in use by another secrate process (pid {}); one process per cache",
+            dir.display(),
+            holder.trim()
+        )));
+    }
+    f.set_len(0).map_err(|e| Error::io(&path, e))?;
+    write!(f, "{}", std::process::id()).map_err(|e| Error::io(&path, e))?;
+    Ok(CacheLock { _file: f })
+}
+
+/// Everything a running mount shares between its threads.
+struct Shared {
+    flusher: Arc<Flusher>,
+    mountpoint: PathBuf,
+    read_only: bool,
+    /// Clients waiting for the unmount to finish.
+    watchers: Mutex<Vec<UnixStream>>,
+}
+
+/// Mount and serve until unmounted; `ready` runs once the filesystem is
+/// mounted. Returns after the final upload.
+pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut()) -> Result<()> {
+    let _cache_lock = lock_cache(&opts.cache_dir)?;
+    let md = fs::metadata(&opts.mountpoint).map_err(|e| Error::io(&opts.mountpoint, e))?;
+    if !md.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is not a directory",
+            opts.mountpoint.display()
+        )));
+    }
+    let writer_lock = if opts.read_only {
+        None
+    } else {
+        Some(repo.lock(&format!("mount at {}", opts.mountpoint.display()))?)
+    };
+    for problem in repo.load_index()? {
+        crate::log!("warning: {problem}");
+    }
+    let live = Arc::new(Live::open(&opts.cache_dir).map_err(live_err)?);
+    let reader = BlobReader::new(repo.clone(), &opts.cache_dir, opts.cache_size)?;
+    let source = opts.mountpoint.display().to_string();
+    let flusher = Flusher::new(
+        live.clone(),
+        reader.clone(),
+        repo.clone(),
+        writer_lock,
+        source,
+    )?;
+    follow_repository(&live, &reader, &flusher)?;
+
+    let shared = Arc::new(Shared {
+        flusher: flusher.clone(),
+        mountpoint: opts.mountpoint.clone(),
+        read_only: opts.read_only,
+        watchers: Mutex::new(Vec::new()),
+    });
+    let sock = opts.cache_dir.join(SOCKET);
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(|e| Error::io(&sock, e))?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("secrate-control".into())
+            .spawn(move || control_loop(listener, shared))
+            .map_err(|e| Error::io("control thread", e))?;
+    }
+    let threads = if opts.read_only {
+        Vec::new()
+    } else {
+        flusher.start(opts.snapshot_interval)
+    };
+
+    let fs = SecrateFs::new(
+        live.clone(),
+        reader.clone(),
+        flusher.clone(),
+        opts.read_only,
+    );
+    let mut options = vec![
+        fuser::MountOption::FSName(format!("{FSNAME_PREFIX}{}", opts.cache_dir.display())),
+        fuser::MountOption::Subtype("secrate".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    options.push(if opts.read_only {
+        fuser::MountOption::RO
+    } else {
+        fuser::MountOption::RW
+    });
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, &opts.mountpoint, &config).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot mount at {}: {e}",
+            opts.mountpoint.display()
+        ))
+    })?;
+    watch_signals(&opts.mountpoint);
+    crate::log!(
+        "mounted {} at {} (cache {})",
+        repo.url(),
+        opts.mountpoint.display(),
+        opts.cache_dir.display()
+    );
+    ready();
+    let r = session.run();
+    crate::log!("unmounted {}", opts.mountpoint.display());
+    if let Err(e) = r {
+        crate::log!("warning: the FUSE session ended with {e}");
+    }
+    flusher.stop();
+    for t in threads {
+        let _ = t.join();
+    }
+    let result = if opts.read_only {
+        Ok(())
+    } else {
+        final_flush(&shared)
+    };
+    reader.stop();
+    let _ = live.commit(true);
+    flusher.release_lock();
+    let mut watchers =
+        std::mem::take(&mut *shared.watchers.lock().unwrap_or_else(|e| e.into_inner()));
+    for w in &mut watchers {
+        let ev = match &result {
+            Ok(()) => Event::Done,
+            Err(e) => Event::Error {
+                message: e.to_string(),
+            },
+        };
+        let _ = send(w, &ev);
+    }
+    let _ = fs::remove_file(&sock);
+    result
+}
+
+/// On a fresh cache, show the repository's latest snapshot; on a clean
+/// cache that the repository moved past (another machine mounted it), catch
+/// up. A cache with unsealed changes keeps them.
+fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Result<()> {
+    let (base, last, sealed) = live
+        .tx(|tx| {
+            Ok((
+                tx.state("base_snapshot")?,
+                tx.state("last_snapshot")?,
+                tx.state_u64("seal_gen")?,
+            ))
+        })
+        .map_err(live_err)?;
+    let snaps = flusher.snapshots();
+    let Some(latest) = snaps.iter().rev().find(|s| s.uploaded) else {
+        return Ok(());
+    };
+    let root = live.inode(ROOT).map_err(live_err)?;
+    let has_children = live.tx(|tx| tx.has_children(ROOT)).map_err(live_err)?;
+    let fresh = base.is_none() && sealed == 0 && !has_children;
+    if last.as_deref() == Some(&latest.id.0[..]) {
+        return Ok(());
+    }
+    let ours = last
+        .as_ref()
+        .and_then(|l| snaps.iter().find(|s| &s.id.0[..] == l.as_slice()));
+    let behind = ours.is_none_or(|o| o.snapshot.time_ns < latest.snapshot.time_ns);
+    let clean = root.dir_tree().is_some() && flusher.pending().map_err(live_err)?.0 == 0;
+    if fresh || (behind && clean) {
+        let i = import_snapshot(live, reader, &latest.id, &latest.snapshot).map_err(live_err)?;
+        live.commit(true).map_err(live_err)?;
+        crate::log!(
+            "the live tree is now snapshot {} ({}): {} files, {} directories",
+            latest.id.short(),
+            latest.snapshot.time_rfc3339(),
+            i.files,
+            i.dirs
+        );
+    } else if behind {
+        crate::log!(
+            "warning: the repository has a newer snapshot {} ({}) but this cache has unsealed changes; \
+             keeping the cache (the other snapshot stays in .history)",
+            latest.id.short(),
+            latest.snapshot.time_rfc3339()
+        );
+    }
+    Ok(())
+}
+
+fn final_flush(shared: &Shared) -> Result<()> {
+    let f = &shared.flusher;
+    let progress = |phase: &str, n: u64, b: u64, err: Option<&str>| {
+        if let Some(e) = err {
+            crate::log!("warning: upload: {e} (retrying)");
+        }
+        let mut ws = shared.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        ws.retain_mut(|w| {
+            send(
+                w,
+                &Event::Progress {
+                    pending_objects: n,
+                    pending_bytes: b,
+                    error: err.map(str::to_string),
+                    phase: phase.into(),
+                },
+            )
+            .is_ok()
+        });
+    };
+    progress("sealing", 0, 0, None);
+    match f.seal() {
+        Ok(Some(s)) => crate::log!("sealed snapshot {} on unmount", s.id.short()),
+        Ok(None) => {}
+        Err(e) => {
+            crate::log!("error: the last snapshot could not be sealed: {e}");
+            return Err(e);
+        }
+    }
+    f.drain(&|n, b, err| progress("uploading", n, b, err))?;
+    crate::log!("everything is in the store");
+    Ok(())
+}
+
+/// Unmount on SIGTERM, SIGINT or SIGHUP, so the usual flush follows.
+fn watch_signals(mountpoint: &Path) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
+        return;
+    };
+    let mp = mountpoint.to_path_buf();
+    let _ = std::thread::Builder::new()
+        .name("secrate-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                crate::log!("signal {sig}: unmounting");
+                let _ = unmount(&mp, true);
+            }
+        });
+}
+
+/// Unmount `mp`; `lazy` detaches even while files are open.
+fn unmount(mp: &Path, lazy: bool) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mp.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EPERM) {
+        return Err(err);
+    }
+    // Not root: the setuid helper unmounts for us.
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd.arg("--").arg(mp).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+fn control_loop(listener: UnixListener, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new()
+            .name("secrate-client".into())
+            .spawn(move || handle_client(stream, &shared));
+    }
+}
+
+fn handle_client(mut stream: UnixStream, shared: &Shared) {
+    let mut line = String::new();
+    let Ok(reader_stream) = stream.try_clone() else {
+        return;
+    };
+    if BufReader::new(reader_stream).read_line(&mut line).is_err() {
+        return;
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = send(
+                &mut stream,
+                &Event::Error {
+                    message: format!("bad request: {e}"),
+                },
+            );
+            return;
+        }
+    };
+    let f = &shared.flusher;
+    let result: Result<()> = match req {
+        Request::Status => {
+            let status = serde_json::to_value(f.status()).unwrap_or_default();
+            let _ = send(&mut stream, &Event::Status { status });
+            Ok(())
+        }
+        Request::Snapshot { wait } => snapshot(shared, &mut stream, wait),
+        Request::Umount => {
+            // Register first: the session may end the moment we unmount.
+            let Ok(w) = stream.try_clone() else { return };
+            shared
+                .watchers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(w);
+            match unmount(&shared.mountpoint, false) {
+                // The serving thread reports progress and the end.
+                Ok(()) => return,
+                Err(e) => {
+                    shared
+                        .watchers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .pop();
+                    let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                        format!("{} is busy (files are open or a process is inside it): close them and try again", shared.mountpoint.display())
+                    } else {
+                        format!("cannot unmount {}: {e}", shared.mountpoint.display())
+                    };
+                    Err(Error::Invalid(why))
+                }
+            }
+        }
+    };
+    let ev = match result {
+        Ok(()) => Event::Done,
+        Err(e) => Event::Error {
+            message: e.to_string(),
+        },
+    };
+    let _ = send(&mut stream, &ev);
+}
+
+/// Seal now; with `wait`, stream progress until that snapshot is uploaded.
+fn snapshot(shared: &Shared, stream: &mut UnixStream, wait: bool) -> Result<()> {
+    if shared.read_only {
+        return Err(Error::Invalid(
+            "this mount is read-only: it makes no snapshots".into(),
+        ));
+    }
+    let f = &shared.flusher;
+    let sealed = f.seal()?;
+    let _ = send(
+        stream,
+        &Event::Sealed {
+            id: sealed.as_ref().map(|s| s.id.to_hex()),
+        },
+    );
+    if !wait {
+        return Ok(());
+    }
+    let target = match &sealed {
+        Some(s) => s.gen,
+        None => f.gens().map_err(live_err)?.0,
+    };
+    f.kick();
+    loop {
+        let (_, uploaded) = f.gens().map_err(live_err)?;
+        let (n, b) = f.pending().map_err(live_err)?;
+        if uploaded >= target {
+            return Ok(());
+        }
+        let st = f.status();
+        if send(
+            stream,
+            &Event::Progress {
+                pending_objects: n,
+                pending_bytes: b,
+                error: st.last_error.clone().filter(|_| !st.store_reachable),
+                phase: "uploading".into(),
+            },
+        )
+        .is_err()
+        {
+            return Ok(());
+        }
+        f.wait_progress(Duration::from_secs(1));
+    }
+}
