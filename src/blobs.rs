@@ -28,6 +28,8 @@ use crate::repo::Repository;
 /// 128 KiB requests hit here).
 const MEM_BYTES: usize = 64 << 20;
 
+type MemCache = LruCache<Id, Arc<Vec<u8>>>;
+
 struct DiskCache {
     order: VecDeque<Id>,
     sizes: HashMap<Id, u64>,
@@ -39,7 +41,8 @@ pub struct BlobReader {
     chunk_dir: PathBuf,
     pack_dir: PathBuf,
     outbox: RwLock<HashMap<Id, PathBuf>>,
-    mem: Mutex<(LruCache<Id, Arc<Vec<u8>>>, usize)>,
+    /// Decrypted chunks and their total size.
+    mem: Mutex<(MemCache, usize)>,
     trees: Mutex<LruCache<Id, Arc<Tree>>>,
     disk: Mutex<DiskCache>,
     disk_budget: u64,

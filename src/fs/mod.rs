@@ -34,12 +34,16 @@ use self::history::{HistAttr, History, HISTORY_INO};
 const LIVE_TTL: Duration = Duration::from_secs(1);
 const HISTORY_TTL: Duration = Duration::from_secs(60);
 
+/// (inode, type, name) of every entry, "." and ".." first.
+type Listing = Vec<(u64, FileType, Vec<u8>)>;
+
 pub struct SecrateFs {
     live: Arc<Live>,
     reader: Arc<BlobReader>,
     history: History,
     read_only: bool,
-    dirs: Mutex<HashMap<u64, Arc<Vec<(u64, FileType, Vec<u8>)>>>>,
+    /// Directory listings taken at opendir, by handle.
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
 }
 
@@ -97,6 +101,18 @@ fn timestamp(t: TimeOrNow) -> Timestamp {
             }
             Timestamp { secs, nanos }
         }
+    }
+}
+
+/// What to create; owner and group are filled in from the request.
+fn node(kind: Kind, mode: u32, rdev: u64, symlink: Option<&[u8]>) -> NewNode<'_> {
+    NewNode {
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        rdev,
+        symlink,
     }
 }
 
@@ -218,11 +234,15 @@ impl SecrateFs {
         req: &Request,
         parent: u64,
         name: &[u8],
-        kind: Kind,
-        mode: u32,
-        rdev: u64,
-        target: Option<&[u8]>,
+        node: NewNode,
     ) -> LiveResult<(u64, Inode)> {
+        let NewNode {
+            kind,
+            mode,
+            rdev,
+            symlink: target,
+            ..
+        } = node;
         self.writable_name(parent, name, true)?;
         let p = self.live.inode(parent)?;
         let mut mode = mode & 0o7777;
@@ -254,7 +274,7 @@ impl SecrateFs {
         }
     }
 
-    fn list_dir(&self, ino: u64) -> LiveResult<Vec<(u64, FileType, Vec<u8>)>> {
+    fn list_dir(&self, ino: u64) -> LiveResult<Listing> {
         let mut out = Vec::new();
         if History::is_history(ino) {
             out.push((ino, FileType::Directory, b".".to_vec()));
@@ -391,10 +411,7 @@ impl Filesystem for SecrateFs {
             req,
             parent.0,
             name.as_bytes(),
-            kind,
-            mode & !umask,
-            rdev as u64,
-            None,
+            node(kind, mode & !umask, rdev as u64, None),
         );
         self.reply_entry(reply, r);
     }
@@ -412,10 +429,7 @@ impl Filesystem for SecrateFs {
             req,
             parent.0,
             name.as_bytes(),
-            Kind::Dir,
-            mode & !umask,
-            0,
-            None,
+            node(Kind::Dir, mode & !umask, 0, None),
         );
         self.reply_entry(reply, r);
     }
@@ -455,10 +469,7 @@ impl Filesystem for SecrateFs {
             req,
             parent.0,
             link_name.as_bytes(),
-            Kind::Symlink,
-            0o777,
-            0,
-            Some(t),
+            node(Kind::Symlink, 0o777, 0, Some(t)),
         );
         self.reply_entry(reply, r);
     }
@@ -686,14 +697,7 @@ impl Filesystem for SecrateFs {
             return reply.error(Errno::EBADF);
         };
         for (i, (child, _kind, name)) in list.iter().enumerate().skip(offset as usize) {
-            // "." and ".." get no entry attributes (the kernel ignores them).
-            let looked = if name == b"." || name == b".." {
-                self.attr(if name == b"." { ino.0 } else { *child })
-            } else if History::is_history(ino.0) {
-                self.attr(*child)
-            } else {
-                self.attr(*child)
-            };
+            let looked = self.attr(if name == b"." { ino.0 } else { *child });
             let Ok((attr, ttl)) = looked else { continue };
             if reply.add(
                 INodeNo(*child),
@@ -851,10 +855,7 @@ impl Filesystem for SecrateFs {
             req,
             parent.0,
             name.as_bytes(),
-            Kind::File,
-            mode & !umask,
-            0,
-            None,
+            node(Kind::File, mode & !umask, 0, None),
         ) {
             Ok((ino, rec)) => {
                 self.live.open_file(ino);
