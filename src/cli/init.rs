@@ -13,6 +13,9 @@ pub struct Args {
     /// Chunk sizes in bytes: min, average and max (fixed for the repository's life).
     #[arg(long, value_name = "MIN,AVG,MAX", hide = true)]
     chunk_sizes: Option<String>,
+    /// Do nothing (and succeed) if the store already holds a repository.
+    #[arg(long)]
+    if_missing: bool,
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
@@ -32,6 +35,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     };
     let store = g.open_store(true)?;
     if Repository::read_config(&store).is_ok() {
+        if a.if_missing {
+            return Ok(0);
+        }
         anyhow::bail!(secrate::Error::RepositoryExists {
             url: store.url().into()
         });
