@@ -90,6 +90,9 @@ struct Shared {
 /// Mount and serve until unmounted; `ready` runs once the filesystem is
 /// mounted. Returns after the final upload.
 pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut()) -> Result<()> {
+    // Everything this process creates in the cache is private (files 0600,
+    // directories 0700); modes inside the mount are kept in the records.
+    unsafe { libc::umask(0o077) };
     let _cache_lock = lock_cache(&opts.cache_dir)?;
     let md = fs::metadata(&opts.mountpoint).map_err(|e| Error::io(&opts.mountpoint, e))?;
     if !md.is_dir() {
@@ -107,6 +110,15 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         crate::log!("warning: {problem}");
     }
     let live = Arc::new(Live::open(&opts.cache_dir).map_err(live_err)?);
+    let rec = live.recover().map_err(live_err)?;
+    if rec.removed_files + rec.dropped_orphans > 0 || !rec.lost_dirty.is_empty() {
+        crate::log!(
+            "recovered the cache: {} leftover staged files removed, {} unlinked files dropped, {} files written but never fsync'd were lost",
+            rec.removed_files,
+            rec.dropped_orphans,
+            rec.lost_dirty.len()
+        );
+    }
     let reader = BlobReader::new(repo.clone(), &opts.cache_dir, opts.cache_size)?;
     let source = opts.mountpoint.display().to_string();
     let flusher = Flusher::new(
@@ -116,6 +128,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         writer_lock,
         source,
     )?;
+    flusher.set_cache_size(opts.cache_size);
     follow_repository(&live, &reader, &flusher)?;
 
     let shared = Arc::new(Shared {

@@ -79,6 +79,7 @@ pub struct Flusher {
     progress: (Mutex<()>, Condvar),
     stop: AtomicBool,
     snapshots: RwLock<Vec<SnapEntry>>,
+    cache_size: std::sync::atomic::AtomicU64,
 }
 
 fn time_str(t: SystemTime) -> String {
@@ -200,6 +201,7 @@ impl Flusher {
             progress: (Mutex::new(()), Condvar::new()),
             stop: AtomicBool::new(false),
             snapshots: RwLock::new(snaps),
+            cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -308,6 +310,32 @@ impl Flusher {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         self.kick();
+    }
+
+    /// Bound on clean cached data (chunk cache plus staged copies of
+    /// uploaded files).
+    pub fn set_cache_size(&self, bytes: u64) {
+        self.cache_size.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Drop staged copies of uploaded files, oldest first, until clean data
+    /// fits the cache size. Data not yet uploaded is never touched.
+    pub fn evict_to_budget(&self) -> LiveResult<u64> {
+        let budget = self.cache_size.load(Ordering::SeqCst);
+        let (_, uploaded) = self.gens()?;
+        let candidates = self.live.evictable(uploaded)?;
+        let mut used = self.reader.disk_usage() + candidates.iter().map(|(_, n)| n).sum::<u64>();
+        let mut freed = 0;
+        for (ino, n) in candidates {
+            if used <= budget {
+                break;
+            }
+            if self.live.evict(ino, uploaded)? {
+                used -= n;
+                freed += n;
+            }
+        }
+        Ok(freed)
     }
 
     /// Give up the repository's writer lock (after the last upload).

@@ -204,6 +204,7 @@ impl Flusher {
                         };
                         tx.put(*ino, &r)?;
                         tx.clear_dirty_file(*ino)?;
+                        tx.mark_clean_staged(*ino)?;
                     }
                 }
             }

@@ -30,7 +30,12 @@ impl Flusher {
                 return;
             }
             match self.upload_pending() {
-                Ok(()) => backoff = Duration::from_secs(1),
+                Ok(()) => {
+                    backoff = Duration::from_secs(1);
+                    if let Err(e) = self.evict_to_budget() {
+                        crate::log!("warning: evicting cached data: {e}");
+                    }
+                }
                 Err(e) => {
                     crate::log!("warning: upload: {e} (retrying in {} s)", backoff.as_secs());
                     let deadline = std::time::Instant::now() + backoff;

@@ -27,6 +27,7 @@ pub mod data;
 pub mod import;
 mod ops;
 pub mod record;
+mod upkeep;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +40,7 @@ use crate::repo::tree::{Kind, Timestamp};
 pub use self::data::{DataSource, OpenFiles};
 pub use self::ops::{Attr, NewNode, SetAttr};
 pub use self::record::{Body, Inode};
+pub use self::upkeep::Recovery;
 
 pub const ROOT: u64 = 1;
 /// Live inode numbers start here; lower numbers are reserved (1 is the
@@ -52,6 +54,11 @@ pub(crate) const DIRENTS: TableDefinition<&[u8], u64> = TableDefinition::new("di
 pub(crate) const PARENTS: TableDefinition<&[u8], u32> = TableDefinition::new("parents");
 pub(crate) const DIRTY_FILES: TableDefinition<u64, ()> = TableDefinition::new("dirty_files");
 pub(crate) const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+/// Files whose staged copy equals their sealed chunks: eviction candidates.
+pub(crate) const CLEAN_STAGED: TableDefinition<u64, ()> = TableDefinition::new("clean_staged");
+/// Inodes with no links left but still open: removed on last close, or at
+/// start-up after a crash.
+pub(crate) const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 
 /// Why a live-tree operation failed; `fs` maps these to errno.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +272,8 @@ pub struct Tx<'t> {
     pub(crate) dirents: Table<'t, &'static [u8], u64>,
     pub(crate) parents: Table<'t, &'static [u8], u32>,
     pub(crate) dirty: Table<'t, u64, ()>,
+    pub(crate) clean: Table<'t, u64, ()>,
+    pub(crate) orphans: Table<'t, u64, ()>,
     pub(crate) state: Table<'t, &'static str, &'static [u8]>,
     pub(crate) txn: &'t WriteTransaction,
     pub epoch: u64,
@@ -277,6 +286,8 @@ impl<'t> Tx<'t> {
             dirents: txn.open_table(DIRENTS).map_err(cache_err)?,
             parents: txn.open_table(PARENTS).map_err(cache_err)?,
             dirty: txn.open_table(DIRTY_FILES).map_err(cache_err)?,
+            clean: txn.open_table(CLEAN_STAGED).map_err(cache_err)?,
+            orphans: txn.open_table(ORPHANS).map_err(cache_err)?,
             state: txn.open_table(STATE).map_err(cache_err)?,
             txn,
             epoch,
@@ -310,7 +321,36 @@ impl<'t> Tx<'t> {
     pub fn remove_inode(&mut self, ino: u64) -> LiveResult<()> {
         self.inodes.remove(ino).map_err(cache_err)?;
         self.dirty.remove(ino).map_err(cache_err)?;
+        self.clean.remove(ino).map_err(cache_err)?;
+        self.orphans.remove(ino).map_err(cache_err)?;
         Ok(())
+    }
+
+    /// Mark a file's staged copy as equal to its sealed chunks.
+    pub fn mark_clean_staged(&mut self, ino: u64) -> LiveResult<()> {
+        self.clean.insert(ino, ()).map_err(cache_err)?;
+        Ok(())
+    }
+
+    pub fn add_orphan(&mut self, ino: u64) -> LiveResult<()> {
+        self.orphans.insert(ino, ()).map_err(cache_err)?;
+        Ok(())
+    }
+
+    fn keys_of(t: &Table<'t, u64, ()>) -> LiveResult<Vec<u64>> {
+        let mut out = Vec::new();
+        for r in t.iter().map_err(cache_err)? {
+            out.push(r.map_err(cache_err)?.0.value());
+        }
+        Ok(out)
+    }
+
+    pub fn clean_staged(&self) -> LiveResult<Vec<u64>> {
+        Self::keys_of(&self.clean)
+    }
+
+    pub fn orphans(&self) -> LiveResult<Vec<u64>> {
+        Self::keys_of(&self.orphans)
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> LiveResult<Option<u64>> {
@@ -447,15 +487,12 @@ impl<'t> Tx<'t> {
 
     pub fn mark_dirty_file(&mut self, ino: u64) -> LiveResult<()> {
         self.dirty.insert(ino, ()).map_err(cache_err)?;
+        self.clean.remove(ino).map_err(cache_err)?;
         Ok(())
     }
 
     pub fn dirty_files(&self) -> LiveResult<Vec<u64>> {
-        let mut out = Vec::new();
-        for r in self.dirty.iter().map_err(cache_err)? {
-            out.push(r.map_err(cache_err)?.0.value());
-        }
-        Ok(out)
+        Self::keys_of(&self.dirty)
     }
 
     pub fn clear_dirty_file(&mut self, ino: u64) -> LiveResult<()> {

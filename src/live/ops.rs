@@ -411,6 +411,7 @@ fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Op
     } else {
         tx.put(ino, &rec)?;
         tx.clear_dirty_file(ino)?;
+        tx.add_orphan(ino)?;
     }
     touch_dir(tx, parent, 0)?;
     Ok((rec.nlink == 0).then_some(ino))

@@ -1,0 +1,148 @@
+//! Start-up recovery and eviction of staged data.
+//!
+//! After a crash, `meta.redb` is back at its last durable commit while
+//! `staged/` holds whatever was written: files no record wants are removed,
+//! records whose staged file is gone fall back to their sealed chunks, and
+//! inodes that were unlinked while open are dropped. Eviction frees the
+//! staged copies of files whose content is sealed and uploaded.
+
+use std::collections::HashSet;
+
+use crate::live::{Body, Live, LiveResult};
+use crate::repo::tree::Kind;
+
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub removed_files: u64,
+    pub lost_dirty: Vec<u64>,
+    pub dropped_orphans: u64,
+}
+
+impl Live {
+    pub fn recover(&self) -> LiveResult<Recovery> {
+        let mut rep = Recovery::default();
+        let staged_dir = self.dir().join("staged");
+        let (dirty, clean, orphans) =
+            self.tx(|tx| Ok((tx.dirty_files()?, tx.clean_staged()?, tx.orphans()?)))?;
+        for ino in &orphans {
+            self.tx(|tx| tx.remove_inode(*ino))?;
+            rep.dropped_orphans += 1;
+        }
+        // Which staged files some record still wants.
+        let mut wanted = HashSet::new();
+        for &ino in dirty.iter().chain(&clean) {
+            let Ok(rec) = self.inode(ino) else {
+                self.tx(|tx| {
+                    tx.clear_dirty_file(ino)?;
+                    tx.clean.remove(ino).map_err(crate::live::cache_err)?;
+                    Ok(())
+                })?;
+                continue;
+            };
+            if rec.kind == Kind::File && rec.is_staged() {
+                wanted.insert(ino);
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&staged_dir) {
+            for e in rd.flatten() {
+                let keep = e
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|ino| {
+                        wanted.contains(&ino) || self.inode(ino).is_ok_and(|r| r.is_staged())
+                    });
+                if !keep {
+                    let _ = std::fs::remove_file(e.path());
+                    rep.removed_files += 1;
+                }
+            }
+        }
+        for ino in wanted {
+            if self.staged_path(ino).exists() {
+                continue;
+            }
+            let lost = self.tx(|tx| {
+                let mut r = tx.get(ino)?;
+                let lost = match &mut r.body {
+                    Body::File {
+                        staged,
+                        chunks: Some(_),
+                        ..
+                    } => {
+                        *staged = false;
+                        false
+                    }
+                    _ => true,
+                };
+                tx.put(ino, &r)?;
+                Ok(lost)
+            })?;
+            if lost {
+                // Never fsync'd since it changed (fsync commits the record
+                // and the data together), so POSIX lets it go; keep an empty
+                // file rather than a dangling record.
+                std::fs::write(self.staged_path(ino), b"")?;
+                self.tx(|tx| {
+                    tx.modify(ino, |r| {
+                        r.size = 0;
+                        Ok(())
+                    })
+                })?;
+                rep.lost_dirty.push(ino);
+            }
+        }
+        self.commit(true)?;
+        Ok(rep)
+    }
+
+    /// Staged copies that may be dropped: content sealed in a seal that is
+    /// uploaded (`uploaded_gen`), not open. Oldest access first, with sizes.
+    pub fn evictable(&self, uploaded_gen: u64) -> LiveResult<Vec<(u64, u64)>> {
+        let clean = self.tx(|tx| tx.clean_staged())?;
+        let mut out = Vec::new();
+        for ino in clean {
+            let Ok(rec) = self.inode(ino) else { continue };
+            let ok = matches!(rec.body, Body::File { staged: true, chunks: Some(_), sealed_gen } if sealed_gen <= uploaded_gen);
+            if !ok || self.open_files.is_open(ino) {
+                continue;
+            }
+            let Ok(md) = std::fs::metadata(self.staged_path(ino)) else {
+                continue;
+            };
+            let used = std::os::unix::fs::MetadataExt::blocks(&md) * 512;
+            out.push((md.accessed().unwrap_or(std::time::UNIX_EPOCH), ino, used));
+        }
+        out.sort();
+        Ok(out.into_iter().map(|(_, ino, n)| (ino, n)).collect())
+    }
+
+    /// Drop one staged copy; its content is read from the chunks again.
+    pub fn evict(&self, ino: u64, uploaded_gen: u64) -> LiveResult<bool> {
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        if self.open_files.is_open(ino) {
+            return Ok(false);
+        }
+        let done = self.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            match &mut r.body {
+                Body::File {
+                    staged: s @ true,
+                    chunks: Some(_),
+                    sealed_gen,
+                } if *sealed_gen <= uploaded_gen => {
+                    *s = false;
+                }
+                _ => return Ok(false),
+            }
+            tx.put(ino, &r)?;
+            tx.clean.remove(ino).map_err(crate::live::cache_err)?;
+            Ok(true)
+        })?;
+        if done {
+            self.open_files.forget_handle(ino);
+            let _ = std::fs::remove_file(self.staged_path(ino));
+        }
+        Ok(done)
+    }
+}
