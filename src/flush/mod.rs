@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use redb::ReadableTable;
 
 use crate::blobs::BlobReader;
@@ -383,13 +382,6 @@ impl Flusher {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.last_error = Some((e.to_string(), SystemTime::now()));
         st.reachable = !matches!(e, Error::Store { .. });
-    }
-
-    fn read_outbox(&self, name: &str) -> Result<Bytes> {
-        let p = outbox::file_for(self.live.dir(), name);
-        std::fs::read(&p)
-            .map(Bytes::from)
-            .map_err(|e| Error::io(&p, e))
     }
 }
 

@@ -1,7 +1,7 @@
 //! SEAL: one consistent snapshot of the live tree into the outbox.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::chunk::Chunker;
@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::flush::outbox::{self, Item, ItemKind};
 use crate::flush::{live_err, Flusher, SnapEntry};
 use crate::live::import::{put_tree_stats, TreeStats};
-use crate::live::{cache_err, Body, Inode, LiveError, View, HISTORY_NAME, ROOT};
+use crate::live::{cache_err, Body, Inode, View, HISTORY_NAME, ROOT};
 use crate::repo::index::encode_delta;
 use crate::repo::lock::{hostname, now_ns};
 use crate::repo::pack::{pack_name, PackInfo};
@@ -47,8 +47,7 @@ struct Build<'a> {
     view: &'a View,
     writer: &'a BlobWriter,
     chunker: Chunker,
-    copies: &'a HashMap<u64, PathBuf>,
-    live_dir: &'a Path,
+    live: &'a crate::live::Live,
     reader: &'a crate::blobs::BlobReader,
     dirs: Vec<(u64, Id)>,
     files: HashMap<u64, Vec<ChunkRef>>,
@@ -64,8 +63,9 @@ impl Flusher {
         let sealing = live.dir().join("sealing");
         std::fs::create_dir_all(&sealing).map_err(|e| Error::io(&sealing, e))?;
 
-        // Freeze: a view of the metadata and copies of what changed.
-        let (view, view_epoch, copies) = {
+        // Freeze: a view of the metadata; the staged files that changed are
+        // frozen (copied only if a writer touches them before we read them).
+        let (view, view_epoch) = {
             let _w = live.barrier.write().unwrap_or_else(|e| e.into_inner());
             live.commit(false).map_err(live_err)?;
             if live.inode(ROOT).map_err(live_err)?.dir_tree().is_some() {
@@ -74,24 +74,14 @@ impl Flusher {
             let epoch = live.next_epoch().map_err(live_err)?;
             live.commit(false).map_err(live_err)?;
             let view = live.read_view().map_err(live_err)?;
-            let mut copies = HashMap::new();
             for ino in view.dirty_files().map_err(live_err)? {
-                let rec = match view.inode(ino) {
-                    Ok(r) => r,
-                    Err(LiveError::NotFound) => continue,
-                    Err(e) => return Err(live_err(e)),
-                };
-                if rec.nlink == 0 || !rec.is_dirty_file() {
-                    continue;
-                }
-                let dst = sealing.join(ino.to_string());
-                copy_file(&live.staged_path(ino), &dst)?;
-                copies.insert(ino, dst);
+                live.freeze(ino);
             }
-            (view, epoch, copies)
+            (view, epoch)
         };
 
-        let result = self.build_and_commit(&view, view_epoch, &copies);
+        let result = self.build_and_commit(&view, view_epoch);
+        live.unfreeze_all();
         let _ = std::fs::remove_dir_all(&sealing);
         let outcome = result?;
         self.snapshots
@@ -107,12 +97,7 @@ impl Flusher {
         Ok(Some(outcome))
     }
 
-    fn build_and_commit(
-        &self,
-        view: &View,
-        view_epoch: u64,
-        copies: &HashMap<u64, PathBuf>,
-    ) -> Result<SealOutcome> {
+    fn build_and_commit(&self, view: &View, view_epoch: u64) -> Result<SealOutcome> {
         let live = &self.live;
         let sink = Arc::new(OutboxSink {
             dir: live.dir().to_path_buf(),
@@ -123,8 +108,7 @@ impl Flusher {
             view,
             writer: &writer,
             chunker: self.repo.chunker(),
-            copies,
-            live_dir: live.dir(),
+            live,
             reader: &self.reader,
             dirs: Vec::new(),
             files: HashMap::new(),
@@ -282,18 +266,6 @@ impl Flusher {
     }
 }
 
-/// Copy a staged file for sealing; the kernel may share the blocks
-/// (copy_file_range reflinks where the filesystem can).
-fn copy_file(from: &Path, to: &Path) -> Result<()> {
-    match std::fs::copy(from, to) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(to, b"").map_err(|e| Error::io(to, e))
-        }
-        Err(e) => Err(Error::io(from, e)),
-    }
-}
-
 fn entry_of(name: Vec<u8>, rec: &Inode, content: Content) -> Entry {
     let size = match &content {
         Content::Chunks(c) => c.iter().map(|c| c.len as u64).sum(),
@@ -363,20 +335,19 @@ impl Build<'_> {
         if let Some(c) = self.files.get(&ino) {
             return Ok(c.clone());
         }
-        let path = match self.copies.get(&ino) {
-            Some(p) => p.clone(),
-            // Dirty but not in the dirty list: read the staged file as it is.
-            None => self.live_dir.join("staged").join(ino.to_string()),
-        };
-        let f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let (writer, chunker) = (self.writer, &self.chunker);
         let chunks = self
-            .writer
-            .store_stream(
-                &self.chunker,
-                std::io::BufReader::with_capacity(1 << 20, f),
-                &|_| {},
-            )
-            .map_err(|e| Error::io(&path, e))??;
+            .live
+            .read_frozen(ino, |path| -> Result<Vec<ChunkRef>> {
+                let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                writer
+                    .store_stream(
+                        chunker,
+                        std::io::BufReader::with_capacity(1 << 20, f),
+                        &|_| {},
+                    )
+                    .map_err(|e| Error::io(path, e))?
+            })?;
         self.files.insert(ino, chunks.clone());
         Ok(chunks)
     }

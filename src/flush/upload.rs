@@ -95,11 +95,11 @@ impl Flusher {
     }
 
     fn upload_item(&self, item: &Item) -> Result<()> {
-        let bytes = self.read_outbox(&item.name)?;
         if item.kind == ItemKind::Snapshot {
             self.check_lock()?;
         }
-        self.repo.put_sealed(&item.name, bytes)
+        let path = outbox::file_for(self.live.dir(), &item.name);
+        self.repo.put_sealed(&item.name, &path)
     }
 
     fn finish_item(&self, seq: u64, item: &Item) -> Result<()> {

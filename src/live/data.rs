@@ -35,6 +35,16 @@ struct OpenEntry {
 pub struct OpenFiles {
     entries: Mutex<HashMap<u64, OpenEntry>>,
     copy_up: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
+    frozen: Mutex<HashMap<u64, Arc<Mutex<Frozen>>>>,
+}
+
+/// A staged file a seal is about to read. Until the seal has read it, a
+/// writer first saves a copy for the seal (copy-on-write), so the seal sees
+/// the file as it was when the seal took its view, and nobody waits for the
+/// seal unless it is reading that very file.
+#[derive(Default)]
+pub struct Frozen {
+    copy: Option<std::path::PathBuf>,
 }
 
 impl OpenFiles {
@@ -82,6 +92,93 @@ fn chunk_span(chunks: &[ChunkRef], offset: u64, size: u64) -> Vec<(usize, u64)> 
 }
 
 impl Live {
+    /// Freeze the staged content of `ino` for a seal (under the exclusive
+    /// barrier, as the seal takes its view).
+    pub fn freeze(&self, ino: u64) {
+        self.open_files
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, Arc::new(Mutex::new(Frozen::default())));
+    }
+
+    /// Read the frozen content of `ino`: `read` gets the path to read
+    /// (a copy, or the staged file itself, which no writer touches until
+    /// `read` returns). Unfreezes afterwards.
+    pub fn read_frozen<R>(&self, ino: u64, read: impl FnOnce(&std::path::Path) -> R) -> R {
+        let entry = self
+            .open_files
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned();
+        let Some(entry) = entry else {
+            return read(&self.staged_path(ino));
+        };
+        let state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let path = state.copy.clone().unwrap_or_else(|| self.staged_path(ino));
+        let r = read(&path);
+        self.open_files
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+        if let Some(c) = &state.copy {
+            let _ = std::fs::remove_file(c);
+        }
+        r
+    }
+
+    /// Forget every freeze (a seal is over, read or not).
+    pub fn unfreeze_all(&self) {
+        let all: Vec<_> = self
+            .open_files
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        for (_, entry) in all {
+            if let Some(c) = entry.lock().unwrap_or_else(|e| e.into_inner()).copy.take() {
+                let _ = std::fs::remove_file(c);
+            }
+        }
+    }
+
+    /// Call before changing or removing `ino`'s staged file: if a seal still
+    /// needs its frozen content, save a copy first.
+    pub(crate) fn before_change(&self, ino: u64) -> LiveResult<()> {
+        let entry = self
+            .open_files
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned();
+        let Some(entry) = entry else { return Ok(()) };
+        let mut state = entry.lock().unwrap_or_else(|e| e.into_inner());
+        let still = self
+            .open_files
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .is_some_and(|e| Arc::ptr_eq(e, &entry));
+        if still && state.copy.is_none() {
+            let dir = self.dir().join("sealing");
+            std::fs::create_dir_all(&dir)?;
+            let copy = dir.join(ino.to_string());
+            match std::fs::copy(self.staged_path(ino), &copy) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&copy, b"")?,
+                Err(e) => return Err(e.into()),
+            }
+            state.copy = Some(copy);
+        }
+        Ok(())
+    }
+
     pub fn open_file(&self, ino: u64) {
         self.open_files.lock().entry(ino).or_default().count += 1;
     }
@@ -112,6 +209,7 @@ impl Live {
                 _ => Ok(false),
             })?;
             if gone {
+                self.before_change(ino)?;
                 let _ = std::fs::remove_file(self.staged_path(ino));
             }
         }
@@ -211,6 +309,7 @@ impl Live {
     ) -> LiveResult<usize> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, false)?;
+        self.before_change(ino)?;
         let f = self.staged_handle(ino)?;
         f.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;
@@ -244,6 +343,7 @@ impl Live {
     pub fn truncate(&self, ino: u64, size: u64, src: &dyn DataSource) -> LiveResult<()> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, size == 0)?;
+        self.before_change(ino)?;
         let f = self.staged_handle(ino)?;
         f.set_len(size)?;
         self.write_meta(ino, |r| {

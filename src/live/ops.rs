@@ -218,6 +218,7 @@ impl Live {
             _ => Ok(false),
         })?;
         if gone {
+            self.before_change(ino)?;
             let _ = std::fs::remove_file(self.staged_path(ino));
         }
         Ok(())

@@ -305,10 +305,10 @@ impl Repository {
         (Id::of_object(&bytes), bytes)
     }
 
-    /// Upload an object sealed earlier (by name, from the outbox). Objects
-    /// are content-addressed, so finding one already there is success.
-    pub fn put_sealed(&self, name: &str, bytes: Bytes) -> Result<()> {
-        self.store.put_new(name, bytes)?;
+    /// Upload an object sealed earlier, from its outbox file. Objects are
+    /// content-addressed, so finding one already there is success.
+    pub fn put_sealed(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        self.store.put_file_new(name, path)?;
         if name.starts_with("index/") {
             self.loaded_deltas
                 .lock()

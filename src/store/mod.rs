@@ -217,6 +217,31 @@ impl Store {
         }
     }
 
+    /// `put_new` with the content of a local file. A `file://` store on the
+    /// same filesystem gets a hard link (no copy, atomic, create-only); any
+    /// other store gets the bytes.
+    pub fn put_file_new(&self, name: &str, path: &std::path::Path) -> Result<bool> {
+        if let Some(root) = &self.local_root {
+            let dst = root.join(name);
+            if let Some(parent) = dst.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            match std::fs::hard_link(path, &dst) {
+                Ok(()) => {
+                    if let Some(parent) = dst.parent() {
+                        sync_path(parent)?;
+                    }
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+                // Another filesystem, or links not allowed: copy.
+                Err(_) => {}
+            }
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        self.put_new(name, Bytes::from(bytes))
+    }
+
     pub fn delete(&self, name: &str) -> Result<()> {
         let path = self.path(name);
         match self.retrying(name, || self.inner.delete(&path)) {
@@ -369,5 +394,10 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].name, "packs/aa/x");
         assert!(dir.path().join("repo/packs/aa/x").exists());
+        let local = dir.path().join("local");
+        std::fs::write(&local, b"linked").unwrap();
+        assert!(s.put_file_new("packs/bb/y", &local).unwrap());
+        assert!(!s.put_file_new("packs/bb/y", &local).unwrap());
+        assert_eq!(&s.get("packs/bb/y").unwrap()[..], b"linked");
     }
 }
