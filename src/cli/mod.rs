@@ -6,6 +6,7 @@
 
 mod backup;
 mod check;
+mod forget;
 mod format;
 mod init;
 mod mount;
@@ -67,6 +68,10 @@ enum Command {
     Restore(restore::Args),
     /// Verify that every snapshot's data is in the store and intact.
     Check(check::Args),
+    /// Forget snapshots by id or by a retention policy (--prune to remove their data).
+    Forget(forget::ForgetArgs),
+    /// Remove data that no snapshot references.
+    Prune(forget::PruneArgs),
     /// Mount the repository's live tree (with .history/) at a directory.
     Mount(mount::Args),
     /// Seal a last snapshot, upload everything, unmount.
@@ -120,6 +125,8 @@ pub fn run() -> i32 {
         Command::Cat(a) => read::cat(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::Check(a) => check::run(&g, a),
+        Command::Forget(a) => forget::forget(&g, a),
+        Command::Prune(a) => forget::prune(&g, a),
         Command::Mount(a) => mount::mount(&g, a),
         Command::Umount(a) => mount::umount(&g, a),
         Command::Snapshot(a) => mount::snapshot(&g, a),

@@ -4,6 +4,8 @@
 
 pub mod backup;
 pub mod check;
+pub mod forget;
+pub mod prune;
 pub mod restore;
 
 use std::io::Write;

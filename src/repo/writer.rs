@@ -70,6 +70,8 @@ pub struct BlobWriter {
     shared: Arc<Shared>,
     new_blobs: AtomicU64,
     new_bytes: AtomicU64,
+    /// Repacking: store blobs even though the index has them (elsewhere).
+    ignore_index: bool,
 }
 
 impl BlobWriter {
@@ -118,7 +120,20 @@ impl BlobWriter {
             shared,
             new_blobs: AtomicU64::new(0),
             new_bytes: AtomicU64::new(0),
+            ignore_index: false,
         }
+    }
+
+    /// A writer that stores every blob once, whatever the index says (for
+    /// moving blobs out of packs that are about to be deleted).
+    pub fn for_repack(
+        repo: Arc<Repository>,
+        sink: Arc<dyn PackSink>,
+        uploaders: usize,
+    ) -> BlobWriter {
+        let mut w = BlobWriter::new(repo, sink, uploaders);
+        w.ignore_index = true;
+        w
     }
 
     fn failed(&self) -> Result<()> {
@@ -142,7 +157,8 @@ impl BlobWriter {
     /// As `add` with the id already computed. Returns whether it was new.
     pub fn add_with_id(&self, kind: BlobKind, id: Id, data: &[u8]) -> Result<bool> {
         self.failed()?;
-        if self.repo.index().contains(&id) || !lock(&self.taken).insert(id) {
+        if (!self.ignore_index && self.repo.index().contains(&id)) || !lock(&self.taken).insert(id)
+        {
             return Ok(false);
         }
         let mut pack = {

@@ -1,0 +1,224 @@
+//! `prune`: remove data no snapshot references.
+//!
+//! Under the writer lock: find every blob the snapshots reference (walking
+//! their trees), then for each pack decide: delete it (nothing used),
+//! repack it (more than `max_unused` of it unused: its used blobs move to new
+//! packs), or keep it. Order, so that a crash at any point loses nothing a
+//! snapshot needs: new packs, then a new complete index, then the old index
+//! deltas are deleted, and the old packs last. A crash before the index
+//! leaves extra packs (found and indexed by the next writer); after it,
+//! extra old objects (removed by the next prune).
+//!
+//! Prune refuses to run on a damaged repository (an unreadable snapshot or
+//! tree, a referenced blob missing): it cannot know what the damage hides.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::crypto::Id;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::pack::{pack_name, PackBlob, PackInfo};
+use crate::repo::tree::Content;
+use crate::repo::writer::{BlobWriter, StoreSink};
+use crate::repo::Repository;
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this fraction of its bytes is unused
+    /// (0 removes every unused byte: true deletion).
+    pub max_unused: f64,
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            max_unused: 0.05,
+            dry_run: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PruneReport {
+    pub snapshots: usize,
+    pub packs_before: usize,
+    pub bytes_before: u64,
+    pub blobs_used: usize,
+    pub blobs_unused: usize,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub packs_written: usize,
+    pub bytes_deleted: u64,
+    pub bytes_written: u64,
+    pub index_deleted: usize,
+}
+
+/// Blobs per new index delta: keeps each delta a few MB.
+const INDEX_CHUNK: usize = 50_000;
+
+fn used_blobs(repo: &Repository, roots: &[Id], progress: &dyn Progress) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    let mut todo: Vec<Id> = roots.to_vec();
+    while let Some(t) = todo.pop() {
+        if !used.insert(t) {
+            continue;
+        }
+        let tree = repo
+            .read_tree(&t)
+            .map_err(|e| damaged(format!("tree {}: {e}", t.short())))?;
+        progress.advance(1);
+        for e in &tree.entries {
+            match &e.content {
+                Content::Subtree(id) => todo.push(*id),
+                Content::Chunks(c) => used.extend(c.iter().map(|c| c.id)),
+                _ => {}
+            }
+        }
+    }
+    Ok(used)
+}
+
+fn damaged(why: String) -> Error {
+    Error::Invalid(format!(
+        "the repository is damaged ({why}); prune refuses to run: see `secrate check`"
+    ))
+}
+
+pub fn prune(
+    repo: Arc<Repository>,
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
+    if !(0.0..=1.0).contains(&opts.max_unused) {
+        return Err(Error::Invalid(
+            "--max-unused must be between 0 and 100 percent".into(),
+        ));
+    }
+    let lock = repo.lock("prune")?;
+    for p in repo.load_index()? {
+        progress.warn(&format!("{p}; its packs are read from their headers"));
+    }
+    let (orphans, bad_headers) = repo.find_unindexed_packs()?;
+    for e in &bad_headers {
+        progress.warn(&format!("{e} (left alone)"));
+    }
+    repo.add_to_index(&orphans);
+    let (snaps, bad_snaps) = repo.snapshots()?;
+    if let Some(e) = bad_snaps.first() {
+        return Err(damaged(e.to_string()));
+    }
+    progress.start("trees", None);
+    let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.root).collect();
+    let used = used_blobs(&repo, &roots, progress)?;
+    progress.finish();
+
+    let (packs, by_pack) = {
+        let ix = repo.index();
+        for id in &used {
+            if !ix.contains(id) {
+                return Err(damaged(format!(
+                    "blob {} is referenced but in no pack",
+                    id.short()
+                )));
+            }
+        }
+        (ix.packs().to_vec(), ix.blobs_by_pack())
+    };
+    let mut report = PruneReport {
+        snapshots: snaps.len(),
+        packs_before: packs.len(),
+        bytes_before: packs.iter().map(|p| p.size).sum(),
+        blobs_used: used.len(),
+        ..Default::default()
+    };
+    let mut keep: Vec<PackInfo> = Vec::new();
+    let mut repack: Vec<(usize, Vec<PackBlob>)> = Vec::new();
+    let mut delete: Vec<Id> = Vec::new();
+    for (i, (p, blobs)) in packs.iter().zip(&by_pack).enumerate() {
+        let (u, unused): (Vec<PackBlob>, Vec<PackBlob>) =
+            blobs.iter().partition(|b| used.contains(&b.id));
+        report.blobs_unused += unused.len();
+        let unused_bytes: u64 = unused.iter().map(|b| b.length as u64).sum();
+        let unused_fraction = unused_bytes as f64 / p.size.max(1) as f64;
+        if u.is_empty() {
+            delete.push(p.id);
+            report.bytes_deleted += p.size;
+        } else if !unused.is_empty() && unused_fraction > opts.max_unused {
+            repack.push((i, u));
+            delete.push(p.id);
+            report.bytes_deleted += p.size;
+        } else {
+            keep.push(PackInfo {
+                id: p.id,
+                kind: p.kind,
+                size: p.size,
+                wrapped_key: p.wrapped_key.clone(),
+                blobs: u,
+            });
+        }
+    }
+    report.packs_deleted = delete.len() - repack.len();
+    report.packs_repacked = repack.len();
+    if opts.dry_run || delete.is_empty() {
+        return Ok(report);
+    }
+
+    // 1. Move the used blobs of mostly-unused packs into new packs.
+    let writer = BlobWriter::for_repack(repo.clone(), Arc::new(StoreSink(repo.clone())), 3);
+    let total: u64 = repack.iter().map(|(i, _)| packs[*i].size).sum();
+    progress.start("repack", Some(total));
+    repack.par_iter().try_for_each(|(i, blobs)| -> Result<()> {
+        let kind = packs[*i].kind;
+        for b in blobs {
+            let data = repo.read_blob(kind, &b.id)?;
+            writer.add_with_id(kind, b.id, &data)?;
+        }
+        progress.advance(packs[*i].size);
+        Ok(())
+    })?;
+    let (written, stats) = writer.finish()?;
+    progress.finish();
+    report.packs_written = written.len();
+    report.bytes_written = stats.stored_bytes;
+
+    // 2. A complete new index, before anything is deleted.
+    let old_deltas: Vec<String> = repo
+        .store()
+        .list("index")?
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    let mut all: Vec<PackInfo> = keep;
+    all.extend(written);
+    let mut new_deltas = HashSet::new();
+    let mut batch: Vec<PackInfo> = Vec::new();
+    let mut blobs_in_batch = 0;
+    for p in all {
+        blobs_in_batch += p.blobs.len();
+        batch.push(p);
+        if blobs_in_batch >= INDEX_CHUNK {
+            new_deltas.insert(crate::repo::index::index_name(&repo.write_index(&batch)?));
+            batch.clear();
+            blobs_in_batch = 0;
+        }
+    }
+    if !batch.is_empty() {
+        new_deltas.insert(crate::repo::index::index_name(&repo.write_index(&batch)?));
+    }
+
+    // 3. Old index deltas, then old packs.
+    lock.check()?;
+    for d in old_deltas.iter().filter(|d| !new_deltas.contains(*d)) {
+        repo.store().delete(d)?;
+        report.index_deleted += 1;
+    }
+    for id in &delete {
+        repo.store().delete(&pack_name(id))?;
+    }
+    drop(lock);
+    Ok(report)
+}
