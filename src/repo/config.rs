@@ -17,6 +17,7 @@ pub const NAME: &str = "config";
 /// Object stores charge per request; 16 MiB keeps request counts low while a
 /// pack still fits comfortably in memory during sealing and upload.
 pub const DEFAULT_PACK_TARGET: u32 = 16 << 20;
+pub const MAX_PACK_TARGET: u32 = 128 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -67,7 +68,9 @@ impl Config {
         if !chunker.is_valid() {
             return bad("chunker sizes are out of range");
         }
-        if !(1 << 20..=1 << 30).contains(&pack_target) {
+        // Packs are built in memory: a forged target must not make us
+        // allocate gigabytes.
+        if !(1 << 20..=MAX_PACK_TARGET).contains(&pack_target) {
             return bad("pack target size is out of range");
         }
         Ok(Config {

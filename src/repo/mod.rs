@@ -4,7 +4,9 @@
 //! age-encrypted per passphrase or recovery key), `packs/<2 hex>/<id>`
 //! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`, and
 //! `locks/writer`. Packs, index deltas and snapshots are named by the BLAKE3
-//! hash of their bytes and are never modified; every read checks the name.
+//! hash of their bytes and are never modified; every whole-object read
+//! checks the name (a ranged read of one blob is checked by its AEAD tag and
+//! keyed id instead).
 //!
 //! Write order keeps the store consistent at every instant: packs first, then
 //! the index deltas that list them, then the snapshot that needs them.
@@ -560,6 +562,8 @@ fn write_key(store: &Store, kind: KeyKind, write_only: bool, sealed: Vec<u8>) ->
     Ok(id)
 }
 
+const MAX_KEYS_TRIED: usize = 64;
+
 /// Try `secret` against every key object of its kind.
 fn unlock(store: &Store, secret: &Secret) -> Result<Keyring> {
     let names: Vec<String> = store.list("keys")?.into_iter().map(|o| o.name).collect();
@@ -576,6 +580,7 @@ fn unlock(store: &Store, secret: &Secret) -> Result<Keyring> {
         Secret::Passphrase(_) => None,
     };
     let mut damaged = None;
+    let mut tried = 0;
     for name in names {
         let bytes = store.get(&name)?;
         let obj = match KeyObject::decode(&bytes) {
@@ -587,6 +592,15 @@ fn unlock(store: &Store, secret: &Secret) -> Result<Keyring> {
         };
         if obj.kind != want {
             continue;
+        }
+        // Each passphrase try is a full scrypt: a store stuffed with key
+        // objects must not make unlocking take hours.
+        tried += 1;
+        if tried > MAX_KEYS_TRIED {
+            return Err(Error::Invalid(format!(
+                "the repository at {} has more than {MAX_KEYS_TRIED} keys of this kind; refusing to try them all",
+                store.url()
+            )));
         }
         let r = match (secret, &recovery_identity) {
             (Secret::Passphrase(p), _) => age_decrypt(&passphrase_identity(p), &obj.sealed),

@@ -54,9 +54,13 @@ pub struct Snapshot {
     pub tags: Vec<String>,
 }
 
+/// At most 65535 bytes, cut at a character boundary (the field is UTF-8).
 fn short_str(s: &str) -> &[u8] {
-    let b = s.as_bytes();
-    &b[..b.len().min(u16::MAX as usize)]
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s.as_bytes()[..end]
 }
 
 impl Snapshot {
@@ -212,6 +216,14 @@ mod tests {
         assert_eq!(hex::encode(&b), expect);
         assert_eq!(Snapshot::decode(&b).unwrap(), sample());
         assert_eq!(sample().time_rfc3339(), "1970-01-01T00:00:01Z");
+    }
+
+    #[test]
+    fn long_strings_are_cut_on_char_boundaries() {
+        let mut s = sample();
+        s.source = "é".repeat(40_000);
+        let d = Snapshot::decode(&s.encode()).unwrap();
+        assert!(d.source.len() <= 65535 && d.source.chars().all(|c| c == 'é'));
     }
 
     proptest! {

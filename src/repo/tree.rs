@@ -210,7 +210,8 @@ impl Tree {
         if v != VERSION {
             return bad(format!("tree version {v} is not supported"));
         }
-        let n = d.count(67)?;
+        // The smallest entry (a fifo with a one-byte name) takes 66 bytes.
+        let n = d.count(66)?;
         let mut entries: Vec<Entry> = Vec::with_capacity(n);
         for _ in 0..n {
             let name = d.bytes16()?.to_vec();
@@ -395,6 +396,17 @@ pub(crate) mod tests {
         let mut t = sample();
         t.entries[0].size = 8;
         assert!(Tree::decode(&t.encode()).is_err());
+    }
+
+    #[test]
+    fn smallest_entries_decode() {
+        let mut e = file("p", vec![]);
+        e.kind = Kind::Fifo;
+        e.xattrs.clear();
+        e.content = Content::None;
+        let t = Tree { entries: vec![e] };
+        assert_eq!(t.encode().len(), 1 + 4 + 66);
+        assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl BlobWriter {
             let mut open = lock(&self.open);
             match open.iter().position(|p| p.kind() == kind) {
                 Some(i) => open.swap_remove(i),
-                None => PackBuilder::new(kind, self.target + self.target / 8),
+                None => PackBuilder::new(kind, (self.target + self.target / 8).min(32 << 20)),
             }
         };
         pack.add(id, data);
