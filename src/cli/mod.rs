@@ -9,6 +9,7 @@ mod check;
 mod forget;
 mod format;
 mod init;
+mod key;
 mod mount;
 mod progress;
 mod read;
@@ -68,6 +69,8 @@ enum Command {
     Restore(restore::Args),
     /// Verify that every snapshot's data is in the store and intact.
     Check(check::Args),
+    /// Manage keys: list, add (also write-only), remove, passwd, recovery.
+    Key(key::Args),
     /// Forget snapshots by id or by a retention policy (--prune to remove their data).
     Forget(forget::ForgetArgs),
     /// Remove data that no snapshot references.
@@ -125,6 +128,7 @@ pub fn run() -> i32 {
         Command::Cat(a) => read::cat(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::Check(a) => check::run(&g, a),
+        Command::Key(a) => key::run(&g, a),
         Command::Forget(a) => forget::forget(&g, a),
         Command::Prune(a) => forget::prune(&g, a),
         Command::Mount(a) => mount::mount(&g, a),

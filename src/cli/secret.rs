@@ -55,6 +55,31 @@ pub fn new_passphrase(g: &Globals, file: Option<&Path>) -> anyhow::Result<Zeroiz
     Ok(a)
 }
 
+/// A new passphrase for `key add`/`passwd`: from `file`, else a prompt
+/// (twice). Never from the environment (that holds the current one).
+pub fn new_passphrase_only(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
+    if let Some(f) = file {
+        return read_file(f, "new passphrase");
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no new passphrase given: use --new-passphrase-file or run on a terminal");
+    }
+    let a = Zeroizing::new(
+        rpassword::prompt_password("New passphrase: ").context("cannot read the passphrase")?,
+    );
+    if a.is_empty() {
+        bail!("the passphrase may not be empty");
+    }
+    let b = Zeroizing::new(
+        rpassword::prompt_password("Repeat the new passphrase: ")
+            .context("cannot read the passphrase")?,
+    );
+    if a != b {
+        bail!("the two passphrases differ");
+    }
+    Ok(a)
+}
+
 /// What unlocks an existing repository.
 pub fn for_open(g: &Globals) -> anyhow::Result<Secret> {
     if let Some(f) = &g.recovery_key_file {

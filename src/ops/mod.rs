@@ -89,6 +89,11 @@ pub fn walk(
 
 /// Write a file's contents from a snapshot to `out`.
 pub fn cat(repo: &Repository, snap: &Snapshot, path: &str, out: &mut dyn Write) -> Result<u64> {
+    if !repo.keys().can_read_data() {
+        return Err(Error::WriteOnly {
+            what: "cat needs a key that can read".into(),
+        });
+    }
     let e = match resolve(repo, snap, path)? {
         Resolved::Entry(e) if e.kind == Kind::File => e,
         Resolved::Entry(e) if e.kind == Kind::Symlink => {

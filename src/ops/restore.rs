@@ -56,6 +56,11 @@ pub fn restore(
     target: &Path,
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
+    if !repo.keys().can_read_data() {
+        return Err(Error::WriteOnly {
+            what: "restore needs a key that can read".into(),
+        });
+    }
     let run = Run {
         repo,
         progress,

@@ -78,6 +78,8 @@ pub struct Repository {
     store: Store,
     config: Config,
     keys: Arc<Keyring>,
+    /// The key object that unlocked this repository (`keys/<id>`).
+    key_name: String,
     index: RwLock<Index>,
     loaded_deltas: Mutex<HashSet<String>>,
     pack_keys: Mutex<HashMap<Id, PackKey>>,
@@ -117,7 +119,7 @@ impl Repository {
         let recovery_text = crate::crypto::identity_to_string(&recovery);
         let plain = encode_keyring(&keys);
         let pass = passphrase_recipient(passphrase, opts.kdf_log_n);
-        write_key(
+        let pass_id = write_key(
             &store,
             KeyKind::Passphrase,
             false,
@@ -134,14 +136,18 @@ impl Repository {
                 url: store.url().into(),
             });
         }
-        Ok((Repository::from_parts(store, config, keys), recovery_text))
+        Ok((
+            Repository::from_parts(store, config, keys, format!("keys/{pass_id}")),
+            recovery_text,
+        ))
     }
 
-    fn from_parts(store: Store, config: Config, keys: Keyring) -> Repository {
+    fn from_parts(store: Store, config: Config, keys: Keyring, key_name: String) -> Repository {
         Repository {
             store,
             config,
             keys: Arc::new(keys),
+            key_name,
             index: RwLock::new(Index::new()),
             loaded_deltas: Mutex::new(HashSet::new()),
             pack_keys: Mutex::new(HashMap::new()),
@@ -165,14 +171,19 @@ impl Repository {
     /// Open and unlock a repository.
     pub fn open(store: Store, secret: &Secret) -> Result<Repository> {
         let config = Repository::read_config(&store)?;
-        let keys = unlock(&store, secret)?;
+        let (keys, key_name) = unlock(&store, secret)?;
         if keys.repo_id != config.repo_id || keys.chunker != config.chunker {
             return Err(Error::corrupt(
                 config::NAME,
                 "it does not match the keyring (tampered, or keys from another repository)",
             ));
         }
-        Ok(Repository::from_parts(store, config, keys))
+        Ok(Repository::from_parts(store, config, keys, key_name))
+    }
+
+    /// The key object this repository was unlocked with.
+    pub fn key_name(&self) -> &str {
+        &self.key_name
     }
 
     pub fn store(&self) -> &Store {
@@ -195,8 +206,15 @@ impl Repository {
         crate::chunk::Chunker::new(self.config.chunker, self.keys.chunker_seed())
     }
 
-    /// Add another way in (a passphrase or a recovery identity).
+    /// Add another way in (a passphrase or a recovery identity); returns
+    /// the new key's id. A write-only key opens a keyring without the data
+    /// identity. Only a key that can read may add one that can.
     pub fn add_key(&self, secret: &Secret, write_only: bool, kdf_log_n: u8) -> Result<String> {
+        if !write_only && !self.keys.can_read_data() {
+            return Err(Error::WriteOnly {
+                what: "a write-only key cannot create a key that reads".into(),
+            });
+        }
         let ring = if write_only {
             self.keys.write_only()
         } else {
@@ -225,6 +243,61 @@ impl Repository {
                 )
             }
         }
+    }
+
+    /// Every key object: name, kind, write-only, creation time.
+    pub fn list_keys(&self) -> Result<Vec<(String, KeyObject)>> {
+        let mut out = Vec::new();
+        for o in self.store.list("keys")? {
+            let bytes = self.store.get(&o.name)?;
+            let obj = KeyObject::decode(&bytes).map_err(|e| Error::corrupt(&o.name, e.0))?;
+            out.push((o.name, obj));
+        }
+        out.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Remove a key object. The last key that can read is never removed.
+    pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        let keys = self.list_keys()?;
+        let want = format!("keys/{}", id_prefix.trim_start_matches("keys/"));
+        let matches: Vec<_> = keys.iter().filter(|(n, _)| n.starts_with(&want)).collect();
+        let (name, obj) = match matches.as_slice() {
+            [one] => *one,
+            [] => {
+                return Err(Error::Invalid(format!(
+                    "no key {id_prefix} in this repository"
+                )))
+            }
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "key id {id_prefix} is ambiguous; give more digits"
+                )))
+            }
+        };
+        let readers_left = keys
+            .iter()
+            .filter(|(n, o)| n != name && !o.write_only)
+            .count();
+        if !obj.write_only && readers_left == 0 {
+            return Err(Error::Invalid(
+                "this is the last key that can read the repository; add another (secrate key add) before removing it".into(),
+            ));
+        }
+        self.store.delete(name)?;
+        Ok(name.clone())
+    }
+
+    /// Create a recovery key (an age identity); returns its key name and text.
+    pub fn add_recovery_key(&self, write_only: bool) -> Result<(String, Zeroizing<String>)> {
+        let id = age::x25519::Identity::generate();
+        let text = crate::crypto::identity_to_string(&id);
+        let name = self.add_key(
+            &Secret::RecoveryKey(text.clone()),
+            write_only,
+            DEFAULT_KDF_LOG_N,
+        )?;
+        Ok((format!("keys/{name}"), text))
     }
 
     pub fn lock(&self, purpose: &str) -> Result<WriterLock> {
@@ -565,7 +638,7 @@ fn write_key(store: &Store, kind: KeyKind, write_only: bool, sealed: Vec<u8>) ->
 const MAX_KEYS_TRIED: usize = 64;
 
 /// Try `secret` against every key object of its kind.
-fn unlock(store: &Store, secret: &Secret) -> Result<Keyring> {
+fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
     let names: Vec<String> = store.list("keys")?.into_iter().map(|o| o.name).collect();
     let want = match secret {
         Secret::Passphrase(_) => KeyKind::Passphrase,
@@ -608,7 +681,17 @@ fn unlock(store: &Store, secret: &Secret) -> Result<Keyring> {
             _ => continue,
         };
         match r {
-            Ok(plain) => return decode_keyring(&plain).map_err(|e| Error::corrupt(&name, e.0)),
+            Ok(plain) => {
+                let ring = decode_keyring(&plain).map_err(|e| Error::corrupt(&name, e.0))?;
+                // The plaintext flag must agree with what the keyring can do.
+                if obj.write_only == ring.can_read_data() {
+                    return Err(Error::corrupt(
+                        &name,
+                        "its write-only flag does not match its keyring",
+                    ));
+                }
+                return Ok((ring, name));
+            }
             Err(AgeError::NoMatchingKey) => continue,
             Err(AgeError::Damaged(why)) => damaged = Some(Error::corrupt(&name, why)),
         }
