@@ -40,7 +40,9 @@
 #   BENCH_OTHER_CPU_PCT  CPU used by everything else on the machine during
 #                 the command, percent of one core (the machine's busy time
 #                 from /proc/stat minus the command's user+sys): the noise
-#                 from neighbours, e.g. a compile on a shared machine
+#                 from neighbours, e.g. a compile on a shared machine, but
+#                 also kernel threads working for the command (writeback,
+#                 kswapd), which no process is charged for
 #
 # Nothing here is specific to secrate; put tool-specific steps in the script.
 
