@@ -34,6 +34,8 @@ pub struct MountOptions {
     /// Bound on clean cached data (decrypted chunks), in bytes.
     pub cache_size: u64,
     pub allow_other: bool,
+    /// Applied to this mount's automatic snapshots; `None` keeps all.
+    pub retention: Option<crate::ops::forget::Policy>,
 }
 
 /// `$XDG_CACHE_HOME/secrate/<repository id>` (falling back to `~/.cache`).
@@ -150,7 +152,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     let threads = if opts.read_only {
         Vec::new()
     } else {
-        flusher.start(opts.snapshot_interval)
+        flusher.start(opts.snapshot_interval, opts.retention.clone())
     };
 
     let fs = SecrateFs::new(

@@ -36,6 +36,10 @@ pub struct Args {
     /// Bound on cached clean data, e.g. 10G.
     #[arg(long, default_value = "10G", value_parser = parse_size, value_name = "SIZE")]
     cache_size: u64,
+    /// Retention for automatic snapshots, e.g. `within=1h,hourly=48,daily=30,weekly=52`
+    /// (the default), or `none` to keep every snapshot.
+    #[arg(long, value_name = "POLICY")]
+    retention: Option<String>,
     /// Mount read-only (no snapshots, no writer lock).
     #[arg(long)]
     read_only: bool,
@@ -66,10 +70,12 @@ pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
     if a.daemon_child {
         return run_child(g, a, mountpoint, cache_dir, store);
     }
+    // Bad options fail here, before anything starts.
+    options(&a, mountpoint.clone(), cache_dir.clone())?;
     let secret = secret::for_open(g)?;
     if a.foreground {
         let repo = Arc::new(Repository::open(store, &secret)?);
-        let opts = options(&a, mountpoint.clone(), cache_dir);
+        let opts = options(&a, mountpoint.clone(), cache_dir)?;
         serve(repo, opts, &mut || {
             eprintln!("mounted at {}", mountpoint.display())
         })?;
@@ -78,15 +84,20 @@ pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
     spawn_child(g, &a, &mountpoint, &cache_dir, &secret)
 }
 
-fn options(a: &Args, mountpoint: PathBuf, cache_dir: PathBuf) -> MountOptions {
-    MountOptions {
+fn options(a: &Args, mountpoint: PathBuf, cache_dir: PathBuf) -> anyhow::Result<MountOptions> {
+    let retention = match &a.retention {
+        None => Some(secrate::ops::forget::Policy::mount_default()),
+        Some(p) => secrate::ops::forget::Policy::parse(p)?,
+    };
+    Ok(MountOptions {
         mountpoint,
         cache_dir,
         snapshot_interval: Duration::from_secs(a.snapshot_interval),
         read_only: a.read_only,
         cache_size: a.cache_size,
         allow_other: a.allow_other,
-    }
+        retention,
+    })
 }
 
 /// Start the background copy and wait for it to say "ready" or why not.
@@ -119,6 +130,9 @@ fn spawn_child(
         .arg("--daemon-child");
     if a.read_only {
         cmd.arg("--read-only");
+    }
+    if let Some(r) = &a.retention {
+        cmd.arg("--retention").arg(r);
     }
     if a.allow_other {
         cmd.arg("--allow-other");
@@ -199,7 +213,7 @@ fn run_child(
     let result = Repository::open(store, &secret)
         .map_err(anyhow::Error::from)
         .and_then(|repo| {
-            let opts = options(&a, mountpoint, cache_dir);
+            let opts = options(&a, mountpoint, cache_dir)?;
             serve(Arc::new(repo), opts, &mut || {
                 report("ready");
                 // Nobody reads our stdout any more.

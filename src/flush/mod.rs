@@ -269,10 +269,12 @@ impl Flusher {
         }
     }
 
-    /// Start the background threads: uploader, periodic sealer, committer.
+    /// Start the background threads: uploader, periodic sealer (which also
+    /// applies `retention` to this mount's snapshots), committer.
     pub fn start(
         self: &Arc<Self>,
         snapshot_interval: Duration,
+        retention: Option<crate::ops::forget::Policy>,
     ) -> Vec<std::thread::JoinHandle<()>> {
         let mut handles = Vec::new();
         let me = self.clone();
@@ -299,10 +301,49 @@ impl Flusher {
                     if let Err(e) = me.seal() {
                         crate::log!("error: automatic snapshot failed: {e}");
                     }
+                    if let Some(p) = &retention {
+                        match me.apply_retention(p) {
+                            Ok(0) => {}
+                            Ok(n) => crate::log!("retention: forgot {n} automatic snapshots"),
+                            Err(e) => crate::log!("warning: retention: {e}"),
+                        }
+                    }
                 }
             }));
         }
         handles
+    }
+
+    /// Forget this mount's uploaded snapshots that `policy` does not keep.
+    /// Only snapshot objects go (their data stays until `secrate prune`);
+    /// the newest snapshot is always kept: the live tree stands on it.
+    pub fn apply_retention(&self, policy: &crate::ops::forget::Policy) -> Result<usize> {
+        let host = crate::repo::lock::hostname();
+        let mine: Vec<(Id, Snapshot)> = self
+            .snapshots()
+            .into_iter()
+            .filter(|s| s.uploaded && s.snapshot.origin == crate::repo::snapshot::Origin::Mount)
+            .filter(|s| s.snapshot.source == self.source && s.snapshot.host == host)
+            .map(|s| (s.id, s.snapshot))
+            .collect();
+        if mine.len() < 2 {
+            return Ok(0);
+        }
+        let decisions = crate::ops::forget::decide(&mine, Some(policy), &[]);
+        let newest = decisions.first().map(|d| d.id);
+        let mut gone = 0;
+        for d in decisions.iter().filter(|d| !d.keep && Some(d.id) != newest) {
+            self.check_lock()?;
+            self.repo
+                .store()
+                .delete(&crate::repo::snapshot::snapshot_name(&d.id))?;
+            self.snapshots
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|s| s.id != d.id);
+            gone += 1;
+        }
+        Ok(gone)
     }
 
     /// Ask the background threads to stop (the uploader finishes its item).
