@@ -210,7 +210,7 @@ pub fn decide(
             });
         }
     }
-    out.sort_by(|a, b| b.snapshot.time_ns.cmp(&a.snapshot.time_ns));
+    out.sort_by_key(|d| std::cmp::Reverse(d.snapshot.time_ns));
     out
 }
 
