@@ -8,7 +8,7 @@
 #   scripts/test.sh [--quick] store:: -- --nocapture
 #                                         # remaining args go to cargo test
 #
-# Installs what is missing on a Debian machine (apt: fuse3, attr; the S3
+# Installs what is missing on a Debian machine (apt: fuse3, attr, git, sqlite3, tar; the S3
 # server s3s-fs into $SECRATE_TOOLS, default ~/.cache/secrate-tools). Mount
 # tests need root and /dev/fuse.
 set -euo pipefail
@@ -55,6 +55,10 @@ as_root() {
 missing=()
 command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
 command -v setfattr >/dev/null 2>&1 || missing+=(attr)
+# Real programs the mount tests run inside the mount.
+command -v git >/dev/null 2>&1 || missing+=(git)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+command -v tar >/dev/null 2>&1 || missing+=(tar)
 if ((${#missing[@]})); then
     banner "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -110,5 +114,12 @@ cargo test --all-targets "${cargo_test_args[@]}" || {
     fi
     exit "$rc"
 }
+
+# Every decoder under libFuzzer for 10 s each (docs/RELIABILITY.md); not
+# with --quick.
+if ((!quick)); then
+    banner "scripts/fuzz.sh --ci"
+    "$ROOT/scripts/fuzz.sh" --ci
+fi
 
 banner "all checks passed"

@@ -47,8 +47,13 @@ pub struct HistAttr {
 pub struct History {
     flusher: Arc<Flusher>,
     reader: Arc<BlobReader>,
-    nodes: RwLock<Vec<Node>>,
+    /// Each node with the inode of the snapshot root it lies under.
+    nodes: RwLock<Vec<(Node, u64)>>,
     by_name: Mutex<HashMap<(u64, Vec<u8>), u64>>,
+    /// Hard links: (snapshot root, dev, inode) of a multiply linked
+    /// non-directory → its one inode number, so that every name of it
+    /// shows the same inode, as in the tree that was recorded.
+    by_link: Mutex<HashMap<(u64, u64, u64), u64>>,
 }
 
 /// Directory names for snapshots, oldest first, unique.
@@ -76,6 +81,7 @@ impl History {
             reader,
             nodes: RwLock::new(Vec::new()),
             by_name: Mutex::new(HashMap::new()),
+            by_link: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,22 +95,43 @@ impl History {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(i)
-            .cloned()
+            .map(|(n, _)| n.clone())
             .ok_or(LiveError::NotFound)
     }
 
     fn intern(&self, parent: u64, name: &[u8], node: Node) -> u64 {
         let mut by = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(&ino) = by.get(&(parent, name.to_vec())) {
             // Refresh in place (a pending snapshot's node is the same tree).
-            let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-            nodes[(ino - FIRST) as usize] = node;
+            nodes[(ino - FIRST) as usize].0 = node;
             return ino;
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        nodes.push(node);
-        let ino = FIRST + nodes.len() as u64 - 1;
+        let root = if parent == HISTORY_INO {
+            None
+        } else {
+            parent
+                .checked_sub(FIRST)
+                .and_then(|i| nodes.get(i as usize))
+                .map(|(_, r)| *r)
+        };
+        let link_key = match (&node, root) {
+            (Node::Entry(e), Some(root)) if e.kind != Kind::Dir && e.links > 1 && e.inode != 0 => {
+                Some((root, e.dev, e.inode))
+            }
+            _ => None,
+        };
+        let mut links = self.by_link.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&ino) = link_key.as_ref().and_then(|k| links.get(k)) {
+            by.insert((parent, name.to_vec()), ino);
+            return ino;
+        }
+        let ino = FIRST + nodes.len() as u64;
+        nodes.push((node, root.unwrap_or(ino)));
         by.insert((parent, name.to_vec()), ino);
+        if let Some(k) = link_key {
+            links.insert(k, ino);
+        }
         ino
     }
 

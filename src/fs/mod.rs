@@ -771,6 +771,12 @@ impl Filesystem for SecrateFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        // POSIX ACLs are not supported: the kernel would pass them through
+        // as plain xattrs that neither change the mode nor get enforced.
+        // Refusing them makes `cp -a`, tar and rsync fall back to chmod.
+        if name.as_bytes().starts_with(b"system.posix_acl_") {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
         match self.writable(ino.0).and_then(|()| {

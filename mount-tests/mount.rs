@@ -1,0 +1,1232 @@
+//! Real FUSE tests: every test mounts `secrate` on a fresh repository (on
+//! `file://`, and on the S3 server scripts/test.sh starts), works in the
+//! mount with real programs (cp, git, tar, sqlite, concurrent writers),
+//! and checks content and attributes exactly, through `.history`, after
+//! unmounting and after mounting again on a fresh cache.
+//!
+//! Needs root and /dev/fuse (tests skip with a message otherwise). Every
+//! mount is held by a `support::Mount` guard that unmounts on drop, also
+//! when a test fails.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use support::*;
+
+const DOC: &str = "/usr/share/doc";
+
+fn cp_a(from: &Path, to: &Path) {
+    let t = std::time::Instant::now();
+    run_ok(Command::new("cp").arg("-a").arg(from).arg(to));
+    eprintln!(
+        "  cp -a {}: {:.1}s",
+        from.display(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Regular files of a description that are not hard links, sorted.
+fn plain_files(d: &Desc, min_size: u64) -> Vec<PathBuf> {
+    let linked: Vec<&PathBuf> = d.1.iter().flatten().collect();
+    let mut v: Vec<PathBuf> =
+        d.0.iter()
+            .filter(|(p, a)| a.kind == libc::S_IFREG && a.size >= min_size && !linked.contains(p))
+            .map(|(p, _)| p.clone())
+            .collect();
+    v.sort();
+    v
+}
+
+/// Requirement 1: `cp -a /usr/share/doc` into the mount is byte- and
+/// attribute-exact; after an edit, a delete and a rename and a snapshot,
+/// `.history` shows both versions exactly and the deleted file is still in
+/// the older snapshot.
+#[test]
+fn doc_tree_copy_edit_and_history() {
+    if !fuse_ready("doc_tree_copy_edit_and_history") {
+        return;
+    }
+    for store in stores("mount-doc") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mut m = Mount::new(
+            &s,
+            &work.path().join("mnt"),
+            &work.path().join("cache"),
+            &[],
+        );
+        let doc = m.path("doc");
+        cp_a(Path::new(DOC), &doc);
+        let orig = desc(Path::new(DOC));
+        eprintln!("{DOC}: {} entries", orig.0.len());
+        assert_same_desc(&orig, &desc(&doc), "cp -a /usr/share/doc into the mount");
+        m.snapshot();
+        assert_eq!(m.history().len(), 1);
+
+        let files = plain_files(&orig, 100);
+        assert!(files.len() >= 3, "{DOC} has too few files for this test");
+        let (edit, del, ren) = (
+            files[0].clone(),
+            files[files.len() / 2].clone(),
+            files[files.len() - 1].clone(),
+        );
+        eprintln!("edit {edit:?}, delete {del:?}, rename {ren:?}");
+        let old_edit = fs::read(Path::new(DOC).join(&edit)).unwrap();
+        let old_del = fs::read(Path::new(DOC).join(&del)).unwrap();
+        let old_ren = fs::read(Path::new(DOC).join(&ren)).unwrap();
+        // Edit in the middle (no truncation) and append.
+        let mut new_edit = old_edit.clone();
+        let mid = new_edit.len() / 2;
+        new_edit[mid..mid + 8].copy_from_slice(b"EDITED!!");
+        new_edit.extend_from_slice(b"\nappended by the mount test\n");
+        {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(doc.join(&edit))
+                .unwrap();
+            f.write_all_at(b"EDITED!!", mid as u64).unwrap();
+            f.seek(SeekFrom::End(0)).unwrap();
+            f.write_all(b"\nappended by the mount test\n").unwrap();
+        }
+        fs::remove_file(doc.join(&del)).unwrap();
+        let renamed = ren.with_file_name(format!(
+            "renamed-{}",
+            ren.file_name().unwrap().to_str().unwrap()
+        ));
+        fs::rename(doc.join(&ren), doc.join(&renamed)).unwrap();
+        assert_eq!(fs::read(doc.join(&edit)).unwrap(), new_edit);
+        m.snapshot();
+
+        let clock = Clock::new();
+        let names = m.history();
+        assert_eq!(
+            names.len(),
+            2,
+            "two snapshots expected in .history: {names:?}"
+        );
+        assert_eq!(m.latest(), names[1], ".history/latest points at the newest");
+        let old = m.path(".history").join(&names[0]).join("doc");
+        let new = m.path(".history").join(&names[1]).join("doc");
+        // The older snapshot is the original tree, deleted file included.
+        assert_eq!(fs::read(old.join(&del)).unwrap(), old_del);
+        assert_eq!(fs::read(old.join(&edit)).unwrap(), old_edit);
+        assert_eq!(fs::read(old.join(&ren)).unwrap(), old_ren);
+        assert!(!old.join(&renamed).exists());
+        assert_same_desc(&orig, &desc(&old), "the first snapshot vs /usr/share/doc");
+        // The newer one is the edited tree.
+        assert_eq!(fs::read(new.join(&edit)).unwrap(), new_edit);
+        assert!(fs::symlink_metadata(new.join(&del)).is_err());
+        assert!(fs::symlink_metadata(new.join(&ren)).is_err());
+        assert_eq!(fs::read(new.join(&renamed)).unwrap(), old_ren);
+        assert_same_desc(
+            &desc(&m.mnt),
+            &desc(&m.path(".history").join(&names[1])),
+            "the live tree vs the newest snapshot",
+        );
+        clock.step("compare both snapshots");
+        // .history/latest leads to the same tree.
+        assert_eq!(
+            fs::read(m.path(".history/latest/doc").join(&edit)).unwrap(),
+            new_edit
+        );
+        m.umount();
+    }
+}
+
+/// What `make_tree` set, read back (a tree made in the mount has no
+/// outside copy to compare with: its other mtimes are "now").
+fn check_make_tree(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let md = |p: &str| fs::symlink_metadata(root.join(p)).unwrap();
+    let mode = |p: &str| md(p).mode() & 0o7777;
+    assert_eq!(mode("exec.sh"), 0o755);
+    assert_eq!(mode("private"), 0o600);
+    assert_eq!(mode("setuid"), 0o4755);
+    assert_eq!(mode("sticky"), 0o1777);
+    assert_eq!((md("owned").uid(), md("owned").gid()), (1234, 5678));
+    assert_eq!((md("link-rel").uid(), md("link-rel").gid()), (4321, 8765));
+    assert_eq!(md("fifo").mode() & libc::S_IFMT, libc::S_IFIFO);
+    assert_eq!(mode("fifo"), 0o640);
+    assert_eq!(
+        (md("exec.sh").mtime(), md("exec.sh").mtime_nsec()),
+        (1_000_000_000, 123_456_789)
+    );
+    assert_eq!((md("empty").mtime(), md("empty").mtime_nsec()), (0, 0));
+    assert_eq!(
+        (
+            md("link-dangling").mtime(),
+            md("link-dangling").mtime_nsec()
+        ),
+        (1_234_567_890, 5)
+    );
+    assert_eq!((md("").mtime(), md("").mtime_nsec()), (1_600_000_000, 42));
+    assert_eq!(
+        fs::read_link(root.join("link-abs")).unwrap(),
+        Path::new("/etc/hostname")
+    );
+    assert_eq!(
+        fs::read_link(root.join("link-dangling")).unwrap(),
+        Path::new("does/not/exist")
+    );
+    let ino = md("hard-a").ino();
+    assert_eq!(md("hard-a").nlink(), 3);
+    assert_eq!(md("hard-b").ino(), ino);
+    assert_eq!(md("dir-02/hard-c").ino(), ino);
+    let x = |p: &str, n: &[u8]| secrate::fsmeta::get_xattr(&root.join(p), n).unwrap();
+    assert_eq!(
+        x("exec.sh", b"user.note").as_deref(),
+        Some(&b"xattr value"[..])
+    );
+    assert_eq!(
+        x("dir-03", b"user.dir").as_deref(),
+        Some(&b"on a directory"[..])
+    );
+    assert_eq!(
+        x("empty", b"user.binary").as_deref(),
+        Some(&[0u8, 1, 2, 255][..])
+    );
+    let odd = root
+        .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe not utf-8"));
+    assert_eq!(fs::read(odd).unwrap(), b"odd name content\n");
+    assert_eq!(md("big.bin").len(), 4 << 20);
+    let files = desc(root)
+        .0
+        .keys()
+        .filter(|p| p.to_string_lossy().contains("file-secret-name-"))
+        .count();
+    assert_eq!(files, 400, "small files in the tree");
+}
+
+/// Requirement 2: unmount, mount again on a FRESH cache: the same live
+/// tree and history, hard links, symlinks, xattrs, modes, owners and
+/// mtimes included; the unmount seals the unsealed changes as a last
+/// snapshot.
+#[test]
+fn remount_on_fresh_cache_same_tree_and_history() {
+    if !fuse_ready("remount_on_fresh_cache_same_tree_and_history") {
+        return;
+    }
+    for store in stores("mount-remount") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mnt = work.path().join("mnt");
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache-1"), &[]);
+        let tree = m.path("tree");
+        // Made directly in the mount: every syscall make_tree uses (mknod,
+        // lchown, utimensat, setxattr, link, symlink) goes through FUSE.
+        make_tree(
+            &tree,
+            &TreeSpec {
+                small_files: 400,
+                big_file: 4 << 20,
+                seed: 7,
+            },
+        );
+        check_make_tree(&tree);
+        cp_a(Path::new(DOC), &m.path("doc"));
+        m.snapshot();
+        let at_first = desc(&m.mnt);
+
+        // Changes of every kind, then a second snapshot.
+        {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(tree.join("big.bin"))
+                .unwrap();
+            f.write_all_at(&pseudo_random(70, 65536), 1 << 20).unwrap();
+            let mut h = fs::OpenOptions::new()
+                .append(true)
+                .open(tree.join("hard-a"))
+                .unwrap();
+            h.write_all(b"appended through one of three links\n")
+                .unwrap();
+        }
+        fs::hard_link(tree.join("hard-a"), tree.join("dir-03/hard-d")).unwrap();
+        fs::remove_file(tree.join("dir-05/file-secret-name-00005.txt")).unwrap();
+        fs::rename(tree.join("dir-01"), tree.join("dir-01-renamed")).unwrap();
+        fs::set_permissions(tree.join("exec.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+        secrate::fsmeta::set_xattr(&tree.join("private"), b"user.added", b"later").unwrap();
+        std::os::unix::fs::symlink("dir-01-renamed", tree.join("link-new")).unwrap();
+        fs::create_dir(tree.join("new-dir")).unwrap();
+        fs::write(tree.join("new-dir/new-file"), b"new file\n").unwrap();
+        secrate::fsmeta::set_times(
+            &tree.join("new-dir/new-file"),
+            secrate::repo::tree::Timestamp {
+                secs: 1_111_111_111,
+                nanos: 222_333_444,
+            },
+        )
+        .unwrap();
+        std::os::unix::fs::lchown(tree.join("new-dir"), Some(4242), Some(2424)).unwrap();
+        m.snapshot();
+        let at_second = desc(&m.mnt);
+
+        // Unsealed changes: the unmount must seal them.
+        fs::write(
+            tree.join("unsealed.txt"),
+            b"written after the last snapshot\n",
+        )
+        .unwrap();
+        let doc_files = plain_files(&desc(&m.path("doc")), 1);
+        fs::remove_file(m.path("doc").join(&doc_files[0])).unwrap();
+        fs::remove_file(tree.join("empty")).unwrap();
+
+        let clock = Clock::new();
+        let live = desc(&m.mnt);
+        let names = m.history();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let hist = [at_first, at_second];
+        clock.step("describe the live tree");
+        m.umount();
+
+        let mut m2 = Mount::new(&s, &mnt, &work.path().join("cache-2"), &[]);
+        clock.step("umount and mount on a fresh cache");
+        assert_same_desc(
+            &live,
+            &desc(&m2.mnt),
+            "live tree before unmount vs after remount on a fresh cache",
+        );
+        let names2 = m2.history();
+        assert_eq!(
+            names2.len(),
+            3,
+            "two snapshots plus the one sealed on unmount expected: {names2:?}"
+        );
+        assert_eq!(names2[..2], names[..]);
+        assert_eq!(m2.latest(), names2[2]);
+        for (n, d) in names.iter().zip(&hist) {
+            assert_same_desc(
+                d,
+                &desc(&m2.path(".history").join(n)),
+                &format!("the live tree when {n} was taken vs .history/{n} after remount"),
+            );
+        }
+        assert_same_desc(
+            &live,
+            &desc(&m2.path(".history").join(&names2[2])),
+            "the live tree at unmount vs the snapshot sealed by the unmount",
+        );
+        clock.step("compare after remount");
+        // The remounted tree takes writes and keeps them.
+        fs::write(m2.path("tree/after-remount"), b"still writable\n").unwrap();
+        assert_eq!(
+            fs::read(m2.path("tree/after-remount")).unwrap(),
+            b"still writable\n"
+        );
+        m2.umount();
+    }
+}
+
+fn git(dir: &Path, home: &Path, args: &[&str]) -> String {
+    run_ok(
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("HOME", home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "Mount Test")
+            .env("GIT_AUTHOR_EMAIL", "mount@test.invalid")
+            .env("GIT_COMMITTER_NAME", "Mount Test")
+            .env("GIT_COMMITTER_EMAIL", "mount@test.invalid"),
+    )
+}
+
+/// Requirement 3: git init/add/commit/status/gc/fsck inside the mount; the
+/// repository is intact after a remount on a fresh cache.
+#[test]
+fn git_in_the_mount() {
+    if !fuse_ready("git_in_the_mount") {
+        return;
+    }
+    require("git", "git");
+    for store in stores("mount-git") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let home = work.path().join("home");
+        fs::create_dir(&home).unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mnt = work.path().join("mnt");
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache-1"), &[]);
+        let repo = m.path("repo");
+        fs::create_dir_all(repo.join("src")).unwrap();
+        git(&repo, &home, &["init", "-q", "-b", "main"]);
+        let readme = b"# A project inside secrate\n".repeat(50);
+        let data = pseudo_random(33, 1 << 20);
+        fs::write(repo.join("README.md"), &readme).unwrap();
+        fs::write(repo.join("src/main.c"), b"int main(void) { return 0; }\n").unwrap();
+        fs::write(repo.join("data.bin"), &data).unwrap();
+        fs::write(repo.join("run.sh"), b"#!/bin/sh\necho run\n").unwrap();
+        fs::set_permissions(repo.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("README.md", repo.join("link")).unwrap();
+        git(&repo, &home, &["add", "-A"]);
+        git(&repo, &home, &["commit", "-q", "-m", "first"]);
+        assert_eq!(git(&repo, &home, &["status", "--porcelain"]), "");
+
+        fs::write(repo.join("README.md"), b"# Changed\n").unwrap();
+        git(&repo, &home, &["rm", "-q", "data.bin"]);
+        git(&repo, &home, &["mv", "src/main.c", "src/app.c"]);
+        fs::create_dir(repo.join("docs")).unwrap();
+        fs::write(repo.join("docs/notes.txt"), b"notes\n").unwrap();
+        let st = git(&repo, &home, &["status", "--porcelain"]);
+        assert!(st.contains("README.md") && st.contains("docs/"), "{st}");
+        git(&repo, &home, &["add", "-A"]);
+        git(&repo, &home, &["commit", "-q", "-m", "second"]);
+        assert_eq!(git(&repo, &home, &["status", "--porcelain"]), "");
+        git(
+            &repo,
+            &home,
+            &["fsck", "--full", "--strict", "--no-progress"],
+        );
+        git(&repo, &home, &["gc", "-q"]);
+        git(
+            &repo,
+            &home,
+            &["fsck", "--full", "--strict", "--no-progress"],
+        );
+        assert_eq!(git(&repo, &home, &["status", "--porcelain"]), "");
+        let head = git(&repo, &home, &["rev-parse", "HEAD"]);
+        assert_eq!(
+            git(&repo, &home, &["rev-list", "--count", "HEAD"]).trim(),
+            "2"
+        );
+        m.umount();
+
+        let mut m2 = Mount::new(&s, &mnt, &work.path().join("cache-2"), &[]);
+        let repo = m2.path("repo");
+        assert_eq!(git(&repo, &home, &["status", "--porcelain"]), "");
+        assert_eq!(git(&repo, &home, &["rev-parse", "HEAD"]), head);
+        git(
+            &repo,
+            &home,
+            &["fsck", "--full", "--strict", "--no-progress"],
+        );
+        let old = Command::new("git")
+            .args(["show", "HEAD~1:data.bin"])
+            .current_dir(&repo)
+            .env("HOME", &home)
+            .output()
+            .unwrap();
+        assert!(old.status.success());
+        assert!(old.stdout == data, "git show HEAD~1:data.bin differs");
+        assert_eq!(
+            git(&repo, &home, &["show", "HEAD~1:README.md"]).as_bytes(),
+            &readme[..]
+        );
+        assert_eq!(fs::read(repo.join("README.md")).unwrap(), b"# Changed\n");
+        // And keep working on it.
+        fs::write(repo.join("docs/more.txt"), b"more\n").unwrap();
+        git(&repo, &home, &["add", "-A"]);
+        git(&repo, &home, &["commit", "-q", "-m", "third"]);
+        assert_eq!(git(&repo, &home, &["status", "--porcelain"]), "");
+        git(
+            &repo,
+            &home,
+            &["fsck", "--full", "--strict", "--no-progress"],
+        );
+        m2.umount();
+    }
+}
+
+/// 50,000 small files (plus symlinks and an empty dir) in `dir`.
+fn make_50k(dir: &Path) -> usize {
+    let mut n = 0;
+    for d in 0..100 {
+        let sub = dir.join(format!("d{d:03}"));
+        fs::create_dir_all(&sub).unwrap();
+        for f in 0..500 {
+            let i = d * 500 + f;
+            let mut data = format!("file {i}\n").into_bytes();
+            let extra = (i * 7919) % 1500;
+            let mut x = i as u32 ^ 0x9e37_79b9;
+            data.extend((0..extra).map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                b"abcdefghijklmnopqrstuvwxyz\n"[(x % 27) as usize]
+            }));
+            let p = sub.join(format!("f{f:03}.txt"));
+            fs::write(&p, &data).unwrap();
+            if i % 10 == 0 {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            secrate::fsmeta::set_times(
+                &p,
+                secrate::repo::tree::Timestamp {
+                    secs: 1_600_000_000 + i as i64,
+                    nanos: 0,
+                },
+            )
+            .unwrap();
+            n += 1;
+        }
+        if d % 20 == 0 {
+            std::os::unix::fs::symlink("f000.txt", sub.join("link")).unwrap();
+        }
+    }
+    fs::create_dir(dir.join("empty-dir")).unwrap();
+    n
+}
+
+/// Requirement 3: `tar x` of a 50,000-file archive into the mount, `tar c`
+/// back out: the same members with the same contents and attributes.
+#[test]
+fn tar_50k_files_round_trip() {
+    if !fuse_ready("tar_50k_files_round_trip") {
+        return;
+    }
+    require("tar", "tar");
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    assert_eq!(make_50k(&src), 50_000);
+    let orig = work.path().join("orig.tar");
+    run_ok(
+        Command::new("tar")
+            .args(["cf"])
+            .arg(&orig)
+            .args(["--sort=name", "-C"])
+            .arg(&src)
+            .arg("."),
+    );
+    let want = tar_members(&orig);
+    assert!(want.len() > 50_000, "{} members", want.len());
+    for store in stores("mount-tar") {
+        eprintln!("== {} store", store.label);
+        let w = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mut m = Mount::new(&s, &w.path().join("mnt"), &w.path().join("cache"), &[]);
+        let x = m.path("x");
+        fs::create_dir(&x).unwrap();
+        let clock = Clock::new();
+        run_ok(Command::new("tar").arg("xf").arg(&orig).arg("-C").arg(&x));
+        clock.step("tar x");
+        let back = w.path().join("back.tar");
+        run_ok(
+            Command::new("tar")
+                .arg("cf")
+                .arg(&back)
+                .args(["--sort=name", "-C"])
+                .arg(&x)
+                .arg("."),
+        );
+        clock.step("tar c");
+        let got = tar_members(&back);
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{} members missing from the archive made in the mount (e.g. {:?}), {} extra (e.g. {:?})",
+            missing.len(),
+            missing.iter().take(5).map(|k| String::from_utf8_lossy(k)).collect::<Vec<_>>(),
+            extra.len(),
+            extra.iter().take(5).map(|k| String::from_utf8_lossy(k)).collect::<Vec<_>>()
+        );
+        let differ: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| got[*k] != **v)
+            .take(10)
+            .map(|(k, v)| format!("{}:\n  {v:?}\n  {:?}", String::from_utf8_lossy(k), got[k]))
+            .collect();
+        assert!(differ.is_empty(), "members differ:\n{}", differ.join("\n"));
+        assert!(
+            fs::read(&orig).unwrap() == fs::read(&back).unwrap(),
+            "tar c --sort=name of the mount is not byte-identical to the original archive"
+        );
+        m.umount();
+    }
+}
+
+/// Requirement 3: a SQLite database written in the mount (WAL, rollback
+/// journal, VACUUM) passes `PRAGMA integrity_check`, and is byte-identical
+/// after a remount on a fresh cache.
+#[test]
+fn sqlite_database_in_the_mount() {
+    if !fuse_ready("sqlite_database_in_the_mount") {
+        return;
+    }
+    for store in stores("mount-sqlite") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mnt = work.path().join("mnt");
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache-1"), &[]);
+        fs::create_dir(m.path("db")).unwrap();
+        let db = m.path("db/test.sqlite");
+        sqlite(
+            &db,
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT NOT NULL, v BLOB NOT NULL);
+             CREATE INDEX t_k ON t(k);
+             WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)
+               INSERT INTO t(k, v) SELECT printf('key-%08d', (x * 7919) % 20011), randomblob(100 + x % 400) FROM c;",
+        );
+        for round in 0..6 {
+            sqlite(
+                &db,
+                &format!(
+                    "BEGIN;
+                     UPDATE t SET v = randomblob(50 + id % 700) WHERE id % 11 = {round};
+                     DELETE FROM t WHERE id % 97 = {round};
+                     INSERT INTO t(k, v) SELECT 'round-{round}-' || id, randomblob(2000) FROM t WHERE id % 501 = 0;
+                     COMMIT;"
+                ),
+            );
+        }
+        // Rollback journal mode, a rolled-back transaction, then VACUUM.
+        sqlite(
+            &db,
+            "PRAGMA journal_mode=DELETE;
+             BEGIN; DELETE FROM t; ROLLBACK;
+             BEGIN; UPDATE t SET k = k || '-x' WHERE id % 5 = 0; COMMIT;
+             CREATE TABLE big(b BLOB);
+             INSERT INTO big VALUES (randomblob(3000000));
+             VACUUM;",
+        );
+        assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok\n");
+        let dump_sql = "SELECT count(*), sum(length(v)) FROM t;
+                        SELECT id, k, hex(v) FROM t ORDER BY id;
+                        SELECT hex(b) FROM big;";
+        let dump = sqlite(&db, dump_sql);
+        assert!(
+            dump.lines().count() > 18_000,
+            "{} lines",
+            dump.lines().count()
+        );
+        assert!(!db.with_extension("sqlite-wal").exists());
+        let bytes = fs::read(&db).unwrap();
+        m.umount();
+
+        let mut m2 = Mount::new(&s, &mnt, &work.path().join("cache-2"), &[]);
+        assert!(
+            fs::read(&db).unwrap() == bytes,
+            "the database file differs after a remount on a fresh cache"
+        );
+        assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok\n");
+        assert!(
+            sqlite(&db, dump_sql) == dump,
+            "the database content differs after a remount"
+        );
+        sqlite(&db, "INSERT INTO t(k, v) VALUES ('after remount', x'00');");
+        assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok\n");
+        m2.umount();
+    }
+}
+
+const WRITERS: usize = 4;
+const WRITER_FILES: usize = 6;
+const WRITER_ENV: &str = "SECRATE_MOUNT_TEST_WRITER";
+
+fn writer_file_size(n: usize, k: usize) -> usize {
+    (k + 1) * 96 * 1024 + n * 1013
+}
+
+fn writer_chunk(n: usize, k: usize) -> usize {
+    4096 + 1000 * k + 7 * n
+}
+
+/// What writer `n`'s file `k` holds at the end.
+fn writer_expected(n: usize, k: usize) -> Vec<u8> {
+    let mut d = pseudo_random((n * 100 + k) as u64, writer_file_size(n, k));
+    let at = d.len() / 3;
+    for b in &mut d[at..at + 5000] {
+        *b ^= 0x5a;
+    }
+    d
+}
+
+fn writer_line(n: usize, k: usize, c: usize) -> String {
+    format!(
+        "writer {n} file {k} chunk {c:05} {}\n",
+        "=".repeat((n * 13 + c) % 40)
+    )
+}
+
+/// The body of one writer process (see `concurrent_writer_child`).
+fn run_writer(dir: &Path, n: usize) {
+    let mut shared = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("shared.log"))
+        .unwrap();
+    let own = dir.join(format!("w{n}"));
+    fs::create_dir_all(&own).unwrap();
+    for k in 0..WRITER_FILES {
+        let want = writer_expected(n, k);
+        let mut orig = pseudo_random((n * 100 + k) as u64, writer_file_size(n, k));
+        let mut f = fs::File::create(own.join(format!("file-{k}"))).unwrap();
+        for (c, part) in orig.chunks(writer_chunk(n, k)).enumerate() {
+            f.write_all(part).unwrap();
+            // One write(2) per line, so O_APPEND keeps lines whole.
+            let line = writer_line(n, k, c);
+            let w = shared.write(line.as_bytes()).unwrap();
+            assert_eq!(w, line.len(), "short append");
+        }
+        // Rewrite a region in place.
+        let at = orig.len() / 3;
+        for b in &mut orig[at..at + 5000] {
+            *b ^= 0x5a;
+        }
+        f.write_all_at(&orig[at..at + 5000], at as u64).unwrap();
+        assert_eq!(orig, want);
+        if k % 2 == 0 {
+            f.sync_all().unwrap();
+        }
+    }
+    shared.sync_all().unwrap();
+}
+
+/// Not a test by itself: the body of a writer process when started by
+/// `concurrent_writers` (which runs this test binary again with
+/// SECRATE_MOUNT_TEST_WRITER=DIR:N).
+#[test]
+fn concurrent_writer_child() {
+    let Ok(spec) = std::env::var(WRITER_ENV) else {
+        return;
+    };
+    let (dir, n) = spec.rsplit_once(':').unwrap();
+    run_writer(Path::new(dir), n.parse().unwrap());
+}
+
+fn verify_writers(dir: &Path, when: &str) {
+    for n in 0..WRITERS {
+        for k in 0..WRITER_FILES {
+            let p = dir.join(format!("w{n}/file-{k}"));
+            let got = fs::read(&p).unwrap_or_else(|e| panic!("{when}: {}: {e}", p.display()));
+            let want = writer_expected(n, k);
+            if got != want {
+                let first = got.iter().zip(&want).position(|(a, b)| a != b);
+                panic!(
+                    "{when}: {} differs: {} bytes, want {}; first difference at {first:?}",
+                    p.display(),
+                    got.len(),
+                    want.len()
+                );
+            }
+        }
+    }
+    let log = fs::read_to_string(dir.join("shared.log")).unwrap();
+    let mut expected_len = 0;
+    let mut next = vec![vec![0usize; WRITER_FILES]; WRITERS];
+    let mut cursor = [0usize; WRITERS];
+    for l in log.split_inclusive('\n') {
+        let words: Vec<&str> = l.split(' ').collect();
+        assert!(
+            words.len() == 7 && words[0] == "writer" && l.ends_with('\n'),
+            "{when}: garbled line in shared.log: {l:?}"
+        );
+        let num = |i: usize| -> usize {
+            words[i]
+                .parse()
+                .unwrap_or_else(|_| panic!("{when}: garbled line in shared.log: {l:?}"))
+        };
+        let (n, k, c) = (num(1), num(3), num(5));
+        assert!(
+            n < WRITERS && k < WRITER_FILES,
+            "{when}: garbled line {l:?}"
+        );
+        assert_eq!(l, writer_line(n, k, c), "{when}: garbled line");
+        // Each writer's lines come in its own order.
+        assert_eq!(
+            cursor[n], k,
+            "{when}: writer {n} lines out of order at {l:?}"
+        );
+        assert_eq!(
+            next[n][k], c,
+            "{when}: writer {n} lines out of order at {l:?}"
+        );
+        next[n][k] += 1;
+        let chunks = writer_file_size(n, k).div_ceil(writer_chunk(n, k));
+        if next[n][k] == chunks {
+            cursor[n] += 1;
+        }
+    }
+    for (n, seen) in next.iter().enumerate() {
+        for (k, &lines) in seen.iter().enumerate() {
+            let chunks = writer_file_size(n, k).div_ceil(writer_chunk(n, k));
+            assert_eq!(lines, chunks, "{when}: lines of writer {n} file {k}");
+            expected_len += (0..chunks)
+                .map(|c| writer_line(n, k, c).len())
+                .sum::<usize>();
+        }
+    }
+    assert_eq!(log.len(), expected_len, "{when}: shared.log length");
+}
+
+/// Requirement 3: four writer processes at once, each writing its own
+/// files and appending to one shared file, while a snapshot is taken: all
+/// content intact live, after a remount on the same cache and after a
+/// remount on a fresh cache.
+#[test]
+fn concurrent_writers() {
+    if !fuse_ready("concurrent_writers") {
+        return;
+    }
+    for store in stores("mount-writers") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mnt = work.path().join("mnt");
+        let cache = work.path().join("cache-1");
+        let mut m = Mount::new(&s, &mnt, &cache, &[]);
+        let dir = m.path("work");
+        fs::create_dir(&dir).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let children: Vec<_> = (0..WRITERS)
+            .map(|n| {
+                Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "concurrent_writer_child",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env(WRITER_ENV, format!("{}:{n}", dir.display()))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        // A snapshot while they write.
+        m.snapshot();
+        for (n, c) in children.into_iter().enumerate() {
+            let o = c.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "writer {n} failed: {}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        verify_writers(&dir, "live");
+        m.umount();
+        let mut m = Mount::new(&s, &mnt, &cache, &[]);
+        verify_writers(&dir, "after a remount on the same cache");
+        m.umount();
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache-2"), &[]);
+        verify_writers(&dir, "after a remount on a fresh cache");
+        m.umount();
+    }
+}
+
+/// Requirement 4: every kind of change inside `.history` gives EROFS, and
+/// nothing changes.
+#[test]
+fn history_is_read_only() {
+    if !fuse_ready("history_is_read_only") {
+        return;
+    }
+    use libc::EROFS;
+    for store in stores("mount-erofs") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mut m = Mount::new(
+            &s,
+            &work.path().join("mnt"),
+            &work.path().join("cache"),
+            &[],
+        );
+        fs::write(m.path("f.txt"), b"hello\n").unwrap();
+        secrate::fsmeta::set_xattr(&m.path("f.txt"), b"user.note", b"v").unwrap();
+        fs::create_dir_all(m.path("d/empty")).unwrap();
+        fs::write(m.path("d/g.txt"), b"g\n").unwrap();
+        std::os::unix::fs::symlink("f.txt", m.path("link")).unwrap();
+        m.snapshot();
+        let name = m.history()[0].clone();
+        let hist = m.path(".history");
+        let before = desc(&hist.join(&name));
+        let live_before = desc(&m.mnt);
+
+        for base in [hist.join(&name), hist.join("latest")] {
+            let b = |r: &str| base.join(r);
+            let at = |what: &str| format!("{what} in {}", base.display());
+            let f = b("f.txt");
+            expect_errno(
+                &at("open for write"),
+                fs::OpenOptions::new().write(true).open(&f),
+                EROFS,
+            );
+            expect_errno(
+                &at("open read-write"),
+                fs::OpenOptions::new().read(true).write(true).open(&f),
+                EROFS,
+            );
+            expect_errno(
+                &at("open for append"),
+                fs::OpenOptions::new().append(true).open(&f),
+                EROFS,
+            );
+            expect_errno(
+                &at("open with O_TRUNC"),
+                fs::OpenOptions::new().write(true).truncate(true).open(&f),
+                EROFS,
+            );
+            expect_errno(
+                &at("truncate"),
+                cvt(unsafe { libc::truncate(cstr(&f).as_ptr(), 0) }),
+                EROFS,
+            );
+            expect_errno(&at("create"), fs::File::create(b("new.txt")), EROFS);
+            expect_errno(
+                &at("create_new"),
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(b("new2.txt")),
+                EROFS,
+            );
+            expect_errno(&at("mkdir"), fs::create_dir(b("newdir")), EROFS);
+            expect_errno(&at("unlink"), fs::remove_file(&f), EROFS);
+            expect_errno(&at("unlink symlink"), fs::remove_file(b("link")), EROFS);
+            expect_errno(&at("rmdir"), fs::remove_dir(b("d/empty")), EROFS);
+            expect_errno(&at("rename inside"), fs::rename(&f, b("f2.txt")), EROFS);
+            expect_errno(
+                &at("rename a dir inside"),
+                fs::rename(b("d"), b("d2")),
+                EROFS,
+            );
+            expect_errno(
+                &at("rename out to the live tree"),
+                fs::rename(&f, m.path("out.txt")),
+                EROFS,
+            );
+            expect_errno(
+                &at("rename in from the live tree"),
+                fs::rename(m.path("f.txt"), b("in.txt")),
+                EROFS,
+            );
+            expect_errno(
+                &at("rename over a file"),
+                fs::rename(m.path("d/g.txt"), &f),
+                EROFS,
+            );
+            expect_errno(
+                &at("chmod"),
+                fs::set_permissions(&f, fs::Permissions::from_mode(0o777)),
+                EROFS,
+            );
+            expect_errno(
+                &at("chmod dir"),
+                fs::set_permissions(b("d"), fs::Permissions::from_mode(0o777)),
+                EROFS,
+            );
+            expect_errno(
+                &at("chown"),
+                std::os::unix::fs::lchown(&f, Some(1), Some(1)),
+                EROFS,
+            );
+            expect_errno(
+                &at("utimes"),
+                secrate::fsmeta::set_times(
+                    &f,
+                    secrate::repo::tree::Timestamp { secs: 5, nanos: 0 },
+                ),
+                EROFS,
+            );
+            expect_errno(
+                &at("setxattr"),
+                secrate::fsmeta::set_xattr(&f, b"user.x", b"y"),
+                EROFS,
+            );
+            expect_errno(
+                &at("setxattr existing"),
+                secrate::fsmeta::set_xattr(&f, b"user.note", b"w"),
+                EROFS,
+            );
+            expect_errno(
+                &at("removexattr"),
+                cvt(unsafe { libc::lremovexattr(cstr(&f).as_ptr(), c"user.note".as_ptr()) }),
+                EROFS,
+            );
+            expect_errno(
+                &at("symlink"),
+                std::os::unix::fs::symlink("x", b("sl")),
+                EROFS,
+            );
+            expect_errno(
+                &at("hard link in"),
+                fs::hard_link(m.path("f.txt"), b("hl")),
+                EROFS,
+            );
+            expect_errno(
+                &at("mkfifo"),
+                secrate::fsmeta::mknod(&b("fifo"), libc::S_IFIFO | 0o644, 0),
+                EROFS,
+            );
+        }
+        // .history itself and its entries.
+        expect_errno(
+            "create in .history",
+            fs::File::create(hist.join("x")),
+            EROFS,
+        );
+        expect_errno("mkdir in .history", fs::create_dir(hist.join("x")), EROFS);
+        expect_errno(
+            "symlink in .history",
+            std::os::unix::fs::symlink(&name, hist.join("y")),
+            EROFS,
+        );
+        expect_errno(
+            "unlink .history/latest",
+            fs::remove_file(hist.join("latest")),
+            EROFS,
+        );
+        expect_errno("rmdir a snapshot", fs::remove_dir(hist.join(&name)), EROFS);
+        expect_errno(
+            "rename a snapshot",
+            fs::rename(hist.join(&name), hist.join("renamed")),
+            EROFS,
+        );
+        expect_errno(
+            "rename a snapshot out",
+            fs::rename(hist.join(&name), m.path("snap")),
+            EROFS,
+        );
+        expect_errno(
+            "chmod .history",
+            fs::set_permissions(&hist, fs::Permissions::from_mode(0o777)),
+            EROFS,
+        );
+        expect_errno(
+            "setxattr on .history",
+            secrate::fsmeta::set_xattr(&hist, b"user.x", b"y"),
+            EROFS,
+        );
+        assert!(fs::remove_dir(&hist).is_err(), "rmdir .history succeeded");
+        assert!(
+            fs::rename(&hist, m.path("hist")).is_err(),
+            "rename .history succeeded"
+        );
+
+        // Nothing changed, in history or in the live tree.
+        assert_eq!(
+            fs::read(hist.join(&name).join("f.txt")).unwrap(),
+            b"hello\n"
+        );
+        assert_same_desc(
+            &before,
+            &desc(&hist.join(&name)),
+            "the snapshot after refused changes",
+        );
+        assert_same_desc(
+            &live_before,
+            &desc(&m.mnt),
+            "the live tree after refused changes",
+        );
+        assert_eq!(m.history(), vec![name.clone()]);
+        m.umount();
+    }
+}
+
+/// Requirement 4: a full cache disk gives the writer ENOSPC, loses nothing
+/// written before, and the mount works again once space returns.
+#[test]
+fn full_cache_gives_enospc_and_recovers() {
+    if !fuse_ready("full_cache_gives_enospc_and_recovers") {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    for store in stores("mount-enospc") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        // Declared before the mount, so it is unmounted after it.
+        let tmpfs = Tmpfs::new(&work.path().join("cachefs"), "64m");
+        let mnt = work.path().join("mnt");
+        let mut m = Mount::new(&s, &mnt, &tmpfs.dir.join("cache"), &[]);
+        fs::create_dir(m.path("before")).unwrap();
+        let before = |i: usize| pseudo_random(500 + i as u64, MIB / 2 + i * 1000);
+        let write_sync = |p: &Path, data: &[u8]| {
+            let mut f = fs::File::create(p).unwrap();
+            f.write_all(data).unwrap();
+            f.sync_all().unwrap();
+        };
+        for i in 0..8 {
+            write_sync(&m.path(&format!("before/f{i}")), &before(i));
+        }
+        m.snapshot();
+        // Unsealed, fsync'd data too.
+        for i in 8..12 {
+            write_sync(&m.path(&format!("before/f{i}")), &before(i));
+        }
+
+        // Fill the cache disk twice: a writer that only closes (the error
+        // may come from write or close) and one that fsyncs (from write or
+        // fsync). Either way it must be ENOSPC, never a silent success.
+        for fsync in [false, true] {
+            let big = m.path("big.bin");
+            let mut f = fs::File::create(&big).unwrap();
+            let mut err = None;
+            let mut written = 0;
+            for j in 0..512 {
+                match f.write_all(&pseudo_random(10_000 + j, MIB)) {
+                    Ok(()) => written += MIB,
+                    Err(e) => {
+                        err = Some(("write", e));
+                        break;
+                    }
+                }
+            }
+            if fsync && err.is_none() {
+                err = f.sync_all().err().map(|e| ("fsync", e));
+            }
+            {
+                use std::os::fd::IntoRawFd;
+                let fd = f.into_raw_fd();
+                if unsafe { libc::close(fd) } != 0 && err.is_none() {
+                    err = Some(("close", std::io::Error::last_os_error()));
+                }
+            }
+            eprintln!(
+                "fsync {fsync}: wrote {} MiB into a 64 MiB cache, then: {err:?}",
+                written / MIB
+            );
+            let (call, e) = err.unwrap_or_else(|| {
+                panic!("512 MiB written through a 64 MiB cache without any error (fsync: {fsync})")
+            });
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC),
+                "the writer got {e} from {call} (fsync: {fsync}), expected ENOSPC"
+            );
+            // Still serving, data intact.
+            for i in 0..12 {
+                assert!(
+                    fs::read(m.path(&format!("before/f{i}"))).unwrap() == before(i),
+                    "before/f{i} differs while the cache is full"
+                );
+            }
+            fs::remove_file(&big).unwrap();
+            poll_until(
+                "space to return on the cache tmpfs after rm",
+                Duration::from_secs(60),
+                || tmpfs.free() > 32 * MIB as u64,
+            );
+        }
+        // Works again.
+        let after = pseudo_random(9999, 8 * MIB);
+        fs::create_dir(m.path("after")).unwrap();
+        write_sync(&m.path("after/a.bin"), &after);
+        fs::rename(m.path("after/a.bin"), m.path("after/b.bin")).unwrap();
+        assert!(fs::read(m.path("after/b.bin")).unwrap() == after);
+        m.snapshot();
+        m.umount();
+        drop(m);
+
+        let mut m2 = Mount::new(&s, &mnt, &work.path().join("cache-2"), &[]);
+        for i in 0..12 {
+            assert!(
+                fs::read(m2.path(&format!("before/f{i}"))).unwrap() == before(i),
+                "before/f{i} differs after unmount and remount on a fresh cache"
+            );
+        }
+        assert!(fs::read(m2.path("after/b.bin")).unwrap() == after);
+        assert!(fs::symlink_metadata(m2.path("big.bin")).is_err());
+        assert!(fs::symlink_metadata(m2.path("after/a.bin")).is_err());
+        m2.umount();
+        drop(tmpfs);
+    }
+}
+
+/// Requirement 4: `fusermount3 -u` flushes like `secrate umount`: the
+/// background process seals the unsealed changes, uploads everything and
+/// exits; `snapshots` shows the final snapshot and `restore latest` gives
+/// the data.
+#[test]
+fn fusermount_u_flushes_like_umount() {
+    if !fuse_ready("fusermount_u_flushes_like_umount") {
+        return;
+    }
+    require("fusermount3", "fuse3");
+    for store in stores("mount-fusermount") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        make_tree(
+            &src,
+            &TreeSpec {
+                small_files: 300,
+                big_file: 2 << 20,
+                seed: 9,
+            },
+        );
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mut m = Mount::new(
+            &s,
+            &work.path().join("mnt"),
+            &work.path().join("cache"),
+            &[],
+        );
+        cp_a(&src, &m.path("tree"));
+        m.snapshot();
+        let first = desc(&m.mnt);
+        // Unsealed changes right before the unmount.
+        fs::write(
+            m.path("tree/last-minute.txt"),
+            b"written just before fusermount3 -u\n",
+        )
+        .unwrap();
+        fs::remove_file(m.path("tree/dir-04/file-secret-name-00004.txt")).unwrap();
+        {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(m.path("tree/big.bin"))
+                .unwrap();
+            f.write_all_at(b"changed in the middle", 1 << 20).unwrap();
+        }
+        let last = desc(&m.mnt);
+        m.fusermount_u();
+
+        let json: serde_json::Value =
+            serde_json::from_str(&s.ok(&["snapshots", "--json"])).unwrap();
+        let mut snaps: Vec<(u64, String)> = json
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["time_ns"].as_u64().unwrap(),
+                    v["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        snaps.sort();
+        assert_eq!(
+            snaps.len(),
+            2,
+            "the snapshot from `secrate snapshot` and the one sealed by fusermount3 -u: {json}"
+        );
+        let dst = work.path().join("restored-latest");
+        s.ok(&["restore", "latest", dst.to_str().unwrap()]);
+        assert_same_desc(
+            &last,
+            &desc(&dst),
+            "restore latest vs the live tree at fusermount3 -u",
+        );
+        let dst1 = work.path().join("restored-first");
+        s.ok(&["restore", &snaps[0].1, dst1.to_str().unwrap()]);
+        assert_same_desc(&first, &desc(&dst1), "restore of the first snapshot");
+        let out = s.ok(&["check", "--read-data"]);
+        assert!(out.contains("no errors"), "{out}");
+    }
+}
