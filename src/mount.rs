@@ -111,6 +111,12 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     for problem in repo.load_index()? {
         crate::log!("warning: {problem}");
     }
+    for id in repo.forget_missing_packs()? {
+        crate::log!(
+            "warning: the index lists {} but the store does not hold it: its blobs are stored again if needed (run `secrate check`)",
+            crate::repo::pack::pack_name(&id)
+        );
+    }
     let live = Arc::new(Live::open(&opts.cache_dir).map_err(live_err)?);
     let rec = live.recover().map_err(live_err)?;
     if rec.removed_files + rec.dropped_orphans > 0 || !rec.lost_dirty.is_empty() {

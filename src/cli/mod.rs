@@ -110,6 +110,30 @@ impl Globals {
         }
         Ok(Arc::new(repo))
     }
+
+    /// Open for reading (ls, cat, restore): packs that are gone are dropped
+    /// from the index, and what an unreadable index delta
+    /// listed is found again from the packs' own headers, in memory only
+    /// (`secrate check` reports the damage; the next writer re-indexes).
+    pub fn open_repo_for_reading(&self) -> anyhow::Result<Arc<Repository>> {
+        let repo = self.open_repo()?;
+        // Blobs are looked for only where they are (a replayed old index
+        // may list packs that are gone, shadowing the blobs' new places).
+        for id in repo.forget_missing_packs()? {
+            eprintln!(
+                "warning: the index lists {} but the store does not hold it (run `secrate check`)",
+                secrate::repo::pack::pack_name(&id)
+            );
+        }
+        if !repo.load_index()?.is_empty() {
+            let (found, bad) = repo.find_unindexed_packs()?;
+            for e in bad {
+                eprintln!("warning: {e}");
+            }
+            repo.add_to_index(&found);
+        }
+        Ok(repo)
+    }
 }
 
 pub fn run() -> i32 {

@@ -47,7 +47,7 @@ fn line(long: bool, path: &str, e: &Entry) -> String {
 }
 
 pub fn ls(g: &Globals, a: LsArgs) -> anyhow::Result<i32> {
-    let repo = g.open_repo()?;
+    let repo = g.open_repo_for_reading()?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let path = a.path.unwrap_or_default();
     let out = std::io::stdout();
@@ -71,7 +71,7 @@ pub fn ls(g: &Globals, a: LsArgs) -> anyhow::Result<i32> {
 }
 
 pub fn cat(g: &Globals, a: CatArgs) -> anyhow::Result<i32> {
-    let repo = g.open_repo()?;
+    let repo = g.open_repo_for_reading()?;
     let (_, snap) = repo.find_snapshot(&a.snapshot)?;
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out.lock());

@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
-    let repo = g.open_repo()?;
+    let repo = g.open_repo_for_reading()?;
     let (id, snap) = repo.find_snapshot(&a.snapshot)?;
     let bar = Bar::new(g.quiet);
     let s = restore(&repo, &snap, a.path.as_deref(), &a.target, &bar)?;

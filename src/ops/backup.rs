@@ -112,6 +112,12 @@ pub fn backup(
             "{problem}; its packs are re-read from their headers"
         ));
     }
+    for id in repo.forget_missing_packs()? {
+        progress.warn(&format!(
+            "the index lists {} but the store does not hold it: its blobs are stored again if needed (run `secrate check`)",
+            crate::repo::pack::pack_name(&id)
+        ));
+    }
     let run = Run {
         repo: &repo,
         writer: BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 3),

@@ -355,6 +355,48 @@ impl Repository {
         Ok(problems)
     }
 
+    /// Drop from the in-memory index every pack the store does not hold
+    /// (a lost pack, or an old index delta replayed into the store), so
+    /// that a writer never dedups against blobs that are gone and a reader
+    /// looks for each blob where it still is. Call it right after
+    /// `load_index`: the index is rebuilt from the deltas loaded so far,
+    /// since a blob kept only its first location. Returns the missing packs.
+    pub fn forget_missing_packs(&self) -> Result<Vec<Id>> {
+        let listed: HashSet<Id> = self
+            .store
+            .list("packs")?
+            .iter()
+            .filter_map(|o| pack_id_from_name(&o.name))
+            .collect();
+        let missing: Vec<Id> = self
+            .index()
+            .packs()
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| !listed.contains(id))
+            .collect();
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        let names: Vec<String> = self
+            .loaded_deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        let mut fresh = Index::new();
+        for name in names {
+            // Read a moment ago; if it fails now, keep what we had.
+            let packs = self.read_delta(&name)?;
+            for p in packs.iter().filter(|p| listed.contains(&p.id)) {
+                fresh.add_pack(p);
+            }
+        }
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(missing)
+    }
+
     fn read_delta(&self, name: &str) -> Result<Vec<PackInfo>> {
         let bytes = self.store.get(name)?;
         check_name(name, "index/", &bytes)?;
