@@ -13,6 +13,9 @@ pub struct Args {
     /// Chunk sizes in bytes: min, average and max (fixed for the repository's life).
     #[arg(long, value_name = "MIN,AVG,MAX", hide = true)]
     chunk_sizes: Option<String>,
+    /// Target pack size in bytes (1 MiB to 128 MiB; tests use small packs).
+    #[arg(long, value_name = "BYTES", hide = true, value_parser = clap::value_parser!(u32).range(1 << 20..=128 << 20))]
+    pack_size: Option<u32>,
     /// Do nothing (and succeed) if the store already holds a repository.
     #[arg(long)]
     if_missing: bool,
@@ -43,11 +46,14 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         });
     }
     let pass = secret::new_passphrase(g, None)?;
-    let opts = InitOptions {
+    let mut opts = InitOptions {
         chunker,
         kdf_log_n: a.kdf_work_factor,
         ..Default::default()
     };
+    if let Some(p) = a.pack_size {
+        opts.pack_target = p;
+    }
     let (repo, recovery) = Repository::init(store, &pass, opts)?;
     println!(
         "created repository {} at {}",

@@ -1,0 +1,237 @@
+//! Partial loss, the "durable" promise: delete 1 % of the pack objects at
+//! random. `secrate check --read-data` names exactly the files (per
+//! snapshot) that lost data and exits 1; every other file restores
+//! byte-exact; a mount serves every other file and returns EIO for the
+//! damaged ones only, in the live tree and in `.history`.
+//!
+//! The expected damage is computed independently of `check`: from the
+//! index (which blobs the deleted packs held) and a walk of every
+//! snapshot's trees (which files reference them).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use common::*;
+use secrate::crypto::{BlobKind, Id};
+use secrate::repo::tree::Kind;
+use secrate::repo::{Repository, Secret};
+use support::*;
+
+const FILES: usize = 240;
+
+/// Content of file `i` in `version`: deterministic, incompressible.
+fn content(i: usize, version: u32) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64((i as u64) << 8 | version as u64);
+    let len = rng.gen_range(4_000..600_000);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v
+}
+
+fn rel(i: usize) -> String {
+    format!("d{}/f{i:03}.bin", i % 8)
+}
+
+/// Version of file `i` in backup `b` (0 or 1): every seventh file changed.
+fn version(i: usize, b: u32) -> u32 {
+    if b == 1 && i % 7 == 0 {
+        1
+    } else {
+        0
+    }
+}
+
+fn open_repo(url: &str) -> Repository {
+    let store = secrate::store::Store::open(url, false).unwrap();
+    let r = Repository::open(store, &Secret::Passphrase(PASSPHRASE.to_string().into())).unwrap();
+    assert!(r.load_index().unwrap().is_empty());
+    r
+}
+
+/// Every file of a tree: path (from the snapshot root, with a leading /)
+/// and the blob ids of its chunks.
+fn walk(repo: &Repository, tree: &Id, prefix: &str, out: &mut BTreeMap<String, Vec<Id>>) {
+    for e in repo.read_tree(tree).unwrap().entries {
+        let path = format!("{prefix}/{}", String::from_utf8_lossy(&e.name));
+        match e.kind {
+            Kind::Dir => walk(repo, &e.subtree().unwrap(), &path, out),
+            Kind::File => {
+                out.insert(path, e.chunks().iter().map(|c| c.id).collect());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn lost_packs_damage_only_their_files() {
+    if !fuse_ready("lost_packs_damage_only_their_files") {
+        return;
+    }
+    for store in stores("mount-loss") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        for d in 0..8 {
+            fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        }
+        let s = Secrate::new(&store.url);
+        // Small packs, so that 1 % of them is a few packs.
+        s.ok(&["init", "--kdf-work-factor", "10", "--pack-size", "1048576"]);
+        for b in 0..2 {
+            for i in 0..FILES {
+                if b == 0 || version(i, 1) == 1 {
+                    fs::write(src.join(rel(i)), content(i, version(i, b))).unwrap();
+                }
+            }
+            s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        }
+        assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
+
+        // Delete 1 % of the packs (at least two), data packs at random.
+        let repo = open_repo(&store.url);
+        let (snaps, _) = repo.snapshots().unwrap();
+        assert_eq!(snaps.len(), 2);
+        let (deleted, lost): (HashSet<Id>, HashSet<Id>) = {
+            let ix = repo.index();
+            let data: Vec<Id> = ix
+                .packs()
+                .iter()
+                .filter(|p| p.kind == BlobKind::Data)
+                .map(|p| p.id)
+                .collect();
+            let n = (ix.packs().len() / 100).max(2);
+            let seed: u64 = rand::random();
+            eprintln!(
+                "{} packs ({} data); deleting {n} (seed {seed})",
+                ix.packs().len(),
+                data.len()
+            );
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let deleted: HashSet<Id> = data.choose_multiple(&mut rng, n).copied().collect();
+            let lost = ix
+                .blobs()
+                .filter(|(_, l)| deleted.contains(&ix.packs()[l.pack as usize].id))
+                .map(|(id, _)| *id)
+                .collect();
+            (deleted, lost)
+        };
+        let st = open_store(&store.url);
+        for id in &deleted {
+            st.delete(&secrate::repo::pack::pack_name(id)).unwrap();
+        }
+
+        // Expected damage: (snapshot, path) of every file with a lost chunk.
+        let mut expected = BTreeSet::new();
+        let mut damaged_in: Vec<HashSet<String>> = Vec::new();
+        for (id, snap) in &snaps {
+            let mut files = BTreeMap::new();
+            walk(&repo, &snap.root, "", &mut files);
+            assert_eq!(files.len(), FILES);
+            let mut here = HashSet::new();
+            for (path, chunks) in files {
+                if chunks.iter().any(|c| lost.contains(c)) {
+                    expected.insert((id.short(), path.clone()));
+                    here.insert(path);
+                }
+            }
+            damaged_in.push(here);
+        }
+        eprintln!("{} damaged (snapshot, file) pairs expected", expected.len());
+        assert!(!expected.is_empty());
+
+        // check --read-data names exactly those.
+        let o = s.run(&["check", "--read-data"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let mut named = BTreeSet::new();
+        for l in out
+            .lines()
+            .filter_map(|l| l.strip_prefix("damaged: snapshot "))
+        {
+            let (short, rest) = l.split_once(' ').unwrap();
+            let path = rest.split_once("): ").unwrap().1;
+            let path = path.rsplit_once(": ").map(|(p, _)| p).unwrap_or(path);
+            named.insert((short.to_string(), path.to_string()));
+        }
+        assert_eq!(named, expected, "check --read-data said:\n{out}");
+
+        // Every other file restores byte-exact, snapshot by snapshot.
+        for (b, (id, _)) in snaps.iter().enumerate() {
+            let dst = work.path().join(format!("restore-{b}"));
+            let o = s.run(&["restore", &id.to_hex(), dst.to_str().unwrap()]);
+            assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+            for i in 0..FILES {
+                let p = format!("/{}", rel(i));
+                if !damaged_in[b].contains(&p) {
+                    assert!(
+                        fs::read(dst.join(rel(i))).unwrap() == content(i, version(i, b as u32)),
+                        "snapshot {b}: {p} restored wrong"
+                    );
+                }
+            }
+        }
+
+        // A mount on a fresh cache: the live tree is the latest snapshot,
+        // .history holds both; damaged files give EIO, the rest is exact.
+        let mut m = Mount::new(
+            &s,
+            &work.path().join("mnt"),
+            &work.path().join("cache"),
+            &["--read-only"],
+        );
+        let hist = m.history();
+        assert_eq!(hist.len(), 2, "{hist:?}");
+        let views = [
+            (m.path(&format!(".history/{}", hist[0])), 0usize),
+            (m.path(&format!(".history/{}", hist[1])), 1),
+            (m.path(""), 1),
+        ];
+        for (root, b) in &views {
+            let (mut eio, mut good) = (0, 0);
+            for i in 0..FILES {
+                let p = format!("/{}", rel(i));
+                match fs::read(root.join(rel(i))) {
+                    Ok(bytes) => {
+                        assert!(
+                            !damaged_in[*b].contains(&p),
+                            "{}: damaged {p} read without error",
+                            root.display()
+                        );
+                        assert!(
+                            bytes == content(i, version(i, *b as u32)),
+                            "{}: {p} read wrong bytes",
+                            root.display()
+                        );
+                        good += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(
+                            e.raw_os_error(),
+                            Some(libc::EIO),
+                            "{}: {p}: {e}",
+                            root.display()
+                        );
+                        assert!(
+                            damaged_in[*b].contains(&p),
+                            "{}: {p} is intact but gave EIO",
+                            root.display()
+                        );
+                        eio += 1;
+                    }
+                }
+            }
+            eprintln!("{}: {good} files exact, {eio} EIO", root.display());
+        }
+        m.umount();
+        assert!(Path::new(&work.path().join("cache")).exists());
+    }
+}
