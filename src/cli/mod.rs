@@ -13,6 +13,7 @@ mod key;
 mod mount;
 mod progress;
 mod read;
+mod repair;
 mod restore;
 mod secret;
 mod snapshots;
@@ -75,6 +76,8 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Remove data that no snapshot references.
     Prune(forget::PruneArgs),
+    /// Put back lost data from mount caches and source folders; make the index forget what is gone.
+    Repair(repair::Args),
     /// Mount the repository's live tree (with .history/) at a directory.
     Mount(mount::Args),
     /// Seal a last snapshot, upload everything, unmount.
@@ -155,6 +158,7 @@ pub fn run() -> i32 {
         Command::Key(a) => key::run(&g, a),
         Command::Forget(a) => forget::forget(&g, a),
         Command::Prune(a) => forget::prune(&g, a),
+        Command::Repair(a) => repair::run(&g, a),
         Command::Mount(a) => mount::mount(&g, a),
         Command::Umount(a) => mount::umount(&g, a),
         Command::Snapshot(a) => mount::snapshot(&g, a),

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod forget;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 
 use std::io::Write;

@@ -1,0 +1,69 @@
+//! `secrate repair`: put back lost packs and blobs from mount caches and
+//! source folders; make the index forget what is gone for good.
+
+use std::path::PathBuf;
+
+use secrate::ops::repair::{repair, RepairOptions};
+
+use super::progress::Bar;
+use super::Globals;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A folder whose files may hold lost data (what was backed up); repeatable.
+    #[arg(long, value_name = "DIR")]
+    from: Vec<PathBuf>,
+    /// A mount cache directory to salvage from; repeatable.
+    #[arg(long, value_name = "DIR")]
+    cache: Vec<PathBuf>,
+    /// Also decrypt every blob to find damaged ones, not only missing packs.
+    #[arg(long)]
+    read_data: bool,
+    /// Show what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    for d in a.from.iter().chain(&a.cache) {
+        if !d.is_dir() {
+            anyhow::bail!("{} is not a directory", d.display());
+        }
+    }
+    let repo = g.open_repo()?;
+    let bar = Bar::new(g.quiet);
+    let opts = RepairOptions {
+        from: a.from,
+        caches: a.cache,
+        read_data: a.read_data,
+        dry_run: a.dry_run,
+    };
+    let r = repair(repo, &opts, &bar)?;
+    if r.packs_missing + r.packs_damaged + r.blobs_unindexed == 0 {
+        println!("nothing to repair: every indexed pack is in the store and every referenced chunk indexed");
+        return Ok(0);
+    }
+    for (snap, path) in &r.damaged_files {
+        println!("lost: snapshot {snap}: {path}");
+    }
+    let would = if a.dry_run {
+        " (dry run: nothing changed)"
+    } else {
+        ""
+    };
+    println!(
+        "{} packs missing, {} damaged, {} referenced chunks unindexed; {} put back from caches; {} blobs lost, {} salvaged into {} new packs; {} files in snapshots still lost{would}",
+        r.packs_missing,
+        r.packs_damaged,
+        r.blobs_unindexed,
+        r.packs_put_back,
+        r.blobs_lost,
+        r.blobs_salvaged,
+        r.packs_written,
+        r.damaged_files.len()
+    );
+    if r.index_rewritten && !r.damaged_files.is_empty() {
+        println!("the index no longer lists the lost data: the next backup or mount stores those files again where they still exist");
+    }
+    Ok(if r.damaged_files.is_empty() { 0 } else { 1 })
+}
