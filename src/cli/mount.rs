@@ -110,10 +110,17 @@ fn spawn_child(
 ) -> anyhow::Result<i32> {
     secrate::mount::lock_cache(cache_dir).map(drop)?;
     let log = cache_dir.join("mount.log");
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
+        .and_then(|f| {
+            // Older versions created it 0644.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            Ok(f)
+        })
         .with_context(|| format!("cannot open the log {}", log.display()))?;
     let exe = std::env::current_exe().context("cannot find the secrate program")?;
     let mut cmd = Command::new(exe);
