@@ -1,0 +1,188 @@
+//! Store faults through the fault-injecting store layer (`SECRATE_FAULTS`,
+//! src/store/faults.rs): with 20 % of store operations failing and added
+//! latency every flush completes and nothing is lost; with the store
+//! unreachable the mount keeps serving reads and accepting writes, `status`
+//! shows the backlog and the error, and the upload resumes by itself when
+//! the store returns.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+use support::*;
+
+fn data(i: usize) -> Vec<u8> {
+    let mut v = vec![0u8; 50_000 + i * 37_000];
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in v.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    v
+}
+
+fn with_faults(s: &Secrate, faults: &str) -> Secrate {
+    let mut f = same(s);
+    f.envs.push(("SECRATE_FAULTS".into(), faults.into()));
+    f
+}
+
+fn status(s: &Secrate, mnt: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&s.ok(&["status", mnt.to_str().unwrap(), "--json"])).unwrap()
+}
+
+#[test]
+fn flaky_store_loses_nothing() {
+    if !fuse_ready("flaky_store_loses_nothing") {
+        return;
+    }
+    for store in stores("mount-flaky") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let flaky = with_faults(&s, "error_rate=0.2,latency_ms=20");
+
+        // A batch backup through the same faults.
+        let src = work.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        for i in 0..20 {
+            fs::write(src.join(format!("b{i}")), data(100 + i)).unwrap();
+        }
+        flaky.ok(&["backup", "-q", src.to_str().unwrap()]);
+
+        // Through the mount: two snapshots and the unmount, all flushed.
+        let mut m = Mount::new(
+            &flaky,
+            &work.path().join("mnt"),
+            &work.path().join("c1"),
+            &[],
+        );
+        for i in 0..30 {
+            fs::write(m.path(&format!("f{i}")), data(i)).unwrap();
+        }
+        m.snapshot();
+        for i in 30..40 {
+            fs::write(m.path(&format!("f{i}")), data(i)).unwrap();
+        }
+        fs::remove_file(m.path("f3")).unwrap();
+        m.snapshot();
+        m.umount();
+
+        // Without faults: everything is there and intact.
+        assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
+        let m = Mount::new(
+            &s,
+            &work.path().join("mnt"),
+            &work.path().join("c2"),
+            &["--read-only"],
+        );
+        for i in 0..40 {
+            match fs::read(m.path(&format!("f{i}"))) {
+                Ok(b) => assert!(i != 3 && b == data(i), "f{i}"),
+                Err(e) => assert!(
+                    i == 3 && e.kind() == std::io::ErrorKind::NotFound,
+                    "f{i}: {e}"
+                ),
+            }
+        }
+        assert_eq!(m.history().len(), 3, "the backup and two snapshots");
+        drop(m);
+        let dst = work.path().join("dst");
+        s.ok(&["restore", "latest", dst.to_str().unwrap()]);
+        for i in 0..20 {
+            assert!(
+                fs::read(dst.join(format!("b{i}"))).unwrap() == data(100 + i),
+                "b{i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn store_down_then_back() {
+    if !fuse_ready("store_down_then_back") {
+        return;
+    }
+    let down_secs: u64 = std::env::var("SECRATE_DOWN_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for store in stores("mount-down") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let down = work.path().join("store-is-down");
+        let faulty = with_faults(&s, &format!("down_file={}", down.display()));
+        let mut m = Mount::new(
+            &faulty,
+            &work.path().join("mnt"),
+            &work.path().join("cache"),
+            &[],
+        );
+        for i in 0..5 {
+            fs::write(m.path(&format!("before{i}")), data(i)).unwrap();
+        }
+        m.snapshot();
+
+        // The store goes away.
+        fs::write(&down, b"").unwrap();
+        let t = Instant::now();
+        for i in 0..10 {
+            fs::write(m.path(&format!("during{i}")), data(10 + i)).unwrap();
+        }
+        for i in 0..5 {
+            assert!(fs::read(m.path(&format!("before{i}"))).unwrap() == data(i));
+        }
+        faulty.ok(&["snapshot", "--no-wait", m.mnt.to_str().unwrap()]);
+        poll_until(
+            "status to show the backlog and the error",
+            Duration::from_secs(60),
+            || {
+                let st = status(&faulty, &m.mnt);
+                st["pending_objects"].as_u64().unwrap_or(0) > 0 && !st["last_error"].is_null()
+            },
+        );
+        let st = status(&faulty, &m.mnt);
+        eprintln!(
+            "store down: {} objects / {} bytes waiting; {}",
+            st["pending_objects"], st["pending_bytes"], st["last_error"]
+        );
+        // Down for a while; the mount keeps working.
+        while t.elapsed() < Duration::from_secs(down_secs) {
+            fs::write(m.path("still-writable"), data(99)).unwrap();
+            assert!(fs::read(m.path("during0")).unwrap() == data(10));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+
+        // Back: the upload resumes by itself.
+        fs::remove_file(&down).unwrap();
+        poll_until("the backlog to drain", Duration::from_secs(180), || {
+            status(&faulty, &m.mnt)["pending_objects"].as_u64() == Some(0)
+        });
+        m.umount();
+
+        let m = Mount::new(
+            &s,
+            &work.path().join("mnt"),
+            &work.path().join("fresh"),
+            &["--read-only"],
+        );
+        for i in 0..10 {
+            assert!(
+                fs::read(m.path(&format!("during{i}"))).unwrap() == data(10 + i),
+                "during{i}"
+            );
+        }
+        assert!(fs::read(m.path("still-writable")).unwrap() == data(99));
+        drop(m);
+        assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
+    }
+}
