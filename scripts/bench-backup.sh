@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Benchmarks `secrate backup` against `restic backup` on the same data, into
+# Benchmarks `secrate backup` against `restic backup` and `borg create` on the same data, into
 # local repositories on the same disk as the data.
 #
 #   scripts/bench-backup.sh [--runs N] [--quick] [--workdir DIR] [--out DIR]
 #                           [--secrate BIN] [--no-verify] [--sets LIST]
 #                           [--max-busy PCT] [--idle-wait SECONDS]
-#                           [--max-others PCT] [--attempts N]
+#                           [--max-others PCT] [--attempts N] [--tools LIST]
 #
 #   --runs N       measured rounds per data set (default 3; 1 with --quick)
 #   --quick        small data: 512 MiB random + a subset of the Linux tree
@@ -15,6 +15,8 @@
 #   --secrate BIN  use this binary instead of building target/release/secrate
 #   --no-verify    skip the untimed `secrate check --read-data` after round 1
 #   --sets LIST    comma-separated data sets: random,source (default both)
+#   --tools LIST   comma-separated tools: secrate,restic,restic-nocomp,borg
+#                  (default all four)
 #   --max-busy PCT, --idle-wait SECONDS
 #                  before each measurement, wait until the machine is at
 #                  most PCT% busy (default 15; all cores = 100) for at most
@@ -34,7 +36,8 @@
 #           (~1.3 GB, ~79k files; --quick: its drivers/net subtree)
 #
 # For each round, data set and tool (secrate; restic with --compression
-# auto, restic's default; restic with --compression off) in that order,
+# auto, restic's default; restic with --compression off; borg 1.2 with
+# --compression lz4, its default, repokey-blake2 encryption) in that order,
 # alternating: a fresh repository, page caches dropped, a timed first
 # backup, the store's size (du -sb), then a timed second backup of the
 # unchanged data (page cache warm from the first). Wall clock, user/sys CPU
@@ -47,8 +50,8 @@
 # time of a `sync` run right after it, outside the timing),
 # OUT/bench-backup-STAMP.md (machine, versions, medians, min-max, ratios)
 # and OUT/bench-backup-STAMP.log (every command's output), then prints the
-# Markdown. Needs root (drop_caches, apt-get); installs restic and
-# linux-source-6.1 with apt if they are missing.
+# Markdown. Needs root (drop_caches, apt-get); installs restic, borgbackup
+# and linux-source-6.1 with apt if they are missing.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -67,6 +70,7 @@ max_busy=15
 idle_wait=900
 max_others=25
 max_attempts=3
+tools_arg="secrate,restic,restic-nocomp,borg"
 while (($#)); do
     case "$1" in
     --runs)
@@ -107,6 +111,10 @@ while (($#)); do
         sets="$2"
         shift
         ;;
+    --tools)
+        tools_arg="$2"
+        shift
+        ;;
     -h | --help)
         awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         exit 0
@@ -136,6 +144,7 @@ bench_log "log: $BENCH_LOG"
 
 # ---------------------------------------------------------------- tools
 bench_install_if_missing restic restic || bench_die "cannot install restic"
+[[ ",$tools_arg," != *,borg,* ]] || bench_install_if_missing borg borgbackup || bench_die "cannot install borgbackup"
 [[ -x /usr/bin/time ]] || bench_install_if_missing /usr/bin/time time || bench_die "cannot install time"
 
 # A private copy of the binary: other people rebuild target/ while this runs.
@@ -161,6 +170,7 @@ cp "$secrate_bin" "$workdir/bin/secrate"
 SECRATE="$workdir/bin/secrate"
 secrate_version="$(bench_tool_version "$SECRATE" --version) ($secrate_rev; binary sha256 $(sha256sum "$SECRATE" | cut -c1-12))"
 restic_version="$(bench_tool_version restic version)"
+borg_version="$(bench_tool_version borg --version 2>/dev/null || echo none)"
 
 # ---------------------------------------------------------------- data
 gen_random() {
@@ -220,21 +230,28 @@ for s in "${set_list[@]}"; do
 done
 
 # ---------------------------------------------------------------- tools under test
-tools=(secrate restic restic-nocomp)
+IFS=, read -r -a tools <<<"$tools_arg"
 declare -A tool_desc=(
     [secrate]="secrate backup (its own defaults)"
     [restic]="restic backup --compression auto (restic 0.14's default)"
     [restic-nocomp]="restic backup --compression off"
+    [borg]="borg create --compression lz4 (borg 1.2's default), repokey-blake2"
 )
+for tool in "${tools[@]}"; do
+    [[ -n "${tool_desc[$tool]:-}" ]] || bench_die "unknown tool $tool (known: ${!tool_desc[*]})"
+done
 
 repo="$workdir/repo"
 restic_cache="$workdir/restic-cache"
 export SECRATE_PASSPHRASE="bench-backup-passphrase"
 export RESTIC_PASSWORD="bench-backup-passphrase"
+export BORG_PASSPHRASE="bench-backup-passphrase"
+export BORG_BASE_DIR="$workdir/borg-base"
+export BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 
 fresh_repo() {
     local tool="$1"
-    rm -rf "$repo" "$restic_cache"
+    rm -rf "$repo" "$restic_cache" "$BORG_BASE_DIR"
     case "$tool" in
     secrate)
         SECRATE_STORE="file://$repo" "$SECRATE" init --kdf-work-factor 10 >>"$BENCH_LOG" 2>&1 ||
@@ -244,16 +261,22 @@ fresh_repo() {
         restic init --repo "$repo" --cache-dir "$restic_cache" >>"$BENCH_LOG" 2>&1 ||
             bench_die "restic init failed (see $BENCH_LOG)"
         ;;
+    borg)
+        borg init --encryption repokey-blake2 "$repo" >>"$BENCH_LOG" 2>&1 ||
+            bench_die "borg init failed (see $BENCH_LOG)"
+        ;;
     esac
 }
 
-# Sets the array cmd to TOOL's backup command for PATH.
+# Sets the array cmd to TOOL's backup command for PATH (PHASE names borg's
+# archive).
 backup_cmd() {
-    local tool="$1" path="$2"
+    local tool="$1" path="$2" phase="${3:-first}"
     case "$tool" in
     secrate) cmd=(env "SECRATE_STORE=file://$repo" "$SECRATE" backup -q "$path") ;;
     restic) cmd=(restic backup -q --repo "$repo" --cache-dir "$restic_cache" --compression auto "$path") ;;
     restic-nocomp) cmd=(restic backup -q --repo "$repo" --cache-dir "$restic_cache" --compression off "$path") ;;
+    borg) cmd=(borg create --compression lz4 "$repo::$phase" "$path") ;;
     esac
 }
 
@@ -269,12 +292,12 @@ measure() {
     noisy=0
     bench_wait_idle "$max_busy" "$idle_wait"
     fresh_repo "$tool"
-    backup_cmd "$tool" "${set_path[$s]}"
     bench_drop_caches || {
         dropped=no
         caches_note="no"
     }
     for phase in first second; do
+        backup_cmd "$tool" "${set_path[$s]}" "$phase"
         bench_time "$s/$tool/run$run/attempt$attempt/$phase" "${cmd[@]}"
         if [[ "$BENCH_RC" != 0 ]]; then
             bench_log "FAILED: $s $tool run $run $phase exited $BENCH_RC (see $BENCH_LOG)"
@@ -328,7 +351,7 @@ for ((run = 1; run <= runs; run++)); do
         done
     done
 done
-rm -rf "$repo" "$restic_cache"
+rm -rf "$repo" "$restic_cache" "$BORG_BASE_DIR"
 
 # ---------------------------------------------------------------- report
 # Values of column COL for kept rows matching dataset, tool and phase (rc 0).
@@ -362,21 +385,23 @@ med() {
 }
 
 {
-    echo "# Backup benchmark: secrate vs restic"
+    echo "# Backup benchmark: secrate vs restic and borg"
     echo
     invocation="scripts/bench-backup.sh --runs $runs"
     ((quick)) && invocation+=" --quick"
     [[ "$sets" == "random,source" ]] || invocation+=" --sets $sets"
+    [[ "$tools_arg" == "secrate,restic,restic-nocomp,borg" ]] || invocation+=" --tools $tools_arg"
     echo "Command: \`$invocation\`"
     echo
     bench_machine_info "$workdir" | sed 's/^/- /'
     echo "- secrate: $secrate_version"
     echo "- restic: $restic_version"
+    echo "- borg: $borg_version"
     echo "- work dir (data and repositories, same disk): $workdir"
     for tool in "${tools[@]}"; do
         echo "- tool $tool: ${tool_desc[$tool]}"
     done
-    echo "- runs: $runs per data set and tool, alternating secrate, restic (compression auto), restic (compression off)"
+    echo "- runs: $runs per data set and tool, alternating ${tools[*]}"
     others="$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) idx[$i] = i; next }
         $idx["kept"] == "no" { if ($idx["phase"] == "first") d++; next }
         $idx["wall_s"] >= 1 { o = $idx["others_cpu_pct"]; n++; if (o > m) m = o; if (o > '"$max_others"') b++ }
@@ -403,7 +428,8 @@ med() {
     echo "| data set | vs | throughput (MB/s) | first backup time | unchanged re-run time | peak RSS | store size |"
     echo "|---|---|---|---|---|---|---|"
     for s in "${set_list[@]}"; do
-        for ref in restic restic-nocomp; do
+        for ref in "${tools[@]}"; do
+            [[ "$ref" == secrate ]] && continue
             echo "| $s | $ref | $(bench_div "$(med "$s" secrate first mb_per_s)" "$(med "$s" "$ref" first mb_per_s)") | $(bench_div "$(med "$s" secrate first wall_s)" "$(med "$s" "$ref" first wall_s)") | $(bench_div "$(med "$s" secrate second wall_s)" "$(med "$s" "$ref" second wall_s)") | $(bench_div "$(med "$s" secrate first peak_rss_kib)" "$(med "$s" "$ref" first peak_rss_kib)") | $(bench_div "$(med "$s" secrate first store_bytes)" "$(med "$s" "$ref" first store_bytes)" %.3f) |"
         done
     done
