@@ -130,6 +130,9 @@ pub struct Live {
     pending: AtomicBool,
     epoch: std::sync::atomic::AtomicU64,
     pub open_files: OpenFiles,
+    /// Staged files of removed inodes, deleted only once the removal is
+    /// durable: a crash before that brings the inode back, with its data.
+    discarded: Mutex<Vec<PathBuf>>,
 }
 
 impl Live {
@@ -146,6 +149,7 @@ impl Live {
             pending: AtomicBool::new(false),
             epoch: std::sync::atomic::AtomicU64::new(1),
             open_files: OpenFiles::default(),
+            discarded: Mutex::new(Vec::new()),
         };
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);
@@ -208,8 +212,41 @@ impl Live {
         r
     }
 
+    /// Delete the staged file of an inode this transaction removed, once
+    /// the removal is durable (the next durable commit).
+    pub(crate) fn discard_staged(&self, ino: u64) {
+        self.discarded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.staged_path(ino));
+    }
+
     /// Commit the shared transaction; `durable` waits for the disk.
     pub fn commit(&self, durable: bool) -> LiveResult<()> {
+        if !durable {
+            return self.commit_inner(false);
+        }
+        // Only removals made before this commit are made durable by it.
+        let discarded =
+            std::mem::take(&mut *self.discarded.lock().unwrap_or_else(|e| e.into_inner()));
+        match self.commit_inner(true) {
+            Ok(()) => {
+                for p in discarded {
+                    let _ = std::fs::remove_file(p);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.discarded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(discarded);
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_inner(&self, durable: bool) -> LiveResult<()> {
         let mut guard = self.lock_txn();
         match guard.take() {
             Some(mut t) => {

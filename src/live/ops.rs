@@ -219,7 +219,7 @@ impl Live {
         })?;
         if gone {
             self.before_change(ino)?;
-            let _ = std::fs::remove_file(self.staged_path(ino));
+            self.discard_staged(ino);
         }
         Ok(())
     }
