@@ -119,12 +119,16 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     }
     let live = Arc::new(Live::open(&opts.cache_dir).map_err(live_err)?);
     let rec = live.recover().map_err(live_err)?;
-    if rec.removed_files + rec.dropped_orphans > 0 || !rec.lost_dirty.is_empty() {
+    if rec.removed_files + rec.dropped_orphans + rec.dropped_clean + rec.resized > 0
+        || !rec.lost_dirty.is_empty()
+    {
         crate::log!(
-            "recovered the cache: {} leftover staged files removed, {} unlinked files dropped, {} files written but never fsync'd were lost",
+            "recovered the cache: {} leftover staged files removed, {} unlinked files dropped, {} files written but never fsync'd were lost, {} sealed files back to their sealed content, {} sizes set from staged data",
             rec.removed_files,
             rec.dropped_orphans,
-            rec.lost_dirty.len()
+            rec.lost_dirty.len(),
+            rec.dropped_clean,
+            rec.resized
         );
     }
     let reader = BlobReader::new(repo.clone(), &opts.cache_dir, opts.cache_size)?;

@@ -16,6 +16,11 @@ pub struct Recovery {
     pub removed_files: u64,
     pub lost_dirty: Vec<u64>,
     pub dropped_orphans: u64,
+    /// Staged copies of sealed files dropped: they may have been written
+    /// after the last durable commit, so the sealed chunks are used.
+    pub dropped_clean: u64,
+    /// Unsealed files whose size was set to their staged file's length.
+    pub resized: u64,
 }
 
 impl Live {
@@ -58,8 +63,35 @@ impl Live {
                 }
             }
         }
+        let dirty_set: HashSet<u64> = dirty.iter().copied().collect();
         for ino in wanted {
-            if self.staged_path(ino).exists() {
+            if let Ok(md) = std::fs::metadata(self.staged_path(ino)) {
+                // Writes after the last durable commit reached the staged
+                // file but not the record.
+                self.tx(|tx| {
+                    let mut r = tx.get(ino)?;
+                    if !dirty_set.contains(&ino) && r.chunks().is_some() {
+                        // Recorded as equal to its sealed chunks, but it may
+                        // have been written since: the chunks are the
+                        // content the record describes.
+                        if let Body::File { staged, .. } = &mut r.body {
+                            *staged = false;
+                        }
+                        tx.clean.remove(ino).map_err(crate::live::cache_err)?;
+                        tx.put(ino, &r)?;
+                        rep.dropped_clean += 1;
+                    } else if r.size != md.len() {
+                        // Unsealed: the staged file is the content; its
+                        // length is the size (appended or truncated since).
+                        r.size = md.len();
+                        tx.put(ino, &r)?;
+                        rep.resized += 1;
+                    }
+                    Ok(())
+                })?;
+                if !self.inode(ino)?.is_staged() {
+                    std::fs::remove_file(self.staged_path(ino))?;
+                }
                 continue;
             }
             let lost = self.tx(|tx| {
