@@ -133,6 +133,9 @@ impl Flusher {
                 Ok(())
             })
             .map_err(live_err)?;
+        // Durable before the file goes: a crash must not bring back an
+        // item whose file is gone (it could never be uploaded again).
+        self.live.commit(true).map_err(live_err)?;
         if let Some(id) = pack_id_from_name(&item.name) {
             self.reader.remove_outbox(&id);
         }
