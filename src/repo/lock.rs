@@ -89,7 +89,18 @@ pub fn hostname() -> String {
 fn process_alive(pid: u32) -> bool {
     // Signal 0 checks existence; EPERM means it exists under another user.
     let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // A zombie has died (a killed mount's process waits for its reaper,
+    // which in containers can take seconds): it holds nothing.
+    exists && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X"))
+    })
 }
 
 struct Shared {
