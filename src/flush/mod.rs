@@ -156,10 +156,12 @@ impl Flusher {
         let _ = std::fs::remove_dir_all(live.dir().join("sealing"));
         repo.add_to_index(&packs);
         for p in &packs {
-            reader.add_outbox(
-                p.id,
-                outbox::file_for(live.dir(), &crate::repo::pack::pack_name(&p.id)),
-            );
+            // Uploaded packs whose index delta is not yet are read from the
+            // store.
+            let file = outbox::file_for(live.dir(), &crate::repo::pack::pack_name(&p.id));
+            if file.exists() {
+                reader.add_outbox(p.id, file);
+            }
         }
         let (uploaded, problems) = repo.snapshots()?;
         for p in problems {

@@ -3,6 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use redb::ReadableTable;
+
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::flush::outbox::{self, Item, ItemKind};
@@ -108,12 +110,29 @@ impl Flusher {
             .tx(|tx| {
                 outbox::remove(tx, seq)?;
                 match item.kind {
-                    ItemKind::Pack => {
-                        if let Some(id) = pack_id_from_name(&item.name) {
-                            let mut t = tx
-                                .txn()
-                                .open_table(outbox::OUTBOX_PACKS)
-                                .map_err(cache_err)?;
+                    // A stored pack stays listed until an index delta in the
+                    // store lists it: until then a restarted mount finds its
+                    // blobs only through this table.
+                    ItemKind::Pack => {}
+                    ItemKind::Index => {
+                        let waiting: std::collections::HashSet<Id> = outbox::items(tx)?
+                            .iter()
+                            .filter(|(_, i)| i.kind == ItemKind::Pack)
+                            .filter_map(|(_, i)| pack_id_from_name(&i.name))
+                            .collect();
+                        let mut t = tx
+                            .txn()
+                            .open_table(outbox::OUTBOX_PACKS)
+                            .map_err(cache_err)?;
+                        let mut done = Vec::new();
+                        for r in t.iter().map_err(cache_err)? {
+                            let (k, _) = r.map_err(cache_err)?;
+                            let id = Id(k.value().try_into().map_err(cache_err)?);
+                            if !waiting.contains(&id) {
+                                done.push(id);
+                            }
+                        }
+                        for id in done {
                             t.remove(&id.0[..]).map_err(cache_err)?;
                         }
                     }
@@ -128,7 +147,6 @@ impl Flusher {
                         let up = tx.state_u64("uploaded_gen")?.max(item.gen);
                         tx.set_state_u64("uploaded_gen", up)?;
                     }
-                    ItemKind::Index => {}
                 }
                 Ok(())
             })
