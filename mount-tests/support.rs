@@ -144,7 +144,8 @@ pub struct Mount {
 
 impl Mount {
     /// `secrate mount MNT --cache CACHE --snapshot-interval 0 EXTRA...`:
-    /// snapshots only when a test asks, so history is deterministic.
+    /// snapshots only when a test asks, so history is deterministic (unless
+    /// EXTRA sets its own `--snapshot-interval`).
     pub fn new(s: &Secrate, mnt: &Path, cache: &Path, extra: &[&str]) -> Mount {
         fs::create_dir_all(mnt).unwrap();
         let mnt = fs::canonicalize(mnt).unwrap();
@@ -159,9 +160,10 @@ impl Mount {
             m.mnt.to_str().unwrap(),
             "--cache",
             cache.to_str().unwrap(),
-            "--snapshot-interval",
-            "0",
         ];
+        if !extra.contains(&"--snapshot-interval") {
+            args.extend_from_slice(&["--snapshot-interval", "0"]);
+        }
         args.extend_from_slice(extra);
         let t = Instant::now();
         let o = m.s.run(&args);
