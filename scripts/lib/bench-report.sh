@@ -83,7 +83,7 @@ for ds in ('random', 'source'):
     target('P3 %s: secrate MB/s' % ds, sec, 600, '>=', d)
     ss, sn = g('p3', ds, 'secrate', 'store_bytes'), g('p3', ds, 'restic-nocomp', 'store_bytes')
     if ds == 'random':
-        target('P3 random: store / restic no compression', ratio(ss, sn), 1.0, '<=', 'secrate %s B, restic %s B' % (ss, sn))
+        target('P3 random: store / restic no compression', ratio(ss, sn), 1.0, '<=', 'secrate %.0f MB, restic %.0f MB' % ((ss or 0) / 1e6, (sn or 0) / 1e6))
     su, ru = g('p3', ds + '_unchanged', 'secrate', 'wall_s'), g('p3', ds + '_unchanged', 'restic', 'wall_s')
     if su is not None:
         targets.append(dict(target='P3 %s: unchanged re-run secrate / restic' % ds, measured=ratio(su, ru), limit=None,
