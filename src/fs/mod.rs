@@ -33,6 +33,8 @@ use self::history::{HistAttr, History, HISTORY_INO};
 /// start-up imports; history never changes.
 const LIVE_TTL: Duration = Duration::from_secs(1);
 const HISTORY_TTL: Duration = Duration::from_secs(60);
+/// Longest name in a directory (statfs reports it too).
+const NAME_MAX: usize = 255;
 
 /// (inode, type, name) of every entry, "." and ".." first.
 type Listing = Vec<(u64, FileType, Vec<u8>)>;
@@ -317,6 +319,11 @@ impl Filesystem for SecrateFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (parent, name) = (parent.0, name.as_bytes());
+        // The kernel leaves NAME_MAX to the filesystem: a longer name is
+        // ENAMETOOLONG, not ENOENT, for every path that looks it up.
+        if name.len() > NAME_MAX {
+            return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
+        }
         if parent == ROOT && name == HISTORY_NAME {
             return match self.attr(HISTORY_INO) {
                 Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
@@ -756,7 +763,7 @@ impl Filesystem for SecrateFs {
             s.f_files,
             s.f_ffree,
             s.f_bsize as u32,
-            255,
+            NAME_MAX as u32,
             s.f_frsize as u32,
         );
     }
