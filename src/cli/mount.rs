@@ -315,6 +315,7 @@ pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
 }
 
 pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
+    sync_mount(&a.mountpoint);
     let line = Line::new(g.quiet);
     let mut sealed = None;
     let r = control::call(
@@ -335,6 +336,27 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
         None => println!("nothing changed since the last snapshot; everything is uploaded"),
     }
     Ok(0)
+}
+
+/// Hands the kernel's dirty pages for the mount to secrate: with the
+/// writeback cache, data written to files that are still open (or through
+/// mmap) may sit in the page cache for half a minute, and the snapshot
+/// must hold everything written before it was asked for.
+fn sync_mount(mountpoint: &std::path::Path) {
+    let r = std::fs::File::open(mountpoint).and_then(|d| {
+        use std::os::fd::AsRawFd;
+        if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    });
+    if let Err(e) = r {
+        eprintln!(
+            "warning: cannot sync {} ({e}): data still in the page cache of open files may miss this snapshot",
+            mountpoint.display()
+        );
+    }
 }
 
 pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
