@@ -8,7 +8,8 @@
 //! unmount and a mount on a fresh cache.
 //!
 //! `SECRATE_FSX_OPS` (default 100000), `SECRATE_FSX_SEED` (default random,
-//! always printed), `SECRATE_FSX_SNAPSHOT_EVERY` (default 5000 ops).
+//! always printed), `SECRATE_FSX_SNAPSHOT_EVERY` (default ops/20, at
+//! least 5000).
 //! A failure prints the seed and the last operations; the same seed and
 //! op count replays the same operations. scripts/fsx.sh runs 1M ops.
 //!
@@ -65,6 +66,7 @@ struct Remembered {
 struct Fsx {
     seed: u64,
     ops: u64,
+    every: u64,
     op: u64,
     rng: StdRng,
     files: Vec<FileState>,
@@ -77,13 +79,15 @@ impl Fsx {
         let log: Vec<&str> = self.log.iter().map(String::as_str).collect();
         panic!(
             "fsx failed at op {} of {} (seed {:#x}): {what}\nlast operations:\n  {}\n\
-             replay: SECRATE_FSX_SEED={:#x} SECRATE_FSX_OPS={} cargo test --test fsx -- --nocapture",
+             replay: SECRATE_FSX_SEED={:#x} SECRATE_FSX_OPS={} SECRATE_FSX_SNAPSHOT_EVERY={} \
+             cargo test --test fsx -- --nocapture",
             self.op,
             self.ops,
             self.seed,
             log.join("\n  "),
             self.seed,
-            self.ops
+            self.ops,
+            self.every
         );
     }
 
@@ -465,10 +469,14 @@ fn fsx_random_ops_and_snapshots() {
     let ops = env_u64("SECRATE_FSX_OPS").unwrap_or(100_000);
     let seed = env_u64("SECRATE_FSX_SEED").unwrap_or_else(rand::random);
     let every = env_u64("SECRATE_FSX_SNAPSHOT_EVERY")
-        .unwrap_or(5_000)
+        .unwrap_or((ops / 20).max(5_000))
         .max(1);
+    let mut check_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     eprintln!("fsx: seed {seed:#x}, {ops} ops, a snapshot every {every} ops");
-    eprintln!("fsx: replay with SECRATE_FSX_SEED={seed:#x} SECRATE_FSX_OPS={ops}");
+    eprintln!(
+        "fsx: replay with SECRATE_FSX_SEED={seed:#x} SECRATE_FSX_OPS={ops} \
+         SECRATE_FSX_SNAPSHOT_EVERY={every}"
+    );
 
     let store = stores("fsx").remove(0);
     let work = tempfile::tempdir().unwrap();
@@ -487,6 +495,7 @@ fn fsx_random_ops_and_snapshots() {
     let mut x = Fsx {
         seed,
         ops,
+        every,
         op: 0,
         rng: StdRng::seed_from_u64(seed),
         files: FILES
@@ -545,8 +554,19 @@ fn fsx_random_ops_and_snapshots() {
                 op: x.op,
                 models: x.files.iter().map(|f| f.model.clone()).collect(),
             });
-            // The older snapshots, while the live files go on changing.
-            check_snapshots(&m.mnt, &snaps, seed, &format!("after op {}", x.op));
+            // This one, the one before and a random older one, while the
+            // live files go on changing (all of them at the end).
+            let n = snaps.len();
+            let older = check_rng.gen_range(0..n);
+            for k in [n.saturating_sub(2), older] {
+                check_snapshots(
+                    &m.mnt,
+                    &snaps[k..k + 1],
+                    seed,
+                    &format!("after op {}", x.op),
+                );
+            }
+            check_snapshots(&m.mnt, &snaps[n - 1..], seed, &format!("after op {}", x.op));
         }
         if x.op.is_multiple_of((ops / 10).max(1)) {
             eprintln!(

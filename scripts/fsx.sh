@@ -7,7 +7,7 @@
 #   scripts/fsx.sh -n 3                # three runs, random seeds
 #   scripts/fsx.sh --ops 200000 0x1234 0xbeef    # given seeds
 #
-# Environment: SECRATE_FSX_SNAPSHOT_EVERY (default 5000 ops). Needs root
+# Environment: SECRATE_FSX_SNAPSHOT_EVERY (default ops/20). Needs root
 # and /dev/fuse. Logs go to target/fsx/<seed>.log.
 set -euo pipefail
 
