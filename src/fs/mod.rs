@@ -784,6 +784,12 @@ impl Filesystem for SecrateFs {
         if name.as_bytes().starts_with(b"system.posix_acl_") {
             return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         }
+        // The namespaces Linux filesystems store; others (the kernel passes
+        // any name to FUSE) are EOPNOTSUPP as on ext4, xfs and tmpfs.
+        let known: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+        if !known.iter().any(|p| name.as_bytes().starts_with(p)) {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         let create = flags & libc::XATTR_CREATE != 0;
         let replace = flags & libc::XATTR_REPLACE != 0;
         match self.writable(ino.0).and_then(|()| {
