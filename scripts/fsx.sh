@@ -39,7 +39,13 @@ if ((${#seeds[@]} == 0)); then
     done
 fi
 
-cargo test --quiet --test fsx --no-run
+# Build once and run that binary: the tree may change during a long run.
+bin="$(cargo test --test fsx --no-run 2>&1 | tee /dev/stderr |
+    sed -n 's/^ *Executable .*(\(.*\))$/\1/p' | tail -1)"
+[[ -x "$bin" ]] || {
+    echo "fsx.sh: cannot find the fsx test binary" >&2
+    exit 2
+}
 mkdir -p target/fsx
 failed=0
 for seed in "${seeds[@]}"; do
@@ -47,7 +53,7 @@ for seed in "${seeds[@]}"; do
     echo "fsx: seed $seed, $ops ops (log $log)"
     start=$SECONDS
     if SECRATE_FSX_SEED="$seed" SECRATE_FSX_OPS="$ops" \
-        cargo test --quiet --test fsx fsx_random_ops_and_snapshots -- --nocapture >"$log" 2>&1; then
+        "$bin" fsx_random_ops_and_snapshots --nocapture >"$log" 2>&1; then
         echo "  ok in $((SECONDS - start)) s: $(grep -E '^fsx: [0-9]+ ops in' "$log" | cut -c1-80)"
     else
         failed=$((failed + 1))
