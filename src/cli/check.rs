@@ -30,12 +30,19 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             d.reason
         );
     }
+    let stores_ok = super::sync::report_stores(repo.store(), a.read_data)?;
     let read = if a.read_data {
         format!(", read {} in {} blobs", bytes(r.bytes_read), r.blobs_read)
     } else {
         String::new()
     };
-    if r.is_clean() {
+    if r.is_clean() && !stores_ok {
+        println!(
+            "the repository is intact ({} snapshots, {} trees, {} packs{read}), but not every store holds all of it (run `secrate sync`)",
+            r.snapshots, r.trees, r.packs
+        );
+        Ok(1)
+    } else if r.is_clean() {
         println!(
             "no errors: {} snapshots, {} trees, {} packs{read}",
             r.snapshots, r.trees, r.packs

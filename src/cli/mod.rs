@@ -17,6 +17,8 @@ mod repair;
 mod restore;
 mod secret;
 mod snapshots;
+mod stats;
+mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use secrate::repo::Repository;
-use secrate::store::{default_store_url, Store};
+use secrate::store::{default_store_url, EcParams, Store};
 
 #[derive(Parser)]
 #[command(
@@ -35,8 +37,21 @@ use secrate::store::{default_store_url, Store};
 pub struct Cli {
     /// Store URL: file:///path, s3://bucket/prefix, gs://bucket/prefix,
     /// az://container/prefix (default: file://$XDG_DATA_HOME/secrate/store).
-    #[arg(long, global = true, env = "SECRATE_STORE", value_name = "URL")]
-    store: Option<String>,
+    /// Give it several times (or comma-separated, also in $SECRATE_STORE)
+    /// for replicas, or K+M stores with --ec; see docs/DURABILITY.md.
+    #[arg(
+        long,
+        global = true,
+        env = "SECRATE_STORE",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    store: Vec<String>,
+
+    /// Erasure-code objects over the stores: K data + M parity shards, one
+    /// per store (K+M stores; chosen at init, recorded in the stores).
+    #[arg(long, global = true, env = "SECRATE_EC", value_name = "K+M")]
+    ec: Option<String>,
 
     /// Read the passphrase from this file (else $SECRATE_PASSPHRASE, else a prompt).
     #[arg(long, global = true, value_name = "FILE")]
@@ -86,19 +101,29 @@ enum Command {
     Snapshot(mount::SnapshotArgs),
     /// What a mount is doing: uploads waiting, last snapshot, store reachable.
     Status(mount::StatusArgs),
+    /// Sizes: per store, logical vs unique vs stored, dedup and redundancy.
+    Stats(stats::Args),
+    /// Copy or rebuild what a replica or shard store misses from the others.
+    Sync(sync::Args),
 }
 
 /// What every command needs to reach the repository.
 pub struct Globals {
+    /// The store URLs as given, comma-separated.
     pub store_url: String,
+    pub ec: Option<EcParams>,
     pub passphrase_file: Option<PathBuf>,
     pub recovery_key_file: Option<PathBuf>,
     pub quiet: bool,
 }
 
 impl Globals {
+    pub fn store_urls(&self) -> Vec<String> {
+        self.store_url.split(',').map(str::to_string).collect()
+    }
+
     pub fn open_store(&self, create: bool) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.store_url, create)?)
+        Ok(Store::open_many(&self.store_urls(), self.ec, create)?)
     }
 
     /// Open and unlock the repository.
@@ -141,8 +166,26 @@ impl Globals {
 
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    let ec = match cli.ec.as_deref().map(EcParams::parse).transpose() {
+        Ok(ec) => ec,
+        Err(e) => {
+            eprintln!("secrate: {e}");
+            return 2;
+        }
+    };
+    let stores: Vec<String> = cli
+        .store
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     let g = Globals {
-        store_url: cli.store.unwrap_or_else(default_store_url),
+        store_url: if stores.is_empty() {
+            default_store_url()
+        } else {
+            stores.join(",")
+        },
+        ec,
         passphrase_file: cli.passphrase_file,
         recovery_key_file: cli.recovery_key_file,
         quiet: cli.quiet,
@@ -163,6 +206,8 @@ pub fn run() -> i32 {
         Command::Umount(a) => mount::umount(&g, a),
         Command::Snapshot(a) => mount::snapshot(&g, a),
         Command::Status(a) => mount::status(&g, a),
+        Command::Stats(a) => stats::run(&g, a),
+        Command::Sync(a) => sync::run(&g, a),
     };
     match r {
         Ok(code) => code,

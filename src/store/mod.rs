@@ -1,31 +1,47 @@
 //! Object stores opened from URLs, behind one small synchronous interface.
 //!
-//! `Store` wraps an `object_store` backend (`file://`, `s3://`, `gs://`,
+//! A `Backend` wraps one `object_store` backend (`file://`, `s3://`, `gs://`,
 //! `az://`, `memory://`) under a prefix, retries transient errors with
 //! exponential backoff, offers create-only puts for objects that must never
 //! be overwritten, and makes `file://` puts durable (fsync) before they
-//! return. Everything above this module is synchronous; the async backends
-//! run on one shared tokio runtime. Never call a `Store` method from inside
-//! that runtime.
+//! return. `Store` puts one backend, or several as **replicas** (every object
+//! whole on every store) or **erasure-coded** (`K+M`: every object as K data
+//! and M parity shards, shard i on store i), behind the same interface, so
+//! everything above gets several stores without knowing it. See
+//! docs/DURABILITY.md.
 //!
-//! This module knows nothing of the repository format: it moves named bytes.
+//! Writes (put, put_new, put_file_new, delete) succeed only when every store
+//! took them; reads go to the first store that has a good copy (replicas) or
+//! to any K good shards (EC). Everything above this module is synchronous;
+//! the async backends run on one shared tokio runtime. Never call a `Store`
+//! method from inside that runtime.
+//!
+//! This module knows nothing of the repository format beyond which names are
+//! content-addressed (BLAKE3 of the bytes), which lets a replica read skip a
+//! damaged copy: it moves named bytes.
 
+mod audit;
+mod backend;
+pub mod ec;
 mod faults;
+pub mod layout;
 mod url;
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
 
+pub use self::audit::{Audit, StoreReport, SyncReport};
+pub use self::backend::Backend;
+pub use self::ec::EcParams;
 pub use self::faults::FaultConfig;
+pub use self::layout::{Layout, Mode};
 pub use self::url::{default_store_url, StoreUrl};
 
 /// One object as listed.
@@ -50,16 +66,6 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-#[derive(Clone)]
-pub struct Store {
-    url: String,
-    inner: Arc<dyn ObjectStore>,
-    prefix: ObjPath,
-    /// Set for `file://` stores: the directory, for fsync after puts.
-    local_root: Option<PathBuf>,
-    retry: RetryPolicy,
-}
-
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
     pub attempts: u32,
@@ -78,118 +84,439 @@ impl Default for RetryPolicy {
     }
 }
 
-impl Store {
-    /// Open the store at `url`. With `create`, a missing `file://` directory
-    /// is created; without it, a missing directory means "no repository".
-    pub fn open(url: &str, create: bool) -> Result<Store> {
-        let parsed = StoreUrl::parse(url)?;
-        let (inner, prefix, local_root) = parsed.build(create)?;
-        let inner = match FaultConfig::from_env()? {
-            Some(f) => faults::wrap(inner, f),
-            None => inner,
-        };
-        Ok(Store {
-            url: parsed.display(),
-            inner,
-            prefix,
-            local_root,
-            retry: RetryPolicy::default(),
+/// One store of a repository: its URL and its backend, or why it could not
+/// be opened (a `file://` directory that is gone). A missing store holds
+/// nothing: reads skip it, writes fail.
+#[derive(Clone)]
+struct Slot {
+    url: String,
+    backend: std::result::Result<Backend, String>,
+}
+
+impl Slot {
+    fn b(&self, name: &str) -> Result<&Backend> {
+        self.backend.as_ref().map_err(|why| Error::Store {
+            url: self.url.clone(),
+            object: name.to_string(),
+            reason: why.clone(),
         })
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    url: String,
+    mode: Mode,
+    slots: Vec<Slot>,
+    /// EC: object lengths seen (from shard headers and our own puts).
+    lengths: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+fn normalize(url: &str) -> Result<String> {
+    Ok(StoreUrl::parse(url.trim())?.display())
+}
+
+impl Store {
+    /// Open the one store at `url`, as it is (no `stores` object is
+    /// followed). With `create`, a missing `file://` directory is created;
+    /// without it, a missing directory means "no repository".
+    pub fn open(url: &str, create: bool) -> Result<Store> {
+        let b = Backend::open(url, create)?;
+        Ok(Store::from_slots(
+            Mode::Single,
+            vec![Slot {
+                url: b.url().to_string(),
+                backend: Ok(b),
+            }],
+        ))
+    }
+
+    /// Open a repository's stores: `urls` as given by the user (one or
+    /// more), `ec` from `--ec K+M`. One URL whose store holds a `stores`
+    /// object opens every store listed there. Several URLs are replicas,
+    /// unless `ec` is given or the stores record an erasure-coded layout over
+    /// the same set. With `create` (init, sync), missing `file://`
+    /// directories are created and the layout is recorded in every store.
+    pub fn open_many(urls: &[String], ec: Option<EcParams>, create: bool) -> Result<Store> {
+        let mut given = Vec::new();
+        for u in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
+            let n = normalize(u)?;
+            if given.contains(&n) {
+                return Err(Error::Invalid(format!("store {n} is given twice")));
+            }
+            given.push(n);
+        }
+        if given.is_empty() {
+            return Err(Error::Invalid("no store URL given".into()));
+        }
+        if given.len() == 1 {
+            if let Some(p) = ec {
+                return Err(Error::Invalid(format!(
+                    "--ec {p} needs {} stores (give --store {} times)",
+                    p.total(),
+                    p.total()
+                )));
+            }
+            let single = Store::open(&given[0], create)?;
+            let Some(rec) = single.read_layout()? else {
+                return Ok(single);
+            };
+            if !rec.urls.contains(&given[0]) {
+                return Err(Error::Invalid(format!(
+                    "the store {} records that its repository lives on {}, which does not include it; give the stores with --store",
+                    given[0],
+                    rec.describe()
+                )));
+            }
+            let store = Store::from_slots(rec.mode, open_slots(&rec.urls, create));
+            if create {
+                store.record_layout()?;
+            }
+            return Ok(store);
+        }
+        let slots = open_slots(&given, create);
+        if slots.iter().all(|s| s.backend.is_err()) {
+            return Err(Error::NoRepository {
+                url: given.join(" + "),
+            });
+        }
+        let probe = Store::from_slots(Mode::Replicas, slots.clone());
+        let recorded = probe.read_layout().ok().flatten();
+        let same_set = |rec: &Layout| {
+            rec.urls.len() == given.len() && rec.urls.iter().all(|u| given.contains(u))
+        };
+        let mut order = given.clone();
+        let mode = match (ec, &recorded) {
+            (Some(p), Some(rec)) if same_set(rec) => match rec.mode {
+                Mode::Ec(q) if q == p => {
+                    order = rec.urls.clone();
+                    Mode::Ec(p)
+                }
+                Mode::Ec(q) => {
+                    return Err(Error::Invalid(format!(
+                        "these stores hold a repository erasure-coded {q}, not {p}"
+                    )))
+                }
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "these stores hold a replicated repository; --ec {p} is chosen at init"
+                    )))
+                }
+            },
+            (Some(p), _) => Mode::Ec(p),
+            (None, Some(rec)) if same_set(rec) => {
+                order = rec.urls.clone();
+                rec.mode
+            }
+            (None, Some(rec)) if matches!(rec.mode, Mode::Ec(_)) => {
+                return Err(Error::Invalid(format!(
+                    "the stores record a repository {}; to use other stores give --ec and every store, in shard order",
+                    rec.describe()
+                )))
+            }
+            (None, _) => Mode::Replicas,
+        };
+        if let Mode::Ec(p) = mode {
+            if p.total() != given.len() {
+                return Err(Error::Invalid(format!(
+                    "--ec {p} needs exactly {} stores, {} given",
+                    p.total(),
+                    given.len()
+                )));
+            }
+        }
+        let slots = order
+            .iter()
+            .map(|u| {
+                slots
+                    .iter()
+                    .find(|s| &s.url == u)
+                    .cloned()
+                    .expect("same set")
+            })
+            .collect();
+        let store = Store::from_slots(mode, slots);
+        if create && recorded.as_ref() != Some(&store.layout()) {
+            store.record_layout()?;
+        }
+        Ok(store)
+    }
+
+    fn from_slots(mode: Mode, slots: Vec<Slot>) -> Store {
+        let urls: Vec<&str> = slots.iter().map(|s| s.url.as_str()).collect();
+        let url = match mode {
+            Mode::Single | Mode::Replicas => urls.join(" + "),
+            Mode::Ec(p) => format!("{} (erasure-coded {p})", urls.join(" + ")),
+        };
+        Store {
+            url,
+            mode,
+            slots,
+            lengths: Default::default(),
+        }
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Store {
-        self.retry = retry;
+        for s in &mut self.slots {
+            if let Ok(b) = &mut s.backend {
+                *b = b.clone().with_retry(retry);
+            }
+        }
         self
     }
 
-    /// The URL as shown to users (never with credentials).
+    /// The URL as shown to users (never with credentials); several stores
+    /// are joined with ` + `.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    fn path(&self, name: &str) -> ObjPath {
-        let mut p = self.prefix.clone();
-        for part in name.split('/') {
-            p = p.clone().join(part);
-        }
-        p
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
-    fn store_err(&self, name: &str, e: object_store::Error) -> Error {
-        match e {
-            object_store::Error::NotFound { .. } => Error::Missing {
-                url: self.url.clone(),
-                object: name.to_string(),
-            },
-            e => Error::Store {
-                url: self.url.clone(),
-                object: name.to_string(),
-                reason: one_line(&e),
-            },
+    /// The stores and how objects are spread over them.
+    pub fn layout(&self) -> Layout {
+        Layout {
+            mode: self.mode,
+            urls: self.slots.iter().map(|s| s.url.clone()).collect(),
         }
     }
 
-    /// Run `op` with retries on transient errors.
-    fn retrying<T, F, Fut>(&self, name: &str, mut op: F) -> Result<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = object_store::Result<T>>,
-    {
-        let mut delay = self.retry.first_delay;
-        let mut attempt = 1;
-        loop {
-            match runtime().block_on(op()) {
-                Ok(v) => return Ok(v),
-                Err(e) if is_transient(&e) && attempt < self.retry.attempts => {
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(self.retry.max_delay);
-                    attempt += 1;
+    /// Each store's URL and backend (None: it could not be opened, with why).
+    pub fn backends(&self) -> Vec<(String, std::result::Result<Backend, String>)> {
+        self.slots
+            .iter()
+            .map(|s| (s.url.clone(), s.backend.clone()))
+            .collect()
+    }
+
+    /// Stored bytes per logical byte: 1 for one store, N for N replicas,
+    /// (K+M)/K for erasure coding.
+    pub fn redundancy(&self) -> f64 {
+        match self.mode {
+            Mode::Single => 1.0,
+            Mode::Replicas => self.slots.len() as f64,
+            Mode::Ec(p) => p.total() as f64 / p.k as f64,
+        }
+    }
+
+    /// The `stores` object of the first store that has a readable one.
+    pub fn read_layout(&self) -> Result<Option<Layout>> {
+        let mut first_err = None;
+        for s in &self.slots {
+            let Ok(b) = &s.backend else { continue };
+            match b.get(layout::NAME) {
+                Ok(bytes) => match Layout::decode(&bytes) {
+                    Ok(l) => return Ok(Some(l)),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                },
+                Err(e) if e.is_missing() => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
-                Err(e) => return Err(self.store_err(name, e)),
+            }
+        }
+        match first_err {
+            Some(e) if self.slots.len() == 1 => Err(e),
+            _ => Ok(None),
+        }
+    }
+
+    /// Write the `stores` object (whole) to every store. Nothing for a
+    /// single store.
+    pub fn record_layout(&self) -> Result<()> {
+        if self.mode == Mode::Single {
+            return Ok(());
+        }
+        let bytes = Bytes::from(self.layout().encode());
+        let r = self.each(|_, s| s.b(layout::NAME)?.put(layout::NAME, bytes.clone()));
+        self.all_ok(layout::NAME, r).map(|_| ())
+    }
+
+    /// How `name` is spread: the `stores` object is always whole.
+    fn mode_for(&self, name: &str) -> Mode {
+        match self.mode {
+            Mode::Ec(_) if name == layout::NAME => Mode::Replicas,
+            m => m,
+        }
+    }
+
+    fn single(&self) -> &Backend {
+        self.slots[0]
+            .backend
+            .as_ref()
+            .expect("a single store is always open")
+    }
+
+    /// Run `f` on every store at once.
+    fn each<T: Send>(&self, f: impl Fn(usize, &Slot) -> T + Sync) -> Vec<T> {
+        self.each_of(0..self.slots.len(), f)
+    }
+
+    fn each_of<T: Send>(
+        &self,
+        which: Range<usize>,
+        f: impl Fn(usize, &Slot) -> T + Sync,
+    ) -> Vec<T> {
+        if which.len() <= 1 {
+            return which.map(|i| f(i, &self.slots[i])).collect();
+        }
+        let f = &f;
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = which
+                .map(|i| {
+                    let slot = &self.slots[i];
+                    sc.spawn(move || f(i, slot))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("a store thread panicked"))
+                .collect()
+        })
+    }
+
+    /// Every store must have taken a write; otherwise the first failure,
+    /// saying how far the write got.
+    fn all_ok<T>(&self, name: &str, results: Vec<Result<T>>) -> Result<Vec<T>> {
+        let n = self.slots.len();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        if ok == results.len() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let failed: Vec<(usize, Error)> = results
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.err().map(|e| (i, e)))
+            .collect();
+        let reached = n - failed.len();
+        let (i, e) = failed.into_iter().next().expect("a failure");
+        Err(self.write_error(i, name, e, reached))
+    }
+
+    /// A write that store `i` refused, after `reached` stores took it.
+    fn write_error(&self, i: usize, name: &str, e: Error, reached: usize) -> Error {
+        let n = self.slots.len();
+        let reason = match e {
+            Error::Store { reason, .. } => reason,
+            e => e.to_string(),
+        };
+        Error::Store {
+            url: self.slots[i].url.clone(),
+            object: name.to_string(),
+            reason: format!(
+                "{reason}; the write reached {reached} of {n} stores and is not durable until every store has it (`secrate sync` copies what a store misses)"
+            ),
+        }
+    }
+
+    /// The error of a read that no store could serve: `Missing` if every
+    /// store that answered said so (a store that is gone holds nothing),
+    /// else the first other error.
+    fn read_failed(&self, name: &str, errs: Vec<Error>) -> Error {
+        match errs.into_iter().find(|e| !e.is_missing()) {
+            Some(e) => e,
+            None => Error::Missing {
+                url: self.url.clone(),
+                object: name.to_string(),
+            },
+        }
+    }
+
+    /// The backends a read may try, in order (stores that are gone hold
+    /// nothing and are skipped).
+    fn readable(&self) -> impl Iterator<Item = (usize, &Backend)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.backend.as_ref().ok().map(|b| (i, b)))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Bytes> {
+        match self.mode_for(name) {
+            Mode::Single => self.single().get(name),
+            Mode::Replicas => {
+                let mut errs = Vec::new();
+                for (_, b) in self.readable() {
+                    match b.get(name) {
+                        Ok(bytes) => match check_name(name, &bytes) {
+                            Ok(()) => return Ok(bytes),
+                            Err(why) => errs.push(Error::corrupt(
+                                name,
+                                format!("the copy at {} {why}", b.url()),
+                            )),
+                        },
+                        Err(e) => errs.push(e),
+                    }
+                }
+                Err(self.read_failed(name, errs))
+            }
+            Mode::Ec(p) => self.ec_get(name, p).map(Bytes::from),
+        }
+    }
+
+    pub fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
+        match self.mode_for(name) {
+            Mode::Single => self.single().get_range(name, range),
+            Mode::Replicas => {
+                let mut errs = Vec::new();
+                for (_, b) in self.readable() {
+                    match b.get_range(name, range.clone()) {
+                        Ok(bytes) => return Ok(bytes),
+                        Err(e) => errs.push(e),
+                    }
+                }
+                Err(self.read_failed(name, errs))
+            }
+            Mode::Ec(p) => self.ec_get_range(name, p, range),
+        }
+    }
+
+    pub fn head(&self, name: &str) -> Result<Option<ObjectInfo>> {
+        match self.mode_for(name) {
+            Mode::Single => self.single().head(name),
+            mode => {
+                let mut err = None;
+                for (i, b) in self.readable() {
+                    match b.head(name) {
+                        Ok(Some(mut info)) => {
+                            if let Mode::Ec(p) = mode {
+                                info.size = self.ec_len(name, p, Some(i))?;
+                            }
+                            return Ok(Some(info));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            err.get_or_insert(e);
+                        }
+                    }
+                }
+                match err {
+                    Some(e) => Err(e),
+                    None => Ok(None),
+                }
             }
         }
     }
 
-    pub fn get(&self, name: &str) -> Result<Bytes> {
-        let path = self.path(name);
-        self.retrying(name, || async {
-            self.inner.get(&path).await?.bytes().await
-        })
-    }
-
-    pub fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
-        let path = self.path(name);
-        let want = range.end - range.start;
-        let b = self.retrying(name, || self.inner.get_range(&path, range.clone()))?;
-        if b.len() as u64 != want {
-            return Err(Error::corrupt(
-                name,
-                format!("asked for {want} bytes, the store returned {}", b.len()),
-            ));
-        }
-        Ok(b)
-    }
-
-    pub fn head(&self, name: &str) -> Result<Option<ObjectInfo>> {
-        let path = self.path(name);
-        match self.retrying(name, || self.inner.head(&path)) {
-            Ok(m) => Ok(Some(ObjectInfo {
-                name: name.to_string(),
-                size: m.size,
-                modified: m.last_modified.into(),
-            })),
-            Err(Error::Missing { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Write `name`, replacing whatever is there.
+    /// Write `name`, replacing whatever is there, on every store.
     pub fn put(&self, name: &str, data: Bytes) -> Result<()> {
-        let path = self.path(name);
-        self.retrying(name, || {
-            self.inner.put(&path, PutPayload::from(data.clone()))
-        })?;
-        self.make_durable(name)
+        match self.mode_for(name) {
+            Mode::Single => self.single().put(name, data),
+            Mode::Replicas => {
+                let r = self.each(|_, s| s.b(name)?.put(name, data.clone()));
+                self.all_ok(name, r).map(|_| ())
+            }
+            Mode::Ec(p) => {
+                let shards = ec::encode(p, &data)?;
+                let r = self.each(|i, s| s.b(name)?.put(name, Bytes::from(shards[i].clone())));
+                self.all_ok(name, r)?;
+                self.remember_len(name, data.len() as u64);
+                Ok(())
+            }
+        }
     }
 
     /// Write `name` only if it does not exist. Returns false if it did.
@@ -197,23 +524,62 @@ impl Store {
     /// A retried create can find the object its own first attempt wrote; for
     /// content-addressed objects that is the same bytes and counts as created
     /// by the caller's own logic (callers compare contents when it matters).
+    ///
+    /// Several stores: the first store decides (a create there is the
+    /// create). If the first store already holds the same bytes, the others
+    /// get them too (create-only) and the answer is false; if it holds other
+    /// bytes (another writer's lock), nothing else is touched. Every store
+    /// must take the object, or the write fails.
     pub fn put_new(&self, name: &str, data: Bytes) -> Result<bool> {
-        let path = self.path(name);
-        let opts = || PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
-        let r = self.retrying(name, || {
-            self.inner
-                .put_opts(&path, PutPayload::from(data.clone()), opts())
-        });
-        match r {
-            Ok(_) => {
-                self.make_durable(name)?;
-                Ok(true)
+        match self.mode_for(name) {
+            Mode::Single => self.single().put_new(name, data),
+            Mode::Replicas => {
+                let copies = vec![data; self.slots.len()];
+                self.put_new_copies(name, &copies)
             }
-            Err(Error::Store { reason, .. }) if reason.starts_with(ALREADY_EXISTS) => Ok(false),
-            Err(e) => Err(e),
+            Mode::Ec(p) => {
+                let copies: Vec<Bytes> =
+                    ec::encode(p, &data)?.into_iter().map(Bytes::from).collect();
+                let r = self.put_new_copies(name, &copies)?;
+                self.remember_len(name, data.len() as u64);
+                Ok(r)
+            }
+        }
+    }
+
+    /// `put_new` of `copies[i]` on store i, the first store deciding.
+    fn put_new_copies(&self, name: &str, copies: &[Bytes]) -> Result<bool> {
+        let first = self.slots[0]
+            .b(name)
+            .map_err(|e| self.write_error(0, name, e, 0))?;
+        let created = match first.put_new(name, copies[0].clone()) {
+            Ok(c) => c,
+            Err(e) => return Err(self.write_error(0, name, e, 0)),
+        };
+        if !created && first.get(name)? != copies[0] {
+            return Ok(false);
+        }
+        let r = self.each_of(1..self.slots.len(), |i, s| {
+            put_new_same(s.b(name)?, name, &copies[i])
+        });
+        let mut all = vec![Ok(())];
+        all.extend(r);
+        if let Err(e) = self.all_ok(name, all) {
+            self.undo_create(name, created);
+            return Err(e);
+        }
+        Ok(created)
+    }
+
+    /// A create that did not reach every store is taken back from the first
+    /// store (which decides), so that a lock or a config that failed is not
+    /// left half-made. Content-addressed objects stay: another writer may
+    /// count on the same bytes.
+    fn undo_create(&self, name: &str, created: bool) {
+        if created && content_addressed(name).is_none() {
+            if let Ok(b) = &self.slots[0].backend {
+                let _ = b.delete(name);
+            }
         }
     }
 
@@ -221,117 +587,360 @@ impl Store {
     /// same filesystem gets a hard link (no copy, atomic, create-only); any
     /// other store gets the bytes.
     pub fn put_file_new(&self, name: &str, path: &std::path::Path) -> Result<bool> {
-        if let Some(root) = &self.local_root {
-            let dst = root.join(name);
-            if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-            }
-            match std::fs::hard_link(path, &dst) {
-                Ok(()) => {
-                    if let Some(parent) = dst.parent() {
-                        sync_path(parent)?;
-                    }
-                    return Ok(true);
+        match self.mode_for(name) {
+            Mode::Single => self.single().put_file_new(name, path),
+            Mode::Replicas => {
+                let read = || {
+                    std::fs::read(path)
+                        .map(Bytes::from)
+                        .map_err(|e| Error::io(path, e))
+                };
+                let first = self.slots[0]
+                    .b(name)
+                    .map_err(|e| self.write_error(0, name, e, 0))?;
+                let created = match first.put_file_new(name, path) {
+                    Ok(c) => c,
+                    Err(e) => return Err(self.write_error(0, name, e, 0)),
+                };
+                if !created && first.get(name)? != read()? {
+                    return Ok(false);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
-                // Another filesystem, or links not allowed: copy.
-                Err(_) => {}
+                let r = self.each_of(1..self.slots.len(), |_, s| {
+                    let b = s.b(name)?;
+                    if b.put_file_new(name, path)? {
+                        return Ok(());
+                    }
+                    put_new_same(b, name, &read()?)
+                });
+                let mut all = vec![Ok(())];
+                all.extend(r);
+                if let Err(e) = self.all_ok(name, all) {
+                    self.undo_create(name, created);
+                    return Err(e);
+                }
+                Ok(created)
+            }
+            Mode::Ec(_) => {
+                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+                self.put_new(name, Bytes::from(bytes))
             }
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.put_new(name, Bytes::from(bytes))
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {
-        let path = self.path(name);
-        match self.retrying(name, || self.inner.delete(&path)) {
-            Ok(()) | Err(Error::Missing { .. }) => Ok(()),
-            Err(e) => Err(e),
+        match self.mode_for(name) {
+            Mode::Single => self.single().delete(name),
+            _ => {
+                let r = self.each(|_, s| s.b(name)?.delete(name));
+                self.lengths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name);
+                self.all_ok(name, r).map(|_| ())
+            }
         }
     }
 
     /// Every object under `dir` (e.g. `packs`), with names relative to the
-    /// store's prefix.
+    /// store's prefix. Several stores: the union of what the reachable
+    /// stores list (an error only if none could be listed); EC sizes are
+    /// the objects' lengths (read from shard headers).
     pub fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>> {
-        let path = self.path(dir);
-        let strip = format!("{}/", self.prefix);
-        let metas = self.retrying(dir, || self.inner.list(Some(&path)).try_collect::<Vec<_>>())?;
-        Ok(metas
-            .into_iter()
-            .map(|m| {
-                let full = m.location.to_string();
-                let name = if self.prefix.as_ref().is_empty() {
-                    full
-                } else {
-                    full.strip_prefix(&strip).unwrap_or(&full).to_string()
-                };
-                ObjectInfo {
-                    name,
-                    size: m.size,
-                    modified: m.last_modified.into(),
-                }
-            })
-            .collect())
-    }
-
-    /// `file://` puts are renamed into place but not fsync'd by
-    /// object_store; the outbox may be dropped right after an upload, so
-    /// make the object durable before reporting success.
-    fn make_durable(&self, name: &str) -> Result<()> {
-        let Some(root) = &self.local_root else {
-            return Ok(());
-        };
-        let path = root.join(name);
-        sync_path(&path)?;
-        if let Some(parent) = path.parent() {
-            sync_path(parent)?;
+        if self.mode == Mode::Single {
+            return self.single().list(dir);
         }
-        Ok(())
+        let lists = self.each(|_, s| match &s.backend {
+            Ok(b) => Some(b.list(dir)),
+            Err(_) => None,
+        });
+        let mut merged: BTreeMap<String, (usize, ObjectInfo)> = BTreeMap::new();
+        let mut first_err = None;
+        let mut any_ok = false;
+        for (i, l) in lists.into_iter().enumerate() {
+            match l {
+                Some(Ok(v)) => {
+                    any_ok = true;
+                    for o in v {
+                        merged.entry(o.name.clone()).or_insert((i, o));
+                    }
+                }
+                Some(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                None => {}
+            }
+        }
+        if !any_ok {
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        let mut out: Vec<(usize, ObjectInfo)> = merged.into_values().collect();
+        if let Mode::Ec(p) = self.mode {
+            let errs = par_map(&mut out, 16, |(i, o)| {
+                if o.name == layout::NAME {
+                    return Ok(());
+                }
+                o.size = self.ec_len(&o.name, p, Some(*i))?;
+                Ok(())
+            });
+            if let Some(e) = errs.into_iter().find_map(|r| r.err()) {
+                return Err(e);
+            }
+        }
+        Ok(out.into_iter().map(|(_, o)| o).collect())
+    }
+
+    fn remember_len(&self, name: &str, len: u64) {
+        if !name.starts_with("locks/") {
+            self.lengths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.to_string(), len);
+        }
+    }
+
+    /// EC: the object's length, from the cache or a shard header (store
+    /// `hint` first, then the others).
+    fn ec_len(&self, name: &str, p: EcParams, hint: Option<usize>) -> Result<u64> {
+        if let Some(&l) = self
+            .lengths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(l);
+        }
+        let mut order: Vec<usize> = hint.into_iter().collect();
+        order.extend((0..self.slots.len()).filter(|i| Some(*i) != hint));
+        let mut errs = Vec::new();
+        for i in order {
+            let Ok(b) = &self.slots[i].backend else {
+                continue;
+            };
+            match b.get_range(name, 0..ec::HEADER as u64) {
+                Ok(h) => match ec::parse_header(&h) {
+                    Ok(h) if h.params == p && h.index as usize == i => {
+                        self.remember_len(name, h.len);
+                        return Ok(h.len);
+                    }
+                    Ok(h) => errs.push(Error::corrupt(
+                        name,
+                        format!(
+                            "the shard at {} is shard {} of {}, expected shard {i} of {p}",
+                            b.url(),
+                            h.index,
+                            h.params
+                        ),
+                    )),
+                    Err(why) => errs.push(Error::corrupt(name, format!("at {}: {why}", b.url()))),
+                },
+                Err(e) => errs.push(e),
+            }
+        }
+        Err(self.read_failed(name, errs))
+    }
+
+    /// EC: the whole object from any K good shards (data shards first).
+    fn ec_get(&self, name: &str, p: EcParams) -> Result<Vec<u8>> {
+        let k = p.k as usize;
+        let n = p.total();
+        let fetch = |i: usize, s: &Slot| -> std::result::Result<Bytes, Error> {
+            let bytes = s.b(name).and_then(|b| b.get(name)).map_err(|e| match e {
+                Error::Store { .. } if s.backend.is_err() => Error::Missing {
+                    url: s.url.clone(),
+                    object: name.to_string(),
+                },
+                e => e,
+            })?;
+            match ec::verify(&bytes) {
+                Ok((h, _)) if h.params == p && h.index as usize == i => Ok(bytes),
+                Ok((h, _)) => Err(Error::corrupt(
+                    name,
+                    format!(
+                        "the shard at {} is shard {} of {}, expected shard {i} of {p}",
+                        s.url, h.index, h.params
+                    ),
+                )),
+                Err(why) => Err(Error::corrupt(name, format!("at {}: {why}", s.url))),
+            }
+        };
+        let mut got: Vec<std::result::Result<Bytes, Error>> = self.each_of(0..k, fetch);
+        if got.iter().any(|r| r.is_err()) {
+            got.extend(self.each_of(k..n, fetch));
+        }
+        // The shards that agree on the length (the most common one).
+        let mut by_len: HashMap<u64, Vec<(usize, &[u8])>> = HashMap::new();
+        for (i, r) in got.iter().enumerate() {
+            if let Ok(b) = r {
+                let (h, payload) = ec::verify(b).expect("verified above");
+                by_len.entry(h.len).or_default().push((i, payload));
+            }
+        }
+        if let Some((len, shards)) = by_len.into_iter().max_by_key(|(_, v)| v.len()) {
+            if shards.len() >= k {
+                self.remember_len(name, len);
+                return ec::decode(p, len, &shards[..k]).map_err(|e| match e {
+                    Error::Corrupt { reason, .. } => Error::corrupt(name, reason),
+                    e => e,
+                });
+            }
+        }
+        let good = got.iter().filter(|r| r.is_ok()).count();
+        let errs: Vec<Error> = got.into_iter().filter_map(|r| r.err()).collect();
+        if good == 0 && errs.iter().all(|e| e.is_missing()) {
+            return Err(self.read_failed(name, errs));
+        }
+        let why: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        Err(Error::corrupt(
+            name,
+            format!(
+                "only {good} of its {n} shards are readable, {k} are needed ({})",
+                why.join("; ")
+            ),
+        ))
+    }
+
+    /// EC: a byte range, read from the data shards that hold it (ranged
+    /// reads, not checksummed: the blob AEAD above detects damage); if any
+    /// of them fails, from the whole object rebuilt from any K shards.
+    fn ec_get_range(&self, name: &str, p: EcParams, range: Range<u64>) -> Result<Bytes> {
+        let len = self.ec_len(name, p, None)?;
+        if range.start > range.end || range.end > len {
+            return Err(Error::corrupt(
+                name,
+                format!(
+                    "asked for bytes {}..{} of an object of {len} bytes",
+                    range.start, range.end
+                ),
+            ));
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let s = ec::shard_len(len, p.k) as u64;
+        let h = ec::HEADER as u64;
+        let first = (range.start / s) as usize;
+        let last = ((range.end - 1) / s) as usize;
+        let pieces = self.each_of(first..last + 1, |i, slot| {
+            let lo = range.start.max(i as u64 * s) - i as u64 * s;
+            let hi = range.end.min((i as u64 + 1) * s) - i as u64 * s;
+            slot.b(name)?.get_range(name, h + lo..h + hi)
+        });
+        if pieces.iter().all(|r| r.is_ok()) {
+            let mut pieces: Vec<Bytes> = pieces.into_iter().flatten().collect();
+            if pieces.len() == 1 {
+                return Ok(pieces.pop().expect("one piece"));
+            }
+            let mut out = Vec::with_capacity((range.end - range.start) as usize);
+            for b in pieces {
+                out.extend_from_slice(&b);
+            }
+            return Ok(Bytes::from(out));
+        }
+        let whole = self.ec_get(name, p)?;
+        Ok(Bytes::copy_from_slice(
+            &whole[range.start as usize..range.end as usize],
+        ))
     }
 }
 
-fn sync_path(path: &std::path::Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| Error::io(path, e))
+/// Open each URL as one store of a set; a store that cannot be opened (a
+/// `file://` directory that is gone) is kept, as missing.
+fn open_slots(urls: &[String], create: bool) -> Vec<Slot> {
+    urls.iter()
+        .map(|u| Slot {
+            url: u.clone(),
+            backend: Backend::open(u, create).map_err(|e| match e {
+                Error::NoRepository { .. } => {
+                    "the store is missing (no such directory)".to_string()
+                }
+                e => e.to_string(),
+            }),
+        })
+        .collect()
 }
 
-const ALREADY_EXISTS: &str = "already exists";
-
-fn is_transient(e: &object_store::Error) -> bool {
-    use object_store::Error as E;
-    !matches!(
-        e,
-        E::NotFound { .. }
-            | E::AlreadyExists { .. }
-            | E::Precondition { .. }
-            | E::NotModified { .. }
-            | E::NotImplemented { .. }
-            | E::NotSupported { .. }
-            | E::InvalidPath { .. }
-            | E::UnknownConfigurationKey { .. }
-            | E::PermissionDenied { .. }
-            | E::Unauthenticated { .. }
-    )
+/// Create-only put of `data` on one of several stores: the object already
+/// there counts if it holds the same bytes; a lock left there by an earlier
+/// holder is replaced (the first store decides who holds the lock).
+fn put_new_same(b: &Backend, name: &str, data: &Bytes) -> Result<()> {
+    if b.put_new(name, data.clone())? {
+        return Ok(());
+    }
+    if b.get(name)? == *data {
+        return Ok(());
+    }
+    if name.starts_with("locks/") {
+        return b.put(name, data.clone());
+    }
+    Err(Error::Store {
+        url: b.url().to_string(),
+        object: name.to_string(),
+        reason: "the store already holds different bytes under this name".into(),
+    })
 }
 
-/// object_store errors nest their causes; users get the innermost reason on
-/// one line. `AlreadyExists` and `Precondition` (S3's answer to a create
-/// that lost) both map to "already exists".
-fn one_line(e: &object_store::Error) -> String {
-    if matches!(
-        e,
-        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }
-    ) {
-        return ALREADY_EXISTS.to_string();
+/// Names that are the BLAKE3 hash of their bytes: packs, index deltas,
+/// snapshots.
+pub fn content_addressed(name: &str) -> Option<[u8; 32]> {
+    let (dir, file) = name.rsplit_once('/')?;
+    let ok_dir = dir == "index"
+        || dir == "snapshots"
+        || dir
+            .strip_prefix("packs/")
+            .is_some_and(|d| d.len() == 2 && file.starts_with(d));
+    if !ok_dir || file.len() != 64 {
+        return None;
     }
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg = s.to_string();
-        src = s.source();
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(file, &mut id).ok()?;
+    Some(id)
+}
+
+/// A content-addressed object must hash to its name.
+fn check_name(name: &str, bytes: &[u8]) -> std::result::Result<(), String> {
+    match content_addressed(name) {
+        Some(id) if blake3::hash(bytes).as_bytes() != &id => {
+            Err("does not match its name (damaged)".into())
+        }
+        _ => Ok(()),
     }
-    msg.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// Apply `f` to every item with up to `workers` threads.
+fn par_map<T: Send, R: Send>(
+    items: &mut [T],
+    workers: usize,
+    f: impl Fn(&mut T) -> R + Sync,
+) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter_mut().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let cells: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
+    let results: Vec<Mutex<Option<R>>> = (0..cells.len()).map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..workers.min(cells.len()) {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= cells.len() {
+                    break;
+                }
+                let mut item = cells[i].lock().unwrap_or_else(|e| e.into_inner());
+                let r = f(&mut item);
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item mapped")
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -399,5 +1008,174 @@ mod tests {
         assert!(s.put_file_new("packs/bb/y", &local).unwrap());
         assert!(!s.put_file_new("packs/bb/y", &local).unwrap());
         assert_eq!(&s.get("packs/bb/y").unwrap()[..], b"linked");
+    }
+
+    fn urls(names: &[&str]) -> Vec<String> {
+        let tag = hex::encode(crate::crypto::random_bytes::<4>());
+        names
+            .iter()
+            .map(|n| format!("memory://{n}-{tag}"))
+            .collect()
+    }
+
+    fn pack_name(data: &[u8]) -> String {
+        let h = blake3::hash(data).to_hex().to_string();
+        format!("packs/{}/{h}", &h[..2])
+    }
+
+    #[test]
+    fn replicas_write_everywhere_and_read_from_any() {
+        let u = urls(&["rep-a", "rep-b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        assert_eq!(s.mode(), Mode::Replicas);
+        let data = Bytes::from_static(b"some pack bytes");
+        let name = pack_name(&data);
+        assert!(s.put_new(&name, data.clone()).unwrap());
+        assert!(!s.put_new(&name, data.clone()).unwrap());
+        let a = Backend::open(&u[0], false).unwrap();
+        let b = Backend::open(&u[1], false).unwrap();
+        assert_eq!(a.get(&name).unwrap(), data);
+        assert_eq!(b.get(&name).unwrap(), data);
+        // A damaged first copy is skipped; a missing one too.
+        a.put(&name, Bytes::from_static(b"damaged!")).unwrap();
+        assert_eq!(s.get(&name).unwrap(), data);
+        a.delete(&name).unwrap();
+        assert_eq!(s.get(&name).unwrap(), data);
+        assert_eq!(&s.get_range(&name, 5..9).unwrap()[..], b"pack");
+        assert_eq!(s.head(&name).unwrap().unwrap().size, data.len() as u64);
+        assert_eq!(s.list("packs").unwrap().len(), 1);
+        // The audit sees it, sync puts it back byte-exact.
+        let audit = s.audit(false).unwrap();
+        assert_eq!(audit.stores[0].missing, vec![name.clone()]);
+        assert!(audit.stores[1].is_clean());
+        let r = s.sync(false, false).unwrap();
+        assert_eq!(r.copied.len(), 1, "{r:?}");
+        assert_eq!(a.get(&name).unwrap(), data);
+        assert!(s.audit(true).unwrap().is_clean());
+        // One URL of the set opens the whole set.
+        let one = Store::open_many(&u[1..], None, false).unwrap();
+        assert_eq!(one.layout(), s.layout());
+        s.delete(&name).unwrap();
+        assert!(b.head(&name).unwrap().is_none());
+        assert!(s.get(&name).unwrap_err().is_missing());
+    }
+
+    #[test]
+    fn a_missing_replica_fails_writes_but_not_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let s = Store::open_many(&u, None, true).unwrap();
+        s.put("keys/k", Bytes::from_static(b"cfg")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+        let s = Store::open_many(&u[..1], None, false).unwrap();
+        assert_eq!(s.mode(), Mode::Replicas);
+        assert_eq!(&s.get("keys/k").unwrap()[..], b"cfg");
+        let e = s
+            .put("x", Bytes::from_static(b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reached 1 of 2 stores"), "{e}");
+        let e = s
+            .put_new("y", Bytes::from_static(b"y"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reached 1 of 2 stores"), "{e}");
+        // A failed create is taken back (a lock must not stay half-made).
+        assert!(!dir.path().join("a/y").exists());
+        let audit = s.audit(false).unwrap();
+        assert!(audit.stores[1].gone.is_some());
+        // sync (opened with create) brings it back.
+        let s = Store::open_many(&u, None, true).unwrap();
+        let r = s.sync(false, false).unwrap();
+        assert!(r.failed.is_empty(), "{r:?}");
+        let audit = s.audit(true).unwrap();
+        assert!(audit.is_clean(), "{audit:?}");
+        assert_eq!(std::fs::read(dir.path().join("b/x")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn erasure_coding_survives_any_one_store() {
+        let u = urls(&["ec-a", "ec-b", "ec-c"]);
+        let p = EcParams { k: 2, m: 1 };
+        let s = Store::open_many(&u, Some(p), true).unwrap();
+        let data: Vec<u8> = (0..100_001u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let data = Bytes::from(data);
+        let name = pack_name(&data);
+        assert!(s.put_new(&name, data.clone()).unwrap());
+        assert!(!s.put_new(&name, data.clone()).unwrap());
+        let backends: Vec<Backend> = u.iter().map(|x| Backend::open(x, false).unwrap()).collect();
+        #[allow(clippy::needless_range_loop)]
+        for lost in 0..3 {
+            let fresh = Store::open_many(&u, None, false).unwrap();
+            assert_eq!(fresh.mode(), Mode::Ec(p));
+            let shard = backends[lost].get(&name).unwrap();
+            backends[lost].delete(&name).unwrap();
+            assert_eq!(fresh.get(&name).unwrap(), data);
+            assert_eq!(
+                fresh.get_range(&name, 49_990..50_020).unwrap(),
+                data.slice(49_990..50_020)
+            );
+            assert_eq!(fresh.head(&name).unwrap().unwrap().size, data.len() as u64);
+            let l = fresh.list("packs").unwrap();
+            assert_eq!((l.len(), l[0].size), (1, data.len() as u64));
+            assert_eq!(
+                fresh.audit(false).unwrap().stores[lost].missing,
+                vec![name.clone()]
+            );
+            let r = fresh.sync(false, false).unwrap();
+            assert_eq!(r.copied.len(), 1, "{r:?}");
+            assert_eq!(
+                backends[lost].get(&name).unwrap(),
+                shard,
+                "rebuilt byte-exact"
+            );
+        }
+        // A corrupt shard is detected, skipped and rebuilt.
+        let mut bad = backends[0].get(&name).unwrap().to_vec();
+        bad[100] ^= 0xff;
+        backends[0].put(&name, Bytes::from(bad)).unwrap();
+        let fresh = Store::open_many(&u, None, false).unwrap();
+        assert_eq!(fresh.get(&name).unwrap(), data);
+        let audit = fresh.audit(true).unwrap();
+        assert_eq!(audit.stores[0].corrupt.len(), 1, "{audit:?}");
+        fresh.sync(true, false).unwrap();
+        assert!(fresh.audit(true).unwrap().is_clean());
+        // Two stores lost: not readable, and said so.
+        backends[0].delete(&name).unwrap();
+        backends[1].delete(&name).unwrap();
+        let fresh = Store::open_many(&u, None, false).unwrap();
+        assert!(fresh.get(&name).is_err());
+        // Small and empty objects.
+        for d in [&b""[..], b"x", b"xy", b"xyz"] {
+            s.put("keys/k", Bytes::copy_from_slice(d)).unwrap();
+            assert_eq!(&s.get("keys/k").unwrap()[..], d);
+            assert_eq!(s.head("keys/k").unwrap().unwrap().size, d.len() as u64);
+        }
+    }
+
+    #[test]
+    fn layouts_resolve() {
+        let u = urls(&["lay-a", "lay-b", "lay-c"]);
+        let p = EcParams { k: 2, m: 1 };
+        Store::open_many(&u, Some(p), true).unwrap();
+        // Any one store names the whole set.
+        let s = Store::open_many(&u[2..], None, false).unwrap();
+        assert_eq!(s.layout().urls, u);
+        // Given in another order, the recorded order wins.
+        let rev: Vec<String> = u.iter().rev().cloned().collect();
+        let s = Store::open_many(&rev, None, false).unwrap();
+        assert_eq!(s.layout().urls, u);
+        assert!(Store::open_many(&u, Some(EcParams { k: 1, m: 2 }), false).is_err());
+        assert!(Store::open_many(&u[..2], None, false).is_err());
+        assert!(Store::open_many(&u[..1], Some(p), false).is_err());
+        // A plain store stays plain.
+        let plain = urls(&["plain"]);
+        assert_eq!(
+            Store::open_many(&plain, None, true).unwrap().mode(),
+            Mode::Single
+        );
     }
 }

@@ -1,0 +1,161 @@
+//! `secrate stats [--json]`: how big the repository is, per store and in
+//! total; logical data vs unique blobs vs packs (dedup), and the redundancy
+//! of the stores (replicas N×, erasure coding (K+M)/K).
+
+use std::collections::HashSet;
+
+use super::format::bytes;
+use super::Globals;
+use secrate::crypto::BlobKind;
+use secrate::store::Mode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    let repo = g.open_repo()?;
+    let store = repo.store();
+    let (snaps, bad) = repo.snapshots()?;
+    for e in &bad {
+        eprintln!("warning: {e}");
+    }
+    let latest = snaps.iter().max_by_key(|(_, s)| s.time_ns);
+    let latest_bytes = latest.map_or(0, |(_, s)| s.bytes);
+    let all_bytes: u64 = snaps.iter().map(|(_, s)| s.bytes).sum();
+    let (data_blobs, data_raw, tree_blobs, tree_raw, packs, pack_bytes) = {
+        let ix = repo.index();
+        let (mut db, mut dr, mut tb, mut tr) = (0u64, 0u64, 0u64, 0u64);
+        for (_, l) in ix.blobs() {
+            match ix.packs()[l.pack as usize].kind {
+                BlobKind::Data => {
+                    db += 1;
+                    dr += l.raw_len as u64;
+                }
+                BlobKind::Tree => {
+                    tb += 1;
+                    tr += l.raw_len as u64;
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        let packs: Vec<u64> = ix
+            .packs()
+            .iter()
+            .filter(|p| seen.insert(p.id))
+            .map(|p| p.size)
+            .collect();
+        (
+            db,
+            dr,
+            tb,
+            tr,
+            packs.len() as u64,
+            packs.iter().sum::<u64>(),
+        )
+    };
+    let mut stores = Vec::new();
+    let mut stored = 0u64;
+    for (url, b) in store.backends() {
+        match b
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.list_all().map_err(|e| e.to_string()))
+        {
+            Ok(l) => {
+                let n: u64 = l.iter().map(|o| o.size).sum();
+                stored += n;
+                stores.push(serde_json::json!({"url": url, "objects": l.len(), "bytes": n}));
+            }
+            Err(e) => stores.push(serde_json::json!({"url": url, "error": e})),
+        }
+    }
+    let (mode, k, m) = match store.mode() {
+        Mode::Single => ("single", None, None),
+        Mode::Replicas => ("replicas", None, None),
+        Mode::Ec(p) => ("ec", Some(p.k), Some(p.m)),
+    };
+    let redundancy = store.redundancy();
+    let v = serde_json::json!({
+        "mode": mode,
+        "ec_k": k,
+        "ec_m": m,
+        "stores": stores,
+        "snapshots": snaps.len(),
+        "latest_snapshot_bytes": latest_bytes,
+        "all_snapshots_bytes": all_bytes,
+        "unique_data_blobs": data_blobs,
+        "unique_data_bytes": data_raw,
+        "tree_blobs": tree_blobs,
+        "tree_bytes": tree_raw,
+        "packs": packs,
+        "pack_bytes": pack_bytes,
+        "stored_bytes": stored,
+        "dedup_ratio": ratio(all_bytes, data_raw),
+        "compression_ratio": ratio(data_raw + tree_raw, pack_bytes),
+        "redundancy": redundancy,
+        "stored_per_logical": ratio(stored, all_bytes),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let how = match store.mode() {
+        Mode::Single => "one store".to_string(),
+        Mode::Replicas => format!("{} replicas", store.backends().len()),
+        Mode::Ec(p) => format!("erasure-coded {p}"),
+    };
+    println!("stores ({how}, redundancy {redundancy:.2}×):");
+    for s in &stores {
+        match s.get("error") {
+            Some(e) => println!(
+                "  {}: unavailable: {}",
+                s["url"].as_str().unwrap_or(""),
+                e.as_str().unwrap_or("")
+            ),
+            None => println!(
+                "  {}: {} objects, {}",
+                s["url"].as_str().unwrap_or(""),
+                s["objects"],
+                bytes(s["bytes"].as_u64().unwrap_or(0))
+            ),
+        }
+    }
+    println!("snapshots:                    {}", snaps.len());
+    println!("latest snapshot (logical):    {}", bytes(latest_bytes));
+    println!("all snapshots (logical):      {}", bytes(all_bytes));
+    println!(
+        "unique data (after dedup):    {} in {} chunks (dedup {:.2}×)",
+        bytes(data_raw),
+        data_blobs,
+        ratio(all_bytes, data_raw)
+    );
+    println!(
+        "trees:                        {} in {} blobs",
+        bytes(tree_raw),
+        tree_blobs
+    );
+    println!(
+        "packs (compressed, sealed):   {} in {} packs ({:.2}× from data and trees)",
+        bytes(pack_bytes),
+        packs,
+        ratio(data_raw + tree_raw, pack_bytes)
+    );
+    println!(
+        "stored on all stores:         {} ({:.2}× the packs, {:.3}× the logical data)",
+        bytes(stored),
+        ratio(stored, pack_bytes),
+        ratio(stored, all_bytes)
+    );
+    Ok(0)
+}

@@ -1,0 +1,346 @@
+//! Per-store checks and repair for repositories on several stores: which
+//! objects each replica or shard store misses or holds damaged (`audit`),
+//! and copying or rebuilding them from the others, byte-exact (`sync`).
+//!
+//! `locks/` is left out of both: the writer lock is transient and rewritten.
+
+use std::collections::{BTreeSet, HashMap};
+
+use bytes::Bytes;
+
+use super::layout::{self, Layout, Mode};
+use super::{check_name, content_addressed, ec, Backend, EcParams, Store};
+use crate::error::{Error, Result};
+
+/// What one store holds compared with the others.
+#[derive(Clone, Debug, Default)]
+pub struct StoreReport {
+    pub url: String,
+    /// Position in the layout (the shard index for EC).
+    pub position: usize,
+    /// The store could not be listed (down, refused): nothing else is known.
+    pub unavailable: Option<String>,
+    /// The store is gone (e.g. its directory was deleted): it holds nothing.
+    pub gone: Option<String>,
+    /// Objects (copies or shards) it holds, and their bytes as stored.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Objects some other store has and this one lacks.
+    pub missing: Vec<String>,
+    /// Objects whose copy or shard here is damaged, with why.
+    pub corrupt: Vec<(String, String)>,
+}
+
+impl StoreReport {
+    pub fn is_clean(&self) -> bool {
+        self.unavailable.is_none()
+            && self.gone.is_none()
+            && self.missing.is_empty()
+            && self.corrupt.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub layout: Layout,
+    /// Distinct objects across all stores (locks left out).
+    pub objects: usize,
+    pub stores: Vec<StoreReport>,
+}
+
+impl Audit {
+    pub fn is_clean(&self) -> bool {
+        self.stores.iter().all(StoreReport::is_clean)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// (store URL, object, bytes written) — or that would be, with dry_run.
+    pub copied: Vec<(String, String, u64)>,
+    /// (store URL, object, why) for what could not be repaired.
+    pub failed: Vec<(String, String, String)>,
+}
+
+/// Order in which a store being filled gets objects, so that it is a
+/// consistent repository at every instant: data before what refers to it,
+/// `config` (which makes it a repository) last.
+fn priority(name: &str) -> u8 {
+    match name.split('/').next().unwrap_or("") {
+        "packs" => 0,
+        "index" => 1,
+        "snapshots" => 2,
+        "keys" => 3,
+        "config" => 5,
+        _ => 4,
+    }
+}
+
+/// Objects that check themselves, besides content-addressed ones.
+fn self_check(name: &str, b: &[u8]) -> Option<std::result::Result<(), String>> {
+    if let Some(id) = content_addressed(name) {
+        return Some(if blake3::hash(b).as_bytes() == &id {
+            Ok(())
+        } else {
+            Err("does not match its name (damaged)".into())
+        });
+    }
+    match name {
+        "config" => Some(
+            if b.len() == 80 && blake3::hash(&b[..48]).as_bytes()[..] == b[48..] {
+                Ok(())
+            } else {
+                Err("checksum does not match (damaged)".into())
+            },
+        ),
+        layout::NAME => Some(Layout::decode(b).map(|_| ()).map_err(|e| e.to_string())),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Compare the stores of a multi-store repository object by object.
+    /// Without `read_data` only names and sizes are compared (objects whose
+    /// sizes disagree are read); with it every copy or shard is read and
+    /// verified. A single store gives one report with nothing compared.
+    pub fn audit(&self, read_data: bool) -> Result<Audit> {
+        let n = self.slots.len();
+        let mut reports: Vec<StoreReport> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StoreReport {
+                url: s.url.clone(),
+                position: i,
+                ..Default::default()
+            })
+            .collect();
+        let listings = self.each(|_, s| match &s.backend {
+            Ok(b) => Some(b.list_all()),
+            Err(_) => None,
+        });
+        let mut held: Vec<Option<HashMap<String, u64>>> = Vec::with_capacity(n);
+        for (i, l) in listings.into_iter().enumerate() {
+            match l {
+                Some(Ok(v)) => {
+                    let r = &mut reports[i];
+                    r.objects = v.len() as u64;
+                    r.bytes = v.iter().map(|o| o.size).sum();
+                    held.push(Some(
+                        v.into_iter()
+                            .filter(|o| !o.name.starts_with("locks/"))
+                            .map(|o| (o.name, o.size))
+                            .collect(),
+                    ));
+                }
+                Some(Err(e)) => {
+                    reports[i].unavailable = Some(e.to_string());
+                    held.push(None);
+                }
+                None => {
+                    reports[i].gone = self.slots[i].backend.as_ref().err().cloned();
+                    held.push(Some(HashMap::new()));
+                }
+            }
+        }
+        let universe: BTreeSet<&String> = held.iter().flatten().flat_map(|h| h.keys()).collect();
+        if self.mode == Mode::Single {
+            return Ok(Audit {
+                layout: self.layout(),
+                objects: universe.len(),
+                stores: reports,
+            });
+        }
+        for name in &universe {
+            let holders: Vec<usize> = (0..n)
+                .filter(|&i| held[i].as_ref().is_some_and(|h| h.contains_key(*name)))
+                .collect();
+            for i in 0..n {
+                if held[i].as_ref().is_some_and(|h| !h.contains_key(*name)) {
+                    reports[i].missing.push((*name).clone());
+                }
+            }
+            let sizes: BTreeSet<u64> = holders
+                .iter()
+                .map(|&i| held[i].as_ref().expect("holder")[*name])
+                .collect();
+            if !read_data && sizes.len() <= 1 {
+                continue;
+            }
+            for (i, why) in self.verify_copies(name, &holders) {
+                reports[i].corrupt.push(((*name).clone(), why));
+            }
+        }
+        Ok(Audit {
+            layout: self.layout(),
+            objects: universe.len(),
+            stores: reports,
+        })
+    }
+
+    /// Read every copy or shard of `name` on `holders`; the damaged ones,
+    /// with why.
+    fn verify_copies(&self, name: &str, holders: &[usize]) -> Vec<(usize, String)> {
+        let b = |i: usize| self.slots[i].backend.as_ref().expect("listed");
+        let mut bad = Vec::new();
+        let mut good: Vec<(usize, Bytes)> = Vec::new();
+        for &i in holders {
+            match b(i).get(name) {
+                Ok(bytes) => good.push((i, bytes)),
+                Err(e) => bad.push((i, format!("cannot be read: {e}"))),
+            }
+        }
+        match self.mode_for(name) {
+            Mode::Ec(p) => {
+                let mut lens: HashMap<u64, usize> = HashMap::new();
+                let mut ok = Vec::new();
+                for (i, bytes) in good {
+                    match ec::verify(&bytes) {
+                        Ok((h, _)) if h.params == p && h.index as usize == i => {
+                            *lens.entry(h.len).or_default() += 1;
+                            ok.push((i, h.len));
+                        }
+                        Ok((h, _)) => bad.push((
+                            i,
+                            format!(
+                                "holds shard {} of {}, expected shard {i} of {p}",
+                                h.index, h.params
+                            ),
+                        )),
+                        Err(why) => bad.push((i, why)),
+                    }
+                }
+                if let Some((&len, _)) = lens.iter().max_by_key(|(_, c)| **c) {
+                    for (i, l) in ok {
+                        if l != len {
+                            bad.push((
+                                i,
+                                format!("shard of a {l}-byte object, the others say {len}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            _ => {
+                if good.iter().any(|(_, b)| self_check(name, b).is_some()) {
+                    for (i, bytes) in good {
+                        if let Some(Err(why)) = self_check(name, &bytes) {
+                            bad.push((i, why));
+                        }
+                    }
+                } else {
+                    // Majority of identical copies.
+                    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+                    for (_, b) in &good {
+                        *counts.entry(&b[..]).or_default() += 1;
+                    }
+                    let best = counts.values().copied().max().unwrap_or(0);
+                    let winners = counts.values().filter(|&&c| c == best).count();
+                    for (i, bytes) in &good {
+                        if winners > 1 && counts.len() > 1 {
+                            bad.push((
+                                *i,
+                                "differs between the stores (cannot tell which copy is right)"
+                                    .into(),
+                            ));
+                        } else if counts[&bytes[..]] != best {
+                            bad.push((*i, "differs from the other stores".into()));
+                        }
+                    }
+                }
+            }
+        }
+        bad
+    }
+
+    /// Give every store what another store has and it misses or holds
+    /// damaged: replicas get a verified copy of the bytes, shard stores get
+    /// their shard rebuilt from any K others (encoding is deterministic, so
+    /// the result is byte-exact). Records the layout in every store at the
+    /// end. With `dry_run`, only says what it would do.
+    pub fn sync(&self, read_data: bool, dry_run: bool) -> Result<SyncReport> {
+        let audit = self.audit(read_data)?;
+        let mut report = SyncReport::default();
+        if self.mode == Mode::Single {
+            return Ok(report);
+        }
+        let mut jobs: Vec<(usize, String, Vec<usize>)> = Vec::new();
+        let mut bad_here: HashMap<&str, Vec<usize>> = HashMap::new();
+        for r in &audit.stores {
+            for (name, _) in &r.corrupt {
+                bad_here.entry(name).or_default().push(r.position);
+            }
+        }
+        for r in &audit.stores {
+            if let Some(why) = &r.unavailable {
+                report
+                    .failed
+                    .push((r.url.clone(), "(every object)".into(), why.clone()));
+                continue;
+            }
+            let names = r.missing.iter().chain(r.corrupt.iter().map(|(n, _)| n));
+            for name in names {
+                if name == layout::NAME {
+                    continue;
+                }
+                let avoid = bad_here.get(name.as_str()).cloned().unwrap_or_default();
+                jobs.push((r.position, name.clone(), avoid));
+            }
+        }
+        jobs.sort_by_key(|(i, name, _)| (priority(name), name.clone(), *i));
+        for (i, name, avoid) in jobs {
+            let url = self.slots[i].url.clone();
+            match self.rebuild(i, &name, &avoid, dry_run) {
+                Ok(len) => report.copied.push((url, name, len)),
+                Err(e) => report.failed.push((url, name, e.to_string())),
+            }
+        }
+        if !dry_run {
+            if let Err(e) = self.record_layout() {
+                report
+                    .failed
+                    .push((self.url.clone(), layout::NAME.into(), e.to_string()));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Put store `i`'s copy or shard of `name` back; returns its length.
+    fn rebuild(&self, i: usize, name: &str, avoid: &[usize], dry_run: bool) -> Result<u64> {
+        let target: &Backend = self.slots[i].b(name)?;
+        let bytes = match self.mode_for(name) {
+            Mode::Ec(p) => self.rebuilt_shard(name, p, i)?,
+            _ => self.good_copy(name, i, avoid)?,
+        };
+        let len = bytes.len() as u64;
+        if !dry_run {
+            target.put(name, bytes)?;
+        }
+        Ok(len)
+    }
+
+    fn rebuilt_shard(&self, name: &str, p: EcParams, i: usize) -> Result<Bytes> {
+        let whole = self.ec_get(name, p)?;
+        let mut shards = ec::encode(p, &whole)?;
+        Ok(Bytes::from(shards.swap_remove(i)))
+    }
+
+    /// A copy of `name` from a store other than `i` and those in `avoid`,
+    /// verified when the object can be.
+    fn good_copy(&self, name: &str, i: usize, avoid: &[usize]) -> Result<Bytes> {
+        let mut errs = Vec::new();
+        for (j, b) in self.readable() {
+            if j == i || avoid.contains(&j) {
+                continue;
+            }
+            match b.get(name) {
+                Ok(bytes) => match check_name(name, &bytes) {
+                    Ok(()) => return Ok(bytes),
+                    Err(why) => errs.push(Error::corrupt(name, format!("at {}: {why}", b.url()))),
+                },
+                Err(e) => errs.push(e),
+            }
+        }
+        Err(self.read_failed(name, errs))
+    }
+}
