@@ -307,13 +307,13 @@ impl Store {
 
     /// Put store `i`'s copy or shard of `name` back; returns its length.
     fn rebuild(&self, i: usize, name: &str, avoid: &[usize], dry_run: bool) -> Result<u64> {
-        let target: &Backend = self.slots[i].b(name)?;
         let bytes = match self.mode_for(name) {
             Mode::Ec(p) => self.rebuilt_shard(name, p, i)?,
             _ => self.good_copy(name, i, avoid)?,
         };
         let len = bytes.len() as u64;
         if !dry_run {
+            let target: &Backend = self.slots[i].b(name)?;
             target.put(name, bytes)?;
         }
         Ok(len)

@@ -1,0 +1,313 @@
+//! Durability across several stores, through the real binary: replicas and
+//! erasure coding, losing a whole store, restore and check while it is gone,
+//! `secrate sync` rebuilding it byte-exact, `secrate stats`.
+//!
+//! Runs on file:// and, when SECRATE_TEST_S3_URL is set (scripts/test.sh),
+//! on s3:// with several prefixes under the bucket as separate stores.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use secrate::store::Backend;
+
+/// `n` separate stores of one kind.
+struct StoreSet {
+    label: &'static str,
+    urls: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn store_sets(test: &str, n: usize) -> Vec<StoreSet> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut v = vec![StoreSet {
+        label: "file",
+        urls: (0..n)
+            .map(|i| format!("file://{}/store-{i}", dir.path().display()))
+            .collect(),
+        _dir: Some(dir),
+    }];
+    match std::env::var("SECRATE_TEST_S3_URL") {
+        Ok(base) => {
+            let tag = hex::encode(rand::random::<[u8; 4]>());
+            v.push(StoreSet {
+                label: "s3",
+                urls: (0..n).map(|i| format!("{base}/{test}-{tag}/store-{i}")).collect(),
+                _dir: None,
+            })
+        }
+        Err(_) => eprintln!("note: SECRATE_TEST_S3_URL is not set, so {test} runs on file:// only (scripts/test.sh sets it)"),
+    }
+    v
+}
+
+/// Every object of one store (locks left out: they are transient), raw.
+fn objects(url: &str) -> BTreeMap<String, Vec<u8>> {
+    let Ok(b) = Backend::open(url, false) else {
+        return BTreeMap::new();
+    };
+    b.list_all()
+        .expect("list")
+        .into_iter()
+        .filter(|o| !o.name.starts_with("locks/"))
+        .map(|o| {
+            let bytes = b.get(&o.name).expect("get").to_vec();
+            (o.name, bytes)
+        })
+        .collect()
+}
+
+/// Lose a whole store: the directory for file://, every object for s3://.
+fn destroy(url: &str) {
+    if let Some(path) = url.strip_prefix("file://") {
+        std::fs::remove_dir_all(path).expect("remove store");
+        return;
+    }
+    let b = Backend::open(url, false).expect("open");
+    for o in b.list_all().expect("list") {
+        b.delete(&o.name).expect("delete");
+    }
+    assert!(b.list_all().unwrap().is_empty());
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn tree(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("src");
+    make_tree(
+        &src,
+        &TreeSpec {
+            small_files: 300,
+            big_file: 3 << 20,
+            seed: 7,
+        },
+    );
+    src
+}
+
+/// Back up into the set, lose store `lost`, restore and check through the
+/// others, sync, and require the rebuilt store to equal what it was.
+fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: usize) {
+    let label = format!("{} {}", set.label, ec.unwrap_or("replicas"));
+    let all = set.urls.join(",");
+    let s = Secrate::new(&all);
+    match ec {
+        Some(p) => {
+            s.ok(&["--ec", p, "init", "--kdf-work-factor", "10"]);
+        }
+        None => {
+            s.init();
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let src = tree(work.path());
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let before: Vec<_> = set.urls.iter().map(|u| objects(u)).collect();
+    let names: Vec<Vec<&String>> = before.iter().map(|m| m.keys().collect()).collect();
+    assert!(before[0].contains_key("config") || ec.is_some(), "{label}");
+    assert!(before[0].contains_key("stores"), "{label}: layout recorded");
+    for n in &names[1..] {
+        assert_eq!(n, &names[0], "{label}: every store holds every object");
+    }
+    if ec.is_none() {
+        for b in &before[1..] {
+            assert!(b == &before[0], "{label}: replicas are identical");
+        }
+    }
+    s.ok(&["check", "-q"]);
+
+    destroy(&set.urls[lost]);
+
+    // One store's URL is enough: it records the others.
+    let one = Secrate::new(&set.urls[open_with]);
+    let out = work.path().join("out");
+    one.ok(&["restore", "-q", "latest", out.to_str().unwrap()]);
+    assert_same_tree(&src, &out);
+    let o = one.run(&["cat", "latest", "big.bin"]);
+    assert_eq!(code(&o), 0, "{label}: {}", stderr(&o));
+    assert_eq!(o.stdout, std::fs::read(src.join("big.bin")).unwrap());
+
+    let o = one.run(&["check", "-q"]);
+    let text = stdout(&o);
+    assert_eq!(
+        code(&o),
+        1,
+        "{label}: check fails while a store misses objects:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("error:") && l.contains(&set.urls[lost])),
+        "{label}: check names the lost store:\n{text}"
+    );
+    assert!(
+        text.contains("the repository is intact"),
+        "{label}:\n{text}"
+    );
+
+    let o = one.run(&["sync", "--dry-run"]);
+    assert_eq!(code(&o), 0, "{label}: {}", stderr(&o));
+    assert!(
+        objects(&set.urls[lost]).is_empty(),
+        "{label}: dry run changes nothing"
+    );
+
+    let synced = one.ok(&["sync"]);
+    assert!(
+        synced.contains("every store holds every object"),
+        "{synced}"
+    );
+    let after = objects(&set.urls[lost]);
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        names[lost],
+        "{label}: the same objects"
+    );
+    assert!(after == before[lost], "{label}: rebuilt byte-exact");
+    for (i, u) in set.urls.iter().enumerate() {
+        assert!(objects(u) == before[i], "{label}: store {i} unchanged");
+    }
+    let text = one.ok(&["check", "-q", "--read-data"]);
+    assert!(text.contains("no errors"), "{label}:\n{text}");
+}
+
+#[test]
+fn replicas_lose_a_store_restore_check_sync() {
+    for set in store_sets("dur-replicas", 2) {
+        lose_and_rebuild(&set, None, 1, 0);
+    }
+}
+
+#[test]
+fn replicas_lose_the_first_store() {
+    for set in store_sets("dur-replicas-first", 2) {
+        lose_and_rebuild(&set, None, 0, 1);
+    }
+}
+
+#[test]
+fn erasure_coding_2_1_lose_a_store_restore_check_sync() {
+    for set in store_sets("dur-ec", 3) {
+        lose_and_rebuild(&set, Some("2+1"), 1, 2);
+    }
+}
+
+#[test]
+fn erasure_coding_2_1_lose_a_data_store() {
+    for set in store_sets("dur-ec-first", 3) {
+        lose_and_rebuild(&set, Some("2+1"), 0, 1);
+    }
+}
+
+/// A store that is gone makes writes fail (nothing is reported durable
+/// unless every store has it), leaves no half-made lock, and reads go on.
+#[test]
+fn a_missing_store_fails_writes_safely() {
+    let dir = tempfile::tempdir().unwrap();
+    for ec in [None, Some("2+1")] {
+        let n = if ec.is_some() { 3 } else { 2 };
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("file://{}/{}-{i}", dir.path().display(), ec.is_some()))
+            .collect();
+        let s = Secrate::new(&urls.join(","));
+        match ec {
+            Some(p) => {
+                s.ok(&["--ec", p, "init", "--kdf-work-factor", "10"]);
+            }
+            None => {
+                s.init();
+            }
+        }
+        let src = dir.path().join(format!("src-{n}"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a"), b"first").unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        destroy(&urls[n - 1]);
+        std::fs::write(src.join("b"), b"second").unwrap();
+        let o = s.run(&["backup", "-q", src.to_str().unwrap()]);
+        assert_ne!(code(&o), 0);
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("reached {} of {n} stores", n - 1)),
+            "{err}"
+        );
+        let first = urls[0].strip_prefix("file://").unwrap();
+        assert!(
+            !std::path::Path::new(first).join("locks/writer").exists(),
+            "no lock left behind"
+        );
+        // Reads still work; after sync, writes do again.
+        let out = s.ok(&["snapshots"]);
+        assert!(out.contains("1 snapshots"), "{out}");
+        s.ok(&["sync"]);
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        let out = s.ok(&["snapshots"]);
+        assert!(out.contains("2 snapshots"), "{out}");
+        s.ok(&["check", "-q"]);
+    }
+}
+
+/// Two stores of 2+1 gone: reads fail with an error, not garbage.
+#[test]
+fn erasure_coding_cannot_lose_more_than_m() {
+    let set = &store_sets("dur-ec-two", 3)[0];
+    let s = Secrate::new(&set.urls.join(","));
+    s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), vec![7u8; 100_000]).unwrap();
+    s.ok(&["backup", "-q", dir.path().to_str().unwrap()]);
+    destroy(&set.urls[0]);
+    destroy(&set.urls[1]);
+    let o = s.run(&["snapshots"]);
+    assert_ne!(code(&o), 0, "{}", stdout(&o));
+}
+
+#[test]
+fn stats_per_store_and_redundancy() {
+    for set in store_sets("dur-stats", 3) {
+        let s = Secrate::new(&set.urls.join(","));
+        s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let data: Vec<u8> = (0..2_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(src.join("a"), &data).unwrap();
+        std::fs::write(src.join("copy-of-a"), &data).unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&s.ok(&["stats", "--json"])).unwrap();
+        assert_eq!(v["mode"], "ec", "{v}");
+        assert_eq!(v["redundancy"].as_f64().unwrap(), 1.5);
+        assert_eq!(v["snapshots"], 2);
+        assert_eq!(v["latest_snapshot_bytes"], 4_000_000);
+        assert_eq!(v["all_snapshots_bytes"], 8_000_000);
+        assert_eq!(v["unique_data_bytes"], 2_000_000, "{v}");
+        assert!((v["dedup_ratio"].as_f64().unwrap() - 4.0).abs() < 1e-9);
+        let stores = v["stores"].as_array().unwrap();
+        assert_eq!(stores.len(), 3);
+        let stored: u64 = stores.iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+        assert_eq!(v["stored_bytes"].as_u64().unwrap(), stored);
+        let packs = v["pack_bytes"].as_u64().unwrap();
+        assert!(
+            stored as f64 >= packs as f64 * 1.5 && (stored as f64) < packs as f64 * 1.6,
+            "{v}"
+        );
+        let text = s.ok(&["stats"]);
+        assert!(text.contains("erasure-coded 2+1"), "{text}");
+        // Replicas: 2×.
+        let r = Secrate::new(&format!("{},{}", set.urls[0], set.urls[1]).replace("store-", "rep-"));
+        r.init();
+        r.ok(&["backup", "-q", src.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&r.ok(&["stats", "--json"])).unwrap();
+        assert_eq!(v["mode"], "replicas");
+        assert_eq!(v["redundancy"].as_f64().unwrap(), 2.0);
+    }
+}
