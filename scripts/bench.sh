@@ -43,7 +43,7 @@
 #   --secrate BIN    use this binary instead of building target/release
 #   --max-busy PCT   wait before each measurement until the machine is at
 #                    most PCT% busy (default 30), at most --idle-wait
-#                    SECONDS (default 90, --quick 20); the CPU used by others during
+#                    SECONDS (default 20, --quick 10); the CPU used by others during
 #                    each timed step is recorded anyway (others_cpu_pct)
 #
 # Results: OUT/results.csv (one row per measurement: workload, case, tool,
@@ -90,7 +90,7 @@ if [[ " ${workloads[*]} " == *" all "* ]]; then
     workloads=(ceil p1 p2 p5 p6 history p4 p3 p7)
 fi
 [[ -n "$runs" ]] || runs=$((quick ? 1 : 3))
-[[ -n "$idle_wait" ]] || idle_wait=$((quick ? 20 : 90))
+[[ -n "$idle_wait" ]] || idle_wait=$((quick ? 10 : 20))
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || bench_die "--runs wants a positive integer"
 
 bench_require_root
