@@ -1122,6 +1122,52 @@ fn full_cache_gives_enospc_and_recovers() {
                 || tmpfs.free() > 32 * MIB as u64,
             );
         }
+        // Another program fills the cache disk to the last byte: metadata
+        // changes through the mount still commit (the cache database keeps
+        // working), data writes get ENOSPC, never EIO.
+        {
+            // Nothing left to commit while the other program writes.
+            fs::File::open(m.path("")).unwrap().sync_all().unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            let filler = tmpfs.dir.join("filler");
+            let mut f = fs::File::create(&filler).unwrap();
+            for size in [64 * 1024, 4096, 512, 1] {
+                let block = vec![7u8; size];
+                while f.write_all(&block).is_ok() {}
+            }
+            drop(f);
+            for i in 0..500 {
+                let d = m.path(&format!("dir-while-full-{i:03}-{}", "n".repeat(200)));
+                fs::create_dir(&d).unwrap();
+                if i % 50 == 0 {
+                    fs::File::open(m.path("")).unwrap().sync_all().unwrap();
+                }
+            }
+            for i in 0..500 {
+                fs::remove_dir(m.path(&format!("dir-while-full-{i:03}-{}", "n".repeat(200))))
+                    .unwrap();
+            }
+            fs::create_dir(m.path("made-while-full")).unwrap();
+            fs::rename(m.path("made-while-full"), m.path("renamed-while-full")).unwrap();
+            let w = fs::File::create(m.path("renamed-while-full/x"))
+                .and_then(|mut f| f.write_all(&[1u8; 256 * 1024]).and_then(|()| f.sync_all()));
+            if let Err(e) = w {
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSPC),
+                    "writing on a full disk: {e}"
+                );
+            }
+            fs::remove_file(m.path("renamed-while-full/x")).unwrap();
+            fs::remove_dir(m.path("renamed-while-full")).unwrap();
+            fs::File::open(m.path("")).unwrap().sync_all().unwrap();
+            fs::remove_file(&filler).unwrap();
+        }
+        let log = m.log();
+        assert!(
+            !log.contains("error: committing"),
+            "the cache database failed on a full disk:\n{log}"
+        );
         // Works again.
         let after = pseudo_random(9999, 8 * MIB);
         fs::create_dir(m.path("after")).unwrap();

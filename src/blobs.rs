@@ -245,6 +245,8 @@ impl BlobReader {
             return Err(Error::corrupt(name, "its content does not match its name"));
         }
         let tmp = path.with_extension("tmp");
+        crate::space::check(&self.pack_dir, bytes.len() as u64, crate::space::Use::Data)
+            .map_err(|e| Error::io(&tmp, e))?;
         fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         Ok(path)
@@ -331,6 +333,10 @@ impl BlobReader {
         }
         let path = self.disk_path(id);
         let tmp = path.with_extension("tmp");
+        if crate::space::check(&self.chunk_dir, data.len() as u64, crate::space::Use::Data).is_err()
+        {
+            return;
+        }
         if fs::write(&tmp, data)
             .and_then(|()| fs::rename(&tmp, &path))
             .is_err()

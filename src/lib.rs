@@ -20,6 +20,7 @@ pub mod mount;
 pub mod ops;
 pub mod progress;
 pub mod repo;
+pub mod space;
 pub mod store;
 
 pub use error::{Error, Result};

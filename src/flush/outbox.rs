@@ -82,6 +82,9 @@ pub fn file_for(dir: &Path, name: &str) -> PathBuf {
 
 /// Write a file and make it durable before anything lists it.
 pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        crate::space::check(dir, bytes.len() as u64, crate::space::Use::Outbox)?;
+    }
     let tmp = path.with_extension("tmp");
     {
         let mut f = fs::File::create(&tmp)?;

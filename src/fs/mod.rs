@@ -756,10 +756,13 @@ impl Filesystem for SecrateFs {
         if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 {
             return reply.error(Errno::EIO);
         }
+        // What users can write: the cache database's reserve is not theirs.
+        let unit = (s.f_frsize as u64).max(1);
+        let reserve = crate::space::reserve_for(s.f_blocks as u64 * unit) / unit;
         reply.statfs(
             s.f_blocks,
             s.f_bfree,
-            s.f_bavail,
+            (s.f_bavail as u64).saturating_sub(reserve),
             s.f_files,
             s.f_ffree,
             s.f_bsize as u32,

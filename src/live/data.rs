@@ -169,6 +169,8 @@ impl Live {
             let dir = self.dir().join("sealing");
             std::fs::create_dir_all(&dir)?;
             let copy = dir.join(ino.to_string());
+            let len = std::fs::metadata(self.staged_path(ino)).map_or(0, |m| m.len());
+            crate::space::check(&dir, len, crate::space::Use::Data)?;
             match std::fs::copy(self.staged_path(ino), &copy) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&copy, b"")?,
@@ -250,6 +252,9 @@ impl Live {
             return Ok(());
         }
         let chunks = rec.chunks().map(|c| c.to_vec()).unwrap_or_default();
+        if !truncate {
+            crate::space::check(self.dir(), rec.size, crate::space::Use::Data)?;
+        }
         let tmp = self.dir().join("staged").join(format!("{ino}.tmp"));
         {
             let mut f = OpenOptions::new()
@@ -310,6 +315,7 @@ impl Live {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, false)?;
         self.before_change(ino)?;
+        crate::space::check(self.dir(), data.len() as u64, crate::space::Use::Data)?;
         let f = self.staged_handle(ino)?;
         f.write_all_at(data, offset)?;
         let end = offset + data.len() as u64;

@@ -133,6 +133,10 @@ pub struct Live {
     /// Staged files of removed inodes, deleted only once the removal is
     /// durable: a crash before that brings the inode back, with its data.
     discarded: Mutex<Vec<PathBuf>>,
+    /// When the periodic tick last committed durably to free `discarded`.
+    last_discard_commit: Mutex<std::time::Instant>,
+    /// Disk space held for the database's commits (see `crate::space`).
+    ballast: crate::space::Ballast,
 }
 
 impl Live {
@@ -150,6 +154,8 @@ impl Live {
             epoch: std::sync::atomic::AtomicU64::new(1),
             open_files: OpenFiles::default(),
             discarded: Mutex::new(Vec::new()),
+            last_discard_commit: Mutex::new(std::time::Instant::now()),
+            ballast: crate::space::Ballast::new(dir),
         };
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);
@@ -248,6 +254,7 @@ impl Live {
 
     fn commit_inner(&self, durable: bool) -> LiveResult<()> {
         let mut guard = self.lock_txn();
+        self.ballast.before_commit();
         match guard.take() {
             Some(mut t) => {
                 if durable {
@@ -269,7 +276,27 @@ impl Live {
     }
 
     /// Commit if anything changed since the last commit (the periodic tick).
+    /// Removed files hold their cache space until a durable commit, so when
+    /// some wait, the tick commits durably (at most once a second): `rm` of
+    /// a big file gives its space back within a second, as users expect of a
+    /// full cache disk.
     pub fn commit_if_pending(&self) -> LiveResult<()> {
+        let waiting = !self
+            .discarded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if waiting {
+            let mut last = self
+                .last_discard_commit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= std::time::Duration::from_secs(1) {
+                *last = std::time::Instant::now();
+                drop(last);
+                return self.commit(true);
+            }
+        }
         if self.pending.load(Ordering::Acquire) {
             self.commit(false)?;
         }
