@@ -462,6 +462,7 @@ fn snapshot(shared: &Shared, stream: &mut UnixStream, wait: bool) -> Result<()> 
     };
     f.kick();
     loop {
+        let seen = f.progress_seen();
         let (_, uploaded) = f.gens().map_err(live_err)?;
         let (n, b) = f.pending().map_err(live_err)?;
         if uploaded >= target {
@@ -481,6 +482,6 @@ fn snapshot(shared: &Shared, stream: &mut UnixStream, wait: bool) -> Result<()> 
         {
             return Ok(());
         }
-        f.wait_progress(Duration::from_secs(1));
+        f.wait_progress(seen, Duration::from_secs(1));
     }
 }

@@ -74,8 +74,8 @@ pub struct Flusher {
     upload_mutex: Mutex<()>,
     state: Mutex<UploadState>,
     wake: (Mutex<bool>, Condvar),
-    /// Uploads progress: (sealed_gen, uploaded_gen) changes wake waiters.
-    progress: (Mutex<()>, Condvar),
+    /// Counts seal and upload progress; waiters sleep until it moves.
+    progress: (Mutex<u64>, Condvar),
     stop: AtomicBool,
     snapshots: RwLock<Vec<SnapEntry>>,
     cache_size: std::sync::atomic::AtomicU64,
@@ -199,7 +199,7 @@ impl Flusher {
                 ..Default::default()
             }),
             wake: (Mutex::new(false), Condvar::new()),
-            progress: (Mutex::new(()), Condvar::new()),
+            progress: (Mutex::new(0), Condvar::new()),
             stop: AtomicBool::new(false),
             snapshots: RwLock::new(snaps),
             cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
@@ -221,14 +221,24 @@ impl Flusher {
     }
 
     fn notify_progress(&self) {
-        let _g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
+        *g += 1;
         self.progress.1.notify_all();
     }
 
-    /// Wait up to `timeout` for upload progress.
-    pub fn wait_progress(&self, timeout: Duration) {
+    /// The progress counter: read it before looking at the state, then
+    /// `wait_progress(seen, ..)` cannot miss progress made in between.
+    pub fn progress_seen(&self) -> u64 {
+        *self.progress.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait up to `timeout` for progress after `seen` (from `progress_seen`).
+    pub fn wait_progress(&self, seen: u64, timeout: Duration) {
         let g = self.progress.0.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.progress.1.wait_timeout(g, timeout);
+        let _ = self
+            .progress
+            .1
+            .wait_timeout_while(g, timeout, |n| *n == seen);
     }
 
     pub fn gens(&self) -> LiveResult<(u64, u64)> {
