@@ -341,10 +341,7 @@ fn files_of(repo: &Repository, root: &Id) -> BTreeMap<String, Vec<Id>> {
 fn delete_packs_holding(url: &str, ids: &[Id], extra: usize) -> HashSet<Id> {
     let repo = open_repo(url);
     let ix = repo.index();
-    let mut packs: HashSet<Id> = ids
-        .iter()
-        .map(|id| ix.get(id).unwrap().0.id)
-        .collect();
+    let mut packs: HashSet<Id> = ids.iter().map(|id| ix.get(id).unwrap().0.id).collect();
     let mut data: Vec<Id> = ix
         .packs()
         .iter()
@@ -383,7 +380,11 @@ fn assert_latest_references_nothing_lost(url: &str, lost: &HashSet<Id>) -> BTree
                     "snapshot {}: {path} references chunk {} that no index lists{}",
                     id.short(),
                     c.short(),
-                    if lost.contains(c) { " (a lost chunk)" } else { "" }
+                    if lost.contains(c) {
+                        " (a lost chunk)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -437,7 +438,11 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
             .unwrap()
             .chunks()
             .to_vec();
-        assert!(big_chunks.len() >= 3, "big.bin has {} chunks", big_chunks.len());
+        assert!(
+            big_chunks.len() >= 3,
+            "big.bin has {} chunks",
+            big_chunks.len()
+        );
         drop(repo);
         let lost = delete_packs_holding(&store.url, &[big_chunks[1].id], 2);
         let damaged: BTreeSet<String> = before
@@ -489,7 +494,10 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         let o = s.run(&["check", "--read-data"]);
         let out = String::from_utf8_lossy(&o.stdout).to_string();
         assert_eq!(o.status.code(), Some(1), "{out}");
-        assert!(!out.contains("damaged: ") && out.contains("no new damage"), "{out}");
+        assert!(
+            !out.contains("damaged: ") && out.contains("no new damage"),
+            "{out}"
+        );
         let rec_named: BTreeSet<String> = out
             .lines()
             .filter_map(|l| l.strip_prefix("recorded: snapshot "))
@@ -520,15 +528,19 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         if !lost.contains(&big_chunks[0].id) {
             // (A read that reaches into the lost chunk ends short or with
             // EIO: the kernel reads ahead in large requests.)
-            assert!(read_at(&bigp, 0, 65536).unwrap() == big[..65536], "big.bin's first chunk");
+            assert!(
+                read_at(&bigp, 0, 65536).unwrap() == big[..65536],
+                "big.bin's first chunk"
+            );
         }
-        expect_errno("big.bin's lost chunk", read_at(&bigp, c0 as u64 + 10, 4096), libc::EIO);
+        expect_errno(
+            "big.bin's lost chunk",
+            read_at(&bigp, c0 as u64 + 10, 4096),
+            libc::EIO,
+        );
         // Rewriting heals: one damaged file with new bytes, big.bin with
         // its old bytes (the same chunk ids, which heals old snapshots).
-        let other = damaged
-            .iter()
-            .find(|p| p.as_str() != "/big.bin")
-            .cloned();
+        let other = damaged.iter().find(|p| p.as_str() != "/big.bin").cloned();
         if let Some(p) = &other {
             fs::write(m.path(&p[1..]), b"rewritten after the loss").unwrap();
         }
@@ -602,7 +614,11 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         let dst = work.path().join("dst");
         s.ok(&["restore", "latest", dst.to_str().unwrap()]);
         for i in 0..48 {
-            assert!(fs::read(dst.join(rel(i))).unwrap() == content(i, 0), "{}", rel(i));
+            assert!(
+                fs::read(dst.join(rel(i))).unwrap() == content(i, 0),
+                "{}",
+                rel(i)
+            );
         }
         // The backup stored the lost d*/ chunks again: in the old snapshots
         // only ranges already marked, the rewritten file's old version and
@@ -610,7 +626,10 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         let o = s.run(&["check", "--read-data"]);
         let out = String::from_utf8_lossy(&o.stdout).to_string();
         assert!(!out.contains("damaged: "), "{out}");
-        assert!(o.status.code() == Some(0) || out.contains("no new damage"), "{out}");
+        assert!(
+            o.status.code() == Some(0) || out.contains("no new damage"),
+            "{out}"
+        );
     }
 }
 

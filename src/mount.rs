@@ -307,7 +307,10 @@ fn mark_lost(repo: &Repository, live: &Live) -> Result<()> {
         crate::log!("{path}: its lost chunks are stored again from this cache's copy");
     }
     if m.dirs > 0 {
-        crate::log!("{} directories whose tree was lost are encoded again", m.dirs);
+        crate::log!(
+            "{} directories whose tree was lost are encoded again",
+            m.dirs
+        );
     }
     Ok(())
 }

@@ -17,7 +17,15 @@ fn save(url: &str) -> Vec<(String, Vec<u8>)> {
 
 fn put_back(url: &str, saved: &[(String, Vec<u8>)]) {
     let st = open_store(url);
-    for dir in ["config", "keys", "index", "snapshots", "damage", "packs", "locks"] {
+    for dir in [
+        "config",
+        "keys",
+        "index",
+        "snapshots",
+        "damage",
+        "packs",
+        "locks",
+    ] {
         for o in st.list(dir).unwrap_or_default() {
             st.delete(&o.name).unwrap();
         }
@@ -328,31 +336,24 @@ fn tampered_damage_record_is_named() {
         let rec = &records[0];
         let o = s.run(&["check"]);
         let out = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(out.contains("recorded: ") && out.contains("no new damage"), "{out}");
+        assert!(
+            out.contains("recorded: ") && out.contains("no new damage"),
+            "{out}"
+        );
 
         let get = |n: &str| saved.iter().find(|(m, _)| m == n).unwrap().1.clone();
         let other = format!("damage/{}", "ab".repeat(32));
-        let trials: Vec<(&str, Box<dyn Fn()>)> = vec![
-            (
-                "flip",
-                Box::new(|| mutate(url, rec, |b| b[60] ^= 0x20)),
-            ),
-            (
-                "truncate",
-                Box::new(|| mutate(url, rec, |b| b.truncate(b.len() - 7))),
-            ),
-            (
-                "moved",
-                Box::new(|| {
+        for how in ["flip", "truncate", "moved"] {
+            put_back(url, &saved);
+            match how {
+                "flip" => mutate(url, rec, |b| b[60] ^= 0x20),
+                "truncate" => mutate(url, rec, |b| b.truncate(b.len() - 7)),
+                _ => {
                     let st = open_store(url);
                     st.put(&other, get(rec).into()).unwrap();
                     st.delete(rec).unwrap();
-                }),
-            ),
-        ];
-        for (how, f) in trials {
-            put_back(url, &saved);
-            f();
+                }
+            }
             let named = if how == "moved" { &other } else { rec };
             let t = Outcome {
                 what: format!("{rec} {how}"),
@@ -360,7 +361,10 @@ fn tampered_damage_record_is_named() {
             t.check_names(&s, false, named);
             let o = s.run(&["check"]);
             let out = String::from_utf8_lossy(&o.stdout).to_string();
-            assert!(out.contains("damaged: ") && out.contains("big.bin"), "{how}: {out}");
+            assert!(
+                out.contains("damaged: ") && out.contains("big.bin"),
+                "{how}: {out}"
+            );
             let o = s.run(&["cat", "latest", "big.bin"]);
             t.no_panic(&o);
             assert!(
@@ -371,7 +375,10 @@ fn tampered_damage_record_is_named() {
             t.no_panic(&o);
             assert!(o.status.success(), "{how}: {}", stderr(&o));
             let o = s.run(&["cat", "latest", "big.bin"]);
-            assert!(o.status.success() && o.stdout == big, "{how}: backup did not heal");
+            assert!(
+                o.status.success() && o.stdout == big,
+                "{how}: backup did not heal"
+            );
         }
     }
 }

@@ -49,8 +49,9 @@ impl Live {
             let mut v = Vec::new();
             for r in t.iter().map_err(cache_err)? {
                 let (k, val) = r.map_err(cache_err)?;
-                let rec = crate::live::Inode::decode(val.value())
-                    .map_err(|e| crate::live::LiveError::Cache(format!("inode {}: {e}", k.value())))?;
+                let rec = crate::live::Inode::decode(val.value()).map_err(|e| {
+                    crate::live::LiveError::Cache(format!("inode {}: {e}", k.value()))
+                })?;
                 let hit = match &rec.body {
                     Body::Dir { tree: Some(id) } => lost.contains_key(id),
                     Body::File {

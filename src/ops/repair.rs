@@ -262,7 +262,9 @@ pub fn repair(
     // index that forgets those blobs.
     let (recorded, bad_records) = repo.recorded_damage()?;
     for e in &bad_records {
-        progress.warn(&format!("{e} (a new record lists its blobs again if still lost)"));
+        progress.warn(&format!(
+            "{e} (a new record lists its blobs again if still lost)"
+        ));
     }
     let record = crate::repo::damage::DamageRecord::new(
         lost.iter()
@@ -396,8 +398,7 @@ fn damaged_files(
                         }
                     }
                     Kind::File
-                        if e
-                            .chunks()
+                        if e.chunks()
                             .iter()
                             .any(|c| c.id.is_lost() || gone.contains(&c.id)) =>
                     {

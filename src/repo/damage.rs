@@ -104,7 +104,10 @@ mod tests {
     fn rejects_what_is_not_canonical() {
         let r = DamageRecord::new([(BlobKind::Data, Id([2; 32])), (BlobKind::Data, Id([5; 32]))]);
         let mut b = r.encode();
-        assert!(DamageRecord::decode(&b[..b.len() - 1]).is_err(), "truncated");
+        assert!(
+            DamageRecord::decode(&b[..b.len() - 1]).is_err(),
+            "truncated"
+        );
         b.push(0);
         assert!(DamageRecord::decode(&b).is_err(), "trailing byte");
         let mut swapped = hex::decode("02000000").unwrap();

@@ -109,11 +109,19 @@ pub fn open_store(url: &str) -> secrate::store::Store {
 /// Total bytes of every object in the store.
 pub fn store_size(url: &str) -> u64 {
     let s = open_store(url);
-    ["config", "keys", "packs", "index", "snapshots", "damage", "locks"]
-        .iter()
-        .flat_map(|d| s.list(d).unwrap_or_default())
-        .map(|o| o.size)
-        .sum()
+    [
+        "config",
+        "keys",
+        "packs",
+        "index",
+        "snapshots",
+        "damage",
+        "locks",
+    ]
+    .iter()
+    .flat_map(|d| s.list(d).unwrap_or_default())
+    .map(|o| o.size)
+    .sum()
 }
 
 /// Every object's name and bytes.
