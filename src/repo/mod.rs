@@ -2,8 +2,9 @@
 //!
 //! Objects: `config` (plaintext, checksummed), `keys/<id>` (the keyring,
 //! age-encrypted per passphrase or recovery key), `packs/<2 hex>/<id>`
-//! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`, and
-//! `locks/writer`. Packs, index deltas and snapshots are named by the BLAKE3
+//! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`,
+//! `damage/<id>` (blobs `repair` found lost for good), and `locks/writer`.
+//! Packs, index deltas, snapshots and damage records are named by the BLAKE3
 //! hash of their bytes and are never modified; every whole-object read
 //! checks the name (a ranged read of one blob is checked by its AEAD tag and
 //! keyed id instead).
