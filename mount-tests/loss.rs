@@ -570,6 +570,24 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         }
         assert!(recorded_damage_healed(&repo, &big_chunks[1].id));
         drop(repo);
+        // restore names the marked files as lost and exits 1; the rest and
+        // the healed files restore exact.
+        let dst = work.path().join("restore-marked");
+        let o = s.run(&["restore", "latest", dst.to_str().unwrap()]);
+        let said = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(if want.is_empty() { 0 } else { 1 }),
+            "{said}"
+        );
+        for p in &want {
+            assert!(
+                said.lines()
+                    .any(|l| l.contains(p.as_str()) && l.contains("recorded by `secrate repair`")),
+                "restore does not name {p} as lost: {said}"
+            );
+        }
+        assert!(fs::read(dst.join("big.bin")).unwrap() == big);
 
         // More loss, a second record; a fresh cache imports the newest
         // snapshot and marks what it references.
@@ -591,6 +609,28 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         let mut m = Mount::new(&s, &mnt, &work.path().join("c2"), &[]);
         for p in &damaged2 {
             expect_errno(p, fs::read(m.path(&p[1..])), libc::EIO);
+        }
+        // The snapshot with markers, through .history: EIO for the marked
+        // files, exact bytes for the others.
+        let latest = m.path(&format!(".history/{}", m.latest()));
+        for i in 0..48 {
+            let p = format!("/{}", rel(i));
+            let truth = if other.as_ref() == Some(&p) {
+                b"rewritten after the loss".to_vec()
+            } else {
+                content(i, 0)
+            };
+            match fs::read(latest.join(rel(i))) {
+                Ok(b) => assert!(
+                    !want.contains(&p) && !damaged2.contains(&p) && b == truth,
+                    ".history: {p}"
+                ),
+                Err(e) => assert!(
+                    (want.contains(&p) || damaged2.contains(&p))
+                        && e.raw_os_error() == Some(libc::EIO),
+                    ".history: {p}: {e}"
+                ),
+            }
         }
         fs::write(m.path("new-on-fresh-cache"), content(301, 0)).unwrap();
         m.snapshot();
