@@ -186,3 +186,134 @@ fn store_down_then_back() {
         assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
     }
 }
+
+/// The store really goes away: the test's own s3s-fs process is killed
+/// (SIGKILL) and stays stopped for `SECRATE_OUTAGE_SECS` (60 in CI), then
+/// starts again on the same port and root directory.
+#[test]
+fn s3_server_stopped_then_back() {
+    if !fuse_ready("s3_server_stopped_then_back") {
+        return;
+    }
+    let Some(bin) = S3Server::binary("s3_server_stopped_then_back") else {
+        return;
+    };
+    let outage_secs: u64 = std::env::var("SECRATE_OUTAGE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let work = tempfile::tempdir().unwrap();
+    let mut server = S3Server::start(&bin, work.path(), "outage");
+    let mut s = Secrate::new("s3://outage/repo");
+    s.envs.extend(server.envs());
+    s.init();
+    let mnt = work.path().join("mnt");
+    let mut m = Mount::new(&s, &mnt, &work.path().join("cache"), &[]);
+    for i in 0..6 {
+        fs::write(m.path(&format!("before{i}")), data(i)).unwrap();
+    }
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/moved"), data(40)).unwrap();
+    fs::write(m.path("doomed"), data(41)).unwrap();
+    m.snapshot();
+    let f = fs::File::open(m.path("before0")).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    // The server dies.
+    server.kill();
+    let t = Instant::now();
+    eprintln!("s3s-fs killed; down for {outage_secs} s");
+    for i in 0..6 {
+        assert!(
+            fs::read(m.path(&format!("before{i}"))).unwrap() == data(i),
+            "before{i}"
+        );
+    }
+    for i in 0..8 {
+        let p = m.path(&format!("during{i}"));
+        fs::write(&p, data(10 + i)).unwrap();
+        fs::File::open(&p).unwrap().sync_all().unwrap();
+    }
+    fs::rename(m.path("dir/moved"), m.path("renamed")).unwrap();
+    fs::remove_file(m.path("doomed")).unwrap();
+    fs::create_dir(m.path("made-during")).unwrap();
+    let mnt_s = m.mnt.to_str().unwrap().to_string();
+    s.ok(&["snapshot", "--no-wait", &mnt_s]);
+    poll_until(
+        "status to show the backlog and the store error",
+        Duration::from_secs(90),
+        || {
+            let st = status(&s, &m.mnt);
+            st["pending_objects"].as_u64().unwrap_or(0) > 0 && !st["last_error"].is_null()
+        },
+    );
+    let st = status(&s, &m.mnt);
+    eprintln!(
+        "after {:.0} s down: {} objects / {} bytes waiting; last error: {}",
+        t.elapsed().as_secs_f64(),
+        st["pending_objects"],
+        st["pending_bytes"],
+        st["last_error"]
+    );
+    // Down for the whole outage; the mount keeps working all along.
+    let mut round = 0;
+    while t.elapsed() < Duration::from_secs(outage_secs) {
+        let p = m.path(&format!("made-during/f{}", round % 5));
+        fs::write(&p, data(20 + round % 5)).unwrap();
+        fs::File::open(&p).unwrap().sync_all().unwrap();
+        assert!(fs::read(m.path("during3")).unwrap() == data(13));
+        assert!(fs::read(m.path("renamed")).unwrap() == data(40));
+        round += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let st = status(&s, &m.mnt);
+    assert!(
+        st["pending_objects"].as_u64().unwrap_or(0) > 0 && !st["last_error"].is_null(),
+        "at the end of the outage status must still show the backlog and the error: {st}"
+    );
+    assert!(
+        !server.running(),
+        "the S3 server must stay stopped during the outage"
+    );
+
+    // The server is back: the backlog drains by itself.
+    server.resume();
+    let back = Instant::now();
+    poll_until(
+        "the backlog to drain by itself",
+        Duration::from_secs(180),
+        || status(&s, &m.mnt)["pending_objects"].as_u64() == Some(0),
+    );
+    eprintln!(
+        "outage {:.0} s; backlog drained {:.1} s after the server came back",
+        back.duration_since(t).as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    m.umount();
+
+    let m = Mount::new(&s, &mnt, &work.path().join("fresh"), &["--read-only"]);
+    for i in 0..6 {
+        assert!(
+            fs::read(m.path(&format!("before{i}"))).unwrap() == data(i),
+            "before{i}"
+        );
+    }
+    for i in 0..8 {
+        assert!(
+            fs::read(m.path(&format!("during{i}"))).unwrap() == data(10 + i),
+            "during{i}"
+        );
+    }
+    for k in 0..5.min(round) {
+        assert!(
+            fs::read(m.path(&format!("made-during/f{k}"))).unwrap() == data(20 + k),
+            "made-during/f{k}"
+        );
+    }
+    assert!(fs::read(m.path("renamed")).unwrap() == data(40));
+    assert!(!m.path("dir/moved").exists() && !m.path("doomed").exists());
+    assert_eq!(m.history().len(), 3, "two snapshots and the unmount's");
+    drop(m);
+    assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
+}

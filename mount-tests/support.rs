@@ -690,3 +690,146 @@ impl Clock {
         self.last.set(now);
     }
 }
+
+/// A private s3s-fs server (the one scripts/lib/s3-server.sh installs) that
+/// a test can stop and start again on the same port and root directory, to
+/// take the store away for real. Dropping it kills the server.
+pub struct S3Server {
+    bin: PathBuf,
+    pub port: u16,
+    /// The server's root; the bucket is its subdirectory `bucket`.
+    pub root: PathBuf,
+    key: String,
+    secret: String,
+    child: Option<std::process::Child>,
+    log: PathBuf,
+}
+
+impl S3Server {
+    /// `$S3_TOOLS/bin/s3s-fs` (else `$SECRATE_TOOLS`, else
+    /// `~/.cache/secrate-tools`). `None` (with a note) when it is missing and
+    /// this is not a scripts/test.sh run; under scripts/test.sh
+    /// (`SECRATE_TEST_S3_URL` set), which installs it, a missing binary fails
+    /// the test.
+    pub fn binary(test: &str) -> Option<PathBuf> {
+        let tools = std::env::var_os("S3_TOOLS")
+            .or_else(|| std::env::var_os("SECRATE_TOOLS"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/secrate-tools")
+            });
+        let bin = tools.join("bin/s3s-fs");
+        if bin.is_file() {
+            return Some(bin);
+        }
+        assert!(
+            std::env::var_os("SECRATE_TEST_S3_URL").is_none(),
+            "{} is missing: {test} needs it; scripts/test.sh installs it (scripts/lib/s3-server.sh)",
+            bin.display()
+        );
+        eprintln!(
+            "note: SKIPPED {test}: {} is missing and SECRATE_TEST_S3_URL is not set (scripts/test.sh installs and sets both)",
+            bin.display()
+        );
+        None
+    }
+
+    /// Start a server on a free loopback port with a fresh root directory
+    /// under `dir` holding the bucket `bucket`, and random credentials.
+    pub fn start(bin: &Path, dir: &Path, bucket: &str) -> S3Server {
+        let root = dir.join("s3-root");
+        fs::create_dir_all(root.join(bucket)).unwrap();
+        // Below Linux's ephemeral range (32768-60999), so no outgoing
+        // connection takes the port while the server is stopped.
+        let port = (0..1000)
+            .map(|_| rand::random::<u16>() % 12_000 + 20_000)
+            .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .expect("a free loopback port below 32000");
+        let mut s = S3Server {
+            bin: bin.to_path_buf(),
+            port,
+            root,
+            key: format!("secrate{}", hex::encode(rand::random::<[u8; 8]>())),
+            secret: hex::encode(rand::random::<[u8; 20]>()),
+            child: None,
+            log: dir.join("s3s-fs.log"),
+        };
+        s.resume();
+        s
+    }
+
+    /// The environment that points secrate at this server.
+    pub fn envs(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret.clone()),
+            (
+                "AWS_ENDPOINT_URL".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("NO_PROXY".into(), "127.0.0.1,localhost".into()),
+        ]
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL the server and reap it: the store is gone, connections reset.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the server (again) on the same port and root; waits until it
+    /// accepts connections.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the S3 server is already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", &self.key, "--secret-key", &self.secret])
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(
+                self.running(),
+                "s3s-fs exited at start (port {}); its log:\n{}",
+                self.port,
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "s3s-fs does not accept connections on port {} after 30 s",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -180,6 +180,11 @@ impl BlobReader {
 
     /// A verified blob, from wherever it is cheapest.
     pub fn blob(&self, kind: BlobKind, id: &Id) -> Result<Arc<Vec<u8>>> {
+        if id.is_lost() {
+            return Err(Error::Lost {
+                what: format!("a range of a file ({} blob)", kind.name()),
+            });
+        }
         if let Some(d) = self.mem_get(id) {
             return Ok(d);
         }

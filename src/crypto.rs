@@ -47,6 +47,16 @@ impl Id {
         hex::encode(&self.0[..4])
     }
 
+    /// The all-zero id. In a file's chunk list it marks a range whose chunk
+    /// was lost for good and recorded by `secrate repair` (a keyed BLAKE3
+    /// output is all zeros with probability 2^-256): readers give an error
+    /// for that range, never bytes. See docs/FORMAT.md, "Damage records".
+    pub const LOST: Id = Id([0; ID_LEN]);
+
+    pub fn is_lost(&self) -> bool {
+        *self == Id::LOST
+    }
+
     /// Plain BLAKE3 of stored bytes: the name of a pack, index or snapshot.
     pub fn of_object(bytes: &[u8]) -> Id {
         Id(*blake3::hash(bytes).as_bytes())

@@ -23,6 +23,11 @@ pub enum Error {
     #[error("object {object} is missing from the store at {url}")]
     Missing { url: String, object: String },
 
+    /// Data `secrate repair` found lost for good and recorded: a range of a
+    /// file marked lost (`Id::LOST`) in its chunk list.
+    #[error("{what} was lost from the store (recorded by `secrate repair`)")]
+    Lost { what: String },
+
     /// An object exists but does not decode, decrypt or verify.
     #[error("object {object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },

@@ -142,6 +142,9 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     )?;
     flusher.set_cache_size(opts.cache_size);
     follow_repository(&live, &reader, &flusher)?;
+    if !opts.read_only {
+        mark_lost(&repo, &live)?;
+    }
 
     let shared = Arc::new(Shared {
         flusher: flusher.clone(),
@@ -281,6 +284,32 @@ fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Res
              keeping the cache (the other snapshot stays in .history)",
             latest.id.short(),
             latest.snapshot.time_rfc3339()
+        );
+    }
+    Ok(())
+}
+
+/// Mark what `secrate repair` recorded as lost in the live tree, so that
+/// no new snapshot references it (src/live/lost.rs).
+fn mark_lost(repo: &Repository, live: &Live) -> Result<()> {
+    let (lost, problems) = repo.lost_blobs()?;
+    for p in problems {
+        crate::log!("warning: {p}");
+    }
+    let m = live.mark_lost(&lost).map_err(live_err)?;
+    for (path, bytes) in &m.damaged {
+        crate::log!(
+            "damaged: {path}: {bytes} bytes were lost from the store (recorded by `secrate repair`); \
+             reads of them give EIO until the file is rewritten"
+        );
+    }
+    for path in &m.restaged {
+        crate::log!("{path}: its lost chunks are stored again from this cache's copy");
+    }
+    if m.dirs > 0 {
+        crate::log!(
+            "{} directories whose tree was lost are encoded again",
+            m.dirs
         );
     }
     Ok(())

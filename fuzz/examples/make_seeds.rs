@@ -288,6 +288,11 @@ fn main() {
     let delta = encode_delta(&[data_info, tree_info]);
     w("index_delta", "two-packs", &delta);
     w("index_delta", "empty", &encode_delta(&[]));
+    let damage = secrate::repo::damage::DamageRecord::new([
+        (BlobKind::Data, Id([7; 32])),
+        (BlobKind::Tree, Id([9; 32])),
+    ]);
+    w("damage_record", "two-blobs", &damage.encode());
 
     let snap = sample_snapshot().encode();
     let lock_info = sample_lock().encode();
@@ -383,6 +388,7 @@ fn check(dir: &Path) {
                     age_decrypt(keys.meta_identity(), header).is_ok()
                 }
                 "index_delta" => secrate::repo::index::decode_delta(&b).is_ok(),
+                "damage_record" => secrate::repo::damage::DamageRecord::decode(&b).is_ok(),
                 "tree" | "tree_roundtrip" => Tree::decode(&b).is_ok(),
                 "snapshot" => Snapshot::decode(&b).is_ok(),
                 "lock_info" => LockInfo::decode(&b).is_ok(),

@@ -1,4 +1,8 @@
 //! `secrate check [--read-data]`: name every damaged file, exit 1 if any.
+//!
+//! Damage `secrate repair` recorded is listed as `recorded:` and new damage
+//! as `damaged:`; either makes the exit code 1 (the snapshots holding it are
+//! not whole), but the last line says whether anything is new.
 
 use super::format::bytes;
 use super::progress::Bar;
@@ -30,6 +34,15 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             d.reason
         );
     }
+    for d in &r.recorded {
+        println!(
+            "recorded: snapshot {} ({}): /{}: {}",
+            d.snapshot.short(),
+            d.time,
+            d.path.trim_start_matches('/'),
+            d.reason
+        );
+    }
     let stores_ok = super::sync::report_stores(repo.store(), a.read_data)?;
     let read = if a.read_data {
         format!(", read {} in {} blobs", bytes(r.bytes_read), r.blobs_read)
@@ -48,6 +61,18 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             r.snapshots, r.trees, r.packs
         );
         Ok(0)
+    } else if !r.has_new_damage() {
+        let files: std::collections::HashSet<_> = r.recorded.iter().map(|d| &d.path).collect();
+        println!(
+            "no new damage, but {} paths in snapshots ({} distinct) hold data lost earlier and recorded by `secrate repair`; \
+             a file rewritten (mount) or backed up again from its source is whole in later snapshots; {} snapshots, {} trees, {} packs{read}",
+            r.recorded.len(),
+            files.len(),
+            r.snapshots,
+            r.trees,
+            r.packs
+        );
+        Ok(1)
     } else {
         let files: std::collections::HashSet<_> = r.damage.iter().map(|d| &d.path).collect();
         println!(

@@ -52,7 +52,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         ""
     };
     println!(
-        "{} packs missing, {} damaged, {} referenced chunks unindexed; {} put back from caches; {} blobs lost, {} salvaged into {} new packs; {} files in snapshots still lost{would}",
+        "{} packs missing, {} damaged, {} referenced chunks unindexed; {} put back from caches; {} blobs lost, {} salvaged into {} new packs, {} newly recorded as lost; {} files in snapshots still lost{would}",
         r.packs_missing,
         r.packs_damaged,
         r.blobs_unindexed,
@@ -60,10 +60,11 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         r.blobs_lost,
         r.blobs_salvaged,
         r.packs_written,
+        r.blobs_recorded,
         r.damaged_files.len()
     );
     if r.index_rewritten && !r.damaged_files.is_empty() {
-        println!("the index no longer lists the lost data: the next backup or mount stores those files again where they still exist");
+        println!("the lost data is recorded (damage/) and no index lists it: a mount marks those ranges of its files lost (reads give EIO, new snapshots never reference them) until a file is rewritten, and the next backup stores those files again where the source still has them");
     }
     Ok(if r.damaged_files.is_empty() { 0 } else { 1 })
 }

@@ -15,6 +15,12 @@ use crate::repo::pack::pack_id_from_name;
 /// Packs uploaded at once.
 const PARALLEL: usize = 4;
 
+/// The longest wait between upload attempts while the store fails. Each
+/// attempt already spends ~20 s retrying inside the store layer, so a store
+/// that comes back is found within about 30 s; one failed burst of requests
+/// per ~50 s costs nothing worth saving.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
 impl Flusher {
     pub(crate) fn upload_loop(&self) {
         let mut backoff = Duration::from_secs(1);
@@ -40,12 +46,16 @@ impl Flusher {
                 }
                 Err(e) => {
                     crate::log!("warning: upload: {e} (retrying in {} s)", backoff.as_secs());
-                    let deadline = std::time::Instant::now() + backoff;
-                    while std::time::Instant::now() < deadline && !self.stop.load(Ordering::SeqCst)
-                    {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    // A new seal, `secrate snapshot` or the unmount (a kick)
+                    // ends the wait early; the flag stays set, so the wait
+                    // at the top of the loop returns at once and clears it.
+                    let w = self.wake.0.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = self
+                        .wake
+                        .1
+                        .wait_timeout_while(w, backoff, |woken| !*woken)
+                        .unwrap_or_else(|e| e.into_inner());
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -25,6 +25,7 @@
 
 pub mod data;
 pub mod import;
+pub mod lost;
 mod ops;
 pub mod record;
 mod upkeep;

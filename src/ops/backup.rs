@@ -350,7 +350,12 @@ impl Run<'_> {
                 && p.inode == e.inode;
             if same {
                 let ix = self.repo.index();
-                if p.chunks().iter().all(|c| ix.contains(&c.id)) {
+                // A range marked lost, or a chunk repair recorded as lost
+                // (no index lists it): read the file again.
+                if p.chunks()
+                    .iter()
+                    .all(|c| !c.id.is_lost() && ix.contains(&c.id))
+                {
                     self.files_unchanged.fetch_add(1, Ordering::Relaxed);
                     return Ok(p.chunks().to_vec());
                 }

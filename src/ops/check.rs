@@ -6,6 +6,11 @@
 //! and re-hashed. Damage is reported per file and per snapshot: the result
 //! names exactly the files that lost data. Trees shared between snapshots are
 //! walked once (their findings are memoized and re-prefixed).
+//!
+//! Damage `secrate repair` already recorded (blobs a damage record lists and
+//! no index does, and ranges trees mark as lost) is reported apart from new
+//! damage: it is known, but the snapshots holding it are still not whole,
+//! so the repository is never called clean while any snapshot holds it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +43,8 @@ pub struct CheckReport {
     pub bytes_read: u64,
     /// Files and directories that lost data, per snapshot.
     pub damage: Vec<Damage>,
+    /// Files and directories whose loss `repair` recorded, per snapshot.
+    pub recorded: Vec<Damage>,
     /// Objects that are damaged or missing (snapshots, index deltas, packs).
     pub problems: Vec<String>,
     /// Findings that lose nothing (e.g. packs found outside the index).
@@ -46,29 +53,48 @@ pub struct CheckReport {
 
 impl CheckReport {
     pub fn is_clean(&self) -> bool {
-        self.damage.is_empty() && self.problems.is_empty()
+        self.damage.is_empty() && self.problems.is_empty() && self.recorded.is_empty()
+    }
+
+    /// Damage nobody recorded yet (run `secrate repair`).
+    pub fn has_new_damage(&self) -> bool {
+        !self.damage.is_empty() || !self.problems.is_empty()
     }
 }
 
-type Findings = Arc<Vec<(String, String)>>;
+/// (path, why, recorded by repair).
+type Findings = Arc<Vec<(String, String, bool)>>;
 
 struct Walker<'a> {
     repo: &'a Repository,
     /// Blob id → why it cannot be read.
     bad: &'a HashMap<Id, String>,
     missing_packs: &'a HashMap<Id, PackFault>,
+    /// Blobs damage records list (healed ones are indexed again).
+    recorded: &'a HashMap<Id, crate::crypto::BlobKind>,
     memo: HashMap<Id, Findings>,
 }
 
 impl Walker<'_> {
-    fn chunk_problem(&self, id: &Id) -> Option<String> {
+    /// Why a chunk cannot be read, and whether `repair` recorded it.
+    fn chunk_problem(&self, id: &Id) -> Option<(String, bool)> {
+        if id.is_lost() {
+            return Some(("a range marked lost (recorded by repair)".into(), true));
+        }
         if let Some(why) = self.bad.get(id) {
-            return Some(why.clone());
+            return Some((why.clone(), false));
         }
         let ix = self.repo.index();
         match ix.get(id) {
-            None => Some(format!("data blob {} is in no index", id.short())),
-            Some((p, _)) => self.missing_packs.get(&p.id).map(|f| f.describe(&p.id)),
+            None if self.recorded.contains_key(id) => Some((
+                format!("data blob {} was lost (recorded by repair)", id.short()),
+                true,
+            )),
+            None => Some((format!("data blob {} is in no index", id.short()), false)),
+            Some((p, _)) => self
+                .missing_packs
+                .get(&p.id)
+                .map(|f| (f.describe(&p.id), false)),
         }
     }
 
@@ -78,27 +104,37 @@ impl Walker<'_> {
         }
         let mut out = Vec::new();
         match self.repo.read_tree(id) {
-            Err(e) => out.push((String::new(), format!("directory unreadable: {e}"))),
+            Err(e) => out.push((
+                String::new(),
+                format!("directory unreadable: {e}"),
+                self.recorded.contains_key(id) && !self.repo.index().contains(id),
+            )),
             Ok(t) => {
                 for e in &t.entries {
                     let name = String::from_utf8_lossy(&e.name).into_owned();
                     match e.kind {
                         Kind::File => {
-                            if let Some(why) =
-                                e.chunks().iter().find_map(|c| self.chunk_problem(&c.id))
+                            let problems: Vec<(String, bool)> = e
+                                .chunks()
+                                .iter()
+                                .filter_map(|c| self.chunk_problem(&c.id))
+                                .collect();
+                            // New damage first: a file with both is new.
+                            if let Some((why, rec)) =
+                                problems.iter().find(|p| !p.1).or(problems.first())
                             {
-                                out.push((name, why));
+                                out.push((name, why.clone(), *rec));
                             }
                         }
                         Kind::Dir => {
                             if let Some(sub) = e.subtree() {
-                                for (p, why) in self.tree(&sub).iter() {
+                                for (p, why, rec) in self.tree(&sub).iter() {
                                     let path = if p.is_empty() {
                                         name.clone()
                                     } else {
                                         format!("{name}/{p}")
                                     };
-                                    out.push((path, why.clone()));
+                                    out.push((path, why.clone(), *rec));
                                 }
                             }
                         }
@@ -167,6 +203,10 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
         HashMap::new()
     };
 
+    let (recorded, bad_records) = repo.recorded_damage()?;
+    for e in bad_records {
+        report.problems.push(e.to_string());
+    }
     let (snapshots, bad_snaps) = repo.snapshots()?;
     for e in bad_snaps {
         report.problems.push(e.to_string());
@@ -176,11 +216,17 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
         repo,
         bad: &bad,
         missing_packs: &missing_packs,
+        recorded: &recorded,
         memo: HashMap::new(),
     };
     for (id, s) in &snapshots {
-        for (path, reason) in w.tree(&s.root).iter() {
-            report.damage.push(Damage {
+        for (path, reason, rec) in w.tree(&s.root).iter() {
+            let list = if *rec {
+                &mut report.recorded
+            } else {
+                &mut report.damage
+            };
+            list.push(Damage {
                 snapshot: *id,
                 time: format_time(s.time_ns),
                 path: if path.is_empty() {

@@ -9,14 +9,19 @@
 //!    chunks in mount caches (`chunks/`), and the chunks of files in mount
 //!    caches (`staged/`) and in source folders (`--from`), each verified
 //!    against its keyed id. They go into new packs.
-//! 4. Write a complete new index without the bad packs, then delete the old
-//!    index deltas and the damaged packs (the same order as prune, under the
-//!    writer lock: a crash at any point loses nothing).
+//! 4. Record the blobs found nowhere in a damage record (`damage/<id>`,
+//!    src/repo/damage.rs), then write a complete new index without the bad
+//!    packs, then delete the old index deltas and the damaged packs (the
+//!    same order as prune, under the writer lock: a crash at any point loses
+//!    nothing, and the record exists before any index stops listing what it
+//!    names).
 //!
-//! Blobs found nowhere stay lost, and the index no longer lists them: a
-//! backup then reads a file that needs them again instead of trusting the
-//! old chunk list, and storing the chunks again heals every snapshot that
-//! referenced them. The report names each damaged file per snapshot.
+//! Blobs found nowhere stay lost, recorded, and the index no longer lists
+//! them: a backup then reads a file that needs them again instead of
+//! trusting the old chunk list, a mount marks those ranges of its files lost
+//! so its new snapshots never reference them, and storing the chunks again
+//! heals every snapshot that referenced them. The report names each damaged
+//! file per snapshot.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -52,6 +57,8 @@ pub struct RepairReport {
     /// Chunks that snapshots reference and no index lists.
     pub blobs_unindexed: usize,
     pub blobs_salvaged: usize,
+    /// Lost blobs newly written into a damage record.
+    pub blobs_recorded: usize,
     pub packs_written: usize,
     pub index_rewritten: bool,
     /// (snapshot short id, path) of files that still reference lost blobs.
@@ -251,8 +258,32 @@ pub fn repair(
     let (written, _) = writer.finish()?;
     report.packs_written = written.len();
 
-    // 4. A complete new index without the bad packs, then the old deltas,
-    // then the damaged packs.
+    // 4. The damage record first (only what no record lists yet), then the
+    // index that forgets those blobs.
+    let (recorded, bad_records) = repo.recorded_damage()?;
+    for e in &bad_records {
+        progress.warn(&format!(
+            "{e} (a new record lists its blobs again if still lost)"
+        ));
+    }
+    let record = crate::repo::damage::DamageRecord::new(
+        lost.iter()
+            .filter(|(id, _)| !found.contains(id) && !recorded.contains_key(id))
+            .map(|(id, kind)| (*kind, *id)),
+    );
+    if !record.lost.is_empty() {
+        lock.check()?;
+        let id = repo.write_damage(&record)?;
+        report.blobs_recorded = record.lost.len();
+        progress.warn(&format!(
+            "{} recorded: {} blobs lost for good",
+            crate::repo::damage::damage_name(&id),
+            record.lost.len()
+        ));
+    }
+
+    // A complete new index without the bad packs, then the old deltas, then
+    // the damaged packs.
     let old_deltas: Vec<String> = repo
         .store()
         .list("index")?
@@ -311,7 +342,7 @@ fn referenced_unindexed(repo: &Repository) -> Result<HashSet<Id>> {
                 e.chunks()
                     .iter()
                     .map(|c| c.id)
-                    .filter(|id| !ix.contains(id)),
+                    .filter(|id| !id.is_lost() && !ix.contains(id)),
             );
         }
     }
@@ -342,9 +373,6 @@ fn damaged_files(
         .copied()
         .collect();
     let mut out = Vec::new();
-    if gone.is_empty() {
-        return Ok(out);
-    }
     let (snaps, _) = repo.snapshots()?;
     for (id, s) in &snaps {
         let mut stack = vec![(s.root, String::new())];
@@ -369,7 +397,11 @@ fn damaged_files(
                             stack.push((sub, path));
                         }
                     }
-                    Kind::File if e.chunks().iter().any(|c| gone.contains(&c.id)) => {
+                    Kind::File
+                        if e.chunks()
+                            .iter()
+                            .any(|c| c.id.is_lost() || gone.contains(&c.id)) =>
+                    {
                         out.push((id.short(), path));
                     }
                     _ => {}

@@ -2,8 +2,9 @@
 //!
 //! Objects: `config` (plaintext, checksummed), `keys/<id>` (the keyring,
 //! age-encrypted per passphrase or recovery key), `packs/<2 hex>/<id>`
-//! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`, and
-//! `locks/writer`. Packs, index deltas and snapshots are named by the BLAKE3
+//! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`,
+//! `damage/<id>` (blobs `repair` found lost for good), and `locks/writer`.
+//! Packs, index deltas, snapshots and damage records are named by the BLAKE3
 //! hash of their bytes and are never modified; every whole-object read
 //! checks the name (a ranged read of one blob is checked by its AEAD tag and
 //! keyed id instead).
@@ -14,6 +15,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod damage;
 pub mod index;
 pub mod keys;
 pub mod lock;
@@ -37,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 
 use self::config::Config;
+use self::damage::{damage_name, DamageRecord};
 use self::index::{decode_delta, encode_delta, index_name, Index, PackMeta};
 use self::keys::{decode_keyring, encode_keyring, KeyKind, KeyObject};
 use self::lock::WriterLock;
@@ -547,6 +550,11 @@ impl Repository {
 
     /// Read, decrypt and verify one blob.
     pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
+        if id.is_lost() {
+            return Err(Error::Lost {
+                what: format!("{} blob", kind.name()),
+            });
+        }
         let (pack, loc) = {
             let ix = self.index();
             let (p, l) = ix.get(id).ok_or_else(|| Error::Missing {
@@ -576,6 +584,55 @@ impl Repository {
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
         let raw = self.read_blob(BlobKind::Tree, id)?;
         Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))
+    }
+
+    // ---- damage records ----
+
+    /// Store a damage record (before the index that forgets its blobs).
+    pub fn write_damage(&self, r: &DamageRecord) -> Result<Id> {
+        let bytes = sealed::seal(&self.keys, damage::MAGIC, damage::VERSION, &r.encode());
+        let id = Id::of_object(&bytes);
+        self.store.put_new(&damage_name(&id), Bytes::from(bytes))?;
+        Ok(id)
+    }
+
+    pub fn read_damage(&self, name: &str) -> Result<DamageRecord> {
+        let bytes = self.store.get(name)?;
+        check_name(name, "damage/", &bytes)?;
+        let plain = sealed::open(&self.keys, damage::MAGIC, damage::VERSION, &bytes)
+            .map_err(|e| Error::corrupt(name, e.0))?;
+        DamageRecord::decode(&plain).map_err(|e| Error::corrupt(name, e.0))
+    }
+
+    /// Every blob a damage record lists, with its kind, plus the records
+    /// that could not be read (to report: a lost blob they list is still
+    /// missing from the index, so readers fail on it and writers store it
+    /// again when they meet its content; only its marking is lost).
+    pub fn recorded_damage(&self) -> Result<(HashMap<Id, BlobKind>, Vec<Error>)> {
+        let names: Vec<String> = self
+            .store
+            .list("damage")?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        let mut all = HashMap::new();
+        let mut problems = Vec::new();
+        for n in names {
+            match self.read_damage(&n) {
+                Ok(r) => all.extend(r.lost.into_iter().map(|(k, id)| (id, k))),
+                Err(e) => problems.push(e),
+            }
+        }
+        Ok((all, problems))
+    }
+
+    /// Blobs lost for good: recorded by a damage record and not in the
+    /// loaded index (a blob stored again since is indexed again: healed).
+    pub fn lost_blobs(&self) -> Result<(HashMap<Id, BlobKind>, Vec<Error>)> {
+        let (mut all, problems) = self.recorded_damage()?;
+        let ix = self.index();
+        all.retain(|id, _| !ix.contains(id));
+        Ok((all, problems))
     }
 
     // ---- snapshots ----

@@ -68,7 +68,7 @@ pub struct SyncReport {
 fn priority(name: &str) -> u8 {
     match name.split('/').next().unwrap_or("") {
         "packs" => 0,
-        "index" => 1,
+        "index" | "damage" => 1,
         "snapshots" => 2,
         "keys" => 3,
         "config" => 5,

@@ -882,11 +882,12 @@ fn put_new_same(b: &Backend, name: &str, data: &Bytes) -> Result<()> {
 }
 
 /// Names that are the BLAKE3 hash of their bytes: packs, index deltas,
-/// snapshots.
+/// snapshots, damage records.
 pub fn content_addressed(name: &str) -> Option<[u8; 32]> {
     let (dir, file) = name.rsplit_once('/')?;
     let ok_dir = dir == "index"
         || dir == "snapshots"
+        || dir == "damage"
         || dir
             .strip_prefix("packs/")
             .is_some_and(|d| d.len() == 2 && file.starts_with(d));

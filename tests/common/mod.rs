@@ -109,17 +109,25 @@ pub fn open_store(url: &str) -> secrate::store::Store {
 /// Total bytes of every object in the store.
 pub fn store_size(url: &str) -> u64 {
     let s = open_store(url);
-    ["config", "keys", "packs", "index", "snapshots", "locks"]
-        .iter()
-        .flat_map(|d| s.list(d).unwrap_or_default())
-        .map(|o| o.size)
-        .sum()
+    [
+        "config",
+        "keys",
+        "packs",
+        "index",
+        "snapshots",
+        "damage",
+        "locks",
+    ]
+    .iter()
+    .flat_map(|d| s.list(d).unwrap_or_default())
+    .map(|o| o.size)
+    .sum()
 }
 
 /// Every object's name and bytes.
 pub fn store_objects(url: &str) -> Vec<(String, Vec<u8>)> {
     let s = open_store(url);
-    let mut names: Vec<String> = ["keys", "packs", "index", "snapshots", "locks"]
+    let mut names: Vec<String> = ["keys", "packs", "index", "snapshots", "damage", "locks"]
         .iter()
         .flat_map(|d| s.list(d).unwrap_or_default())
         .map(|o| o.name)

@@ -1,0 +1,129 @@
+//! Marking data `secrate repair` recorded as lost in the live tree.
+//!
+//! A damage record (src/repo/damage.rs) lists blobs found nowhere. Files of
+//! the live tree whose sealed chunk lists reference one keep their name,
+//! size and surviving chunks; each lost chunk becomes `Id::LOST` of the same
+//! length, so reads of that range give EIO (never zeros) and every later
+//! seal writes the marker, never the lost id. A file with a staged copy
+//! equal to its chunks is made dirty instead: the next seal stores its
+//! chunks again from the local copy (the same ids, which heals the old
+//! snapshots too). A directory whose own tree blob was lost loses its
+//! recorded tree id and is encoded again. Rewriting a damaged file (a
+//! truncation to zero and new data) heals it.
+//!
+//! Runs at mount start, after recovery and import: damage records are
+//! written under the writer lock, which a writable mount holds for its whole
+//! life, so no record can appear while it runs.
+
+use std::collections::HashMap;
+
+use redb::ReadableTable;
+
+use crate::crypto::{BlobKind, Id};
+use crate::live::{cache_err, Body, Live, LiveResult, INODES, ROOT};
+
+/// What `mark_lost` changed.
+#[derive(Debug, Default)]
+pub struct Marked {
+    /// Paths of files with ranges now marked lost, and the bytes lost.
+    pub damaged: Vec<(String, u64)>,
+    /// Paths of files whose staged copy will store the lost chunks again.
+    pub restaged: Vec<String>,
+    /// Directories whose lost tree blob will be encoded again.
+    pub dirs: usize,
+}
+
+impl Live {
+    /// Mark every reference the live tree holds to a blob in `lost`.
+    pub fn mark_lost(&self, lost: &HashMap<Id, BlobKind>) -> LiveResult<Marked> {
+        let mut out = Marked::default();
+        if lost.is_empty() {
+            return Ok(out);
+        }
+        // Find the records first (a read of everything committed), then
+        // change them in the shared write transaction.
+        self.commit(false)?;
+        let hits: Vec<u64> = {
+            let view = self.read_view()?;
+            let t = view.txn().open_table(INODES).map_err(cache_err)?;
+            let mut v = Vec::new();
+            for r in t.iter().map_err(cache_err)? {
+                let (k, val) = r.map_err(cache_err)?;
+                let rec = crate::live::Inode::decode(val.value()).map_err(|e| {
+                    crate::live::LiveError::Cache(format!("inode {}: {e}", k.value()))
+                })?;
+                let hit = match &rec.body {
+                    Body::Dir { tree: Some(id) } => lost.contains_key(id),
+                    Body::File {
+                        chunks: Some(c), ..
+                    } => c.iter().any(|c| lost.contains_key(&c.id)),
+                    _ => false,
+                };
+                if hit {
+                    v.push(k.value());
+                }
+            }
+            v
+        };
+        for ino in hits {
+            let path = self.path_of(ino)?;
+            self.tx(|tx| {
+                let mut rec = tx.get(ino)?;
+                match &mut rec.body {
+                    Body::Dir { .. } => out.dirs += 1,
+                    Body::File {
+                        staged: true,
+                        chunks,
+                        ..
+                    } => {
+                        *chunks = None;
+                        tx.mark_dirty_file(ino)?;
+                        out.restaged.push(path.clone());
+                    }
+                    Body::File {
+                        chunks: Some(c), ..
+                    } => {
+                        let mut bytes = 0;
+                        for r in c.iter_mut().filter(|r| lost.contains_key(&r.id)) {
+                            r.id = Id::LOST;
+                            bytes += r.len as u64;
+                        }
+                        out.damaged.push((path.clone(), bytes));
+                    }
+                    _ => return Ok(()),
+                }
+                tx.stamp(ino, &mut rec)
+            })?;
+        }
+        self.commit(true)?;
+        Ok(out)
+    }
+
+    /// One path of `ino` from the root (for messages), `?` where unknown.
+    fn path_of(&self, ino: u64) -> LiveResult<String> {
+        self.tx(|tx| {
+            let mut parts: Vec<String> = Vec::new();
+            let mut cur = ino;
+            for _ in 0..4096 {
+                if cur == ROOT {
+                    break;
+                }
+                let rec = tx.get(cur)?;
+                let Some(&parent) = tx.parents_of(cur, &rec)?.first() else {
+                    parts.push("?".into());
+                    break;
+                };
+                let name = tx
+                    .children(parent)?
+                    .into_iter()
+                    .find(|(_, c)| *c == cur)
+                    .map(|(n, _)| String::from_utf8_lossy(&n).into_owned())
+                    .unwrap_or_else(|| "?".into());
+                parts.push(name);
+                cur = parent;
+            }
+            parts.reverse();
+            Ok(format!("/{}", parts.join("/")))
+        })
+    }
+}
