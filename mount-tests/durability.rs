@@ -140,7 +140,11 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
     m.snapshot();
     fs::write(m.path("small/d1/f07"), b"changed in v2").unwrap();
     fs::remove_file(m.path("mid.bin")).unwrap();
-    fs::write(m.path("added-in-v2.bin"), &v2["added-in-v2.bin"].clone().unwrap()).unwrap();
+    fs::write(
+        m.path("added-in-v2.bin"),
+        v2["added-in-v2.bin"].as_ref().unwrap(),
+    )
+    .unwrap();
     m.snapshot();
     m.umount();
     clock.step("two snapshots through the mount");
@@ -158,7 +162,11 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
     // Restore through the remaining stores.
     let out = work.path().join("restored");
     one.ok(&["restore", "-q", "latest", out.to_str().unwrap()]);
-    assert_tree(&out, &v2, &format!("{label}: restore while a store is gone"));
+    assert_tree(
+        &out,
+        &v2,
+        &format!("{label}: restore while a store is gone"),
+    );
     clock.step("restore with the store gone");
 
     // A mount on a fresh cache, given one of the remaining stores.
@@ -195,12 +203,16 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
         // The upload cannot reach every store: it waits in the outbox and
         // `status` says why, naming the store.
         let mut st = serde_json::Value::Null;
-        poll_until("status to show the failed upload", Duration::from_secs(120), || {
-            st = status(&one, &m.mnt);
-            st["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains(&set.urls[lost]))
-        });
+        poll_until(
+            "status to show the failed upload",
+            Duration::from_secs(120),
+            || {
+                st = status(&one, &m.mnt);
+                st["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(&set.urls[lost]))
+            },
+        );
         assert!(st["pending_objects"].as_u64().unwrap() > 0, "{st}");
         assert_eq!(st["last_snapshot_uploaded"], false, "{st}");
         let text = one.ok(&["status", m.mnt.to_str().unwrap()]);
@@ -228,7 +240,10 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
     let o = one.run(&["check", "-q"]);
     assert_eq!(o.status.code(), Some(1), "{label}: a store is incomplete");
     let synced = one.ok(&["sync"]);
-    assert!(synced.contains("every store holds every object"), "{synced}");
+    assert!(
+        synced.contains("every store holds every object"),
+        "{synced}"
+    );
     let after: Vec<_> = set.urls.iter().map(|u| raw_objects(u)).collect();
     for (i, a) in after.iter().enumerate() {
         assert!(
@@ -247,7 +262,10 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
         "{label}: the outage's snapshot is stored"
     );
     if ec.is_none() {
-        assert!(after.iter().all(|a| a == &after[0]), "{label}: replicas equal");
+        assert!(
+            after.iter().all(|a| a == &after[0]),
+            "{label}: replicas equal"
+        );
     } else {
         // Shards are deterministic: losing the store again and rebuilding
         // gives the same bytes, also for what the mount wrote.

@@ -272,8 +272,11 @@ fn stats_per_store_and_redundancy() {
         let v: serde_json::Value = serde_json::from_str(&r.ok(&["stats", "--json"])).unwrap();
         assert_eq!(v["mode"], "replicas");
         assert_eq!(v["redundancy"].as_f64().unwrap(), 2.0);
-        assert!((v["dedup_ratio"].as_f64().unwrap() - 2.0).abs() < 1e-9, "{v}");
-        let raw = raw_objects(&r.store.split(',').next().unwrap().to_string());
+        assert!(
+            (v["dedup_ratio"].as_f64().unwrap() - 2.0).abs() < 1e-9,
+            "{v}"
+        );
+        let raw = raw_objects(r.store.split(',').next().unwrap());
         let raw_packs: u64 = raw
             .iter()
             .filter(|(n, _)| n.starts_with("packs/"))

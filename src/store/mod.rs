@@ -1192,12 +1192,19 @@ mod tests {
             let s = Store::open_many(&u, None, true).unwrap();
             let path = dir.path().join(["a", "b"][gone]);
             std::fs::remove_dir_all(&path).unwrap();
-            let e = s.put("x", Bytes::from_static(b"x")).unwrap_err().to_string();
+            let e = s
+                .put("x", Bytes::from_static(b"x"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("missing (no such directory)"), "{e}");
             assert!(!path.exists(), "a write must not make the store again");
             // The lock: taken, refreshed and released on the other store.
-            assert!(s.put_new("locks/writer", Bytes::from_static(b"l1")).unwrap());
-            assert!(!s.put_new("locks/writer", Bytes::from_static(b"l2")).unwrap());
+            assert!(s
+                .put_new("locks/writer", Bytes::from_static(b"l1"))
+                .unwrap());
+            assert!(!s
+                .put_new("locks/writer", Bytes::from_static(b"l2"))
+                .unwrap());
             s.put("locks/writer", Bytes::from_static(b"l3")).unwrap();
             assert_eq!(&s.get("locks/writer").unwrap()[..], b"l3");
             s.delete("locks/writer").unwrap();
@@ -1207,7 +1214,9 @@ mod tests {
             std::fs::create_dir(&path).unwrap();
             s.put("y", Bytes::from_static(b"y")).unwrap();
             assert_eq!(std::fs::read(path.join("y")).unwrap(), b"y");
-            assert!(s.put_new("locks/writer", Bytes::from_static(b"l4")).unwrap());
+            assert!(s
+                .put_new("locks/writer", Bytes::from_static(b"l4"))
+                .unwrap());
             assert_eq!(std::fs::read(path.join("locks/writer")).unwrap(), b"l4");
             s.delete("locks/writer").unwrap();
         }
