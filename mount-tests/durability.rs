@@ -7,8 +7,8 @@
 //! requires: `restore` works; a mount on a fresh cache, given only one of
 //! the remaining stores, shows the live tree and `.history` byte-exact and
 //! accepts writes; while the store is gone (`file://`: its directory is
-//! missing) the mount keeps the new data in its outbox and `secrate status`
-//! names the store; once the directory is back (empty) the mount's uploads
+//! missing) the mount keeps the new data in its outbox, `secrate status`
+//! names the store, and a `kill -9` of the mount loses none of it; once the directory is back (empty) the mount's uploads
 //! resume by themselves; after the unmount `secrate sync` rebuilds the store
 //! byte-exact and `check --read-data` finds every store complete. On S3 a
 //! destroyed store is a wiped prefix: reachable and empty, so uploads go on.
@@ -218,6 +218,19 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
         let text = one.ok(&["status", m.mnt.to_str().unwrap()]);
         assert!(text.contains(&set.urls[lost]), "{label}: {text}");
         clock.step("status shows the store error, the outbox holds the data");
+        // A crash while the store is gone loses nothing: kill -9, then the
+        // same cache mounted again still holds the writes and the backlog.
+        let pid = m.pid.expect("the mount's pid");
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        poll_until("the killed mount to exit", Duration::from_secs(30), || {
+            !pid_alive(pid)
+        });
+        drop(m);
+        m = Mount::new(&one, &mnt, &work.path().join("c2"), &[]);
+        assert_tree(&m.mnt, &v3, &format!("{label}: after kill -9"));
+        let st = status(&one, &m.mnt);
+        assert!(st["pending_objects"].as_u64().unwrap() > 0, "{st}");
+        clock.step("kill -9 and mount the same cache again");
         // The directory is back (empty): the mount finds it by itself.
         fs::create_dir_all(dir).unwrap();
     }
