@@ -7,69 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
-use secrate::store::Backend;
-
-/// `n` separate stores of one kind.
-struct StoreSet {
-    label: &'static str,
-    urls: Vec<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn store_sets(test: &str, n: usize) -> Vec<StoreSet> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut v = vec![StoreSet {
-        label: "file",
-        urls: (0..n)
-            .map(|i| format!("file://{}/store-{i}", dir.path().display()))
-            .collect(),
-        _dir: Some(dir),
-    }];
-    match std::env::var("SECRATE_TEST_S3_URL") {
-        Ok(base) => {
-            let tag = hex::encode(rand::random::<[u8; 4]>());
-            v.push(StoreSet {
-                label: "s3",
-                urls: (0..n).map(|i| format!("{base}/{test}-{tag}/store-{i}")).collect(),
-                _dir: None,
-            })
-        }
-        Err(_) => eprintln!("note: SECRATE_TEST_S3_URL is not set, so {test} runs on file:// only (scripts/test.sh sets it)"),
-    }
-    v
-}
-
-/// Every object of one store (locks left out: they are transient), raw.
-fn objects(url: &str) -> BTreeMap<String, Vec<u8>> {
-    let Ok(b) = Backend::open(url, false) else {
-        return BTreeMap::new();
-    };
-    b.list_all()
-        .expect("list")
-        .into_iter()
-        .filter(|o| !o.name.starts_with("locks/"))
-        .map(|o| {
-            let bytes = b.get(&o.name).expect("get").to_vec();
-            (o.name, bytes)
-        })
-        .collect()
-}
-
-/// Lose a whole store: the directory for file://, every object for s3://.
-fn destroy(url: &str) {
-    if let Some(path) = url.strip_prefix("file://") {
-        std::fs::remove_dir_all(path).expect("remove store");
-        return;
-    }
-    let b = Backend::open(url, false).expect("open");
-    for o in b.list_all().expect("list") {
-        b.delete(&o.name).expect("delete");
-    }
-    assert!(b.list_all().unwrap().is_empty());
-}
 
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)
@@ -109,7 +47,7 @@ fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: us
     let work = tempfile::tempdir().unwrap();
     let src = tree(work.path());
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
-    let before: Vec<_> = set.urls.iter().map(|u| objects(u)).collect();
+    let before: Vec<_> = set.urls.iter().map(|u| raw_objects(u)).collect();
     let names: Vec<Vec<&String>> = before.iter().map(|m| m.keys().collect()).collect();
     assert!(before[0].contains_key("config") || ec.is_some(), "{label}");
     assert!(before[0].contains_key("stores"), "{label}: layout recorded");
@@ -123,7 +61,7 @@ fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: us
     }
     s.ok(&["check", "-q"]);
 
-    destroy(&set.urls[lost]);
+    destroy_store(&set.urls[lost]);
 
     // One store's URL is enough: it records the others.
     let one = Secrate::new(&set.urls[open_with]);
@@ -154,7 +92,7 @@ fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: us
     let o = one.run(&["sync", "--dry-run"]);
     assert_eq!(code(&o), 0, "{label}: {}", stderr(&o));
     assert!(
-        objects(&set.urls[lost]).is_empty(),
+        raw_objects(&set.urls[lost]).is_empty(),
         "{label}: dry run changes nothing"
     );
 
@@ -163,7 +101,7 @@ fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: us
         synced.contains("every store holds every object"),
         "{synced}"
     );
-    let after = objects(&set.urls[lost]);
+    let after = raw_objects(&set.urls[lost]);
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
         names[lost],
@@ -171,7 +109,7 @@ fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: us
     );
     assert!(after == before[lost], "{label}: rebuilt byte-exact");
     for (i, u) in set.urls.iter().enumerate() {
-        assert!(objects(u) == before[i], "{label}: store {i} unchanged");
+        assert!(raw_objects(u) == before[i], "{label}: store {i} unchanged");
     }
     let text = one.ok(&["check", "-q", "--read-data"]);
     assert!(text.contains("no errors"), "{label}:\n{text}");
@@ -228,7 +166,7 @@ fn a_missing_store_fails_writes_safely() {
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("a"), b"first").unwrap();
         s.ok(&["backup", "-q", src.to_str().unwrap()]);
-        destroy(&urls[n - 1]);
+        destroy_store(&urls[n - 1]);
         std::fs::write(src.join("b"), b"second").unwrap();
         let o = s.run(&["backup", "-q", src.to_str().unwrap()]);
         assert_ne!(code(&o), 0);
@@ -262,8 +200,8 @@ fn erasure_coding_cannot_lose_more_than_m() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![7u8; 100_000]).unwrap();
     s.ok(&["backup", "-q", dir.path().to_str().unwrap()]);
-    destroy(&set.urls[0]);
-    destroy(&set.urls[1]);
+    destroy_store(&set.urls[0]);
+    destroy_store(&set.urls[1]);
     let o = s.run(&["snapshots"]);
     assert_ne!(code(&o), 0, "{}", stdout(&o));
 }
@@ -291,23 +229,64 @@ fn stats_per_store_and_redundancy() {
         assert_eq!(v["all_snapshots_bytes"], 8_000_000);
         assert_eq!(v["unique_data_bytes"], 2_000_000, "{v}");
         assert!((v["dedup_ratio"].as_f64().unwrap() - 4.0).abs() < 1e-9);
+        // Per store: what the store itself lists, read raw.
         let stores = v["stores"].as_array().unwrap();
         assert_eq!(stores.len(), 3);
-        let stored: u64 = stores.iter().map(|s| s["bytes"].as_u64().unwrap()).sum();
+        let mut stored = 0;
+        let mut pack_shards = 0;
+        for (i, st) in stores.iter().enumerate() {
+            let raw = raw_objects(&set.urls[i]);
+            let bytes: u64 = raw.values().map(|b| b.len() as u64).sum();
+            assert_eq!(st["url"], set.urls[i].as_str(), "{v}");
+            assert_eq!(st["objects"].as_u64().unwrap(), raw.len() as u64, "{v}");
+            assert_eq!(st["bytes"].as_u64().unwrap(), bytes, "{v}");
+            stored += bytes;
+            pack_shards += raw
+                .iter()
+                .filter(|(n, _)| n.starts_with("packs/"))
+                .map(|(_, b)| b.len() as u64)
+                .sum::<u64>();
+        }
         assert_eq!(v["stored_bytes"].as_u64().unwrap(), stored);
+        // Each pack is 3 shards of ceil(len/2) (rounded up to even) plus a
+        // 51-byte header: 1.5× and a little.
         let packs = v["pack_bytes"].as_u64().unwrap();
+        let n_packs = v["packs"].as_u64().unwrap();
         assert!(
-            stored as f64 >= packs as f64 * 1.5 && (stored as f64) < packs as f64 * 1.6,
-            "{v}"
+            pack_shards >= packs * 3 / 2 && pack_shards <= packs * 3 / 2 + n_packs * 3 * (51 + 2),
+            "{v}: pack shards {pack_shards}"
         );
         let text = s.ok(&["stats"]);
-        assert!(text.contains("erasure-coded 2+1"), "{text}");
-        // Replicas: 2×.
+        assert!(
+            text.contains("stores (erasure-coded 2+1, redundancy 1.50×):"),
+            "{text}"
+        );
+        for u in &set.urls {
+            assert!(text.contains(&format!("  {u}: ")), "{text}");
+        }
+        assert!(text.contains("(dedup 4.00×)"), "{text}");
+        // Replicas: 2×, and every store holds exactly the packs' bytes.
         let r = Secrate::new(&format!("{},{}", set.urls[0], set.urls[1]).replace("store-", "rep-"));
         r.init();
         r.ok(&["backup", "-q", src.to_str().unwrap()]);
         let v: serde_json::Value = serde_json::from_str(&r.ok(&["stats", "--json"])).unwrap();
         assert_eq!(v["mode"], "replicas");
         assert_eq!(v["redundancy"].as_f64().unwrap(), 2.0);
+        assert!(
+            (v["dedup_ratio"].as_f64().unwrap() - 2.0).abs() < 1e-9,
+            "{v}"
+        );
+        let raw = raw_objects(r.store.split(',').next().unwrap());
+        let raw_packs: u64 = raw
+            .iter()
+            .filter(|(n, _)| n.starts_with("packs/"))
+            .map(|(_, b)| b.len() as u64)
+            .sum();
+        assert_eq!(v["pack_bytes"].as_u64().unwrap(), raw_packs, "{v}");
+        let one: u64 = raw.values().map(|b| b.len() as u64).sum();
+        assert_eq!(v["stored_bytes"].as_u64().unwrap(), 2 * one, "{v}");
+        let text = r.ok(&["stats"]);
+        assert!(text.contains("(2 replicas, redundancy 2.00×)"), "{text}");
+        assert!(text.contains("(dedup 2.00×)"), "{text}");
     }
 }

@@ -313,7 +313,7 @@ impl Store {
         };
         let len = bytes.len() as u64;
         if !dry_run {
-            let target: &Backend = self.slots[i].b(name)?;
+            let target: Backend = self.slots[i].b(name)?;
             target.put(name, bytes)?;
         }
         Ok(len)

@@ -131,8 +131,28 @@ impl Backend {
         }
     }
 
+    /// A `file://` store whose directory went away while in use is missing,
+    /// as it is at open: a write must not quietly make a new, empty one (on
+    /// an unmounted disk's mount point, that would be the root filesystem).
+    fn still_there(&self, name: &str) -> Result<()> {
+        match &self.local_root {
+            Some(_) if self.is_gone() => Err(Error::Store {
+                url: self.url.clone(),
+                object: name.to_string(),
+                reason: "the store is missing (no such directory)".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Is this a `file://` store whose directory is not there?
+    pub fn is_gone(&self) -> bool {
+        self.local_root.as_ref().is_some_and(|r| !r.is_dir())
+    }
+
     /// Write `name`, replacing whatever is there.
     pub fn put(&self, name: &str, data: Bytes) -> Result<()> {
+        self.still_there(name)?;
         let path = self.path(name);
         self.retrying(name, || {
             self.inner.put(&path, PutPayload::from(data.clone()))
@@ -146,6 +166,7 @@ impl Backend {
     /// content-addressed objects that is the same bytes and counts as created
     /// by the caller's own logic (callers compare contents when it matters).
     pub fn put_new(&self, name: &str, data: Bytes) -> Result<bool> {
+        self.still_there(name)?;
         let path = self.path(name);
         let opts = || PutOptions {
             mode: PutMode::Create,
@@ -169,6 +190,7 @@ impl Backend {
     /// same filesystem gets a hard link (no copy, atomic, create-only); any
     /// other store gets the bytes.
     pub fn put_file_new(&self, name: &str, path: &std::path::Path) -> Result<bool> {
+        self.still_there(name)?;
         if let Some(root) = &self.local_root {
             let dst = root.join(name);
             if let Some(parent) = dst.parent() {

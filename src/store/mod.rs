@@ -87,20 +87,73 @@ impl Default for RetryPolicy {
 /// One store of a repository: its URL and its backend, or why it could not
 /// be opened (a `file://` directory that is gone). A missing store holds
 /// nothing: reads skip it, writes fail.
+///
+/// A store that was missing is looked for again on every write, so a
+/// long-running process (a mount) starts writing to it as soon as its
+/// directory is back (empty, or restored), and its uploads resume by
+/// themselves. Reads keep skipping it: what it holds is whatever was written
+/// since it came back, until `secrate sync` fills it.
 #[derive(Clone)]
 struct Slot {
     url: String,
     backend: std::result::Result<Backend, String>,
+    /// The backend of a store that was missing and has come back.
+    returned: Arc<OnceLock<Backend>>,
+    retry: Option<RetryPolicy>,
 }
 
 impl Slot {
-    fn b(&self, name: &str) -> Result<&Backend> {
-        self.backend.as_ref().map_err(|why| Error::Store {
-            url: self.url.clone(),
-            object: name.to_string(),
-            reason: why.clone(),
-        })
+    fn new(url: String, backend: std::result::Result<Backend, String>) -> Slot {
+        Slot {
+            url,
+            backend,
+            returned: Arc::new(OnceLock::new()),
+            retry: None,
+        }
     }
+
+    /// The backend to write to: the one opened, or the store that came back.
+    fn b(&self, name: &str) -> Result<Backend> {
+        match &self.backend {
+            Ok(b) => Ok(b.clone()),
+            Err(why) => self.reopen().ok_or_else(|| Error::Store {
+                url: self.url.clone(),
+                object: name.to_string(),
+                reason: why.clone(),
+            }),
+        }
+    }
+
+    /// A missing store, opened again if it is back (never created here: a
+    /// `file://` path on a disk that is not mounted must stay missing).
+    fn reopen(&self) -> Option<Backend> {
+        if let Some(b) = self.returned.get() {
+            return Some(b.clone());
+        }
+        let mut b = Backend::open(&self.url, false).ok()?;
+        if let Some(r) = self.retry {
+            b = b.with_retry(r);
+        }
+        Some(self.returned.get_or_init(|| b).clone())
+    }
+
+    /// Is the store there (opened, or back, and its directory not gone
+    /// since)?
+    fn present(&self) -> bool {
+        match &self.backend {
+            Ok(b) => !b.is_gone(),
+            Err(_) => self.reopen().is_some_and(|b| !b.is_gone()),
+        }
+    }
+}
+
+/// The writer lock is transient and only has to exclude other writers, so it
+/// goes to the stores that are there: a store that is gone (a `file://`
+/// directory missing) does not stop a mount or backup from taking, refreshing
+/// or releasing it. The first store that is there decides who holds it.
+/// Everything else still needs every store (docs/DURABILITY.md).
+fn lock_object(name: &str) -> bool {
+    name.starts_with("locks/")
 }
 
 #[derive(Clone)]
@@ -127,6 +180,8 @@ impl Store {
             vec![Slot {
                 url: b.url().to_string(),
                 backend: Ok(b),
+                returned: Arc::new(OnceLock::new()),
+                retry: None,
             }],
         ))
     }
@@ -261,6 +316,7 @@ impl Store {
             if let Ok(b) = &mut s.backend {
                 *b = b.clone().with_retry(retry);
             }
+            s.retry = Some(retry);
         }
         self
     }
@@ -376,6 +432,12 @@ impl Store {
                 .map(|h| h.join().expect("a store thread panicked"))
                 .collect()
         })
+    }
+
+    /// Is store `i` left out of a write of `name` (a lock, and the store is
+    /// gone)?
+    fn skips(&self, name: &str, i: usize) -> bool {
+        lock_object(name) && !self.slots[i].present()
     }
 
     /// Every store must have taken a write; otherwise the first failure,
@@ -506,12 +568,22 @@ impl Store {
         match self.mode_for(name) {
             Mode::Single => self.single().put(name, data),
             Mode::Replicas => {
-                let r = self.each(|_, s| s.b(name)?.put(name, data.clone()));
+                let r = self.each(|i, s| {
+                    if self.skips(name, i) {
+                        return Ok(());
+                    }
+                    s.b(name)?.put(name, data.clone())
+                });
                 self.all_ok(name, r).map(|_| ())
             }
             Mode::Ec(p) => {
                 let shards = ec::encode(p, &data)?;
-                let r = self.each(|i, s| s.b(name)?.put(name, Bytes::from(shards[i].clone())));
+                let r = self.each(|i, s| {
+                    if self.skips(name, i) {
+                        return Ok(());
+                    }
+                    s.b(name)?.put(name, Bytes::from(shards[i].clone()))
+                });
                 self.all_ok(name, r)?;
                 self.remember_len(name, data.len() as u64);
                 Ok(())
@@ -547,39 +619,42 @@ impl Store {
         }
     }
 
-    /// `put_new` of `copies[i]` on store i, the first store deciding.
+    /// `put_new` of `copies[i]` on store i, the first store deciding (for a
+    /// lock: the first store that is there).
     fn put_new_copies(&self, name: &str, copies: &[Bytes]) -> Result<bool> {
-        let first = self.slots[0]
+        let d = (0..self.slots.len())
+            .find(|&i| !self.skips(name, i))
+            .unwrap_or(0);
+        let first = self.slots[d]
             .b(name)
-            .map_err(|e| self.write_error(0, name, e, 0))?;
-        let created = match first.put_new(name, copies[0].clone()) {
+            .map_err(|e| self.write_error(d, name, e, 0))?;
+        let created = match first.put_new(name, copies[d].clone()) {
             Ok(c) => c,
-            Err(e) => return Err(self.write_error(0, name, e, 0)),
+            Err(e) => return Err(self.write_error(d, name, e, 0)),
         };
-        if !created && first.get(name)? != copies[0] {
+        if !created && first.get(name)? != copies[d] {
             return Ok(false);
         }
-        let r = self.each_of(1..self.slots.len(), |i, s| {
-            put_new_same(s.b(name)?, name, &copies[i])
+        let r = self.each(|i, s| {
+            if i == d || self.skips(name, i) {
+                return Ok(());
+            }
+            put_new_same(&s.b(name)?, name, &copies[i])
         });
-        let mut all = vec![Ok(())];
-        all.extend(r);
-        if let Err(e) = self.all_ok(name, all) {
-            self.undo_create(name, created);
+        if let Err(e) = self.all_ok(name, r) {
+            self.undo_create(name, created, &first);
             return Err(e);
         }
         Ok(created)
     }
 
-    /// A create that did not reach every store is taken back from the first
-    /// store (which decides), so that a lock or a config that failed is not
-    /// left half-made. Content-addressed objects stay: another writer may
-    /// count on the same bytes.
-    fn undo_create(&self, name: &str, created: bool) {
+    /// A create that did not reach every store is taken back from the store
+    /// that decided, so that a lock or a config that failed is not left
+    /// half-made. Content-addressed objects stay: another writer may count on
+    /// the same bytes.
+    fn undo_create(&self, name: &str, created: bool, decider: &Backend) {
         if created && content_addressed(name).is_none() {
-            if let Ok(b) = &self.slots[0].backend {
-                let _ = b.delete(name);
-            }
+            let _ = decider.delete(name);
         }
     }
 
@@ -610,12 +685,12 @@ impl Store {
                     if b.put_file_new(name, path)? {
                         return Ok(());
                     }
-                    put_new_same(b, name, &read()?)
+                    put_new_same(&b, name, &read()?)
                 });
                 let mut all = vec![Ok(())];
                 all.extend(r);
                 if let Err(e) = self.all_ok(name, all) {
-                    self.undo_create(name, created);
+                    self.undo_create(name, created, &first);
                     return Err(e);
                 }
                 Ok(created)
@@ -631,7 +706,12 @@ impl Store {
         match self.mode_for(name) {
             Mode::Single => self.single().delete(name),
             _ => {
-                let r = self.each(|_, s| s.b(name)?.delete(name));
+                let r = self.each(|i, s| {
+                    if self.skips(name, i) {
+                        return Ok(());
+                    }
+                    s.b(name)?.delete(name)
+                });
                 self.lengths
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -849,14 +929,16 @@ impl Store {
 /// `file://` directory that is gone) is kept, as missing.
 fn open_slots(urls: &[String], create: bool) -> Vec<Slot> {
     urls.iter()
-        .map(|u| Slot {
-            url: u.clone(),
-            backend: Backend::open(u, create).map_err(|e| match e {
-                Error::NoRepository { .. } => {
-                    "the store is missing (no such directory)".to_string()
-                }
-                e => e.to_string(),
-            }),
+        .map(|u| {
+            Slot::new(
+                u.clone(),
+                Backend::open(u, create).map_err(|e| match e {
+                    Error::NoRepository { .. } => {
+                        "the store is missing (no such directory)".to_string()
+                    }
+                    e => e.to_string(),
+                }),
+            )
         })
         .collect()
 }
@@ -1095,6 +1177,55 @@ mod tests {
         let audit = s.audit(true).unwrap();
         assert!(audit.is_clean(), "{audit:?}");
         assert_eq!(std::fs::read(dir.path().join("b/x")).unwrap(), b"x");
+    }
+
+    /// A store that goes away while in use stays missing (writes fail, no
+    /// empty directory is made), the writer lock goes to the stores that
+    /// remain, and once the directory is back the same `Store` writes to it.
+    #[test]
+    fn a_store_that_goes_away_and_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        for gone in [0, 1] {
+            let s = Store::open_many(&u, None, true).unwrap();
+            let path = dir.path().join(["a", "b"][gone]);
+            std::fs::remove_dir_all(&path).unwrap();
+            let e = s
+                .put("x", Bytes::from_static(b"x"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("missing (no such directory)"), "{e}");
+            assert!(!path.exists(), "a write must not make the store again");
+            // The lock: taken, refreshed and released on the other store.
+            assert!(s
+                .put_new("locks/writer", Bytes::from_static(b"l1"))
+                .unwrap());
+            assert!(!s
+                .put_new("locks/writer", Bytes::from_static(b"l2"))
+                .unwrap());
+            s.put("locks/writer", Bytes::from_static(b"l3")).unwrap();
+            assert_eq!(&s.get("locks/writer").unwrap()[..], b"l3");
+            s.delete("locks/writer").unwrap();
+            assert!(s.get("locks/writer").unwrap_err().is_missing());
+            assert!(!path.exists());
+            // Back (empty): writes reach it again, the lock too.
+            std::fs::create_dir(&path).unwrap();
+            s.put("y", Bytes::from_static(b"y")).unwrap();
+            assert_eq!(std::fs::read(path.join("y")).unwrap(), b"y");
+            assert!(s
+                .put_new("locks/writer", Bytes::from_static(b"l4"))
+                .unwrap());
+            assert_eq!(std::fs::read(path.join("locks/writer")).unwrap(), b"l4");
+            s.delete("locks/writer").unwrap();
+        }
+        // Not every object: with both gone, even the lock fails.
+        let s = Store::open_many(&u, None, false).unwrap();
+        std::fs::remove_dir_all(dir.path().join("a")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+        assert!(s.put_new("locks/writer", Bytes::from_static(b"l")).is_err());
     }
 
     #[test]

@@ -44,6 +44,71 @@ pub fn stores(test: &str) -> Vec<TestStore> {
     v
 }
 
+/// `n` separate stores of one kind, for replicas and erasure coding.
+pub struct StoreSet {
+    pub label: &'static str,
+    pub urls: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// `n` fresh `file://` stores, and `n` fresh prefixes on the S3 server when
+/// scripts/test.sh provides one (SECRATE_TEST_S3_URL).
+pub fn store_sets(test: &str, n: usize) -> Vec<StoreSet> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut v = vec![StoreSet {
+        label: "file",
+        urls: (0..n)
+            .map(|i| format!("file://{}/store-{i}", dir.path().display()))
+            .collect(),
+        _dir: Some(dir),
+    }];
+    match std::env::var("SECRATE_TEST_S3_URL") {
+        Ok(base) => {
+            let tag = hex::encode(rand::random::<[u8; 4]>());
+            v.push(StoreSet {
+                label: "s3",
+                urls: (0..n).map(|i| format!("{base}/{test}-{tag}/store-{i}")).collect(),
+                _dir: None,
+            })
+        }
+        Err(_) => eprintln!("note: SECRATE_TEST_S3_URL is not set, so {test} runs on file:// only (scripts/test.sh sets it)"),
+    }
+    v
+}
+
+/// Every object of one store of a set (locks left out: they are
+/// transient), raw, read straight from that store; empty if it is gone.
+pub fn raw_objects(url: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use secrate::store::Backend;
+    let Ok(b) = Backend::open(url, false) else {
+        return Default::default();
+    };
+    b.list_all()
+        .expect("list")
+        .into_iter()
+        .filter(|o| !o.name.starts_with("locks/"))
+        .map(|o| {
+            let bytes = b.get(&o.name).expect("get").to_vec();
+            (o.name, bytes)
+        })
+        .collect()
+}
+
+/// Lose a whole store: the directory for file:// (the store is gone), every
+/// object for s3:// (the bucket prefix is wiped: reachable but empty).
+pub fn destroy_store(url: &str) {
+    use secrate::store::Backend;
+    if let Some(path) = url.strip_prefix("file://") {
+        fs::remove_dir_all(path).expect("remove store");
+        return;
+    }
+    let b = Backend::open(url, false).expect("open");
+    for o in b.list_all().expect("list") {
+        b.delete(&o.name).expect("delete");
+    }
+    assert!(b.list_all().unwrap().is_empty());
+}
+
 /// The `secrate` binary with a store and passphrase in its environment.
 pub struct Secrate {
     pub store: String,

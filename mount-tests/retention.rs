@@ -1,0 +1,157 @@
+//! The mount's own retention for its automatic snapshots
+//! (`secrate mount --retention`), on `file://` and on the S3 server
+//! scripts/test.sh starts: with `last=3` and a snapshot every second, after
+//! six changes exactly the three newest automatic snapshots remain (the
+//! newest always among them), a backup's snapshot is never touched, and
+//! `.history` and `secrate snapshots` agree; with `none` every snapshot
+//! stays.
+//!
+//! Every change is one atomic operation (a symlink created), so each seal
+//! holds exactly one more change and the expected snapshots are exact.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use support::*;
+
+fn status(s: &Secrate, mnt: &Path) -> serde_json::Value {
+    serde_json::from_str(&s.ok(&["status", mnt.to_str().unwrap(), "--json"])).unwrap()
+}
+
+/// Snapshots in the store: (id, origin), oldest first.
+fn snapshots(s: &Secrate) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["snapshots", "--json"])).unwrap();
+    let mut v: Vec<_> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["time_ns"].as_i64().unwrap(),
+                x["id"].as_str().unwrap().to_string(),
+                x["origin"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, id, o)| (id, o)).collect()
+}
+
+/// Make change `i` (one atomic operation) and wait until the automatic
+/// snapshot holding it is uploaded; returns its id.
+fn change_and_wait(s: &Secrate, m: &Mount, i: usize, prev: &str) -> String {
+    std::os::unix::fs::symlink(format!("change {i}"), m.path(&format!("step-{i}"))).unwrap();
+    let mut id = String::new();
+    poll_until(
+        &format!("the automatic snapshot of change {i}"),
+        Duration::from_secs(60),
+        || {
+            let st = status(s, &m.mnt);
+            id = st["last_snapshot"].as_str().unwrap_or("").to_string();
+            id != prev && st["last_snapshot_uploaded"] == true && st["dirty"] == false
+        },
+    );
+    id
+}
+
+/// The steps a snapshot directory holds.
+fn steps(dir: &Path) -> Vec<usize> {
+    let mut v: Vec<usize> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_prefix("step-").map(|k| k.parse().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn mount_retention_keeps_what_the_policy_says() {
+    if !fuse_ready("mount_retention_keeps_what_the_policy_says") {
+        return;
+    }
+    let help = Secrate::new("file:///nonexistent").ok(&["mount", "--help"]);
+    assert!(
+        help.contains("within=1h,hourly=48,daily=30,weekly=52") && help.contains("none"),
+        "mount --help names the default policy and `none`:\n{help}"
+    );
+    for store in stores("mount-retention") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let src = work.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("backed-up"), b"by secrate backup").unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        let backup = snapshots(&s);
+        assert_eq!(backup.len(), 1);
+
+        let mnt = work.path().join("mnt");
+        let cache = work.path().join("cache");
+        let policy = ["--snapshot-interval", "1", "--retention", "last=3"];
+        let mut m = Mount::new(&s, &mnt, &cache, &policy);
+        let mut made = Vec::new();
+        let mut prev = String::new();
+        for i in 0..6 {
+            prev = change_and_wait(&s, &m, i, &prev);
+            made.push(prev.clone());
+        }
+        // Retention counts uploaded snapshots, so it settles a tick after
+        // the last upload.
+        let want: Vec<(String, String)> = backup
+            .iter()
+            .cloned()
+            .chain(made[3..].iter().map(|id| (id.clone(), "mount".into())))
+            .collect();
+        poll_until(
+            "retention to keep the three newest",
+            Duration::from_secs(30),
+            || snapshots(&s) == want,
+        );
+        // And stays there: nothing more goes, the newest never.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(snapshots(&s), want, "{}", store.label);
+        let names = m.history();
+        assert_eq!(names.len(), 4, "{}: .history: {names:?}", store.label);
+        let h = m.path(".history");
+        assert_eq!(
+            fs::read(h.join(&names[0]).join("backed-up")).unwrap(),
+            b"by secrate backup"
+        );
+        assert_eq!(steps(&h.join(&names[1])), vec![0, 1, 2, 3]);
+        assert_eq!(steps(&h.join(&names[2])), vec![0, 1, 2, 3, 4]);
+        assert_eq!(steps(&h.join(&names[3])), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(m.latest(), names[3]);
+        m.umount();
+        assert!(
+            m.log().contains("retention: forgot"),
+            "the log says what retention did:\n{}",
+            m.log()
+        );
+        assert_eq!(snapshots(&s), want, "{}: after the unmount", store.label);
+
+        // `none`: every automatic snapshot stays.
+        let policy = ["--snapshot-interval", "1", "--retention", "none"];
+        let mut m = Mount::new(&s, &mnt, &cache, &policy);
+        let mut all = want.clone();
+        for i in 6..10 {
+            prev = change_and_wait(&s, &m, i, &prev);
+            all.push((prev.clone(), "mount".into()));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(snapshots(&s), all, "{}: none keeps all", store.label);
+        assert_eq!(m.history().len(), 8);
+        m.umount();
+        assert_eq!(snapshots(&s), all, "{}: after the unmount", store.label);
+        s.ok(&["check", "-q"]);
+    }
+}
