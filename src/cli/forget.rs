@@ -137,13 +137,17 @@ pub fn prune(g: &Globals, a: PruneArgs) -> anyhow::Result<i32> {
 }
 
 fn print_prune(r: &PruneReport, dry: bool) {
-    let verb = if dry { "would remove" } else { "removed" };
+    let (remove, repack, replace) = if dry {
+        ("would remove", "would repack", "would be replaced")
+    } else {
+        ("removed", "repacked", "replaced")
+    };
     println!(
         "{} snapshots reference {} blobs; {} blobs are unused",
         r.snapshots, r.blobs_used, r.blobs_unused
     );
     println!(
-        "{verb} {} packs and repacked {} into {} new ({} removed, {} written); {} old index deltas replaced",
+        "{remove} {} packs and {repack} {} into {} new ({} removed, {} written); {} old index deltas {replace}",
         r.packs_deleted,
         r.packs_repacked,
         r.packs_written,
