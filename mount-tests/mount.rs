@@ -1276,3 +1276,112 @@ fn fusermount_u_flushes_like_umount() {
         assert!(out.contains("no errors"), "{out}");
     }
 }
+
+/// Bytes of the regular files under `dir` (0 if it does not exist).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Requirement: `--cache-size` bounds cached clean data. Once uploaded,
+/// staged copies and decrypted chunks are evicted down to the budget and
+/// still read byte-exact (fetched again from the store); data not yet
+/// uploaded (the store down) is never evicted, whatever the budget.
+#[test]
+fn cache_size_evicts_only_uploaded_data() {
+    if !fuse_ready("cache_size_evicts_only_uploaded_data") {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    const BUDGET: u64 = 8 << 20;
+    for store in stores("mount-cache-size") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let down = work.path().join("store-down");
+        let mut faulty = same(&s);
+        faulty.envs.push((
+            "SECRATE_FAULTS".into(),
+            format!("down_file={}", down.display()),
+        ));
+        let mnt = work.path().join("mnt");
+        let cache = work.path().join("cache");
+        let mut m = Mount::new(&faulty, &mnt, &cache, &["--cache-size", "8M"]);
+        let cached = || bytes_under(&cache.join("staged")) + bytes_under(&cache.join("chunks"));
+        let data = |i: usize| pseudo_random(7000 + i as u64, 4 * MIB + i * 4099);
+        let write_sync = |p: &Path, d: &[u8]| {
+            let mut f = fs::File::create(p).unwrap();
+            f.write_all(d).unwrap();
+            f.sync_all().unwrap();
+        };
+
+        // 48 MiB uploaded: the cache shrinks to the budget.
+        for i in 0..12 {
+            write_sync(&m.path(&format!("f{i}")), &data(i));
+        }
+        m.snapshot();
+        poll_until(
+            "the cache to shrink to --cache-size after the upload",
+            Duration::from_secs(60),
+            || cached() <= BUDGET,
+        );
+        // Everything reads back (from the store), and the chunk cache
+        // stays bounded while it does.
+        for i in 0..12 {
+            assert!(
+                fs::read(m.path(&format!("f{i}"))).unwrap() == data(i),
+                "f{i} differs after eviction"
+            );
+        }
+        let chunks = bytes_under(&cache.join("chunks"));
+        assert!(
+            chunks <= BUDGET,
+            "the chunk cache holds {chunks} bytes, over the {BUDGET}-byte budget"
+        );
+
+        // The store goes down: 24 MiB written now cannot be uploaded and
+        // must stay in the cache, over the budget.
+        fs::write(&down, b"").unwrap();
+        for i in 12..18 {
+            write_sync(&m.path(&format!("f{i}")), &data(i));
+        }
+        let r = faulty.run(&["snapshot", "--no-wait", mnt.to_str().unwrap()]);
+        assert!(
+            r.status.success(),
+            "snapshot --no-wait with the store down failed"
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        let staged = bytes_under(&cache.join("staged")) + bytes_under(&cache.join("outbox"));
+        assert!(
+            staged >= 24 * MIB as u64,
+            "only {staged} bytes of not-yet-uploaded data left in the cache: some was evicted"
+        );
+        for i in 12..18 {
+            assert!(fs::read(m.path(&format!("f{i}"))).unwrap() == data(i));
+        }
+        // Back up: uploaded, then evicted down to the budget again.
+        fs::remove_file(&down).unwrap();
+        m.snapshot();
+        poll_until(
+            "the cache to shrink to --cache-size once the store is back",
+            Duration::from_secs(60),
+            || cached() <= BUDGET,
+        );
+        m.umount();
+        drop(m);
+
+        // A fresh cache sees all 18 files.
+        let mut m2 = Mount::new(&s, &mnt, &work.path().join("cache-2"), &[]);
+        for i in 0..18 {
+            assert!(fs::read(m2.path(&format!("f{i}"))).unwrap() == data(i));
+        }
+        m2.umount();
+    }
+}
