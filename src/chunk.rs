@@ -6,9 +6,13 @@
 //! the data is. `rabin-ka` from the design card does not exist on crates.io;
 //! fastcdc is 3-4x faster than a Rabin hash here (DESIGN.md).
 //!
-//! The streaming reader keeps a buffer of several maximum-sized chunks and
-//! compacts it rarely, so the per-byte copy cost stays well below one memcpy
-//! (fastcdc's own `StreamCDC` moves up to `max` bytes after every chunk).
+//! The streaming reader keeps a buffer of two maximum-sized chunks (16 MiB)
+//! and cuts every chunk whose boundary lies inside what it holds before
+//! reading more, so a refill moves only the start of one chunk to the front
+//! and the per-byte copy cost stays far below one memcpy (fastcdc's own
+//! `StreamCDC` moves up to `max` bytes after every chunk). A boundary found
+//! before the end of the data held is final: FastCDC's decision at a
+//! position depends only on the bytes before it and the position itself.
 
 use std::borrow::Cow;
 use std::io::{self, Read};
@@ -86,7 +90,7 @@ impl Chunker {
 
     /// Chunks of a stream, each an owned buffer.
     pub fn stream<R: Read>(&self, source: R) -> ChunkStream<'_, R> {
-        let cap = (self.max * 4).max(16 << 20);
+        let cap = (self.max * 2).max(16 << 20);
         ChunkStream {
             chunker: self,
             source,
@@ -108,10 +112,10 @@ pub struct ChunkStream<'a, R> {
 }
 
 impl<R: Read> ChunkStream<'_, R> {
+    /// Read until the buffer is full or the source ends, first moving the
+    /// unconsumed bytes to the front if less than a maximum chunk fits
+    /// after them.
     fn fill(&mut self) -> io::Result<()> {
-        if self.end - self.start >= self.chunker.max || self.eof {
-            return Ok(());
-        }
         if self.buf.len() - self.start < self.chunker.max {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -133,16 +137,26 @@ impl<R: Read> Iterator for ChunkStream<'_, R> {
     type Item = io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<io::Result<Vec<u8>>> {
-        if let Err(e) = self.fill() {
-            return Some(Err(e));
+        loop {
+            let held = self.end - self.start;
+            if held == 0 && self.eof {
+                return None;
+            }
+            if held > 0 {
+                let n = self.chunker.cut(&self.buf[self.start..self.end]);
+                // A cut short of the end is a real boundary; one at the end
+                // is only where the data held stops, unless that is the end
+                // of the source or a maximum-sized chunk.
+                if n < held || self.eof || held >= self.chunker.max {
+                    let chunk = self.buf[self.start..self.start + n].to_vec();
+                    self.start += n;
+                    return Some(Ok(chunk));
+                }
+            }
+            if let Err(e) = self.fill() {
+                return Some(Err(e));
+            }
         }
-        if self.start == self.end {
-            return None;
-        }
-        let n = self.chunker.cut(&self.buf[self.start..self.end]);
-        let chunk = self.buf[self.start..self.start + n].to_vec();
-        self.start += n;
-        Some(Ok(chunk))
     }
 }
 
@@ -175,6 +189,19 @@ mod tests {
         assert_eq!(streamed.concat(), d);
         for l in &lens[..lens.len() - 1] {
             assert!(*l >= 4096 && *l <= 65536);
+        }
+    }
+
+    /// More data than the stream's buffer, with the default sizes and small
+    /// ones: refills must not move any boundary.
+    #[test]
+    fn refills_do_not_move_boundaries() {
+        let d = data(40 << 20, 4);
+        for params in [small(), ChunkerParams::DEFAULT] {
+            let c = Chunker::new(params, 7);
+            let lens = c.cut_all(&d);
+            let streamed: Vec<usize> = c.stream(&d[..]).map(|r| r.unwrap().len()).collect();
+            assert_eq!(lens, streamed);
         }
     }
 

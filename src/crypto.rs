@@ -15,8 +15,7 @@ use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
 use age::x25519;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -311,8 +310,24 @@ impl PackKey {
         Some(PackKey(Zeroizing::new(a)))
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new((&*self.0).into())
+    /// XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha) is ChaCha20-Poly1305
+    /// (RFC 8439) under the HChaCha20 subkey of the key and the nonce's first
+    /// 16 bytes, with the nonce's last 8 bytes behind four zero bytes as its
+    /// nonce. HChaCha20 comes from RustCrypto's `chacha20`; the AEAD from
+    /// aws-lc (already linked for TLS), whose x86-64 code encrypts and
+    /// authenticates in one AVX2 pass instead of RustCrypto's two: user CPU
+    /// of a 2 GiB backup 3.8 s -> 2.6 s (docs/benchmarks.md). Same bytes as
+    /// before: tested against RustCrypto, and the pack test vector was
+    /// cross-checked with libsodium.
+    fn cipher(&self, nonce: &[u8; NONCE_LEN]) -> (LessSafeKey, Nonce) {
+        use chacha20::cipher::consts::U10;
+        let mut subkey = chacha20::hchacha::<U10>((&*self.0).into(), nonce[..16].into());
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &subkey)
+            .expect("ChaCha20-Poly1305 takes 32-byte keys");
+        subkey.as_mut_slice().zeroize();
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&nonce[16..]);
+        (LessSafeKey::new(key), Nonce::assume_unique_for_key(n))
     }
 
     /// Seal `plaintext` into `out` as nonce ‖ ciphertext ‖ tag, binding `ad`.
@@ -339,11 +354,11 @@ impl PackKey {
         out.extend_from_slice(nonce);
         let body = out.len();
         write(out);
-        let tag = self
-            .cipher()
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut out[body..])
-            .expect("XChaCha20-Poly1305 takes any length below 256 GiB");
-        out.extend_from_slice(&tag);
+        let (key, n) = self.cipher(nonce);
+        let tag = key
+            .seal_in_place_separate_tag(n, Aad::from(ad), &mut out[body..])
+            .expect("ChaCha20-Poly1305 takes any length below 256 GiB");
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// Open what `seal_into` made. `None` means forged, damaged or misplaced.
@@ -352,11 +367,12 @@ impl PackKey {
             return None;
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
-        self.cipher()
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut buf, tag.into())
-            .ok()?;
+        let nonce: &[u8; NONCE_LEN] = nonce.try_into().ok()?;
+        // Ciphertext and tag, opened in place; the tag is cut off after.
+        let mut buf = rest.to_vec();
+        let (key, n) = self.cipher(nonce);
+        let len = key.open_in_place(n, Aad::from(ad), &mut buf).ok()?.len();
+        buf.truncate(len);
         Some(buf)
     }
 }
@@ -430,6 +446,55 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The aws-lc construction must give RustCrypto's XChaCha20-Poly1305
+    /// bytes exactly, and each must open the other's.
+    #[test]
+    fn seal_matches_rustcrypto_xchacha20poly1305() {
+        use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let mut rng = rand::rngs::OsRng;
+        for len in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            63,
+            64,
+            65,
+            255,
+            256,
+            1000,
+            4096,
+            65_537,
+            1 << 20,
+        ] {
+            let key = PackKey::random();
+            let mut nonce = [0u8; NONCE_LEN];
+            rng.fill_bytes(&mut nonce);
+            let mut ad = vec![0u8; len % 40];
+            rng.fill_bytes(&mut ad);
+            let mut plain = vec![0u8; len];
+            rng.fill_bytes(&mut plain);
+            let mut ours = Vec::new();
+            key.seal_with_nonce(&nonce, &ad, &mut ours, |o| o.extend_from_slice(&plain));
+            let reference = XChaCha20Poly1305::new((&*key.0).into());
+            let mut theirs = plain.clone();
+            let tag = reference
+                .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut theirs)
+                .unwrap();
+            let expected = [&nonce[..], &theirs, &tag].concat();
+            assert_eq!(ours, expected, "length {len}");
+            assert_eq!(key.open(&ad, &expected).as_deref(), Some(&plain[..]));
+            let mut bad = ours.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert!(key.open(&ad, &bad).is_none());
+            let mut other_ad = ad.clone();
+            other_ad.push(0);
+            assert!(key.open(&other_ad, &ours).is_none());
+        }
+    }
 
     #[test]
     fn seal_open_round_trip_and_binding() {

@@ -22,5 +22,6 @@ pub mod progress;
 pub mod repo;
 pub mod space;
 pub mod store;
+pub mod uncached;
 
 pub use error::{Error, Result};

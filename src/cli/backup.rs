@@ -24,6 +24,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    limit_malloc_arenas();
     let source = std::fs::canonicalize(&a.path)
         .with_context(|| format!("cannot back up {}", a.path.display()))?;
     let repo = g.open_repo()?;
@@ -56,4 +57,17 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         return Ok(3);
     }
     Ok(0)
+}
+
+/// Backup reads with four threads per core (ops/backup.rs); glibc would give
+/// each its own malloc arena, and the freed buffers they keep cost ~100 MiB
+/// of peak RSS on the Linux tree (253 vs 156 MiB) for no speed (9.3 vs
+/// 9.5 s). One arena per core, set before the threads start.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // SAFETY: mallopt only sets an allocator parameter.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, cores.max(2) as libc::c_int) };
+    }
 }

@@ -5,7 +5,11 @@
 //! runs on as many cores as there are callers and no lock is held while
 //! sealing. Full packs go through a bounded queue to uploader threads that
 //! call the `PackSink` (the store for `backup`, the outbox for the mount).
-//! The queue bound is the memory bound: open packs plus queued packs.
+//! The queue bound is the memory bound: open packs plus queued packs. At
+//! most one open pack per core and kind exists (more callers than cores
+//! wait for one): callers may be many more threads than cores, so that
+//! reads of small files overlap (`backup`), and a pack per thread would
+//! cost 16 MiB each for no gain in sealing speed.
 //!
 //! Dedup: a blob is skipped if the loaded index has it or if this writer
 //! already took it. The caller must not reference a blob in a snapshot before
@@ -13,7 +17,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
@@ -60,10 +64,29 @@ struct Shared {
 
 type FinishedPack = (PackInfo, Vec<u8>);
 
+/// Packs not being written to right now, and how many exist per kind
+/// (those in the pool and those a caller holds).
+#[derive(Default)]
+struct OpenPacks {
+    pool: Vec<PackBuilder>,
+    count: [usize; 2],
+}
+
+fn kind_slot(kind: BlobKind) -> usize {
+    match kind {
+        BlobKind::Data => 0,
+        BlobKind::Tree => 1,
+    }
+}
+
 pub struct BlobWriter {
     repo: Arc<Repository>,
     target: usize,
-    open: Mutex<Vec<PackBuilder>>,
+    open: Mutex<OpenPacks>,
+    /// Signalled when a pack goes back to the pool or is sent.
+    pack_free: Condvar,
+    /// Open packs allowed per kind.
+    max_open: usize,
     taken: Mutex<HashSet<Id>>,
     tx: Mutex<Option<Sender<FinishedPack>>>,
     uploaders: Mutex<Vec<JoinHandle<()>>>,
@@ -113,7 +136,9 @@ impl BlobWriter {
         BlobWriter {
             repo,
             target,
-            open: Mutex::new(Vec::new()),
+            open: Mutex::new(OpenPacks::default()),
+            pack_free: Condvar::new(),
+            max_open: std::thread::available_parallelism().map_or(2, |n| n.get()),
             taken: Mutex::new(HashSet::new()),
             tx: Mutex::new(Some(tx)),
             uploaders: Mutex::new(uploaders),
@@ -161,23 +186,38 @@ impl BlobWriter {
         {
             return Ok(false);
         }
-        let mut pack = {
-            let mut open = lock(&self.open);
-            match open.iter().position(|p| p.kind() == kind) {
-                Some(i) => open.swap_remove(i),
-                None => PackBuilder::new(kind, (self.target + self.target / 8).min(32 << 20)),
-            }
-        };
+        let mut pack = self.take_pack(kind);
         pack.add(id, data);
         self.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.new_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if pack.len() >= self.target {
+            lock(&self.open).count[kind_slot(kind)] -= 1;
+            self.pack_free.notify_one();
             self.send(pack)?;
         } else {
-            lock(&self.open).push(pack);
+            lock(&self.open).pool.push(pack);
+            self.pack_free.notify_one();
         }
         Ok(true)
+    }
+
+    /// An open pack of `kind` from the pool, a new one if fewer than
+    /// `max_open` exist, or else the next one another caller puts back.
+    /// Holders never wait for anything but the upload queue, so this wait
+    /// always ends.
+    fn take_pack(&self, kind: BlobKind) -> PackBuilder {
+        let mut open = lock(&self.open);
+        loop {
+            if let Some(i) = open.pool.iter().position(|p| p.kind() == kind) {
+                return open.pool.swap_remove(i);
+            }
+            if open.count[kind_slot(kind)] < self.max_open {
+                open.count[kind_slot(kind)] += 1;
+                return PackBuilder::new(kind, (self.target + self.target / 8).min(32 << 20));
+            }
+            open = self.pack_free.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     fn send(&self, pack: PackBuilder) -> Result<()> {
@@ -249,7 +289,14 @@ impl BlobWriter {
     /// Seal the open packs, wait for every upload, and return the packs
     /// stored since the last `take_stored`.
     pub fn finish(&self) -> Result<(Vec<PackInfo>, WriterStats)> {
-        let open = std::mem::take(&mut *lock(&self.open));
+        let open = {
+            let mut guard = lock(&self.open);
+            let o = &mut *guard;
+            for p in &o.pool {
+                o.count[kind_slot(p.kind())] -= 1;
+            }
+            std::mem::take(&mut o.pool)
+        };
         let mut result = Ok(());
         for p in open.into_iter().filter(|p| !p.is_empty()) {
             if let Err(e) = self.send(p) {

@@ -23,6 +23,9 @@ pub struct Backend {
     prefix: ObjPath,
     /// Set for `file://` stores: the directory, for fsync after puts.
     local_root: Option<PathBuf>,
+    /// `file://` without injected faults: create-only puts bypass
+    /// object_store and the page cache (`local.rs`).
+    direct_puts: bool,
     retry: RetryPolicy,
 }
 
@@ -32,7 +35,9 @@ impl Backend {
     pub fn open(url: &str, create: bool) -> Result<Backend> {
         let parsed = StoreUrl::parse(url)?;
         let (inner, prefix, local_root) = parsed.build(create)?;
-        let inner = match FaultConfig::from_env()? {
+        let faults = FaultConfig::from_env()?;
+        let direct_puts = local_root.is_some() && faults.is_none();
+        let inner = match faults {
             Some(f) => faults::wrap(inner, f),
             None => inner,
         };
@@ -41,6 +46,7 @@ impl Backend {
             inner,
             prefix,
             local_root,
+            direct_puts,
             retry: RetryPolicy::default(),
         })
     }
@@ -167,6 +173,13 @@ impl Backend {
     /// by the caller's own logic (callers compare contents when it matters).
     pub fn put_new(&self, name: &str, data: Bytes) -> Result<bool> {
         self.still_there(name)?;
+        if let (true, Some(root)) = (self.direct_puts, &self.local_root) {
+            return super::local::put_new(&root.join(name), &data).map_err(|e| Error::Store {
+                url: self.url.clone(),
+                object: name.to_string(),
+                reason: e.to_string(),
+            });
+        }
         let path = self.path(name);
         let opts = || PutOptions {
             mode: PutMode::Create,

@@ -25,6 +25,7 @@ mod backend;
 pub mod ec;
 mod faults;
 pub mod layout;
+mod local;
 mod url;
 
 use std::collections::{BTreeMap, HashMap};
