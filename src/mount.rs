@@ -67,7 +67,23 @@ pub fn lock_cache(dir: &Path) -> Result<CacheLock> {
         .open(&path)
         .map_err(|e| Error::io(&path, e))?;
     use std::os::fd::AsRawFd;
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let take = || unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    // A holder that was killed may still be exiting (its first thread a
+    // zombie while others finish): its lock goes with its last thread, so
+    // wait for that a while rather than refuse.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut locked = take();
+    while !locked && std::time::Instant::now() < deadline {
+        let holder = fs::read_to_string(&path).unwrap_or_default();
+        match holder.trim().parse::<u32>() {
+            Ok(pid) if !crate::repo::lock::process_alive(pid) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                locked = take();
+            }
+            _ => break,
+        }
+    }
+    if !locked {
         let holder = fs::read_to_string(&path).unwrap_or_default();
         return Err(Error::Invalid(format!(
             "the cache directory {} is in use by another secrate process (pid {}); one process per cache",
