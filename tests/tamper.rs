@@ -304,7 +304,9 @@ fn tampered_damage_record_is_named() {
         let work = tempfile::tempdir().unwrap();
         let src = work.path().join("src");
         fs::create_dir_all(&src).unwrap();
-        let mut big = vec![0u8; 3 << 20];
+        // Over the chunker's 8 MiB maximum: at least two chunks, whatever
+        // the random content (3 MiB was one chunk now and then).
+        let mut big = vec![0u8; 9 << 20];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut big);
         fs::write(src.join("big.bin"), &big).unwrap();
         let s = Secrate::new(&store.url);
