@@ -19,7 +19,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -182,11 +181,7 @@ fn lose_a_store_under_the_mount(set: &StoreSet, ec: Option<&str>, lost: usize, o
     // Writes while the store is gone: fsync'd, then sealed.
     let mut v3 = v2.clone();
     let during = pseudo_random(5, 3 << 20);
-    {
-        let mut f = fs::File::create(m.path("during-outage.bin")).unwrap();
-        f.write_all(&during).unwrap();
-        f.sync_all().unwrap();
-    }
+    write_synced(&m.path("during-outage.bin"), &during);
     v3.insert("during-outage.bin".into(), Some(during));
     fs::write(m.path("small/d4/f49"), b"edited during the outage").unwrap();
     v3.insert(

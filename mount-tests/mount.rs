@@ -1055,18 +1055,13 @@ fn full_cache_gives_enospc_and_recovers() {
         let mut m = Mount::new(&s, &mnt, &tmpfs.dir.join("cache"), &[]);
         fs::create_dir(m.path("before")).unwrap();
         let before = |i: usize| pseudo_random(500 + i as u64, MIB / 2 + i * 1000);
-        let write_sync = |p: &Path, data: &[u8]| {
-            let mut f = fs::File::create(p).unwrap();
-            f.write_all(data).unwrap();
-            f.sync_all().unwrap();
-        };
         for i in 0..8 {
-            write_sync(&m.path(&format!("before/f{i}")), &before(i));
+            write_synced(&m.path(&format!("before/f{i}")), &before(i));
         }
         m.snapshot();
         // Unsealed, fsync'd data too.
         for i in 8..12 {
-            write_sync(&m.path(&format!("before/f{i}")), &before(i));
+            write_synced(&m.path(&format!("before/f{i}")), &before(i));
         }
 
         // Fill the cache disk twice: a writer that only closes (the error
@@ -1171,7 +1166,7 @@ fn full_cache_gives_enospc_and_recovers() {
         // Works again.
         let after = pseudo_random(9999, 8 * MIB);
         fs::create_dir(m.path("after")).unwrap();
-        write_sync(&m.path("after/a.bin"), &after);
+        write_synced(&m.path("after/a.bin"), &after);
         fs::rename(m.path("after/a.bin"), m.path("after/b.bin")).unwrap();
         assert!(fs::read(m.path("after/b.bin")).unwrap() == after);
         m.snapshot();
@@ -1277,6 +1272,56 @@ fn fusermount_u_flushes_like_umount() {
     }
 }
 
+/// `secrate umount` returns only once the serving process has let go of
+/// its cache, so `secrate umount MNT && secrate mount MNT` with the same
+/// cache works at once, every time (it used to find the cache database
+/// still open by the exiting process).
+#[test]
+fn umount_then_mount_again_at_once() {
+    if !fuse_ready("umount_then_mount_again_at_once") {
+        return;
+    }
+    for store in stores("mount-remount") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let (mnt, cache) = (work.path().join("mnt"), work.path().join("cache"));
+        for round in 0..5 {
+            let mut m = Mount::new(&s, &mnt, &cache, &[]);
+            for earlier in 0..round {
+                let p = m.path(&format!("round-{earlier}"));
+                assert_eq!(fs::read(&p).unwrap(), pseudo_random(earlier, 70_000));
+            }
+            write_synced(
+                &m.path(&format!("round-{round}")),
+                &pseudo_random(round, 70_000),
+            );
+            let o = s.run(&["umount", m.mnt.to_str().unwrap()]);
+            assert!(o.status.success(), "round {round}: {o:?}\n{}", m.log());
+            assert!(!is_mounted(&m.mnt));
+            {
+                use std::os::fd::AsRawFd;
+                let lock = fs::File::open(cache.join("lock")).unwrap();
+                let free =
+                    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+                assert!(
+                    free,
+                    "round {round}: the cache is still locked after umount returned"
+                );
+            }
+            // Nothing waits here: the next round mounts the same cache now.
+            m.pid = None;
+        }
+        let mut m = Mount::new(&s, &mnt, &cache, &[]);
+        assert_eq!(
+            fs::read(m.path("round-4")).unwrap(),
+            pseudo_random(4, 70_000)
+        );
+        m.umount();
+    }
+}
+
 /// Bytes of the regular files under `dir` (0 if it does not exist).
 fn bytes_under(dir: &Path) -> u64 {
     let Ok(rd) = fs::read_dir(dir) else { return 0 };
@@ -1316,15 +1361,10 @@ fn cache_size_evicts_only_uploaded_data() {
         let mut m = Mount::new(&faulty, &mnt, &cache, &["--cache-size", "8M"]);
         let cached = || bytes_under(&cache.join("staged")) + bytes_under(&cache.join("chunks"));
         let data = |i: usize| pseudo_random(7000 + i as u64, 4 * MIB + i * 4099);
-        let write_sync = |p: &Path, d: &[u8]| {
-            let mut f = fs::File::create(p).unwrap();
-            f.write_all(d).unwrap();
-            f.sync_all().unwrap();
-        };
 
         // 48 MiB uploaded: the cache shrinks to the budget.
         for i in 0..12 {
-            write_sync(&m.path(&format!("f{i}")), &data(i));
+            write_synced(&m.path(&format!("f{i}")), &data(i));
         }
         m.snapshot();
         poll_until(
@@ -1350,7 +1390,7 @@ fn cache_size_evicts_only_uploaded_data() {
         // must stay in the cache, over the budget.
         fs::write(&down, b"").unwrap();
         for i in 12..18 {
-            write_sync(&m.path(&format!("f{i}")), &data(i));
+            write_synced(&m.path(&format!("f{i}")), &data(i));
         }
         let r = faulty.run(&["snapshot", "--no-wait", mnt.to_str().unwrap()]);
         assert!(

@@ -500,6 +500,13 @@ pub fn cvt(r: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Create (or truncate) `p`, write `data` and fsync it.
+pub fn write_synced(p: &Path, data: &[u8]) {
+    let mut f = fs::File::create(p).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
 pub fn cstr(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
 }

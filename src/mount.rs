@@ -111,7 +111,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     // Everything this process creates in the cache is private (files 0600,
     // directories 0700); modes inside the mount are kept in the records.
     unsafe { libc::umask(0o077) };
-    let _cache_lock = lock_cache(&opts.cache_dir)?;
+    let cache_lock = lock_cache(&opts.cache_dir)?;
     let md = fs::metadata(&opts.mountpoint).map_err(|e| Error::io(&opts.mountpoint, e))?;
     if !md.is_dir() {
         return Err(Error::Invalid(format!(
@@ -253,7 +253,32 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         let _ = send(w, &ev);
     }
     let _ = fs::remove_file(&sock);
+    // The control thread still holds the cache database open: keep the
+    // cache lock until the process exits and the kernel drops both, so the
+    // next mount of this cache (which may start the moment `secrate
+    // umount` returns: it waits for this lock) never finds it in use.
+    std::mem::forget(cache_lock);
     result
+}
+
+/// Wait up to `timeout` until no process holds the lock of the cache at
+/// `dir` (the serving process exits soon after its final upload). True
+/// when free.
+pub fn wait_cache_free(dir: &Path, timeout: std::time::Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(dir.join("lock")) else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// On a fresh cache, show the repository's latest snapshot; on a clean
@@ -513,13 +538,12 @@ fn snapshot(shared: &Shared, stream: &mut UnixStream, wait: bool) -> Result<()> 
         if uploaded >= target {
             return Ok(());
         }
-        let st = f.status();
         if send(
             stream,
             &Event::Progress {
                 pending_objects: n,
                 pending_bytes: b,
-                error: st.last_error.clone().filter(|_| !st.store_reachable),
+                error: f.upload_problem(),
                 phase: "uploading".into(),
             },
         )

@@ -25,23 +25,16 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     for p in &r.problems {
         println!("error: {p}");
     }
-    for d in &r.damage {
-        println!(
-            "damaged: snapshot {} ({}): /{}: {}",
-            d.snapshot.short(),
-            d.time,
-            d.path.trim_start_matches('/'),
-            d.reason
-        );
-    }
-    for d in &r.recorded {
-        println!(
-            "recorded: snapshot {} ({}): /{}: {}",
-            d.snapshot.short(),
-            d.time,
-            d.path.trim_start_matches('/'),
-            d.reason
-        );
+    for (label, list) in [("damaged", &r.damage), ("recorded", &r.recorded)] {
+        for d in list {
+            println!(
+                "{label}: snapshot {} ({}): /{}: {}",
+                d.snapshot.short(),
+                d.time,
+                d.path.trim_start_matches('/'),
+                d.reason
+            );
+        }
     }
     let stores_ok = super::sync::report_stores(repo.store(), a.read_data)?;
     let read = if a.read_data {

@@ -304,9 +304,20 @@ impl Line {
 
 pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
     let line = Line::new(g.quiet);
+    let cache = control::cache_dir_of(&a.mountpoint).ok();
     let r = control::call(&a.mountpoint, &Request::Umount, &mut |ev| line.show(ev));
     line.end();
     r?;
+    // Everything is stored; also wait for the process to let go of its
+    // cache, so that a mount right after this one finds it free.
+    if let Some(dir) = cache {
+        if !secrate::mount::wait_cache_free(&dir, std::time::Duration::from_secs(30)) {
+            eprintln!(
+                "warning: the secrate process that served {} has not exited yet",
+                a.mountpoint.display()
+            );
+        }
+    }
     println!(
         "unmounted {}: everything is in the store",
         a.mountpoint.display()

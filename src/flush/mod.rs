@@ -252,6 +252,16 @@ impl Flusher {
         Ok((items.len() as u64, items.iter().map(|(_, i)| i.size).sum()))
     }
 
+    /// The last upload error while the store is unreachable (cheap, unlike
+    /// `status`, which adds up the cache directory).
+    pub fn upload_problem(&self) -> Option<String> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_error
+            .as_ref()
+            .filter(|_| !st.reachable)
+            .map(|(e, _)| e.clone())
+    }
+
     pub fn status(&self) -> Status {
         let (objects, bytes) = self.pending().unwrap_or_default();
         let (sealed, uploaded) = self.gens().unwrap_or_default();
@@ -375,7 +385,8 @@ impl Flusher {
     pub fn evict_to_budget(&self) -> LiveResult<u64> {
         let budget = self.cache_size.load(Ordering::SeqCst);
         let (_, uploaded) = self.gens()?;
-        let candidates = self.live.evictable(uploaded)?;
+        let room = budget.saturating_sub(self.reader.disk_usage());
+        let candidates = self.live.evictable(uploaded, room)?;
         let mut used = self.reader.disk_usage() + candidates.iter().map(|(_, n)| n).sum::<u64>();
         let mut freed = 0;
         for (ino, n) in candidates {

@@ -341,11 +341,7 @@ impl Build<'_> {
             .read_frozen(ino, |path| -> Result<Vec<ChunkRef>> {
                 let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
                 writer
-                    .store_stream(
-                        chunker,
-                        std::io::BufReader::with_capacity(1 << 20, f),
-                        &|_| {},
-                    )
+                    .store_stream(chunker, f, &|_| {})
                     .map_err(|e| Error::io(path, e))?
             })?;
         self.files.insert(ino, chunks.clone());

@@ -130,15 +130,27 @@ impl Live {
 
     /// Staged copies that may be dropped: content sealed in a seal that is
     /// uploaded (`uploaded_gen`), not open. Oldest access first, with sizes.
-    pub fn evictable(&self, uploaded_gen: u64) -> LiveResult<Vec<(u64, u64)>> {
+    /// None at all while they take at most `room` bytes by their recorded
+    /// sizes (in 4 KiB blocks), so that the common case, a cache within its
+    /// budget, costs no `stat` of every staged file after each upload.
+    pub fn evictable(&self, uploaded_gen: u64, room: u64) -> LiveResult<Vec<(u64, u64)>> {
         let clean = self.tx(|tx| tx.clean_staged())?;
-        let mut out = Vec::new();
+        let mut inos = Vec::new();
+        let mut estimate = 0u64;
         for ino in clean {
             let Ok(rec) = self.inode(ino) else { continue };
             let ok = matches!(rec.body, Body::File { staged: true, chunks: Some(_), sealed_gen } if sealed_gen <= uploaded_gen);
             if !ok || self.open_files.is_open(ino) {
                 continue;
             }
+            estimate = estimate.saturating_add(rec.size.div_ceil(4096) * 4096);
+            inos.push(ino);
+        }
+        if estimate <= room {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for ino in inos {
             let Ok(md) = std::fs::metadata(self.staged_path(ino)) else {
                 continue;
             };

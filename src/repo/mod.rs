@@ -324,12 +324,7 @@ impl Repository {
     /// not be read (missing or corrupt), as errors to report: the packs they
     /// listed can be recovered with `index_unindexed_packs`.
     pub fn load_index(&self) -> Result<Vec<Error>> {
-        let names: Vec<String> = self
-            .store
-            .list("index")?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
+        let names = self.store.list_names("index")?;
         let todo: Vec<String> = {
             let loaded = self.loaded_deltas.lock().unwrap_or_else(|e| e.into_inner());
             names.into_iter().filter(|n| !loaded.contains(n)).collect()
@@ -609,12 +604,7 @@ impl Repository {
     /// missing from the index, so readers fail on it and writers store it
     /// again when they meet its content; only its marking is lost).
     pub fn recorded_damage(&self) -> Result<(HashMap<Id, BlobKind>, Vec<Error>)> {
-        let names: Vec<String> = self
-            .store
-            .list("damage")?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
+        let names = self.store.list_names("damage")?;
         let mut all = HashMap::new();
         let mut problems = Vec::new();
         for n in names {
@@ -738,7 +728,7 @@ const MAX_KEYS_TRIED: usize = 64;
 
 /// Try `secret` against every key object of its kind.
 fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
-    let names: Vec<String> = store.list("keys")?.into_iter().map(|o| o.name).collect();
+    let names = store.list_names("keys")?;
     let want = match secret {
         Secret::Passphrase(_) => KeyKind::Passphrase,
         Secret::RecoveryKey(_) => KeyKind::Recovery,

@@ -243,8 +243,26 @@ impl BlobWriter {
         on_read: &(dyn Fn(usize) + Sync),
     ) -> std::io::Result<Result<Vec<ChunkRef>>> {
         use rayon::prelude::*;
-        let r: std::result::Result<Vec<(usize, ChunkRef)>, StreamError> = chunker
-            .stream(source)
+        let mut stream = chunker.stream(source);
+        // Most files are one chunk: store it here rather than hand one item
+        // to the thread pool (whose idle workers spin in sched_yield).
+        let Some(first) = stream.next().transpose()? else {
+            return Ok(Ok(Vec::new()));
+        };
+        let second = stream.next().transpose()?;
+        if second.is_none() {
+            on_read(first.len());
+            return Ok(self.add(BlobKind::Data, &first).map(|id| {
+                vec![ChunkRef {
+                    id,
+                    len: first.len() as u32,
+                }]
+            }));
+        }
+        let r: std::result::Result<Vec<(usize, ChunkRef)>, StreamError> = [Ok(first)]
+            .into_iter()
+            .chain(second.map(Ok))
+            .chain(stream)
             .enumerate()
             .par_bridge()
             .map(|(i, chunk)| {

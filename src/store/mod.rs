@@ -722,6 +722,11 @@ impl Store {
         }
     }
 
+    /// The names of the objects under `dir`, as `list` gives them.
+    pub fn list_names(&self, dir: &str) -> Result<Vec<String>> {
+        Ok(self.list(dir)?.into_iter().map(|o| o.name).collect())
+    }
+
     /// Every object under `dir` (e.g. `packs`), with names relative to the
     /// store's prefix. Several stores: the union of what the reachable
     /// stores list (an error only if none could be listed); EC sizes are
@@ -1102,6 +1107,14 @@ mod tests {
             .collect()
     }
 
+    /// `file://DIR/NAME` for each name.
+    fn file_urls(dir: &std::path::Path, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.display()))
+            .collect()
+    }
+
     fn pack_name(data: &[u8]) -> String {
         let h = blake3::hash(data).to_hex().to_string();
         format!("packs/{}/{h}", &h[..2])
@@ -1147,10 +1160,7 @@ mod tests {
     #[test]
     fn a_missing_replica_fails_writes_but_not_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
+        let u = file_urls(dir.path(), &["a", "b"]);
         let s = Store::open_many(&u, None, true).unwrap();
         s.put("keys/k", Bytes::from_static(b"cfg")).unwrap();
         std::fs::remove_dir_all(dir.path().join("b")).unwrap();
@@ -1186,10 +1196,7 @@ mod tests {
     #[test]
     fn a_store_that_goes_away_and_comes_back() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
+        let u = file_urls(dir.path(), &["a", "b"]);
         for gone in [0, 1] {
             let s = Store::open_many(&u, None, true).unwrap();
             let path = dir.path().join(["a", "b"][gone]);
