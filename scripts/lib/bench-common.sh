@@ -17,7 +17,9 @@
 #                                    # wait until bench_busy_pct <= MAX_BUSY
 #                                    # (e.g. a compile running beside us has
 #                                    # ended), at most MAX_WAIT seconds; sets
-#                                    # BENCH_BUSY_PCT to the last sample
+#                                    # BENCH_BUSY_PCT to the last sample;
+#                                    # each sample lasts BENCH_BUSY_SAMPLE
+#                                    # seconds (default 2)
 #   bench_min N... / bench_max N...
 #   bench_div A B [FMT]              # A / B with awk, "n/a" when B is 0 or empty
 #   bench_dir_bytes DIR              # du -sb DIR (bytes on disk, 4 KiB blocks)
@@ -145,7 +147,7 @@ bench_busy_pct() {
 
 bench_wait_idle() {
     local max_busy="$1" max_wait="$2" waited=0
-    BENCH_BUSY_PCT="$(bench_busy_pct 2)"
+    BENCH_BUSY_PCT="$(bench_busy_pct "${BENCH_BUSY_SAMPLE:-2}")"
     while ((BENCH_BUSY_PCT > max_busy)); do
         if ((waited >= max_wait)); then
             bench_log "warning: machine still ${BENCH_BUSY_PCT}% busy after ${waited}s; measuring anyway"
@@ -154,7 +156,7 @@ bench_wait_idle() {
         ((waited == 0)) && bench_log "machine ${BENCH_BUSY_PCT}% busy (other processes); waiting up to ${max_wait}s for it to settle"
         sleep 3
         waited=$((waited + 5))
-        BENCH_BUSY_PCT="$(bench_busy_pct 2)"
+        BENCH_BUSY_PCT="$(bench_busy_pct "${BENCH_BUSY_SAMPLE:-2}")"
     done
     ((waited == 0)) || bench_log "machine ${BENCH_BUSY_PCT}% busy after ${waited}s of waiting"
     return 0
