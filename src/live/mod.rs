@@ -140,12 +140,20 @@ pub struct Live {
     ballast: crate::space::Ballast,
 }
 
+/// Memory redb may use to cache `meta.redb` (its default is 1 GiB, which a
+/// mount of 1M files filled). The kernel's page cache
+/// still holds the file, so a miss costs a copy, not a disk read.
+const DB_CACHE: usize = 64 << 20;
+
 impl Live {
     /// Open (or create) the live tree in `dir`. A new one gets a root
     /// directory owned by the caller.
     pub fn open(dir: &Path) -> LiveResult<Live> {
         std::fs::create_dir_all(dir.join("staged"))?;
-        let db = Database::create(dir.join("meta.redb")).map_err(cache_err)?;
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE)
+            .create(dir.join("meta.redb"))
+            .map_err(cache_err)?;
         let live = Live {
             dir: dir.to_path_buf(),
             db,
