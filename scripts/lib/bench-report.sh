@@ -179,6 +179,14 @@ if g('p2', 'write', 'secrate', 'mb_per_s'):
     plot('p2', 'set title "P2: sequential random data (MB/s, higher is better)"\nset style data histograms\nset style histogram clustered gap 1\n'
          'set style fill solid 0.8 border -1\nset yrange [0:*]\nset grid ytics\nset key top right\n'
          'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate"\n', data)
+p3sets = [ds for ds in ('random', 'source') if g('p3', ds, 'secrate', 'mb_per_s')]
+if p3sets:
+    tools = ('secrate', 'restic', 'restic-nocomp', 'borg')
+    data = ''.join('"%s" %s\n' % (ds, ' '.join(str(g('p3', ds, t, 'mb_per_s') or 0) for t in tools)) for ds in p3sets)
+    plot('p3', 'set title "P3: first backup into a local store (MB/s, higher is better)"\nset style data histograms\nset style histogram clustered gap 1\n'
+         'set style fill solid 0.8 border -1\nset yrange [0:*]\nset grid ytics\nset key top right\n'
+         'plot "DATA" using 2:xtic(1) title "secrate", "" using 3 title "restic (zstd auto)", "" using 4 title "restic (no compression)", '
+         '"" using 5 title "borg (lz4)"\n', data)
 if vers:
     data = ''.join('%s %s %s %s\n' % (c[1:], *[(g('p4', c, t, 'store_bytes') or 0) / 1e6 for t in ('secrate', 'restic', 'borg')]) for c in vers)
     plot('p4', 'set title "P4: store size after each version of a source tree (MB, lower is better)"\nset xlabel "version"\nset ylabel "MB"\n'
