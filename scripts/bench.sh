@@ -5,8 +5,10 @@
 #   scripts/bench.sh [OPTIONS] [WORKLOAD...]      (default: all)
 #
 # Workloads (ids from the issue "Performance"):
-#   ceil     ceilings: memcpy (dd /dev/zero -> /dev/null); the disk's
-#            write ceiling is P2's plain directory row
+#   ceil     ceilings: memcpy (dd /dev/zero -> /dev/null); a no-op FUSE
+#            filesystem (examples/nullfs.rs, set up as the mount is):
+#            P2's dd write and cold read through it; the disk's ceiling
+#            is P2's plain directory row
 #   p1       gocryptfs's canonical steps through the mount: untar the Linux
 #            source, md5sum -c, ls -lR, rm -rf (plain dir, gocryptfs,
 #            secrate); secrate also times the seal + upload of the untarred
@@ -135,7 +137,7 @@ bench_install_if_missing jq jq || bench_die "cannot install jq"
 
 if [[ -z "$secrate_bin" ]]; then
     bench_log "building secrate (cargo build --release)"
-    cargo build --release --quiet >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release failed (see $BENCH_LOG)"
+    cargo build --release --quiet --bin secrate --example nullfs >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release failed (see $BENCH_LOG)"
     secrate_bin="$ROOT/target/release/secrate"
     secrate_rev="$(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)"
 else
@@ -144,6 +146,13 @@ fi
 # A private copy: other people rebuild target/ while this runs.
 cp "$secrate_bin" "$W/bin/secrate.bench"
 SECRATE="$W/bin/secrate.bench"
+# The no-op FUSE filesystem for the ceilings: beside a given binary, or built.
+NULLFS="$(dirname "$secrate_bin")/examples/nullfs"
+if [[ ! -x "$NULLFS" ]] && [[ " ${workloads[*]} " == *" ceil "* ]]; then
+    cargo build --release --quiet --example nullfs >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release --example nullfs failed (see $BENCH_LOG)"
+    NULLFS="$ROOT/target/release/examples/nullfs"
+fi
+[[ -x "$NULLFS" ]] && cp "$NULLFS" "$W/bin/nullfs.bench" && NULLFS="$W/bin/nullfs.bench"
 {
     bench_machine_info "$W"
     echo "secrate: $(bench_tool_version "$SECRATE" --version) ($secrate_rev, sha256 $(sha256sum "$SECRATE" | cut -c1-12))"
@@ -266,6 +275,27 @@ w_ceil() {
     for ((r = 1; r <= runs; r++)); do
         timed ceil/memcpy dd if=/dev/zero of=/dev/null bs=1M count="$n"
         rec ceil memcpy dd "$r" mb_per_s "$(mbps $((n * 1048576)) "$BENCH_WALL")" MB/s
+    done
+    # P2's steps through a filesystem that does nothing: what FUSE itself
+    # allows. The read comes after a remount and dropped caches, as P2's.
+    local gib=$((quick ? 1 : 2)) src bytes mnt="$W/null-mnt"
+    bytes=$((gib * 1073741824))
+    src="$W/data/random-${gib}G.bin"
+    bench_random_file "$src" "$bytes"
+    for ((r = 1; r <= runs; r++)); do
+        null_mount "$mnt"
+        cat "$src" >/dev/null
+        timed ceil/nullfs/write dd if="$src" of="$mnt/null" bs=1M conv=fsync
+        rec ceil fuse_write nullfs "$r" mb_per_s "$(mbps "$bytes" "$BENCH_WALL")" MB/s
+        null_umount "$mnt"
+        drop
+        null_mount "$mnt"
+        # A fresh mount knows no size: set it as the write left it.
+        truncate -s "$bytes" "$mnt/null"
+        drop
+        timed ceil/nullfs/read dd if="$mnt/null" of=/dev/null bs=1M
+        rec ceil fuse_read_cold nullfs "$r" mb_per_s "$(mbps "$bytes" "$BENCH_WALL")" MB/s
+        null_umount "$mnt"
     done
 }
 

@@ -70,9 +70,13 @@ for step in ('untar', 'md5sum', 'ls_lR', 'rm_rf'):
     target('P1 %s: secrate / plain' % step, ratio(sec, pl), 3, '<=', d)
 for case, lim in (('write', 0.9), ('read_cold', 0.8)):
     sec, pl, gc = g('p2', case, 'secrate', 'mb_per_s'), g('p2', case, 'plain', 'mb_per_s'), g('p2', case, 'gocryptfs', 'mb_per_s')
+    nf = g('ceil', 'fuse_' + case, 'nullfs', 'mb_per_s')
     if sec is not None:
         target('P2 %s: secrate / plain (MB/s)' % case, ratio(sec, pl), lim, '>=',
-               'secrate %.0f MB/s, plain %s, gocryptfs %s' % (sec, '%.0f' % pl if pl else 'n/a', '%.0f' % gc if gc else 'n/a'))
+               'secrate %.0f MB/s, plain %s, gocryptfs %s, no-op FUSE %s' % (sec, *['%.0f' % x if x else 'n/a' for x in (pl, gc, nf)]))
+        if nf:
+            targets.append(dict(target='P2 %s: secrate / no-op FUSE ceiling' % case, measured=ratio(sec, nf), limit=None,
+                                op='', met=None, detail='secrate %.0f MB/s, no-op FUSE filesystem %.0f MB/s' % (sec, nf)))
 for ds in ('random', 'source'):
     sec, rs = g('p3', ds, 'secrate', 'mb_per_s'), g('p3', ds, 'restic', 'mb_per_s')
     if sec is None:
@@ -174,11 +178,13 @@ if any(g('p1', s, 'secrate', 'wall_s') for s, _ in steps):
          'set style fill solid 0.8 border -1\nset logscale y\nset yrange [0.01:*]\nset grid ytics\nset key top right\n'
          'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate"\n', data)
 if g('p2', 'write', 'secrate', 'mb_per_s'):
-    data = ''.join('"%s" %s %s %s\n' % (lab, *[g('p2', c, t, 'mb_per_s') or 0 for t in ('plain', 'gocryptfs', 'secrate')])
+    data = ''.join('"%s" %s %s %s %s\n' % (lab, *[g('p2', c, t, 'mb_per_s') or 0 for t in ('plain', 'gocryptfs', 'secrate')],
+                                             g('ceil', 'fuse_' + c, 'nullfs', 'mb_per_s') or 0)
                    for c, lab in (('write', 'write (dd conv=fsync)'), ('read_cold', 'cold read')))
     plot('p2', 'set title "P2: sequential random data (MB/s, higher is better)"\nset style data histograms\nset style histogram clustered gap 1\n'
          'set style fill solid 0.8 border -1\nset yrange [0:*]\nset grid ytics\nset key top right\n'
-         'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate"\n', data)
+         'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate", '
+         '"" using 5 title "no-op FUSE (ceiling)"\n', data)
 p3sets = [ds for ds in ('random', 'source') if g('p3', ds, 'secrate', 'mb_per_s')]
 if p3sets:
     tools = ('secrate', 'restic', 'restic-nocomp', 'borg')
