@@ -239,6 +239,10 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         final_flush(&shared)
     };
     reader.stop();
+    // The session is over: no more writes reach the staged files.
+    if let Err(e) = live.mark_clean_stop() {
+        crate::log!("warning: cannot mark the cache as cleanly stopped: {e}");
+    }
     let _ = live.commit(true);
     flusher.release_lock();
     let mut watchers =

@@ -23,10 +23,41 @@ pub struct Recovery {
     pub resized: u64,
 }
 
+/// The state key of the clean-stop mark.
+const CLEAN_STOP: &str = "clean_stop";
+
+/// This boot of the machine (Linux's random boot id), if known.
+fn boot_id() -> Option<Vec<u8>> {
+    std::fs::read("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
 impl Live {
+    /// Mark that the filesystem has stopped cleanly: nothing writes to the
+    /// staged files any more, so every clean staged copy holds what its
+    /// record says. The mark names this boot, and only a mount in the same
+    /// boot trusts it: the page cache that holds those copies' last writes
+    /// survives a crash of the process, not of the machine. Call after the
+    /// FUSE session has ended, before the last durable commit.
+    pub fn mark_clean_stop(&self) -> LiveResult<()> {
+        let Some(id) = boot_id() else { return Ok(()) };
+        self.tx(|tx| tx.set_state(CLEAN_STOP, &id))
+    }
+
     pub fn recover(&self) -> LiveResult<Recovery> {
         let mut rep = Recovery::default();
         let staged_dir = self.dir().join("staged");
+        // After a clean stop in this boot, clean staged copies match their
+        // records; after a crash they may have been written since the last
+        // durable commit. The mark is used once.
+        let clean_stop = self.tx(|tx| {
+            let mark = tx.state(CLEAN_STOP)?;
+            tx.state
+                .remove(CLEAN_STOP)
+                .map_err(crate::live::cache_err)?;
+            Ok(mark.is_some() && mark == boot_id())
+        })?;
         let (dirty, clean, orphans) =
             self.tx(|tx| Ok((tx.dirty_files()?, tx.clean_staged()?, tx.orphans()?)))?;
         for ino in &orphans {
@@ -71,6 +102,9 @@ impl Live {
                 self.tx(|tx| {
                     let mut r = tx.get(ino)?;
                     if !dirty_set.contains(&ino) && r.chunks().is_some() {
+                        if clean_stop {
+                            return Ok(());
+                        }
                         // Recorded as equal to its sealed chunks, but it may
                         // have been written since: the chunks are the
                         // content the record describes.
