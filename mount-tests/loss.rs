@@ -426,6 +426,13 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         }
         fs::write(m.path("big.bin"), &big).unwrap();
         m.umount();
+        // The cache keeps no copy of the files (as after eviction): it
+        // cannot put the lost chunks back (that case is
+        // repair_puts_back_what_caches_and_sources_hold), so the mount
+        // below must mark them.
+        for e in fs::read_dir(c1.join("staged")).unwrap() {
+            fs::remove_file(e.unwrap().path()).unwrap();
+        }
 
         // Lose the pack holding big.bin's second chunk and two more.
         let repo = open_repo(&store.url);
