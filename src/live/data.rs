@@ -306,6 +306,9 @@ impl Live {
         size: u32,
         src: &dyn DataSource,
     ) -> LiveResult<Vec<u8>> {
+        if self.tx(|tx| tx.is_staged_file(ino))? {
+            return read_staged(self, ino, offset, size, src);
+        }
         let rec = self.inode(ino)?;
         read_inode(self, ino, &rec, offset, size, src)
     }
@@ -397,33 +400,49 @@ pub fn read_inode(
         return Err(LiveError::IsDir);
     }
     if rec.is_staged() {
-        let f = match live.staged_handle(ino) {
-            Ok(f) => f,
-            // Copy-up raced with us and replaced the file: read the record again.
-            Err(LiveError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return live.read(ino, offset, size, src);
-            }
-            Err(e) => return Err(e),
-        };
-        let len = f.metadata()?.len();
-        if offset >= len {
-            return Ok(Vec::new());
-        }
-        let n = (size as u64).min(len - offset) as usize;
-        let mut buf = vec![0u8; n];
-        let mut done = 0;
-        while done < n {
-            let r = f.read_at(&mut buf[done..], offset + done as u64)?;
-            if r == 0 {
-                break;
-            }
-            done += r;
-        }
-        buf.truncate(done);
-        return Ok(buf);
+        return read_staged(live, ino, offset, size, src);
     }
     let chunks = rec.chunks().unwrap_or(&[]);
     read_chunks(chunks, rec.size, offset, size, src)
+}
+
+/// Read `[offset, offset+size)` of `ino`'s staged file.
+fn read_staged(
+    live: &Live,
+    ino: u64,
+    offset: u64,
+    size: u32,
+    src: &dyn DataSource,
+) -> LiveResult<Vec<u8>> {
+    let f = match live.staged_handle(ino) {
+        Ok(f) => f,
+        // Evicted meanwhile: read what the record says now (a record that
+        // still wants the missing file is a damaged cache).
+        Err(LiveError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let rec = live.inode(ino)?;
+            if rec.is_staged() {
+                return Err(LiveError::Io(e));
+            }
+            return read_inode(live, ino, &rec, offset, size, src);
+        }
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if offset >= len {
+        return Ok(Vec::new());
+    }
+    let n = (size as u64).min(len - offset) as usize;
+    let mut buf = vec![0u8; n];
+    let mut done = 0;
+    while done < n {
+        let r = f.read_at(&mut buf[done..], offset + done as u64)?;
+        if r == 0 {
+            break;
+        }
+        done += r;
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
 
 /// Read `[offset, offset+size)` of content made of `chunks`.

@@ -380,6 +380,16 @@ impl<'t> Tx<'t> {
         }
     }
 
+    /// Whether `ino` is a file whose content is its staged file (see
+    /// `Inode::is_staged_file`).
+    pub fn is_staged_file(&self, ino: u64) -> LiveResult<bool> {
+        match self.inodes.get(ino).map_err(cache_err)? {
+            Some(v) => Inode::is_staged_file(v.value())
+                .map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
+            None => Err(LiveError::NotFound),
+        }
+    }
+
     pub fn exists(&self, ino: u64) -> LiveResult<bool> {
         Ok(self.inodes.get(ino).map_err(cache_err)?.is_some())
     }
