@@ -190,7 +190,7 @@ if g('p2', 'write', 'secrate', 'mb_per_s'):
                                                 g('ceil', 'fuse_' + c, 'nullfs', 'mb_per_s') or 0)
                    for c, sc, lab in (('write', 'write', 'write (dd conv=fsync)'), ('read_cold', 'read_cold_cache_kept', 'cold read')))
     plot('p2', 'set title "P2: sequential random data (MB/s, higher is better)"\nset style data histograms\nset style histogram clustered gap 1\n'
-         'set style fill solid 0.8 border -1\nset yrange [0:*]\nset grid ytics\nset key top right\n'
+         'set style fill solid 0.8 border -1\nset yrange [0:*]\nset grid ytics\nset key top left\n'
          'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate", '
          '"" using 5 title "secrate, from the store (fresh cache)", "" using 6 title "no-op FUSE (ceiling)"\n', data)
 p3sets = [ds for ds in ('random', 'source') if g('p3', ds, 'secrate', 'mb_per_s')]
