@@ -3,10 +3,10 @@
 //!
 //! The root holds one file, `null`. Writes are acknowledged and dropped;
 //! reads return zeros up to the file's size (the highest offset written, or
-//! what truncate set). The kernel connection is set up exactly as secrate's
-//! mount sets it up (1 MiB writes and readahead, the writeback cache, four
-//! threads, one fd per thread), so the difference between this and the
-//! mount is secrate's own work: staging, hashing, the live tree.
+//! what truncate set). The kernel connection is set up by secrate's own
+//! `fs::setup_kernel` and `fs::THREADS` (1 MiB writes and readahead, the
+//! writeback cache, four threads, one fd each), so the difference between
+//! this and the mount is secrate's own work: staging, the live tree.
 //!
 //! Usage: `nullfs MOUNTPOINT` (serves in the foreground until unmounted).
 
@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 const TTL: Duration = Duration::from_secs(30);
@@ -65,13 +65,7 @@ impl NullFs {
 
 impl Filesystem for NullFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
-        let want = InitFlags::FUSE_WRITEBACK_CACHE
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_DIO;
-        let caps = config.capabilities();
-        let _ = config.add_capabilities(want & caps);
+        secrate::fs::setup_kernel(config);
         Ok(())
     }
 
@@ -204,6 +198,29 @@ impl Filesystem for NullFs {
         }
         reply.ok();
     }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let entries = [(INodeNo::ROOT, "."), (INodeNo::ROOT, ".."), (FILE, NAME)];
+        for (i, (ino, name)) in entries.iter().enumerate().skip(offset as usize) {
+            let Some(attr) = self.attr(*ino) else {
+                continue;
+            };
+            if reply.add(*ino, (i + 1) as u64, name, &TTL, &attr, Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
 }
 
 fn main() {
@@ -224,7 +241,7 @@ fn main() {
         fuser::MountOption::NoAtime,
         fuser::MountOption::RW,
     ];
-    config.n_threads = Some(4);
+    config.n_threads = Some(secrate::fs::THREADS);
     config.clone_fd = true;
     if let Err(e) = fuser::mount(fs, &mountpoint, &config) {
         eprintln!("nullfs: cannot serve at {}: {e}", mountpoint.display());

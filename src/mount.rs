@@ -208,7 +208,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     } else {
         fuser::SessionACL::Owner
     };
-    config.n_threads = Some(4);
+    config.n_threads = Some(crate::fs::THREADS);
     config.clone_fd = true;
     let session = fuser::Session::new(fs, &opts.mountpoint, &config).map_err(|e| {
         Error::Invalid(format!(

@@ -310,17 +310,27 @@ impl SecrateFs {
     }
 }
 
+/// Threads serving FUSE requests, each reading its own `/dev/fuse` fd.
+pub const THREADS: usize = 4;
+
+/// What a mount asks of the kernel: 1 MiB writes and readahead, the
+/// writeback cache, parallel directory operations, READDIRPLUS. (Also the
+/// setup of `examples/nullfs.rs`, the FUSE ceiling of the benchmarks.)
+pub fn setup_kernel(config: &mut KernelConfig) {
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_readahead(1 << 20);
+    let want = InitFlags::FUSE_WRITEBACK_CACHE
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO
+        | InitFlags::FUSE_ASYNC_DIO;
+    let caps = config.capabilities();
+    let _ = config.add_capabilities(want & caps);
+}
+
 impl Filesystem for SecrateFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
-        let want = InitFlags::FUSE_WRITEBACK_CACHE
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_ASYNC_DIO;
-        let caps = config.capabilities();
-        let _ = config.add_capabilities(want & caps);
+        setup_kernel(config);
         Ok(())
     }
 
