@@ -306,11 +306,15 @@ impl Live {
         size: u32,
         src: &dyn DataSource,
     ) -> LiveResult<Vec<u8>> {
-        if self.tx(|tx| tx.is_staged_file(ino))? {
-            return read_staged(self, ino, offset, size, src);
+        // One look at the record: a staged file needs only its head.
+        let rec = self.tx(|tx| match tx.is_staged_file(ino)? {
+            true => Ok(None),
+            false => tx.get(ino).map(Some),
+        })?;
+        match rec {
+            None => read_staged(self, ino, offset, size, src),
+            Some(rec) => read_inode(self, ino, &rec, offset, size, src),
         }
-        let rec = self.inode(ino)?;
-        read_inode(self, ino, &rec, offset, size, src)
     }
 
     pub fn write(
