@@ -644,6 +644,9 @@ impl Repository {
     }
 
     /// Every snapshot, oldest first, plus the ones that could not be read.
+    /// A snapshot listed but gone when read, and no longer in the store
+    /// when asked again, was forgotten meanwhile (a mount's retention or a
+    /// `forget` in another process): it is left out, not reported.
     pub fn snapshots(&self) -> Result<(SnapshotList, Vec<Error>)> {
         let ids: Vec<Id> = self
             .store
@@ -652,19 +655,33 @@ impl Repository {
             .filter_map(|o| o.name.strip_prefix("snapshots/").and_then(Id::from_hex))
             .collect();
         use rayon::prelude::*;
-        let results: Vec<(Id, Result<Snapshot>)> = ids
+        let results: Vec<(Id, Option<Result<Snapshot>>)> = ids
             .into_par_iter()
-            .map(|id| (id, self.read_snapshot(&id)))
+            .map(|id| (id, self.read_listed_snapshot(&id)))
             .collect();
         let (mut ok, mut bad) = (Vec::new(), Vec::new());
         for (id, r) in results {
             match r {
-                Ok(s) => ok.push((id, s)),
-                Err(e) => bad.push(e),
+                Some(Ok(s)) => ok.push((id, s)),
+                Some(Err(e)) => bad.push(e),
+                None => {}
             }
         }
         ok.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
         Ok((ok, bad))
+    }
+
+    /// Read a snapshot a listing named: None if it is gone and stays gone
+    /// when asked again (forgotten since the listing).
+    fn read_listed_snapshot(&self, id: &Id) -> Option<Result<Snapshot>> {
+        match self.read_snapshot(id) {
+            Err(Error::Missing { .. })
+                if matches!(self.store.head(&snapshot_name(id)), Ok(None)) =>
+            {
+                None
+            }
+            r => Some(r),
+        }
     }
 
     /// Resolve `latest` or a unique id prefix.
@@ -903,5 +920,22 @@ mod tests {
         assert_eq!(r2.find_snapshot("latest").unwrap(), (sid, s.clone()));
         assert_eq!(r2.find_snapshot(&sid.short()).unwrap().0, sid);
         assert!(r2.find_snapshot("zz").is_err());
+
+        // Listed, then forgotten by another process before it was read:
+        // left out, not reported as missing.
+        r.store().delete(&snapshot_name(&sid)).unwrap();
+        assert!(r2.read_listed_snapshot(&sid).is_none());
+        // Listed and present but unreadable: reported.
+        let name = snapshot_name(&sid);
+        r.store()
+            .put(&name, Bytes::from_static(b"garbage"))
+            .unwrap();
+        assert!(matches!(
+            r2.read_listed_snapshot(&sid),
+            Some(Err(Error::Corrupt { .. }))
+        ));
+        let (all, bad) = r2.snapshots().unwrap();
+        assert!(all.is_empty());
+        assert_eq!(bad.len(), 1);
     }
 }
