@@ -11,8 +11,10 @@
 #            is P2's plain directory row
 #   p1       gocryptfs's canonical steps through the mount: untar the Linux
 #            source, md5sum -c, ls -lR, rm -rf (plain dir, gocryptfs,
-#            secrate); secrate also times the seal + upload of the untarred
-#            tree. --quick: the drivers/net subtree (5.7k files)
+#            secrate, and as the FUSE ceiling an in-memory FUSE filesystem,
+#            examples/memfs.rs, set up as the mount is); secrate also times
+#            the seal + upload of the untarred tree. --quick: the
+#            drivers/net subtree (5.7k files)
 #   p2       dd bs=1M conv=fsync of 2 GiB random data (--quick: 1 GiB), then
 #            a cold read (caches dropped; gocryptfs and secrate remounted;
 #            secrate first on its own cache dir, then on a fresh one, i.e.
@@ -137,7 +139,7 @@ bench_install_if_missing jq jq || bench_die "cannot install jq"
 
 if [[ -z "$secrate_bin" ]]; then
     bench_log "building secrate (cargo build --release)"
-    cargo build --release --quiet --bin secrate --example nullfs >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release failed (see $BENCH_LOG)"
+    cargo build --release --quiet --bin secrate --example nullfs --example memfs >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release failed (see $BENCH_LOG)"
     secrate_bin="$ROOT/target/release/secrate"
     secrate_rev="$(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)"
 else
@@ -146,13 +148,20 @@ fi
 # A private copy: other people rebuild target/ while this runs.
 cp "$secrate_bin" "$W/bin/secrate.bench"
 SECRATE="$W/bin/secrate.bench"
-# The no-op FUSE filesystem for the ceilings: beside a given binary, or built.
-NULLFS="$(dirname "$secrate_bin")/examples/nullfs"
-if [[ ! -x "$NULLFS" ]] && [[ " ${workloads[*]} " == *" ceil "* ]]; then
-    cargo build --release --quiet --example nullfs >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release --example nullfs failed (see $BENCH_LOG)"
-    NULLFS="$ROOT/target/release/examples/nullfs"
-fi
-[[ -x "$NULLFS" ]] && cp "$NULLFS" "$W/bin/nullfs.bench" && NULLFS="$W/bin/nullfs.bench"
+# The example filesystems for the ceilings (no-op, in memory): beside a
+# given binary, or built.
+for ex in nullfs memfs; do
+    bin="$(dirname "$secrate_bin")/examples/$ex"
+    if [[ ! -x "$bin" ]] && [[ " ${workloads[*]} " == *" ceil "* || " ${workloads[*]} " == *" p1 "* ]]; then
+        cargo build --release --quiet --example "$ex" >>"$BENCH_LOG" 2>&1 || bench_die "cargo build --release --example $ex failed (see $BENCH_LOG)"
+        bin="$ROOT/target/release/examples/$ex"
+    fi
+    [[ -x "$bin" ]] && cp "$bin" "$W/bin/$ex.bench" && bin="$W/bin/$ex.bench"
+    case "$ex" in
+    nullfs) NULLFS="$bin" ;;
+    memfs) MEMFS="$bin" ;;
+    esac
+done
 {
     bench_machine_info "$W"
     echo "secrate: $(bench_tool_version "$SECRATE" --version) ($secrate_rev, sha256 $(sha256sum "$SECRATE" | cut -c1-12))"
@@ -225,6 +234,10 @@ fs_up() {
         sec_mount "$W/s-mnt" "$W/s-cache"
         FS_DIR="$W/s-mnt"
         ;;
+    memfs)
+        ex_mount "$MEMFS" "$W/mem-mnt"
+        FS_DIR="$W/mem-mnt"
+        ;;
     esac
 }
 fs_down() {
@@ -238,6 +251,7 @@ fs_down() {
         mountpoint -q "$W/s-mnt" && sec_umount "$W/s-mnt"
         rm -rf "$W/s-store" "$W/s-cache" "$W/s-cache2"
         ;;
+    memfs) ex_umount "$W/mem-mnt" ;;
     esac
 }
 
@@ -283,19 +297,19 @@ w_ceil() {
     src="$W/data/random-${gib}G.bin"
     bench_random_file "$src" "$bytes"
     for ((r = 1; r <= runs; r++)); do
-        null_mount "$mnt"
+        ex_mount "$NULLFS" "$mnt"
         cat "$src" >/dev/null
         timed ceil/nullfs/write dd if="$src" of="$mnt/null" bs=1M conv=fsync
         rec ceil fuse_write nullfs "$r" mb_per_s "$(mbps "$bytes" "$BENCH_WALL")" MB/s
-        null_umount "$mnt"
+        ex_umount "$mnt"
         drop
-        null_mount "$mnt"
+        ex_mount "$NULLFS" "$mnt"
         # A fresh mount knows no size: set it as the write left it.
         truncate -s "$bytes" "$mnt/null"
         drop
         timed ceil/nullfs/read dd if="$mnt/null" of=/dev/null bs=1M
         rec ceil fuse_read_cold nullfs "$r" mb_per_s "$(mbps "$bytes" "$BENCH_WALL")" MB/s
-        null_umount "$mnt"
+        ex_umount "$mnt"
     done
 }
 
@@ -308,7 +322,7 @@ w_p1() {
     no_timing
     rec p1 tree info 0 files "$files" files
     for ((r = 1; r <= runs; r++)); do
-        for tool in plain gocryptfs secrate; do
+        for tool in plain gocryptfs secrate memfs; do
             fs_up "$tool"
             drop
             timed "p1/$tool/untar" tar -xf "$L_TAR" -C "$FS_DIR"

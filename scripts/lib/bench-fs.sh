@@ -12,8 +12,9 @@
 #   sec_umount MNT           secrate umount (lazy fusermount3 -uz if it fails)
 #   sec_daemon_pid MNT       pid of the daemon serving MNT
 #   gc_init / gc_mount MNT / gc_umount MNT   gocryptfs at $W/gc-cipher
-#   null_mount MNT / null_umount MNT   the no-op FUSE filesystem
-#                            (examples/nullfs.rs, binary $NULLFS)
+#   ex_mount BIN MNT / ex_umount MNT   a FUSE filesystem from examples/
+#                            (nullfs: no-op, $NULLFS; memfs: in memory,
+#                            $MEMFS) served in the background
 #   restic_mount_start REPO MNT   restic mount in the background (RESTIC_PID)
 #   restic_mount_stop        stop it (SIGINT, then fusermount3 -u)
 #   proc_peak_rss_kib PID    VmHWM of PID in KiB
@@ -22,7 +23,7 @@
 BENCH_MOUNTS=()
 RESTIC_PID=""
 RESTIC_MNT=""
-NULL_PID=""
+EX_PID=""
 S_STORE="${S_STORE:-$W/s-store}"
 export SECRATE_PASSPHRASE="bench-passphrase"
 export RESTIC_PASSWORD="bench-passphrase"
@@ -90,20 +91,20 @@ gc_mount() {
 
 gc_umount() { fusermount3 -u "$1" 2>/dev/null || fusermount3 -uz "$1" 2>/dev/null || true; }
 
-# nullfs serves in the foreground: start it in the background and wait
-# until the mount is there. fusermount3 -u ends it.
-null_mount() {
-    mkdir -p "$1"
-    _bench_add_mount "$1"
-    "$NULLFS" "$1" >>"$BENCH_LOG" 2>&1 &
-    NULL_PID=$!
-    bench_poll 10 mountpoint -q "$1" || bench_die "nullfs did not mount at $1 (see $BENCH_LOG)"
+# The example filesystems serve in the foreground: start one in the
+# background and wait until the mount is there. fusermount3 -u ends it.
+ex_mount() {
+    mkdir -p "$2"
+    _bench_add_mount "$2"
+    "$1" "$2" >>"$BENCH_LOG" 2>&1 &
+    EX_PID=$!
+    bench_poll 10 mountpoint -q "$2" || bench_die "$1 did not mount at $2 (see $BENCH_LOG)"
 }
 
-null_umount() {
+ex_umount() {
     fusermount3 -u "$1" 2>/dev/null || fusermount3 -uz "$1" 2>/dev/null || true
-    [[ -z "$NULL_PID" ]] || wait "$NULL_PID" 2>/dev/null || true
-    NULL_PID=""
+    [[ -z "$EX_PID" ]] || wait "$EX_PID" 2>/dev/null || true
+    EX_PID=""
 }
 
 # restic mount runs in the foreground: start it in the background and

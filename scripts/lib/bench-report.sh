@@ -65,9 +65,15 @@ for step in ('untar', 'md5sum', 'ls_lR', 'rm_rf'):
     sec, gc, pl = g('p1', step, 'secrate', 'wall_s'), g('p1', step, 'gocryptfs', 'wall_s'), g('p1', step, 'plain', 'wall_s')
     if sec is None:
         continue
-    d = 'secrate %.2f s, gocryptfs %s s, plain %s s' % (sec, '%.2f' % gc if gc else 'n/a', '%.2f' % pl if pl else 'n/a')
+    mf = g('p1', step, 'memfs', 'wall_s')
+    d = 'secrate %.2f s, gocryptfs %s s, plain %s s, in-memory FUSE %s s' % (
+        sec, *['%.2f' % x if x else 'n/a' for x in (gc, pl, mf)])
     target('P1 %s: secrate / gocryptfs' % step, ratio(sec, gc), 0.5, '<=', d)
     target('P1 %s: secrate / plain' % step, ratio(sec, pl), 3, '<=', d)
+    if mf:
+        targets.append(dict(target='P1 %s: secrate / in-memory FUSE ceiling' % step, measured=ratio(sec, mf), limit=None,
+                            op='', met=None, detail='secrate %.2f s, in-memory FUSE filesystem %.2f s (%.2f× plain)'
+                            % (sec, mf, ratio(mf, pl) or 0)))
 # The cold read of the local copy (remounted, caches dropped) is the one
 # that compares with a plain directory and gocryptfs (remounted on its
 # cipher directory); the read through a fresh cache comes from the store.
@@ -180,10 +186,11 @@ def plot(name, script, data):
 
 steps = [('untar', 'untar'), ('md5sum', 'md5sum -c'), ('ls_lR', 'ls -lR'), ('rm_rf', 'rm -rf')]
 if any(g('p1', s, 'secrate', 'wall_s') for s, _ in steps):
-    data = ''.join('"%s" %s %s %s\n' % (lab, *[g('p1', s, t, 'wall_s') or 0 for t in ('plain', 'gocryptfs', 'secrate')]) for s, lab in steps)
+    data = ''.join('"%s" %s %s %s %s\n' % (lab, *[g('p1', s, t, 'wall_s') or 0 for t in ('plain', 'gocryptfs', 'secrate', 'memfs')]) for s, lab in steps)
     plot('p1', 'set title "P1: gocryptfs canonical steps (seconds, lower is better, log scale)"\nset style data histograms\nset style histogram clustered gap 1\n'
          'set style fill solid 0.8 border -1\nset logscale y\nset yrange [0.01:*]\nset grid ytics\nset key top right\n'
-         'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate"\n', data)
+         'plot "DATA" using 2:xtic(1) title "plain dir", "" using 3 title "gocryptfs", "" using 4 title "secrate", '
+         '"" using 5 title "in-memory FUSE (ceiling)"\n', data)
 if g('p2', 'write', 'secrate', 'mb_per_s'):
     data = ''.join('"%s" %s %s %s %s %s\n' % (lab, *[g('p2', c, t, 'mb_per_s') or 0 for t in ('plain', 'gocryptfs')],
                                                 g('p2', sc, 'secrate', 'mb_per_s') or 0, g('p2', c, 'secrate', 'mb_per_s') if c == 'read_cold' else 0,
