@@ -825,6 +825,101 @@ fn concurrent_writers() {
     }
 }
 
+/// Set-ID bits after chown, and after write and truncate by a caller with
+/// and without CAP_FSETID (dropped with `setpriv`), are what they become
+/// on the local disk the test runs on: the mount clears them itself, as
+/// the kernel leaves it to the filesystem (FUSE_HANDLE_KILLPRIV_V2).
+#[test]
+fn set_id_bits_clear_as_on_a_local_disk() {
+    if !fuse_ready("set_id_bits_clear_as_on_a_local_disk") {
+        return;
+    }
+    require("setpriv", "util-linux");
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("local");
+    fs::create_dir(&local).unwrap();
+    let store = stores("mount-setid").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &[],
+    );
+    let no_fsetid = |args: &[&str]| {
+        run_ok(
+            Command::new("setpriv")
+                .args(["--bounding-set", "-fsetid"])
+                .args(args),
+        );
+    };
+    type Op = fn(&Path, &dyn Fn(&[&str]));
+    let ops: [(&str, Op); 6] = [
+        ("chown to root", |p, _| {
+            std::os::unix::fs::chown(p, Some(0), Some(0)).unwrap()
+        }),
+        ("chown to uid 1", |p, _| {
+            std::os::unix::fs::chown(p, Some(1), None).unwrap()
+        }),
+        ("truncate", |p, _| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(3)
+                .unwrap()
+        }),
+        ("truncate without CAP_FSETID", |p, np| {
+            np(&["truncate", "-s", "3", p.to_str().unwrap()])
+        }),
+        ("write", |p, _| {
+            let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(b"more").unwrap();
+        }),
+        ("write without CAP_FSETID", |p, np| {
+            np(&[
+                "sh",
+                "-c",
+                "printf more >> \"$1\"",
+                "sh",
+                p.to_str().unwrap(),
+            ])
+        }),
+    ];
+    let mut checked = Vec::new();
+    for mode in [0o6755, 0o6745, 0o4755, 0o2755, 0o2745, 0o755] {
+        for (i, (what, op)) in ops.iter().enumerate() {
+            let mut got = Vec::new();
+            for dir in [&local, &m.mnt] {
+                let p = dir.join(format!("f-{mode:o}-{i}"));
+                fs::write(&p, b"content").unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+                op(&p, &no_fsetid);
+                got.push(fs::metadata(&p).unwrap().permissions().mode() & 0o7777);
+            }
+            assert_eq!(
+                got[1], got[0],
+                "mode {mode:o} after {what}: the mount has {:o}, the local disk {:o}",
+                got[1], got[0]
+            );
+            checked.push((mode, *what, got[0]));
+        }
+    }
+    // The cases differ on the local disk, so the comparison means something:
+    // a write keeps set-user-ID with CAP_FSETID and clears it without.
+    let after = |mode, what| {
+        checked
+            .iter()
+            .find(|c| c.0 == mode && c.1 == what)
+            .unwrap()
+            .2
+    };
+    assert_eq!(after(0o4755, "write"), 0o4755);
+    assert_eq!(after(0o4755, "write without CAP_FSETID"), 0o755);
+    assert_eq!(after(0o4755, "chown to root"), 0o755);
+}
+
 /// Requirement 4: every kind of change inside `.history` gives EROFS, and
 /// nothing changes.
 #[test]

@@ -314,8 +314,10 @@ impl SecrateFs {
 pub const THREADS: usize = 4;
 
 /// What a mount asks of the kernel: 1 MiB writes and readahead, the
-/// writeback cache, parallel directory operations, READDIRPLUS. (Also the
-/// setup of `examples/nullfs.rs`, the FUSE ceiling of the benchmarks.)
+/// writeback cache, parallel directory operations, READDIRPLUS, and
+/// clearing set-ID bits left to the filesystem (FUSE_HANDLE_KILLPRIV_V2:
+/// see `setattr` and `write`). (Also the setup of `examples/nullfs.rs` and
+/// `examples/memfs.rs`, the FUSE ceilings of the benchmarks.)
 pub fn setup_kernel(config: &mut KernelConfig) {
     let _ = config.set_max_write(1 << 20);
     let _ = config.set_max_readahead(1 << 20);
@@ -323,9 +325,28 @@ pub fn setup_kernel(config: &mut KernelConfig) {
         | InitFlags::FUSE_PARALLEL_DIROPS
         | InitFlags::FUSE_DO_READDIRPLUS
         | InitFlags::FUSE_READDIRPLUS_AUTO
-        | InitFlags::FUSE_ASYNC_DIO;
+        | InitFlags::FUSE_ASYNC_DIO
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
     let caps = config.capabilities();
     let _ = config.add_capabilities(want & caps);
+}
+
+/// Whether the process `pid` may truncate a file and keep its set-ID bits:
+/// it has CAP_FSETID in its effective set and lives in the first user
+/// namespace (its uid map is the identity), which is what the kernel's
+/// `capable()` asks. Anything unreadable counts as no, so in doubt the
+/// bits are cleared, the safe side.
+fn may_keep_setid(pid: u32) -> bool {
+    const CAP_FSETID: u32 = 4;
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+    let cap_eff = read("status").and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    });
+    let init_ns = read("uid_map")
+        .is_some_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    matches!(cap_eff, Some(c) if c >> CAP_FSETID & 1 == 1) && init_ns
 }
 
 impl Filesystem for SecrateFs {
@@ -363,9 +384,13 @@ impl Filesystem for SecrateFs {
         }
     }
 
+    /// Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-ID
+    /// bits to the filesystem (and skips a GETATTR per chown and a
+    /// `security.capability` query per write): chown clears them always,
+    /// truncate when the caller lacks CAP_FSETID, as the VFS does.
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -383,10 +408,13 @@ impl Filesystem for SecrateFs {
     ) {
         let ino = ino.0;
         let r = self.writable(ino).and_then(|()| {
+            let mut kill_setid = uid.is_some() || gid.is_some();
             if let Some(size) = size {
+                kill_setid |= self.live.has_setid(ino)? && !may_keep_setid(req.pid());
                 self.live.truncate(ino, size, &*self.reader)?;
             }
             let a = SetAttr {
+                kill_setid,
                 mode,
                 uid,
                 gid,
@@ -598,13 +626,23 @@ impl Filesystem for SecrateFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // The kernel asks this of a write by a caller without CAP_FSETID
+        // (FUSE_HANDLE_KILLPRIV_V2).
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self
             .writable(ino.0)
+            .and_then(|()| {
+                if kill {
+                    self.live.kill_setid(ino.0)
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| self.live.write(ino.0, offset, data, &*self.reader))
         {
             Ok(n) => reply.written(n as u32),

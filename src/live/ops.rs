@@ -20,6 +20,26 @@ pub struct SetAttr {
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
     pub ctime: Option<Timestamp>,
+    /// Clear the set-user-ID bit, and the set-group-ID bit of a
+    /// group-executable node (what chown, and write or truncate by a
+    /// caller without CAP_FSETID, do to a non-directory; the kernel leaves
+    /// it to the filesystem under FUSE_HANDLE_KILLPRIV_V2).
+    pub kill_setid: bool,
+}
+
+/// Clear S_ISUID, and S_ISGID when S_IXGRP, of a non-directory; whether
+/// anything changed.
+fn kill_setid(r: &mut Inode) -> bool {
+    if r.kind == Kind::Dir {
+        return false;
+    }
+    let mut m = r.mode & !0o4000;
+    if m & 0o2010 == 0o2010 {
+        m &= !0o2000;
+    }
+    let changed = m != r.mode;
+    r.mode = m;
+    changed
 }
 
 const NAME_MAX: usize = 255;
@@ -323,9 +343,36 @@ impl Live {
             if let Some(t) = a.mtime {
                 r.mtime = t;
             }
+            if a.kill_setid {
+                kill_setid(&mut r);
+            }
             r.ctime = a.ctime.unwrap_or_else(now);
             tx.stamp(ino, &mut r)?;
             Ok(r)
+        })
+    }
+
+    /// Whether `ino` has a set-user-ID or group-executable set-group-ID
+    /// bit, the ones `kill_setid` clears.
+    pub fn has_setid(&self, ino: u64) -> LiveResult<bool> {
+        let mut r = self.inode(ino)?;
+        Ok(kill_setid(&mut r))
+    }
+
+    /// What a write by a caller without CAP_FSETID does to the modes:
+    /// `kill_setid`, a change only if there is a bit to clear.
+    pub fn kill_setid(&self, ino: u64) -> LiveResult<()> {
+        if !self.has_setid(ino)? {
+            return Ok(());
+        }
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        self.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            if kill_setid(&mut r) {
+                r.ctime = now();
+                tx.stamp(ino, &mut r)?;
+            }
+            Ok(())
         })
     }
 
