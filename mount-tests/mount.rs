@@ -855,9 +855,12 @@ fn set_id_bits_clear_as_on_a_local_disk() {
         );
     };
     type Op = fn(&Path, &dyn Fn(&[&str]));
-    let ops: [(&str, Op); 6] = [
+    let ops: [(&str, Op); 7] = [
         ("chown to root", |p, _| {
             std::os::unix::fs::chown(p, Some(0), Some(0)).unwrap()
+        }),
+        ("chown to -1 -1", |p, _| {
+            std::os::unix::fs::chown(p, None, None).unwrap()
         }),
         ("chown to uid 1", |p, _| {
             std::os::unix::fs::chown(p, Some(1), None).unwrap()

@@ -386,8 +386,9 @@ impl Filesystem for SecrateFs {
 
     /// Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-ID
     /// bits to the filesystem (and skips a GETATTR per chown and a
-    /// `security.capability` query per write): chown clears them always,
-    /// truncate when the caller lacks CAP_FSETID, as the VFS does.
+    /// `security.capability` query per write): chown clears them always
+    /// (also chown(-1, -1)), truncate when the caller lacks CAP_FSETID, as
+    /// the VFS does.
     fn setattr(
         &self,
         req: &Request,
@@ -408,7 +409,18 @@ impl Filesystem for SecrateFs {
     ) {
         let ino = ino.0;
         let r = self.writable(ino).and_then(|()| {
-            let mut kill_setid = uid.is_some() || gid.is_some();
+            // chown(-1, -1) reaches here as a change of ctime alone, the
+            // only call that sends that.
+            let ctime_only = ctime.is_some()
+                && [
+                    mode.is_none(),
+                    size.is_none(),
+                    atime.is_none(),
+                    mtime.is_none(),
+                ]
+                .iter()
+                .all(|n| *n);
+            let mut kill_setid = uid.is_some() || gid.is_some() || ctime_only;
             if let Some(size) = size {
                 kill_setid |= self.live.has_setid(ino)? && !may_keep_setid(req.pid());
                 self.live.truncate(ino, size, &*self.reader)?;
