@@ -854,8 +854,24 @@ fn set_id_bits_clear_as_on_a_local_disk() {
                 .args(args),
         );
     };
+    // Give the file a group root is not in, keeping its mode (a chown by
+    // a capable caller would clear set-ID bits).
+    fn outside_group(p: &Path) {
+        let mode = fs::metadata(p).unwrap().permissions().mode();
+        std::os::unix::fs::chown(p, None, Some(12345)).unwrap();
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fn append(p: &Path, np: &dyn Fn(&[&str])) {
+        np(&[
+            "sh",
+            "-c",
+            "printf more >> \"$1\"",
+            "sh",
+            p.to_str().unwrap(),
+        ])
+    }
     type Op = fn(&Path, &dyn Fn(&[&str]));
-    let ops: [(&str, Op); 7] = [
+    let ops: [(&str, Op); 10] = [
         ("chown to root", |p, _| {
             std::os::unix::fs::chown(p, Some(0), Some(0)).unwrap()
         }),
@@ -880,15 +896,28 @@ fn set_id_bits_clear_as_on_a_local_disk() {
             let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
             f.write_all(b"more").unwrap();
         }),
-        ("write without CAP_FSETID", |p, np| {
-            np(&[
-                "sh",
-                "-c",
-                "printf more >> \"$1\"",
-                "sh",
-                p.to_str().unwrap(),
-            ])
-        }),
+        ("write without CAP_FSETID", append),
+        (
+            "chgrp without CAP_FSETID from outside the group",
+            |p, np| {
+                outside_group(p);
+                np(&["chown", "0:0", p.to_str().unwrap()])
+            },
+        ),
+        (
+            "truncate without CAP_FSETID from outside the group",
+            |p, np| {
+                outside_group(p);
+                np(&["truncate", "-s", "3", p.to_str().unwrap()])
+            },
+        ),
+        (
+            "write without CAP_FSETID from outside the group",
+            |p, np| {
+                outside_group(p);
+                append(p, np)
+            },
+        ),
     ];
     let mut checked = Vec::new();
     for mode in [0o6755, 0o6745, 0o4755, 0o2755, 0o2745, 0o755] {
@@ -921,6 +950,13 @@ fn set_id_bits_clear_as_on_a_local_disk() {
     assert_eq!(after(0o4755, "write"), 0o4755);
     assert_eq!(after(0o4755, "write without CAP_FSETID"), 0o755);
     assert_eq!(after(0o4755, "chown to root"), 0o755);
+    // A set-group-ID without group execute goes only for a caller outside
+    // the file's group.
+    assert_eq!(after(0o2745, "chown to root"), 0o2745);
+    assert_eq!(
+        after(0o2745, "chgrp without CAP_FSETID from outside the group"),
+        0o745
+    );
 }
 
 /// Requirement 4: every kind of change inside `.history` gives EROFS, and

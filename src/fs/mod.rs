@@ -23,7 +23,9 @@ use fuser::{
 
 use crate::blobs::BlobReader;
 use crate::flush::Flusher;
-use crate::live::{Inode, Live, LiveError, LiveResult, NewNode, SetAttr, HISTORY_NAME, ROOT};
+use crate::live::{
+    Inode, KillSetid, Live, LiveError, LiveResult, NewNode, SetAttr, HISTORY_NAME, ROOT,
+};
 use crate::repo::tree::{Kind, Timestamp};
 
 use self::history::{HistAttr, History, HISTORY_INO};
@@ -331,22 +333,81 @@ pub fn setup_kernel(config: &mut KernelConfig) {
     let _ = config.add_capabilities(want & caps);
 }
 
-/// Whether the process `pid` may truncate a file and keep its set-ID bits:
-/// it has CAP_FSETID in its effective set and lives in the first user
-/// namespace (its uid map is the identity), which is what the kernel's
-/// `capable()` asks. Anything unreadable counts as no, so in doubt the
-/// bits are cleared, the safe side.
-fn may_keep_setid(pid: u32) -> bool {
-    const CAP_FSETID: u32 = 4;
-    let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
-    let cap_eff = read("status").and_then(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    });
-    let init_ns = read("uid_map")
-        .is_some_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
-    matches!(cap_eff, Some(c) if c >> CAP_FSETID & 1 == 1) && init_ns
+/// What clears set-ID bits under FUSE_HANDLE_KILLPRIV_V2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SetidOp {
+    Chown,
+    Truncate,
+    /// A write the kernel flagged FUSE_WRITE_KILL_SUIDGID: it found the
+    /// caller without CAP_FSETID.
+    FlaggedWrite,
+}
+
+/// Which of `rec`'s set-ID bits `op` by process `pid` clears, as the VFS
+/// decides on a local disk: set-user-ID and a group-executable
+/// set-group-ID always on chown, on truncate and write unless the caller
+/// has CAP_FSETID; a set-group-ID without group execute only when the
+/// caller has no CAP_FSETID and is not in the file's group. fuser 0.18
+/// does not pass the kernel's own decision for truncate, so the caller is
+/// read from /proc (only for files that have such a bit).
+fn setid_kill(rec: &Inode, pid: u32, op: SetidOp) -> KillSetid {
+    if rec.kind == Kind::Dir || rec.mode & 0o6000 == 0 {
+        return KillSetid::Keep;
+    }
+    let caller = Caller::read(pid);
+    let fsetid = caller.fsetid && op != SetidOp::FlaggedWrite;
+    if fsetid && op == SetidOp::Truncate {
+        return KillSetid::Keep;
+    }
+    if rec.mode & 0o2010 == 0o2000 && !fsetid && !caller.groups.contains(&rec.gid) {
+        KillSetid::All
+    } else {
+        KillSetid::Exec
+    }
+}
+
+/// What decides a caller's effect on set-ID bits, from /proc/PID. Anything
+/// unreadable reads as no capability and no groups, so in doubt the bits
+/// are cleared, the safe side.
+struct Caller {
+    /// CAP_FSETID in its effective set, in the first user namespace (an
+    /// identity uid map): the kernel's `capable()`.
+    fsetid: bool,
+    /// Its filesystem group and supplementary groups.
+    groups: Vec<u32>,
+}
+
+impl Caller {
+    fn read(pid: u32) -> Caller {
+        const CAP_FSETID: u32 = 4;
+        let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
+        let status = read("status").unwrap_or_default();
+        let field = |name: &str| -> Vec<String> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let cap_eff = field("CapEff:")
+            .first()
+            .and_then(|v| u64::from_str_radix(v, 16).ok());
+        let init_ns = read("uid_map")
+            .is_some_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+        // Gid: real, effective, saved, filesystem.
+        let fsgid = field("Gid:").get(3).cloned();
+        let groups = fsgid
+            .into_iter()
+            .chain(field("Groups:"))
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        Caller {
+            fsetid: matches!(cap_eff, Some(c) if c >> CAP_FSETID & 1 == 1) && init_ns,
+            groups,
+        }
+    }
 }
 
 impl Filesystem for SecrateFs {
@@ -420,13 +481,17 @@ impl Filesystem for SecrateFs {
                 ]
                 .iter()
                 .all(|n| *n);
-            let mut kill_setid = uid.is_some() || gid.is_some() || ctime_only;
+            let op = if uid.is_some() || gid.is_some() || ctime_only {
+                Some(SetidOp::Chown)
+            } else if size.is_some() {
+                Some(SetidOp::Truncate)
+            } else {
+                None
+            };
             if let Some(size) = size {
-                kill_setid |= self.live.has_setid(ino)? && !may_keep_setid(req.pid());
                 self.live.truncate(ino, size, &*self.reader)?;
             }
             let a = SetAttr {
-                kill_setid,
                 mode,
                 uid,
                 gid,
@@ -434,7 +499,10 @@ impl Filesystem for SecrateFs {
                 mtime: mtime.map(timestamp),
                 ctime: ctime.map(|c| timestamp(TimeOrNow::SpecificTime(c))),
             };
-            self.live.setattr(ino, &a)
+            self.live.setattr(ino, &a, &|r| match op {
+                Some(op) => setid_kill(r, req.pid(), op),
+                None => KillSetid::Keep,
+            })
         });
         match r {
             Ok(rec) => reply.attr(&LIVE_TTL, &live_attr(ino, &rec)),
@@ -633,7 +701,7 @@ impl Filesystem for SecrateFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -650,7 +718,8 @@ impl Filesystem for SecrateFs {
             .writable(ino.0)
             .and_then(|()| {
                 if kill {
-                    self.live.kill_setid(ino.0)
+                    self.live
+                        .kill_setid(ino.0, &|r| setid_kill(r, req.pid(), SetidOp::FlaggedWrite))
                 } else {
                     Ok(())
                 }

@@ -39,7 +39,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 use crate::repo::tree::{Kind, Timestamp};
 
 pub use self::data::{DataSource, OpenFiles};
-pub use self::ops::{Attr, NewNode, SetAttr};
+pub use self::ops::{Attr, KillSetid, NewNode, SetAttr};
 pub use self::record::{Body, Inode};
 pub use self::upkeep::Recovery;
 

@@ -20,26 +20,34 @@ pub struct SetAttr {
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
     pub ctime: Option<Timestamp>,
-    /// Clear the set-user-ID bit, and the set-group-ID bit of a
-    /// group-executable node (what chown, and write or truncate by a
-    /// caller without CAP_FSETID, do to a non-directory; the kernel leaves
-    /// it to the filesystem under FUSE_HANDLE_KILLPRIV_V2).
-    pub kill_setid: bool,
 }
 
-/// Clear S_ISUID, and S_ISGID when S_IXGRP, of a non-directory; whether
-/// anything changed.
-fn kill_setid(r: &mut Inode) -> bool {
-    if r.kind == Kind::Dir {
-        return false;
+/// Which set-ID bits a change clears from a non-directory. Under
+/// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem; what
+/// the caller may keep is decided by `fs` (it knows the caller).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillSetid {
+    #[default]
+    Keep,
+    /// Set-user-ID, and set-group-ID when group-executable.
+    Exec,
+    /// Both, also a set-group-ID without group execute.
+    All,
+}
+
+impl KillSetid {
+    /// `r`'s mode with the bits this clears cleared.
+    pub fn apply(self, r: &Inode) -> u32 {
+        if r.kind == Kind::Dir {
+            return r.mode;
+        }
+        match self {
+            KillSetid::Keep => r.mode,
+            KillSetid::Exec if r.mode & 0o2010 == 0o2010 => r.mode & !0o6000,
+            KillSetid::Exec => r.mode & !0o4000,
+            KillSetid::All => r.mode & !0o6000,
+        }
     }
-    let mut m = r.mode & !0o4000;
-    if m & 0o2010 == 0o2010 {
-        m &= !0o2000;
-    }
-    let changed = m != r.mode;
-    r.mode = m;
-    changed
 }
 
 const NAME_MAX: usize = 255;
@@ -324,13 +332,19 @@ impl Live {
         Ok(())
     }
 
-    pub fn setattr(&self, ino: u64, a: &SetAttr) -> LiveResult<Inode> {
+    /// Change what `a` names; `kill` says which set-ID bits go, asked of
+    /// the record as it was (a chown decides on the old group).
+    pub fn setattr(
+        &self,
+        ino: u64,
+        a: &SetAttr,
+        kill: &dyn Fn(&Inode) -> KillSetid,
+    ) -> LiveResult<Inode> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.tx(|tx| {
             let mut r = tx.get(ino)?;
-            if let Some(m) = a.mode {
-                r.mode = m & 0o7777;
-            }
+            let killed = kill(&r).apply(&r);
+            r.mode = a.mode.map_or(killed, |m| m & 0o7777);
             if let Some(u) = a.uid {
                 r.uid = u;
             }
@@ -343,32 +357,24 @@ impl Live {
             if let Some(t) = a.mtime {
                 r.mtime = t;
             }
-            if a.kill_setid {
-                kill_setid(&mut r);
-            }
             r.ctime = a.ctime.unwrap_or_else(now);
             tx.stamp(ino, &mut r)?;
             Ok(r)
         })
     }
 
-    /// Whether `ino` has a set-user-ID or group-executable set-group-ID
-    /// bit, the ones `kill_setid` clears.
-    pub fn has_setid(&self, ino: u64) -> LiveResult<bool> {
-        let mut r = self.inode(ino)?;
-        Ok(kill_setid(&mut r))
-    }
-
-    /// What a write by a caller without CAP_FSETID does to the modes:
-    /// `kill_setid`, a change only if there is a bit to clear.
-    pub fn kill_setid(&self, ino: u64) -> LiveResult<()> {
-        if !self.has_setid(ino)? {
+    /// What a write does to set-ID bits when the kernel asks for it
+    /// (FUSE_WRITE_KILL_SUIDGID): a change only if a bit goes.
+    pub fn kill_setid(&self, ino: u64, kill: &dyn Fn(&Inode) -> KillSetid) -> LiveResult<()> {
+        if self.inode(ino)?.mode & 0o6000 == 0 {
             return Ok(());
         }
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.tx(|tx| {
             let mut r = tx.get(ino)?;
-            if kill_setid(&mut r) {
+            let m = kill(&r).apply(&r);
+            if m != r.mode {
+                r.mode = m;
                 r.ctime = now();
                 tx.stamp(ino, &mut r)?;
             }
