@@ -5,7 +5,7 @@
 //!
 //! Every node lives in one map behind one lock; file contents are vectors.
 //! It answers the kernel as the mount does (same `fs::setup_kernel`,
-//! `fs::THREADS`, entry and attribute timeouts, `FOPEN_KEEP_CACHE`, ENOSYS
+//! `fs::session_config`, entry and attribute timeouts, `FOPEN_KEEP_CACHE`, ENOSYS
 //! for FLUSH, ENODATA for a missing xattr), so the kernel sends it the same
 //! requests, and the difference between this and the mount is secrate's
 //! own work per request: the live tree in redb, staged files on disk.
@@ -42,6 +42,35 @@ struct Node {
     attr: FileAttr,
     body: Body,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Node {
+    /// A new node's attributes: created now, one link (two for a directory).
+    fn new_attr(ino: u64, body: &Body, mode: u32, uid: u32, gid: u32) -> FileAttr {
+        let now = SystemTime::now();
+        let (size, nlink) = match body {
+            Body::Dir(_) => (0, 2),
+            Body::Symlink(t) => (t.len() as u64, 1),
+            Body::File(_) => (0, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            kind: kind_of(body),
+            perm: (mode & 0o7777) as u16,
+            nlink,
+            uid,
+            gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
 }
 
 struct State {
@@ -115,29 +144,8 @@ impl State {
         }
         let ino = self.next;
         self.next += 1;
-        let now = SystemTime::now();
-        let (kind, size, nlink) = match &body {
-            Body::Dir(_) => (FileType::Directory, 0, 2),
-            Body::Symlink(t) => (FileType::Symlink, t.len() as u64, 1),
-            Body::File(_) => (FileType::RegularFile, 0, 1),
-        };
-        let attr = FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            kind,
-            perm: (mode & 0o7777) as u16,
-            nlink,
-            uid: req.uid(),
-            gid: req.gid(),
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        };
+        let attr = Node::new_attr(ino, &body, mode, req.uid(), req.gid());
+        let kind = attr.kind;
         self.nodes.insert(
             ino,
             Node {
@@ -640,30 +648,14 @@ fn main() {
     };
     // SAFETY: getuid and getgid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let now = SystemTime::now();
-    let root = FileAttr {
-        ino: INodeNo::ROOT,
-        size: 0,
-        blocks: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        crtime: now,
-        kind: FileType::Directory,
-        perm: 0o755,
-        nlink: 2,
-        uid,
-        gid,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    };
+    let body = Body::Dir(BTreeMap::new());
+    let attr = Node::new_attr(INodeNo::ROOT.0, &body, 0o755, uid, gid);
     let mut nodes = HashMap::new();
     nodes.insert(
         INodeNo::ROOT.0,
         Node {
-            attr: root,
-            body: Body::Dir(BTreeMap::new()),
+            attr,
+            body,
             xattrs: BTreeMap::new(),
         },
     );
@@ -673,15 +665,12 @@ fn main() {
             next: INodeNo::ROOT.0 + 1,
         }),
     };
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
+    let config = secrate::fs::session_config(vec![
         fuser::MountOption::FSName("memfs".into()),
         fuser::MountOption::NoAtime,
         fuser::MountOption::RW,
         fuser::MountOption::DefaultPermissions,
-    ];
-    config.n_threads = Some(secrate::fs::THREADS);
-    config.clone_fd = true;
+    ]);
     if let Err(e) = fuser::mount(fs, &mountpoint, &config) {
         eprintln!("memfs: cannot serve at {}: {e}", mountpoint.display());
         std::process::exit(1);

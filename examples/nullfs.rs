@@ -4,7 +4,7 @@
 //! The root holds one file, `null`. Writes are acknowledged and dropped;
 //! reads return zeros up to the file's size (the highest offset written, or
 //! what truncate set). The kernel connection is set up by secrate's own
-//! `fs::setup_kernel` and `fs::THREADS` (1 MiB writes and readahead, the
+//! `fs::setup_kernel` and `fs::session_config` (1 MiB writes and readahead, the
 //! writeback cache, four threads, one fd each), so the difference between
 //! this and the mount is secrate's own work: staging, the live tree.
 //!
@@ -235,14 +235,11 @@ fn main() {
         uid,
         gid,
     };
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
+    let config = secrate::fs::session_config(vec![
         fuser::MountOption::FSName("nullfs".into()),
         fuser::MountOption::NoAtime,
         fuser::MountOption::RW,
-    ];
-    config.n_threads = Some(secrate::fs::THREADS);
-    config.clone_fd = true;
+    ]);
     if let Err(e) = fuser::mount(fs, &mountpoint, &config) {
         eprintln!("nullfs: cannot serve at {}: {e}", mountpoint.display());
         std::process::exit(1);

@@ -201,15 +201,12 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     } else {
         fuser::MountOption::RW
     });
-    let mut config = fuser::Config::default();
-    config.mount_options = options;
+    let mut config = crate::fs::session_config(options);
     config.acl = if opts.allow_other {
         fuser::SessionACL::All
     } else {
         fuser::SessionACL::Owner
     };
-    config.n_threads = Some(crate::fs::THREADS);
-    config.clone_fd = true;
     let session = fuser::Session::new(fs, &opts.mountpoint, &config).map_err(|e| {
         Error::Invalid(format!(
             "cannot mount at {}: {e}",

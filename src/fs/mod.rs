@@ -315,6 +315,16 @@ impl SecrateFs {
 /// Threads serving FUSE requests, each reading its own `/dev/fuse` fd.
 pub const THREADS: usize = 4;
 
+/// The session a mount runs: `mount_options`, `THREADS` threads, one fd
+/// each. (Also the session of the benchmarks' example filesystems.)
+pub fn session_config(mount_options: Vec<fuser::MountOption>) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.mount_options = mount_options;
+    config.n_threads = Some(THREADS);
+    config.clone_fd = true;
+    config
+}
+
 /// What a mount asks of the kernel: 1 MiB writes and readahead, the
 /// writeback cache, parallel directory operations, READDIRPLUS, and
 /// clearing set-ID bits left to the filesystem (FUSE_HANDLE_KILLPRIV_V2:
@@ -473,14 +483,10 @@ impl Filesystem for SecrateFs {
             // chown(-1, -1) reaches here as a change of ctime alone, the
             // only call that sends that.
             let ctime_only = ctime.is_some()
-                && [
-                    mode.is_none(),
-                    size.is_none(),
-                    atime.is_none(),
-                    mtime.is_none(),
-                ]
-                .iter()
-                .all(|n| *n);
+                && mode.is_none()
+                && size.is_none()
+                && atime.is_none()
+                && mtime.is_none();
             let op = if uid.is_some() || gid.is_some() || ctime_only {
                 Some(SetidOp::Chown)
             } else if size.is_some() {
