@@ -961,6 +961,99 @@ fn set_id_bits_clear_as_on_a_local_disk() {
 
 /// Requirement 4: every kind of change inside `.history` gives EROFS, and
 /// nothing changes.
+/// What a program sees of files and directories it still holds after
+/// their last name went (unlink, rmdir, rename over), as lines to compare
+/// between the local disk and the mount. Leaves `b` behind.
+fn hold_unlinked(root: &Path) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut seen = Vec::new();
+    let stat = |what: &str, f: &fs::File| {
+        let m = f.metadata().unwrap();
+        format!(
+            "{what}: nlink {} size {} mode {:o}",
+            m.nlink(),
+            m.len(),
+            m.mode()
+        )
+    };
+    let f = root.join("f");
+    fs::write(&f, b"hello").unwrap();
+    let by_path = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&f)
+        .unwrap();
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&f)
+        .unwrap();
+    fs::remove_file(&f).unwrap();
+    seen.push(stat("O_PATH handle after unlink", &by_path));
+    rw.write_all_at(b" more", 5).unwrap();
+    rw.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    rw.set_len(8).unwrap();
+    seen.push(stat("open handle after write, chmod, truncate", &rw));
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &rw, &mut back).unwrap();
+    seen.push(format!("content {:?}", String::from_utf8_lossy(&back)));
+
+    let d = root.join("d");
+    fs::create_dir(&d).unwrap();
+    let dir = fs::File::open(&d).unwrap();
+    fs::remove_dir(&d).unwrap();
+    seen.push(stat("directory after rmdir", &dir));
+    let r = cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), c"x".as_ptr(), 0o755) });
+    seen.push(format!(
+        "mkdir in it: {:?}",
+        r.map_err(|e| e.raw_os_error())
+    ));
+
+    fs::write(root.join("a"), b"new a").unwrap();
+    fs::write(root.join("b"), b"old b").unwrap();
+    let old_b = fs::File::open(root.join("b")).unwrap();
+    fs::rename(root.join("a"), root.join("b")).unwrap();
+    seen.push(stat("replaced file after rename over it", &old_b));
+    let mut back = String::new();
+    std::io::Read::read_to_string(&mut &old_b, &mut back).unwrap();
+    seen.push(format!("replaced content {back:?}"));
+    seen
+}
+
+#[test]
+fn unlinked_but_held_as_on_a_local_disk() {
+    if !fuse_ready("unlinked_but_held_as_on_a_local_disk") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("local");
+    fs::create_dir(&local).unwrap();
+    let store = stores("mount-unlinked").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let cache = work.path().join("cache");
+    let m = Mount::new(&s, &work.path().join("mnt"), &cache, &[]);
+    let want = hold_unlinked(&local);
+    let got = hold_unlinked(&m.mnt);
+    assert_eq!(got, want, "the mount differs from the local disk");
+    // With the writeback cache the kernel flushes the ctime of every
+    // unlinked file; had that failed, syncfs would report it here.
+    let root = fs::File::open(&m.mnt).unwrap();
+    cvt(unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&root)) })
+        .expect("syncfs on the mount after unlink, rmdir and rename over");
+    // Once closed and forgotten, the removed files give their cache space
+    // back: only `b` keeps a staged copy.
+    let staged = || fs::read_dir(cache.join("staged")).unwrap().count();
+    poll_until(
+        "staged copies of removed files deleted",
+        Duration::from_secs(30),
+        || staged() == 1,
+    );
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"new a");
+}
+
 #[test]
 fn history_is_read_only() {
     if !fuse_ready("history_is_read_only") {

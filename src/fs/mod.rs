@@ -448,6 +448,16 @@ impl Filesystem for SecrateFs {
         self.reply_entry(reply, self.live.lookup(parent, name));
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // A FORGET says the kernel dropped the inode (it sends one, with
+        // its whole lookup count, when it evicts it).
+        if !History::is_history(ino.0) {
+            if let Err(e) = self.live.forget(ino.0) {
+                crate::log!("error: removing unlinked inode {}: {e}", ino.0);
+            }
+        }
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.attr(ino.0) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),

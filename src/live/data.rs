@@ -6,7 +6,7 @@
 //! write to a sealed file copies it up into a staged file; a truncation to
 //! zero skips the copy. Reads never take the barrier; writes hold it shared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -39,6 +39,13 @@ struct OpenEntry {
 #[derive(Default)]
 pub struct OpenFiles {
     entries: Mutex<HashMap<u64, OpenEntry>>,
+    /// Inodes whose last name went while the kernel knew them (it always
+    /// does: unlink, rmdir and rename reach us through its dentries). They
+    /// live on with no links until the kernel's FORGET, as an unlinked
+    /// inode lives on a local disk while anything refers to it: the kernel
+    /// still sends requests for them, a SETATTR of ctime right after every
+    /// unlink (writeback cache), `fstat` of an open or O_PATH descriptor.
+    kernel_known: Mutex<HashSet<u64>>,
     copy_up: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     frozen: Mutex<HashMap<u64, Arc<Mutex<Frozen>>>>,
 }
@@ -59,6 +66,25 @@ impl OpenFiles {
 
     pub fn is_open(&self, ino: u64) -> bool {
         self.lock().get(&ino).is_some_and(|e| e.count > 0)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.kernel_known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `ino` lost its last name while the kernel knows it.
+    pub(crate) fn unlinked_known(&self, ino: u64) {
+        self.known().insert(ino);
+    }
+
+    /// Whether the kernel may still send requests for the unlinked `ino`.
+    pub(crate) fn kernel_knows(&self, ino: u64) -> bool {
+        self.known().contains(&ino)
+    }
+
+    /// The kernel forgot `ino`; true if it was an unlinked inode.
+    pub(crate) fn kernel_forgot(&self, ino: u64) -> bool {
+        self.known().remove(&ino)
     }
 
     /// Drop a cached handle (the staged file was replaced or removed).
@@ -190,7 +216,8 @@ impl Live {
         self.open_files.lock().entry(ino).or_default().count += 1;
     }
 
-    /// The last close of an unlinked file removes it.
+    /// The last close of an unlinked file removes it, if the kernel has
+    /// forgotten it too.
     pub fn release_file(&self, ino: u64) -> LiveResult<()> {
         let last = {
             let mut m = self.open_files.lock();
@@ -207,18 +234,7 @@ impl Live {
             }
         };
         if last {
-            let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-            let gone = self.tx(|tx| match tx.get(ino) {
-                Ok(rec) if rec.nlink == 0 => {
-                    tx.remove_inode(ino)?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            })?;
-            if gone {
-                self.before_change(ino)?;
-                self.discard_staged(ino);
-            }
+            self.drop_if_unused(ino)?;
         }
         Ok(())
     }

@@ -506,7 +506,8 @@ impl<'t> Tx<'t> {
     /// The directories holding a link to `ino`.
     pub fn parents_of(&self, ino: u64, rec: &Inode) -> LiveResult<Vec<u64>> {
         if rec.kind == Kind::Dir {
-            return Ok(if ino == ROOT {
+            // The root and removed directories have no parent.
+            return Ok(if ino == ROOT || rec.nlink == 0 {
                 vec![]
             } else {
                 vec![rec.parent]

@@ -68,6 +68,10 @@ fn dir_of(tx: &Tx, ino: u64) -> LiveResult<Inode> {
     if d.kind != Kind::Dir {
         return Err(LiveError::NotDir);
     }
+    if d.nlink == 0 {
+        // Removed; the kernel refuses entries in it before asking us.
+        return Err(LiveError::NotFound);
+    }
     Ok(d)
 }
 
@@ -195,21 +199,18 @@ impl Live {
     }
 
     /// Remove one name; the inode goes when its last link and last open
-    /// handle are gone.
+    /// handle are gone and the kernel has forgotten it.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> LiveResult<()> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-        let gone = self.tx(|tx| {
+        self.tx(|tx| {
             dir_of(tx, parent)?;
             let ino = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
             if tx.get(ino)?.kind == Kind::Dir {
                 return Err(LiveError::IsDir);
             }
-            remove_name(tx, parent, name, ino)
-        })?;
-        if let Some(ino) = gone {
-            self.drop_if_unused(ino)?;
-        }
-        Ok(())
+            self.unlinked(remove_name(tx, parent, name, ino)?);
+            Ok(())
+        })
     }
 
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> LiveResult<()> {
@@ -228,24 +229,44 @@ impl Live {
                 return Err(LiveError::NotEmpty);
             }
             tx.remove_dirent(parent, name)?;
-            tx.remove_inode(ino)?;
+            self.unlinked(remove_dir(tx, ino, d)?);
             touch_dir(tx, parent, -1)
         })
     }
 
-    /// Remove an inode with no links and no open handles.
-    fn drop_if_unused(&self, ino: u64) -> LiveResult<()> {
-        if self.open_files.is_open(ino) {
+    /// `unlinked` is the inode that lost its last link, if any: the
+    /// kernel, which sent the request, knows it until its FORGET.
+    fn unlinked(&self, unlinked: Option<u64>) {
+        if let Some(ino) = unlinked {
+            self.open_files.unlinked_known(ino);
+        }
+    }
+
+    /// The kernel forgot `ino` (FORGET): an unlinked inode it knew goes
+    /// now, unless a handle is still open.
+    pub fn forget(&self, ino: u64) -> LiveResult<()> {
+        if self.open_files.kernel_forgot(ino) {
+            self.drop_if_unused(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Remove an inode with no links, no open handles, and not known to the
+    /// kernel. Each of the last two clears its own mark before calling, so
+    /// whichever comes second removes it.
+    pub(crate) fn drop_if_unused(&self, ino: u64) -> LiveResult<()> {
+        if self.open_files.is_open(ino) || self.open_files.kernel_knows(ino) {
             return Ok(());
         }
+        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         let gone = self.tx(|tx| match tx.get(ino) {
             Ok(r) if r.nlink == 0 => {
                 tx.remove_inode(ino)?;
-                Ok(true)
+                Ok(Some(r.kind))
             }
-            _ => Ok(false),
+            _ => Ok(None),
         })?;
-        if gone {
+        if gone == Some(Kind::File) {
             self.before_change(ino)?;
             self.discard_staged(ino);
         }
@@ -263,7 +284,7 @@ impl Live {
     ) -> LiveResult<()> {
         check_name(newname)?;
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-        let gone = self.tx(|tx| {
+        self.tx(|tx| {
             dir_of(tx, parent)?;
             dir_of(tx, newparent)?;
             let src = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
@@ -289,15 +310,14 @@ impl Live {
                 } else {
                     touch_dir(tx, parent, 0)?;
                 }
-                return Ok(None);
+                return Ok(());
             }
-            let mut gone = None;
             if let Some(dst) = dst {
                 if noreplace {
                     return Err(LiveError::Exists);
                 }
                 if dst == src {
-                    return Ok(None);
+                    return Ok(());
                 }
                 let drec = tx.get(dst)?;
                 match (srec.kind == Kind::Dir, drec.kind == Kind::Dir) {
@@ -308,10 +328,10 @@ impl Live {
                             return Err(LiveError::NotEmpty);
                         }
                         tx.remove_dirent(newparent, newname)?;
-                        tx.remove_inode(dst)?;
+                        self.unlinked(remove_dir(tx, dst, drec)?);
                         touch_dir(tx, newparent, -1)?;
                     }
-                    (false, false) => gone = remove_name(tx, newparent, newname, dst)?,
+                    (false, false) => self.unlinked(remove_name(tx, newparent, newname, dst)?),
                 }
             }
             tx.remove_dirent(parent, name)?;
@@ -324,12 +344,8 @@ impl Live {
             } else {
                 touch_dir(tx, parent, 0)?;
             }
-            Ok(gone)
-        })?;
-        if let Some(ino) = gone {
-            self.drop_if_unused(ino)?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Change what `a` names; `kill` says which set-ID bits go, asked of
@@ -453,6 +469,8 @@ fn move_inode(tx: &mut Tx, ino: u64, from: u64, to: u64) -> LiveResult<()> {
 }
 
 /// Drop one name of a non-directory; returns the inode if no link is left.
+/// Remove the name `parent`/`name` of the non-directory `ino`; returns
+/// `ino` if that was its last link (it stays as an orphan until unused).
 fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Option<u64>> {
     tx.remove_dirent(parent, name)?;
     tx.remove_parent(ino, parent)?;
@@ -469,4 +487,14 @@ fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Op
     }
     touch_dir(tx, parent, 0)?;
     Ok((rec.nlink == 0).then_some(ino))
+}
+
+/// The empty directory `ino`, whose entry the caller removed, loses its
+/// links: an orphan until unused, as `remove_name` leaves a file.
+fn remove_dir(tx: &mut Tx, ino: u64, mut rec: Inode) -> LiveResult<Option<u64>> {
+    rec.nlink = 0;
+    rec.ctime = now();
+    tx.put(ino, &rec)?;
+    tx.add_orphan(ino)?;
+    Ok(Some(ino))
 }
