@@ -240,7 +240,14 @@ fn main() {
         fuser::MountOption::NoAtime,
         fuser::MountOption::RW,
     ]);
-    if let Err(e) = fuser::mount(fs, &mountpoint, &config) {
+    // Mounted as secrate mounts: with its read-ahead.
+    let served = fuser::Session::new(fs, &mountpoint, &config).and_then(|session| {
+        if let Err(e) = secrate::fs::raise_readahead(std::path::Path::new(&mountpoint)) {
+            eprintln!("nullfs: read-ahead stays at the kernel's default: {e}");
+        }
+        session.run()
+    });
+    if let Err(e) = served {
         eprintln!("nullfs: cannot serve at {}: {e}", mountpoint.display());
         std::process::exit(1);
     }

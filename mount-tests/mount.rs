@@ -1055,6 +1055,34 @@ fn unlinked_but_held_as_on_a_local_disk() {
 }
 
 #[test]
+fn mount_raises_the_kernels_read_ahead() {
+    if !fuse_ready("mount_raises_the_kernels_read_ahead") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let store = stores("mount-readahead").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &[],
+    );
+    // The kernel's 128 KiB default halves sequential reads (P2 in
+    // docs/benchmarks.md); INIT alone cannot lift it.
+    let dev = fs::metadata(&m.mnt).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kb = fs::read_to_string(&knob).unwrap();
+    assert_eq!(kb.trim(), "1024", "{knob}");
+}
+
+#[test]
 fn history_is_read_only() {
     if !fuse_ready("history_is_read_only") {
         return;

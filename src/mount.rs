@@ -220,6 +220,9 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         opts.mountpoint.display(),
         opts.cache_dir.display()
     );
+    if let Err(e) = crate::fs::raise_readahead(&opts.mountpoint) {
+        crate::log!("note: the kernel's read-ahead for this mount stays at its default ({e}; raising it needs root)");
+    }
     ready();
     let r = session.run();
     crate::log!("unmounted {}", opts.mountpoint.display());
