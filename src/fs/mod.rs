@@ -23,6 +23,7 @@ use fuser::{
 
 use crate::blobs::BlobReader;
 use crate::flush::Flusher;
+use crate::live::data::Times;
 use crate::live::{
     Inode, KillSetid, Live, LiveError, LiveResult, NewNode, SetAttr, HISTORY_NAME, ROOT,
 };
@@ -280,7 +281,10 @@ impl SecrateFs {
 
     fn reply_entry(&self, reply: ReplyEntry, r: LiveResult<(u64, Inode)>) {
         match r {
-            Ok((ino, rec)) => reply.entry(&LIVE_TTL, &live_attr(ino, &rec), Generation(0)),
+            Ok((ino, rec)) => {
+                self.live.open_files.looked_up(ino);
+                reply.entry(&LIVE_TTL, &live_attr(ino, &rec), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -484,11 +488,9 @@ impl Filesystem for SecrateFs {
         self.reply_entry(reply, self.live.lookup(parent, name));
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
-        // A FORGET says the kernel dropped the inode (it sends one, with
-        // its whole lookup count, when it evicts it).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         if !History::is_history(ino.0) {
-            if let Err(e) = self.live.forget(ino.0) {
+            if let Err(e) = self.live.forget(ino.0, nlookup) {
                 crate::log!("error: removing unlinked inode {}: {e}", ino.0);
             }
         }
@@ -776,8 +778,16 @@ impl Filesystem for SecrateFs {
                     Ok(())
                 }
             })
-            .and_then(|()| self.live.write(ino.0, offset, data, &*self.reader))
-        {
+            .and_then(|()| {
+                // Data from the page cache (the writeback cache): the
+                // kernel sends its times itself.
+                let times = if write_flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+                    Times::Kernel
+                } else {
+                    Times::Now
+                };
+                self.live.write(ino.0, offset, data, times, &*self.reader)
+            }) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(&e)),
         }
@@ -898,6 +908,12 @@ impl Filesystem for SecrateFs {
         for (i, (child, _kind, name)) in list.iter().enumerate().skip(offset as usize) {
             let looked = self.attr(if name == b"." { ino.0 } else { *child });
             let Ok((attr, ttl)) = looked else { continue };
+            // The kernel counts a lookup for every entry it is sent but
+            // "." and ".."; counted before the reply leaves.
+            let counted = name != b"." && name != b".." && !History::is_history(*child);
+            if counted {
+                self.live.open_files.looked_up(*child);
+            }
             if reply.add(
                 INodeNo(*child),
                 (i + 1) as u64,
@@ -906,6 +922,12 @@ impl Filesystem for SecrateFs {
                 &attr,
                 Generation(0),
             ) {
+                // Full: this entry is not sent.
+                if counted {
+                    if let Err(e) = self.live.forget(*child, 1) {
+                        crate::log!("error: removing unlinked inode {child}: {e}");
+                    }
+                }
                 break;
             }
         }
@@ -1073,6 +1095,7 @@ impl Filesystem for SecrateFs {
         ) {
             Ok((ino, rec)) => {
                 self.live.open_file(ino);
+                self.live.open_files.looked_up(ino);
                 reply.created(
                     &LIVE_TTL,
                     &live_attr(ino, &rec),

@@ -39,15 +39,39 @@ struct OpenEntry {
 #[derive(Default)]
 pub struct OpenFiles {
     entries: Mutex<HashMap<u64, OpenEntry>>,
-    /// Inodes whose last name went while the kernel knew them (it always
-    /// does: unlink, rmdir and rename reach us through its dentries). They
-    /// live on with no links until the kernel's FORGET, as an unlinked
-    /// inode lives on a local disk while anything refers to it: the kernel
-    /// still sends requests for them, a SETATTR of ctime right after every
-    /// unlink (writeback cache), `fstat` of an open or O_PATH descriptor.
-    kernel_known: Mutex<HashSet<u64>>,
+    kernel: Mutex<KernelRefs>,
     copy_up: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     frozen: Mutex<HashMap<u64, Arc<Mutex<Frozen>>>>,
+}
+
+/// What the kernel holds. An inode whose last name went lives on with no
+/// links while the kernel knows it, as an unlinked inode lives on a local
+/// disk while anything refers to it: the kernel still sends requests for
+/// it, a SETATTR of ctime right after every unlink (writeback cache),
+/// `fstat` of an O_PATH descriptor or of a removed directory.
+#[derive(Default)]
+struct KernelRefs {
+    /// The kernel's lookup count of each inode it knows: one per entry
+    /// sent (LOOKUP, CREATE, MKNOD, MKDIR, SYMLINK, LINK, READDIRPLUS),
+    /// less what its FORGETs return. Only the count says when it is done:
+    /// it also sends FORGET for one of several references (a revalidation
+    /// that found a different inode).
+    lookups: HashMap<u64, u64>,
+    /// Inodes with no links left that are still in use.
+    unlinked: HashSet<u64>,
+}
+
+/// Who sets the mtime and ctime of a file whose content changed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Times {
+    /// The mount: now.
+    Now,
+    /// The kernel. With the writeback cache it stamps a write when the
+    /// program makes it, keeps that mtime as the truth, and sends it in a
+    /// SETATTR of its own; the WRITE carrying the data may reach us after
+    /// that SETATTR, and stamping "now" then would leave a later mtime
+    /// than the program saw (and than a snapshot should record).
+    Kernel,
 }
 
 /// A staged file a seal is about to read. Until the seal has read it, a
@@ -68,23 +92,43 @@ impl OpenFiles {
         self.lock().get(&ino).is_some_and(|e| e.count > 0)
     }
 
-    fn known(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        self.kernel_known.lock().unwrap_or_else(|e| e.into_inner())
+    fn kernel(&self) -> std::sync::MutexGuard<'_, KernelRefs> {
+        self.kernel.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `ino` lost its last name while the kernel knows it.
-    pub(crate) fn unlinked_known(&self, ino: u64) {
-        self.known().insert(ino);
+    /// The kernel is sent an entry for `ino` (call before replying).
+    pub fn looked_up(&self, ino: u64) {
+        *self.kernel().lookups.entry(ino).or_default() += 1;
     }
 
-    /// Whether the kernel may still send requests for the unlinked `ino`.
+    /// The kernel gave back `n` lookups of `ino`; true if it no longer
+    /// knows it and `ino` has no links left.
+    pub(crate) fn forgotten(&self, ino: u64, n: u64) -> bool {
+        let mut k = self.kernel();
+        let Some(count) = k.lookups.get_mut(&ino) else {
+            return false;
+        };
+        *count = count.saturating_sub(n);
+        if *count > 0 {
+            return false;
+        }
+        k.lookups.remove(&ino);
+        k.unlinked.contains(&ino)
+    }
+
+    /// `ino` lost its last link.
+    pub(crate) fn unlinked(&self, ino: u64) {
+        self.kernel().unlinked.insert(ino);
+    }
+
+    /// Whether the kernel may still send requests for `ino`.
     pub(crate) fn kernel_knows(&self, ino: u64) -> bool {
-        self.known().contains(&ino)
+        self.kernel().lookups.contains_key(&ino)
     }
 
-    /// The kernel forgot `ino`; true if it was an unlinked inode.
-    pub(crate) fn kernel_forgot(&self, ino: u64) -> bool {
-        self.known().remove(&ino)
+    /// `ino` is gone from the live tree.
+    pub(crate) fn removed(&self, ino: u64) {
+        self.kernel().unlinked.remove(&ino);
     }
 
     /// Drop a cached handle (the staged file was replaced or removed).
@@ -338,6 +382,7 @@ impl Live {
         ino: u64,
         offset: u64,
         data: &[u8],
+        times: Times,
         src: &dyn DataSource,
     ) -> LiveResult<usize> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
@@ -353,7 +398,7 @@ impl Live {
             f.write_all_at(data, offset)?;
         }
         let end = offset + data.len() as u64;
-        self.write_meta(ino, |r| {
+        self.write_meta(ino, times, |r| {
             r.size = r.size.max(end);
             Ok(())
         })?;
@@ -361,13 +406,20 @@ impl Live {
     }
 
     /// Record a content change: times, dirty state, and `f`'s edit.
-    fn write_meta(&self, ino: u64, f: impl FnOnce(&mut Inode) -> LiveResult<()>) -> LiveResult<()> {
+    fn write_meta(
+        &self,
+        ino: u64,
+        times: Times,
+        f: impl FnOnce(&mut Inode) -> LiveResult<()>,
+    ) -> LiveResult<()> {
         self.tx(|tx| {
             let mut r = tx.get(ino)?;
             f(&mut r)?;
-            let t = now();
-            r.mtime = t;
-            r.ctime = t;
+            if times == Times::Now {
+                let t = now();
+                r.mtime = t;
+                r.ctime = t;
+            }
             let was_dirty = r.is_dirty_file();
             if let Body::File { chunks, .. } = &mut r.body {
                 *chunks = None;
@@ -386,7 +438,7 @@ impl Live {
         self.before_change(ino)?;
         let f = self.staged_handle(ino)?;
         f.set_len(size)?;
-        self.write_meta(ino, |r| {
+        self.write_meta(ino, Times::Now, |r| {
             r.size = size;
             Ok(())
         })

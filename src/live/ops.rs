@@ -234,18 +234,20 @@ impl Live {
         })
     }
 
-    /// `unlinked` is the inode that lost its last link, if any: the
-    /// kernel, which sent the request, knows it until its FORGET.
+    /// `unlinked` is the inode that lost its last link, if any: it stays
+    /// while the kernel (which sent the request, so knows it) or an open
+    /// handle refers to it.
     fn unlinked(&self, unlinked: Option<u64>) {
         if let Some(ino) = unlinked {
-            self.open_files.unlinked_known(ino);
+            self.open_files.unlinked(ino);
         }
     }
 
-    /// The kernel forgot `ino` (FORGET): an unlinked inode it knew goes
-    /// now, unless a handle is still open.
-    pub fn forget(&self, ino: u64) -> LiveResult<()> {
-        if self.open_files.kernel_forgot(ino) {
+    /// The kernel's FORGET: it returns `n` lookups of `ino`. An inode with
+    /// no links goes once the kernel no longer knows it and no handle is
+    /// open.
+    pub fn forget(&self, ino: u64, n: u64) -> LiveResult<()> {
+        if self.open_files.forgotten(ino, n) {
             self.drop_if_unused(ino)?;
         }
         Ok(())
@@ -266,6 +268,9 @@ impl Live {
             }
             _ => Ok(None),
         })?;
+        if gone.is_some() {
+            self.open_files.removed(ino);
+        }
         if gone == Some(Kind::File) {
             self.before_change(ino)?;
             self.discard_staged(ino);
