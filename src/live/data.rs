@@ -121,9 +121,14 @@ impl OpenFiles {
         self.kernel().unlinked.insert(ino);
     }
 
-    /// Whether the kernel may still send requests for `ino`.
-    pub(crate) fn kernel_knows(&self, ino: u64) -> bool {
-        self.kernel().lookups.contains_key(&ino)
+    /// Whether `ino` has no links, no open handle, and the kernel no
+    /// longer knows it.
+    pub(crate) fn unused_orphan(&self, ino: u64) -> bool {
+        if self.is_open(ino) {
+            return false;
+        }
+        let k = self.kernel();
+        k.unlinked.contains(&ino) && !k.lookups.contains_key(&ino)
     }
 
     /// `ino` is gone from the live tree.

@@ -257,7 +257,7 @@ impl Live {
     /// kernel. Each of the last two clears its own mark before calling, so
     /// whichever comes second removes it.
     pub(crate) fn drop_if_unused(&self, ino: u64) -> LiveResult<()> {
-        if self.open_files.is_open(ino) || self.open_files.kernel_knows(ino) {
+        if !self.open_files.unused_orphan(ino) {
             return Ok(());
         }
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
