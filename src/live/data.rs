@@ -35,7 +35,8 @@ struct OpenEntry {
     writing: Arc<Mutex<()>>,
 }
 
-/// Open counts and staged file handles, per inode.
+/// Per inode: open counts, staged file handles, and what the kernel holds
+/// (its lookup counts and which inodes lost their last link).
 #[derive(Default)]
 pub struct OpenFiles {
     entries: Mutex<HashMap<u64, OpenEntry>>,
