@@ -356,6 +356,16 @@ pub fn raise_readahead(mountpoint: &std::path::Path) -> std::io::Result<()> {
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // A FUSE mount has an anonymous device (major 0); anything else means
+    // the path does not lead to our mount, and its disk is left alone.
+    if stx.stx_dev_major != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is on device {}:{}, not a FUSE mount",
+            mountpoint.display(),
+            stx.stx_dev_major,
+            stx.stx_dev_minor
+        )));
+    }
     std::fs::write(
         format!(
             "/sys/class/bdi/{}:{}/read_ahead_kb",
@@ -1106,5 +1116,27 @@ impl Filesystem for SecrateFs {
             }
             Err(e) => reply.error(errno(&e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_ahead_is_raised_only_on_a_fuse_mount() {
+        // A directory on a real disk: refused before any sysfs write, so
+        // the disk's own read-ahead stays as it is.
+        let dir = tempfile::tempdir().unwrap();
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir.path()).unwrap());
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        let before = std::fs::read_to_string(&knob).ok();
+        assert!(raise_readahead(dir.path()).is_err());
+        assert_eq!(std::fs::read_to_string(&knob).ok(), before);
+        assert!(raise_readahead(&dir.path().join("missing")).is_err());
     }
 }
