@@ -671,13 +671,8 @@ fn main() {
         fuser::MountOption::RW,
         fuser::MountOption::DefaultPermissions,
     ]);
-    // Mounted as secrate mounts: with its read-ahead.
-    let served = fuser::Session::new(fs, &mountpoint, &config).and_then(|session| {
-        if let Err(e) = secrate::fs::raise_readahead(std::path::Path::new(&mountpoint)) {
-            eprintln!("memfs: read-ahead stays at the kernel's default: {e}");
-        }
-        session.run()
-    });
+    let served =
+        secrate::fs::serve_like_the_mount("memfs", fs, std::path::Path::new(&mountpoint), &config);
     if let Err(e) = served {
         eprintln!("memfs: cannot serve at {}: {e}", mountpoint.display());
         std::process::exit(1);

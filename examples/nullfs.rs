@@ -240,13 +240,8 @@ fn main() {
         fuser::MountOption::NoAtime,
         fuser::MountOption::RW,
     ]);
-    // Mounted as secrate mounts: with its read-ahead.
-    let served = fuser::Session::new(fs, &mountpoint, &config).and_then(|session| {
-        if let Err(e) = secrate::fs::raise_readahead(std::path::Path::new(&mountpoint)) {
-            eprintln!("nullfs: read-ahead stays at the kernel's default: {e}");
-        }
-        session.run()
-    });
+    let served =
+        secrate::fs::serve_like_the_mount("nullfs", fs, std::path::Path::new(&mountpoint), &config);
     if let Err(e) = served {
         eprintln!("nullfs: cannot serve at {}: {e}", mountpoint.display());
         std::process::exit(1);

@@ -329,6 +329,22 @@ pub fn session_config(mount_options: Vec<fuser::MountOption>) -> fuser::Config {
     config
 }
 
+/// Mount `fs` at `mountpoint` and serve it with `config` as the mount
+/// does, read-ahead included, until unmounted (the benchmarks' example
+/// filesystems; `name` prefixes the message if the read-ahead stays).
+pub fn serve_like_the_mount<FS: Filesystem>(
+    name: &str,
+    fs: FS,
+    mountpoint: &std::path::Path,
+    config: &fuser::Config,
+) -> std::io::Result<()> {
+    let session = fuser::Session::new(fs, mountpoint, config)?;
+    if let Err(e) = raise_readahead(mountpoint) {
+        eprintln!("{name}: read-ahead stays at the kernel's default: {e}");
+    }
+    session.run()
+}
+
 /// Read-ahead (and largest write) a mount asks for.
 const READAHEAD: u32 = 1 << 20;
 
@@ -918,12 +934,6 @@ impl Filesystem for SecrateFs {
         for (i, (child, _kind, name)) in list.iter().enumerate().skip(offset as usize) {
             let looked = self.attr(if name == b"." { ino.0 } else { *child });
             let Ok((attr, ttl)) = looked else { continue };
-            // The kernel counts a lookup for every entry it is sent but
-            // "." and ".."; counted before the reply leaves.
-            let counted = name != b"." && name != b".." && !History::is_history(*child);
-            if counted {
-                self.live.open_files.looked_up(*child);
-            }
             if reply.add(
                 INodeNo(*child),
                 (i + 1) as u64,
@@ -932,13 +942,12 @@ impl Filesystem for SecrateFs {
                 &attr,
                 Generation(0),
             ) {
-                // Full: this entry is not sent.
-                if counted {
-                    if let Err(e) = self.live.forget(*child, 1) {
-                        crate::log!("error: removing unlinked inode {child}: {e}");
-                    }
-                }
-                break;
+                break; // full: this entry is not sent
+            }
+            // The kernel counts a lookup for every entry it is sent but
+            // "." and ".."; the reply leaves at `ok` below.
+            if name != b"." && name != b".." && !History::is_history(*child) {
+                self.live.open_files.looked_up(*child);
             }
         }
         reply.ok();
