@@ -5,10 +5,12 @@
 //!
 //! Every node lives in one map behind one lock; file contents are vectors.
 //! It answers the kernel as the mount does (same `fs::setup_kernel`,
-//! `fs::session_config`, entry and attribute timeouts, `FOPEN_KEEP_CACHE`, ENOSYS
-//! for FLUSH, ENODATA for a missing xattr), so the kernel sends it the same
-//! requests, and the difference between this and the mount is secrate's
-//! own work per request: the live tree in redb, staged files on disk.
+//! `fs::session_config`, entry and attribute timeouts, `FOPEN_KEEP_CACHE`,
+//! ENOSYS for FLUSH, ENODATA for a missing xattr, EOPNOTSUPP for the
+//! names of `fs::unsupported_xattr`), so the kernel and programs send it
+//! the same requests, and the difference between this and the mount is
+//! secrate's own work per request: the live tree in redb, staged files on
+//! disk.
 //! Not a filesystem to keep anything in: it forgets everything when
 //! unmounted, and it leaves set-ID bits alone where the kernel leaves
 //! clearing them to the filesystem.
@@ -555,6 +557,9 @@ impl Filesystem for MemFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if secrate::fs::unsupported_xattr(name.as_bytes()) {
+            return reply.error(err(libc::EOPNOTSUPP));
+        }
         let mut s = self.lock();
         let n = match s.node(ino) {
             Ok(n) => n,
@@ -572,6 +577,9 @@ impl Filesystem for MemFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if secrate::fs::unsupported_xattr(name.as_bytes()) {
+            return reply.error(err(libc::EOPNOTSUPP));
+        }
         let mut s = self.lock();
         let n = match s.node(ino) {
             Ok(n) => n,
@@ -592,7 +600,11 @@ impl Filesystem for MemFs {
             Err(e) => return reply.error(e),
         };
         let mut buf = Vec::new();
-        for k in n.xattrs.keys() {
+        for k in n
+            .xattrs
+            .keys()
+            .filter(|k| !secrate::fs::unsupported_xattr(k))
+        {
             buf.extend_from_slice(k);
             buf.push(0);
         }
@@ -606,6 +618,9 @@ impl Filesystem for MemFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if secrate::fs::unsupported_xattr(name.as_bytes()) {
+            return reply.error(err(libc::EOPNOTSUPP));
+        }
         match self
             .lock()
             .node(ino)

@@ -1054,6 +1054,126 @@ fn unlinked_but_held_as_on_a_local_disk() {
     assert_eq!(fs::read(m.path("b")).unwrap(), b"new a");
 }
 
+/// An access ACL granting `nobody` read (the kernel's binary form):
+/// user::rw-, user:65534:r--, group::r--, mask::r--, other::r--.
+fn acl_nobody_reads() -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 65534),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn acls_and_selinux_labels_unsupported_but_kept_from_backups() {
+    if !fuse_ready("acls_and_selinux_labels_unsupported_but_kept_from_backups") {
+        return;
+    }
+    use libc::EOPNOTSUPP;
+    const LABEL: &[u8] = b"system_u:object_r:user_home_t:s0";
+    const ACL: &[u8] = b"system.posix_acl_access";
+    const SEL: &[u8] = b"security.selinux";
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = src.join("f");
+    fs::write(&f, b"first\n").unwrap();
+    let acl = acl_nobody_reads();
+    for (k, v) in [(&b"user.a"[..], &b"1"[..]), (SEL, LABEL), (ACL, &acl)] {
+        secrate::fsmeta::set_xattr(&f, k, v).unwrap();
+    }
+    let store = stores("mount-xattr-kinds").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+
+    let mut m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &[],
+    );
+    fs::write(m.path("new"), b"n").unwrap();
+    let latest = format!(".history/{}", m.latest());
+    for p in ["f", "new", &format!("{latest}/f")] {
+        let p = m.path(p);
+        let at = |what: &str| format!("{what} of {}", p.display());
+        // EOPNOTSUPP, not ENODATA, also where nothing is set: GNU ls
+        // remembers it for the device and stops asking for every entry.
+        for name in [ACL, b"system.posix_acl_default", SEL] {
+            let n = String::from_utf8_lossy(name);
+            expect_errno(
+                &at(&format!("getxattr {n}")),
+                secrate::fsmeta::get_xattr(&p, name),
+                EOPNOTSUPP,
+            );
+        }
+        let names: Vec<Vec<u8>> = secrate::fsmeta::list_xattrs(&p)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let want: &[&[u8]] = if p.ends_with("new") {
+            &[]
+        } else {
+            &[b"user.a"]
+        };
+        assert_eq!(names, want, "{}", at("listxattr"));
+    }
+    for (name, value) in [(SEL, LABEL), (ACL, &acl[..])] {
+        let n = String::from_utf8_lossy(name);
+        for p in ["f", "new"] {
+            let p = m.path(p);
+            expect_errno(
+                &format!("setxattr {n} on {}", p.display()),
+                secrate::fsmeta::set_xattr(&p, name, value),
+                EOPNOTSUPP,
+            );
+            let c = cstr(&p);
+            let cn = std::ffi::CString::new(name).unwrap();
+            expect_errno(
+                &format!("removexattr {n} on {}", p.display()),
+                cvt(unsafe { libc::lremovexattr(c.as_ptr(), cn.as_ptr()) }),
+                EOPNOTSUPP,
+            );
+        }
+    }
+    // The other namespaces are kept as before.
+    secrate::fsmeta::set_xattr(&m.path("new"), b"trusted.t", b"x").unwrap();
+    assert_eq!(
+        secrate::fsmeta::get_xattr(&m.path("new"), b"trusted.t").unwrap(),
+        Some(b"x".to_vec())
+    );
+    // An edit in the mount keeps what the backup recorded.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(m.path("f"))
+        .unwrap()
+        .write_all(b"second\n")
+        .unwrap();
+    m.umount();
+    let out = work.path().join("out");
+    s.ok(&["restore", "-q", "latest", out.to_str().unwrap()]);
+    let g = out.join("f");
+    assert_eq!(fs::read(&g).unwrap(), b"first\nsecond\n");
+    for (k, v) in [(&b"user.a"[..], &b"1"[..]), (SEL, LABEL), (ACL, &acl)] {
+        assert_eq!(
+            secrate::fsmeta::get_xattr(&g, k).unwrap().as_deref(),
+            Some(v),
+            "{} of the restored file",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
 #[test]
 fn mount_raises_the_kernels_read_ahead() {
     if !fuse_ready("mount_raises_the_kernels_read_ahead") {

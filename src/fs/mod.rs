@@ -409,6 +409,26 @@ pub fn setup_kernel(config: &mut KernelConfig) {
     let _ = config.add_capabilities(want & caps);
 }
 
+/// Extended attributes the mount does not keep, answered EOPNOTSUPP to
+/// get, set, remove and left out of listings, as a local filesystem
+/// without them answers (ext4 mounted `noacl`, tmpfs, NFS):
+/// - POSIX ACLs (`system.posix_acl_*`): the kernel would pass them through
+///   as plain xattrs that neither change the mode nor get enforced;
+///   refusing them makes `cp -a`, tar and rsync fall back to chmod.
+/// - SELinux labels (`security.selinux`): on a host running SELinux the
+///   kernel labels a FUSE mount as a whole and answers this name itself,
+///   so the mount never sees it there; elsewhere nothing reads it.
+///
+/// GNU `ls -l` asks both names for every entry unless the filesystem says
+/// it does not support them, which it remembers per device: ENODATA cost
+/// two round trips per entry of `ls -lR`. A label or ACL that `secrate
+/// backup` recorded stays in the snapshot and in the live tree built from
+/// it (and `secrate restore` writes it back); the mount only does not show
+/// it.
+pub fn unsupported_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"system.posix_acl_") || name == b"security.selinux"
+}
+
 /// What clears set-ID bits under FUSE_HANDLE_KILLPRIV_V2.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum SetidOp {
@@ -1014,10 +1034,7 @@ impl Filesystem for SecrateFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        // POSIX ACLs are not supported: the kernel would pass them through
-        // as plain xattrs that neither change the mode nor get enforced.
-        // Refusing them makes `cp -a`, tar and rsync fall back to chmod.
-        if name.as_bytes().starts_with(b"system.posix_acl_") {
+        if unsupported_xattr(name.as_bytes()) {
             return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         }
         // The namespaces Linux filesystems store; others (the kernel passes
@@ -1038,6 +1055,9 @@ impl Filesystem for SecrateFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if unsupported_xattr(name.as_bytes()) {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         let all = if History::is_history(ino.0) {
             self.history.xattrs(ino.0)
         } else {
@@ -1065,7 +1085,7 @@ impl Filesystem for SecrateFs {
         match all {
             Ok(x) => {
                 let mut buf = Vec::new();
-                for (k, _) in &x {
+                for (k, _) in x.iter().filter(|(k, _)| !unsupported_xattr(k)) {
                     buf.extend_from_slice(k);
                     buf.push(0);
                 }
@@ -1082,6 +1102,9 @@ impl Filesystem for SecrateFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if unsupported_xattr(name.as_bytes()) {
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         match self
             .writable(ino.0)
             .and_then(|()| self.live.remove_xattr(ino.0, name.as_bytes()))
