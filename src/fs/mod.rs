@@ -289,6 +289,15 @@ impl SecrateFs {
         }
     }
 
+    /// All xattrs `ino` has recorded (also those the mount does not show).
+    fn xattrs(&self, ino: u64) -> LiveResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        if History::is_history(ino) {
+            self.history.xattrs(ino)
+        } else {
+            self.live.inode(ino).map(|r| r.xattrs)
+        }
+    }
+
     fn list_dir(&self, ino: u64) -> LiveResult<Listing> {
         let mut out = Vec::new();
         if History::is_history(ino) {
@@ -1058,11 +1067,7 @@ impl Filesystem for SecrateFs {
         if unsupported_xattr(name.as_bytes()) {
             return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
         }
-        let all = if History::is_history(ino.0) {
-            self.history.xattrs(ino.0)
-        } else {
-            self.live.inode(ino.0).map(|r| r.xattrs)
-        };
+        let all = self.xattrs(ino.0);
         match all {
             Ok(x) => match x.iter().find(|(k, _)| k == name.as_bytes()) {
                 Some((_, v)) if size == 0 => reply.size(v.len() as u32),
@@ -1077,11 +1082,7 @@ impl Filesystem for SecrateFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let all = if History::is_history(ino.0) {
-            self.history.xattrs(ino.0)
-        } else {
-            self.live.inode(ino.0).map(|r| r.xattrs)
-        };
+        let all = self.xattrs(ino.0);
         match all {
             Ok(x) => {
                 let mut buf = Vec::new();

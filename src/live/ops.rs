@@ -229,7 +229,7 @@ impl Live {
                 return Err(LiveError::NotEmpty);
             }
             tx.remove_dirent(parent, name)?;
-            self.unlinked(remove_dir(tx, ino, d)?);
+            self.open_files.unlinked(remove_dir(tx, ino, d)?);
             touch_dir(tx, parent, -1)
         })
     }
@@ -333,7 +333,7 @@ impl Live {
                             return Err(LiveError::NotEmpty);
                         }
                         tx.remove_dirent(newparent, newname)?;
-                        self.unlinked(remove_dir(tx, dst, drec)?);
+                        self.open_files.unlinked(remove_dir(tx, dst, drec)?);
                         touch_dir(tx, newparent, -1)?;
                     }
                     (false, false) => self.unlinked(remove_name(tx, newparent, newname, dst)?),
@@ -473,7 +473,6 @@ fn move_inode(tx: &mut Tx, ino: u64, from: u64, to: u64) -> LiveResult<()> {
     tx.stamp(ino, &mut rec)
 }
 
-/// Drop one name of a non-directory; returns the inode if no link is left.
 /// Remove the name `parent`/`name` of the non-directory `ino`; returns
 /// `ino` if that was its last link (it stays as an orphan until unused).
 fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Option<u64>> {
@@ -495,11 +494,12 @@ fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Op
 }
 
 /// The empty directory `ino`, whose entry the caller removed, loses its
-/// links: an orphan until unused, as `remove_name` leaves a file.
-fn remove_dir(tx: &mut Tx, ino: u64, mut rec: Inode) -> LiveResult<Option<u64>> {
+/// links: an orphan until unused, as `remove_name` leaves a file. Returns
+/// `ino`.
+fn remove_dir(tx: &mut Tx, ino: u64, mut rec: Inode) -> LiveResult<u64> {
     rec.nlink = 0;
     rec.ctime = now();
     tx.put(ino, &rec)?;
     tx.add_orphan(ino)?;
-    Ok(Some(ino))
+    Ok(ino)
 }
