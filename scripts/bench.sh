@@ -214,30 +214,34 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }'; }
 drop() { bench_drop_caches || true; }
 
+# fs_dir TOOL: where fs_up mounts TOOL.
+fs_dir() {
+    case "$1" in
+    plain) echo "$W/plain" ;;
+    gocryptfs) echo "$W/gc-mnt" ;;
+    secrate) echo "$W/s-mnt" ;;
+    memfs) echo "$W/mem-mnt" ;;
+    esac
+}
 # fs_up TOOL: a fresh, empty filesystem of that kind; sets FS_DIR.
 fs_up() {
+    FS_DIR="$(fs_dir "$1")"
     case "$1" in
     plain)
-        rm -rf "$W/plain"
-        mkdir -p "$W/plain"
-        FS_DIR="$W/plain"
+        rm -rf "$FS_DIR"
+        mkdir -p "$FS_DIR"
         ;;
     gocryptfs)
         gc_init
-        gc_mount "$W/gc-mnt"
-        FS_DIR="$W/gc-mnt"
+        gc_mount "$FS_DIR"
         ;;
     secrate)
         S_STORE="$W/s-store"
         sec_init
         rm -rf "$W/s-cache" "$W/s-cache2"
-        sec_mount "$W/s-mnt" "$W/s-cache"
-        FS_DIR="$W/s-mnt"
+        sec_mount "$FS_DIR" "$W/s-cache"
         ;;
-    memfs)
-        ex_mount "$MEMFS" "$W/mem-mnt"
-        FS_DIR="$W/mem-mnt"
-        ;;
+    memfs) ex_mount "$MEMFS" "$FS_DIR" ;;
     esac
 }
 fs_down() {
@@ -314,38 +318,74 @@ w_ceil() {
 }
 
 # ---------------------------------------------------------------- P1
+# Untar creates some 80k inodes per filesystem and rm -rf frees them. On
+# ext4 without a journal (this machine's disk) the inode allocator passes
+# over every inode freed in the last 60 s (6 min while its inode table block
+# is dirty), reading each one it passes: here an untar of the Linux tree
+# right after an rm -rf of one took 4x as long (plain 6.4 -> 26.9 s, secrate
+# 36.8 -> 62.5 s), and each filesystem's untar used to follow the previous
+# one's rm. So a run first sets up every filesystem and untars into each
+# (none of them deletes anything), then runs md5sum -c, ls -lR and rm -rf in
+# turn on each; the next run starts when the deletions are P1_SETTLE seconds
+# old (default 400). The order of the filesystems rotates from run to run.
+P1_SETTLE="${P1_SETTLE:-400}"
+LAST_DELETE="$(now)" # the workloads before may have deleted anything
+settle() {
+    sync
+    local left
+    left="$(awk -v t="$LAST_DELETE" -v n="$(now)" -v s="$P1_SETTLE" 'BEGIN { l = t + s - n; printf "%d", l > 0 ? l + 1 : 0 }')"
+    if ((left > 0)); then
+        bench_log "P1: waiting ${left}s until the last deletions are ${P1_SETTLE}s old"
+        sleep "$left"
+    fi
+}
+
 w_p1() {
     linux_tar
-    local r tool files
+    local r i tool files dir all=(plain gocryptfs secrate memfs) tools
     files="$(wc -l <"$L_MD5")"
     bench_log "P1: $L_TAR ($files files)"
     no_timing
     rec p1 tree info 0 files "$files" files
     for ((r = 1; r <= runs; r++)); do
-        for tool in plain gocryptfs secrate memfs; do
-            fs_up "$tool"
+        tools=()
+        for ((i = 0; i < ${#all[@]}; i++)); do tools+=("${all[$(((i + r - 1) % ${#all[@]}))]}"); done
+        settle
+        for tool in "${tools[@]}"; do fs_up "$tool"; done
+        for tool in "${tools[@]}"; do
+            dir="$(fs_dir "$tool")"
             drop
-            timed "p1/$tool/untar" tar -xf "$L_TAR" -C "$FS_DIR"
+            timed "p1/$tool/untar" tar -xf "$L_TAR" -C "$dir"
             rec p1 untar "$tool" "$r" wall_s "$BENCH_WALL" s
             if [[ "$tool" == secrate ]]; then
-                timed p1/secrate/seal sec snapshot -q "$FS_DIR"
+                timed p1/secrate/seal sec snapshot -q "$dir"
                 rec p1 seal_after_untar secrate "$r" wall_s "$BENCH_WALL" s
             fi
+        done
+        for tool in "${tools[@]}"; do
+            dir="$(fs_dir "$tool")"
             drop
-            timed "p1/$tool/md5sum" bash -c "cd '$FS_DIR' && md5sum -c --quiet '$L_MD5'"
+            timed "p1/$tool/md5sum" bash -c "cd '$dir' && md5sum -c --quiet '$L_MD5'"
             rec p1 md5sum "$tool" "$r" wall_s "$BENCH_WALL" s
+        done
+        for tool in "${tools[@]}"; do
+            dir="$(fs_dir "$tool")"
             drop
-            timed "p1/$tool/ls" bash -c "ls -lR '$FS_DIR/$L_TOP' >/dev/null"
+            timed "p1/$tool/ls" bash -c "ls -lR '$dir/$L_TOP' >/dev/null"
             rec p1 ls_lR "$tool" "$r" wall_s "$BENCH_WALL" s
+        done
+        for tool in "${tools[@]}"; do
+            dir="$(fs_dir "$tool")"
             drop
-            timed "p1/$tool/rm" rm -rf "$FS_DIR/$L_TOP"
+            timed "p1/$tool/rm" rm -rf "$dir/$L_TOP"
             rec p1 rm_rf "$tool" "$r" wall_s "$BENCH_WALL" s
             if [[ "$tool" == secrate ]]; then
-                timed p1/secrate/umount sec_umount "$FS_DIR"
+                timed p1/secrate/umount sec_umount "$dir"
                 rec p1 umount_after secrate "$r" wall_s "$BENCH_WALL" s
             fi
-            fs_down "$tool"
         done
+        for tool in "${tools[@]}"; do fs_down "$tool"; done
+        LAST_DELETE="$(now)"
     done
 }
 
