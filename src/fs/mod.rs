@@ -247,6 +247,7 @@ impl SecrateFs {
         parent: u64,
         name: &[u8],
         node: NewNode,
+        open: bool,
     ) -> LiveResult<(u64, Inode)> {
         let NewNode {
             kind,
@@ -276,6 +277,7 @@ impl SecrateFs {
                 rdev,
                 symlink: target,
             },
+            open,
         )
     }
 
@@ -653,6 +655,7 @@ impl Filesystem for SecrateFs {
             parent.0,
             name.as_bytes(),
             node(kind, mode & !umask, rdev as u64, None),
+            false,
         );
         self.reply_entry(reply, r);
     }
@@ -671,6 +674,7 @@ impl Filesystem for SecrateFs {
             parent.0,
             name.as_bytes(),
             node(Kind::Dir, mode & !umask, 0, None),
+            false,
         );
         self.reply_entry(reply, r);
     }
@@ -711,6 +715,7 @@ impl Filesystem for SecrateFs {
             parent.0,
             link_name.as_bytes(),
             node(Kind::Symlink, 0o777, 0, Some(t)),
+            false,
         );
         self.reply_entry(reply, r);
     }
@@ -1135,9 +1140,9 @@ impl Filesystem for SecrateFs {
             parent.0,
             name.as_bytes(),
             node(Kind::File, mode & !umask, 0, None),
+            true,
         ) {
             Ok((ino, rec)) => {
-                self.live.open_file(ino);
                 self.live.open_files.looked_up(ino);
                 reply.created(
                     &LIVE_TTL,

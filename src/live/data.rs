@@ -266,6 +266,14 @@ impl Live {
         self.open_files.lock().entry(ino).or_default().count += 1;
     }
 
+    /// `open_file` of a file just created, with its staged file's handle.
+    pub(super) fn open_new_file(&self, ino: u64, f: File) {
+        let mut m = self.open_files.lock();
+        let e = m.entry(ino).or_default();
+        e.count += 1;
+        e.file = Some(Arc::new(f));
+    }
+
     /// The last close of an unlinked file removes it, if the kernel has
     /// forgotten it too.
     pub fn release_file(&self, ino: u64) -> LiveResult<()> {

@@ -154,10 +154,22 @@ fn blank_dir() -> Inode {
 
 /// Remove every inode but the root, every entry, link and dirty mark.
 fn clear(tx: &mut Tx) -> LiveResult<()> {
-    tx.inodes.retain(|k, _| k == ROOT).map_err(cache_err)?;
-    tx.dirents.retain(|_, _| false).map_err(cache_err)?;
-    tx.parents.retain(|_, _| false).map_err(cache_err)?;
-    tx.dirty.retain(|_, _| false).map_err(cache_err)?;
+    tx.inodes
+        .table_mut()?
+        .retain(|k, _| k == ROOT)
+        .map_err(cache_err)?;
+    tx.dirents
+        .table_mut()?
+        .retain(|_, _| false)
+        .map_err(cache_err)?;
+    tx.parents
+        .table_mut()?
+        .retain(|_, _| false)
+        .map_err(cache_err)?;
+    tx.dirty
+        .table_mut()?
+        .retain(|_, _| false)
+        .map_err(cache_err)?;
     Ok(())
 }
 

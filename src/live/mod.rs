@@ -170,7 +170,7 @@ impl Live {
         live.epoch.store(e, Ordering::SeqCst);
         live.tx(|tx| {
             tx.txn().open_table(import::TREE_STATS).map_err(cache_err)?;
-            if tx.inodes.get(ROOT).map_err(cache_err)?.is_none() {
+            if tx.inodes.table()?.get(ROOT).map_err(cache_err)?.is_none() {
                 let t = now();
                 let root = Inode {
                     kind: Kind::Dir,
@@ -341,27 +341,61 @@ impl Live {
 
 /// The shared write transaction with its tables open.
 pub struct Tx<'t> {
-    pub(crate) inodes: Table<'t, u64, &'static [u8]>,
-    pub(crate) dirents: Table<'t, &'static [u8], u64>,
-    pub(crate) parents: Table<'t, &'static [u8], u32>,
-    pub(crate) dirty: Table<'t, u64, ()>,
-    pub(crate) clean: Table<'t, u64, ()>,
-    pub(crate) orphans: Table<'t, u64, ()>,
-    pub(crate) state: Table<'t, &'static str, &'static [u8]>,
+    pub(crate) inodes: Lazy<'t, u64, &'static [u8]>,
+    pub(crate) dirents: Lazy<'t, &'static [u8], u64>,
+    pub(crate) parents: Lazy<'t, &'static [u8], u32>,
+    pub(crate) dirty: Lazy<'t, u64, ()>,
+    pub(crate) clean: Lazy<'t, u64, ()>,
+    pub(crate) orphans: Lazy<'t, u64, ()>,
+    pub(crate) state: Lazy<'t, &'static str, &'static [u8]>,
     pub(crate) txn: &'t WriteTransaction,
     pub epoch: u64,
+}
+
+/// A table of the shared transaction, opened on first use: a request
+/// touches one to six of the seven (a GETATTR reads one record), and
+/// opening and closing a redb table was about 5 % of the daemon's time
+/// when all seven were opened for every request.
+pub(crate) struct Lazy<'t, K: redb::Key + 'static, V: redb::Value + 'static> {
+    txn: &'t WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    table: std::cell::OnceCell<Table<'t, K, V>>,
+}
+
+impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
+    fn new(txn: &'t WriteTransaction, def: TableDefinition<'static, K, V>) -> Self {
+        Lazy {
+            txn,
+            def,
+            table: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The table, opened now if this is its first use.
+    pub(crate) fn table(&self) -> LiveResult<&Table<'t, K, V>> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let t = self.txn.open_table(self.def).map_err(cache_err)?;
+        Ok(self.table.get_or_init(|| t))
+    }
+
+    pub(crate) fn table_mut(&mut self) -> LiveResult<&mut Table<'t, K, V>> {
+        self.table()?;
+        Ok(self.table.get_mut().expect("opened by table()"))
+    }
 }
 
 impl<'t> Tx<'t> {
     fn open(txn: &'t WriteTransaction, epoch: u64) -> LiveResult<Tx<'t>> {
         Ok(Tx {
-            inodes: txn.open_table(INODES).map_err(cache_err)?,
-            dirents: txn.open_table(DIRENTS).map_err(cache_err)?,
-            parents: txn.open_table(PARENTS).map_err(cache_err)?,
-            dirty: txn.open_table(DIRTY_FILES).map_err(cache_err)?,
-            clean: txn.open_table(CLEAN_STAGED).map_err(cache_err)?,
-            orphans: txn.open_table(ORPHANS).map_err(cache_err)?,
-            state: txn.open_table(STATE).map_err(cache_err)?,
+            inodes: Lazy::new(txn, INODES),
+            dirents: Lazy::new(txn, DIRENTS),
+            parents: Lazy::new(txn, PARENTS),
+            dirty: Lazy::new(txn, DIRTY_FILES),
+            clean: Lazy::new(txn, CLEAN_STAGED),
+            orphans: Lazy::new(txn, ORPHANS),
+            state: Lazy::new(txn, STATE),
             txn,
             epoch,
         })
@@ -372,7 +406,7 @@ impl<'t> Tx<'t> {
     }
 
     pub fn get(&self, ino: u64) -> LiveResult<Inode> {
-        match self.inodes.get(ino).map_err(cache_err)? {
+        match self.inodes.table()?.get(ino).map_err(cache_err)? {
             Some(v) => {
                 Inode::decode(v.value()).map_err(|e| LiveError::Cache(format!("inode {ino}: {e}")))
             }
@@ -383,7 +417,7 @@ impl<'t> Tx<'t> {
     /// Whether `ino` is a file whose content is its staged file (see
     /// `Inode::is_staged_file`).
     pub fn is_staged_file(&self, ino: u64) -> LiveResult<bool> {
-        match self.inodes.get(ino).map_err(cache_err)? {
+        match self.inodes.table()?.get(ino).map_err(cache_err)? {
             Some(v) => Inode::is_staged_file(v.value())
                 .map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
             None => Err(LiveError::NotFound),
@@ -391,32 +425,36 @@ impl<'t> Tx<'t> {
     }
 
     pub fn exists(&self, ino: u64) -> LiveResult<bool> {
-        Ok(self.inodes.get(ino).map_err(cache_err)?.is_some())
+        Ok(self.inodes.table()?.get(ino).map_err(cache_err)?.is_some())
     }
 
     pub fn put(&mut self, ino: u64, rec: &Inode) -> LiveResult<()> {
         self.inodes
+            .table_mut()?
             .insert(ino, rec.encode().as_slice())
             .map_err(cache_err)?;
         Ok(())
     }
 
     pub fn remove_inode(&mut self, ino: u64) -> LiveResult<()> {
-        self.inodes.remove(ino).map_err(cache_err)?;
-        self.dirty.remove(ino).map_err(cache_err)?;
-        self.clean.remove(ino).map_err(cache_err)?;
-        self.orphans.remove(ino).map_err(cache_err)?;
+        self.inodes.table_mut()?.remove(ino).map_err(cache_err)?;
+        self.dirty.table_mut()?.remove(ino).map_err(cache_err)?;
+        self.clean.table_mut()?.remove(ino).map_err(cache_err)?;
+        self.orphans.table_mut()?.remove(ino).map_err(cache_err)?;
         Ok(())
     }
 
     /// Mark a file's staged copy as equal to its sealed chunks.
     pub fn mark_clean_staged(&mut self, ino: u64) -> LiveResult<()> {
-        self.clean.insert(ino, ()).map_err(cache_err)?;
+        self.clean.table_mut()?.insert(ino, ()).map_err(cache_err)?;
         Ok(())
     }
 
     pub fn add_orphan(&mut self, ino: u64) -> LiveResult<()> {
-        self.orphans.insert(ino, ()).map_err(cache_err)?;
+        self.orphans
+            .table_mut()?
+            .insert(ino, ())
+            .map_err(cache_err)?;
         Ok(())
     }
 
@@ -429,16 +467,17 @@ impl<'t> Tx<'t> {
     }
 
     pub fn clean_staged(&self) -> LiveResult<Vec<u64>> {
-        Self::keys_of(&self.clean)
+        Self::keys_of(self.clean.table()?)
     }
 
     pub fn orphans(&self) -> LiveResult<Vec<u64>> {
-        Self::keys_of(&self.orphans)
+        Self::keys_of(self.orphans.table()?)
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> LiveResult<Option<u64>> {
         Ok(self
             .dirents
+            .table()?
             .get(dirent_key(parent, name).as_slice())
             .map_err(cache_err)?
             .map(|v| v.value()))
@@ -446,6 +485,7 @@ impl<'t> Tx<'t> {
 
     pub fn insert_dirent(&mut self, parent: u64, name: &[u8], child: u64) -> LiveResult<()> {
         self.dirents
+            .table_mut()?
             .insert(dirent_key(parent, name).as_slice(), child)
             .map_err(cache_err)?;
         Ok(())
@@ -453,6 +493,7 @@ impl<'t> Tx<'t> {
 
     pub fn remove_dirent(&mut self, parent: u64, name: &[u8]) -> LiveResult<()> {
         self.dirents
+            .table_mut()?
             .remove(dirent_key(parent, name).as_slice())
             .map_err(cache_err)?;
         Ok(())
@@ -460,7 +501,7 @@ impl<'t> Tx<'t> {
 
     /// A directory's entries in name order.
     pub fn children(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
-        list_children(&self.dirents, parent)
+        list_children(self.dirents.table()?, parent)
     }
 
     pub fn has_children(&self, parent: u64) -> LiveResult<bool> {
@@ -468,6 +509,7 @@ impl<'t> Tx<'t> {
         let hi = (parent + 1).to_be_bytes();
         Ok(self
             .dirents
+            .table()?
             .range(&lo[..]..&hi[..])
             .map_err(cache_err)?
             .next()
@@ -479,11 +521,15 @@ impl<'t> Tx<'t> {
         let k = pair_key(child, parent);
         let n = self
             .parents
+            .table()?
             .get(&k[..])
             .map_err(cache_err)?
             .map(|v| v.value())
             .unwrap_or(0);
-        self.parents.insert(&k[..], n + 1).map_err(cache_err)?;
+        self.parents
+            .table_mut()?
+            .insert(&k[..], n + 1)
+            .map_err(cache_err)?;
         Ok(())
     }
 
@@ -491,14 +537,21 @@ impl<'t> Tx<'t> {
         let k = pair_key(child, parent);
         let n = self
             .parents
+            .table()?
             .get(&k[..])
             .map_err(cache_err)?
             .map(|v| v.value())
             .unwrap_or(0);
         if n <= 1 {
-            self.parents.remove(&k[..]).map_err(cache_err)?;
+            self.parents
+                .table_mut()?
+                .remove(&k[..])
+                .map_err(cache_err)?;
         } else {
-            self.parents.insert(&k[..], n - 1).map_err(cache_err)?;
+            self.parents
+                .table_mut()?
+                .insert(&k[..], n - 1)
+                .map_err(cache_err)?;
         }
         Ok(())
     }
@@ -516,7 +569,12 @@ impl<'t> Tx<'t> {
         let lo = pair_key(ino, 0);
         let hi = pair_key(ino, u64::MAX);
         let mut out = Vec::new();
-        for r in self.parents.range(&lo[..]..=&hi[..]).map_err(cache_err)? {
+        for r in self
+            .parents
+            .table()?
+            .range(&lo[..]..=&hi[..])
+            .map_err(cache_err)?
+        {
             let (k, _) = r.map_err(cache_err)?;
             let k = k.value();
             out.push(u64::from_be_bytes(k[8..16].try_into().map_err(cache_err)?));
@@ -570,30 +628,34 @@ impl<'t> Tx<'t> {
     }
 
     pub fn mark_dirty_file(&mut self, ino: u64) -> LiveResult<()> {
-        self.dirty.insert(ino, ()).map_err(cache_err)?;
-        self.clean.remove(ino).map_err(cache_err)?;
+        self.dirty.table_mut()?.insert(ino, ()).map_err(cache_err)?;
+        self.clean.table_mut()?.remove(ino).map_err(cache_err)?;
         Ok(())
     }
 
     pub fn dirty_files(&self) -> LiveResult<Vec<u64>> {
-        Self::keys_of(&self.dirty)
+        Self::keys_of(self.dirty.table()?)
     }
 
     pub fn clear_dirty_file(&mut self, ino: u64) -> LiveResult<()> {
-        self.dirty.remove(ino).map_err(cache_err)?;
+        self.dirty.table_mut()?.remove(ino).map_err(cache_err)?;
         Ok(())
     }
 
     pub fn state(&self, key: &str) -> LiveResult<Option<Vec<u8>>> {
         Ok(self
             .state
+            .table()?
             .get(key)
             .map_err(cache_err)?
             .map(|v| v.value().to_vec()))
     }
 
     pub fn set_state(&mut self, key: &str, value: &[u8]) -> LiveResult<()> {
-        self.state.insert(key, value).map_err(cache_err)?;
+        self.state
+            .table_mut()?
+            .insert(key, value)
+            .map_err(cache_err)?;
         Ok(())
     }
 

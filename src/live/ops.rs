@@ -115,8 +115,17 @@ impl Live {
         })
     }
 
-    /// Create a file, directory, symlink or special node.
-    pub fn create_node(&self, parent: u64, name: &[u8], n: NewNode) -> LiveResult<Attr> {
+    /// Create a file, directory, symlink or special node; `open` (create,
+    /// not mknod) counts a regular file open and keeps its new staged
+    /// file's handle for the writes that follow, an open(2) of the staged
+    /// file saved per file created.
+    pub fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        n: NewNode,
+        open: bool,
+    ) -> LiveResult<Attr> {
         check_name(name)?;
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         let staged = n.kind == Kind::File;
@@ -167,11 +176,15 @@ impl Live {
             Ok((ino, rec))
         })?;
         if staged {
-            std::fs::OpenOptions::new()
+            let f = std::fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(self.staged_path(ino))?;
+            if open {
+                self.open_new_file(ino, f);
+            }
         }
         Ok((ino, rec))
     }

@@ -54,6 +54,7 @@ impl Live {
         let clean_stop = self.tx(|tx| {
             let mark = tx.state(CLEAN_STOP)?;
             tx.state
+                .table_mut()?
                 .remove(CLEAN_STOP)
                 .map_err(crate::live::cache_err)?;
             Ok(mark.is_some() && mark == boot_id())
@@ -70,7 +71,10 @@ impl Live {
             let Ok(rec) = self.inode(ino) else {
                 self.tx(|tx| {
                     tx.clear_dirty_file(ino)?;
-                    tx.clean.remove(ino).map_err(crate::live::cache_err)?;
+                    tx.clean
+                        .table_mut()?
+                        .remove(ino)
+                        .map_err(crate::live::cache_err)?;
                     Ok(())
                 })?;
                 continue;
@@ -111,7 +115,10 @@ impl Live {
                         if let Body::File { staged, .. } = &mut r.body {
                             *staged = false;
                         }
-                        tx.clean.remove(ino).map_err(crate::live::cache_err)?;
+                        tx.clean
+                            .table_mut()?
+                            .remove(ino)
+                            .map_err(crate::live::cache_err)?;
                         tx.put(ino, &r)?;
                         rep.dropped_clean += 1;
                     } else if r.size != md.len() {
@@ -214,7 +221,10 @@ impl Live {
                 _ => return Ok(false),
             }
             tx.put(ino, &r)?;
-            tx.clean.remove(ino).map_err(crate::live::cache_err)?;
+            tx.clean
+                .table_mut()?
+                .remove(ino)
+                .map_err(crate::live::cache_err)?;
             Ok(true)
         })?;
         if done {
