@@ -333,7 +333,7 @@ LAST_DELETE="$(now)" # the workloads before may have deleted anything
 settle() {
     sync
     local left
-    left="$(awk -v t="$LAST_DELETE" -v n="$(now)" -v s="$P1_SETTLE" 'BEGIN { l = t + s - n; printf "%d", l > 0 ? l + 1 : 0 }')"
+    left="$(awk -v t="$LAST_DELETE" -v n="$(now)" -v s="$P1_SETTLE" 'BEGIN { l = t + s - n; printf "%d", (l > 0 ? l + 1 : 0) }')"
     if ((left > 0)); then
         bench_log "P1: waiting ${left}s until the last deletions are ${P1_SETTLE}s old"
         sleep "$left"
