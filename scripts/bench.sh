@@ -327,11 +327,13 @@ w_ceil() {
 # one's rm. So a run first sets up every filesystem and untars into each
 # (none of them deletes anything), then runs md5sum -c, ls -lR and rm -rf in
 # turn on each; the next run starts when the deletions are P1_SETTLE seconds
-# old (default 400). The order of the filesystems rotates from run to run.
+# old (default 400; the first run starts at once). The order of the
+# filesystems rotates from run to run.
 P1_SETTLE="${P1_SETTLE:-400}"
-LAST_DELETE="$(now)" # the workloads before may have deleted anything
+LAST_DELETE=""
 settle() {
     sync
+    [[ -n "$LAST_DELETE" ]] || return 0
     local left
     left="$(awk -v t="$LAST_DELETE" -v n="$(now)" -v s="$P1_SETTLE" 'BEGIN { l = t + s - n; printf "%d", (l > 0 ? l + 1 : 0) }')"
     if ((left > 0)); then
