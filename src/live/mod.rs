@@ -339,7 +339,7 @@ impl Live {
     }
 }
 
-/// The shared write transaction with its tables open.
+/// The shared write transaction and its tables, each opened on first use.
 pub struct Tx<'t> {
     pub(crate) inodes: Lazy<'t, u64, &'static [u8]>,
     pub(crate) dirents: Lazy<'t, &'static [u8], u64>,
