@@ -381,8 +381,13 @@ impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
     }
 
     pub(crate) fn table_mut(&mut self) -> LiveResult<&mut Table<'t, K, V>> {
-        self.table()?;
-        Ok(self.table.get_mut().expect("opened by table()"))
+        if self.table.get().is_none() {
+            let t = self.txn.open_table(self.def).map_err(cache_err)?;
+            let _ = self.table.set(t);
+        }
+        self.table
+            .get_mut()
+            .ok_or_else(|| LiveError::Cache(format!("table {} did not open", self.def)))
     }
 }
 
@@ -439,7 +444,7 @@ impl<'t> Tx<'t> {
     pub fn remove_inode(&mut self, ino: u64) -> LiveResult<()> {
         self.inodes.table_mut()?.remove(ino).map_err(cache_err)?;
         self.dirty.table_mut()?.remove(ino).map_err(cache_err)?;
-        self.clean.table_mut()?.remove(ino).map_err(cache_err)?;
+        self.unmark_clean_staged(ino)?;
         self.orphans.table_mut()?.remove(ino).map_err(cache_err)?;
         Ok(())
     }
@@ -447,6 +452,12 @@ impl<'t> Tx<'t> {
     /// Mark a file's staged copy as equal to its sealed chunks.
     pub fn mark_clean_staged(&mut self, ino: u64) -> LiveResult<()> {
         self.clean.table_mut()?.insert(ino, ()).map_err(cache_err)?;
+        Ok(())
+    }
+
+    /// Forget that a file's staged copy equals its sealed chunks.
+    pub fn unmark_clean_staged(&mut self, ino: u64) -> LiveResult<()> {
+        self.clean.table_mut()?.remove(ino).map_err(cache_err)?;
         Ok(())
     }
 
@@ -629,7 +640,7 @@ impl<'t> Tx<'t> {
 
     pub fn mark_dirty_file(&mut self, ino: u64) -> LiveResult<()> {
         self.dirty.table_mut()?.insert(ino, ()).map_err(cache_err)?;
-        self.clean.table_mut()?.remove(ino).map_err(cache_err)?;
+        self.unmark_clean_staged(ino)?;
         Ok(())
     }
 

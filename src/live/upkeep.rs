@@ -71,10 +71,7 @@ impl Live {
             let Ok(rec) = self.inode(ino) else {
                 self.tx(|tx| {
                     tx.clear_dirty_file(ino)?;
-                    tx.clean
-                        .table_mut()?
-                        .remove(ino)
-                        .map_err(crate::live::cache_err)?;
+                    tx.unmark_clean_staged(ino)?;
                     Ok(())
                 })?;
                 continue;
@@ -115,10 +112,7 @@ impl Live {
                         if let Body::File { staged, .. } = &mut r.body {
                             *staged = false;
                         }
-                        tx.clean
-                            .table_mut()?
-                            .remove(ino)
-                            .map_err(crate::live::cache_err)?;
+                        tx.unmark_clean_staged(ino)?;
                         tx.put(ino, &r)?;
                         rep.dropped_clean += 1;
                     } else if r.size != md.len() {
@@ -221,10 +215,7 @@ impl Live {
                 _ => return Ok(false),
             }
             tx.put(ino, &r)?;
-            tx.clean
-                .table_mut()?
-                .remove(ino)
-                .map_err(crate::live::cache_err)?;
+            tx.unmark_clean_staged(ino)?;
             Ok(true)
         })?;
         if done {
