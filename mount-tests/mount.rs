@@ -1202,6 +1202,90 @@ fn mount_raises_the_kernels_read_ahead() {
     assert_eq!(kb.trim(), "1024", "{knob}");
 }
 
+/// Whether the first page of `p` is in the page cache.
+fn cached(p: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(p).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    assert!(len > 0, "{} is empty", p.display());
+    // SAFETY: a private read-only mapping of a file we hold open, looked at
+    // only through mincore (which does not fault pages in) and unmapped.
+    unsafe {
+        let a = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(a, libc::MAP_FAILED, "mmap {}", p.display());
+        let mut v = vec![0u8; len.div_ceil(4096)];
+        let r = libc::mincore(a, len, v.as_mut_ptr());
+        libc::munmap(a, len);
+        assert_eq!(r, 0, "mincore {}", p.display());
+        v[0] & 1 == 1
+    }
+}
+
+/// Opening a directory's files in name order brings the next ones' staged
+/// data into the page cache ahead of the reader; opens out of order bring
+/// in nothing.
+#[test]
+fn reading_files_in_order_warms_the_next_ones() {
+    if !fuse_ready("reading_files_in_order_warms_the_next_ones") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let work = tempfile::tempdir().unwrap();
+    let store = stores("mount-ahead").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let cache = work.path().join("cache");
+    let m = Mount::new(&s, &work.path().join("mnt"), &cache, &[]);
+    for d in ["d", "e"] {
+        fs::create_dir(m.path(d)).unwrap();
+        for i in 0..80 {
+            fs::write(m.path(&format!("{d}/f{i:03}")), pseudo_random(i, 65536)).unwrap();
+        }
+    }
+    let staged = |rel: &str| -> PathBuf {
+        let ino = fs::metadata(m.path(rel)).unwrap().ino();
+        cache.join("staged").join(ino.to_string())
+    };
+    run_ok(&mut Command::new("sync"));
+    fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert!(
+        !cached(&staged("d/f020")),
+        "drop_caches left a staged file in the page cache"
+    );
+
+    for i in 0..3 {
+        fs::read(m.path(&format!("d/f{i:03}"))).unwrap();
+    }
+    poll_until(
+        "the next files' staged data to be read ahead",
+        Duration::from_secs(10),
+        || cached(&staged("d/f010")) && cached(&staged("d/f030")),
+    );
+    assert!(
+        !cached(&staged("d/f070")),
+        "read-ahead went further than its window"
+    );
+
+    // Each open jumps further than the window reaches.
+    for rel in ["e/f050", "e/f010", "e/f060"] {
+        fs::read(m.path(rel)).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for rel in ["e/f011", "e/f051", "e/f061"] {
+        assert!(
+            !cached(&staged(rel)),
+            "{rel} was read ahead of random opens"
+        );
+    }
+}
+
 #[test]
 fn history_is_read_only() {
     if !fuse_ready("history_is_read_only") {

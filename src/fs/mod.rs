@@ -4,6 +4,7 @@
 //! into errno (in one place, `errno`). No format or crypto code lives here.
 //! Requests run on several threads; everything below is thread-safe.
 
+mod ahead;
 pub mod history;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::live::{
 };
 use crate::repo::tree::{Kind, Timestamp};
 
+use self::ahead::Ahead;
 use self::history::{HistAttr, History, HISTORY_INO};
 
 /// How long the kernel may cache live attributes and entries. Every change
@@ -53,6 +55,7 @@ pub struct SecrateFs {
     live: Arc<Live>,
     reader: Arc<BlobReader>,
     history: History,
+    ahead: Ahead,
     read_only: bool,
     /// Directory listings taken at opendir, by handle.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
@@ -191,6 +194,7 @@ impl SecrateFs {
     ) -> SecrateFs {
         SecrateFs {
             history: History::new(flusher, reader.clone()),
+            ahead: Ahead::start(&live, reader.clone()),
             live,
             reader,
             read_only,
@@ -785,6 +789,9 @@ impl Filesystem for SecrateFs {
             Ok(r) if r.kind == Kind::Dir => reply.error(Errno::EISDIR),
             Ok(_) => {
                 self.live.open_file(ino);
+                if acc == libc::O_RDONLY {
+                    self.ahead.opened(ino);
+                }
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(errno(&e)),

@@ -381,13 +381,13 @@ impl Live {
         src: &dyn DataSource,
     ) -> LiveResult<Vec<u8>> {
         // One look at the record: a staged file needs only its head.
-        let rec = self.tx(|tx| match tx.is_staged_file(ino)? {
-            true => Ok(None),
-            false => tx.get(ino).map(Some),
+        let rec = self.tx(|tx| match tx.staged_size(ino)? {
+            Some(len) => Ok(Err(len)),
+            None => tx.get(ino).map(Ok),
         })?;
         match rec {
-            None => read_staged(self, ino, offset, size, src),
-            Some(rec) => read_inode(self, ino, &rec, offset, size, src),
+            Err(len) => read_staged(self, ino, len, offset, size, src),
+            Ok(rec) => read_inode(self, ino, &rec, offset, size, src),
         }
     }
 
@@ -486,20 +486,27 @@ pub fn read_inode(
         return Err(LiveError::IsDir);
     }
     if rec.is_staged() {
-        return read_staged(live, ino, offset, size, src);
+        return read_staged(live, ino, rec.size, offset, size, src);
     }
     let chunks = rec.chunks().unwrap_or(&[]);
     read_chunks(chunks, rec.size, offset, size, src)
 }
 
-/// Read `[offset, offset+size)` of `ino`'s staged file.
+/// Read `[offset, offset+size)` of `ino`'s staged file, whose record says
+/// it is `len` bytes long. A write or truncate changes the file before the
+/// record, so while one is under way they may differ: the read goes no
+/// further than either.
 fn read_staged(
     live: &Live,
     ino: u64,
+    len: u64,
     offset: u64,
     size: u32,
     src: &dyn DataSource,
 ) -> LiveResult<Vec<u8>> {
+    if offset >= len {
+        return Ok(Vec::new());
+    }
     let f = match live.staged_handle(ino) {
         Ok(f) => f,
         // Evicted meanwhile: read what the record says now (a record that
@@ -513,10 +520,6 @@ fn read_staged(
         }
         Err(e) => return Err(e),
     };
-    let len = f.metadata()?.len();
-    if offset >= len {
-        return Ok(Vec::new());
-    }
     let n = (size as u64).min(len - offset) as usize;
     let mut buf = vec![0u8; n];
     let mut done = 0;

@@ -419,11 +419,11 @@ impl<'t> Tx<'t> {
         }
     }
 
-    /// Whether `ino` is a file whose content is its staged file (see
-    /// `Inode::is_staged_file`).
-    pub fn is_staged_file(&self, ino: u64) -> LiveResult<bool> {
+    /// The size of `ino` if it is a file whose content is its staged file
+    /// (see `Inode::staged_size`).
+    pub fn staged_size(&self, ino: u64) -> LiveResult<Option<u64>> {
         match self.inodes.table()?.get(ino).map_err(cache_err)? {
-            Some(v) => Inode::is_staged_file(v.value())
+            Some(v) => Inode::staged_size(v.value())
                 .map_err(|e| LiveError::Cache(format!("inode {ino}: {e}"))),
             None => Err(LiveError::NotFound),
         }
@@ -569,28 +569,7 @@ impl<'t> Tx<'t> {
 
     /// The directories holding a link to `ino`.
     pub fn parents_of(&self, ino: u64, rec: &Inode) -> LiveResult<Vec<u64>> {
-        if rec.kind == Kind::Dir {
-            // The root and removed directories have no parent.
-            return Ok(if ino == ROOT || rec.nlink == 0 {
-                vec![]
-            } else {
-                vec![rec.parent]
-            });
-        }
-        let lo = pair_key(ino, 0);
-        let hi = pair_key(ino, u64::MAX);
-        let mut out = Vec::new();
-        for r in self
-            .parents
-            .table()?
-            .range(&lo[..]..=&hi[..])
-            .map_err(cache_err)?
-        {
-            let (k, _) = r.map_err(cache_err)?;
-            let k = k.value();
-            out.push(u64::from_be_bytes(k[8..16].try_into().map_err(cache_err)?));
-        }
-        Ok(out)
+        list_parents(self.parents.table()?, ino, rec)
     }
 
     /// Stamp every directory above `ino` with this epoch and clear its tree
@@ -703,6 +682,30 @@ fn list_children<T: ReadableTable<&'static [u8], u64>>(
     Ok(out)
 }
 
+fn list_parents<T: ReadableTable<&'static [u8], u32>>(
+    t: &T,
+    ino: u64,
+    rec: &Inode,
+) -> LiveResult<Vec<u64>> {
+    if rec.kind == Kind::Dir {
+        // The root and removed directories have no parent.
+        return Ok(if ino == ROOT || rec.nlink == 0 {
+            vec![]
+        } else {
+            vec![rec.parent]
+        });
+    }
+    let lo = pair_key(ino, 0);
+    let hi = pair_key(ino, u64::MAX);
+    let mut out = Vec::new();
+    for r in t.range(&lo[..]..=&hi[..]).map_err(cache_err)? {
+        let (k, _) = r.map_err(cache_err)?;
+        let k = k.value();
+        out.push(u64::from_be_bytes(k[8..16].try_into().map_err(cache_err)?));
+    }
+    Ok(out)
+}
+
 /// A committed, consistent view of the live tree (what a seal records).
 pub struct View {
     txn: redb::ReadTransaction,
@@ -722,6 +725,12 @@ impl View {
     pub fn children(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
         let t = self.txn.open_table(DIRENTS).map_err(cache_err)?;
         list_children(&t, parent)
+    }
+
+    /// The directories holding a link to `ino`.
+    pub fn parents_of(&self, ino: u64, rec: &Inode) -> LiveResult<Vec<u64>> {
+        let t = self.txn.open_table(PARENTS).map_err(cache_err)?;
+        list_parents(&t, ino, rec)
     }
 
     pub fn dirty_files(&self) -> LiveResult<Vec<u64>> {
