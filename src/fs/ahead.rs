@@ -12,7 +12,6 @@
 //! Everything here is a hint: it runs on a thread of its own, from the last
 //! committed view of the tree, and drops what it cannot keep up with.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -28,6 +27,8 @@ use crate::repo::tree::Kind;
 const AHEAD: usize = 32;
 /// Directories followed at once: a recursive walk's path and its siblings.
 const DIRS: usize = 64;
+/// Entries of the largest directory followed (8 bytes each in memory).
+const MAX_ENTRIES: usize = 1 << 16;
 /// Bytes of each staged file read ahead; once the program reads, the
 /// kernel's own read-ahead takes over.
 const HEAD: libc::off_t = 256 << 10;
@@ -104,16 +105,19 @@ struct Scan {
     /// The first file opened, until a second one makes the listing worth
     /// taking.
     first: u64,
-    listing: Option<Listing>,
+    listing: Listing,
     /// Position of the last file opened.
     last: usize,
     /// Entries before this position have been warmed.
     warmed: usize,
 }
 
-struct Listing {
-    inos: Vec<u64>,
-    pos: HashMap<u64, usize>,
+enum Listing {
+    NotYet,
+    /// More than `MAX_ENTRIES`: not followed.
+    TooBig,
+    /// The directory's inodes in name order.
+    Taken(Vec<u64>),
 }
 
 impl Scans {
@@ -137,7 +141,7 @@ impl Scans {
                 parent,
                 Scan {
                     first: ino,
-                    listing: None,
+                    listing: Listing::NotYet,
                     last: 0,
                     warmed: 0,
                 },
@@ -150,51 +154,53 @@ impl Scans {
 
 impl Scan {
     fn opened(&mut self, view: &View, parent: u64, ino: u64) -> Vec<u64> {
-        if self.listing.is_none() {
+        if matches!(self.listing, Listing::NotYet) {
             if ino == self.first {
                 return Vec::new();
             }
             let Ok(children) = view.children(parent) else {
                 return Vec::new();
             };
-            let listing = Listing::new(children.into_iter().map(|(_, i)| i).collect());
-            let Some(&first) = listing.pos.get(&self.first) else {
+            if children.len() > MAX_ENTRIES {
+                self.listing = Listing::TooBig;
+                return Vec::new();
+            }
+            let inos: Vec<u64> = children.into_iter().map(|(_, i)| i).collect();
+            let Some(first) = inos.iter().position(|&i| i == self.first) else {
                 self.first = ino;
                 return Vec::new();
             };
             self.last = first;
             self.warmed = first + 1;
-            self.listing = Some(listing);
+            self.listing = Listing::Taken(inos);
         }
         self.step(ino)
     }
 
     /// With the listing taken: follow the open of `ino`.
     fn step(&mut self, ino: u64) -> Vec<u64> {
-        let Some(listing) = &self.listing else {
+        let Listing::Taken(inos) = &self.listing else {
             return Vec::new();
         };
-        // A file created since the listing: not part of a scan.
-        let Some(&p) = listing.pos.get(&ino) else {
-            return Vec::new();
+        // Forward within the window, or a jump (looked for everywhere).
+        let ahead = self.last + 1..inos.len().min(self.last + 1 + AHEAD);
+        let (p, forward) = match inos[ahead.clone()].iter().position(|&i| i == ino) {
+            Some(k) => (ahead.start + k, true),
+            None => match inos.iter().position(|&i| i == ino) {
+                Some(p) => (p, false),
+                // A file created since the listing: not part of a scan.
+                None => return Vec::new(),
+            },
         };
-        let forward = p > self.last && p <= self.last + AHEAD;
         self.last = p;
         if !forward {
             self.warmed = p + 1;
             return Vec::new();
         }
         let from = self.warmed.max(p + 1);
-        let to = listing.inos.len().min(p + 1 + AHEAD);
+        let to = inos.len().min(p + 1 + AHEAD);
         self.warmed = self.warmed.max(to);
-        listing.inos.get(from..to).unwrap_or_default().to_vec()
-    }
-}
-
-impl Listing {
-    fn new(inos: Vec<u64>) -> Listing {
-        let pos = inos.iter().enumerate().map(|(p, &i)| (i, p)).collect();
-        Listing { inos, pos }
+        inos.get(from..to).unwrap_or_default().to_vec()
     }
 }
 
@@ -208,7 +214,7 @@ mod tests {
         let inos: Vec<u64> = (100..100 + n).collect();
         let scan = Scan {
             first: 100,
-            listing: Some(Listing::new(inos.clone())),
+            listing: Listing::Taken(inos.clone()),
             last: 0,
             warmed: 1,
         };
