@@ -102,17 +102,17 @@ struct Scans {
 }
 
 struct Scan {
-    /// The first file opened, until a second one makes the listing worth
+    /// The first file opened, until a second one makes the entries worth
     /// taking.
     first: u64,
-    listing: Listing,
+    entries: Entries,
     /// Position of the last file opened.
     last: usize,
     /// Entries before this position have been warmed.
     warmed: usize,
 }
 
-enum Listing {
+enum Entries {
     NotYet,
     /// More than `MAX_ENTRIES`: not followed.
     TooBig,
@@ -141,7 +141,7 @@ impl Scans {
                 parent,
                 Scan {
                     first: ino,
-                    listing: Listing::NotYet,
+                    entries: Entries::NotYet,
                     last: 0,
                     warmed: 0,
                 },
@@ -154,7 +154,7 @@ impl Scans {
 
 impl Scan {
     fn opened(&mut self, view: &View, parent: u64, ino: u64) -> Vec<u64> {
-        if matches!(self.listing, Listing::NotYet) {
+        if matches!(self.entries, Entries::NotYet) {
             if ino == self.first {
                 return Vec::new();
             }
@@ -162,7 +162,7 @@ impl Scan {
                 return Vec::new();
             };
             if children.len() > MAX_ENTRIES {
-                self.listing = Listing::TooBig;
+                self.entries = Entries::TooBig;
                 return Vec::new();
             }
             let inos: Vec<u64> = children.into_iter().map(|(_, i)| i).collect();
@@ -172,14 +172,14 @@ impl Scan {
             };
             self.last = first;
             self.warmed = first + 1;
-            self.listing = Listing::Taken(inos);
+            self.entries = Entries::Taken(inos);
         }
         self.step(ino)
     }
 
     /// With the listing taken: follow the open of `ino`.
     fn step(&mut self, ino: u64) -> Vec<u64> {
-        let Listing::Taken(inos) = &self.listing else {
+        let Entries::Taken(inos) = &self.entries else {
             return Vec::new();
         };
         // Forward within the window, or a jump (looked for everywhere).
@@ -214,7 +214,7 @@ mod tests {
         let inos: Vec<u64> = (100..100 + n).collect();
         let scan = Scan {
             first: 100,
-            listing: Listing::Taken(inos.clone()),
+            entries: Entries::Taken(inos.clone()),
             last: 0,
             warmed: 1,
         };

@@ -380,7 +380,8 @@ impl Live {
         size: u32,
         src: &dyn DataSource,
     ) -> LiveResult<Vec<u8>> {
-        // One look at the record: a staged file needs only its head.
+        // One look at the record: a staged file needs only its head (its
+        // length, as `Err`); anything else, the whole record.
         let rec = self.tx(|tx| match tx.staged_size(ino)? {
             Some(len) => Ok(Err(len)),
             None => tx.get(ino).map(Ok),
