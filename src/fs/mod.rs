@@ -789,10 +789,12 @@ impl Filesystem for SecrateFs {
             Ok(r) if r.kind == Kind::Dir => reply.error(Errno::EISDIR),
             Ok(_) => {
                 self.live.open_file(ino);
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+                // Only after the reply: waking the read-ahead thread can
+                // switch this CPU to it, and the caller should not wait.
                 if acc == libc::O_RDONLY {
                     self.ahead.opened(ino);
                 }
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(errno(&e)),
         }
