@@ -1243,7 +1243,7 @@ fn reading_files_in_order_warms_the_next_ones() {
     s.init();
     let cache = work.path().join("cache");
     let m = Mount::new(&s, &work.path().join("mnt"), &cache, &[]);
-    for d in ["d", "e"] {
+    for d in ["d", "e", "g"] {
         fs::create_dir(m.path(d)).unwrap();
         for i in 0..80 {
             fs::write(m.path(&format!("{d}/f{i:03}")), pseudo_random(i, 65536)).unwrap();
@@ -1273,12 +1273,27 @@ fn reading_files_in_order_warms_the_next_ones() {
         "read-ahead went further than its window"
     );
 
+    // The rest of d: the walk goes on into the next directory, e, before
+    // anything in it is opened, and not past its window.
+    for i in 3..80 {
+        fs::read(m.path(&format!("d/f{i:03}"))).unwrap();
+    }
+    poll_until(
+        "the next directory's first files to be read ahead",
+        Duration::from_secs(10),
+        || cached(&staged("e/f000")) && cached(&staged("e/f020")),
+    );
+    assert!(
+        !cached(&staged("e/f050")),
+        "read-ahead went further than its window"
+    );
+
     // Each open jumps further than the window reaches.
-    for rel in ["e/f050", "e/f010", "e/f060"] {
+    for rel in ["g/f050", "g/f010", "g/f060"] {
         fs::read(m.path(rel)).unwrap();
     }
     std::thread::sleep(Duration::from_secs(1));
-    for rel in ["e/f011", "e/f051", "e/f061"] {
+    for rel in ["g/f011", "g/f051", "g/f061"] {
         assert!(
             !cached(&staged(rel)),
             "{rel} was read ahead of random opens"

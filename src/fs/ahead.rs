@@ -1,17 +1,22 @@
-//! Read-ahead across files. A program that opens a directory's files one
-//! after another in name order (`md5sum -c`, `grep -r`, `tar c`, `cp -r`)
-//! gets the next files brought in while it works on the current one: the
-//! head of each staged file is read from the cache disk, the first chunks of
-//! a sealed file are fetched from the store. The latency of the disk or the
-//! store then overlaps the round trips through the kernel instead of adding
-//! to them, as the kernel's read-ahead does within one file.
+//! Read-ahead across files. A program that opens a tree's files one after
+//! another in path order (`md5sum -c` of a sorted list, `grep -r`, `tar c`,
+//! `cp -r`) gets the next files brought in while it works on the current
+//! one: the head of each staged file is read from the cache disk, the first
+//! chunks of a sealed file are fetched from the store. The latency of the
+//! disk or the store then overlaps the round trips through the kernel
+//! instead of adding to them, as the kernel's read-ahead does within one
+//! file.
 //!
-//! One open is not a pattern. A directory's files are warmed only while its
-//! opens move forward in name order by at most `AHEAD` entries at a time, so
-//! random opens cost one look at the directory, never a burst of reads.
-//! Everything here is a hint: it runs on a thread of its own, from the last
-//! committed view of the tree, and drops what it cannot keep up with.
+//! One open is not a pattern. A walk starts when a directory's opens move
+//! forward in name order by at most `AHEAD` entries; from there it keeps
+//! the next `AHEAD` files of the tree warm, into subdirectories and on to
+//! the next directories, for as long as the program opens files it
+//! expects. Random opens cost one look at the directory, never a burst of
+//! reads. Everything here is a hint: it runs on a thread of its own, from
+//! the last committed view of the tree, and drops what it cannot keep up
+//! with.
 
+use std::collections::VecDeque;
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -23,12 +28,20 @@ use crate::blobs::BlobReader;
 use crate::live::{DataSource, Live, View};
 use crate::repo::tree::Kind;
 
-/// Directory entries kept warm past the last file opened.
+/// Files kept warm past the last one opened; also how far forward (in
+/// entries) a directory's second open may be to start a walk.
 const AHEAD: usize = 32;
-/// Directories followed at once: a recursive walk's path and its siblings.
+/// Directories whose opens are followed to find where a walk starts.
 const DIRS: usize = 64;
-/// Entries of the largest directory followed (8 bytes each in memory).
+/// Walks followed at once (programs walking different trees).
+const WALKS: usize = 8;
+/// Directories listed per open while a walk goes on.
+const LISTINGS: usize = 16;
+/// Entries of the largest directory followed (9 bytes each in memory).
 const MAX_ENTRIES: usize = 1 << 16;
+/// Entries a walk holds in the listings of the directories it is in; a
+/// subdirectory that would take more is passed over.
+const WALK_ENTRIES: usize = 2 * MAX_ENTRIES;
 /// Bytes of each staged file read ahead; once the program reads, the
 /// kernel's own read-ahead takes over.
 const HEAD: libc::off_t = 256 << 10;
@@ -96,160 +109,435 @@ fn warm(live: &Live, view: &View, src: &BlobReader, ino: u64) {
     }
 }
 
-/// How the opens in each recently used directory move.
+/// How the opens move: walks in progress, and directories with opens no
+/// walk expected.
 struct Scans {
-    dirs: LruCache<u64, Scan>,
+    /// Walks in progress, the most recently advanced first.
+    walks: VecDeque<Walk>,
+    /// Directories where an open came that no walk expected.
+    dirs: LruCache<u64, Start>,
 }
 
-struct Scan {
-    /// The first file opened, until a second one makes the entries worth
+/// Opens in one directory that no walk expected. A second one at most
+/// `AHEAD` entries past the one before starts a walk there.
+struct Start {
+    /// The first file opened, until a second one makes the listing worth
     /// taking.
     first: u64,
-    entries: Entries,
+    listing: Listed,
     /// Position of the last file opened.
     last: usize,
-    /// Entries before this position have been warmed.
-    warmed: usize,
 }
 
-enum Entries {
+enum Listed {
     NotYet,
-    /// More than `MAX_ENTRIES`: not followed.
-    TooBig,
-    /// The directory's inodes in name order.
-    Taken(Vec<u64>),
+    /// Not listable or more than `MAX_ENTRIES`: not followed.
+    No,
+    Taken(Listing),
+}
+
+/// A directory's entries in the order a recursive walk meets them: by name,
+/// a directory's name as if it ended in '/' (so `a.c` comes before the
+/// files in `a/`, as in a sorted list of paths).
+struct Listing {
+    inos: Vec<u64>,
+    is_dir: Vec<bool>,
+}
+
+/// A walk through the tree in listing order, from a file onwards.
+struct Walk {
+    /// Files expected next, in order, each warmed when it was added.
+    queue: VecDeque<u64>,
+    /// Where the walk goes on past the queue: the listings from the
+    /// directory it started in down to the one it is in, each with the
+    /// position of its next entry.
+    levels: Vec<(u64, Listing, usize)>,
+}
+
+/// What a walk needs of the tree.
+trait Tree {
+    /// The directory holding `ino` (the first, for a hard-linked file).
+    fn parent(&self, ino: u64) -> Option<u64>;
+    /// `dir`'s entries, or None if it cannot be listed or has more than
+    /// `MAX_ENTRIES`.
+    fn listing(&self, dir: u64) -> Option<Listing>;
+}
+
+impl Tree for View {
+    fn parent(&self, ino: u64) -> Option<u64> {
+        let rec = self.inode(ino).ok()?;
+        self.parents_of(ino, &rec).ok()?.first().copied()
+    }
+
+    fn listing(&self, dir: u64) -> Option<Listing> {
+        let children = self.children(dir).ok()?;
+        if children.len() > MAX_ENTRIES {
+            return None;
+        }
+        let mut entries: Vec<(Vec<u8>, u64, bool)> = children
+            .into_iter()
+            .map(|(name, ino)| {
+                let is_dir = self.inode(ino).is_ok_and(|r| r.kind == Kind::Dir);
+                (name, ino, is_dir)
+            })
+            .collect();
+        entries.sort_by(|a, b| walk_order(&a.0, a.2).cmp(walk_order(&b.0, b.2)));
+        Some(Listing {
+            inos: entries.iter().map(|e| e.1).collect(),
+            is_dir: entries.iter().map(|e| e.2).collect(),
+        })
+    }
+}
+
+/// The bytes a recursive walk sorts an entry by.
+fn walk_order(name: &[u8], is_dir: bool) -> impl Iterator<Item = &u8> {
+    name.iter().chain(is_dir.then_some(&b'/'))
 }
 
 impl Scans {
     fn new() -> Scans {
         Scans {
+            walks: VecDeque::new(),
             dirs: LruCache::new(NonZeroUsize::new(DIRS).unwrap_or(NonZeroUsize::MIN)),
         }
     }
 
-    /// `ino` was opened: the entries to warm now.
-    fn opened(&mut self, view: &View, ino: u64) -> Vec<u64> {
-        let Ok(rec) = view.inode(ino) else {
-            return Vec::new();
+    /// `ino` was opened: the files to warm now.
+    fn opened(&mut self, tree: &impl Tree, ino: u64) -> Vec<u64> {
+        // A walk that ran out of its directory listings goes on.
+        let mut new = Vec::new();
+        for walk in self.walks.iter_mut().filter(|w| w.queue.is_empty()) {
+            new.extend(walk.fill(tree));
+        }
+        self.walks
+            .retain(|w| !w.queue.is_empty() || !w.levels.is_empty());
+        // A file some walk expected: that walk moves on.
+        let hit = self
+            .walks
+            .iter()
+            .enumerate()
+            .find_map(|(w, walk)| Some((w, walk.queue.iter().position(|&i| i == ino)?)));
+        if let Some((w, k)) = hit {
+            let Some(mut walk) = self.walks.remove(w) else {
+                return Vec::new();
+            };
+            walk.queue.drain(..=k);
+            new.extend(walk.fill(tree));
+            if !walk.queue.is_empty() || !walk.levels.is_empty() {
+                self.walks.push_front(walk);
+            }
+            return new;
+        }
+        let Some(parent) = tree.parent(ino) else {
+            return new;
         };
-        let parent = match view.parents_of(ino, &rec).as_deref() {
-            Ok([p, ..]) => *p,
-            _ => return Vec::new(),
-        };
-        let Some(scan) = self.dirs.get_mut(&parent) else {
+        let Some(start) = self.dirs.get_mut(&parent) else {
             self.dirs.put(
                 parent,
-                Scan {
+                Start {
                     first: ino,
-                    entries: Entries::NotYet,
+                    listing: Listed::NotYet,
                     last: 0,
-                    warmed: 0,
                 },
             );
-            return Vec::new();
+            return new;
         };
-        scan.opened(view, parent, ino)
+        let Some(p) = start.opened(tree, parent, ino) else {
+            return new;
+        };
+        let Some(Start {
+            listing: Listed::Taken(listing),
+            ..
+        }) = self.dirs.pop(&parent)
+        else {
+            return new;
+        };
+        let mut walk = Walk {
+            queue: VecDeque::new(),
+            levels: vec![(parent, listing, p + 1)],
+        };
+        new.extend(walk.fill(tree));
+        self.walks.push_front(walk);
+        self.walks.truncate(WALKS);
+        new
     }
 }
 
-impl Scan {
-    fn opened(&mut self, view: &View, parent: u64, ino: u64) -> Vec<u64> {
-        if matches!(self.entries, Entries::NotYet) {
+impl Start {
+    /// Follow the open of `ino` in `dir`: Some(its position) if a walk
+    /// starts there.
+    fn opened(&mut self, tree: &impl Tree, dir: u64, ino: u64) -> Option<usize> {
+        if matches!(self.listing, Listed::NotYet) {
             if ino == self.first {
-                return Vec::new();
+                return None;
             }
-            let Ok(children) = view.children(parent) else {
-                return Vec::new();
+            let Some(listing) = tree.listing(dir) else {
+                self.listing = Listed::No;
+                return None;
             };
-            if children.len() > MAX_ENTRIES {
-                self.entries = Entries::TooBig;
-                return Vec::new();
-            }
-            let inos: Vec<u64> = children.into_iter().map(|(_, i)| i).collect();
-            let Some(first) = inos.iter().position(|&i| i == self.first) else {
+            let Some(first) = listing.inos.iter().position(|&i| i == self.first) else {
                 self.first = ino;
-                return Vec::new();
+                return None;
             };
             self.last = first;
-            self.warmed = first + 1;
-            self.entries = Entries::Taken(inos);
+            self.listing = Listed::Taken(listing);
         }
         self.step(ino)
     }
 
-    /// With the listing taken: follow the open of `ino`.
-    fn step(&mut self, ino: u64) -> Vec<u64> {
-        let Entries::Taken(inos) = &self.entries else {
-            return Vec::new();
+    /// With the listing taken: Some(position of `ino`) if it is at most
+    /// `AHEAD` entries past the last file opened.
+    fn step(&mut self, ino: u64) -> Option<usize> {
+        let Listed::Taken(listing) = &self.listing else {
+            return None;
         };
+        let inos = &listing.inos;
         // Forward within the window, or a jump (looked for everywhere).
         let ahead = self.last + 1..inos.len().min(self.last + 1 + AHEAD);
         let (p, forward) = match inos[ahead.clone()].iter().position(|&i| i == ino) {
             Some(k) => (ahead.start + k, true),
-            None => match inos.iter().position(|&i| i == ino) {
-                Some(p) => (p, false),
-                // A file created since the listing: not part of a scan.
-                None => return Vec::new(),
-            },
+            // A file created since the listing is not part of a scan.
+            None => (inos.iter().position(|&i| i == ino)?, false),
         };
         self.last = p;
-        if !forward {
-            self.warmed = p + 1;
-            return Vec::new();
+        forward.then_some(p)
+    }
+}
+
+impl Walk {
+    /// Extend the queue to `AHEAD` files, listing at most `LISTINGS`
+    /// directories on the way: the files added.
+    fn fill(&mut self, tree: &impl Tree) -> Vec<u64> {
+        let mut new = Vec::new();
+        let mut listings = LISTINGS;
+        while self.queue.len() < AHEAD {
+            let Some((dir, listing, next)) = self.levels.last_mut() else {
+                break;
+            };
+            if let Some(&ino) = listing.inos.get(*next) {
+                if listing.is_dir.get(*next) != Some(&true) {
+                    *next += 1;
+                    self.queue.push_back(ino);
+                    new.push(ino);
+                    continue;
+                }
+                if listings == 0 {
+                    break;
+                }
+                listings -= 1;
+                *next += 1;
+                if let Some(sub) = tree.listing(ino) {
+                    let held: usize = self.levels.iter().map(|l| l.1.inos.len()).sum();
+                    if held + sub.inos.len() <= WALK_ENTRIES {
+                        self.levels.push((ino, sub, 0));
+                    }
+                }
+                continue;
+            }
+            // This directory is done: back to the one above.
+            let dir = *dir;
+            if self.levels.len() > 1 {
+                self.levels.pop();
+                continue;
+            }
+            if listings == 0 {
+                break;
+            }
+            listings -= 1;
+            let above = tree.parent(dir).and_then(|up| {
+                let listing = tree.listing(up)?;
+                let p = listing.inos.iter().position(|&i| i == dir)?;
+                Some((up, listing, p + 1))
+            });
+            match above {
+                Some(level) => self.levels[0] = level,
+                // The root, or a directory gone meanwhile: the walk ends.
+                None => self.levels.clear(),
+            }
         }
-        let from = self.warmed.max(p + 1);
-        let to = inos.len().min(p + 1 + AHEAD);
-        self.warmed = self.warmed.max(to);
-        inos.get(from..to).unwrap_or_default().to_vec()
+        new
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
-    /// A directory of `n` entries (inodes 100, 101, ...) whose first entry
-    /// was opened.
-    fn scan_of(n: u64) -> (Scan, Vec<u64>) {
-        let inos: Vec<u64> = (100..100 + n).collect();
-        let scan = Scan {
-            first: 100,
-            entries: Entries::Taken(inos.clone()),
-            last: 0,
-            warmed: 1,
-        };
-        (scan, inos)
+    /// An entry: name, inode, is a directory.
+    type Entry = (String, u64, bool);
+
+    /// Directories by inode: parent and entries.
+    #[derive(Default)]
+    struct FakeTree(HashMap<u64, (u64, Vec<Entry>)>);
+
+    impl FakeTree {
+        fn dir(&mut self, ino: u64, parent: u64, entries: &[(&str, u64, bool)]) {
+            let entries = entries
+                .iter()
+                .map(|&(n, i, d)| (n.to_string(), i, d))
+                .collect();
+            self.0.insert(ino, (parent, entries));
+        }
+
+        /// A directory `ino` under `parent` with files `inos`.
+        fn files(&mut self, ino: u64, parent: u64, inos: std::ops::Range<u64>) {
+            let names: Vec<String> = inos.clone().map(|i| format!("f{i:05}")).collect();
+            let entries: Vec<(&str, u64, bool)> = names
+                .iter()
+                .zip(inos)
+                .map(|(n, i)| (&n[..], i, false))
+                .collect();
+            self.dir(ino, parent, &entries);
+        }
+    }
+
+    impl Tree for FakeTree {
+        fn parent(&self, ino: u64) -> Option<u64> {
+            if let Some((p, _)) = self.0.get(&ino) {
+                return (ino != ROOT_INO).then_some(*p);
+            }
+            self.0
+                .iter()
+                .find(|(_, (_, es))| es.iter().any(|e| e.1 == ino))
+                .map(|(d, _)| *d)
+        }
+
+        fn listing(&self, dir: u64) -> Option<Listing> {
+            let mut es = self.0.get(&dir)?.1.clone();
+            es.sort_by(|a, b| walk_order(a.0.as_bytes(), a.2).cmp(walk_order(b.0.as_bytes(), b.2)));
+            Some(Listing {
+                inos: es.iter().map(|e| e.1).collect(),
+                is_dir: es.iter().map(|e| e.2).collect(),
+            })
+        }
+    }
+
+    const ROOT_INO: u64 = 1;
+
+    /// The root holding directory 2 with `n` files, inodes 100, 101, ...
+    fn one_dir(n: u64) -> FakeTree {
+        let mut t = FakeTree::default();
+        t.dir(ROOT_INO, ROOT_INO, &[("d", 2, true)]);
+        t.files(2, ROOT_INO, 100..100 + n);
+        t
     }
 
     #[test]
     fn forward_opens_keep_a_window_warm() {
-        let (mut scan, inos) = scan_of(100);
-        // The second file: everything up to AHEAD entries past it.
-        assert_eq!(scan.step(101), inos[2..2 + AHEAD].to_vec());
-        // Each further file adds one entry at the far end.
-        assert_eq!(scan.step(102), vec![inos[2 + AHEAD]]);
-        // Skipping a few entries (subdirectories) is still forward.
-        assert_eq!(scan.step(105), inos[3 + AHEAD..6 + AHEAD].to_vec());
+        let t = one_dir(100);
+        let mut s = Scans::new();
+        // One open is not a pattern.
+        assert!(s.opened(&t, 100).is_empty());
+        // The second file: the next AHEAD files.
+        assert_eq!(
+            s.opened(&t, 101),
+            (102..102 + AHEAD as u64).collect::<Vec<_>>()
+        );
+        // Each further file adds one at the far end.
+        assert_eq!(s.opened(&t, 102), vec![102 + AHEAD as u64]);
+        // Skipping a few files is still the same walk.
+        assert_eq!(
+            s.opened(&t, 105),
+            (103 + AHEAD as u64..106 + AHEAD as u64).collect::<Vec<_>>()
+        );
         // Reopening the same file warms nothing new.
-        assert!(scan.step(105).is_empty());
+        assert!(s.opened(&t, 105).is_empty());
     }
 
     #[test]
     fn random_opens_warm_nothing() {
-        let (mut scan, inos) = scan_of(1000);
-        assert!(scan.step(900).is_empty());
-        assert!(scan.step(300).is_empty());
-        assert!(scan.step(700).is_empty());
-        // A scan that goes on from the last jump is followed again.
-        assert_eq!(scan.step(701), inos[602..602 + AHEAD].to_vec());
+        let t = one_dir(1000);
+        let mut s = Scans::new();
+        for ino in [900, 300, 700, 100, 500] {
+            assert!(s.opened(&t, ino).is_empty(), "{ino}");
+        }
+        // A scan that goes on from the last jump is followed.
+        assert_eq!(
+            s.opened(&t, 501),
+            (502..502 + AHEAD as u64).collect::<Vec<_>>()
+        );
     }
 
     #[test]
-    fn the_window_stops_at_the_end_and_new_files_are_ignored() {
-        let (mut scan, inos) = scan_of(10);
-        assert_eq!(scan.step(101), inos[2..].to_vec());
-        assert!(scan.step(102).is_empty());
-        assert!(scan.step(109).is_empty());
-        assert!(scan.step(5000).is_empty());
+    fn the_walk_stops_at_the_end_of_the_tree_and_new_files_are_ignored() {
+        let t = one_dir(10);
+        let mut s = Scans::new();
+        assert!(s.opened(&t, 100).is_empty());
+        assert_eq!(s.opened(&t, 101), (102..110).collect::<Vec<_>>());
+        assert!(s.opened(&t, 102).is_empty());
+        assert!(s.opened(&t, 109).is_empty());
+        assert!(s.walks.is_empty(), "a walk past the end of the tree");
+        assert!(s.opened(&t, 5000).is_empty());
+    }
+
+    #[test]
+    fn a_walk_goes_on_into_subdirectories_and_the_next_directories_in_path_order() {
+        let mut t = FakeTree::default();
+        // /a.c, /a/{f0,f1,f2,s/{g0,g1}}, /b/h0: sorted paths put a.c
+        // before a/ ('.' < '/').
+        t.dir(
+            ROOT_INO,
+            ROOT_INO,
+            &[("a", 10, true), ("a.c", 30, false), ("b", 40, true)],
+        );
+        t.dir(
+            10,
+            ROOT_INO,
+            &[
+                ("f0", 11, false),
+                ("f1", 12, false),
+                ("f2", 13, false),
+                ("s", 20, true),
+            ],
+        );
+        t.dir(20, 10, &[("g0", 21, false), ("g1", 22, false)]);
+        t.dir(40, ROOT_INO, &[("h0", 41, false)]);
+        let mut s = Scans::new();
+        assert!(s.opened(&t, 11).is_empty());
+        assert_eq!(s.opened(&t, 12), vec![13, 21, 22, 41]);
+        assert!(s.opened(&t, 13).is_empty());
+        // A skipped file does not end the walk.
+        assert!(s.opened(&t, 22).is_empty());
+        assert!(s.opened(&t, 41).is_empty());
+        assert!(s.walks.is_empty());
+    }
+
+    #[test]
+    fn a_walk_lists_a_bounded_number_of_directories_per_open() {
+        let mut t = FakeTree::default();
+        // Two files, then 40 empty directories, then a file.
+        let mut root: Vec<Entry> = vec![("a0".into(), 100, false), ("a1".into(), 101, false)];
+        for i in 0..40 {
+            root.push((format!("e{i:02}"), 200 + i, true));
+            t.dir(200 + i, ROOT_INO, &[]);
+        }
+        root.push(("z".into(), 102, false));
+        t.0.insert(ROOT_INO, (ROOT_INO, root));
+        let mut s = Scans::new();
+        assert!(s.opened(&t, 100).is_empty());
+        // LISTINGS directories per open: the file past 40 of them is
+        // reached on the third open (of whatever file).
+        assert!(s.opened(&t, 101).is_empty());
+        assert_eq!(s.walks[0].levels[0].2, 2 + LISTINGS, "entries passed");
+        assert!(s.opened(&t, 100).is_empty());
+        assert_eq!(s.opened(&t, 100), vec![102]);
+    }
+
+    #[test]
+    fn two_walks_are_followed_at_once() {
+        let mut t = FakeTree::default();
+        t.dir(ROOT_INO, ROOT_INO, &[("d", 2, true), ("e", 3, true)]);
+        t.files(2, ROOT_INO, 100..200);
+        t.files(3, ROOT_INO, 1000..1100);
+        let mut s = Scans::new();
+        for ino in [100, 1000] {
+            assert!(s.opened(&t, ino).is_empty());
+        }
+        assert_eq!(s.opened(&t, 101).len(), AHEAD);
+        assert_eq!(s.opened(&t, 1001).len(), AHEAD);
+        assert_eq!(s.opened(&t, 102), vec![102 + AHEAD as u64]);
+        assert_eq!(s.opened(&t, 1002), vec![1002 + AHEAD as u64]);
     }
 }
