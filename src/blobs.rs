@@ -343,13 +343,10 @@ impl BlobReader {
         {
             return;
         }
-        if fs::write(&tmp, data)
-            .and_then(|()| fs::rename(&tmp, &path))
-            .is_err()
-        {
-            let _ = fs::remove_file(&tmp);
-            return;
-        }
+        // Room is made before the chunk is written, so that the files on
+        // disk never take more than the budget, also while several are
+        // being put at once. (A reader that finds the entry before its file
+        // is in place fetches the chunk again.)
         let mut evict = Vec::new();
         {
             let mut d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
@@ -368,9 +365,21 @@ impl BlobReader {
         for old in evict {
             let _ = fs::remove_file(self.disk_path(&old));
         }
+        if fs::write(&tmp, data)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .is_err()
+        {
+            let _ = fs::remove_file(&tmp);
+            self.disk_remove(id);
+            return;
+        }
+        // Evicted by another put while it was being written.
+        let d = self.disk.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.sizes.contains(id) {
+            let _ = fs::remove_file(&path);
+        }
     }
 
-    /// Bytes in the decrypted chunk cache.
     pub fn disk_usage(&self) -> u64 {
         self.disk.lock().unwrap_or_else(|e| e.into_inner()).total
     }

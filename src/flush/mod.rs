@@ -79,6 +79,11 @@ pub struct Flusher {
     stop: AtomicBool,
     snapshots: RwLock<Vec<SnapEntry>>,
     cache_size: std::sync::atomic::AtomicU64,
+    /// (uploaded generation, cache size, chunk cache usage) at which clean
+    /// data last fit the cache size. Staged copies only become evictable
+    /// when an upload completes, so until one does, or the chunk cache
+    /// grows, it still fits.
+    fit: Mutex<Option<(u64, u64, u64)>>,
 }
 
 fn time_str(t: SystemTime) -> String {
@@ -203,6 +208,7 @@ impl Flusher {
             stop: AtomicBool::new(false),
             snapshots: RwLock::new(snaps),
             cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
+            fit: Mutex::new(None),
         }))
     }
 
@@ -385,9 +391,14 @@ impl Flusher {
     pub fn evict_to_budget(&self) -> LiveResult<u64> {
         let budget = self.cache_size.load(Ordering::SeqCst);
         let (_, uploaded) = self.gens()?;
-        let room = budget.saturating_sub(self.reader.disk_usage());
+        let chunks = self.reader.disk_usage();
+        let mut fit = self.fit.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*fit, Some((u, b, c)) if u == uploaded && b == budget && chunks <= c) {
+            return Ok(0);
+        }
+        let room = budget.saturating_sub(chunks);
         let candidates = self.live.evictable(uploaded, room)?;
-        let mut used = self.reader.disk_usage() + candidates.iter().map(|(_, n)| n).sum::<u64>();
+        let mut used = chunks + candidates.iter().map(|(_, n)| n).sum::<u64>();
         let mut freed = 0;
         for (ino, n) in candidates {
             if used <= budget {
@@ -398,6 +409,8 @@ impl Flusher {
                 freed += n;
             }
         }
+        // An open file can keep clean data over the size: look again.
+        *fit = (used <= budget).then_some((uploaded, budget, chunks));
         Ok(freed)
     }
 
