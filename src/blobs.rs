@@ -380,6 +380,7 @@ impl BlobReader {
         }
     }
 
+    /// Bytes in the decrypted chunk cache.
     pub fn disk_usage(&self) -> u64 {
         self.disk.lock().unwrap_or_else(|e| e.into_inner()).total
     }

@@ -170,21 +170,15 @@ impl Tree for View {
     }
 
     fn listing(&self, dir: u64) -> Option<Listing> {
-        let children = self.children(dir).ok()?;
-        if children.len() > MAX_ENTRIES {
+        let mut entries = self.children_kinds(dir).ok()?;
+        if entries.len() > MAX_ENTRIES {
             return None;
         }
-        let mut entries: Vec<(Vec<u8>, u64, bool)> = children
-            .into_iter()
-            .map(|(name, ino)| {
-                let is_dir = self.inode(ino).is_ok_and(|r| r.kind == Kind::Dir);
-                (name, ino, is_dir)
-            })
-            .collect();
-        entries.sort_by(|a, b| walk_order(&a.0, a.2).cmp(walk_order(&b.0, b.2)));
+        let is_dir = |k: Kind| k == Kind::Dir;
+        entries.sort_by(|a, b| walk_order(&a.0, is_dir(a.2)).cmp(walk_order(&b.0, is_dir(b.2))));
         Some(Listing {
             inos: entries.iter().map(|e| e.1).collect(),
-            is_dir: entries.iter().map(|e| e.2).collect(),
+            is_dir: entries.iter().map(|e| is_dir(e.2)).collect(),
         })
     }
 }

@@ -515,6 +515,14 @@ impl<'t> Tx<'t> {
         list_children(self.dirents.table()?, parent)
     }
 
+    /// A directory's entries in name order, with their kinds.
+    pub fn children_kinds(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64, Kind)>> {
+        with_kinds(
+            self.inodes.table()?,
+            list_children(self.dirents.table()?, parent)?,
+        )
+    }
+
     pub fn has_children(&self, parent: u64) -> LiveResult<bool> {
         let lo = parent.to_be_bytes();
         let hi = (parent + 1).to_be_bytes();
@@ -682,6 +690,25 @@ fn list_children<T: ReadableTable<&'static [u8], u64>>(
     Ok(out)
 }
 
+/// `entries` with the kind of each, read from its record's head.
+fn with_kinds<T: ReadableTable<u64, &'static [u8]>>(
+    inodes: &T,
+    entries: Vec<(Vec<u8>, u64)>,
+) -> LiveResult<Vec<(Vec<u8>, u64, Kind)>> {
+    entries
+        .into_iter()
+        .map(|(name, ino)| {
+            let v = inodes
+                .get(ino)
+                .map_err(cache_err)?
+                .ok_or(LiveError::NotFound)?;
+            let kind = Inode::kind_of(v.value())
+                .map_err(|e| LiveError::Cache(format!("inode {ino}: {e}")))?;
+            Ok((name, ino, kind))
+        })
+        .collect()
+}
+
 fn list_parents<T: ReadableTable<&'static [u8], u32>>(
     t: &T,
     ino: u64,
@@ -725,6 +752,12 @@ impl View {
     pub fn children(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64)>> {
         let t = self.txn.open_table(DIRENTS).map_err(cache_err)?;
         list_children(&t, parent)
+    }
+
+    /// A directory's entries in name order, with their kinds.
+    pub fn children_kinds(&self, parent: u64) -> LiveResult<Vec<(Vec<u8>, u64, Kind)>> {
+        let inodes = self.txn.open_table(INODES).map_err(cache_err)?;
+        with_kinds(&inodes, self.children(parent)?)
     }
 
     /// The directories holding a link to `ino`.

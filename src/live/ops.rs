@@ -107,11 +107,7 @@ impl Live {
     pub fn children(&self, dir: u64) -> LiveResult<Vec<(Vec<u8>, u64, Kind)>> {
         self.tx(|tx| {
             dir_of(tx, dir)?;
-            let mut out = Vec::new();
-            for (name, ino) in tx.children(dir)? {
-                out.push((name, ino, tx.get(ino)?.kind));
-            }
-            Ok(out)
+            tx.children_kinds(dir)
         })
     }
 
