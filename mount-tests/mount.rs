@@ -1301,6 +1301,75 @@ fn reading_files_in_order_warms_the_next_ones() {
     }
 }
 
+/// Reading a snapshot's files in path order in `.history`, on a cache that
+/// has none of their data, fetches the next files' chunks from the store
+/// ahead of the reader: within a directory and on into the next one, and
+/// no further than the read-ahead's window.
+#[test]
+fn reading_history_in_order_fetches_the_next_files() {
+    if !fuse_ready("reading_history_in_order_fetches_the_next_files") {
+        return;
+    }
+    for store in stores("mount-ahead-history") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mnt = work.path().join("mnt");
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache"), &[]);
+        // 64 KiB each: one chunk per file, none shared.
+        for (k, d) in ["d", "e"].iter().enumerate() {
+            fs::create_dir(m.path(d)).unwrap();
+            for i in 0..80 {
+                let seed = 1000 * k as u64 + i;
+                fs::write(m.path(&format!("{d}/f{i:03}")), pseudo_random(seed, 65536)).unwrap();
+            }
+        }
+        m.snapshot();
+        m.umount();
+
+        let cache = work.path().join("cache-2");
+        let mut m = Mount::new(&s, &mnt, &cache, &[]);
+        let snap = m.history().pop().unwrap();
+        let file = |rel: &str| m.path(&format!(".history/{snap}/{rel}"));
+        let fetched = || fs::read_dir(cache.join("chunks")).unwrap().count();
+        assert_eq!(fetched(), 0, "a fresh cache holds chunks");
+
+        // Three in order: the walk keeps the next 32 files fetched, up to
+        // d/f034, 35 chunks in all.
+        for i in 0..3 {
+            let want = pseudo_random(i, 65536);
+            assert!(fs::read(file(&format!("d/f{i:03}"))).unwrap() == want);
+        }
+        poll_until(
+            "the next files' chunks to be fetched",
+            Duration::from_secs(20),
+            || fetched() >= 35,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(fetched(), 35, "read-ahead went further than its window");
+
+        // The rest of d: then e's first 32 files, before anything in e is
+        // opened.
+        for i in 3..80 {
+            let want = pseudo_random(i, 65536);
+            assert!(fs::read(file(&format!("d/f{i:03}"))).unwrap() == want);
+        }
+        poll_until(
+            "the next directory's first files to be fetched",
+            Duration::from_secs(20),
+            || fetched() >= 80 + 32,
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            fetched(),
+            80 + 32,
+            "read-ahead went further than its window"
+        );
+        m.umount();
+    }
+}
+
 #[test]
 fn history_is_read_only() {
     if !fuse_ready("history_is_read_only") {

@@ -30,6 +30,12 @@
 #   p6       first byte of a file in the oldest of 3 snapshots of a
 #            100k-file repository, cold (page cache dropped, fresh cache):
 #            secrate mount + .history vs restic mount (its cache removed)
+#   p8       a whole old snapshot read back through the mount on an empty
+#            cache, as a restore by copy reads it: md5sum -c of every file
+#            of the Linux tree (--quick: drivers/net) in .history, the
+#            repository on a local directory and on the S3 test server
+#            (s3s-fs on loopback), vs restic mount of the same tree (its
+#            cache removed) and the plain source directory
 #   p7       peak RSS: backup of 1M files (--quick 100k) and a mount
 #            serving them (after ls -lR of the whole tree): secrate vs restic
 #            (one run whatever --runs says)
@@ -84,14 +90,14 @@ while (($#)); do
         awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         exit 0
         ;;
-    ceil | p1 | p2 | p3 | p4 | p5 | p6 | p7 | history | report | all) workloads+=("$1") ;;
+    ceil | p1 | p2 | p3 | p4 | p5 | p6 | p7 | p8 | history | report | all) workloads+=("$1") ;;
     *) bench_die "unknown argument: $1 (see --help)" ;;
     esac
     shift
 done
 ((${#workloads[@]})) || workloads=(all)
 if [[ " ${workloads[*]} " == *" all "* ]]; then
-    workloads=(ceil p1 p2 p5 p6 history p4 p3 p7)
+    workloads=(ceil p1 p2 p5 p6 p8 history p4 p3 p7)
 fi
 [[ -n "$runs" ]] || runs=$((quick ? 1 : 3))
 [[ -n "$idle_wait" ]] || idle_wait=$((quick ? 10 : 20))
@@ -118,13 +124,15 @@ touch "$BENCH_LOG"
 . "$ROOT/scripts/lib/bench-data.sh"
 # shellcheck source=scripts/lib/bench-report.sh
 . "$ROOT/scripts/lib/bench-report.sh"
+# shellcheck source=scripts/lib/s3-server.sh
+. "$ROOT/scripts/lib/s3-server.sh"
 
 if [[ " ${workloads[*]} " == " report " ]]; then
     bench_report "$OUT"
     exit 0
 fi
 bench_log "results: $OUT (log: $BENCH_LOG)"
-trap 'bench_fs_cleanup' EXIT
+trap 'bench_fs_cleanup; s3_server_stop' EXIT
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- tools
@@ -631,6 +639,58 @@ w_p6() {
         restic_mount_stop
     done
     rm -rf "$W/p6-secrate" "$W/p6-restic" "$W/p6-cache" "$W/restic-cache"
+}
+
+# ---------------------------------------------------------------- P8
+# The repository is made by `secrate backup` of the extracted tree (the
+# snapshot's root is the tree's top directory) and restic's of the same.
+# Each read starts from an empty secrate cache (or restic cache) with the
+# page cache dropped after the mount; the mount itself is P6's.
+w_p8() {
+    linux_tar
+    local r mnt="$W/s-mnt" rmnt="$W/r-mnt" snap="" list="$W/p8.md5" files where url
+    files="$(wc -l <"$L_MD5")"
+    no_timing
+    rec p8 tree info 0 files "$files" files
+    fresh_repo secrate "$W/p8-secrate"
+    fresh_repo restic "$W/p8-restic"
+    backup_tool secrate "$W/p8-secrate" "$(dirname "$L_SRC")" "$L_TOP" p8/build
+    backup_tool restic "$W/p8-restic" "$(dirname "$L_SRC")" "$L_TOP" p8/build
+    # The same list, relative to the snapshot's root.
+    sed "s|  $L_TOP/|  |" "$L_MD5" >"$list"
+    s3_server_install >>"$BENCH_LOG" 2>&1 || bench_die "cannot install the S3 test server (see $BENCH_LOG)"
+    s3_server_start "$W" 2>>"$BENCH_LOG" || bench_die "cannot start the S3 test server (see $BENCH_LOG)"
+    cp -a "$W/p8-secrate" "$S3_SERVER_ROOT/$S3_BUCKET/p8"
+    for ((r = 1; r <= runs; r++)); do
+        drop
+        timed p8/plain/md5sum bash -c "cd '$(dirname "$L_SRC")' && md5sum -c --quiet '$L_MD5'"
+        rec p8 read_snapshot plain "$r" wall_s "$BENCH_WALL" s
+        for where in file s3; do
+            url="file://$W/p8-secrate"
+            [[ "$where" == file ]] || url="s3://$S3_BUCKET/p8"
+            rm -rf "$W/p8-cache"
+            mkdir -p "$mnt"
+            _bench_add_mount "$mnt"
+            env "SECRATE_STORE=$url" "$SECRATE" mount "$mnt" --cache "$W/p8-cache" --read-only \
+                --snapshot-interval 0 --retention none -q >>"$BENCH_LOG" 2>&1 ||
+                bench_die "secrate mount of $url failed (see $BENCH_LOG)"
+            [[ -n "$snap" ]] || snap="$(find "$mnt/.history" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | head -n 1)"
+            drop
+            timed "p8/secrate-$where/md5sum" bash -c "cd '$mnt/.history/$snap' && md5sum -c --quiet '$list'"
+            rec p8 read_snapshot "secrate-$where" "$r" wall_s "$BENCH_WALL" s
+            env "SECRATE_STORE=$url" "$SECRATE" umount -q "$mnt" >>"$BENCH_LOG" 2>&1 ||
+                fusermount3 -uz "$mnt" 2>/dev/null || true
+        done
+        rm -rf "$W/restic-cache"
+        restic_mount_start "$W/p8-restic" "$rmnt"
+        bench_poll 300 test -d "$rmnt/snapshots/latest/$L_TOP" || bench_die "restic mount does not show $L_TOP"
+        drop
+        timed p8/restic/md5sum bash -c "cd '$rmnt/snapshots/latest' && md5sum -c --quiet '$L_MD5'"
+        rec p8 read_snapshot restic "$r" wall_s "$BENCH_WALL" s
+        restic_mount_stop
+    done
+    s3_server_stop
+    rm -rf "$W/p8-secrate" "$W/p8-restic" "$W/p8-cache" "$W/restic-cache" "$list"
 }
 
 # ---------------------------------------------------------------- P7

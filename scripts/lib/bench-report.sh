@@ -37,7 +37,7 @@ for p in sorted(glob.glob(os.path.join(out, 'bench-backup-*.csv'))):
 groups = {}
 for r in rows:
     groups.setdefault((r['workload'], r['case'], r['tool'], r['metric']), []).append(r)
-order = ['ceil', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'history']
+order = ['ceil', 'p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p8', 'p7', 'history']
 stats = []
 for k, rs in groups.items():
     vals = [r['value'] for r in rs]
@@ -127,6 +127,16 @@ sf, rf = g('p6', 'first_byte_total', 'secrate', 'wall_s'), g('p6', 'first_byte_t
 if sf is not None:
     target('P6 first byte, old snapshot, cold: secrate / restic', ratio(sf, rf), 0.1, '<=',
            'secrate %.2f s (mount included), restic %s s' % (sf, '%.2f' % rf if rf else 'n/a'))
+pl, rs = g('p8', 'read_snapshot', 'plain', 'wall_s'), g('p8', 'read_snapshot', 'restic', 'wall_s')
+for where in ('file', 's3'):
+    sec = g('p8', 'read_snapshot', 'secrate-' + where, 'wall_s')
+    if sec is None:
+        continue
+    d = 'secrate (%s store) %.2f s, restic mount %s s, plain directory %s s' % (
+        where, sec, *['%.2f' % x if x else 'n/a' for x in (rs, pl)])
+    for name, base in (('restic mount', rs), ('plain', pl)):
+        targets.append(dict(target='P8 whole old snapshot, empty cache, %s store: secrate / %s' % (where, name),
+                            measured=ratio(sec, base), limit=None, op='', met=None, detail=d))
 for case in ('mount_serving', 'backup'):
     sm, rm = g('p7', case, 'secrate', 'peak_rss_mib'), g('p7', case, 'restic', 'peak_rss_mib')
     if sm is None:

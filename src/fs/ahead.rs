@@ -2,7 +2,8 @@
 //! another in path order (`md5sum -c` of a sorted list, `grep -r`, `tar c`,
 //! `cp -r`) gets the next files brought in while it works on the current
 //! one: the head of each staged file is read from the cache disk, the first
-//! chunks of a sealed file are fetched from the store. The latency of the
+//! chunks of a sealed file, or of a file in a snapshot under `.history`,
+//! are fetched from the store. The latency of the
 //! disk or the store then overlaps the round trips through the kernel
 //! instead of adding to them, as the kernel's read-ahead does within one
 //! file.
@@ -25,6 +26,7 @@ use std::sync::{Arc, Weak};
 use lru::LruCache;
 
 use crate::blobs::BlobReader;
+use crate::fs::history::History;
 use crate::live::{DataSource, Live, View};
 use crate::repo::tree::Kind;
 
@@ -57,12 +59,13 @@ pub struct Ahead {
 impl Ahead {
     /// Start the read-ahead thread; it ends when the `Ahead` is dropped or
     /// the live tree is gone.
-    pub fn start(live: &Arc<Live>, src: Arc<BlobReader>) -> Ahead {
+    pub fn start(live: &Arc<Live>, history: &Arc<History>, src: Arc<BlobReader>) -> Ahead {
         let (tx, rx) = sync_channel(QUEUE);
         let live = Arc::downgrade(live);
+        let history = Arc::downgrade(history);
         let started = std::thread::Builder::new()
             .name("secrate-ahead".into())
-            .spawn(move || run(&live, &src, &rx));
+            .spawn(move || run(&live, &history, &src, &rx));
         if let Err(e) = &started {
             crate::log!("warning: no read-ahead across files: cannot start its thread: {e}");
         }
@@ -71,7 +74,7 @@ impl Ahead {
         }
     }
 
-    /// A file of the live tree was opened for reading.
+    /// A file was opened for reading (in the live tree or in `.history`).
     pub fn opened(&self, ino: u64) {
         if let Some(tx) = &self.opened {
             // A full queue means the thread is behind: skip this hint.
@@ -80,9 +83,20 @@ impl Ahead {
     }
 }
 
-fn run(live: &Weak<Live>, src: &BlobReader, rx: &Receiver<u64>) {
+fn run(live: &Weak<Live>, history: &Weak<History>, src: &BlobReader, rx: &Receiver<u64>) {
+    // Inode numbers of the two trees never meet: one `Scans` each.
     let mut scans = Scans::new();
+    let mut past = Scans::new();
     while let Ok(ino) = rx.recv() {
+        if History::is_history(ino) {
+            let Some(history) = history.upgrade() else {
+                return;
+            };
+            for next in past.opened(&*history, ino) {
+                src.prefetch(&history.first_chunks(next, CHUNKS));
+            }
+            continue;
+        }
         let Some(live) = live.upgrade() else { return };
         let Ok(view) = live.read_view() else { continue };
         for next in scans.opened(&view, ino) {
@@ -170,15 +184,44 @@ impl Tree for View {
     }
 
     fn listing(&self, dir: u64) -> Option<Listing> {
-        let mut entries = self.children_kinds(dir).ok()?;
+        let entries = self.children_kinds(dir).ok()?;
+        Listing::of(
+            entries
+                .into_iter()
+                .map(|(name, ino, kind)| (name, ino, kind == Kind::Dir))
+                .collect(),
+        )
+    }
+}
+
+/// A snapshot's tree in `.history`. A walk ends at the snapshot's root.
+impl Tree for History {
+    fn parent(&self, ino: u64) -> Option<u64> {
+        History::parent(self, ino)
+    }
+
+    fn listing(&self, dir: u64) -> Option<Listing> {
+        let entries = self.readdir(dir).ok()?;
+        Listing::of(
+            entries
+                .into_iter()
+                .map(|(ino, kind, name)| (name, ino, kind == Kind::Dir))
+                .collect(),
+        )
+    }
+}
+
+impl Listing {
+    /// From (name, inode, is a directory), in any order; None past
+    /// `MAX_ENTRIES`.
+    fn of(mut entries: Vec<(Vec<u8>, u64, bool)>) -> Option<Listing> {
         if entries.len() > MAX_ENTRIES {
             return None;
         }
-        let is_dir = |k: Kind| k == Kind::Dir;
-        entries.sort_by(|a, b| walk_order(&a.0, is_dir(a.2)).cmp(walk_order(&b.0, is_dir(b.2))));
+        entries.sort_by(|a, b| walk_order(&a.0, a.2).cmp(walk_order(&b.0, b.2)));
         Some(Listing {
             inos: entries.iter().map(|e| e.1).collect(),
-            is_dir: entries.iter().map(|e| is_dir(e.2)).collect(),
+            is_dir: entries.iter().map(|e| e.2).collect(),
         })
     }
 }

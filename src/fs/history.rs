@@ -47,8 +47,9 @@ pub struct HistAttr {
 pub struct History {
     flusher: Arc<Flusher>,
     reader: Arc<BlobReader>,
-    /// Each node with the inode of the snapshot root it lies under.
-    nodes: RwLock<Vec<(Node, u64)>>,
+    /// Each node with the inode of the snapshot root it lies under and of
+    /// the directory it was first found in.
+    nodes: RwLock<Vec<(Node, u64, u64)>>,
     by_name: Mutex<HashMap<(u64, Vec<u8>), u64>>,
     /// Hard links: (snapshot root, dev, inode) of a multiply linked
     /// non-directory → its one inode number, so that every name of it
@@ -95,8 +96,32 @@ impl History {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(i)
-            .map(|(n, _)| n.clone())
+            .map(|(n, _, _)| n.clone())
             .ok_or(LiveError::NotFound)
+    }
+
+    /// The directory `ino` was first found in (the first name of a hard
+    /// link); None for `.history` and what it holds, the snapshots.
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        let i = ino.checked_sub(FIRST)? as usize;
+        let parent = self
+            .nodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)?
+            .2;
+        (parent != HISTORY_INO).then_some(parent)
+    }
+
+    /// The first `n` chunks of a file in a snapshot (none for anything
+    /// else).
+    pub fn first_chunks(&self, ino: u64, n: usize) -> Vec<Id> {
+        match self.node(ino) {
+            Ok(Node::Entry(e)) if e.kind == Kind::File => {
+                e.chunks().iter().take(n).map(|c| c.id).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn intern(&self, parent: u64, name: &[u8], node: Node) -> u64 {
@@ -113,7 +138,7 @@ impl History {
             parent
                 .checked_sub(FIRST)
                 .and_then(|i| nodes.get(i as usize))
-                .map(|(_, r)| *r)
+                .map(|(_, r, _)| *r)
         };
         let link_key = match (&node, root) {
             (Node::Entry(e), Some(root)) if e.kind != Kind::Dir && e.links > 1 && e.inode != 0 => {
@@ -127,7 +152,7 @@ impl History {
             return ino;
         }
         let ino = FIRST + nodes.len() as u64;
-        nodes.push((node, root.unwrap_or(ino)));
+        nodes.push((node, root.unwrap_or(ino), parent));
         by.insert((parent, name.to_vec()), ino);
         if let Some(k) = link_key {
             links.insert(k, ino);

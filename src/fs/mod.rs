@@ -54,7 +54,7 @@ type Listing = Vec<(u64, FileType, Vec<u8>)>;
 pub struct SecrateFs {
     live: Arc<Live>,
     reader: Arc<BlobReader>,
-    history: History,
+    history: Arc<History>,
     ahead: Ahead,
     read_only: bool,
     /// Directory listings taken at opendir, by handle.
@@ -192,9 +192,10 @@ impl SecrateFs {
         flusher: Arc<Flusher>,
         read_only: bool,
     ) -> SecrateFs {
+        let history = Arc::new(History::new(flusher, reader.clone()));
         SecrateFs {
-            history: History::new(flusher, reader.clone()),
-            ahead: Ahead::start(&live, reader.clone()),
+            ahead: Ahead::start(&live, &history, reader.clone()),
+            history,
             live,
             reader,
             read_only,
@@ -780,7 +781,9 @@ impl Filesystem for SecrateFs {
             if acc != libc::O_RDONLY {
                 return reply.error(Errno::EROFS);
             }
-            return reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+            self.ahead.opened(ino);
+            return;
         }
         if self.read_only && acc != libc::O_RDONLY {
             return reply.error(Errno::EROFS);

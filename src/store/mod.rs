@@ -332,6 +332,14 @@ impl Store {
         self.mode
     }
 
+    /// Whether every store is on this machine (`file://`, `memory://`):
+    /// reading it costs CPU, not round trips.
+    pub fn is_local(&self) -> bool {
+        self.slots
+            .iter()
+            .all(|s| s.url.starts_with("file://") || s.url.starts_with("memory://"))
+    }
+
     /// The stores and how objects are spread over them.
     pub fn layout(&self) -> Layout {
         Layout {
