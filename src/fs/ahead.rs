@@ -3,10 +3,9 @@
 //! `cp -r`) gets the next files brought in while it works on the current
 //! one: the head of each staged file is read from the cache disk, the first
 //! chunks of a sealed file, or of a file in a snapshot under `.history`,
-//! are fetched from the store. The latency of the
-//! disk or the store then overlaps the round trips through the kernel
-//! instead of adding to them, as the kernel's read-ahead does within one
-//! file.
+//! are fetched from the store. The latency of the disk or the store then
+//! overlaps the round trips through the kernel instead of adding to them,
+//! as the kernel's read-ahead does within one file.
 //!
 //! One open is not a pattern. A walk starts when a directory's opens move
 //! forward in name order by at most `AHEAD` entries; from there it keeps
