@@ -335,9 +335,12 @@ impl Store {
     /// Whether every store is on this machine (`file://`, `memory://`):
     /// reading it costs CPU, not round trips.
     pub fn is_local(&self) -> bool {
-        self.slots
-            .iter()
-            .all(|s| s.url.starts_with("file://") || s.url.starts_with("memory://"))
+        self.slots.iter().all(|s| {
+            matches!(
+                StoreUrl::parse(&s.url),
+                Ok(StoreUrl::File(_) | StoreUrl::Memory { .. })
+            )
+        })
     }
 
     /// The stores and how objects are spread over them.
