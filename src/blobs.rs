@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -28,7 +27,47 @@ use crate::repo::Repository;
 /// 128 KiB requests hit here).
 const MEM_BYTES: usize = 64 << 20;
 
-type MemCache = LruCache<Id, Arc<Vec<u8>>>;
+/// Decoded trees kept in memory, by what they hold (`Tree::heap_bytes`).
+/// A count bound was not enough: a tree of 1,000 small files holds about
+/// 440 KB decoded, and the import of a 1M-file snapshot kept all 1,001 of
+/// them, 550 MB.
+const TREE_BYTES: usize = 32 << 20;
+
+/// A least-recently-used cache bounded by the bytes its values hold.
+struct Bounded<V> {
+    cache: LruCache<Id, (V, usize)>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl<V: Clone> Bounded<V> {
+    fn new(limit: usize) -> Self {
+        Bounded {
+            cache: LruCache::unbounded(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn get(&mut self, id: &Id) -> Option<V> {
+        self.cache.get(id).map(|(v, _)| v.clone())
+    }
+
+    /// Keep `v`, which holds `size` bytes, and drop the least recently
+    /// used until the rest fits (`v` too, if it alone is over the limit).
+    fn put(&mut self, id: Id, v: V, size: usize) {
+        if let Some((_, old)) = self.cache.put(id, (v, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > self.limit {
+            match self.cache.pop_lru() {
+                Some((_, (_, s))) => self.bytes -= s,
+                None => break,
+            }
+        }
+    }
+}
 
 /// The decrypted chunk cache on disk: sizes in least-recently-used order
 /// (every operation O(1), also with hundreds of thousands of chunks).
@@ -42,9 +81,11 @@ pub struct BlobReader {
     chunk_dir: PathBuf,
     pack_dir: PathBuf,
     outbox: RwLock<HashMap<Id, PathBuf>>,
-    /// Decrypted chunks and their total size.
-    mem: Mutex<(MemCache, usize)>,
-    trees: Mutex<LruCache<Id, Arc<Tree>>>,
+    /// Decrypted data chunks.
+    mem: Mutex<Bounded<Arc<Vec<u8>>>>,
+    /// Decoded trees (their raw blobs are not kept: only `read_tree` reads
+    /// them).
+    trees: Mutex<Bounded<Arc<Tree>>>,
     disk: Mutex<DiskCache>,
     disk_budget: u64,
     prefetch_tx: Mutex<Option<Sender<Id>>>,
@@ -93,8 +134,8 @@ impl BlobReader {
             chunk_dir,
             pack_dir,
             outbox: RwLock::new(HashMap::new()),
-            mem: Mutex::new((LruCache::unbounded(), 0)),
-            trees: Mutex::new(LruCache::new(NonZeroUsize::new(4096).expect("nonzero"))),
+            mem: Mutex::new(Bounded::new(MEM_BYTES)),
+            trees: Mutex::new(Bounded::new(TREE_BYTES)),
             disk: Mutex::new(disk),
             disk_budget,
             prefetch_tx: Mutex::new(None),
@@ -161,27 +202,15 @@ impl BlobReader {
     }
 
     fn mem_get(&self, id: &Id) -> Option<Arc<Vec<u8>>> {
-        self.mem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .get(id)
-            .cloned()
+        self.mem.lock().unwrap_or_else(|e| e.into_inner()).get(id)
     }
 
     fn mem_put(&self, id: Id, data: Arc<Vec<u8>>) {
-        let mut m = self.mem.lock().unwrap_or_else(|e| e.into_inner());
-        let (cache, bytes) = &mut *m;
-        if let Some(old) = cache.put(id, data.clone()) {
-            *bytes -= old.len();
-        }
-        *bytes += data.len();
-        while *bytes > MEM_BYTES {
-            match cache.pop_lru() {
-                Some((_, v)) => *bytes -= v.len(),
-                None => break,
-            }
-        }
+        let size = data.len();
+        self.mem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(id, data, size);
     }
 
     /// A verified blob, from wherever it is cheapest.
@@ -233,7 +262,10 @@ impl BlobReader {
         if kind == BlobKind::Data {
             self.disk_put(id, &data);
         }
-        self.mem_put(*id, data.clone());
+        // A tree is kept decoded (`read_tree`), never twice.
+        if kind != BlobKind::Tree {
+            self.mem_put(*id, data.clone());
+        }
         Ok(data)
     }
 
@@ -288,16 +320,17 @@ impl BlobReader {
 
     pub fn read_tree(&self, id: &Id) -> Result<Arc<Tree>> {
         if let Some(t) = self.trees.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
-            return Ok(t.clone());
+            return Ok(t);
         }
         let raw = self.blob(BlobKind::Tree, id)?;
         let t = Arc::new(
             Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))?,
         );
+        let size = t.heap_bytes();
         self.trees
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .put(*id, t.clone());
+            .put(*id, t.clone(), size);
         Ok(t)
     }
 
@@ -432,5 +465,66 @@ impl DataSource for BlobReader {
                     .remove(id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_keeps_the_most_recent_within_its_bytes() {
+        let id = |n: u8| Id([n; 32]);
+        let mut c = Bounded::new(10);
+        c.put(id(1), 1, 4);
+        c.put(id(2), 2, 4);
+        assert_eq!(c.get(&id(1)), Some(1)); // 2 is now the least recent
+        c.put(id(3), 3, 4);
+        assert_eq!(
+            (c.get(&id(1)), c.get(&id(2)), c.get(&id(3))),
+            (Some(1), None, Some(3))
+        );
+        assert_eq!(c.bytes, 8);
+        c.put(id(1), 10, 6); // replacing counts the new size only
+        assert_eq!(
+            (c.get(&id(1)), c.get(&id(3)), c.bytes),
+            (Some(10), Some(3), 10)
+        );
+        c.put(id(4), 4, 11); // over the limit alone: nothing stays
+        assert_eq!((c.get(&id(4)), c.get(&id(1)), c.bytes), (None, None, 0));
+    }
+
+    #[test]
+    fn a_tree_is_weighed_by_what_its_entries_hold() {
+        use crate::repo::tree::{ChunkRef, Content, Entry, Kind};
+        let entry = |name: &[u8], chunks: usize| Entry {
+            name: name.to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: Default::default(),
+            size: 0,
+            dev: 0,
+            inode: 0,
+            links: 1,
+            rdev: 0,
+            xattrs: vec![(b"user.a".to_vec(), vec![0; 100])],
+            content: Content::Chunks(vec![
+                ChunkRef {
+                    id: Id([0; 32]),
+                    len: 1
+                };
+                chunks
+            ]),
+        };
+        let small = Tree {
+            entries: vec![entry(b"a", 1)],
+        };
+        let big = Tree {
+            entries: vec![entry(b"a", 1000), entry(&[b'b'; 300], 1)],
+        };
+        assert!(small.heap_bytes() >= std::mem::size_of::<Entry>() + 100 + 36);
+        assert!(big.heap_bytes() >= small.heap_bytes() + 999 * 36 + 300);
     }
 }

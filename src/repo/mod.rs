@@ -338,18 +338,28 @@ impl Repository {
             })
             .collect();
         let mut problems = Vec::new();
-        for (name, r) in results {
-            match r {
+        let mut loaded = Vec::new();
+        let packs = results
+            .into_iter()
+            .filter_map(|(name, r)| match r {
                 Ok(packs) => {
-                    self.add_to_index(&packs);
-                    self.loaded_deltas
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name);
+                    loaded.push(name);
+                    Some(packs)
                 }
-                Err(e) => problems.push(e),
-            }
-        }
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            })
+            .flatten();
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add_packs(packs);
+        self.loaded_deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(loaded);
         Ok(problems)
     }
 
@@ -383,14 +393,14 @@ impl Repository {
             .iter()
             .cloned()
             .collect();
-        let mut fresh = Index::new();
+        let mut kept = Vec::new();
         for name in names {
             // Read a moment ago; if it fails now, keep what we had.
             let packs = self.read_delta(&name)?;
-            for p in packs.iter().filter(|p| listed.contains(&p.id)) {
-                fresh.add_pack(p);
-            }
+            kept.extend(packs.into_iter().filter(|p| listed.contains(&p.id)));
         }
+        let mut fresh = Index::new();
+        fresh.add_packs(kept);
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(missing)
     }

@@ -123,6 +123,27 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// About what the entry holds on the heap, allocator overhead included
+    /// (for cache budgets).
+    pub fn heap_bytes(&self) -> usize {
+        const ALLOC: usize = 16;
+        let owned = |cap: usize| if cap == 0 { 0 } else { cap + ALLOC };
+        let xattrs: usize = self
+            .xattrs
+            .iter()
+            .map(|(k, v)| owned(k.capacity()) + owned(v.capacity()))
+            .sum();
+        let content = match &self.content {
+            Content::Chunks(c) => owned(c.capacity() * std::mem::size_of::<ChunkRef>()),
+            Content::Symlink(t) => owned(t.capacity()),
+            Content::None | Content::Subtree(_) => 0,
+        };
+        owned(self.name.capacity())
+            + owned(self.xattrs.capacity() * std::mem::size_of::<(Vec<u8>, Vec<u8>)>())
+            + xattrs
+            + content
+    }
+
     pub fn chunks(&self) -> &[ChunkRef] {
         match &self.content {
             Content::Chunks(c) => c,
@@ -152,6 +173,12 @@ pub fn valid_name(name: &[u8]) -> bool {
 }
 
 impl Tree {
+    /// About what the decoded tree holds on the heap (for cache budgets).
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.entries.iter().map(Entry::heap_bytes).sum::<usize>()
+    }
+
     /// Sort entries by name (the encoding requires it).
     pub fn sort(&mut self) {
         self.entries.sort_by(|a, b| a.name.cmp(&b.name));
