@@ -233,9 +233,9 @@ impl Index {
 /// `binary_search` of `id` in `sorted`, in fewer steps: blob ids are
 /// keyed hashes, spread evenly, so the first 8 bytes of `id` tell roughly
 /// where it is; the search gallops out from there to bracket it and
-/// bisects the bracket (a few cache misses instead of 20 for 1M blobs; a
-/// backup of 1M files was 7 % slower with plain bisection). Any order of
-/// ids gives the right answer, only more steps.
+/// bisects the bracket: a few cache misses instead of 20 for 1M blobs
+/// (with it, the index is 0.25 % of a 1M-file backup's profile). Any order
+/// of ids gives the right answer, only in more steps.
 fn search(sorted: &[(Id, BlobLoc)], id: &Id) -> Result<usize, usize> {
     let n = sorted.len();
     if n == 0 {
