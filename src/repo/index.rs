@@ -2,9 +2,10 @@
 //!
 //! On the store the index is a set of deltas (`index/<id>`), each listing
 //! whole packs, written only after those packs are stored. In memory it is
-//! one map from blob id to location. Packs also carry their own header, so a
-//! lost index can be rebuilt from the packs (and packs stored by a writer
-//! that died before writing its index are found and indexed the same way).
+//! one vector of (blob id, location) sorted by id. Packs also carry their
+//! own header, so a lost index can be rebuilt from the packs (and packs
+//! stored by a writer that died before writing its index are found and
+//! indexed the same way).
 
 use std::collections::HashMap;
 
