@@ -30,7 +30,7 @@ const MEM_BYTES: usize = 64 << 20;
 /// Decoded trees kept in memory, by what they hold (`Tree::heap_bytes`).
 /// A count bound was not enough: a tree of 1,000 small files holds about
 /// 440 KB decoded, and the import of a 1M-file snapshot kept all 1,001 of
-/// them, 550 MB.
+/// them, about 440 MB.
 const TREE_BYTES: usize = 32 << 20;
 
 /// A least-recently-used cache bounded by the bytes its values hold.
