@@ -146,37 +146,30 @@ impl Index {
                     .extend(p.blobs.iter().map(|b| (b.id, loc(pos, b))));
             }
         }
-        if self.sorted.len() > before {
-            // Stable, so of two copies of a blob the first added stays
-            // first, and `dedup_by` keeps the first of equal neighbours.
-            self.sorted.sort_by_key(|a| a.0);
-            self.sorted.dedup_by(|later, first| later.0 == first.0);
-            self.sorted.shrink_to_fit();
-        }
+        self.settle(before);
     }
 
-    /// Merge `recent` into `sorted`: sorted apart, then merged from the
-    /// back in place (no second copy of the vector).
+    /// Move `recent` into `sorted`.
     fn merge(&mut self) {
         if self.recent.is_empty() {
             return;
         }
-        let mut new: Vec<(Id, BlobLoc)> = self.recent.drain().collect();
+        let before = self.sorted.len();
+        self.sorted.extend(self.recent.drain());
         self.recent.shrink_to(MERGE_MIN);
-        new.sort_unstable_by_key(|a| a.0);
-        let old = self.sorted.len();
-        self.sorted.reserve_exact(new.len());
-        self.sorted.extend_from_slice(&new);
-        let (mut i, mut j, mut k) = (old, new.len(), self.sorted.len());
-        while j > 0 {
-            k -= 1;
-            if i > 0 && self.sorted[i - 1].0 > new[j - 1].0 {
-                self.sorted[k] = self.sorted[i - 1];
-                i -= 1;
-            } else {
-                self.sorted[k] = new[j - 1];
-                j -= 1;
-            }
+        self.settle(before);
+    }
+
+    /// Sort what was pushed onto `sorted` past its first `before` blobs
+    /// into place. The sort is stable, so of two copies of a blob the one
+    /// added first stays first, and `dedup_by` keeps the first of equal
+    /// neighbours; it takes the sorted part as one run, so this costs a
+    /// sort of the new blobs and one merge.
+    fn settle(&mut self, before: usize) {
+        if self.sorted.len() > before {
+            self.sorted.sort_by_key(|a| a.0);
+            self.sorted.dedup_by(|later, first| later.0 == first.0);
+            self.sorted.shrink_to_fit();
         }
     }
 
