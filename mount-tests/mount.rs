@@ -1301,6 +1301,64 @@ fn reading_files_in_order_warms_the_next_ones() {
     }
 }
 
+/// A small file opened for reading has its content in the kernel's page
+/// cache when the open returns (no read round trip), byte-exact at every
+/// size around pages and the limit; a larger one is read as before. A
+/// file another handle holds open for writing is not given: the writer's
+/// data, still only in the kernel's cache, must not be overwritten.
+#[test]
+fn small_files_are_in_the_page_cache_when_opened() {
+    if !fuse_ready("small_files_are_in_the_page_cache_when_opened") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let store = stores("mount-give").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &[],
+    );
+    let sizes = [
+        1usize, 4095, 4096, 4097, 65536, 131071, 131072, 131073, 300_000,
+    ];
+    for (i, n) in sizes.iter().enumerate() {
+        fs::write(m.path(&format!("f{n}")), pseudo_random(i as u64, *n)).unwrap();
+    }
+    fs::write(m.path("w"), b"old content").unwrap();
+    // The kernel forgets the files (and their pages), as after a reboot.
+    let forget = || {
+        run_ok(&mut Command::new("sync"));
+        fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    };
+    forget();
+    for n in sizes {
+        // `cached` opens the file and looks before reading anything.
+        assert_eq!(
+            cached(&m.path(&format!("f{n}"))),
+            n <= 128 << 10,
+            "f{n}: page cache right after the open"
+        );
+    }
+    forget();
+    for (i, n) in sizes.iter().enumerate() {
+        let got = fs::read(m.path(&format!("f{n}"))).unwrap();
+        assert!(got == pseudo_random(i as u64, *n), "f{n} reads back wrong");
+    }
+
+    let w = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("w"))
+        .unwrap();
+    w.write_all_at(b"NEW", 0).unwrap();
+    assert_eq!(fs::read(m.path("w")).unwrap(), b"NEW content");
+    drop(w);
+    forget();
+    assert_eq!(fs::read(m.path("w")).unwrap(), b"NEW content");
+}
+
 /// Reading a snapshot's files in path order in `.history`, on a cache that
 /// has none of their data, fetches the next files' chunks from the store
 /// ahead of the reader: within a directory and on into the next one, and

@@ -207,12 +207,15 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     } else {
         fuser::SessionACL::Owner
     };
+    let notifier = fs.notifier_slot();
     let session = fuser::Session::new(fs, &opts.mountpoint, &config).map_err(|e| {
         Error::Invalid(format!(
             "cannot mount at {}: {e}",
             opts.mountpoint.display()
         ))
     })?;
+    // Set once, here; the filesystem cannot run before `session.run`.
+    let _ = notifier.set(session.notifier());
     watch_signals(&opts.mountpoint);
     crate::log!(
         "mounted {} at {} (cache {})",

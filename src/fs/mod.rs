@@ -12,14 +12,14 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::blobs::BlobReader;
@@ -60,7 +60,13 @@ pub struct SecrateFs {
     /// Directory listings taken at opendir, by handle.
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
+    /// Sends the kernel file content before it asks (set once mounted).
+    notifier: Arc<OnceLock<Notifier>>,
 }
+
+/// Largest file whose content an open for reading hands to the kernel
+/// with the reply: the kernel's first read-ahead of a file asks this much.
+const GIVE_MAX: u64 = 128 << 10;
 
 fn errno(e: &LiveError) -> Errno {
     let n = match e {
@@ -201,7 +207,14 @@ impl SecrateFs {
             read_only,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            notifier: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the mount puts the session's notifier once it exists (the
+    /// session takes the filesystem, so this is asked for before).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     fn owner(&self) -> (u32, u32) {
@@ -790,8 +803,21 @@ impl Filesystem for SecrateFs {
         }
         match self.live.inode(ino) {
             Ok(r) if r.kind == Kind::Dir => reply.error(Errno::EISDIR),
-            Ok(_) => {
+            Ok(r) => {
                 self.live.open_file(ino);
+                // A small file opened for reading is read next: its content
+                // goes to the kernel's page cache before the reply, so the
+                // read needs no round trip of its own (a third of those of
+                // `md5sum` or `grep -r` over small files).
+                if acc == libc::O_RDONLY
+                    && flags.0 & (libc::O_TRUNC | libc::O_DIRECT) == 0
+                    && r.size <= GIVE_MAX
+                {
+                    if let Some(n) = self.notifier.get() {
+                        self.live
+                            .give_content(ino, GIVE_MAX, |d| n.store(INodeNo(ino), 0, d));
+                    }
+                }
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
                 // Only after the reply: waking the read-ahead thread can
                 // switch this CPU to it, and the caller should not wait.
@@ -1156,6 +1182,8 @@ impl Filesystem for SecrateFs {
         ) {
             Ok((ino, rec)) => {
                 self.live.open_files.looked_up(ino);
+                // The kernel has all of a new file: what it writes.
+                self.live.open_files.created(ino);
                 reply.created(
                     &LIVE_TTL,
                     &live_attr(ino, &rec),

@@ -43,7 +43,13 @@ pub struct OpenFiles {
     kernel: Mutex<KernelRefs>,
     copy_up: Mutex<HashMap<u64, Arc<Mutex<()>>>>,
     frozen: Mutex<HashMap<u64, Arc<Mutex<Frozen>>>>,
+    /// Held around handing a file's content to the kernel, and waited for
+    /// by every open and truncation of the file (inode % GATES).
+    gates: [Mutex<()>; GATES],
 }
+
+/// Gates shared by all inodes; each is held for a few microseconds.
+const GATES: usize = 32;
 
 /// What the kernel holds. An inode whose last name went lives on with no
 /// links while the kernel knows it, as an unlinked inode lives on a local
@@ -60,6 +66,9 @@ struct KernelRefs {
     lookups: HashMap<u64, u64>,
     /// Inodes with no links left that are still in use.
     unlinked: HashSet<u64>,
+    /// Inodes whose whole content the kernel was given (or wrote itself,
+    /// from creation on) since it looked them up: no need to give it again.
+    given: HashSet<u64>,
 }
 
 /// Who sets the mtime and ctime of a file whose content changed.
@@ -114,6 +123,7 @@ impl OpenFiles {
             return false;
         }
         k.lookups.remove(&ino);
+        k.given.remove(&ino);
         k.unlinked.contains(&ino)
     }
 
@@ -142,6 +152,17 @@ impl OpenFiles {
         if let Some(e) = self.lock().get_mut(&ino) {
             e.file = None;
         }
+    }
+
+    fn gate(&self, ino: u64) -> std::sync::MutexGuard<'_, ()> {
+        self.gates[(ino % GATES as u64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kernel has the whole content of a file it just created.
+    pub fn created(&self, ino: u64) {
+        self.kernel().given.insert(ino);
     }
 
     fn copy_up_lock(&self, ino: u64) -> Arc<Mutex<()>> {
@@ -264,6 +285,10 @@ impl Live {
 
     pub fn open_file(&self, ino: u64) {
         self.open_files.lock().entry(ino).or_default().count += 1;
+        // Content being given to the kernel lands before this handle can
+        // read (a READ would hold the pages the giving waits for) or write
+        // (the giving would overwrite what it wrote).
+        drop(self.open_files.gate(ino));
     }
 
     /// `open_file` of a file just created, with its staged file's handle.
@@ -272,6 +297,58 @@ impl Live {
         let e = m.entry(ino).or_default();
         e.count += 1;
         e.file = Some(Arc::new(f));
+    }
+
+    /// Give the whole content of `ino` to `give` (the kernel's page cache,
+    /// from an open for reading, before its reply) if that is safe and
+    /// worth it: the kernel knows the inode and was not given it since it
+    /// looked it up, the caller's handle is its only open one, and it is a
+    /// staged file of 1 to `max` bytes. True if given.
+    ///
+    /// Why that is safe: with no other handle, the kernel has no written
+    /// data we have not seen (the writeback cache writes a handle's data
+    /// back before its release) and no read in flight whose pages `give`
+    /// would wait for. The gate keeps new handles and truncations out
+    /// until `give` returns, so what is given is the file's content when it
+    /// lands, and `give` never waits for anything that waits for it.
+    pub fn give_content(
+        &self,
+        ino: u64,
+        max: u64,
+        give: impl FnOnce(&[u8]) -> std::io::Result<()>,
+    ) -> bool {
+        {
+            let k = self.open_files.kernel();
+            if !k.lookups.contains_key(&ino) || k.given.contains(&ino) {
+                return false;
+            }
+        }
+        let _g = self.open_files.gate(ino);
+        if self
+            .open_files
+            .lock()
+            .get(&ino)
+            .is_none_or(|e| e.count != 1)
+        {
+            return false;
+        }
+        let Ok(Some(len)) = self.tx(|tx| tx.staged_size(ino)) else {
+            return false;
+        };
+        if len == 0 || len > max {
+            return false;
+        }
+        let Ok(f) = self.staged_handle(ino) else {
+            return false;
+        };
+        let mut buf = vec![0u8; len as usize];
+        // A short read means the staged file does not match its record:
+        // give nothing, the read path reports it.
+        if f.read_exact_at(&mut buf, 0).is_err() || give(&buf).is_err() {
+            return false;
+        }
+        self.open_files.kernel().given.insert(ino);
+        true
     }
 
     /// The last close of an unlinked file removes it, if the kernel has
@@ -451,6 +528,10 @@ impl Live {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, size == 0)?;
         self.before_change(ino)?;
+        // truncate(2) by path needs no open handle: content being given to
+        // the kernel must not cross the cut (it would bring back the old
+        // size, which the kernel then keeps).
+        let _g = self.open_files.gate(ino);
         let f = self.staged_handle(ino)?;
         f.set_len(size)?;
         self.write_meta(ino, Times::Now, |r| {
@@ -586,5 +667,135 @@ mod tests {
         assert_eq!(chunk_span(&chunks, 5, 10), vec![(0, 0), (1, 10)]);
         assert_eq!(chunk_span(&chunks, 10, 10), vec![(1, 10)]);
         assert_eq!(chunk_span(&chunks, 25, 100), vec![(2, 20)]);
+    }
+    /// Staged files only: any read of sealed content is a failure here.
+    struct NoStore;
+
+    impl DataSource for NoStore {
+        fn chunk(&self, _id: &Id) -> crate::Result<Arc<Vec<u8>>> {
+            Err(crate::Error::Invalid("no store in this test".into()))
+        }
+    }
+
+    /// A file `name` holding `data`, created, written and closed, as the
+    /// kernel knows it after a lookup (not after its creation).
+    fn file(live: &Live, name: &[u8], data: &[u8]) -> u64 {
+        let n = crate::live::NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        let (ino, _) = live.create_node(crate::live::ROOT, name, n, true).unwrap();
+        live.write(ino, 0, data, Times::Now, &NoStore).unwrap();
+        live.release_file(ino).unwrap();
+        live.open_files.looked_up(ino);
+        ino
+    }
+
+    /// What `give_content` hands over, if anything.
+    fn given(live: &Live, ino: u64, max: u64) -> Option<Vec<u8>> {
+        let mut got = None;
+        let ok = live.give_content(ino, max, |d| {
+            got = Some(d.to_vec());
+            Ok(())
+        });
+        assert_eq!(ok, got.is_some());
+        got
+    }
+
+    #[test]
+    fn content_is_given_once_per_kernel_lookup_and_only_to_a_sole_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let ino = file(&live, b"f", &data);
+
+        live.open_file(ino);
+        assert_eq!(given(&live, ino, 1 << 20), Some(data.clone()));
+        // The kernel has it now, until it forgets the inode.
+        assert_eq!(given(&live, ino, 1 << 20), None);
+        live.release_file(ino).unwrap();
+        live.open_files.forgotten(ino, 1);
+        live.open_files.looked_up(ino);
+        live.open_file(ino);
+        assert_eq!(given(&live, ino, 1 << 20), Some(data.clone()));
+        live.release_file(ino).unwrap();
+
+        // A second handle (a writer's, or a reader's whose read may be in
+        // flight): nothing is given.
+        live.open_files.forgotten(ino, 1);
+        live.open_files.looked_up(ino);
+        live.open_file(ino);
+        live.open_file(ino);
+        assert_eq!(given(&live, ino, 1 << 20), None);
+        live.release_file(ino).unwrap();
+        assert_eq!(given(&live, ino, 1 << 20), Some(data.clone()));
+        live.release_file(ino).unwrap();
+
+        // Larger than asked, empty, unknown to the kernel, or just created
+        // (the kernel wrote it all itself): nothing is given.
+        live.open_files.forgotten(ino, 1);
+        live.open_files.looked_up(ino);
+        live.open_file(ino);
+        assert_eq!(given(&live, ino, 4999), None);
+        assert_eq!(given(&live, ino, 5000), Some(data));
+        live.release_file(ino).unwrap();
+        let empty = file(&live, b"e", b"");
+        live.open_file(empty);
+        assert_eq!(given(&live, empty, 1 << 20), None);
+        let unknown = file(&live, b"u", b"x");
+        live.open_files.forgotten(unknown, 1);
+        live.open_file(unknown);
+        assert_eq!(given(&live, unknown, 1 << 20), None);
+        let n = crate::live::NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        let (new, _) = live.create_node(crate::live::ROOT, b"n", n, true).unwrap();
+        live.open_files.looked_up(new);
+        live.open_files.created(new);
+        live.write(new, 0, b"abc", Times::Now, &NoStore).unwrap();
+        live.open_file(new);
+        assert_eq!(given(&live, new, 1 << 20), None);
+    }
+
+    #[test]
+    fn opens_and_truncations_wait_for_content_being_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Arc::new(Live::open(dir.path()).unwrap());
+        let ino = file(&live, b"f", &[1u8; 3000]);
+        live.open_file(ino);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gave = live.give_content(ino, 1 << 20, |d| {
+            // While the kernel copies: a truncation and a second open
+            // start, and must not finish before this returns.
+            for what in ["truncate", "open"] {
+                let (live, tx) = (live.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    if what == "truncate" {
+                        live.truncate(ino, 10, &NoStore).unwrap();
+                    } else {
+                        live.open_file(ino);
+                    }
+                    tx.send(what).unwrap();
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(rx.try_recv().is_err(), "a change passed the gate");
+            assert_eq!(d.len(), 3000);
+            Ok(())
+        });
+        assert!(gave);
+        let mut done: Vec<_> = (0..2).map(|_| rx.recv().unwrap()).collect();
+        done.sort();
+        assert_eq!(done, ["open", "truncate"]);
+        assert_eq!(live.inode(ino).unwrap().size, 10);
     }
 }
