@@ -668,6 +668,7 @@ mod tests {
         assert_eq!(chunk_span(&chunks, 10, 10), vec![(1, 10)]);
         assert_eq!(chunk_span(&chunks, 25, 100), vec![(2, 20)]);
     }
+
     /// Staged files only: any read of sealed content is a failure here.
     struct NoStore;
 
