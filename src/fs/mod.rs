@@ -1182,8 +1182,6 @@ impl Filesystem for SecrateFs {
         ) {
             Ok((ino, rec)) => {
                 self.live.open_files.looked_up(ino);
-                // The kernel has all of a new file: what it writes.
-                self.live.open_files.created(ino);
                 reply.created(
                     &LIVE_TTL,
                     &live_attr(ino, &rec),

@@ -160,11 +160,6 @@ impl OpenFiles {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The kernel has the whole content of a file it just created.
-    pub fn created(&self, ino: u64) {
-        self.kernel().given.insert(ino);
-    }
-
     fn copy_up_lock(&self, ino: u64) -> Arc<Mutex<()>> {
         self.copy_up
             .lock()
@@ -291,12 +286,16 @@ impl Live {
         drop(self.open_files.gate(ino));
     }
 
-    /// `open_file` of a file just created, with its staged file's handle.
+    /// `open_file` of a file just created (FUSE CREATE), with its staged
+    /// file's handle. The kernel has all of a new file's content: what it
+    /// writes, so it is never given.
     pub(super) fn open_new_file(&self, ino: u64, f: File) {
         let mut m = self.open_files.lock();
         let e = m.entry(ino).or_default();
         e.count += 1;
         e.file = Some(Arc::new(f));
+        drop(m);
+        self.open_files.kernel().given.insert(ino);
     }
 
     /// Give the whole content of `ino` to `give` (the kernel's page cache,
@@ -679,7 +678,8 @@ mod tests {
     }
 
     /// A file `name` holding `data`, created, written and closed, as the
-    /// kernel knows it after a lookup (not after its creation).
+    /// kernel knows it after forgetting it and looking it up again (not
+    /// right after its creation).
     fn file(live: &Live, name: &[u8], data: &[u8]) -> u64 {
         let n = crate::live::NewNode {
             kind: Kind::File,
@@ -690,8 +690,10 @@ mod tests {
             symlink: None,
         };
         let (ino, _) = live.create_node(crate::live::ROOT, name, n, true).unwrap();
+        live.open_files.looked_up(ino);
         live.write(ino, 0, data, Times::Now, &NoStore).unwrap();
         live.release_file(ino).unwrap();
+        live.open_files.forgotten(ino, 1);
         live.open_files.looked_up(ino);
         ino
     }
@@ -761,7 +763,6 @@ mod tests {
         };
         let (new, _) = live.create_node(crate::live::ROOT, b"n", n, true).unwrap();
         live.open_files.looked_up(new);
-        live.open_files.created(new);
         live.write(new, 0, b"abc", Times::Now, &NoStore).unwrap();
         live.open_file(new);
         assert_eq!(given(&live, new, 1 << 20), None);
