@@ -764,6 +764,8 @@ mod tests {
         let (new, _) = live.create_node(crate::live::ROOT, b"n", n, true).unwrap();
         live.open_files.looked_up(new);
         live.write(new, 0, b"abc", Times::Now, &NoStore).unwrap();
+        // The creating handle closed: this open is the only one.
+        live.release_file(new).unwrap();
         live.open_file(new);
         assert_eq!(given(&live, new, 1 << 20), None);
     }
