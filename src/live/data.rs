@@ -802,4 +802,39 @@ mod tests {
         assert_eq!(done, ["open", "truncate"]);
         assert_eq!(live.inode(ino).unwrap().size, 10);
     }
+
+    #[test]
+    fn created_files_take_ready_files_and_a_stale_name_is_emptied() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        // The first create starts the thread that makes files ahead.
+        let first = file(&live, b"first", b"one");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Full: the thread waits until half are used.
+        while live.spares.ready().0 < crate::live::spare::DEPTH {
+            assert!(std::time::Instant::now() < deadline, "no ready files");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (before, spare) = live.spares.ready();
+        let second = file(&live, b"second", b"two");
+        assert_eq!(live.spares.ready().0, before - 1);
+        let staged = std::fs::metadata(live.staged_path(second)).unwrap();
+        assert_eq!(
+            Some((staged.ino(), staged.created().unwrap())),
+            spare,
+            "the ready file was named"
+        );
+        // A leftover staged file under the next number (a crash rolled the
+        // counter back): the ready file cannot take the name, the create
+        // empties the old one instead.
+        let next = second + 1;
+        std::fs::write(live.staged_path(next), b"stale content").unwrap();
+        let third = file(&live, b"third", b"");
+        assert_eq!(third, next);
+        for (ino, data) in [(first, &b"one"[..]), (second, b"two"), (third, b"")] {
+            assert_eq!(std::fs::read(live.staged_path(ino)).unwrap(), data);
+            assert_eq!(live.read(ino, 0, 100, &NoStore).unwrap(), data);
+        }
+    }
 }

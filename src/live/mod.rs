@@ -28,6 +28,7 @@ pub mod import;
 pub mod lost;
 mod ops;
 pub mod record;
+mod spare;
 mod upkeep;
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,14 @@ pub struct Live {
     last_discard_commit: Mutex<std::time::Instant>,
     /// Disk space held for the database's commits (see `crate::space`).
     ballast: crate::space::Ballast,
+    /// Empty staged files made ahead of the creates that name them.
+    spares: std::sync::Arc<spare::Spares>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.spares.close();
+    }
 }
 
 /// Memory redb may use to cache `meta.redb` (its default is 1 GiB, which a
@@ -165,6 +174,7 @@ impl Live {
             discarded: Mutex::new(Vec::new()),
             last_discard_commit: Mutex::new(std::time::Instant::now()),
             ballast: crate::space::Ballast::new(dir),
+            spares: std::sync::Arc::new(spare::Spares::new(&dir.join("staged"))?),
         };
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);

@@ -172,12 +172,20 @@ impl Live {
             Ok((ino, rec))
         })?;
         if staged {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(self.staged_path(ino))?;
+            let spare = self
+                .spares
+                .take()
+                .filter(|f| self.spares.name(f, &ino.to_string()).is_ok());
+            let f = match spare {
+                Some(f) => f,
+                // A stale file of a reused number is emptied.
+                None => std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(self.staged_path(ino))?,
+            };
             if open {
                 self.open_new_file(ino, f);
             }
