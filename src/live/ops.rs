@@ -222,10 +222,11 @@ impl Live {
         self.tx(|tx| {
             dir_of(tx, parent)?;
             let ino = tx.lookup(parent, name)?.ok_or(LiveError::NotFound)?;
-            if tx.get(ino)?.kind == Kind::Dir {
+            let rec = tx.get(ino)?;
+            if rec.kind == Kind::Dir {
                 return Err(LiveError::IsDir);
             }
-            self.unlinked(remove_name(tx, parent, name, ino)?);
+            self.unlinked(remove_name(tx, parent, name, ino, rec)?);
             Ok(())
         })
     }
@@ -353,7 +354,9 @@ impl Live {
                         self.open_files.unlinked(remove_dir(tx, dst, drec)?);
                         touch_dir(tx, newparent, -1)?;
                     }
-                    (false, false) => self.unlinked(remove_name(tx, newparent, newname, dst)?),
+                    (false, false) => {
+                        self.unlinked(remove_name(tx, newparent, newname, dst, drec)?)
+                    }
                 }
             }
             tx.remove_dirent(parent, name)?;
@@ -492,10 +495,17 @@ fn move_inode(tx: &mut Tx, ino: u64, from: u64, to: u64) -> LiveResult<()> {
 
 /// Remove the name `parent`/`name` of the non-directory `ino`; returns
 /// `ino` if that was its last link (it stays as an orphan until unused).
-fn remove_name(tx: &mut Tx, parent: u64, name: &[u8], ino: u64) -> LiveResult<Option<u64>> {
+/// Remove the entry `name` of `parent`, naming `ino` (not a directory),
+/// whose record the caller read in this transaction (`rec`).
+fn remove_name(
+    tx: &mut Tx,
+    parent: u64,
+    name: &[u8],
+    ino: u64,
+    mut rec: Inode,
+) -> LiveResult<Option<u64>> {
     tx.remove_dirent(parent, name)?;
     tx.remove_parent(ino, parent)?;
-    let mut rec = tx.get(ino)?;
     rec.nlink = rec.nlink.saturating_sub(1);
     rec.ctime = now();
     if rec.nlink > 0 {
