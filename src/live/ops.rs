@@ -493,10 +493,9 @@ fn move_inode(tx: &mut Tx, ino: u64, from: u64, to: u64) -> LiveResult<()> {
     tx.stamp(ino, &mut rec)
 }
 
-/// Remove the name `parent`/`name` of the non-directory `ino`; returns
-/// `ino` if that was its last link (it stays as an orphan until unused).
-/// Remove the entry `name` of `parent`, naming `ino` (not a directory),
-/// whose record the caller read in this transaction (`rec`).
+/// Remove the name `parent`/`name` of the non-directory `ino`, whose
+/// record `rec` the caller read in this transaction; returns `ino` if that
+/// was its last link (it stays as an orphan until unused).
 fn remove_name(
     tx: &mut Tx,
     parent: u64,
