@@ -149,10 +149,14 @@ impl Spares {
             )
         };
         if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
+            return Ok(());
         }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            // No `/proc` either: every create makes its file directly.
+            self.close();
+        }
+        Err(e)
     }
 
     /// Stop making files and let go of the ready ones.
