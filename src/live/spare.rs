@@ -206,6 +206,17 @@ fn unsupported(e: &std::io::Error) -> bool {
     )
 }
 
+/// Wait (up to 30 s, then fail with `what`) for the thread to bring
+/// about `done`.
+#[cfg(test)]
+pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,11 +261,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(Spares::new(dir.path()).unwrap());
         assert!(s.take().is_none(), "nothing is made before it is needed");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while s.lock().files.len() < DEPTH {
-            assert!(std::time::Instant::now() < deadline, "pool never filled");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("pool never filled", || s.lock().files.len() >= DEPTH);
         let f = s.take().unwrap();
         s.name(&f, "5").unwrap();
         // Unnamed files take no name in the directory.
@@ -267,16 +274,9 @@ mod tests {
         for _ in 1..=DEPTH / 2 {
             assert!(s.take().is_some());
         }
-        while s.lock().files.len() < DEPTH {
-            assert!(std::time::Instant::now() < deadline, "pool never refilled");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("pool never refilled", || s.lock().files.len() >= DEPTH);
         s.close();
         assert!(s.take().is_none());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while Arc::strong_count(&s) > 1 {
-            assert!(std::time::Instant::now() < deadline, "thread never ended");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("thread never ended", || Arc::strong_count(&s) == 1);
     }
 }
