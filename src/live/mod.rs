@@ -158,7 +158,8 @@ impl Live {
     /// Open (or create) the live tree in `dir`. A new one gets a root
     /// directory owned by the caller.
     pub fn open(dir: &Path) -> LiveResult<Live> {
-        std::fs::create_dir_all(dir.join("staged"))?;
+        let staged = dir.join("staged");
+        std::fs::create_dir_all(&staged)?;
         let db = Database::builder()
             .set_cache_size(DB_CACHE)
             .create(dir.join("meta.redb"))
@@ -174,7 +175,7 @@ impl Live {
             discarded: Mutex::new(Vec::new()),
             last_discard_commit: Mutex::new(std::time::Instant::now()),
             ballast: crate::space::Ballast::new(dir),
-            spares: std::sync::Arc::new(spare::Spares::new(&dir.join("staged"))?),
+            spares: std::sync::Arc::new(spare::Spares::new(&staged)?),
         };
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);
