@@ -410,7 +410,7 @@ impl Live {
         if !truncate {
             crate::space::check(self.dir(), rec.size, crate::space::Use::Data)?;
         }
-        let tmp = self.dir().join("staged").join(format!("{ino}.tmp"));
+        let tmp = self.staged_dir().join(format!("{ino}.tmp"));
         {
             let mut f = OpenOptions::new()
                 .write(true)

@@ -89,7 +89,7 @@ pub fn import_snapshot(
         stats: HashMap::new(),
         skipped_history: false,
     };
-    let staged = live.dir().join("staged");
+    let staged = live.staged_dir();
     live.tx(|tx| {
         clear(tx)?;
         let mut root = tx.get(ROOT).unwrap_or_else(|_| blank_dir());

@@ -154,11 +154,17 @@ impl Drop for Live {
 /// still holds the file, so a miss costs a copy, not a disk read.
 const DB_CACHE: usize = 64 << 20;
 
+/// Where the cache in `dir` keeps staged files (one per inode, named by
+/// its number).
+pub fn staged_dir(dir: &Path) -> PathBuf {
+    dir.join("staged")
+}
+
 impl Live {
     /// Open (or create) the live tree in `dir`. A new one gets a root
     /// directory owned by the caller.
     pub fn open(dir: &Path) -> LiveResult<Live> {
-        let staged = dir.join("staged");
+        let staged = staged_dir(dir);
         std::fs::create_dir_all(&staged)?;
         let db = Database::builder()
             .set_cache_size(DB_CACHE)
@@ -213,8 +219,12 @@ impl Live {
         &self.dir
     }
 
+    pub fn staged_dir(&self) -> PathBuf {
+        staged_dir(&self.dir)
+    }
+
     pub fn staged_path(&self, ino: u64) -> PathBuf {
-        self.dir.join("staged").join(ino.to_string())
+        self.staged_dir().join(ino.to_string())
     }
 
     fn lock_txn(&self) -> MutexGuard<'_, Option<WriteTransaction>> {

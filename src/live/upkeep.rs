@@ -47,7 +47,7 @@ impl Live {
 
     pub fn recover(&self) -> LiveResult<Recovery> {
         let mut rep = Recovery::default();
-        let staged_dir = self.dir().join("staged");
+        let staged_dir = self.staged_dir();
         // After a clean stop in this boot, clean staged copies match their
         // records; after a crash they may have been written since the last
         // durable commit. The mark is used once.

@@ -231,7 +231,7 @@ pub fn repair(
                 }
             }
         }
-        collect_files(&c.join("staged"), &mut files);
+        collect_files(&crate::live::staged_dir(c), &mut files);
     }
     for f in &opts.from {
         collect_files(f, &mut files);
