@@ -123,10 +123,48 @@ fn pair_key(a: u64, b: u64) -> [u8; 16] {
     k
 }
 
+/// The tables of the shared write transaction, kept open as long as it is:
+/// opening a table of a redb write transaction and closing it again was
+/// about a quarter of the daemon's time in an untar (21 % opening, 6 %
+/// closing) when each request opened the ones it used.
+pub(crate) struct Tables<'t> {
+    inodes: Lazy<'t, u64, &'static [u8]>,
+    dirents: Lazy<'t, &'static [u8], u64>,
+    parents: Lazy<'t, &'static [u8], u32>,
+    dirty: Lazy<'t, u64, ()>,
+    clean: Lazy<'t, u64, ()>,
+    orphans: Lazy<'t, u64, ()>,
+    state: Lazy<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn new(txn: &'t WriteTransaction) -> Tables<'t> {
+        Tables {
+            inodes: Lazy::new(txn, INODES),
+            dirents: Lazy::new(txn, DIRENTS),
+            parents: Lazy::new(txn, PARENTS),
+            dirty: Lazy::new(txn, DIRTY_FILES),
+            clean: Lazy::new(txn, CLEAN_STAGED),
+            orphans: Lazy::new(txn, ORPHANS),
+            state: Lazy::new(txn, STATE),
+        }
+    }
+}
+
+self_cell::self_cell!(
+    /// The shared write transaction with its open tables (dropped before
+    /// it commits).
+    struct Shared {
+        owner: WriteTransaction,
+        #[not_covariant]
+        dependent: Tables,
+    }
+);
+
 pub struct Live {
     dir: PathBuf,
     db: Database,
-    txn: Mutex<Option<WriteTransaction>>,
+    txn: Mutex<Option<Shared>>,
     /// Mutating operations hold it shared; a seal takes it exclusively.
     pub barrier: RwLock<()>,
     pending: AtomicBool,
@@ -227,23 +265,22 @@ impl Live {
         self.staged_dir().join(ino.to_string())
     }
 
-    fn lock_txn(&self) -> MutexGuard<'_, Option<WriteTransaction>> {
+    fn lock_txn(&self) -> MutexGuard<'_, Option<Shared>> {
         self.txn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Run `f` in the shared write transaction.
-    pub fn tx<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> LiveResult<R>) -> LiveResult<R> {
+    pub fn tx<R>(&self, f: impl FnOnce(&mut Tx<'_, '_>) -> LiveResult<R>) -> LiveResult<R> {
         let mut guard = self.lock_txn();
         if guard.is_none() {
             let mut t = self.db.begin_write().map_err(cache_err)?;
             t.set_durability(redb::Durability::None)
                 .map_err(cache_err)?;
-            *guard = Some(t);
+            *guard = Some(Shared::new(t, |t| Tables::new(t)));
         }
-        let txn = guard.as_mut().expect("just set");
-        let mut tx = Tx::open(txn, self.epoch.load(Ordering::SeqCst))?;
-        let r = f(&mut tx);
-        drop(tx);
+        let shared = guard.as_mut().expect("just set");
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let r = shared.with_dependent_mut(|txn, tables| f(&mut Tx::open(txn, tables, epoch)));
         self.pending.store(true, Ordering::Release);
         r
     }
@@ -286,7 +323,9 @@ impl Live {
         let mut guard = self.lock_txn();
         self.ballast.before_commit();
         match guard.take() {
-            Some(mut t) => {
+            Some(shared) => {
+                // Closes the tables, which records their roots in `t`.
+                let mut t = shared.into_owner();
                 if durable {
                     t.set_durability(redb::Durability::Immediate)
                         .map_err(cache_err)?;
@@ -360,23 +399,22 @@ impl Live {
     }
 }
 
-/// The shared write transaction and its tables, each opened on first use.
-pub struct Tx<'t> {
-    pub(crate) inodes: Lazy<'t, u64, &'static [u8]>,
-    pub(crate) dirents: Lazy<'t, &'static [u8], u64>,
-    pub(crate) parents: Lazy<'t, &'static [u8], u32>,
-    pub(crate) dirty: Lazy<'t, u64, ()>,
-    pub(crate) clean: Lazy<'t, u64, ()>,
-    pub(crate) orphans: Lazy<'t, u64, ()>,
-    pub(crate) state: Lazy<'t, &'static str, &'static [u8]>,
+/// The shared write transaction and its tables, each opened on first use
+/// and kept open until the transaction commits.
+pub struct Tx<'a, 't> {
+    pub(crate) inodes: &'a mut Lazy<'t, u64, &'static [u8]>,
+    pub(crate) dirents: &'a mut Lazy<'t, &'static [u8], u64>,
+    pub(crate) parents: &'a mut Lazy<'t, &'static [u8], u32>,
+    pub(crate) dirty: &'a mut Lazy<'t, u64, ()>,
+    pub(crate) clean: &'a mut Lazy<'t, u64, ()>,
+    pub(crate) orphans: &'a mut Lazy<'t, u64, ()>,
+    pub(crate) state: &'a mut Lazy<'t, &'static str, &'static [u8]>,
     pub(crate) txn: &'t WriteTransaction,
     pub epoch: u64,
 }
 
-/// A table of the shared transaction, opened on first use: a request
-/// touches one to six of the seven (a GETATTR reads one record), and
-/// opening and closing a redb table was about 5 % of the daemon's time
-/// when all seven were opened for every request.
+/// A table of the shared transaction, opened on first use: a transaction
+/// that only reads some records never opens the other tables.
 pub(crate) struct Lazy<'t, K: redb::Key + 'static, V: redb::Value + 'static> {
     txn: &'t WriteTransaction,
     def: TableDefinition<'static, K, V>,
@@ -412,19 +450,28 @@ impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
     }
 }
 
-impl<'t> Tx<'t> {
-    fn open(txn: &'t WriteTransaction, epoch: u64) -> LiveResult<Tx<'t>> {
-        Ok(Tx {
-            inodes: Lazy::new(txn, INODES),
-            dirents: Lazy::new(txn, DIRENTS),
-            parents: Lazy::new(txn, PARENTS),
-            dirty: Lazy::new(txn, DIRTY_FILES),
-            clean: Lazy::new(txn, CLEAN_STAGED),
-            orphans: Lazy::new(txn, ORPHANS),
-            state: Lazy::new(txn, STATE),
+impl<'a, 't> Tx<'a, 't> {
+    fn open(txn: &'t WriteTransaction, tables: &'a mut Tables<'t>, epoch: u64) -> Tx<'a, 't> {
+        let Tables {
+            inodes,
+            dirents,
+            parents,
+            dirty,
+            clean,
+            orphans,
+            state,
+        } = tables;
+        Tx {
+            inodes,
+            dirents,
+            parents,
+            dirty,
+            clean,
+            orphans,
+            state,
             txn,
             epoch,
-        })
+        }
     }
 
     pub fn txn(&self) -> &'t WriteTransaction {
