@@ -154,10 +154,7 @@ fn blank_dir() -> Inode {
 
 /// Remove every inode but the root, every entry, link and dirty mark.
 fn clear(tx: &mut Tx) -> LiveResult<()> {
-    tx.inodes
-        .table_mut()?
-        .retain(|k, _| k == ROOT)
-        .map_err(cache_err)?;
+    tx.clear_inodes()?;
     tx.dirents
         .table_mut()?
         .retain(|_, _| false)
