@@ -804,33 +804,29 @@ mod tests {
     }
 
     #[test]
-    fn created_files_take_ready_files_and_a_stale_name_is_emptied() {
+    fn created_files_take_files_made_ahead_and_a_stale_name_is_emptied() {
+        use crate::live::spare::DEPTH;
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let live = Live::open(dir.path()).unwrap();
         // The first create starts the thread that makes files ahead.
         let first = file(&live, b"first", b"one");
-        // Full: the thread waits until half are used.
-        crate::live::spare::wait_until("no ready files", || {
-            live.spares.ready().0 >= crate::live::spare::DEPTH
-        });
-        let (before, spare) = live.spares.ready();
+        crate::live::spare::wait_until("no ready files", || live.spares.ready(0).0 as u64 >= DEPTH);
+        let made = live.spares.ready(first + 1).1.expect("made ahead");
         let second = file(&live, b"second", b"two");
-        assert_eq!(live.spares.ready().0, before - 1);
+        assert_eq!(second, first + 1);
         let staged = std::fs::metadata(live.staged_path(second)).unwrap();
-        assert_eq!(
-            Some((staged.ino(), staged.created().unwrap())),
-            spare,
-            "the ready file was named"
-        );
-        // A leftover staged file under the next number (a crash rolled the
-        // counter back): the ready file cannot take the name, the create
-        // empties the old one instead.
-        let next = second + 1;
-        std::fs::write(live.staged_path(next), b"stale content").unwrap();
-        let third = file(&live, b"third", b"");
-        assert_eq!(third, next);
-        for (ino, data) in [(first, &b"one"[..]), (second, b"two"), (third, b"")] {
+        assert_eq!(staged.ino(), made, "the file made ahead was used");
+        // A leftover staged file under a later number (a crash rolled the
+        // counter back): the thread leaves it, the create empties it.
+        let stale = second + DEPTH + 1;
+        std::fs::write(live.staged_path(stale), b"stale content").unwrap();
+        let mut last = second;
+        while last < stale {
+            last = file(&live, format!("f{last}").as_bytes(), b"");
+        }
+        assert_eq!(last, stale);
+        for (ino, data) in [(first, &b"one"[..]), (second, b"two"), (stale, b"")] {
             assert_eq!(std::fs::read(live.staged_path(ino)).unwrap(), data);
             assert_eq!(live.read(ino, 0, 100, &NoStore).unwrap(), data);
         }

@@ -172,11 +172,7 @@ impl Live {
             Ok((ino, rec))
         })?;
         if staged {
-            let spare = self
-                .spares
-                .take()
-                .filter(|f| self.spares.name(f, &ino.to_string()).is_ok());
-            let f = match spare {
+            let f = match self.spares.take(ino) {
                 Some(f) => f,
                 // A stale file of a reused number is emptied.
                 None => std::fs::OpenOptions::new()

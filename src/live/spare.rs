@@ -1,62 +1,76 @@
-//! Empty staged files made ahead of need. Making a file on the cache disk
-//! is most of what creating a file through the mount costs: the cache
-//! filesystem searches its inode bitmaps, and ext4 without a journal passes
-//! over every inode freed in the last minutes (`recently_deleted`), so
-//! right after a large `rm -rf` each new file takes tens of µs. A thread
-//! keeps a few unnamed files (`O_TMPFILE` in `staged/`) ready, and a create
-//! names one (`linkat`), which only adds a directory entry.
+//! Empty staged files made ahead of need, under the names the next creates
+//! will give them. Making a file on the cache disk is most of what creating
+//! a file through the mount costs: the cache filesystem allocates an inode
+//! (ext4 without a journal passes over every inode freed in the last
+//! minutes, `recently_deleted`, so right after a large `rm -rf` each new
+//! file takes tens of µs) and adds a directory entry (a search of a
+//! directory block for the name, then for room: 11 % of the daemon's time
+//! in an untar when a create named an unnamed file made ahead). Inode
+//! numbers are given out in order, so a thread makes `staged/<n>` for the
+//! next `DEPTH` numbers on the other core, and a create that gets number
+//! `n` takes that file without a system call.
 //!
-//! Never a source of loss: an unnamed file holds nothing and vanishes with
-//! the process, so a crash leaves nothing behind, and naming one is the
-//! same directory change a direct create makes. Where the pool is empty,
-//! the cache filesystem has no `O_TMPFILE`, or naming fails for any reason,
-//! the create makes its file directly, and that error is the one reported.
+//! Never a source of loss: the thread only ever makes a name that does not
+//! exist (`O_EXCL`), so it never empties or touches a file some inode
+//! uses; a name already there (left by a crash that rolled the counter
+//! back) is skipped, and that create empties it as it always did. A file
+//! made for a number that was given out meanwhile is simply the file the
+//! create opens by name. Files made ahead and never used are empty and
+//! carry numbers no record has; the next start removes them with every
+//! staged file no record wants. Where a file is not ready, or making one
+//! fails, the create makes its file itself.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Unnamed files kept ready: enough for a burst of creates while the
-/// thread catches up, few enough to be nothing on the disk.
-pub(super) const DEPTH: usize = 64;
+/// Files kept ready: enough for a burst of creates while the thread
+/// catches up, few enough to be nothing on the disk.
+pub(super) const DEPTH: u64 = 64;
 
 pub struct Spares {
-    /// `staged/`, where the files are made and named.
-    path: PathBuf,
+    /// `staged/`, where the files are made.
     dir: File,
     pool: Mutex<Pool>,
     wake: Condvar,
-    /// Naming through `AT_EMPTY_PATH` was refused (it needs
-    /// CAP_DAC_READ_SEARCH before Linux 6.10): go through `/proc` instead.
-    by_proc: AtomicBool,
 }
 
 #[derive(Default)]
 struct Pool {
-    files: Vec<File>,
+    /// Empty files made here, by the inode number they are named after.
+    files: BTreeMap<u64, File>,
+    /// The lowest number not given out yet (as far as creates told):
+    /// files are made for the `DEPTH` numbers from here.
+    next: u64,
+    /// Numbers from `next` on whose name exists already: skipped.
+    taken: BTreeSet<u64>,
     started: bool,
     /// The thread waits for `wake`.
     waiting: bool,
     /// The last attempt to make a file failed (a full disk): the thread
     /// tries again only after the next take.
     failed: bool,
-    /// No more files: the filesystem cannot make them, or the tree is
-    /// closing.
+    /// No more files: the tree is closing.
     off: bool,
+}
+
+impl Pool {
+    /// The lowest number in the window with no file made or found.
+    fn wanted(&self) -> Option<u64> {
+        (self.next..self.next + DEPTH)
+            .find(|n| !self.files.contains_key(n) && !self.taken.contains(n))
+    }
 }
 
 impl Spares {
     pub fn new(staged: &Path) -> std::io::Result<Spares> {
         Ok(Spares {
-            path: staged.to_path_buf(),
             dir: File::open(staged)?,
             pool: Mutex::new(Pool::default()),
             wake: Condvar::new(),
-            by_proc: AtomicBool::new(false),
         })
     }
 
@@ -64,10 +78,14 @@ impl Spares {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A ready unnamed file, if there is one. The first call starts the
-    /// thread that makes them.
-    pub fn take(self: &Arc<Self>) -> Option<File> {
+    /// The empty file `staged/<ino>`, if it was made ahead, for the create
+    /// that was just given number `ino`. The first call starts the thread
+    /// that makes them.
+    pub fn take(self: &Arc<Self>, ino: u64) -> Option<File> {
         let mut p = self.lock();
+        if p.off {
+            return None;
+        }
         if !p.started {
             p.started = true;
             let me = self.clone();
@@ -77,86 +95,50 @@ impl Spares {
             if let Err(e) = spawned {
                 crate::log!("warning: files are created directly: cannot start a thread: {e}");
                 p.off = true;
+                return None;
             }
         }
-        let f = p.files.pop();
+        p.next = p.next.max(ino + 1);
+        let f = p.files.remove(&ino);
+        // Files of numbers given out are no longer ours to hand out.
+        let next = p.next;
+        p.files = p.files.split_off(&next);
+        p.taken = p.taken.split_off(&next);
         p.failed = false;
         // Refilled in batches: waking a thread costs more than a file.
-        if p.waiting && p.files.len() <= DEPTH / 2 {
+        if p.waiting && p.files.len() as u64 <= DEPTH / 2 {
             self.wake.notify_one();
         }
         f
     }
 
-    /// How many files are ready, and the one `take` gives next (inode
-    /// number and birth time: a number freed is soon given out again).
+    /// How many files are ready, and the inode (on the cache disk) of the
+    /// one made for number `ino`.
     #[cfg(test)]
-    pub fn ready(&self) -> (usize, Option<(u64, std::time::SystemTime)>) {
+    pub fn ready(&self, ino: u64) -> (usize, Option<u64>) {
         use std::os::unix::fs::MetadataExt;
         let p = self.lock();
-        let next = p.files.last().map(|f| {
-            let m = f.metadata().unwrap();
-            (m.ino(), m.created().unwrap())
-        });
-        (p.files.len(), next)
+        let made = p.files.get(&ino).map(|f| f.metadata().unwrap().ino());
+        (p.files.len(), made)
     }
 
-    /// Make one unnamed file in `staged/`.
-    pub fn make(&self) -> std::io::Result<File> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_TMPFILE)
-            .open(&self.path)
-    }
-
-    /// Give the unnamed file `f` the name `name` in `staged/`.
-    pub fn name(&self, f: &File, name: &str) -> std::io::Result<()> {
-        let to = CString::new(name).map_err(std::io::Error::other)?;
-        if !self.by_proc.load(Ordering::Relaxed) {
-            // SAFETY: both descriptors are open for the call and both
-            // strings are NUL-terminated.
-            let r = unsafe {
-                libc::linkat(
-                    f.as_raw_fd(),
-                    c"".as_ptr(),
-                    self.dir.as_raw_fd(),
-                    to.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            };
-            if r == 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                return Err(e);
-            }
-            // Without the capability the kernel answers ENOENT.
-            self.by_proc.store(true, Ordering::Relaxed);
-        }
-        let from = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd()))
-            .map_err(std::io::Error::other)?;
-        // SAFETY: as above.
-        let r = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                from.as_ptr(),
+    /// Make the empty file `staged/<n>`, unless that name exists.
+    fn make(&self, n: u64) -> std::io::Result<File> {
+        let name = CString::new(n.to_string()).map_err(std::io::Error::other)?;
+        // SAFETY: the directory is open and the name NUL-terminated; the
+        // descriptor returned is new and owned by the File.
+        let fd = unsafe {
+            libc::openat(
                 self.dir.as_raw_fd(),
-                to.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600 as libc::c_uint,
             )
         };
-        if r == 0 {
-            return Ok(());
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            // No `/proc` either: every create makes its file directly.
-            self.close();
-        }
-        Err(e)
+        Ok(unsafe { File::from_raw_fd(fd) })
     }
 
     /// Stop making files and let go of the ready ones.
@@ -170,8 +152,8 @@ impl Spares {
     fn run(&self) {
         loop {
             let mut p = self.lock();
-            while !p.off && (p.files.len() >= DEPTH || p.failed) {
-                // Asleep until the pool is half empty (see `take`).
+            while !p.off && (p.failed || p.files.len() as u64 >= DEPTH || p.wanted().is_none()) {
+                // Asleep until half the window is used (see `take`).
                 p.waiting = true;
                 p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 p.waiting = false;
@@ -179,31 +161,27 @@ impl Spares {
             if p.off {
                 return;
             }
+            let Some(n) = p.wanted() else { continue };
             drop(p);
-            let made = self.make();
+            let made = self.make(n);
             let mut p = self.lock();
             match made {
-                Ok(f) if !p.off => p.files.push(f),
-                Ok(_) => return,
-                Err(e) if unsupported(&e) => {
-                    crate::log!(
-                        "files are created directly: the cache cannot make unnamed files: {e}"
-                    );
-                    p.off = true;
-                    return;
+                // A number given out meanwhile: its create opens this file
+                // by name (or found the name taken and uses its own).
+                Ok(f) if !p.off && n >= p.next => {
+                    p.files.insert(n, f);
+                }
+                Ok(_) if p.off => return,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    if n >= p.next {
+                        p.taken.insert(n);
+                    }
                 }
                 Err(_) => p.failed = true,
             }
         }
     }
-}
-
-/// The cache filesystem (or kernel) has no `O_TMPFILE`.
-fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
-    )
 }
 
 /// Wait (up to 30 s, then fail with `what`) for the thread to bring
@@ -220,63 +198,43 @@ pub(super) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
-    fn an_unnamed_file_gets_its_name_with_what_was_written_to_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Spares::new(dir.path()).unwrap();
-        let mut f = s.make().unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        f.write_all(b"before the name").unwrap();
-        s.name(&f, "17").unwrap();
-        f.write_all(b", after").unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("17")).unwrap(),
-            b"before the name, after"
-        );
-        // A name that is taken is refused, never overwritten.
-        let g = s.make().unwrap();
-        let e = s.name(&g, "17").unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
-        let mut back = String::new();
-        f.rewind().unwrap();
-        f.read_to_string(&mut back).unwrap();
-        assert_eq!(back, "before the name, after");
-    }
-
-    #[test]
-    fn naming_through_proc_works_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Spares::new(dir.path()).unwrap();
-        s.by_proc.store(true, Ordering::Relaxed);
-        let mut f = s.make().unwrap();
-        f.write_all(b"x").unwrap();
-        s.name(&f, "20").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("20")).unwrap(), b"x");
-    }
-
-    #[test]
-    fn the_pool_fills_after_the_first_take_and_stops_on_close() {
+    fn files_are_made_for_the_next_numbers_and_a_name_in_use_is_never_touched() {
         let dir = tempfile::tempdir().unwrap();
         let s = Arc::new(Spares::new(dir.path()).unwrap());
-        assert!(s.take().is_none(), "nothing is made before it is needed");
-        wait_until("pool never filled", || s.lock().files.len() >= DEPTH);
-        let f = s.take().unwrap();
-        s.name(&f, "5").unwrap();
-        // Unnamed files take no name in the directory.
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("5")]);
-        // Refilled once half are gone.
-        for _ in 1..=DEPTH / 2 {
-            assert!(s.take().is_some());
-        }
-        wait_until("pool never refilled", || s.lock().files.len() >= DEPTH);
+        assert!(s.take(100).is_none(), "nothing is made before it is needed");
+        wait_until("window never filled", || s.ready(0).0 as u64 >= DEPTH);
+        let made = s.ready(101).1.expect("a file for the next number");
+        let f = s.take(101).unwrap();
+        assert_eq!(f.metadata().unwrap().ino(), made);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("101")).unwrap().ino(),
+            made,
+            "made under its number"
+        );
+        // A name beyond the window exists already (a crash rolled the
+        // counter back): skipped, its content left alone.
+        let stale = 141 + DEPTH - 3;
+        std::fs::write(dir.path().join(stale.to_string()), b"stale").unwrap();
+        // Numbers 102-139 went to creates that did not ask: their files
+        // leave the window, which is then refilled from 141.
+        assert!(s.take(140).is_some());
+        assert!((102..141).all(|n| s.ready(n).1.is_none()));
+        wait_until("window never refilled", || {
+            (141..141 + DEPTH)
+                .filter(|&n| n != stale)
+                .all(|n| s.ready(n).1.is_some())
+        });
+        assert_eq!(s.ready(stale).1, None);
+        assert!(s.take(stale).is_none());
+        assert_eq!(
+            std::fs::read(dir.path().join(stale.to_string())).unwrap(),
+            b"stale"
+        );
         s.close();
-        assert!(s.take().is_none());
+        assert!(s.take(stale + 1).is_none());
         wait_until("thread never ended", || Arc::strong_count(&s) == 1);
     }
 }
