@@ -237,6 +237,20 @@ impl Drop for Live {
     }
 }
 
+impl Live {
+    /// Stop making staged files ahead and remove those no create took:
+    /// none can be taken any more once the session is over.
+    pub(crate) fn remove_unused_spares(&self) -> LiveResult<()> {
+        for n in self.spares.close() {
+            // A file that made its own, racing the thread, keeps it.
+            if !self.tx(|tx| Ok(matches!(tx.staged_size(n), Ok(Some(_)))))? {
+                let _ = std::fs::remove_file(self.staged_path(n));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Memory redb may use to cache `meta.redb` (its default is 1 GiB, which a
 /// mount of 1M files filled). The kernel's page cache
 /// still holds the file, so a miss costs a copy, not a disk read.

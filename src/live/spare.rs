@@ -16,8 +16,9 @@
 //! back) is skipped, and that create empties it as it always did. A file
 //! made for a number that was given out meanwhile is simply the file the
 //! create opens by name. Files made ahead and never used are empty and
-//! carry numbers no record has; the next start removes them with every
-//! staged file no record wants. Where a file is not ready, or making one
+//! carry numbers no record has (or a directory's): a clean stop removes
+//! them, and after a crash the next start does, with every staged file no
+//! record wants. Where a file is not ready, or making one
 //! fails, the create makes its file itself.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 /// Files kept ready: enough for a burst of creates while the thread
 /// catches up, few enough to be nothing on the disk.
 pub(super) const DEPTH: u64 = 64;
+
+/// How many unused numbers are remembered for `close` to report; beyond
+/// that the next start removes their files.
+const UNUSED_MAX: usize = 1 << 16;
 
 pub struct Spares {
     /// `staged/`, where the files are made.
@@ -47,6 +52,9 @@ struct Pool {
     next: u64,
     /// Numbers from `next` on whose name exists already: skipped.
     taken: BTreeSet<u64>,
+    /// Numbers given out whose file made ahead no create took (a directory,
+    /// a symlink): empty files left in `staged/` (at most `UNUSED_MAX`).
+    unused: Vec<u64>,
     started: bool,
     /// The thread waits for `wake`.
     waiting: bool,
@@ -102,7 +110,11 @@ impl Spares {
         let f = p.files.remove(&ino);
         // Files of numbers given out are no longer ours to hand out.
         let next = p.next;
-        p.files = p.files.split_off(&next);
+        let rest = p.files.split_off(&next);
+        let passed = std::mem::replace(&mut p.files, rest);
+        if p.unused.len() < UNUSED_MAX {
+            p.unused.extend(passed.into_keys());
+        }
         p.taken = p.taken.split_off(&next);
         p.failed = false;
         // Refilled in batches: waking a thread costs more than a file.
@@ -141,12 +153,18 @@ impl Spares {
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
-    /// Stop making files and let go of the ready ones.
-    pub fn close(&self) {
+    /// Stop making files and let go of the ready ones. Returns the
+    /// numbers of every file made here that no create took (some may have
+    /// gone to a file that made its own, racing the thread: the caller
+    /// checks the records).
+    pub fn close(&self) -> Vec<u64> {
         let mut p = self.lock();
         p.off = true;
-        p.files.clear();
+        let files = std::mem::take(&mut p.files);
+        let mut unused = std::mem::take(&mut p.unused);
+        unused.extend(files.into_keys());
         self.wake.notify_all();
+        unused
     }
 
     fn run(&self) {
@@ -233,7 +251,15 @@ mod tests {
             std::fs::read(dir.path().join(stale.to_string())).unwrap(),
             b"stale"
         );
-        s.close();
+        let unused = s.close();
+        assert!(
+            (102..110).all(|n| unused.contains(&n)),
+            "passed over: {unused:?}"
+        );
+        assert!((141..141 + DEPTH)
+            .filter(|&n| n != stale)
+            .all(|n| unused.contains(&n)));
+        assert!(!unused.contains(&101) && !unused.contains(&140) && !unused.contains(&stale));
         assert!(s.take(stale + 1).is_none());
         wait_until("thread never ended", || Arc::strong_count(&s) == 1);
     }

@@ -41,6 +41,7 @@ impl Live {
     /// survives a crash of the process, not of the machine. Call after the
     /// FUSE session has ended, before the last durable commit.
     pub fn mark_clean_stop(&self) -> LiveResult<()> {
+        self.remove_unused_spares()?;
         let Some(id) = boot_id() else { return Ok(()) };
         self.tx(|tx| tx.set_state(CLEAN_STOP, &id))
     }
