@@ -520,28 +520,17 @@ impl<'t, K: redb::Key + 'static, V: redb::Value + 'static> Lazy<'t, K, V> {
 }
 
 impl<'a, 't> Tx<'a, 't> {
-    fn open(txn: &'t WriteTransaction, tables: &'a mut Tables<'t>, epoch: u64) -> Tx<'a, 't> {
-        let Tables {
-            inodes,
-            changed,
-            stamped,
-            dirents,
-            parents,
-            dirty,
-            clean,
-            orphans,
-            state,
-        } = tables;
+    fn open(txn: &'t WriteTransaction, t: &'a mut Tables<'t>, epoch: u64) -> Tx<'a, 't> {
         Tx {
-            inodes,
-            changed,
-            stamped,
-            dirents,
-            parents,
-            dirty,
-            clean,
-            orphans,
-            state,
+            inodes: &mut t.inodes,
+            changed: &mut t.changed,
+            stamped: &mut t.stamped,
+            dirents: &mut t.dirents,
+            parents: &mut t.parents,
+            dirty: &mut t.dirty,
+            clean: &mut t.clean,
+            orphans: &mut t.orphans,
+            state: &mut t.state,
             txn,
             epoch,
         }
