@@ -18,8 +18,8 @@
 //! create opens by name. Files made ahead and never used are empty and
 //! carry numbers no record has (or a directory's): a clean stop removes
 //! them, and after a crash the next start does, with every staged file no
-//! record wants. Where a file is not ready, or making one
-//! fails, the create makes its file itself.
+//! record wants. Where a file is not ready, or making one fails, the
+//! create makes its file itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -150,6 +150,7 @@ impl Spares {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // SAFETY: `fd` was just opened and nothing else owns it.
         Ok(unsafe { File::from_raw_fd(fd) })
     }
 
