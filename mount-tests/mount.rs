@@ -1205,7 +1205,7 @@ fn mount_raises_the_kernels_read_ahead() {
         libc::minor(dev)
     );
     let kb = fs::read_to_string(&knob).unwrap();
-    assert_eq!(kb.trim(), "1024", "{knob}");
+    assert_eq!(kb.trim(), "4096", "{knob}");
 }
 
 /// Whether the first page of `p` is in the page cache.

@@ -30,6 +30,7 @@ mod ops;
 pub mod record;
 mod spare;
 mod upkeep;
+mod writeback;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
