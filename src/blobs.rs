@@ -89,7 +89,16 @@ pub struct BlobReader {
     disk: Mutex<DiskCache>,
     disk_budget: u64,
     prefetch_tx: Mutex<Option<Sender<Id>>>,
+    /// Blobs queued for the read-ahead threads.
     in_flight: Mutex<HashSet<Id>>,
+    /// Data blobs being fetched, decrypted and verified right now: a reader
+    /// that wants one waits for that fetch instead of doing it again (the
+    /// read-ahead is usually a step ahead of the reader, and each fetch of
+    /// a 1 MiB chunk costs milliseconds of CPU).
+    fetching: Mutex<HashMap<Id, Arc<Fetch>>>,
+    /// Blobs fetched from the store or the outbox (for tests).
+    #[cfg(test)]
+    fetched: std::sync::atomic::AtomicU64,
     tree_pack_lock: Mutex<()>,
 }
 
@@ -140,6 +149,9 @@ impl BlobReader {
             disk_budget,
             prefetch_tx: Mutex::new(None),
             in_flight: Mutex::new(HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            fetched: Default::default(),
             tree_pack_lock: Mutex::new(()),
         });
         // Fetches ahead of the reader at once: from a local store they cost
@@ -223,6 +235,42 @@ impl BlobReader {
         if let Some(d) = self.mem_get(id) {
             return Ok(d);
         }
+        if kind != BlobKind::Data {
+            return self.fetch(kind, id);
+        }
+        // One fetch per data blob at a time. After waiting for another's,
+        // the blob is in memory, unless that fetch failed or it was evicted
+        // meanwhile: then this one fetches it itself, unregistered, and
+        // gets its own answer.
+        let (fetch, mine) = {
+            let mut m = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get(id) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Fetch::default());
+                    m.insert(*id, f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if !mine {
+            fetch.wait();
+            if let Some(d) = self.mem_get(id) {
+                return Ok(d);
+            }
+            return self.fetch(kind, id);
+        }
+        let _done = FetchDone {
+            reader: self,
+            id: *id,
+            fetch,
+        };
+        self.fetch(kind, id)
+    }
+
+    /// `blob` without the memory cache's look and without waiting for
+    /// other fetches.
+    fn fetch(&self, kind: BlobKind, id: &Id) -> Result<Arc<Vec<u8>>> {
         if kind == BlobKind::Data {
             if let Some(d) = self.disk_get(id) {
                 let d = Arc::new(d);
@@ -249,6 +297,9 @@ impl BlobReader {
             None if kind == BlobKind::Tree => Some(self.tree_pack(&pack.id)?),
             None => None,
         };
+        #[cfg(test)]
+        self.fetched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data = match local {
             Some(path) => {
                 let sealed = read_range(&path, loc.offset as u64, loc.length as u64)?;
@@ -425,6 +476,41 @@ impl BlobReader {
     }
 }
 
+/// A fetch under way (`BlobReader::fetching`).
+#[derive(Default)]
+struct Fetch {
+    done: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Fetch {
+    fn wait(&self) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            done = self.cv.wait(done).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Ends a fetch, whatever its outcome: waiters wake up.
+struct FetchDone<'a> {
+    reader: &'a BlobReader,
+    id: Id,
+    fetch: Arc<Fetch>,
+}
+
+impl Drop for FetchDone<'_> {
+    fn drop(&mut self) {
+        self.reader
+            .fetching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        *self.fetch.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.fetch.cv.notify_all();
+    }
+}
+
 fn read_range(path: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -471,6 +557,40 @@ impl DataSource for BlobReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readers_of_one_blob_share_one_fetch() {
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        use std::sync::atomic::Ordering;
+        let repo = Arc::new(crate::repo::tests::test_init("memory://one-fetch"));
+        // Big enough that decrypting and verifying it takes milliseconds,
+        // while the threads below start within microseconds of each other.
+        let data: Vec<u8> = (0..4u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let id = w.add(BlobKind::Data, &data).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // No disk cache: every blob not in memory comes from the store.
+        let reader = BlobReader::new(repo, dir.path(), 0).unwrap();
+        let start = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (reader, start) = (reader.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    reader.blob(BlobKind::Data, &id).unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(*t.join().unwrap() == data);
+        }
+        assert_eq!(reader.fetched.load(Ordering::Relaxed), 1);
+        reader.stop();
+    }
 
     #[test]
     fn bounded_keeps_the_most_recent_within_its_bytes() {

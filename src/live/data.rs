@@ -664,6 +664,26 @@ pub fn read_chunks(
     }
     let size = (size as u64).min(file_size - offset);
     let span = chunk_span(chunks, offset, size);
+    // Read ahead, before this thread fetches the first chunk: the rest of
+    // this read's chunks (fetched on the read-ahead threads meanwhile; a
+    // chunk one of them is fetching is waited for, never fetched twice)
+    // and those of the next `AHEAD` bytes.
+    if let Some(&(last, _)) = span.last() {
+        let mut ahead = 0;
+        let next = chunks[last + 1..].iter().take_while(|c| {
+            let go = ahead < AHEAD;
+            ahead += c.len as u64;
+            go
+        });
+        let ids: Vec<Id> = span[1..]
+            .iter()
+            .map(|&(i, _)| chunks[i].id)
+            .chain(next.map(|c| c.id))
+            .collect();
+        if !ids.is_empty() {
+            src.prefetch(&ids);
+        }
+    }
     let mut out = Vec::with_capacity(size as usize);
     for (i, start) in &span {
         let data = src.chunk(&chunks[*i].id)?;
@@ -677,15 +697,14 @@ pub fn read_chunks(
         let to = ((offset + size - start) as usize).min(data.len());
         out.extend_from_slice(&data[from..to]);
     }
-    // Read ahead: the chunks after this read.
-    if let Some((last, _)) = span.last() {
-        let next: Vec<Id> = chunks.iter().skip(last + 1).take(2).map(|c| c.id).collect();
-        if !next.is_empty() {
-            src.prefetch(&next);
-        }
-    }
     Ok(out)
 }
+
+/// How far a read of sealed content reads ahead: the chunks of the next
+/// 8 MiB. Reading a 2 GiB file from a local store through an empty cache,
+/// 2 chunks ahead (about 2 MiB) gave 552-589 MB/s, 4 chunks 600-653, 8
+/// chunks 637-652.
+const AHEAD: u64 = 8 << 20;
 
 #[cfg(test)]
 mod tests {

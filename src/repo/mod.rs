@@ -826,7 +826,7 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub fn test_init(url: &str) -> Repository {
