@@ -385,9 +385,11 @@ const MAX_WRITE: u32 = 1 << 20;
 /// asks, and only the mount's backing-device setting in sysfs (root only)
 /// lifts that; a 2 GiB sequential read goes from 1.4-1.8 GB/s (128 KiB)
 /// to 2.6-2.7 (1 MiB) on one VM, and from 3.0-3.5 (1 MiB) to 3.6-3.9
-/// (4 MiB) on another with the staged file in the page cache: 4 requests
-/// of 1 MiB in flight keep both cores busy, 1 left one waiting. Call after mounting and before the session answers INIT, which
-/// keeps the smaller of this and INIT's value. (mergerfs does the same.)
+/// (4 MiB) on another with the staged file in the page cache. The kernel
+/// still sends at most 1 MiB per request (`fs.fuse.max_pages_limit`), so
+/// 4 MiB keeps 4 requests in flight for the daemon's threads. Call after
+/// mounting and before the session answers INIT, which keeps the smaller
+/// of this and INIT's value. (mergerfs does the same.)
 pub fn raise_readahead(mountpoint: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
