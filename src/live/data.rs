@@ -886,4 +886,33 @@ mod tests {
             assert_eq!(live.read(ino, 0, 100, &NoStore).unwrap(), data);
         }
     }
+
+    #[test]
+    fn a_clean_stop_removes_only_the_files_made_ahead_that_nothing_took() {
+        use crate::live::spare::DEPTH;
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let first = file(&live, b"first", b"one");
+        crate::live::spare::wait_until("no ready files", || live.spares.ready(0).0 as u64 >= DEPTH);
+        // A directory takes the next number; the file made for it stays
+        // unused, as do those made for the numbers after it.
+        let n = crate::live::NewNode {
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        let (sub, _) = live
+            .create_node(crate::live::ROOT, b"sub", n, false)
+            .unwrap();
+        let after = file(&live, b"after", b"");
+        assert!(live.staged_path(sub).exists() && live.staged_path(after + 1).exists());
+        live.mark_clean_stop().unwrap();
+        assert!(!live.staged_path(sub).exists(), "made for the directory");
+        assert!(!live.staged_path(after + 1).exists(), "made ahead");
+        assert_eq!(std::fs::read(live.staged_path(first)).unwrap(), b"one");
+        assert_eq!(std::fs::read(live.staged_path(after)).unwrap(), b"");
+    }
 }

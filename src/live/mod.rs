@@ -242,11 +242,18 @@ impl Live {
     /// Stop making staged files ahead and remove those no create took:
     /// none can be taken any more once the session is over.
     pub(crate) fn remove_unused_spares(&self) -> LiveResult<()> {
-        for n in self.spares.close() {
-            // A file that made its own, racing the thread, keeps it.
-            if !self.tx(|tx| Ok(matches!(tx.staged_size(n), Ok(Some(_)))))? {
-                let _ = std::fs::remove_file(self.staged_path(n));
-            }
+        let unused = self.spares.close();
+        // One look at the records for all of them. A file that made its
+        // own, racing the thread, keeps it; so does one whose record
+        // cannot be read (recovery at the next start decides).
+        let unwanted = self.tx(|tx| {
+            Ok(unused
+                .into_iter()
+                .filter(|&n| matches!(tx.staged_size(n), Ok(None) | Err(LiveError::NotFound)))
+                .collect::<Vec<_>>())
+        })?;
+        for n in unwanted {
+            let _ = std::fs::remove_file(self.staged_path(n));
         }
         Ok(())
     }
