@@ -11,9 +11,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::crypto::Id;
+use crate::live::mapped::{Mapped, ReadBuf, MAP_MIN};
 use crate::live::{now, Body, Inode, Live, LiveError, LiveResult};
 use crate::repo::tree::{ChunkRef, Kind};
 
@@ -49,6 +50,10 @@ pub struct OpenFiles {
     /// Held around handing a file's content to the kernel, and waited for
     /// by every open and truncation of the file (inode % GATES).
     gates: [Mutex<()>; GATES],
+    /// Read side held by each reply sent from a mapping of a staged file,
+    /// write side by each truncation, which may shorten it (inode % GATES;
+    /// see `mapped`).
+    shrinks: [RwLock<()>; GATES],
     /// Starts the disk's writeback of big writes (see `writeback`).
     kicker: super::writeback::Kicker,
 }
@@ -163,6 +168,10 @@ impl OpenFiles {
         self.gates[(ino % GATES as u64) as usize]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shrink(&self, ino: u64) -> &RwLock<()> {
+        &self.shrinks[(ino % GATES as u64) as usize]
     }
 
     fn copy_up_lock(&self, ino: u64) -> Arc<Mutex<()>> {
@@ -460,7 +469,7 @@ impl Live {
         offset: u64,
         size: u32,
         src: &dyn DataSource,
-    ) -> LiveResult<Vec<u8>> {
+    ) -> LiveResult<ReadBuf<'_>> {
         // One look at the record: a staged file needs only its head (its
         // length, as `Err`); anything else, the whole record.
         let rec = self.tx(|tx| match tx.staged_size(ino)? {
@@ -547,7 +556,15 @@ impl Live {
         // size, which the kernel then keeps).
         let _g = self.open_files.gate(ino);
         let f = self.staged_handle(ino)?;
-        f.set_len(size)?;
+        {
+            // Not while a reply is sent from a mapping of the file.
+            let _s = self
+                .open_files
+                .shrink(ino)
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            f.set_len(size)?;
+        }
         self.write_meta(ino, Times::Now, |r| {
             r.size = size;
             Ok(())
@@ -570,14 +587,14 @@ impl Live {
 }
 
 /// Read from a record's content (used for the live tree).
-pub fn read_inode(
-    live: &Live,
+pub fn read_inode<'a>(
+    live: &'a Live,
     ino: u64,
     rec: &Inode,
     offset: u64,
     size: u32,
     src: &dyn DataSource,
-) -> LiveResult<Vec<u8>> {
+) -> LiveResult<ReadBuf<'a>> {
     if rec.kind == Kind::Dir {
         return Err(LiveError::IsDir);
     }
@@ -585,23 +602,24 @@ pub fn read_inode(
         return read_staged(live, ino, rec.size, offset, size, src);
     }
     let chunks = rec.chunks().unwrap_or(&[]);
-    read_chunks(chunks, rec.size, offset, size, src)
+    Ok(read_chunks(chunks, rec.size, offset, size, src)?.into())
 }
 
 /// Read `[offset, offset+size)` of `ino`'s staged file, whose record says
 /// it is `len` bytes long. A write or truncate changes the file before the
 /// record, so while one is under way they may differ: the read goes no
-/// further than either.
-fn read_staged(
-    live: &Live,
+/// further than either. A big read is sent from a mapping of the file
+/// (see `mapped`).
+fn read_staged<'a>(
+    live: &'a Live,
     ino: u64,
     len: u64,
     offset: u64,
     size: u32,
     src: &dyn DataSource,
-) -> LiveResult<Vec<u8>> {
+) -> LiveResult<ReadBuf<'a>> {
     if offset >= len {
-        return Ok(Vec::new());
+        return Ok(Vec::new().into());
     }
     let f = match live.staged_handle(ino) {
         Ok(f) => f,
@@ -617,7 +635,32 @@ fn read_staged(
         Err(e) => return Err(e),
     };
     let n = (size as u64).min(len - offset) as usize;
-    Ok(read_up_to(&f, offset, n)?)
+    if n >= MAP_MIN {
+        let shrink = live
+            .open_files
+            .shrink(ino)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        // The record may say more than the file holds (a damaged cache):
+        // map no further than the file's end.
+        let end = f.metadata()?.len();
+        if offset >= end {
+            return Ok(Vec::new().into());
+        }
+        let n = n.min((end - offset) as usize);
+        match Mapped::map(&f, offset, n) {
+            Ok(map) => {
+                return Ok(ReadBuf::Mapped {
+                    map,
+                    _shrink: shrink,
+                })
+            }
+            // No mapping (address space, a file system without mmap):
+            // copy as for a small read.
+            Err(_) => drop(shrink),
+        }
+    }
+    Ok(read_up_to(&f, offset, n)?.into())
 }
 
 /// Up to `n` bytes of `f` from `offset`, fewer only at its end. The
@@ -883,8 +926,61 @@ mod tests {
         assert_eq!(last, stale);
         for (ino, data) in [(first, &b"one"[..]), (second, b"two"), (stale, b"")] {
             assert_eq!(std::fs::read(live.staged_path(ino)).unwrap(), data);
-            assert_eq!(live.read(ino, 0, 100, &NoStore).unwrap(), data);
+            assert_eq!(&*live.read(ino, 0, 100, &NoStore).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn a_truncation_waits_for_replies_sent_from_a_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Arc::new(Live::open(dir.path()).unwrap());
+        let data: Vec<u8> = (0..3 * MAP_MIN as u32).map(|i| (i % 253) as u8).collect();
+        let ino = file(&live, b"big", &data);
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let off = 4097;
+            let r = live.read(ino, off, 2 * MAP_MIN as u32, &NoStore).unwrap();
+            assert!(matches!(r, ReadBuf::Mapped { .. }), "a big read is mapped");
+            let t = {
+                let (live, tx) = (live.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    live.truncate(ino, 10, &NoStore).unwrap();
+                    tx.send(()).unwrap();
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert!(
+                rx.try_recv().is_err(),
+                "the file was cut under a mapped reply"
+            );
+            assert_eq!(&*r, &data[off as usize..off as usize + 2 * MAP_MIN]);
+            drop(r);
+            rx.recv().unwrap();
+            t.join().unwrap();
+        }
+        assert_eq!(
+            live.read(ino, 0, MAP_MIN as u32, &NoStore).unwrap().len(),
+            10
+        );
+        assert!(matches!(
+            live.read(ino, 0, 100, &NoStore).unwrap(),
+            ReadBuf::Owned(_)
+        ));
+        // A big read that the record allows but the file does not hold (a
+        // damaged cache) ends at the file's end.
+        let other = file(&live, b"cut", &data);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(live.staged_path(other))
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        let r = live.read(other, 0, MAP_MIN as u32, &NoStore).unwrap();
+        assert_eq!(&*r, &data[..1000]);
+        assert!(live
+            .read(other, 4096, MAP_MIN as u32, &NoStore)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@
 pub mod data;
 pub mod import;
 pub mod lost;
+pub mod mapped;
 mod ops;
 pub mod record;
 mod spare;
