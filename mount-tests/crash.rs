@@ -849,6 +849,33 @@ fn a_clean_stop_keeps_cached_copies_a_crash_drops_them() {
         );
         assert_eq!(fs::read(m.path("f")).unwrap(), data);
         assert!(chunk_files(&cache) > chunks, "read without fetching chunks");
+
+        // A copy cut outside the mount after a clean stop: its length no
+        // longer matches its record, so the next mount goes back to the
+        // chunks rather than read zeros past the cut.
+        write_synced(&m.path("f"), &data);
+        m.snapshot();
+        m.umount();
+        drop(m);
+        let copy = fs::read_dir(cache.join("staged"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| fs::metadata(p).unwrap().len() == data.len() as u64)
+            .expect("the staged copy");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let mark = fs::read_to_string(cache.join("mount.log")).unwrap().len();
+        let mut m = Mount::new(&s, &mnt, &cache, &[]);
+        let log = log_since(&m, mark);
+        assert!(
+            log.contains("1 sealed files back to their sealed content"),
+            "a cut copy was trusted:\n{log}"
+        );
+        assert_eq!(fs::read(m.path("f")).unwrap(), data);
         m.umount();
     }
 }

@@ -104,7 +104,10 @@ impl Live {
                 self.tx(|tx| {
                     let mut r = tx.get(ino)?;
                     if !dirty_set.contains(&ino) && r.chunks().is_some() {
-                        if clean_stop {
+                        // A copy of another length than its record's was
+                        // changed outside the mount (or damaged): reading
+                        // it would give zeros or a short file.
+                        if clean_stop && md.len() == r.size {
                             return Ok(());
                         }
                         // Recorded as equal to its sealed chunks, but it may
