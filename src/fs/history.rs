@@ -14,7 +14,6 @@ use crate::blobs::BlobReader;
 use crate::crypto::Id;
 use crate::flush::{Flusher, SnapEntry};
 use crate::live::data::read_chunks;
-use crate::live::mapped::ReadBuf;
 use crate::live::{LiveError, LiveResult};
 use crate::repo::snapshot::RootMeta;
 use crate::repo::tree::{Entry, Kind, Timestamp};
@@ -302,7 +301,7 @@ impl History {
         }
     }
 
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> LiveResult<ReadBuf<'static>> {
+    pub fn read(&self, ino: u64, offset: u64, size: u32) -> LiveResult<Vec<u8>> {
         match self.node(ino)? {
             Node::Entry(e) if e.kind == Kind::File => {
                 read_chunks(e.chunks(), e.size, offset, size, &*self.reader)

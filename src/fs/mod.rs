@@ -848,7 +848,7 @@ impl Filesystem for SecrateFs {
         reply: ReplyData,
     ) {
         let r = if History::is_history(ino.0) {
-            self.history.read(ino.0, offset, size)
+            self.history.read(ino.0, offset, size).map(Into::into)
         } else {
             self.live.read(ino.0, offset, size, &*self.reader)
         };

@@ -602,7 +602,7 @@ pub fn read_inode<'a>(
         return read_staged(live, ino, rec.size, offset, size, src);
     }
     let chunks = rec.chunks().unwrap_or(&[]);
-    read_chunks(chunks, rec.size, offset, size, src)
+    Ok(read_chunks(chunks, rec.size, offset, size, src)?.into())
 }
 
 /// Read `[offset, offset+size)` of `ino`'s staged file, whose record says
@@ -694,17 +694,16 @@ fn read_up_to(f: &File, offset: u64, n: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Read `[offset, offset+size)` of content made of `chunks`. A read within
-/// one chunk is that chunk's range, not a copy of it.
+/// Read `[offset, offset+size)` of content made of `chunks`.
 pub fn read_chunks(
     chunks: &[ChunkRef],
     file_size: u64,
     offset: u64,
     size: u32,
     src: &dyn DataSource,
-) -> LiveResult<ReadBuf<'static>> {
+) -> LiveResult<Vec<u8>> {
     if offset >= file_size {
-        return Ok(Vec::new().into());
+        return Ok(Vec::new());
     }
     let size = (size as u64).min(file_size - offset);
     let span = chunk_span(chunks, offset, size);
@@ -728,7 +727,7 @@ pub fn read_chunks(
             src.prefetch(&ids);
         }
     }
-    let mut out = Vec::with_capacity(if span.len() > 1 { size as usize } else { 0 });
+    let mut out = Vec::with_capacity(size as usize);
     for (i, start) in &span {
         let data = src.chunk(&chunks[*i].id)?;
         if data.len() != chunks[*i].len as usize {
@@ -739,12 +738,9 @@ pub fn read_chunks(
         }
         let from = offset.saturating_sub(*start) as usize;
         let to = ((offset + size - start) as usize).min(data.len());
-        if span.len() == 1 {
-            return Ok(ReadBuf::Chunk { data, from, to });
-        }
         out.extend_from_slice(&data[from..to]);
     }
-    Ok(out.into())
+    Ok(out)
 }
 
 /// How far a read of sealed content reads ahead: the chunks of the next
@@ -768,44 +764,6 @@ mod tests {
         assert_eq!(chunk_span(&chunks, 5, 10), vec![(0, 0), (1, 10)]);
         assert_eq!(chunk_span(&chunks, 10, 10), vec![(1, 10)]);
         assert_eq!(chunk_span(&chunks, 25, 100), vec![(2, 20)]);
-    }
-
-    /// Chunks by id, as the blob cache hands them out.
-    struct Chunks(HashMap<Id, Arc<Vec<u8>>>);
-
-    impl DataSource for Chunks {
-        fn chunk(&self, id: &Id) -> crate::Result<Arc<Vec<u8>>> {
-            self.0
-                .get(id)
-                .cloned()
-                .ok_or_else(|| crate::Error::Invalid("no such chunk".into()))
-        }
-    }
-
-    #[test]
-    fn a_read_within_one_chunk_is_that_chunks_range_and_across_chunks_a_copy() {
-        let data: Vec<u8> = (0..30u32).map(|i| i as u8).collect();
-        let mut src = Chunks(HashMap::new());
-        let chunks: Vec<ChunkRef> = data
-            .chunks(10)
-            .enumerate()
-            .map(|(i, d)| {
-                let id = Id([i as u8 + 1; 32]);
-                src.0.insert(id, Arc::new(d.to_vec()));
-                ChunkRef { id, len: 10 }
-            })
-            .collect();
-        for (off, size) in [(0, 10), (12, 5), (20, 100), (5, 10), (0, 30), (9, 12)] {
-            let r = read_chunks(&chunks, 30, off, size, &src).unwrap();
-            let end = (off as usize + size as usize).min(30);
-            assert_eq!(&*r, &data[off as usize..end], "offset {off} size {size}");
-            let within = off / 10 == (end as u64 - 1) / 10;
-            assert_eq!(matches!(r, ReadBuf::Chunk { .. }), within, "offset {off}");
-        }
-        assert!(read_chunks(&chunks, 30, 30, 10, &src).unwrap().is_empty());
-        // A chunk of another length than the tree says is refused.
-        src.0.insert(chunks[1].id, Arc::new(vec![0; 9]));
-        assert!(read_chunks(&chunks, 30, 12, 5, &src).is_err());
     }
 
     /// Staged files only: any read of sealed content is a failure here.

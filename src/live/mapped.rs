@@ -27,17 +27,10 @@ use std::sync::RwLockReadGuard;
 /// to copy than to map and unmap.
 pub const MAP_MIN: usize = 256 * 1024;
 
-/// What a read returns: bytes of its own, a range of one cached chunk, or
-/// a mapped range of a staged file, valid while the value lives.
+/// What a read returns: bytes of its own, or a mapped range of a staged
+/// file, valid while the value lives.
 pub enum ReadBuf<'a> {
     Owned(Vec<u8>),
-    /// `[from, to)` of a chunk's plaintext as the blob cache holds it: a
-    /// read within one chunk is replied without copying it out first.
-    Chunk {
-        data: std::sync::Arc<Vec<u8>>,
-        from: usize,
-        to: usize,
-    },
     Mapped {
         map: Mapped,
         /// The read side of the file's shrink lock (see the module).
@@ -59,7 +52,6 @@ impl std::ops::Deref for ReadBuf<'_> {
     fn deref(&self) -> &[u8] {
         match self {
             ReadBuf::Owned(v) => v,
-            ReadBuf::Chunk { data, from, to } => &data[*from..*to],
             ReadBuf::Mapped { map, .. } => map.bytes(),
         }
     }
