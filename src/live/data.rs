@@ -766,6 +766,42 @@ mod tests {
         assert_eq!(chunk_span(&chunks, 25, 100), vec![(2, 20)]);
     }
 
+    /// Chunks by id, as the blob cache hands them out.
+    struct Chunks(HashMap<Id, Arc<Vec<u8>>>);
+
+    impl DataSource for Chunks {
+        fn chunk(&self, id: &Id) -> crate::Result<Arc<Vec<u8>>> {
+            self.0
+                .get(id)
+                .cloned()
+                .ok_or_else(|| crate::Error::Invalid("no such chunk".into()))
+        }
+    }
+
+    #[test]
+    fn reads_of_sealed_content_within_and_across_chunks() {
+        let data: Vec<u8> = (0..30u32).map(|i| i as u8).collect();
+        let mut src = Chunks(HashMap::new());
+        let chunks: Vec<ChunkRef> = data
+            .chunks(10)
+            .enumerate()
+            .map(|(i, d)| {
+                let id = Id([i as u8 + 1; 32]);
+                src.0.insert(id, Arc::new(d.to_vec()));
+                ChunkRef { id, len: 10 }
+            })
+            .collect();
+        for (off, size) in [(0, 10), (12, 5), (20, 100), (5, 10), (0, 30), (9, 12)] {
+            let r = read_chunks(&chunks, 30, off, size, &src).unwrap();
+            let end = (off as usize + size as usize).min(30);
+            assert_eq!(&r[..], &data[off as usize..end], "offset {off} size {size}");
+        }
+        assert!(read_chunks(&chunks, 30, 30, 10, &src).unwrap().is_empty());
+        // A chunk of another length than the tree says is refused.
+        src.0.insert(chunks[1].id, Arc::new(vec![0; 9]));
+        assert!(read_chunks(&chunks, 30, 12, 5, &src).is_err());
+    }
+
     /// Staged files only: any read of sealed content is a failure here.
     struct NoStore;
 
