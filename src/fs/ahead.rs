@@ -11,10 +11,10 @@
 //! forward in name order by at most `AHEAD` entries; from there it keeps
 //! the next `AHEAD` files of the tree warm (refilled `BATCH` at a time),
 //! into subdirectories and on to the next directories, for as long as the
-//! program opens files it expects. Random opens cost one look at the directory, never a burst of
-//! reads. Everything here is a hint: it runs on a thread of its own, from
-//! the last committed view of the tree, and drops what it cannot keep up
-//! with.
+//! program opens files it expects. Random opens cost one look at the
+//! directory, never a burst of reads. Everything here is a hint: it runs
+//! on a thread of its own, from the last committed view of the tree, and
+//! drops what it cannot keep up with.
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
