@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::crypto::Id;
@@ -54,6 +55,13 @@ pub struct OpenFiles {
     /// write side by each truncation, which may shorten it (inode % GATES;
     /// see `mapped`).
     shrinks: [RwLock<()>; GATES],
+    /// Read side held by each write, truncation and fsync of a file's
+    /// content, from its look at the record until the record (or the
+    /// disk) has the change; write side by eviction, which drops the staged
+    /// file (inode % GATES). Without it an eviction could fall between a
+    /// write's look ("staged") and its update, and the write would land in
+    /// a file already removed.
+    keeps: [RwLock<()>; GATES],
     /// Starts the disk's writeback of big writes (see `writeback`).
     kicker: super::writeback::Kicker,
 }
@@ -92,6 +100,17 @@ pub enum Times {
     /// that SETATTR, and stamping "now" then would leave a later mtime
     /// than the program saw (and than a snapshot should record).
     Kernel,
+}
+
+/// Names given in `staged/` (a create takes a file, a copy-up renames
+/// one into place) and how many of them a sync of the directory made
+/// durable. `fsync` of a file makes its data durable, and on some file
+/// systems not the name a rename gave it; the record that wants the file
+/// is made durable by the same `fsync`.
+#[derive(Default)]
+pub(crate) struct StagedNames {
+    given: std::sync::atomic::AtomicU64,
+    synced: Mutex<u64>,
 }
 
 /// A staged file a seal is about to read. Until the seal has read it, a
@@ -172,6 +191,10 @@ impl OpenFiles {
 
     fn shrink(&self, ino: u64) -> &RwLock<()> {
         &self.shrinks[(ino % GATES as u64) as usize]
+    }
+
+    pub(super) fn keep(&self, ino: u64) -> &RwLock<()> {
+        &self.keeps[(ino % GATES as u64) as usize]
     }
 
     fn copy_up_lock(&self, ino: u64) -> Arc<Mutex<()>> {
@@ -440,6 +463,7 @@ impl Live {
             }
         }
         std::fs::rename(&tmp, self.staged_path(ino))?;
+        self.staged_name_given();
         self.open_files.forget_handle(ino);
         self.tx(|tx| {
             let mut r = tx.get(ino)?;
@@ -458,6 +482,12 @@ impl Live {
                 tx.mark_dirty_file(ino)?;
                 tx.stamp(ino, &mut r)
             } else {
+                // A copy of its chunks until a write changes it: recovery
+                // checks such a copy (a crash of the machine may leave it
+                // short) and eviction may drop it again.
+                if !r.is_dirty_file() {
+                    tx.mark_clean_staged(ino)?;
+                }
                 tx.put(ino, &r)
             }
         })
@@ -491,6 +521,11 @@ impl Live {
         src: &dyn DataSource,
     ) -> LiveResult<usize> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let _k = self
+            .open_files
+            .keep(ino)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, false)?;
         self.before_change(ino)?;
         crate::space::check(self.dir(), data.len() as u64, crate::space::Use::Data)?;
@@ -549,6 +584,11 @@ impl Live {
     /// Set a file's size (truncate or extend with a hole).
     pub fn truncate(&self, ino: u64, size: u64, src: &dyn DataSource) -> LiveResult<()> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        let _k = self
+            .open_files
+            .keep(ino)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         self.ensure_staged(ino, src, size == 0)?;
         self.before_change(ino)?;
         // truncate(2) by path needs no open handle: content being given to
@@ -571,11 +611,37 @@ impl Live {
         })
     }
 
+    /// A name in `staged/` was given (after the rename or create).
+    pub(crate) fn staged_name_given(&self) {
+        self.names.given.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Make every name given in `staged/` so far durable, if one is not.
+    fn sync_staged_names(&self) -> LiveResult<()> {
+        let want = self.names.given.load(Ordering::SeqCst);
+        let mut synced = self.names.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= want {
+            return Ok(());
+        }
+        let given = self.names.given.load(Ordering::SeqCst);
+        File::open(self.staged_dir())?.sync_all()?;
+        *synced = given;
+        Ok(())
+    }
+
     /// Make a file's data and the whole live tree durable.
     pub fn fsync(&self, ino: u64) -> LiveResult<()> {
-        if self.inode(ino)?.is_staged() {
-            self.staged_handle(ino)?.sync_data()?;
+        {
+            let _k = self
+                .open_files
+                .keep(ino)
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if self.inode(ino)?.is_staged() {
+                self.staged_handle(ino)?.sync_data()?;
+            }
         }
+        self.sync_staged_names()?;
         self.commit(true)
     }
 
@@ -1046,5 +1112,152 @@ mod tests {
         assert!(!live.staged_path(after + 1).exists(), "made ahead");
         assert_eq!(std::fs::read(live.staged_path(first)).unwrap(), b"one");
         assert_eq!(std::fs::read(live.staged_path(after)).unwrap(), b"");
+    }
+
+    /// `ino` as after a seal that is uploaded: its content the chunk
+    /// `Id([7; 32])` (served by the returned source), its staged file a
+    /// clean copy if `keep_staged`, else gone.
+    fn sealed(live: &Live, name: &[u8], data: &[u8], keep_staged: bool) -> (u64, Chunks) {
+        let ino = file(live, name, data);
+        let id = Id([7; 32]);
+        live.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            r.body = Body::File {
+                staged: keep_staged,
+                chunks: Some(vec![ChunkRef {
+                    id,
+                    len: data.len() as u32,
+                }]),
+                sealed_gen: 1,
+            };
+            tx.put(ino, &r)?;
+            tx.clear_dirty_file(ino)?;
+            if keep_staged {
+                tx.mark_clean_staged(ino)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        if !keep_staged {
+            std::fs::remove_file(live.staged_path(ino)).unwrap();
+        }
+        live.commit(true).unwrap();
+        (ino, Chunks(HashMap::from([(id, Arc::new(data.to_vec()))])))
+    }
+
+    #[test]
+    fn eviction_waits_for_a_change_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Arc::new(Live::open(dir.path()).unwrap());
+        let (ino, _) = sealed(&live, b"f", b"old content", true);
+        // What a write holds from its look at the record to its update.
+        let under_way = live.open_files.keep(ino).read().unwrap();
+        let t = {
+            let live = live.clone();
+            std::thread::spawn(move || live.evict(ino, 1).unwrap())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!t.is_finished(), "the eviction did not wait for the write");
+        assert!(live.staged_path(ino).exists());
+        drop(under_way);
+        assert!(t.join().unwrap());
+        assert!(!live.staged_path(ino).exists());
+    }
+
+    /// Evictions racing truncations and writes of the same clean file, many
+    /// times: every change that succeeds is there to read afterwards.
+    #[test]
+    fn changes_racing_evictions_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Arc::new(Live::open(dir.path()).unwrap());
+        let data = vec![5u8; 4096];
+        let mut written = data.clone();
+        written[10..13].copy_from_slice(b"NEW");
+        for i in 0..6000 {
+            let (ino, src) = sealed(&live, format!("f{i}").as_bytes(), &data, true);
+            let go = Arc::new(std::sync::Barrier::new(2));
+            let t = {
+                let (live, go) = (live.clone(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    live.evict(ino, 1).unwrap()
+                })
+            };
+            go.wait();
+            let want = if i % 2 == 0 {
+                live.truncate(ino, 100, &src).unwrap();
+                &data[..100]
+            } else {
+                live.open_file(ino);
+                live.write(ino, 10, b"NEW", Times::Now, &src).unwrap();
+                &written[..]
+            };
+            t.join().unwrap();
+            let got = live.read(ino, 0, 4096, &src).unwrap().to_vec();
+            assert_eq!(got, want, "iteration {i}: the change was lost");
+            if i % 2 == 1 {
+                live.release_file(ino).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn an_evicted_file_removed_meanwhile_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let (ino, _) = sealed(&live, b"f", b"old content", true);
+        live.tx(|tx| tx.remove_inode(ino)).unwrap();
+        assert!(!live.evict(ino, 1).unwrap());
+    }
+
+    #[test]
+    fn a_create_that_cannot_make_its_staged_file_leaves_no_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        // The next number's staged file cannot be made (as on a full disk).
+        std::fs::create_dir(live.staged_path(crate::live::FIRST_INO)).unwrap();
+        let n = || crate::live::NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        };
+        assert!(live
+            .create_node(crate::live::ROOT, b"f", n(), true)
+            .is_err());
+        assert!(matches!(
+            live.lookup(crate::live::ROOT, b"f"),
+            Err(LiveError::NotFound)
+        ));
+        assert_eq!(live.tx(|tx| tx.dirty_files()).unwrap(), Vec::<u64>::new());
+        // The name is free for the next try.
+        assert!(live.create_node(crate::live::ROOT, b"f", n(), true).is_ok());
+    }
+
+    /// A copy-up no write followed (the write failed after it) is a copy
+    /// of the chunks that recovery checks: after a crash of the machine it
+    /// may be short, and the chunks are the content.
+    #[test]
+    fn recovery_checks_a_copy_up_no_write_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let old: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let (ino, src) = sealed(&live, b"f", &old, false);
+        live.ensure_staged(ino, &src, false).unwrap();
+        assert_eq!(live.tx(|tx| tx.clean_staged()).unwrap(), vec![ino]);
+        live.commit(true).unwrap();
+        // The machine went down before the copy reached the disk.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(live.staged_path(ino))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        drop(live);
+        let live = Live::open(dir.path()).unwrap();
+        assert_eq!(live.recover().unwrap().dropped_clean, 1);
+        assert_eq!(live.read(ino, 0, 5000, &src).unwrap().to_vec(), old);
     }
 }

@@ -231,6 +231,8 @@ pub struct Live {
     ballast: crate::space::Ballast,
     /// Empty staged files made ahead of the creates that name them.
     spares: std::sync::Arc<spare::Spares>,
+    /// Names given in `staged/` and how many of them are durable.
+    names: data::StagedNames,
 }
 
 impl Drop for Live {
@@ -293,6 +295,7 @@ impl Live {
             last_discard_commit: Mutex::new(std::time::Instant::now()),
             ballast: crate::space::Ballast::new(dir),
             spares: std::sync::Arc::new(spare::Spares::new(&staged)?),
+            names: Default::default(),
         };
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);

@@ -175,13 +175,27 @@ impl Live {
             let f = match self.spares.take(ino) {
                 Some(f) => f,
                 // A stale file of a reused number is emptied.
-                None => std::fs::OpenOptions::new()
+                None => match std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(true)
                     .truncate(true)
-                    .open(self.staged_path(ino))?,
+                    .open(self.staged_path(ino))
+                {
+                    Ok(f) => f,
+                    Err(e) => {
+                        // No file, no name: a name whose content cannot be
+                        // kept would fail every read and every seal.
+                        self.tx(|tx| {
+                            tx.remove_dirent(parent, name)?;
+                            tx.remove_parent(ino, parent)?;
+                            tx.remove_inode(ino)
+                        })?;
+                        return Err(e.into());
+                    }
+                },
             };
+            self.staged_name_given();
             if open {
                 self.open_new_file(ino, f);
             }

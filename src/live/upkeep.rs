@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 
-use crate::live::{Body, Live, LiveResult};
+use crate::live::{Body, Live, LiveError, LiveResult};
 use crate::repo::tree::Kind;
 
 #[derive(Debug, Default)]
@@ -203,11 +203,22 @@ impl Live {
     /// Drop one staged copy; its content is read from the chunks again.
     pub fn evict(&self, ino: u64, uploaded_gen: u64) -> LiveResult<bool> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+        // No write, truncation or fsync of this file is under way until the
+        // file is gone and its record says so (see `OpenFiles::keep`).
+        let _k = self
+            .open_files
+            .keep(ino)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if self.open_files.is_open(ino) {
             return Ok(false);
         }
         let done = self.tx(|tx| {
-            let mut r = tx.get(ino)?;
+            // Removed since the caller listed it: nothing to drop.
+            let mut r = match tx.get(ino) {
+                Err(LiveError::NotFound) => return Ok(false),
+                r => r?,
+            };
             match &mut r.body {
                 Body::File {
                     staged: s @ true,

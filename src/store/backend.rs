@@ -207,7 +207,9 @@ impl Backend {
         if let Some(root) = &self.local_root {
             let dst = root.join(name);
             if let Some(parent) = dst.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+                // A new directory's own name is synced too: the outbox
+                // copy is deleted once this returns.
+                super::local::create_dir_durably(parent).map_err(|e| Error::io(parent, e))?;
             }
             match std::fs::hard_link(path, &dst) {
                 Ok(()) => {

@@ -88,7 +88,7 @@ fn create_staging(dst: &Path, dir: &Path) -> io::Result<(File, PathBuf)> {
 }
 
 /// `create_dir_all`, with every directory it made fsync'd into its parent.
-fn create_dir_durably(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_dir_durably(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
