@@ -64,6 +64,7 @@ struct Remembered {
 }
 
 struct Fsx {
+    test: String,
     seed: u64,
     ops: u64,
     every: u64,
@@ -80,14 +81,15 @@ impl Fsx {
         panic!(
             "fsx failed at op {} of {} (seed {:#x}): {what}\nlast operations:\n  {}\n\
              replay: SECRATE_FSX_SEED={:#x} SECRATE_FSX_OPS={} SECRATE_FSX_SNAPSHOT_EVERY={} \
-             cargo test --test fsx -- --nocapture",
+             cargo test --test fsx -- --exact {} --nocapture",
             self.op,
             self.ops,
             self.seed,
             log.join("\n  "),
             self.seed,
             self.ops,
-            self.every
+            self.every,
+            self.test
         );
     }
 
@@ -463,10 +465,31 @@ fn check_live(mnt: &Path, models: &[Vec<u8>], seed: u64, when: &str) {
 
 #[test]
 fn fsx_random_ops_and_snapshots() {
-    if !fuse_ready("fsx_random_ops_and_snapshots") {
+    fsx_run("fsx_random_ops_and_snapshots", "fsx", 100_000, &[]);
+}
+
+/// The same with a cache too small to keep any clean copy: after each
+/// upload (one a second) the staged copies of files not open are evicted,
+/// racing the program's opens, writes and truncations by path; reads of
+/// what was evicted come from the chunk cache or the store, and the next
+/// write copies the file up again.
+#[test]
+fn fsx_with_clean_copies_evicted() {
+    fsx_run(
+        "fsx_with_clean_copies_evicted",
+        "fsx-evict",
+        40_000,
+        &["--cache-size", "1M"],
+    );
+}
+
+/// Random operations, snapshots and checks through a mount made with
+/// `more` arguments; `ops` unless SECRATE_FSX_OPS says otherwise.
+fn fsx_run(test: &str, store_name: &str, ops: u64, more: &[&str]) {
+    if !fuse_ready(test) {
         return;
     }
-    let ops = env_u64("SECRATE_FSX_OPS").unwrap_or(100_000);
+    let ops = env_u64("SECRATE_FSX_OPS").unwrap_or(ops);
     let seed = env_u64("SECRATE_FSX_SEED").unwrap_or_else(rand::random);
     let every = env_u64("SECRATE_FSX_SNAPSHOT_EVERY")
         .unwrap_or((ops / 20).max(5_000))
@@ -478,13 +501,14 @@ fn fsx_random_ops_and_snapshots() {
          SECRATE_FSX_SNAPSHOT_EVERY={every}"
     );
 
-    let store = stores("fsx").remove(0);
+    let store = stores(store_name).remove(0);
     let work = tempfile::tempdir().unwrap();
     let s = Secrate::new(&store.url);
     s.init();
     // Background seals every second race with the operations; the
     // snapshots the test asks for are checked exactly.
-    let extra = ["--retention", "none", "--snapshot-interval", "1"];
+    let mut extra = vec!["--retention", "none", "--snapshot-interval", "1"];
+    extra.extend_from_slice(more);
     let mut m = Mount::new(
         &s,
         &work.path().join("mnt"),
@@ -493,6 +517,7 @@ fn fsx_random_ops_and_snapshots() {
     );
     fs::create_dir(m.path("fsx")).unwrap();
     let mut x = Fsx {
+        test: test.to_string(),
         seed,
         ops,
         every,

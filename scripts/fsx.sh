@@ -6,6 +6,8 @@
 #   scripts/fsx.sh                     # 1M ops, one random seed
 #   scripts/fsx.sh -n 3                # three runs, random seeds
 #   scripts/fsx.sh --ops 200000 0x1234 0xbeef    # given seeds
+#   scripts/fsx.sh --evict             # with --cache-size 1M: clean copies
+#                                      # evicted after every upload
 #
 # Environment: SECRATE_FSX_SNAPSHOT_EVERY (default ops/20). Needs root
 # and /dev/fuse. Logs go to target/fsx/<seed>.log.
@@ -15,6 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ops=1000000
 runs=1
 seeds=()
+test=fsx_random_ops_and_snapshots
 while (($#)); do
     case "$1" in
     --ops)
@@ -25,8 +28,9 @@ while (($#)); do
         runs="$2"
         shift
         ;;
+    --evict) test=fsx_with_clean_copies_evicted ;;
     -h | --help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) seeds+=("$1") ;;
@@ -53,7 +57,7 @@ for seed in "${seeds[@]}"; do
     echo "fsx: seed $seed, $ops ops (log $log)"
     start=$SECONDS
     if SECRATE_FSX_SEED="$seed" SECRATE_FSX_OPS="$ops" \
-        "$bin" fsx_random_ops_and_snapshots --nocapture >"$log" 2>&1; then
+        "$bin" "$test" --exact --nocapture >"$log" 2>&1; then
         echo "  ok in $((SECONDS - start)) s: $(grep -E '^fsx: [0-9]+ ops in' "$log" | cut -c1-80)"
     else
         failed=$((failed + 1))

@@ -205,6 +205,16 @@ impl OpenFiles {
             .or_default()
             .clone()
     }
+
+    /// Give back a `copy_up_lock`; the last one out removes it. Nobody
+    /// else holds it when the map's is the only other reference: a clone
+    /// is only made under the map's lock.
+    fn copy_up_done(&self, ino: u64, lock: Arc<Mutex<()>>) {
+        let mut m = self.copy_up.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&lock) == 2 {
+            m.remove(&ino);
+        }
+    }
 }
 
 /// Which chunks cover `[offset, offset + size)`: (index, offset in chunk start).
@@ -434,8 +444,21 @@ impl Live {
     /// Make `ino`'s content a staged file, fetching its chunks unless
     /// `truncate` (the caller is about to cut it to zero).
     pub fn ensure_staged(&self, ino: u64, src: &dyn DataSource, truncate: bool) -> LiveResult<()> {
+        // Most writes go to a file staged already: no lock to take.
+        if self.tx(|tx| tx.staged_size(ino))?.is_some() {
+            return Ok(());
+        }
         let lock = self.open_files.copy_up_lock(ino);
-        let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let r = {
+            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.copy_up(ino, src, truncate)
+        };
+        self.open_files.copy_up_done(ino, lock);
+        r
+    }
+
+    /// `ensure_staged` under the file's copy-up lock.
+    fn copy_up(&self, ino: u64, src: &dyn DataSource, truncate: bool) -> LiveResult<()> {
         let rec = self.inode(ino)?;
         if rec.kind != Kind::File {
             return Err(LiveError::IsDir);
@@ -1199,6 +1222,18 @@ mod tests {
                 live.release_file(ino).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn copy_up_locks_are_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let (ino, src) = sealed(&live, b"f", b"old content", false);
+        live.open_file(ino);
+        live.write(ino, 0, b"NEW", Times::Now, &src).unwrap();
+        live.write(ino, 3, b"!", Times::Now, &src).unwrap();
+        assert_eq!(&live.read(ino, 0, 64, &src).unwrap()[..], b"NEW!content");
+        assert!(live.open_files.copy_up.lock().unwrap().is_empty());
     }
 
     #[test]
