@@ -122,7 +122,9 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     let writer_lock = if opts.read_only {
         None
     } else {
-        Some(repo.lock(&format!("mount at {}", opts.mountpoint.display()))?)
+        let cache = fs::canonicalize(&opts.cache_dir).unwrap_or_else(|_| opts.cache_dir.clone());
+        let outbox = format!("{}:{}", crate::repo::lock::hostname(), cache.display());
+        Some(repo.lock_mount(&format!("mount at {}", opts.mountpoint.display()), &outbox)?)
     };
     for problem in repo.load_index()? {
         crate::log!("warning: {problem}");
@@ -247,7 +249,12 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         crate::log!("warning: cannot mark the cache as cleanly stopped: {e}");
     }
     let _ = live.commit(true);
-    flusher.release_lock();
+    if result.is_ok() || opts.read_only {
+        flusher.release_lock();
+    } else {
+        // What is not uploaded stays protected (see `repo/lock.rs`).
+        flusher.leave_lock();
+    }
     let mut watchers =
         std::mem::take(&mut *shared.watchers.lock().unwrap_or_else(|e| e.into_inner()));
     for w in &mut watchers {

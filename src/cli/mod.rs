@@ -19,6 +19,7 @@ mod secret;
 mod snapshots;
 mod stats;
 mod sync;
+mod unlock;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -105,6 +106,8 @@ enum Command {
     Stats(stats::Args),
     /// Copy or rebuild what a replica or shard store misses from the others.
     Sync(sync::Args),
+    /// Remove the writer lock of a writer that is gone (a mount that stopped without unmounting).
+    Unlock(unlock::Args),
 }
 
 /// What every command needs to reach the repository.
@@ -208,6 +211,7 @@ pub fn run() -> i32 {
         Command::Status(a) => mount::status(&g, a),
         Command::Stats(a) => stats::run(&g, a),
         Command::Sync(a) => sync::run(&g, a),
+        Command::Unlock(a) => unlock::run(&g, a),
     };
     match r {
         Ok(code) => code,

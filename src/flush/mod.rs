@@ -419,6 +419,14 @@ impl Flusher {
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// Stop holding the writer lock but leave it in the store: the last
+    /// upload failed and the outbox still holds what it did not upload.
+    pub fn leave_lock(&self) {
+        if let Some(l) = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            l.leave();
+        }
+    }
+
     /// Fails if this mount no longer holds the writer lock.
     pub(crate) fn check_lock(&self) -> Result<()> {
         match &*self.lock.lock().unwrap_or_else(|e| e.into_inner()) {

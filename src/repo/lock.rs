@@ -7,6 +7,14 @@
 //! commits (`WriterLock::check`), so a writer whose lock was broken stops
 //! instead of committing alongside another. The lock's contents (host, pid,
 //! time, purpose) are encrypted like every other metadata object.
+//!
+//! A mount's lock also names its outbox (host and cache directory). A mount
+//! that stopped without unmounting (killed, crashed, or cut off from the
+//! store long enough for its lock to go stale) may hold sealed snapshots it
+//! has not uploaded, whose packs may be half uploaded and which share blobs
+//! with snapshots in the store. Whoever broke its lock could then prune
+//! what those snapshots need. So its lock is broken only by a mount of that
+//! same cache, which uploads them, or on purpose with `secrate unlock`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -36,6 +44,9 @@ pub struct LockInfo {
     pub refreshed_ns: i64,
     pub token: [u8; 16],
     pub purpose: String,
+    /// The holder's outbox of sealed but not uploaded snapshots (a mount's
+    /// host and cache directory); empty for holders that keep none.
+    pub outbox: String,
 }
 
 impl LockInfo {
@@ -47,6 +58,9 @@ impl LockInfo {
             .i64(self.refreshed_ns)
             .raw(&self.token)
             .bytes16(self.purpose.as_bytes());
+        if !self.outbox.is_empty() {
+            e.bytes16(self.outbox.as_bytes());
+        }
         e.finish()
     }
 
@@ -59,9 +73,38 @@ impl LockInfo {
             refreshed_ns: d.i64()?,
             token: d.array()?,
             purpose: d.string16()?,
+            // Absent in locks written before outboxes were named.
+            outbox: String::new(),
+        };
+        let l = if d.remaining() > 0 {
+            LockInfo {
+                outbox: d.string16()?,
+                ..l
+            }
+        } else {
+            l
         };
         d.finish()?;
         Ok(l)
+    }
+
+    /// Not refreshed for `STALE`, or its process (on host `host`, not
+    /// `pid`) is gone.
+    fn breakable(&self, host: &str, pid: u32) -> bool {
+        let stale_by_time = now_ns() - self.refreshed_ns > STALE.as_nanos() as i64;
+        let dead_here = self.host == host && self.pid != pid && !process_alive(self.pid);
+        stale_by_time || dead_here
+    }
+
+    /// Why a stopped mount's lock stays (see the module comment).
+    fn describe_stopped_mount(&self) -> String {
+        format!(
+            "{}, which stopped without unmounting and may hold snapshots it has not uploaded \
+             (outbox {}): mount that cache again to upload them, or run `secrate unlock` \
+             to give them up",
+            self.describe(),
+            self.outbox
+        )
     }
 
     pub fn describe(&self) -> String {
@@ -132,7 +175,14 @@ fn read_lock(store: &Store, keys: &Keyring) -> Result<Option<(LockInfo, Bytes)>>
 }
 
 impl WriterLock {
-    pub fn acquire(store: &Store, keys: Arc<Keyring>, purpose: &str) -> Result<WriterLock> {
+    /// Take the lock for `purpose`; `outbox` names the caller's outbox of
+    /// snapshots not yet uploaded (a mount's), or is empty.
+    pub fn acquire(
+        store: &Store,
+        keys: Arc<Keyring>,
+        purpose: &str,
+        outbox: &str,
+    ) -> Result<WriterLock> {
         let mut info = LockInfo {
             host: hostname(),
             pid: std::process::id(),
@@ -140,6 +190,7 @@ impl WriterLock {
             refreshed_ns: now_ns(),
             token: random_bytes(),
             purpose: purpose.to_string(),
+            outbox: outbox.to_string(),
         };
         for _ in 0..5 {
             info.refreshed_ns = now_ns();
@@ -167,13 +218,16 @@ impl WriterLock {
                 }
                 Err(e) => return Err(e),
             };
-            let stale_by_time = now_ns() - held.refreshed_ns > STALE.as_nanos() as i64;
-            let dead_here =
-                held.host == info.host && held.pid != info.pid && !process_alive(held.pid);
-            if !(stale_by_time || dead_here) {
+            if !held.breakable(&info.host, info.pid) {
                 return Err(Error::Locked {
                     url: store.url().into(),
                     holder: held.describe(),
+                });
+            }
+            if !held.outbox.is_empty() && held.outbox != info.outbox {
+                return Err(Error::Locked {
+                    url: store.url().into(),
+                    holder: held.describe_stopped_mount(),
                 });
             }
             // Break the stale lock only if it is still the one we judged.
@@ -246,6 +300,33 @@ impl WriterLock {
     }
 }
 
+/// Remove a lock whose holder is gone (`secrate unlock`): stale, or of a
+/// dead process on this host, whatever outbox it names. Returns what was
+/// removed; a live holder's lock is an error.
+pub fn unlock(store: &Store, keys: &Keyring) -> Result<Option<LockInfo>> {
+    let (held, raw) = match read_lock(store, keys) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !held.breakable(&hostname(), std::process::id()) {
+        return Err(Error::Locked {
+            url: store.url().into(),
+            holder: format!(
+                "{}, which is running (its lock was refreshed {} s ago)",
+                held.describe(),
+                (now_ns() - held.refreshed_ns).max(0) / 1_000_000_000
+            ),
+        });
+    }
+    match store.get(NAME) {
+        Ok(again) if again == raw => store.delete(NAME)?,
+        Ok(_) | Err(Error::Missing { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(Some(held))
+}
+
 fn age(t: SystemTime) -> Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()
 }
@@ -293,8 +374,16 @@ fn refresh_loop(store: Store, keys: Arc<Keyring>, shared: Arc<Shared>, mut info:
     }
 }
 
-impl Drop for WriterLock {
-    fn drop(&mut self) {
+impl WriterLock {
+    /// Stop refreshing but leave the lock in the store: a mount whose last
+    /// upload failed keeps its outbox protected until its cache is mounted
+    /// again (or `secrate unlock`).
+    pub fn leave(mut self) {
+        self.stop_refreshing();
+        std::mem::forget(self);
+    }
+
+    fn stop_refreshing(&mut self) {
         if let Ok(mut s) = self.shared.stop.lock() {
             *s = true;
         }
@@ -302,6 +391,12 @@ impl Drop for WriterLock {
         if let Some(h) = self.refresher.take() {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for WriterLock {
+    fn drop(&mut self) {
+        self.stop_refreshing();
         if let Ok(Some((held, _))) = read_lock(&self.store, &self.keys) {
             if held.token == self.info.token {
                 let _ = self.store.delete(NAME);
@@ -319,9 +414,9 @@ mod tests {
     fn one_writer_at_a_time_and_stale_locks_break() {
         let store = Store::open("memory://lock-test", true).unwrap();
         let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
-        let a = WriterLock::acquire(&store, keys.clone(), "backup").unwrap();
+        let a = WriterLock::acquire(&store, keys.clone(), "backup", "").unwrap();
         a.check().unwrap();
-        let err = WriterLock::acquire(&store, keys.clone(), "mount")
+        let err = WriterLock::acquire(&store, keys.clone(), "mount", "")
             .err()
             .unwrap();
         let msg = err.to_string();
@@ -330,7 +425,7 @@ mod tests {
             "{msg}"
         );
         drop(a);
-        let b = WriterLock::acquire(&store, keys.clone(), "mount").unwrap();
+        let b = WriterLock::acquire(&store, keys.clone(), "mount", "").unwrap();
         // Forge an old lock by a dead process: it is broken.
         std::mem::forget(b);
         let stale = LockInfo {
@@ -340,6 +435,7 @@ mod tests {
             refreshed_ns: 0,
             token: [1; 16],
             purpose: "old".into(),
+            outbox: String::new(),
         };
         store
             .put(
@@ -347,7 +443,7 @@ mod tests {
                 Bytes::from(sealed::seal(&keys, MAGIC, VERSION, &stale.encode())),
             )
             .unwrap();
-        let c = WriterLock::acquire(&store, keys.clone(), "new").unwrap();
+        let c = WriterLock::acquire(&store, keys.clone(), "new", "").unwrap();
         c.check().unwrap();
     }
 
@@ -360,8 +456,60 @@ mod tests {
             refreshed_ns: 2,
             token: [3; 16],
             purpose: "p".into(),
+            outbox: String::new(),
         };
         assert_eq!(LockInfo::decode(&l.encode()).unwrap(), l);
         assert!(LockInfo::decode(&l.encode()[1..]).is_err());
+        let m = LockInfo {
+            outbox: "h:/cache".into(),
+            ..l
+        };
+        assert_eq!(LockInfo::decode(&m.encode()).unwrap(), m);
+    }
+
+    /// A mount killed with snapshots not uploaded: nobody breaks its lock
+    /// but a mount of the same cache, or `unlock` on purpose.
+    #[test]
+    fn a_stopped_mounts_lock_is_broken_only_by_its_cache() {
+        let store = Store::open("memory://lock-mount", true).unwrap();
+        let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
+        let dead = LockInfo {
+            host: hostname(),
+            pid: 999_999_999,
+            since_ns: now_ns(),
+            refreshed_ns: now_ns(),
+            token: [1; 16],
+            purpose: "mount at /mnt".into(),
+            outbox: "this:/cache/a".into(),
+        };
+        let put = || {
+            store
+                .put(
+                    NAME,
+                    Bytes::from(sealed::seal(&keys, MAGIC, VERSION, &dead.encode())),
+                )
+                .unwrap()
+        };
+        put();
+        for (purpose, outbox) in [("prune", ""), ("mount at /mnt", "this:/cache/b")] {
+            let err = WriterLock::acquire(&store, keys.clone(), purpose, outbox)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("may hold snapshots") && err.contains("secrate unlock"),
+                "{err}"
+            );
+        }
+        let again = WriterLock::acquire(&store, keys.clone(), "mount at /mnt", "this:/cache/a");
+        again.unwrap().check().unwrap();
+        // Released by the mount: nothing left to unlock.
+        assert_eq!(unlock(&store, &keys).unwrap(), None);
+        put();
+        assert_eq!(unlock(&store, &keys).unwrap(), Some(dead.clone()));
+        let _live = WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
+        // A live holder's lock is not removed.
+        let err = unlock(&store, &keys).err().unwrap().to_string();
+        assert!(err.contains("which is running"), "{err}");
     }
 }

@@ -304,7 +304,18 @@ impl Repository {
     }
 
     pub fn lock(&self, purpose: &str) -> Result<WriterLock> {
-        WriterLock::acquire(&self.store, self.keys.clone(), purpose)
+        WriterLock::acquire(&self.store, self.keys.clone(), purpose, "")
+    }
+
+    /// The writer lock for a mount whose outbox is `outbox` (see
+    /// `lock.rs`: a stopped mount's lock is broken only by its cache).
+    pub fn lock_mount(&self, purpose: &str, outbox: &str) -> Result<WriterLock> {
+        WriterLock::acquire(&self.store, self.keys.clone(), purpose, outbox)
+    }
+
+    /// Remove the lock of a writer that is gone (`secrate unlock`).
+    pub fn unlock(&self) -> Result<Option<crate::repo::lock::LockInfo>> {
+        crate::repo::lock::unlock(&self.store, &self.keys)
     }
 
     // ---- index ----
