@@ -47,10 +47,11 @@ impl TreeStats {
         })
     }
 
+    /// Saturating: trees sharing subtrees may claim more than fits.
     pub fn add(&mut self, o: TreeStats) {
-        self.files += o.files;
-        self.dirs += o.dirs;
-        self.bytes += o.bytes;
+        self.files = self.files.saturating_add(o.files);
+        self.dirs = self.dirs.saturating_add(o.dirs);
+        self.bytes = self.bytes.saturating_add(o.bytes);
     }
 }
 
@@ -236,7 +237,7 @@ impl Walk<'_> {
             }
             Content::Chunks(c) => {
                 stats.files += 1;
-                stats.bytes += e.size;
+                stats.bytes = stats.bytes.saturating_add(e.size);
                 rec.body = Body::File {
                     staged: false,
                     chunks: Some(c.clone()),

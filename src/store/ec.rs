@@ -68,9 +68,11 @@ impl std::fmt::Display for EcParams {
 }
 
 /// Payload bytes of each shard of an object of `len` bytes.
+/// Saturates for lengths no shard can have (a forged header's): the
+/// caller's comparison with the bytes at hand rejects those.
 pub fn shard_len(len: u64, k: u8) -> usize {
-    let s = len.div_ceil(k as u64) as usize;
-    (s + (s & 1)).max(2)
+    let s = usize::try_from(len.div_ceil(k.max(1) as u64)).unwrap_or(usize::MAX);
+    s.saturating_add(s & 1).max(2)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,6 +217,21 @@ pub fn decode(p: EcParams, len: u64, shards: &[(usize, &[u8])]) -> Result<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Forged headers (K of 1 or 0, a length of 2^64 - 1) are rejected
+    /// before anything is sized by them.
+    #[test]
+    fn absurd_shard_headers_are_rejected() {
+        for k in [0u8, 1] {
+            let mut b = vec![0u8; HEADER + 2];
+            b[..7].copy_from_slice(MAGIC);
+            b[7] = 1;
+            b[8] = k;
+            b[9] = 1;
+            b[11..19].copy_from_slice(&u64::MAX.to_le_bytes());
+            assert!(verify(&b).is_err());
+        }
+    }
 
     #[test]
     fn roundtrip_with_any_m_shards_lost() {
