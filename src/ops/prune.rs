@@ -116,9 +116,19 @@ pub fn prune(
     let used = used_blobs(&repo, &roots, progress)?;
     progress.finish();
 
+    // Data that `secrate repair` recorded as lost, and the ranges a mount
+    // marked lost since (`Id::LOST`), are in no pack by now: known damage,
+    // not a reason to stop.
+    let (lost, problems) = repo.lost_blobs()?;
+    for p in &problems {
+        progress.warn(&p.to_string());
+    }
     let (packs, by_pack) = {
         let ix = repo.index();
         for id in &used {
+            if id.is_lost() || lost.contains_key(id) {
+                continue;
+            }
             if !ix.contains(id) {
                 return Err(damaged(format!(
                     "blob {} is referenced but in no pack",
@@ -221,4 +231,104 @@ pub fn prune(
     }
     drop(lock);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::BlobKind;
+    use crate::repo::lock::{hostname, now_ns, LockInfo, MAGIC, NAME, VERSION};
+    use crate::repo::sealed;
+    use crate::repo::snapshot::{Origin, Snapshot};
+    use crate::repo::tests::test_init;
+    use crate::repo::tree::tests::file;
+    use crate::repo::tree::{ChunkRef, Tree};
+    use crate::repo::Secret;
+
+    struct Quiet;
+    impl Progress for Quiet {
+        fn start(&self, _: &str, _: Option<u64>) {}
+        fn advance(&self, _: u64) {}
+        fn finish(&self) {}
+        fn warn(&self, _: &str) {}
+    }
+
+    fn reopen(r: &Repository) -> Arc<Repository> {
+        let r = Repository::open(
+            r.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
+        r.load_index().unwrap();
+        Arc::new(r)
+    }
+
+    /// A snapshot of one file whose chunks are `chunks`.
+    fn snapshot_of(repo: &Arc<Repository>, chunks: Vec<ChunkRef>) {
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let tree = Tree {
+            entries: vec![file("f", chunks)],
+        };
+        let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        repo.write_snapshot(&Snapshot {
+            time_ns: now_ns(),
+            host: hostname(),
+            user: "u".into(),
+            source: "/mnt".into(),
+            origin: Origin::Mount,
+            root,
+            root_meta: Default::default(),
+            parent: None,
+            files: 1,
+            dirs: 0,
+            bytes: 5,
+            added_bytes: 0,
+            tags: vec![],
+        })
+        .unwrap();
+    }
+
+    /// After `repair`, a mount writes `Id::LOST` for what was lost: known
+    /// damage, which prune goes past.
+    #[test]
+    fn prune_runs_past_data_marked_lost() {
+        let repo = Arc::new(test_init("memory://prune-lost"));
+        snapshot_of(
+            &repo,
+            vec![ChunkRef {
+                id: Id::LOST,
+                len: 5,
+            }],
+        );
+        prune(reopen(&repo), &PruneOptions::default(), &Quiet).unwrap();
+    }
+
+    /// A mount killed with snapshots not uploaded keeps its lock: prune
+    /// must not remove what those snapshots need.
+    #[test]
+    fn prune_leaves_a_stopped_mounts_lock_alone() {
+        let repo = Arc::new(test_init("memory://prune-mount"));
+        let info = LockInfo {
+            host: hostname(),
+            pid: 999_999_999,
+            since_ns: now_ns(),
+            refreshed_ns: now_ns(),
+            token: [7; 16],
+            purpose: "mount at /mnt".into(),
+            outbox: format!("{}:/cache", hostname()),
+        };
+        repo.store()
+            .put(
+                NAME,
+                bytes::Bytes::from(sealed::seal(repo.keys(), MAGIC, VERSION, &info.encode())),
+            )
+            .unwrap();
+        let err = prune(reopen(&repo), &PruneOptions::default(), &Quiet)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("may hold snapshots"), "{err}");
+    }
 }
