@@ -26,12 +26,7 @@ pub struct Recovery {
 /// The state key of the clean-stop mark.
 const CLEAN_STOP: &str = "clean_stop";
 
-/// This boot of the machine (Linux's random boot id), if known.
-fn boot_id() -> Option<Vec<u8>> {
-    std::fs::read("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .filter(|b| !b.is_empty())
-}
+use crate::repo::lock::boot_id;
 
 impl Live {
     /// Mark that the filesystem has stopped cleanly: nothing writes to the

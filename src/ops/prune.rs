@@ -318,6 +318,7 @@ mod tests {
             token: [7; 16],
             purpose: "mount at /mnt".into(),
             outbox: format!("{}:/cache", hostname()),
+            boot: String::new(),
         };
         repo.store()
             .put(

@@ -47,6 +47,10 @@ pub struct LockInfo {
     /// The holder's outbox of sealed but not uploaded snapshots (a mount's
     /// host and cache directory); empty for holders that keep none.
     pub outbox: String,
+    /// The holder's boot id: its pid means something only in that boot of
+    /// that machine (two machines may share a host name). Empty in old
+    /// locks, which go by the host name.
+    pub boot: String,
 }
 
 impl LockInfo {
@@ -58,9 +62,8 @@ impl LockInfo {
             .i64(self.refreshed_ns)
             .raw(&self.token)
             .bytes16(self.purpose.as_bytes());
-        if !self.outbox.is_empty() {
-            e.bytes16(self.outbox.as_bytes());
-        }
+        e.bytes16(self.outbox.as_bytes())
+            .bytes16(self.boot.as_bytes());
         e.finish()
     }
 
@@ -73,12 +76,14 @@ impl LockInfo {
             refreshed_ns: d.i64()?,
             token: d.array()?,
             purpose: d.string16()?,
-            // Absent in locks written before outboxes were named.
+            // Absent in locks written before these fields.
             outbox: String::new(),
+            boot: String::new(),
         };
         let l = if d.remaining() > 0 {
             LockInfo {
                 outbox: d.string16()?,
+                boot: d.string16()?,
                 ..l
             }
         } else {
@@ -92,7 +97,12 @@ impl LockInfo {
     /// `pid`) is gone.
     fn breakable(&self, host: &str, pid: u32) -> bool {
         let stale_by_time = now_ns() - self.refreshed_ns > STALE.as_nanos() as i64;
-        let dead_here = self.host == host && self.pid != pid && !process_alive(self.pid);
+        let here = if self.boot.is_empty() {
+            self.host == host
+        } else {
+            self.boot == boot_text()
+        };
+        let dead_here = here && self.pid != pid && !process_alive(self.pid);
         stale_by_time || dead_here
     }
 
@@ -123,6 +133,20 @@ pub fn now_ns() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// This boot of the machine (Linux's random boot id), if known.
+pub(crate) fn boot_id() -> Option<Vec<u8>> {
+    std::fs::read("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .filter(|b| !b.is_empty())
+}
+
+/// `boot_id` as text, or empty.
+fn boot_text() -> String {
+    boot_id()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn hostname() -> String {
@@ -191,6 +215,7 @@ impl WriterLock {
             token: random_bytes(),
             purpose: purpose.to_string(),
             outbox: outbox.to_string(),
+            boot: boot_text(),
         };
         for _ in 0..5 {
             info.refreshed_ns = now_ns();
@@ -436,6 +461,7 @@ mod tests {
             token: [1; 16],
             purpose: "old".into(),
             outbox: String::new(),
+            boot: String::new(),
         };
         store
             .put(
@@ -457,14 +483,49 @@ mod tests {
             token: [3; 16],
             purpose: "p".into(),
             outbox: String::new(),
+            boot: String::new(),
         };
         assert_eq!(LockInfo::decode(&l.encode()).unwrap(), l);
         assert!(LockInfo::decode(&l.encode()[1..]).is_err());
         let m = LockInfo {
             outbox: "h:/cache".into(),
+            boot: "b".into(),
             ..l
         };
         assert_eq!(LockInfo::decode(&m.encode()).unwrap(), m);
+    }
+
+    /// Another machine with the same host name (a cloned VM): its live
+    /// lock is not taken for a dead process here.
+    #[test]
+    fn a_lock_from_another_boot_waits_until_stale() {
+        let store = Store::open("memory://lock-boot", true).unwrap();
+        let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
+        let mut other = LockInfo {
+            host: hostname(),
+            pid: 999_999_999,
+            since_ns: now_ns(),
+            refreshed_ns: now_ns(),
+            token: [2; 16],
+            purpose: "backup".into(),
+            outbox: String::new(),
+            boot: "another-boot".into(),
+        };
+        let put = |l: &LockInfo| {
+            store
+                .put(
+                    NAME,
+                    Bytes::from(sealed::seal(&keys, MAGIC, VERSION, &l.encode())),
+                )
+                .unwrap()
+        };
+        put(&other);
+        assert!(WriterLock::acquire(&store, keys.clone(), "prune", "").is_err());
+        other.boot = boot_text();
+        put(&other);
+        if !other.boot.is_empty() {
+            WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
+        }
     }
 
     /// A mount killed with snapshots not uploaded: nobody breaks its lock
@@ -481,6 +542,7 @@ mod tests {
             token: [1; 16],
             purpose: "mount at /mnt".into(),
             outbox: "this:/cache/a".into(),
+            boot: boot_text(),
         };
         let put = || {
             store
