@@ -377,3 +377,89 @@ impl Build<'_> {
         Ok((s, true))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::BlobReader;
+    use crate::live::data::Times;
+    use crate::live::import::import_snapshot;
+    use crate::live::{Live, NewNode};
+
+    fn file() -> NewNode<'static> {
+        NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        }
+    }
+
+    /// One machine's cache over the repository.
+    struct Machine {
+        _dir: tempfile::TempDir,
+        live: Arc<Live>,
+        reader: Arc<BlobReader>,
+        flusher: Arc<Flusher>,
+    }
+
+    fn machine(repo: &Arc<crate::repo::Repository>) -> Machine {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Arc::new(Live::open(dir.path()).unwrap());
+        let reader = BlobReader::new(repo.clone(), dir.path(), 1 << 30).unwrap();
+        let flusher =
+            Flusher::new(live.clone(), reader.clone(), repo.clone(), None, "t".into()).unwrap();
+        Machine {
+            _dir: dir,
+            live,
+            reader,
+            flusher,
+        }
+    }
+
+    fn mkfile(m: &Machine, name: &[u8], data: &[u8]) -> u64 {
+        let (ino, _) = m.live.create_node(ROOT, name, file(), false).unwrap();
+        m.live.write(ino, 0, data, Times::Now, &*m.reader).unwrap();
+        ino
+    }
+
+    /// Trees name a hard link by (device, inode). An imported file keeps
+    /// the identity the snapshot gave it, the old cache's inode number,
+    /// while a fresh cache numbers its own files from the start again: the
+    /// identities of files it creates must not meet those (two unrelated
+    /// files would become one hard link at the next import or restore).
+    #[test]
+    fn hard_link_identities_stay_apart_across_caches() {
+        let repo = Arc::new(crate::repo::tests::test_init("memory://seal-hardlink"));
+        let m1 = machine(&repo);
+        mkfile(&m1, b"x", b"x data");
+        let y = mkfile(&m1, b"y", b"YYYY this is y");
+        m1.live.link(y, ROOT, b"y2").unwrap();
+        m1.live.unlink(ROOT, b"x").unwrap();
+        let s1 = m1.flusher.seal().unwrap().unwrap();
+        m1.flusher.upload_pending().unwrap();
+
+        // A fresh cache: y gets the first number again, z the next one,
+        // which is y's number in the snapshot.
+        let m2 = machine(&repo);
+        import_snapshot(&m2.live, &m2.reader, &s1.id, &s1.snapshot).unwrap();
+        let z = mkfile(&m2, b"z", b"ZZZZ this is z, different");
+        m2.live.link(z, ROOT, b"z2").unwrap();
+        let s2 = m2.flusher.seal().unwrap().unwrap();
+        m2.flusher.upload_pending().unwrap();
+
+        let m3 = machine(&repo);
+        import_snapshot(&m3.live, &m3.reader, &s2.id, &s2.snapshot).unwrap();
+        let (yi, yr) = m3.live.lookup(ROOT, b"y").unwrap();
+        let (zi, zr) = m3.live.lookup(ROOT, b"z").unwrap();
+        assert_ne!(yi, zi, "z was merged into y");
+        assert_eq!((yr.nlink, zr.nlink), (2, 2));
+        assert_eq!(m3.live.lookup(ROOT, b"z2").unwrap().0, zi);
+        assert_eq!(
+            &m3.live.read(zi, 0, 100, &*m3.reader).unwrap()[..],
+            b"ZZZZ this is z, different"
+        );
+    }
+}

@@ -68,7 +68,8 @@ pub struct Import {
 
 struct Walk<'a> {
     reader: &'a BlobReader,
-    links: HashMap<(u64, u64), u64>,
+    /// Hard-link identity → the inode made for it and its content.
+    links: HashMap<(u64, u64), (u64, Content)>,
     nlink: HashMap<u64, u32>,
     stats: HashMap<Id, TreeStats>,
     skipped_history: bool,
@@ -115,6 +116,15 @@ pub fn import_snapshot(
         }
         for (id, s) in &w.stats {
             put_tree_stats(tx, id, *s)?;
+        }
+        if w.skipped_history {
+            crate::log!(
+                "warning: snapshot {} has a `.history` at its root, which the mount reserves: \
+                 it is not in the live tree, and the next snapshot made here will not have it \
+                 (it stays in .history/{}/ until that snapshot is forgotten; copy it out to keep it)",
+                snap_id.short(),
+                snap.time_rfc3339()
+            );
         }
         tx.set_state("base_snapshot", &snap_id.0)?;
         tx.set_state("last_snapshot", &snap_id.0)?;
@@ -200,11 +210,17 @@ impl Walk<'_> {
         subdirs: &mut u32,
     ) -> LiveResult<u64> {
         if e.kind != Kind::Dir && e.links > 1 {
-            if let Some(&ino) = self.links.get(&(e.dev, e.inode)) {
-                *self.nlink.entry(ino).or_insert(1) += 1;
-                tx.add_parent(ino, dir)?;
-                stats.files += (e.kind == Kind::File) as u64;
-                return Ok(ino);
+            // Names of one file share its content too: entries that only
+            // share an identity (written by an older version, which could
+            // give two caches' files the same one) stay apart.
+            if let Some((ino, content)) = self.links.get(&(e.dev, e.inode)) {
+                if *content == e.content {
+                    let ino = *ino;
+                    *self.nlink.entry(ino).or_insert(1) += 1;
+                    tx.add_parent(ino, dir)?;
+                    stats.files += (e.kind == Kind::File) as u64;
+                    return Ok(ino);
+                }
             }
         }
         let ino = tx.alloc_ino()?;
@@ -260,8 +276,9 @@ impl Walk<'_> {
         }
         if e.kind != Kind::Dir {
             tx.add_parent(ino, dir)?;
-            if e.links > 1 {
-                self.links.insert((e.dev, e.inode), ino);
+            if e.links > 1 && !self.links.contains_key(&(e.dev, e.inode)) {
+                self.links
+                    .insert((e.dev, e.inode), (ino, e.content.clone()));
                 self.nlink.insert(ino, 1);
             }
         }

@@ -233,6 +233,11 @@ pub struct Live {
     spares: std::sync::Arc<spare::Spares>,
     /// Names given in `staged/` and how many of them are durable.
     names: data::StagedNames,
+    /// The device number in the hard-link identity (device, inode) of the
+    /// files this cache creates: random per cache, so that it never equals
+    /// that of a file imported from a snapshot (another cache's, whose
+    /// inode numbers overlap ours, or a backup's real device numbers).
+    origin_dev: u64,
 }
 
 impl Drop for Live {
@@ -283,7 +288,7 @@ impl Live {
             .set_cache_size(DB_CACHE)
             .create(dir.join("meta.redb"))
             .map_err(cache_err)?;
-        let live = Live {
+        let mut live = Live {
             dir: dir.to_path_buf(),
             db,
             txn: Mutex::new(None),
@@ -296,9 +301,18 @@ impl Live {
             ballast: crate::space::Ballast::new(dir),
             spares: std::sync::Arc::new(spare::Spares::new(&staged)?),
             names: Default::default(),
+            origin_dev: 0,
         };
         let e = live.tx(|tx| tx.state_u64("epoch"))?.max(1);
         live.epoch.store(e, Ordering::SeqCst);
+        live.origin_dev = live.tx(|tx| {
+            let mut d = tx.state_u64("origin_dev")?;
+            while d == 0 {
+                d = u64::from_le_bytes(crate::crypto::random_bytes());
+                tx.set_state_u64("origin_dev", d)?;
+            }
+            Ok(d)
+        })?;
         live.tx(|tx| {
             tx.txn().open_table(import::TREE_STATS).map_err(cache_err)?;
             if !tx.exists(ROOT)? {

@@ -153,7 +153,7 @@ impl Live {
                 ctime: t,
                 nlink: if n.kind == Kind::Dir { 2 } else { 1 },
                 rdev: n.rdev,
-                origin_dev: 0,
+                origin_dev: self.origin_dev,
                 origin_ino: ino,
                 parent,
                 gen: tx.epoch,
