@@ -1060,6 +1060,61 @@ fn unlinked_but_held_as_on_a_local_disk() {
     assert_eq!(fs::read(m.path("b")).unwrap(), b"new a");
 }
 
+/// A directory listed after a rename that came after its opendir, then
+/// the old name used: what `stat`, a create by the old name and the new
+/// name give.
+fn list_after_rename(root: &Path) -> Vec<String> {
+    let d = root.join("listed");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("a"), b"a's data").unwrap();
+    fs::write(d.join("c"), b"c").unwrap();
+    let rd = fs::read_dir(&d).unwrap();
+    fs::rename(d.join("a"), d.join("b")).unwrap();
+    let mut names: Vec<String> = rd
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut out = vec![format!("listed {names:?}")];
+    out.push(format!(
+        "stat a: {:?}",
+        fs::metadata(d.join("a"))
+            .map(|m| m.len())
+            .map_err(|e| e.kind())
+    ));
+    fs::write(d.join("a"), b"new").unwrap();
+    out.push(format!("a: {:?}", fs::read(d.join("a")).unwrap()));
+    out.push(format!("b: {:?}", fs::read(d.join("b")).unwrap()));
+    out
+}
+
+/// A listing taken at opendir can be older than the directory; names it
+/// holds that were renamed or removed since must not reach the kernel as
+/// names it knows (READDIRPLUS), or the old name lives on there, pointing
+/// at the renamed file.
+#[test]
+fn a_listing_older_than_a_rename_leaves_no_stale_name() {
+    if !fuse_ready("a_listing_older_than_a_rename_leaves_no_stale_name") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("local");
+    fs::create_dir(&local).unwrap();
+    let store = stores("mount-listing").remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &[],
+    );
+    let want = list_after_rename(&local);
+    let got = list_after_rename(&m.mnt);
+    // The local disk may list the old or the new name (POSIX leaves it
+    // open); the rest must be the same.
+    assert_eq!(got[1..], want[1..], "the mount differs from the local disk");
+}
+
 /// An access ACL granting `nobody` read (the kernel's binary form):
 /// user::rw-, user:65534:r--, group::r--, mask::r--, other::r--.
 fn acl_nobody_reads() -> Vec<u8> {

@@ -57,8 +57,9 @@ pub struct SecrateFs {
     history: Arc<History>,
     ahead: Ahead,
     read_only: bool,
-    /// Directory listings taken at opendir, by handle.
-    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// Open directories: the listing taken at opendir (or at a rewind),
+    /// with the `live::dirents_generation` before it was taken.
+    dirs: Mutex<HashMap<u64, (u64, Arc<Listing>)>>,
     next_fh: AtomicU64,
     /// Sends the kernel file content before it asks (set once mounted).
     notifier: Arc<OnceLock<Notifier>>,
@@ -316,6 +317,37 @@ impl SecrateFs {
         } else {
             self.live.inode(ino).map(|r| r.xattrs)
         }
+    }
+
+    /// The listing of open directory `fh`, and whether no entry changed
+    /// since it was taken. A read from offset 0 (the first, or after
+    /// `rewinddir`, which must show the directory as it is) takes a new
+    /// listing if entries changed.
+    fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Listing>, bool), Errno> {
+        let (gen, list) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)?;
+        let now = crate::live::dirents_generation();
+        if now == gen {
+            return Ok((list, true));
+        }
+        if offset != 0 {
+            return Ok((list, false));
+        }
+        let list = Arc::new(self.list_dir(ino).map_err(|e| errno(&e))?);
+        if let Some(e) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&fh)
+        {
+            *e = (now, list.clone());
+        }
+        Ok((list, crate::live::dirents_generation() == now))
     }
 
     fn list_dir(&self, ino: u64) -> LiveResult<Listing> {
@@ -950,13 +982,14 @@ impl Filesystem for SecrateFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let gen = crate::live::dirents_generation();
         match self.list_dir(ino.0) {
             Ok(list) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.dirs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, Arc::new(list));
+                    .insert(fh, (gen, Arc::new(list)));
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
             Err(e) => reply.error(errno(&e)),
@@ -966,19 +999,14 @@ impl Filesystem for SecrateFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(list) = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
-            return reply.error(Errno::EBADF);
+        let (list, _) = match self.listing(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(
@@ -1001,16 +1029,24 @@ impl Filesystem for SecrateFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(list) = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh.0)
-            .cloned()
-        else {
-            return reply.error(Errno::EBADF);
+        let (list, fresh) = match self.listing(ino.0, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
         };
         for (i, (child, _kind, name)) in list.iter().enumerate().skip(offset as usize) {
+            // The kernel keeps each entry sent here as a name it knows: one
+            // renamed or removed since the listing would live on there,
+            // naming an inode it no longer names (writes to it would go to
+            // the other name, or to an orphan). Those are left out.
+            if !fresh
+                && name != b"."
+                && name != b".."
+                && !History::is_history(*child)
+                && !History::is_history(ino.0)
+                && self.live.child(ino.0, name).ok().flatten() != Some(*child)
+            {
+                continue;
+            }
             let looked = self.attr(if name == b"." { ino.0 } else { *child });
             let Ok((attr, ttl)) = looked else { continue };
             if reply.add(

@@ -213,6 +213,15 @@ self_cell::self_cell!(
     }
 );
 
+/// Bumped by every change of a directory entry (of any live tree in this
+/// process): a directory listing taken before it may name what is gone.
+static DIRENTS_CHANGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See `DIRENTS_CHANGED`.
+pub fn dirents_generation() -> u64 {
+    DIRENTS_CHANGED.load(Ordering::SeqCst)
+}
+
 pub struct Live {
     dir: PathBuf,
     db: Database,
@@ -674,6 +683,7 @@ impl<'a, 't> Tx<'a, 't> {
     }
 
     pub fn insert_dirent(&mut self, parent: u64, name: &[u8], child: u64) -> LiveResult<()> {
+        DIRENTS_CHANGED.fetch_add(1, Ordering::SeqCst);
         self.dirents
             .table_mut()?
             .insert(dirent_key(parent, name).as_slice(), child)
@@ -682,6 +692,7 @@ impl<'a, 't> Tx<'a, 't> {
     }
 
     pub fn remove_dirent(&mut self, parent: u64, name: &[u8]) -> LiveResult<()> {
+        DIRENTS_CHANGED.fetch_add(1, Ordering::SeqCst);
         self.dirents
             .table_mut()?
             .remove(dirent_key(parent, name).as_slice())

@@ -104,6 +104,11 @@ impl Live {
         })
     }
 
+    /// The inode `name` in `parent` names now, if any (no checks).
+    pub fn child(&self, parent: u64, name: &[u8]) -> LiveResult<Option<u64>> {
+        self.tx(|tx| tx.lookup(parent, name))
+    }
+
     pub fn children(&self, dir: u64) -> LiveResult<Vec<(Vec<u8>, u64, Kind)>> {
         self.tx(|tx| {
             dir_of(tx, dir)?;
