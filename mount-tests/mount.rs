@@ -1022,19 +1022,26 @@ fn hold_unlinked(root: &Path) -> Vec<String> {
     seen
 }
 
+/// A plain local directory and a mount of a new repository, to run one
+/// scenario on both: (work dir, the local directory, the cache, the mount).
+fn local_and_mount(store: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Mount) {
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("local");
+    fs::create_dir(&local).unwrap();
+    let store = stores(store).remove(0);
+    let s = Secrate::new(&store.url);
+    s.init();
+    let cache = work.path().join("cache");
+    let m = Mount::new(&s, &work.path().join("mnt"), &cache, &[]);
+    (work, local, cache, m)
+}
+
 #[test]
 fn unlinked_but_held_as_on_a_local_disk() {
     if !fuse_ready("unlinked_but_held_as_on_a_local_disk") {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let local = work.path().join("local");
-    fs::create_dir(&local).unwrap();
-    let store = stores("mount-unlinked").remove(0);
-    let s = Secrate::new(&store.url);
-    s.init();
-    let cache = work.path().join("cache");
-    let m = Mount::new(&s, &work.path().join("mnt"), &cache, &[]);
+    let (_work, local, cache, m) = local_and_mount("mount-unlinked");
     let want = hold_unlinked(&local);
     let got = hold_unlinked(&m.mnt);
     assert_eq!(got, want, "the mount differs from the local disk");
@@ -1096,18 +1103,7 @@ fn a_listing_older_than_a_rename_leaves_no_stale_name() {
     if !fuse_ready("a_listing_older_than_a_rename_leaves_no_stale_name") {
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let local = work.path().join("local");
-    fs::create_dir(&local).unwrap();
-    let store = stores("mount-listing").remove(0);
-    let s = Secrate::new(&store.url);
-    s.init();
-    let m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let (_work, local, _cache, m) = local_and_mount("mount-listing");
     let want = list_after_rename(&local);
     let got = list_after_rename(&m.mnt);
     // The local disk may list the old or the new name (POSIX leaves it

@@ -386,17 +386,6 @@ mod tests {
     use crate::live::import::import_snapshot;
     use crate::live::{Live, NewNode};
 
-    fn file() -> NewNode<'static> {
-        NewNode {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: None,
-        }
-    }
-
     /// One machine's cache over the repository.
     struct Machine {
         _dir: tempfile::TempDir,
@@ -420,7 +409,10 @@ mod tests {
     }
 
     fn mkfile(m: &Machine, name: &[u8], data: &[u8]) -> u64 {
-        let (ino, _) = m.live.create_node(ROOT, name, file(), false).unwrap();
+        let (ino, _) = m
+            .live
+            .create_node(ROOT, name, NewNode::test_file(), false)
+            .unwrap();
         m.live.write(ino, 0, data, Times::Now, &*m.reader).unwrap();
         ino
     }

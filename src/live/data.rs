@@ -904,14 +904,7 @@ mod tests {
     /// kernel knows it after forgetting it and looking it up again (not
     /// right after its creation).
     fn file(live: &Live, name: &[u8], data: &[u8]) -> u64 {
-        let n = crate::live::NewNode {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: None,
-        };
+        let n = crate::live::NewNode::test_file();
         let (ino, _) = live.create_node(crate::live::ROOT, name, n, true).unwrap();
         live.open_files.looked_up(ino);
         live.write(ino, 0, data, Times::Now, &NoStore).unwrap();
@@ -976,14 +969,7 @@ mod tests {
         live.open_files.forgotten(unknown, 1);
         live.open_file(unknown);
         assert_eq!(given(&live, unknown, 1 << 20), None);
-        let n = crate::live::NewNode {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: None,
-        };
+        let n = crate::live::NewNode::test_file();
         let (new, _) = live.create_node(crate::live::ROOT, b"n", n, true).unwrap();
         live.open_files.looked_up(new);
         live.write(new, 0, b"abc", Times::Now, &NoStore).unwrap();
@@ -1251,14 +1237,7 @@ mod tests {
         let live = Live::open(dir.path()).unwrap();
         // The next number's staged file cannot be made (as on a full disk).
         std::fs::create_dir(live.staged_path(crate::live::FIRST_INO)).unwrap();
-        let n = || crate::live::NewNode {
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            symlink: None,
-        };
+        let n = crate::live::NewNode::test_file;
         assert!(live
             .create_node(crate::live::ROOT, b"f", n(), true)
             .is_err());

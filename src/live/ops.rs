@@ -95,6 +95,21 @@ pub struct NewNode<'a> {
     pub symlink: Option<&'a [u8]>,
 }
 
+#[cfg(test)]
+impl NewNode<'static> {
+    /// A regular file, mode 0644, owned by root (for tests).
+    pub fn test_file() -> Self {
+        NewNode {
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            symlink: None,
+        }
+    }
+}
+
 impl Live {
     pub fn lookup(&self, parent: u64, name: &[u8]) -> LiveResult<Attr> {
         self.tx(|tx| {

@@ -237,8 +237,7 @@ pub fn prune(
 mod tests {
     use super::*;
     use crate::crypto::BlobKind;
-    use crate::repo::lock::{hostname, now_ns, LockInfo, MAGIC, NAME, VERSION};
-    use crate::repo::sealed;
+    use crate::repo::lock::{hostname, now_ns};
     use crate::repo::snapshot::{Origin, Snapshot};
     use crate::repo::tests::test_init;
     use crate::repo::tree::tests::file;
@@ -310,22 +309,8 @@ mod tests {
     #[test]
     fn prune_leaves_a_stopped_mounts_lock_alone() {
         let repo = Arc::new(test_init("memory://prune-mount"));
-        let info = LockInfo {
-            host: hostname(),
-            pid: 999_999_999,
-            since_ns: now_ns(),
-            refreshed_ns: now_ns(),
-            token: [7; 16],
-            purpose: "mount at /mnt".into(),
-            outbox: format!("{}:/cache", hostname()),
-            boot: String::new(),
-        };
-        repo.store()
-            .put(
-                NAME,
-                bytes::Bytes::from(sealed::seal(repo.keys(), MAGIC, VERSION, &info.encode())),
-            )
-            .unwrap();
+        let outbox = format!("{}:/cache", hostname());
+        crate::repo::lock::put_dead_mount_lock(repo.store(), repo.keys(), &outbox);
         let err = prune(reopen(&repo), &PruneOptions::default(), &Quiet)
             .err()
             .unwrap()

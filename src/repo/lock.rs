@@ -430,6 +430,25 @@ impl Drop for WriterLock {
     }
 }
 
+/// Put the lock of a mount at /mnt with outbox `outbox`, killed just now
+/// on this machine (its pid is not running); returns it.
+#[cfg(test)]
+pub(crate) fn put_dead_mount_lock(store: &Store, keys: &Keyring, outbox: &str) -> LockInfo {
+    let dead = LockInfo {
+        host: hostname(),
+        pid: 999_999_999,
+        since_ns: now_ns(),
+        refreshed_ns: now_ns(),
+        token: [1; 16],
+        purpose: "mount at /mnt".into(),
+        outbox: outbox.into(),
+        boot: boot_text(),
+    };
+    let sealed = sealed::seal(keys, MAGIC, VERSION, &dead.encode());
+    store.put(NAME, Bytes::from(sealed)).unwrap();
+    dead
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,24 +553,7 @@ mod tests {
     fn a_stopped_mounts_lock_is_broken_only_by_its_cache() {
         let store = Store::open("memory://lock-mount", true).unwrap();
         let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
-        let dead = LockInfo {
-            host: hostname(),
-            pid: 999_999_999,
-            since_ns: now_ns(),
-            refreshed_ns: now_ns(),
-            token: [1; 16],
-            purpose: "mount at /mnt".into(),
-            outbox: "this:/cache/a".into(),
-            boot: boot_text(),
-        };
-        let put = || {
-            store
-                .put(
-                    NAME,
-                    Bytes::from(sealed::seal(&keys, MAGIC, VERSION, &dead.encode())),
-                )
-                .unwrap()
-        };
+        let put = || put_dead_mount_lock(&store, &keys, "this:/cache/a");
         put();
         for (purpose, outbox) in [("prune", ""), ("mount at /mnt", "this:/cache/b")] {
             let err = WriterLock::acquire(&store, keys.clone(), purpose, outbox)
@@ -567,8 +569,8 @@ mod tests {
         again.unwrap().check().unwrap();
         // Released by the mount: nothing left to unlock.
         assert_eq!(unlock(&store, &keys).unwrap(), None);
-        put();
-        assert_eq!(unlock(&store, &keys).unwrap(), Some(dead.clone()));
+        let dead = put();
+        assert_eq!(unlock(&store, &keys).unwrap(), Some(dead));
         let _live = WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
         // A live holder's lock is not removed.
         let err = unlock(&store, &keys).err().unwrap().to_string();
