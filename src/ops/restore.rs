@@ -45,7 +45,7 @@ struct Run<'a> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
-    hard_links: Mutex<HashMap<(u64, u64), PathBuf>>,
+    hard_links: Mutex<HashMap<(u64, u64), (PathBuf, Content)>>,
 }
 
 /// Restore `subpath` (or the whole snapshot) of `snap` into `target`.
@@ -183,13 +183,20 @@ impl Run<'_> {
         if e.links > 1 {
             let key = (e.dev, e.inode);
             let mut links = self.hard_links.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(first) = links.get(&key) {
-                if fs::hard_link(first, path).is_ok() {
-                    self.files.fetch_add(1, Ordering::Relaxed);
-                    return;
+            match links.get(&key) {
+                // Names of one file share its content too: entries that
+                // only share an identity (an older version could give two
+                // caches' files the same one) stay apart.
+                Some((first, content)) if *content == e.content => {
+                    if fs::hard_link(first, path).is_ok() {
+                        self.files.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
                 }
-            } else {
-                links.insert(key, path.to_path_buf());
+                Some(_) => {}
+                None => {
+                    links.insert(key, (path.to_path_buf(), e.content.clone()));
+                }
             }
         }
         if let Err(err) = self.write_file(e, path) {
@@ -264,5 +271,74 @@ impl Run<'_> {
         if let Err(err) = fsmeta::set_times(path, mtime) {
             self.fail(path, format!("mtime: {err}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::snapshot::Origin;
+    use crate::repo::tests::test_init;
+    use crate::repo::tree::tests::file;
+    use crate::repo::tree::{ChunkRef, Tree};
+    use crate::repo::writer::{BlobWriter, StoreSink};
+    use std::sync::Arc;
+
+    /// Entries that share a hard-link identity but not their content (an
+    /// older version could write such) are restored as separate files.
+    #[test]
+    fn only_names_with_one_content_become_hard_links() {
+        let repo = Arc::new(test_init("memory://restore-links"));
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let entry = |name: &str, data: &[u8]| {
+            let id = w.add(BlobKind::Data, data).unwrap();
+            let mut e = file(
+                name,
+                vec![ChunkRef {
+                    id,
+                    len: data.len() as u32,
+                }],
+            );
+            (e.dev, e.inode, e.links, e.xattrs) = (0, 17, 2, Vec::new());
+            e
+        };
+        let tree = Tree {
+            entries: vec![
+                entry("y", b"y's data"),
+                entry("y2", b"y's data"),
+                entry("z", b"z's other data"),
+                entry("z2", b"z's other data"),
+            ],
+        };
+        let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let snap = Snapshot {
+            time_ns: 1,
+            host: "h".into(),
+            user: "u".into(),
+            source: "/s".into(),
+            origin: Origin::Mount,
+            root,
+            root_meta: Default::default(),
+            parent: None,
+            files: 4,
+            dirs: 0,
+            bytes: 44,
+            added_bytes: 0,
+            tags: vec![],
+        };
+        let out = tempfile::tempdir().unwrap();
+        restore(&repo, &snap, None, out.path(), &Quiet).unwrap();
+        let read = |n: &str| fs::read(out.path().join(n)).unwrap();
+        assert_eq!(read("y"), b"y's data");
+        assert_eq!(read("y2"), b"y's data");
+        assert_eq!(read("z"), b"z's other data");
+        assert_eq!(read("z2"), b"z's other data");
+        use std::os::unix::fs::MetadataExt;
+        let ino = |n: &str| fs::metadata(out.path().join(n)).unwrap().ino();
+        assert_eq!(ino("y"), ino("y2"));
+        assert_ne!(ino("y"), ino("z"));
     }
 }
