@@ -62,8 +62,11 @@ impl LockInfo {
             .i64(self.refreshed_ns)
             .raw(&self.token)
             .bytes16(self.purpose.as_bytes());
-        e.bytes16(self.outbox.as_bytes())
-            .bytes16(self.boot.as_bytes());
+        // Both or neither (one encoding per lock: neither is the old form).
+        if !(self.outbox.is_empty() && self.boot.is_empty()) {
+            e.bytes16(self.outbox.as_bytes())
+                .bytes16(self.boot.as_bytes());
+        }
         e.finish()
     }
 
@@ -81,11 +84,17 @@ impl LockInfo {
             boot: String::new(),
         };
         let l = if d.remaining() > 0 {
-            LockInfo {
+            let l = LockInfo {
                 outbox: d.string16()?,
                 boot: d.string16()?,
                 ..l
+            };
+            if l.outbox.is_empty() && l.boot.is_empty() {
+                return crate::repo::codec::bad(
+                    "empty outbox and boot fields (written without them)",
+                );
             }
+            l
         } else {
             l
         };
@@ -509,9 +518,13 @@ mod tests {
         let m = LockInfo {
             outbox: "h:/cache".into(),
             boot: "b".into(),
-            ..l
+            ..l.clone()
         };
         assert_eq!(LockInfo::decode(&m.encode()).unwrap(), m);
+        // One encoding per lock: the old form has neither field.
+        let mut both_empty = l.encode();
+        both_empty.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(LockInfo::decode(&both_empty).is_err());
     }
 
     /// Another machine with the same host name (a cloned VM): its live
