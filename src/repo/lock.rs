@@ -264,12 +264,7 @@ impl WriterLock {
                     holder: held.describe_stopped_mount(),
                 });
             }
-            // Break the stale lock only if it is still the one we judged.
-            match store.get(NAME) {
-                Ok(again) if again == raw => store.delete(NAME)?,
-                Ok(_) | Err(Error::Missing { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            break_judged(store, &raw)?;
         }
         Err(Error::Locked {
             url: store.url().into(),
@@ -353,12 +348,18 @@ pub fn unlock(store: &Store, keys: &Keyring) -> Result<Option<LockInfo>> {
             ),
         });
     }
-    match store.get(NAME) {
-        Ok(again) if again == raw => store.delete(NAME)?,
-        Ok(_) | Err(Error::Missing { .. }) => {}
-        Err(e) => return Err(e),
-    }
+    break_judged(store, &raw)?;
     Ok(Some(held))
+}
+
+/// Delete the lock only if it is still the one judged (`raw`): a holder
+/// that took it meanwhile keeps it.
+fn break_judged(store: &Store, raw: &Bytes) -> Result<()> {
+    match store.get(NAME) {
+        Ok(again) if again == *raw => store.delete(NAME),
+        Ok(_) | Err(Error::Missing { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn age(t: SystemTime) -> Duration {
