@@ -97,6 +97,15 @@ pub fn restore(
     })
 }
 
+fn create_new(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .at(path)
+}
+
 fn prepare_dir(p: &Path) -> Result<()> {
     match fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -180,7 +189,7 @@ impl Run<'_> {
     }
 
     fn file(&self, e: &Entry, path: &Path) {
-        if e.links > 1 {
+        let opened = if e.links > 1 {
             let key = (e.dev, e.inode);
             let mut links = self.hard_links.lock().unwrap_or_else(|e| e.into_inner());
             match links.get(&key) {
@@ -192,27 +201,31 @@ impl Run<'_> {
                         self.files.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
+                    create_new(path)
                 }
-                Some(_) => {}
+                Some(_) => create_new(path),
                 None => {
-                    links.insert(key, (path.to_path_buf(), e.content.clone()));
+                    // The first name is created before the lock is given
+                    // back: a sibling name restored at the same moment on
+                    // another thread must find it to link to.
+                    let f = create_new(path);
+                    if f.is_ok() {
+                        links.insert(key, (path.to_path_buf(), e.content.clone()));
+                    }
+                    f
                 }
             }
-        }
-        if let Err(err) = self.write_file(e, path) {
+        } else {
+            create_new(path)
+        };
+        if let Err(err) = opened.and_then(|f| self.write_file(f, e, path)) {
             self.fail(path, err);
         }
         self.set_attrs(path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs, false);
         self.files.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn write_file(&self, e: &Entry, path: &Path) -> Result<()> {
-        let mut f: File = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .at(path)?;
+    fn write_file(&self, mut f: File, e: &Entry, path: &Path) -> Result<()> {
         let mut damaged = Vec::new();
         for c in e.chunks() {
             match self.repo.read_blob(BlobKind::Data, &c.id) {
@@ -285,11 +298,10 @@ mod tests {
     use crate::repo::writer::{BlobWriter, StoreSink};
     use std::sync::Arc;
 
-    /// Entries that share a hard-link identity but not their content (an
-    /// older version could write such) are restored as separate files.
-    #[test]
-    fn only_names_with_one_content_become_hard_links() {
-        let repo = Arc::new(test_init("memory://restore-links"));
+    /// Restore a one-directory snapshot whose entries all carry the
+    /// hard-link identity (0, 17) and name 2 links.
+    fn restore_linked(store: &str, names: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let repo = Arc::new(test_init(store));
         let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
         let entry = |name: &str, data: &[u8]| {
             let id = w.add(BlobKind::Data, data).unwrap();
@@ -304,12 +316,7 @@ mod tests {
             e
         };
         let tree = Tree {
-            entries: vec![
-                entry("y", b"y's data"),
-                entry("y2", b"y's data"),
-                entry("z", b"z's other data"),
-                entry("z2", b"z's other data"),
-            ],
+            entries: names.iter().map(|(n, d)| entry(n, d)).collect(),
         };
         let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
         let (packs, _) = w.finish().unwrap();
@@ -323,14 +330,30 @@ mod tests {
             root,
             root_meta: Default::default(),
             parent: None,
-            files: 4,
+            files: names.len() as u64,
             dirs: 0,
-            bytes: 44,
+            bytes: names.iter().map(|(_, d)| d.len() as u64).sum(),
             added_bytes: 0,
             tags: vec![],
         };
         let out = tempfile::tempdir().unwrap();
         restore(&repo, &snap, None, out.path(), &Quiet).unwrap();
+        out
+    }
+
+    /// Entries that share a hard-link identity but not their content (an
+    /// older version could write such) are restored as separate files.
+    #[test]
+    fn only_names_with_one_content_become_hard_links() {
+        let out = restore_linked(
+            "memory://restore-links",
+            &[
+                ("y", b"y's data"),
+                ("y2", b"y's data"),
+                ("z", b"z's other data"),
+                ("z2", b"z's other data"),
+            ],
+        );
         let read = |n: &str| fs::read(out.path().join(n)).unwrap();
         assert_eq!(read("y"), b"y's data");
         assert_eq!(read("y2"), b"y's data");
@@ -340,5 +363,27 @@ mod tests {
         let ino = |n: &str| fs::metadata(out.path().join(n)).unwrap().ino();
         assert_eq!(ino("y"), ino("y2"));
         assert_ne!(ino("y"), ino("z"));
+    }
+
+    /// Names of one file restored at the same moment on different threads
+    /// all become links of one file. (Found by CI: the first name was
+    /// recorded before it was created, and a name restored in between
+    /// found nothing to link to and became a copy.)
+    #[test]
+    fn names_restored_at_once_all_link_to_one_file() {
+        let names: Vec<String> = (0..64).map(|i| format!("name-{i:02}")).collect();
+        let entries: Vec<(&str, &[u8])> = names
+            .iter()
+            .map(|n| (n.as_str(), &b"one file, many names"[..]))
+            .collect();
+        for round in 0..20 {
+            let out = restore_linked(&format!("memory://restore-links-at-once-{round}"), &entries);
+            use std::os::unix::fs::MetadataExt;
+            let inodes: std::collections::HashSet<u64> = names
+                .iter()
+                .map(|n| fs::metadata(out.path().join(n)).unwrap().ino())
+                .collect();
+            assert_eq!(inodes.len(), 1, "round {round}: {} files", inodes.len());
+        }
     }
 }
