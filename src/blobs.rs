@@ -292,21 +292,34 @@ impl BlobReader {
             .unwrap_or_else(|e| e.into_inner())
             .get(&pack.id)
             .cloned();
-        let local = match local {
-            Some(p) => Some(p),
-            None if kind == BlobKind::Tree => Some(self.tree_pack(&pack.id)?),
-            None => None,
+        let (local, cached) = match local {
+            Some(p) => (Some(p), false),
+            None if kind == BlobKind::Tree => (Some(self.tree_pack(&pack.id)?), true),
+            None => (None, false),
         };
         #[cfg(test)]
         self.fetched
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open_local = |path: &Path| -> Result<Vec<u8>> {
+            let sealed = read_range(path, loc.offset as u64, loc.length as u64)?;
+            let key = self.repo.pack_key(&pack)?;
+            open_blob(self.repo.keys(), &key, kind, id, &sealed)
+                .map_err(|e| Error::corrupt(pack_name(&pack.id), e.0))
+        };
         let data = match local {
-            Some(path) => {
-                let sealed = read_range(&path, loc.offset as u64, loc.length as u64)?;
-                let key = self.repo.pack_key(&pack)?;
-                open_blob(self.repo.keys(), &key, kind, id, &sealed)
-                    .map_err(|e| Error::corrupt(pack_name(&pack.id), e.0))?
-            }
+            Some(path) => match open_local(&path) {
+                Ok(d) => d,
+                // The cached copy of a tree pack was verified when fetched
+                // but is not synced: after a machine crash (or a disk
+                // error) it can be short or damaged. It is dropped, to be
+                // fetched again by the next reader, and this blob is read
+                // from the store, which checks it again.
+                Err(_) if cached => {
+                    let _ = fs::remove_file(&path);
+                    self.repo.read_blob(kind, id)?
+                }
+                Err(e) => return Err(e),
+            },
             None => self.repo.read_blob(kind, id)?,
         };
         let data = Arc::new(data);
@@ -589,6 +602,51 @@ mod tests {
             assert!(*t.join().unwrap() == data);
         }
         assert_eq!(reader.fetched.load(Ordering::Relaxed), 1);
+        reader.stop();
+    }
+
+    /// A damaged cached copy of a tree pack (e.g. cut short by a machine
+    /// crash) is read past from the store and fetched again, not an error
+    /// for ever.
+    #[test]
+    fn a_damaged_tree_pack_copy_is_fetched_again() {
+        use crate::repo::tree::Tree;
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        let repo = Arc::new(crate::repo::tests::test_init("memory://tree-pack-again"));
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let tree = Tree {
+            entries: vec![crate::repo::tree::tests::file("f", vec![])],
+        };
+        let id = w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let reader = BlobReader::new(repo.clone(), dir.path(), 0).unwrap();
+        reader.fetch_tree_packs().unwrap();
+        let copy = fs::read_dir(dir.path().join("packs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let good = fs::read(&copy).unwrap();
+        for damage in [0, 1] {
+            let mut bad = good.clone();
+            if damage == 0 {
+                bad.truncate(16);
+            } else {
+                bad[16..].iter_mut().for_each(|b| *b ^= 0x5a);
+            }
+            fs::write(&copy, &bad).unwrap();
+            // A fresh reader: nothing decoded in memory yet.
+            let reader = BlobReader::new(repo.clone(), dir.path(), 0).unwrap();
+            assert_eq!(reader.read_tree(&id).unwrap().entries, tree.entries);
+            reader.stop();
+            let reader = BlobReader::new(repo.clone(), dir.path(), 0).unwrap();
+            assert_eq!(reader.read_tree(&id).unwrap().entries, tree.entries);
+            assert_eq!(fs::read(&copy).unwrap(), good, "fetched again");
+            reader.stop();
+        }
         reader.stop();
     }
 
