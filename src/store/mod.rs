@@ -616,7 +616,14 @@ impl Store {
     /// must take the object, or the write fails.
     pub fn put_new(&self, name: &str, data: Bytes) -> Result<bool> {
         match self.mode_for(name) {
-            Mode::Single => self.single().put_new(name, data),
+            Mode::Single => {
+                let b = self.single();
+                let created = b.put_new(name, data.clone())?;
+                if !created && content_addressed(name).is_some() {
+                    existing_is_ours(b, name, || Ok(data))?;
+                }
+                Ok(created)
+            }
             Mode::Replicas => {
                 let copies = vec![data; self.slots.len()];
                 self.put_new_copies(name, &copies)
@@ -644,7 +651,7 @@ impl Store {
             Ok(c) => c,
             Err(e) => return Err(self.write_error(d, name, e, 0)),
         };
-        if !created && first.get(name)? != copies[d] {
+        if !created && !existing_is_ours(&first, name, || Ok(copies[d].clone()))? {
             return Ok(false);
         }
         let r = self.each(|i, s| {
@@ -674,14 +681,21 @@ impl Store {
     /// same filesystem gets a hard link (no copy, atomic, create-only); any
     /// other store gets the bytes.
     pub fn put_file_new(&self, name: &str, path: &std::path::Path) -> Result<bool> {
+        let read = || {
+            std::fs::read(path)
+                .map(Bytes::from)
+                .map_err(|e| Error::io(path, e))
+        };
         match self.mode_for(name) {
-            Mode::Single => self.single().put_file_new(name, path),
+            Mode::Single => {
+                let b = self.single();
+                let created = b.put_file_new(name, path)?;
+                if !created && content_addressed(name).is_some() {
+                    existing_is_ours(b, name, read)?;
+                }
+                Ok(created)
+            }
             Mode::Replicas => {
-                let read = || {
-                    std::fs::read(path)
-                        .map(Bytes::from)
-                        .map_err(|e| Error::io(path, e))
-                };
                 let first = self.slots[0]
                     .b(name)
                     .map_err(|e| self.write_error(0, name, e, 0))?;
@@ -689,7 +703,7 @@ impl Store {
                     Ok(c) => c,
                     Err(e) => return Err(self.write_error(0, name, e, 0)),
                 };
-                if !created && first.get(name)? != read()? {
+                if !created && !existing_is_ours(&first, name, read)? {
                     return Ok(false);
                 }
                 let r = self.each_of(1..self.slots.len(), |_, s| {
@@ -978,7 +992,7 @@ fn put_new_same(b: &Backend, name: &str, data: &Bytes) -> Result<()> {
     if b.put_new(name, data.clone())? {
         return Ok(());
     }
-    if b.get(name)? == *data {
+    if existing_is_ours(b, name, || Ok(data.clone()))? {
         return Ok(());
     }
     if name.starts_with("locks/") {
@@ -989,6 +1003,29 @@ fn put_new_same(b: &Backend, name: &str, data: &Bytes) -> Result<()> {
         object: name.to_string(),
         reason: "the store already holds different bytes under this name".into(),
     })
+}
+
+/// `name` exists at `b` where we meant to create it with `ours`: a
+/// retried create finds its own first attempt there. Whether it holds our
+/// bytes now. A content-addressed object whose stored copy does not hash
+/// to its name while ours does is damaged there (a disk error, a write cut
+/// short by a store that does not write atomically) and is replaced:
+/// counting it as stored would leave the only copy damaged. (An erasure
+/// coding shard never hashes to the object's name, so shards are only
+/// compared.)
+fn existing_is_ours(b: &Backend, name: &str, ours: impl FnOnce() -> Result<Bytes>) -> Result<bool> {
+    let stored = b.get(name)?;
+    let ours = ours()?;
+    if stored == ours {
+        return Ok(true);
+    }
+    let damaged = content_addressed(name).is_some()
+        && check_name(name, &stored).is_err()
+        && check_name(name, &ours).is_ok();
+    if damaged {
+        b.put(name, ours)?;
+    }
+    Ok(damaged)
 }
 
 /// Names that are the BLAKE3 hash of their bytes: packs, index deltas,
@@ -1201,6 +1238,58 @@ mod tests {
         s.delete(&name).unwrap();
         assert!(b.head(&name).unwrap().is_none());
         assert!(s.get(&name).unwrap_err().is_missing());
+    }
+
+    /// A retried upload that finds a damaged copy of a content-addressed
+    /// object under its name (a disk error, a write cut short) puts the
+    /// good bytes back instead of counting the damaged copy as stored; a
+    /// good copy, or anything not content-addressed, is left as it is.
+    #[test]
+    fn a_damaged_copy_found_by_a_retried_upload_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = Bytes::from_static(b"pack bytes that hash to their name");
+        let name = pack_name(&data);
+        let local = dir.path().join("outbox-copy");
+        std::fs::write(&local, &data).unwrap();
+        let damaged = Bytes::from_static(b"pack bytes that hash to their nam\0");
+        // One store: by path (the outbox's way) and by bytes.
+        let url = format!("file://{}/single", dir.path().display());
+        let s = Store::open(&url, true).unwrap();
+        let b = Backend::open(&url, false).unwrap();
+        assert!(s.put_file_new(&name, &local).unwrap());
+        b.put(&name, damaged.clone()).unwrap();
+        assert!(!s.put_file_new(&name, &local).unwrap());
+        assert_eq!(b.get(&name).unwrap(), data);
+        b.put(&name, damaged.clone()).unwrap();
+        assert!(!s.put_new(&name, data.clone()).unwrap());
+        assert_eq!(b.get(&name).unwrap(), data);
+        // A lock is no content: another's stays.
+        assert!(s.put_new("locks/l", Bytes::from_static(b"mine")).unwrap());
+        assert!(!s.put_new("locks/l", Bytes::from_static(b"yours")).unwrap());
+        assert_eq!(&b.get("locks/l").unwrap()[..], b"mine");
+        // Replicas: the first store's copy and a later one's.
+        let u = file_urls(dir.path(), &["r0", "r1"]);
+        let r = Store::open_many(&u, None, true).unwrap();
+        let (b0, b1) = (
+            Backend::open(&u[0], false).unwrap(),
+            Backend::open(&u[1], false).unwrap(),
+        );
+        assert!(r.put_file_new(&name, &local).unwrap());
+        for damage in [&b0, &b1] {
+            damage.put(&name, damaged.clone()).unwrap();
+            r.put_file_new(&name, &local).unwrap();
+            assert_eq!(b0.get(&name).unwrap(), data);
+            assert_eq!(b1.get(&name).unwrap(), data);
+            damage.put(&name, damaged.clone()).unwrap();
+            r.put_new(&name, data.clone()).unwrap();
+            assert_eq!(b0.get(&name).unwrap(), data);
+            assert_eq!(b1.get(&name).unwrap(), data);
+        }
+        // Our own copy damaged too: the store's is not overwritten.
+        b.put(&name, damaged.clone()).unwrap();
+        std::fs::write(&local, b"also damaged").unwrap();
+        assert!(!s.put_file_new(&name, &local).unwrap());
+        assert_eq!(b.get(&name).unwrap(), damaged);
     }
 
     #[test]
