@@ -9,6 +9,7 @@ pub mod blobs;
 pub mod chunk;
 pub mod control;
 pub mod crypto;
+pub mod deep;
 pub mod error;
 pub mod flush;
 pub mod fs;

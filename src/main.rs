@@ -3,5 +3,11 @@
 mod cli;
 
 fn main() {
-    std::process::exit(cli::run());
+    // Commands walk trees recursively (check, ls, forget, prune...): the
+    // whole command runs on a deep stack (see `secrate::deep`).
+    let code = secrate::deep::run(cli::run).unwrap_or_else(|e| {
+        eprintln!("secrate: {e}");
+        1
+    });
+    std::process::exit(code);
 }

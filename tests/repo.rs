@@ -310,3 +310,32 @@ fn flipped_byte_names_the_damaged_file() {
         assert!(Path::new(&dst.join("d/victim.bin")).exists());
     }
 }
+
+/// A directory 1,800 levels deep (as deep as paths of PATH_MAX allow with
+/// room to spare) backs up, checks, lists and restores. Each level is a
+/// few stack frames of the recursive walks: backup aborted the process
+/// ("has overflowed its stack") at 1,000 levels before they ran on deep
+/// stacks.
+#[test]
+fn deep_directories_back_up_and_restore() {
+    for store in stores("deep-dirs") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        let mut leaf = src.clone();
+        for _ in 0..1800 {
+            leaf.push("d");
+        }
+        fs::create_dir_all(&leaf).unwrap();
+        fs::write(leaf.join("leaf"), b"at the bottom\n").unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        s.ok(&["backup", src.to_str().unwrap()]);
+        let out = s.ok(&["check", "--read-data"]);
+        assert!(out.contains("no errors"), "{out}");
+        assert_eq!(s.ok(&["ls", "latest"]).lines().count(), 1801);
+        let dst = work.path().join("restored");
+        s.ok(&["restore", "latest", dst.to_str().unwrap()]);
+        assert_same_tree(&src, &dst);
+    }
+}

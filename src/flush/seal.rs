@@ -58,6 +58,11 @@ impl Flusher {
     /// Seal a snapshot of the live tree if anything changed since the last
     /// one. Returns what was sealed.
     pub fn seal(&self) -> Result<Option<SealOutcome>> {
+        // The tree is built recursively, a frame per directory level.
+        crate::deep::run(|| self.seal_here())?
+    }
+
+    fn seal_here(&self) -> Result<Option<SealOutcome>> {
         let _one = self.seal_mutex.lock().unwrap_or_else(|e| e.into_inner());
         let live = &self.live;
         let sealing = live.dir().join("sealing");

@@ -83,6 +83,16 @@ pub fn import_snapshot(
     snap_id: &Id,
     snap: &Snapshot,
 ) -> LiveResult<Import> {
+    // The tree is walked recursively, a frame per directory level.
+    crate::deep::run(|| import_here(live, reader, snap_id, snap))?
+}
+
+fn import_here(
+    live: &Live,
+    reader: &BlobReader,
+    snap_id: &Id,
+    snap: &Snapshot,
+) -> LiveResult<Import> {
     reader.fetch_tree_packs()?;
     let mut w = Walk {
         reader,

@@ -211,11 +211,7 @@ pub fn backup(
 /// Sealing stays bounded by the writer's one open pack per core.
 fn reading_pool() -> Result<rayon::ThreadPool> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads((cores * 4).clamp(4, 64))
-        .thread_name(|i| format!("secrate-read{i}"))
-        .build()
-        .map_err(|e| Error::Invalid(format!("cannot start reader threads: {e}")))
+    crate::deep::pool((cores * 4).clamp(4, 64), "secrate-read")
 }
 
 pub fn mtime_of(md: &Metadata) -> Timestamp {
