@@ -37,6 +37,9 @@ pub struct RestoreSummary {
     pub errors: Vec<String>,
 }
 
+/// A hard-linked file's first restored name and its content.
+type FirstName = (PathBuf, Content);
+
 struct Run<'a> {
     repo: &'a Repository,
     progress: &'a dyn Progress,
@@ -45,7 +48,7 @@ struct Run<'a> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
-    hard_links: Mutex<HashMap<(u64, u64), Vec<(PathBuf, Content)>>>,
+    hard_links: Mutex<HashMap<(u64, u64), Vec<FirstName>>>,
 }
 
 /// Restore `subpath` (or the whole snapshot) of `snap` into `target`.
