@@ -318,7 +318,11 @@ impl BlobReader {
                     let _ = fs::remove_file(&path);
                     self.repo.read_blob(kind, id)?
                 }
-                Err(e) => return Err(e),
+                // An outbox copy goes once its upload is done, maybe
+                // between the look above and the read: then the store has
+                // it. (Not yet uploaded, the local error is the one to
+                // tell.)
+                Err(e) => self.repo.read_blob(kind, id).map_err(|_| e)?,
             },
             None => self.repo.read_blob(kind, id)?,
         };
@@ -647,6 +651,27 @@ mod tests {
             assert_eq!(fs::read(&copy).unwrap(), good, "fetched again");
             reader.stop();
         }
+        reader.stop();
+    }
+
+    /// A pack whose upload finished (and whose outbox copy went) between
+    /// the reader's look at the outbox and its read is read from the store:
+    /// a read of the newest snapshot never fails with ENOENT for that.
+    #[test]
+    fn an_outbox_copy_gone_meanwhile_is_read_from_the_store() {
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        let repo = Arc::new(crate::repo::tests::test_init("memory://outbox-gone"));
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let id = w.add(BlobKind::Data, b"uploaded just now").unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let reader = BlobReader::new(repo, dir.path(), 0).unwrap();
+        reader.add_outbox(packs[0].id, dir.path().join("outbox/removed-by-the-upload"));
+        assert_eq!(
+            &reader.blob(BlobKind::Data, &id).unwrap()[..],
+            b"uploaded just now"
+        );
         reader.stop();
     }
 
