@@ -75,6 +75,10 @@ pub struct BackupSummary {
 /// many have accumulated.
 const INDEX_EVERY: usize = 32;
 
+/// What one name of a hard-linked file read: the file's (mtime, size) as
+/// stat'ed before, and its chunks.
+type LinkRead = ((Timestamp, u64), Vec<ChunkRef>);
+
 struct Run<'a> {
     repo: &'a Repository,
     writer: BlobWriter,
@@ -89,7 +93,7 @@ struct Run<'a> {
     bytes_read: AtomicU64,
     meta_bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
-    hard_links: Mutex<HashMap<(u64, u64), Vec<ChunkRef>>>,
+    hard_links: Mutex<HashMap<(u64, u64), LinkRead>>,
     unindexed: Mutex<Vec<PackInfo>>,
 }
 
@@ -376,15 +380,23 @@ impl Run<'_> {
         } else {
             self.files_new.fetch_add(1, Ordering::Relaxed);
         }
+        // Another name of this file was read in this run: its content is
+        // this name's, as long as the file has not changed since. Changed
+        // (a later stat, a new mtime or size), the content read before
+        // would be recorded with the new mtime, and the next backup would
+        // take it as unchanged for ever: read it again.
         let link_key = (e.dev, e.inode);
+        let seen = (e.mtime, md.len());
         if e.links > 1 {
-            if let Some(c) = self
+            if let Some((was, c)) = self
                 .hard_links
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&link_key)
             {
-                return Ok(c.clone());
+                if *was == seen {
+                    return Ok(c.clone());
+                }
             }
         }
         let chunks = self.read_file(path, md.len())?;
@@ -392,7 +404,7 @@ impl Run<'_> {
             self.hard_links
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(link_key, chunks.clone());
+                .insert(link_key, (seen, chunks.clone()));
         }
         Ok(chunks)
     }
@@ -438,4 +450,76 @@ fn strip_path(e: &Error, path: &Path) -> String {
     let s = e.to_string();
     let prefix = format!("{}: ", path.display());
     s.strip_prefix(&prefix).map(str::to_string).unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// Rewrites every file once, after the backup has read `after` files.
+    struct RewriteOnce<'a> {
+        reads: AtomicU64,
+        after: u64,
+        rewrite: &'a (dyn Fn() + Sync),
+    }
+
+    impl Progress for RewriteOnce<'_> {
+        fn advance(&self, _bytes: u64) {
+            if self.reads.fetch_add(1, Ordering::Relaxed) + 1 == self.after {
+                (self.rewrite)();
+            }
+        }
+    }
+
+    /// A hard-linked file rewritten while a backup runs, between the read
+    /// of one name and the stat of the other: the next backup (nothing
+    /// changing) records both names with the file's content. Before, the
+    /// second name took the content the first had read, recorded with the
+    /// new mtime: every later backup took it as unchanged.
+    #[test]
+    fn hard_links_rewritten_during_a_backup_are_right_the_next_time() {
+        for round in 0..5 {
+            let repo = Arc::new(test_init(&format!(
+                "memory://backup-links-rewritten-{round}"
+            )));
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src");
+            // The first name is read long before the walk reaches the
+            // second, 40 directories down.
+            let first = src.join("a");
+            let mut second = src.clone();
+            for _ in 0..40 {
+                second.push("d");
+            }
+            fs::create_dir_all(&second).unwrap();
+            second.push("b");
+            fs::write(&first, "before").unwrap();
+            fs::hard_link(&first, &second).unwrap();
+            let rewrite = || {
+                fs::write(&first, "after!").unwrap();
+                // An explicit time: a rewrite within one clock tick keeps
+                // the mtime, for any backup tool.
+                let t = Timestamp {
+                    secs: 2_000_000_000,
+                    nanos: 0,
+                };
+                fsmeta::set_times(&first, t).unwrap();
+            };
+            let hook = RewriteOnce {
+                reads: AtomicU64::new(0),
+                after: 1,
+                rewrite: &rewrite,
+            };
+            backup(repo.clone(), &BackupOptions::new(src.clone()), &hook).unwrap();
+            let again = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+            let out = dir.path().join("out");
+            crate::ops::restore::restore(&repo, &again.snapshot, None, &out, &Quiet).unwrap();
+            for name in [&first, &second] {
+                let got = fs::read(out.join(name.strip_prefix(&src).unwrap())).unwrap();
+                assert_eq!(got, b"after!", "round {round}: {}", name.display());
+            }
+        }
+    }
 }
