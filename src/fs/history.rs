@@ -1,8 +1,9 @@
 //! `.history/`: every snapshot as a read-only tree.
 //!
 //! One directory per snapshot named by its UTC time (a `-N` suffix when two
-//! share a second), and `latest`, a symlink to the newest. Snapshots sealed
-//! but not yet uploaded are listed too. Inode numbers are synthesized on
+//! share a second; a name stays with its snapshot, see `SnapshotNames`),
+//! and `latest`, a symlink to the newest. Snapshots sealed but not yet
+//! uploaded are listed too. Inode numbers are synthesized on
 //! first lookup, from 2^62 up, and stay the same for the life of the mount.
 //! Trees are read on demand through the blob reader: opening a file in an
 //! old snapshot reads the trees on its path and the chunks it reads.
@@ -55,24 +56,44 @@ pub struct History {
     /// non-directory → its one inode number, so that every name of it
     /// shows the same inode, as in the tree that was recorded.
     by_link: Mutex<HashMap<(u64, u64, u64), u64>>,
+    names: Mutex<SnapshotNames>,
 }
 
-/// Directory names for snapshots, oldest first, unique.
-pub fn snapshot_names(snaps: &[SnapEntry]) -> Vec<(Vec<u8>, &SnapEntry)> {
-    let mut out: Vec<(Vec<u8>, &SnapEntry)> = Vec::with_capacity(snaps.len());
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    for s in snaps {
-        let base = s.snapshot.time_rfc3339();
-        let n = seen.entry(base.clone()).or_insert(0);
-        let name = if *n == 0 {
-            base.clone()
-        } else {
-            format!("{base}-{n}")
-        };
-        *n += 1;
-        out.push((name.into_bytes(), s));
+/// Directory names of snapshots, given once and kept for the life of the
+/// mount: the UTC time of the snapshot, with `-N` when another snapshot of
+/// the same second had the name. A name never passes to another snapshot
+/// (when retention forgets the first of two snapshots of one second, the
+/// second keeps `T-1`): the kernel keeps a name's inode and a file's pages
+/// by name, and a name that changed its snapshot would show the forgotten
+/// snapshot's cached bytes under the name of a kept one.
+#[derive(Default)]
+pub struct SnapshotNames {
+    by_id: HashMap<Id, Vec<u8>>,
+    taken: std::collections::HashSet<Vec<u8>>,
+}
+
+impl SnapshotNames {
+    /// Names for `snaps` (oldest first), in their order.
+    pub fn name<'a>(&mut self, snaps: &'a [SnapEntry]) -> Vec<(Vec<u8>, &'a SnapEntry)> {
+        snaps
+            .iter()
+            .map(|s| {
+                if let Some(n) = self.by_id.get(&s.id) {
+                    return (n.clone(), s);
+                }
+                let base = s.snapshot.time_rfc3339();
+                let mut name = base.clone().into_bytes();
+                let mut k = 0u64;
+                while self.taken.contains(&name) {
+                    k += 1;
+                    name = format!("{base}-{k}").into_bytes();
+                }
+                self.taken.insert(name.clone());
+                self.by_id.insert(s.id, name.clone());
+                (name, s)
+            })
+            .collect()
     }
-    out
 }
 
 impl History {
@@ -83,6 +104,7 @@ impl History {
             nodes: RwLock::new(Vec::new()),
             by_name: Mutex::new(HashMap::new()),
             by_link: Mutex::new(HashMap::new()),
+            names: Mutex::new(SnapshotNames::default()),
         }
     }
 
@@ -160,16 +182,24 @@ impl History {
         ino
     }
 
+    fn snapshot_names<'a>(&self, snaps: &'a [SnapEntry]) -> Vec<(Vec<u8>, &'a SnapEntry)> {
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .name(snaps)
+    }
+
     fn latest_name(&self) -> Option<Vec<u8>> {
         let snaps = self.flusher.snapshots();
-        snapshot_names(&snaps).pop().map(|(n, _)| n)
+        self.snapshot_names(&snaps).pop().map(|(n, _)| n)
     }
 
     /// Children of a history directory: (name, node).
     fn list(&self, ino: u64) -> LiveResult<Vec<(Vec<u8>, Node)>> {
         if ino == HISTORY_INO {
             let snaps = self.flusher.snapshots();
-            let mut out: Vec<(Vec<u8>, Node)> = snapshot_names(&snaps)
+            let mut out: Vec<(Vec<u8>, Node)> = self
+                .snapshot_names(&snaps)
                 .into_iter()
                 .map(|(n, s)| {
                     (
@@ -327,5 +357,62 @@ fn node_kind(n: &Node) -> Kind {
         Node::Latest => Kind::Symlink,
         Node::Root { .. } => Kind::Dir,
         Node::Entry(e) => e.kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::snapshot::{Origin, Snapshot};
+
+    fn snap(n: u8, time_ns: i64) -> SnapEntry {
+        SnapEntry {
+            id: Id([n; 32]),
+            snapshot: Snapshot {
+                time_ns,
+                host: "h".into(),
+                user: "u".into(),
+                source: "/s".into(),
+                origin: Origin::Mount,
+                root: Id([n; 32]),
+                root_meta: Default::default(),
+                parent: None,
+                files: 0,
+                dirs: 0,
+                bytes: 0,
+                added_bytes: 0,
+                tags: vec![],
+            },
+            uploaded: true,
+        }
+    }
+
+    /// Found by review: names were given by place among the snapshots of
+    /// one second, so when retention forgot the first, the second's name
+    /// became the first's, and the kernel went on showing the forgotten
+    /// snapshot's cached pages under it.
+    #[test]
+    fn a_snapshot_keeps_its_name_when_another_of_its_second_goes() {
+        let second = 1_700_000_000_000_000_000;
+        let (a, b, c) = (snap(1, second), snap(2, second + 5), snap(3, second + 9));
+        let mut names = SnapshotNames::default();
+        let names_of = |names: &mut SnapshotNames, snaps: &[SnapEntry]| -> Vec<String> {
+            names
+                .name(snaps)
+                .into_iter()
+                .map(|(n, _)| String::from_utf8(n).unwrap())
+                .collect()
+        };
+        let t = a.snapshot.time_rfc3339();
+        assert_eq!(
+            names_of(&mut names, &[a.clone(), b.clone()]),
+            [t.clone(), format!("{t}-1")]
+        );
+        // The first is forgotten: the second keeps its name, and a third
+        // of that second gets a name never given before.
+        assert_eq!(
+            names_of(&mut names, &[b.clone(), c.clone()]),
+            [format!("{t}-1"), format!("{t}-2")]
+        );
     }
 }
