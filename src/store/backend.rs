@@ -51,6 +51,14 @@ impl Backend {
         })
     }
 
+    /// This backend behind the fault layer (tests).
+    #[cfg(test)]
+    pub(crate) fn with_faults(mut self, faults: FaultConfig) -> Backend {
+        self.inner = faults::wrap(self.inner, faults);
+        self.direct_puts = false;
+        self
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> Backend {
         self.retry = retry;
         self

@@ -4,7 +4,9 @@
 //! Enabled only by `SECRATE_FAULTS`, a comma-separated list:
 //! `error_rate=0.2` (fraction of operations failing with a transient error),
 //! `latency_ms=50` (added to every operation), `down_file=/path` (while that
-//! file exists every operation fails, as if the store were unreachable).
+//! file exists every operation fails, as if the store were unreachable),
+//! `reads_of=packs` (the faults hit only reads of objects in that folder:
+//! the store lists and writes, but cannot serve those objects).
 //! Injected errors are `Generic`, which the retry layer treats as transient.
 
 use std::fmt;
@@ -30,6 +32,8 @@ pub struct FaultConfig {
     pub error_rate: f64,
     pub latency: Duration,
     pub down_file: Option<PathBuf>,
+    /// Only reads of objects in this folder fail (`None`: every operation).
+    pub reads_of: Option<String>,
 }
 
 impl FaultConfig {
@@ -54,6 +58,7 @@ impl FaultConfig {
                 }
                 "latency_ms" => c.latency = Duration::from_millis(v.parse().map_err(|_| bad())?),
                 "down_file" => c.down_file = Some(PathBuf::from(v)),
+                "reads_of" => c.reads_of = Some(v.trim_matches('/').to_string()),
                 _ => return Err(bad()),
             }
         }
@@ -78,9 +83,19 @@ impl fmt::Display for FaultyStore {
 }
 
 impl FaultyStore {
-    async fn before(&self, op: &str) -> Result<()> {
+    /// Whether `reads_of` leaves this operation alone.
+    fn spares(&self, op: &str, location: Option<&Path>) -> bool {
+        self.config.reads_of.as_deref().is_some_and(|dir| {
+            op != "get" || !location.is_some_and(|l| l.parts().any(|p| p.as_ref() == dir))
+        })
+    }
+
+    async fn before(&self, op: &str, location: Option<&Path>) -> Result<()> {
         if !self.config.latency.is_zero() {
             tokio::time::sleep(self.config.latency).await;
+        }
+        if self.spares(op, location) {
+            return Ok(());
         }
         if let Some(f) = &self.config.down_file {
             if f.exists() {
@@ -109,7 +124,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.before("put").await?;
+        self.before("put", Some(location)).await?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -118,17 +133,17 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.before("put").await?;
+        self.before("put", Some(location)).await?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.before("get").await?;
+        self.before("get", Some(location)).await?;
         self.inner.get_opts(location, options).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.before("get").await?;
+        self.before("get", Some(location)).await?;
         self.inner.get_ranges(location, ranges).await
     }
 
@@ -136,7 +151,9 @@ impl ObjectStore for FaultyStore {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        if self.config.down_file.as_ref().is_some_and(|f| f.exists()) {
+        if !self.spares("delete", None)
+            && self.config.down_file.as_ref().is_some_and(|f| f.exists())
+        {
             return futures::stream::once(async {
                 Err(injected("delete", "store is down (injected)"))
             })
@@ -146,6 +163,9 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        if self.spares("list", None) {
+            return self.inner.list(prefix);
+        }
         if self.config.down_file.as_ref().is_some_and(|f| f.exists()) {
             return futures::stream::once(async {
                 Err(injected("list", "store is down (injected)"))
@@ -162,12 +182,12 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.before("list").await?;
+        self.before("list", None).await?;
         self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        self.before("copy").await?;
+        self.before("copy", Some(from)).await?;
         self.inner.copy_opts(from, to, options).await
     }
 }
@@ -184,5 +204,7 @@ mod tests {
         assert_eq!(c.down_file.as_deref(), Some(std::path::Path::new("/tmp/x")));
         assert!(FaultConfig::parse("error_rate=2").is_err());
         assert!(FaultConfig::parse("bogus=1").is_err());
+        let c = FaultConfig::parse("error_rate=1,reads_of=packs/").unwrap();
+        assert_eq!(c.reads_of.as_deref(), Some("packs"));
     }
 }

@@ -312,6 +312,24 @@ impl Store {
         }
     }
 
+    /// The same stores behind the fault layer (`spec` as in
+    /// `SECRATE_FAULTS`), each operation tried once (tests).
+    #[cfg(test)]
+    pub(crate) fn with_faults(&self, spec: &str) -> Store {
+        let faults = faults::FaultConfig::parse(spec).expect("a fault spec");
+        let mut s = self.clone();
+        for slot in &mut s.slots {
+            if let Ok(b) = &mut slot.backend {
+                *b = b.clone().with_faults(faults.clone());
+            }
+        }
+        s.with_retry(RetryPolicy {
+            attempts: 1,
+            first_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+        })
+    }
+
     pub fn with_retry(mut self, retry: RetryPolicy) -> Store {
         for s in &mut self.slots {
             if let Ok(b) = &mut s.backend {
