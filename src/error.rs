@@ -77,6 +77,13 @@ impl Error {
     pub fn is_missing(&self) -> bool {
         matches!(self, Error::Missing { .. })
     }
+
+    /// The object is gone, or its bytes fail to verify: what no retry
+    /// changes. Any other error (a store that fails, a key that cannot
+    /// read) says nothing about the data.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, Error::Missing { .. } | Error::Corrupt { .. })
+    }
 }
 
 /// Attach a path to an `io::Result`.

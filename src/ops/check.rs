@@ -150,6 +150,11 @@ impl Walker<'_> {
 }
 
 pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
+    if read_data && !repo.keys().can_read_data() {
+        return Err(Error::WriteOnly {
+            what: "check --read-data needs a key that can read".into(),
+        });
+    }
     let mut report = CheckReport::default();
     for e in repo.load_index()? {
         report.problems.push(e.to_string());
@@ -198,7 +203,11 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
     }
 
     let bad = if read_data {
-        read_all(repo, &missing_packs, progress, &mut report)?
+        let bad = read_all(repo, &missing_packs, progress, &mut report)?;
+        // Each blob of a pack of the wrong size was read: those within it
+        // may be fine, and `bad` names the others.
+        missing_packs.retain(|_, f| matches!(f, PackFault::Missing));
+        bad
     } else {
         HashMap::new()
     };
@@ -294,10 +303,11 @@ fn read_all(
             }
             let key = match repo.pack_key(p) {
                 Ok(k) => k,
-                Err(e) => {
+                Err(e) if e.is_damage() => {
                     mark(&mut blobs.iter().map(|b| b.id), &e.to_string());
                     return Ok(());
                 }
+                Err(e) => return Err(e),
             };
             let kind = p.kind;
             for b in blobs {
@@ -353,5 +363,46 @@ impl PackFault {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::repair::tests::{file_of, one_pack_repo, open, rewrite, Quiet};
+    use crate::repo::Secret;
+
+    /// A key that cannot decrypt data cannot check it: refused, rather
+    /// than every file reported damaged.
+    #[test]
+    fn read_data_with_a_write_only_key_is_refused() {
+        let (repo, _) = one_pack_repo("memory://check-wo-read", 3);
+        repo.add_key(&Secret::Passphrase("wo".to_string().into()), true, 4)
+            .unwrap();
+        let wo = open(repo.store(), "wo");
+        let err = check(&wo, true, &Quiet).err().expect("refused");
+        assert!(matches!(err, Error::WriteOnly { .. }), "{err}");
+        // Without read_data it checks what it can read.
+        let report = check(&wo, false, &Quiet).unwrap();
+        assert!(report.is_clean(), "{report:?}");
+    }
+
+    /// Reading a truncated pack names the files whose blobs are past the
+    /// cut, not the ones read fine; the pack itself is a problem.
+    #[test]
+    fn read_data_names_only_the_files_past_a_truncation() {
+        let (repo, pack) = one_pack_repo("memory://check-truncated", 3);
+        let last = *pack.blobs.last().unwrap();
+        rewrite(&repo, &pack.id, |b| {
+            b.truncate(last.offset as usize + last.length as usize / 2)
+        });
+        let report = check(&open(repo.store(), "pw"), true, &Quiet).unwrap();
+        let damaged: Vec<&str> = report.damage.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(damaged, vec![file_of(&repo, &last.id)], "{report:?}");
+        let name = pack_name(&pack.id);
+        assert!(
+            report.problems.iter().any(|p| p.contains(&name)),
+            "{report:?}"
+        );
     }
 }

@@ -2,7 +2,10 @@
 //! can be found elsewhere and make the index tell the truth about the rest.
 //!
 //! 1. Find the bad packs: indexed but missing, of the wrong size, or (with
-//!    `read_data`) holding blobs that fail to decrypt.
+//!    `read_data`) holding blobs that fail to decrypt. Only a missing object
+//!    or bytes that fail to verify make a blob lost: any other error (the
+//!    store failing, a write-only key) stops repair before it changes
+//!    anything.
 //! 2. Put whole packs back from mount caches (`packs/`, `outbox/`) when a
 //!    cached copy hashes to the pack's name.
 //! 3. Salvage lost blobs: the readable blobs of damaged packs, decrypted
@@ -31,7 +34,7 @@ use std::sync::Arc;
 use crate::crypto::{BlobKind, Id};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::index::index_name;
+use crate::repo::index::{index_name, PackMeta};
 use crate::repo::pack::{pack_name, PackBlob, PackInfo};
 use crate::repo::tree::Kind;
 use crate::repo::writer::{BlobWriter, StoreSink};
@@ -70,6 +73,11 @@ pub fn repair(
     opts: &RepairOptions,
     progress: &dyn Progress,
 ) -> Result<RepairReport> {
+    if opts.read_data && !repo.keys().can_read_data() {
+        return Err(Error::WriteOnly {
+            what: "repair --read-data needs a key that can read".into(),
+        });
+    }
     let lock = repo.lock("repair")?;
     for p in repo.load_index()? {
         progress.warn(&format!("{p}; its packs are read from their headers"));
@@ -102,16 +110,14 @@ pub fn repair(
                 bad.insert(i, by_pack[i].clone());
             }
             Some(&size) if size != p.size => {
+                // Truncated or extended: the blobs within it may still read.
+                let lost = unreadable(&repo, p, &by_pack[i], size)?;
                 report.packs_damaged += 1;
                 damaged_present.insert(i);
-                bad.insert(i, by_pack[i].clone());
+                bad.insert(i, lost);
             }
-            Some(_) if opts.read_data => {
-                let lost: Vec<PackBlob> = by_pack[i]
-                    .iter()
-                    .filter(|b| repo.read_blob(p.kind, &b.id).is_err())
-                    .cloned()
-                    .collect();
+            Some(&size) if opts.read_data => {
+                let lost = unreadable(&repo, p, &by_pack[i], size)?;
                 if !lost.is_empty() {
                     report.packs_damaged += 1;
                     damaged_present.insert(i);
@@ -204,10 +210,11 @@ pub fn repair(
         let lost_here: HashSet<Id> = bad[&i].iter().map(|b| b.id).collect();
         for b in &by_pack[i] {
             if !lost_here.contains(&b.id) && !healthy_has.contains(&b.id) {
-                if let Ok(data) = repo.read_blob(packs[i].kind, &b.id) {
-                    if !opts.dry_run {
-                        writer.add_with_id(packs[i].kind, b.id, &data)?;
-                    }
+                // It read a moment ago: an error now (the store failing or
+                // changing) stops repair before anything is deleted.
+                let data = repo.read_blob(packs[i].kind, &b.id)?;
+                if !opts.dry_run {
+                    writer.add_with_id(packs[i].kind, b.id, &data)?;
                 }
             }
         }
@@ -320,6 +327,38 @@ pub fn repair(
     Ok(report)
 }
 
+/// The blobs of pack `p` (`size` bytes in the store) that are lost: past
+/// its end, missing, or failing to verify. Any other error says nothing
+/// about them and is returned.
+fn unreadable(
+    repo: &Repository,
+    p: &PackMeta,
+    blobs: &[PackBlob],
+    size: u64,
+) -> Result<Vec<PackBlob>> {
+    let mut lost = Vec::new();
+    for b in blobs {
+        if b.offset as u64 + b.length as u64 > size {
+            lost.push(*b);
+            continue;
+        }
+        match repo.read_blob(p.kind, &b.id) {
+            Ok(_) => {}
+            Err(e) if e.is_damage() => lost.push(*b),
+            Err(Error::WriteOnly { .. }) => {
+                return Err(Error::WriteOnly {
+                    what: format!(
+                        "repair needs a key that can read to salvage the blobs of {}",
+                        pack_name(&p.id)
+                    ),
+                })
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(lost)
+}
+
 /// Data chunks referenced by any snapshot's readable trees and in no index.
 fn referenced_unindexed(repo: &Repository) -> Result<HashSet<Id>> {
     let (snaps, _) = repo.snapshots()?;
@@ -411,4 +450,225 @@ fn damaged_files(
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::repo::lock::{hostname, now_ns};
+    use crate::repo::snapshot::{Origin, Snapshot};
+    use crate::repo::tests::test_init;
+    use crate::repo::tree::tests::file;
+    use crate::repo::tree::{ChunkRef, Entry, Tree};
+    use crate::repo::Secret;
+    use crate::store::Store;
+
+    pub(crate) struct Quiet;
+    impl Progress for Quiet {
+        fn start(&self, _: &str, _: Option<u64>) {}
+        fn advance(&self, _: u64) {}
+        fn finish(&self) {}
+        fn warn(&self, _: &str) {}
+    }
+
+    /// The repository in `store`, opened with passphrase `pw`, index loaded.
+    pub(crate) fn open(store: &Store, pw: &str) -> Arc<Repository> {
+        let r =
+            Repository::open(store.clone(), &Secret::Passphrase(pw.to_string().into())).unwrap();
+        r.load_index().unwrap();
+        Arc::new(r)
+    }
+
+    /// Chunk `i` of the test files: 2000 bytes that hardly compress.
+    pub(crate) fn chunk(i: u8) -> Vec<u8> {
+        (0..2000u32)
+            .map(|j| (j.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect()
+    }
+
+    /// A file `f{i}` whose one chunk is `id`.
+    fn one_chunk_file(i: usize, id: Id) -> Entry {
+        file(&format!("f{i}"), vec![ChunkRef { id, len: 2000 }])
+    }
+
+    /// A snapshot of a directory holding `entries`.
+    fn snapshot_of(repo: &Arc<Repository>, entries: Vec<Entry>) {
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let root = w.add(BlobKind::Tree, &Tree { entries }.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        repo.write_snapshot(&Snapshot {
+            time_ns: now_ns(),
+            host: hostname(),
+            user: "u".into(),
+            source: "/src".into(),
+            origin: Origin::Backup,
+            root,
+            root_meta: Default::default(),
+            parent: None,
+            files: 3,
+            dirs: 0,
+            bytes: 6000,
+            added_bytes: 0,
+            tags: vec![],
+        })
+        .unwrap();
+    }
+
+    /// A repository with one snapshot of files `f0`..: file `fi` is chunk
+    /// `i`, and all chunks are in one data pack, returned with its blobs
+    /// in the order of their offsets.
+    pub(crate) fn one_pack_repo(url: &str, n: u8) -> (Arc<Repository>, PackInfo) {
+        let repo = Arc::new(test_init(url));
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let ids: Vec<Id> = (0..n)
+            .map(|i| w.add(BlobKind::Data, &chunk(i)).unwrap())
+            .collect();
+        let (mut packs, _) = w.finish().unwrap();
+        assert_eq!(packs.len(), 1);
+        let mut pack = packs.pop().unwrap();
+        pack.blobs.sort_by_key(|b| b.offset);
+        repo.write_index(std::slice::from_ref(&pack)).unwrap();
+        let files = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| one_chunk_file(i, *id))
+            .collect();
+        snapshot_of(&repo, files);
+        (repo, pack)
+    }
+
+    /// The file that holds blob `id` (as `one_pack_repo` made them).
+    pub(crate) fn file_of(repo: &Repository, id: &Id) -> String {
+        let i = (0..=255u8)
+            .position(|i| repo.keys().blob_id(BlobKind::Data, &chunk(i)) == *id)
+            .unwrap();
+        format!("f{i}")
+    }
+
+    /// Change the stored bytes of pack `id`.
+    pub(crate) fn rewrite(repo: &Repository, id: &Id, f: impl FnOnce(&mut Vec<u8>)) {
+        let name = pack_name(id);
+        let mut b = repo.store().get(&name).unwrap().to_vec();
+        f(&mut b);
+        repo.store().put(&name, b.into()).unwrap();
+    }
+
+    /// The packs, index deltas and damage records in the store.
+    fn listing(store: &Store) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for dir in ["packs", "index", "damage"] {
+            out.extend(
+                store
+                    .list(dir)
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| (o.name, o.size)),
+            );
+        }
+        out.sort();
+        out
+    }
+
+    fn write_only(repo: &Repository) -> Arc<Repository> {
+        repo.add_key(&Secret::Passphrase("wo".to_string().into()), true, 4)
+            .unwrap();
+        let wo = open(repo.store(), "wo");
+        assert!(!wo.keys().can_read_data());
+        wo
+    }
+
+    const READ_DATA: RepairOptions = RepairOptions {
+        from: Vec::new(),
+        caches: Vec::new(),
+        read_data: true,
+        dry_run: false,
+    };
+
+    /// A key that cannot decrypt data cannot tell a damaged blob from a
+    /// healthy one: refused, nothing changed (it once deleted every pack).
+    #[test]
+    fn read_data_with_a_write_only_key_is_refused() {
+        let (repo, _) = one_pack_repo("memory://repair-wo-read", 3);
+        let wo = write_only(&repo);
+        let before = listing(repo.store());
+        let err = repair(wo, &READ_DATA, &Quiet).err().expect("refused");
+        assert!(matches!(err, Error::WriteOnly { .. }), "{err}");
+        assert_eq!(listing(repo.store()), before);
+    }
+
+    /// Salvaging the blobs of a damaged data pack needs to read them.
+    #[test]
+    fn a_write_only_key_cannot_salvage_a_damaged_data_pack() {
+        let (repo, pack) = one_pack_repo("memory://repair-wo-size", 3);
+        let wo = write_only(&repo);
+        rewrite(&repo, &pack.id, |b| b.truncate(b.len() - 7));
+        let before = listing(repo.store());
+        let err = repair(wo, &RepairOptions::default(), &Quiet)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, Error::WriteOnly { .. }), "{err}");
+        assert_eq!(listing(repo.store()), before);
+    }
+
+    /// A store that fails to serve a pack says nothing about its bytes:
+    /// repair stops before deleting anything.
+    #[test]
+    fn a_store_error_stops_repair_before_anything_changes() {
+        let (repo, _) = one_pack_repo("memory://repair-store-error", 3);
+        let before = listing(repo.store());
+        let faulty = repo.store().with_faults("error_rate=1,reads_of=packs");
+        let err = repair(open(&faulty, "pw"), &READ_DATA, &Quiet)
+            .err()
+            .expect("stopped");
+        assert!(matches!(err, Error::Store { .. }), "{err}");
+        assert_eq!(listing(repo.store()), before);
+    }
+
+    /// A truncated pack loses the blobs past the cut, no others.
+    #[test]
+    fn the_readable_blobs_of_a_truncated_pack_are_kept() {
+        let (repo, pack) = one_pack_repo("memory://repair-truncated", 3);
+        let last = *pack.blobs.last().unwrap();
+        rewrite(&repo, &pack.id, |b| {
+            b.truncate(last.offset as usize + last.length as usize / 2)
+        });
+        let report = repair(open(repo.store(), "pw"), &RepairOptions::default(), &Quiet).unwrap();
+        assert_eq!(
+            (report.packs_damaged, report.blobs_lost),
+            (1, 1),
+            "{report:?}"
+        );
+        let after = open(repo.store(), "pw");
+        for b in &pack.blobs[..2] {
+            after.read_blob(BlobKind::Data, &b.id).unwrap();
+        }
+        assert!(!after.index().contains(&last.id));
+        let (recorded, _) = after.recorded_damage().unwrap();
+        assert_eq!(recorded.keys().collect::<Vec<_>>(), vec![&last.id]);
+        let damaged: Vec<String> = report.damaged_files.into_iter().map(|f| f.1).collect();
+        assert_eq!(damaged, vec![format!("/{}", file_of(&repo, &last.id))]);
+    }
+
+    /// Bytes appended to a pack hide none of its blobs.
+    #[test]
+    fn a_pack_with_bytes_appended_loses_nothing() {
+        let (repo, pack) = one_pack_repo("memory://repair-appended", 3);
+        rewrite(&repo, &pack.id, |b| b.extend_from_slice(&[7; 100]));
+        let report = repair(open(repo.store(), "pw"), &RepairOptions::default(), &Quiet).unwrap();
+        assert_eq!(
+            (report.packs_damaged, report.blobs_lost),
+            (1, 0),
+            "{report:?}"
+        );
+        assert!(report.damaged_files.is_empty(), "{report:?}");
+        let after = open(repo.store(), "pw");
+        for b in &pack.blobs {
+            after.read_blob(BlobKind::Data, &b.id).unwrap();
+        }
+        assert!(!after.index().has_pack(&pack.id));
+        assert!(after.recorded_damage().unwrap().0.is_empty());
+        let checked = crate::ops::check::check(&after, true, &Quiet).unwrap();
+        assert!(checked.is_clean(), "{checked:?}");
+    }
 }
