@@ -97,7 +97,9 @@ pub fn repair(
         .collect();
     let (packs, by_pack) = {
         let ix = repo.index();
-        (ix.packs().to_vec(), ix.blobs_by_pack())
+        // Every copy of every blob: a copy in a healthy pack keeps a blob
+        // whose first copy is lost, and the new index lists it.
+        (ix.packs().to_vec(), ix.all_blobs_by_pack())
     };
 
     // 1. Bad packs, and which of their blobs are unreadable.
@@ -171,18 +173,28 @@ pub fn repair(
         return Ok(report);
     }
 
-    // Lost blobs, unless another healthy pack holds a copy (the index keeps
-    // one location per blob, so look at every pack's list).
+    // Lost blobs, unless another healthy pack holds a copy, or a damaged
+    // one holds a readable copy (moved below).
     let healthy_has: HashSet<Id> = by_pack
         .iter()
         .enumerate()
         .filter(|(i, _)| !bad.contains_key(i))
         .flat_map(|(_, b)| b.iter().map(|b| b.id))
         .collect();
+    let readable_in_damaged: HashSet<Id> = damaged_present
+        .iter()
+        .flat_map(|i| {
+            let lost_here: HashSet<Id> = bad[i].iter().map(|b| b.id).collect();
+            by_pack[*i]
+                .iter()
+                .map(|b| b.id)
+                .filter(move |id| !lost_here.contains(id))
+        })
+        .collect();
     let mut lost: HashMap<Id, BlobKind> = HashMap::new();
     for (&i, blobs) in &bad {
         for b in blobs {
-            if !healthy_has.contains(&b.id) {
+            if !healthy_has.contains(&b.id) && !readable_in_damaged.contains(&b.id) {
                 lost.insert(b.id, packs[i].kind);
             }
         }
@@ -212,7 +224,7 @@ pub fn repair(
             if !lost_here.contains(&b.id) && !healthy_has.contains(&b.id) {
                 // It read a moment ago: an error now (the store failing or
                 // changing) stops repair before anything is deleted.
-                let data = repo.read_blob(packs[i].kind, &b.id)?;
+                let data = repo.read_blob_in(&packs[i], b)?;
                 if !opts.dry_run {
                     writer.add_with_id(packs[i].kind, b.id, &data)?;
                 }
@@ -342,7 +354,7 @@ fn unreadable(
             lost.push(*b);
             continue;
         }
-        match repo.read_blob(p.kind, &b.id) {
+        match repo.read_blob_in(p, b) {
             Ok(_) => {}
             Err(e) if e.is_damage() => lost.push(*b),
             Err(Error::WriteOnly { .. }) => {
@@ -670,5 +682,45 @@ pub(crate) mod tests {
         assert!(after.recorded_damage().unwrap().0.is_empty());
         let checked = crate::ops::check::check(&after, true, &Quiet).unwrap();
         assert!(checked.is_clean(), "{checked:?}");
+    }
+
+    /// A blob stored in two packs survives the loss of the one the index
+    /// reads it from.
+    #[test]
+    fn a_blob_with_a_healthy_copy_elsewhere_is_not_lost() {
+        let repo = Arc::new(test_init("memory://repair-two-copies"));
+        let mut packs = Vec::new();
+        for other in [1, 2] {
+            let w = BlobWriter::for_repack(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+            w.add(BlobKind::Data, &chunk(0)).unwrap();
+            w.add(BlobKind::Data, &chunk(other)).unwrap();
+            packs.extend(w.finish().unwrap().0);
+        }
+        assert_eq!(packs.len(), 2);
+        for p in &packs {
+            repo.write_index(std::slice::from_ref(p)).unwrap();
+        }
+        let ids: Vec<Id> = (0..3)
+            .map(|i| repo.keys().blob_id(BlobKind::Data, &chunk(i)))
+            .collect();
+        let files = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| one_chunk_file(i, *id))
+            .collect();
+        snapshot_of(&repo, files);
+        let r = open(repo.store(), "pw");
+        let first = r.index().get(&ids[0]).unwrap().0.id;
+        repo.store().delete(&pack_name(&first)).unwrap();
+        let report = repair(r, &RepairOptions::default(), &Quiet).unwrap();
+        assert_eq!(
+            (report.packs_missing, report.blobs_lost),
+            (1, 1),
+            "{report:?}"
+        );
+        let after = open(repo.store(), "pw");
+        assert_eq!(after.read_blob(BlobKind::Data, &ids[0]).unwrap(), chunk(0));
+        assert!(!after.recorded_damage().unwrap().0.contains_key(&ids[0]));
+        assert_eq!(report.damaged_files.len(), 1, "{report:?}");
     }
 }

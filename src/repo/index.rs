@@ -90,6 +90,9 @@ pub struct Index {
     sorted: Vec<(Id, BlobLoc)>,
     /// Blobs not yet merged into `sorted`; none of them is in it.
     recent: HashMap<Id, BlobLoc>,
+    /// The other locations of blobs stored more than once (rare): lookups
+    /// use the first, `all_blobs_by_pack` lists them all.
+    extra: Vec<(Id, BlobLoc)>,
 }
 
 impl Index {
@@ -127,6 +130,8 @@ impl Index {
         for b in &p.blobs {
             if self.find(&b.id).is_none() {
                 self.recent.insert(b.id, loc(pos, b));
+            } else {
+                self.extra.push((b.id, loc(pos, b)));
             }
         }
         if self.recent.len() >= MERGE_MIN.max(self.sorted.len() / 8) {
@@ -163,12 +168,19 @@ impl Index {
     /// Sort what was pushed onto `sorted` past its first `before` blobs
     /// into place. The sort is stable, so of two copies of a blob the one
     /// added first stays first, and `dedup_by` keeps the first of equal
-    /// neighbours; it takes the sorted part as one run, so this costs a
-    /// sort of the new blobs and one merge.
+    /// neighbours (the others go to `extra`); it takes the sorted part as
+    /// one run, so this costs a sort of the new blobs and one merge.
     fn settle(&mut self, before: usize) {
         if self.sorted.len() > before {
             self.sorted.sort_by_key(|a| a.0);
-            self.sorted.dedup_by(|later, first| later.0 == first.0);
+            let extra = &mut self.extra;
+            self.sorted.dedup_by(|later, first| {
+                let same = later.0 == first.0;
+                if same {
+                    extra.push(*later);
+                }
+                same
+            });
             self.sorted.shrink_to_fit();
         }
     }
@@ -206,10 +218,24 @@ impl Index {
             .chain(self.recent.iter())
     }
 
-    /// Blobs grouped by pack (positions as in `packs()`), each sorted by offset.
+    /// Blobs grouped by pack (positions as in `packs()`), each sorted by
+    /// offset; a blob stored more than once only where lookups find it.
     pub fn blobs_by_pack(&self) -> Vec<Vec<PackBlob>> {
+        self.group_by_pack(self.blobs())
+    }
+
+    /// As `blobs_by_pack`, with every copy of a blob in its pack: each
+    /// pack's whole list, as its index delta gives it.
+    pub fn all_blobs_by_pack(&self) -> Vec<Vec<PackBlob>> {
+        self.group_by_pack(self.blobs().chain(self.extra.iter().map(|(id, l)| (id, l))))
+    }
+
+    fn group_by_pack<'a>(
+        &self,
+        blobs: impl Iterator<Item = (&'a Id, &'a BlobLoc)>,
+    ) -> Vec<Vec<PackBlob>> {
         let mut out = vec![Vec::new(); self.packs.len()];
-        for (id, l) in self.blobs() {
+        for (id, l) in blobs {
             out[l.pack as usize].push(PackBlob {
                 id: *id,
                 offset: l.offset,
@@ -351,7 +377,8 @@ mod tests {
     proptest! {
         /// Packs added one at a time (merged into the sorted vector every
         /// few blobs in tests) and in batches give what a plain map where
-        /// the first location of a blob wins gives.
+        /// the first location of a blob wins gives; `all_blobs_by_pack`
+        /// gives each pack's whole list.
         #[test]
         fn index_matches_a_first_wins_map(
             ops in proptest::collection::vec(
@@ -361,6 +388,7 @@ mod tests {
         ) {
             let mut ix = Index::new();
             let mut packs: Vec<Id> = Vec::new();
+            let mut whole: Vec<Vec<PackBlob>> = Vec::new();
             let mut model: HashMap<Id, (Id, u32)> = HashMap::new();
             for (batch, group) in &ops {
                 let group: Vec<PackInfo> = group.iter().map(|(n, ids)| pack_of(*n, ids)).collect();
@@ -369,6 +397,7 @@ mod tests {
                         continue;
                     }
                     packs.push(p.id);
+                    whole.push(p.blobs.clone());
                     for b in &p.blobs {
                         model.entry(b.id).or_insert((p.id, b.offset));
                     }
@@ -394,6 +423,7 @@ mod tests {
             let mut want: Vec<Id> = model.keys().copied().collect();
             want.sort();
             prop_assert_eq!(listed, want);
+            prop_assert_eq!(ix.all_blobs_by_pack(), whole);
         }
 
         /// The guided search answers as `binary_search` does, whatever the

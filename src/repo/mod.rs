@@ -43,7 +43,7 @@ use self::damage::{damage_name, DamageRecord};
 use self::index::{decode_delta, encode_delta, index_name, Index, PackMeta};
 use self::keys::{decode_keyring, encode_keyring, KeyKind, KeyObject};
 use self::lock::WriterLock;
-use self::pack::{pack_id_from_name, pack_name, PackInfo};
+use self::pack::{pack_id_from_name, pack_name, PackBlob, PackInfo};
 use self::snapshot::{snapshot_name, Snapshot};
 use self::tree::Tree;
 
@@ -589,12 +589,25 @@ impl Repository {
                 ),
             ));
         }
-        let key = self.pack_key(&pack)?;
-        let sealed = self.store.get_range(
-            &name,
-            loc.offset as u64..loc.offset as u64 + loc.length as u64,
-        )?;
-        pack::open_blob(&self.keys, &key, kind, id, &sealed).map_err(|e| Error::corrupt(&name, e.0))
+        let b = PackBlob {
+            id: *id,
+            offset: loc.offset,
+            length: loc.length,
+            raw_len: loc.raw_len,
+        };
+        self.read_blob_in(&pack, &b)
+    }
+
+    /// Read, decrypt and verify the copy of a blob at `b` in `pack` (a
+    /// blob stored twice is read from one place by `read_blob`).
+    pub fn read_blob_in(&self, pack: &PackMeta, b: &PackBlob) -> Result<Vec<u8>> {
+        let name = pack_name(&pack.id);
+        let key = self.pack_key(pack)?;
+        let sealed = self
+            .store
+            .get_range(&name, b.offset as u64..b.offset as u64 + b.length as u64)?;
+        pack::open_blob(&self.keys, &key, pack.kind, &b.id, &sealed)
+            .map_err(|e| Error::corrupt(&name, e.0))
     }
 
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
