@@ -380,7 +380,7 @@ mod tests {
         repo.add_key(&Secret::Passphrase("wo".to_string().into()), true, 4)
             .unwrap();
         let wo = open(repo.store(), "wo");
-        let err = check(&wo, true, &Quiet).err().expect("refused");
+        let err = check(&wo, true, &Quiet).expect_err("refused");
         assert!(matches!(err, Error::WriteOnly { .. }), "{err}");
         // Without read_data it checks what it can read.
         let report = check(&wo, false, &Quiet).unwrap();

@@ -604,7 +604,7 @@ pub(crate) mod tests {
         let (repo, _) = one_pack_repo("memory://repair-wo-read", 3);
         let wo = write_only(&repo);
         let before = listing(repo.store());
-        let err = repair(wo, &READ_DATA, &Quiet).err().expect("refused");
+        let err = repair(wo, &READ_DATA, &Quiet).expect_err("refused");
         assert!(matches!(err, Error::WriteOnly { .. }), "{err}");
         assert_eq!(listing(repo.store()), before);
     }
@@ -616,9 +616,7 @@ pub(crate) mod tests {
         let wo = write_only(&repo);
         rewrite(&repo, &pack.id, |b| b.truncate(b.len() - 7));
         let before = listing(repo.store());
-        let err = repair(wo, &RepairOptions::default(), &Quiet)
-            .err()
-            .expect("refused");
+        let err = repair(wo, &RepairOptions::default(), &Quiet).expect_err("refused");
         assert!(matches!(err, Error::WriteOnly { .. }), "{err}");
         assert_eq!(listing(repo.store()), before);
     }
@@ -630,9 +628,7 @@ pub(crate) mod tests {
         let (repo, _) = one_pack_repo("memory://repair-store-error", 3);
         let before = listing(repo.store());
         let faulty = repo.store().with_faults("error_rate=1,reads_of=packs");
-        let err = repair(open(&faulty, "pw"), &READ_DATA, &Quiet)
-            .err()
-            .expect("stopped");
+        let err = repair(open(&faulty, "pw"), &READ_DATA, &Quiet).expect_err("stopped");
         assert!(matches!(err, Error::Store { .. }), "{err}");
         assert_eq!(listing(repo.store()), before);
     }
