@@ -5,7 +5,9 @@
 //! lock not refreshed for `STALE`, or held by a dead process on this host,
 //! may be broken. The holder checks its token on every refresh and before it
 //! commits (`WriterLock::check`), so a writer whose lock was broken stops
-//! instead of committing alongside another. The lock's contents (host, pid,
+//! instead of committing alongside another. A holder that could not refresh
+//! for nearly `STALE` counts its lock as lost until it finds the lock
+//! still holding its token (nobody broke it) and refreshes it again. The lock's contents (host, pid,
 //! time, purpose) are encrypted like every other metadata object.
 //!
 //! A mount's lock also names its outbox (host and cache directory). A mount
@@ -35,6 +37,19 @@ pub const MAGIC: &[u8; 7] = b"SECRATL";
 pub const VERSION: u8 = 1;
 pub const REFRESH: Duration = Duration::from_secs(60);
 pub const STALE: Duration = Duration::from_secs(10 * 60);
+
+/// How often the holder refreshes its lock, and how long refreshes may fail
+/// before it counts the lock as lost (others may break it at `STALE`).
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    refresh: Duration,
+    give_up: Duration,
+}
+
+const TIMING: Timing = Timing {
+    refresh: REFRESH,
+    give_up: STALE.saturating_sub(REFRESH),
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockInfo {
@@ -216,6 +231,16 @@ impl WriterLock {
         purpose: &str,
         outbox: &str,
     ) -> Result<WriterLock> {
+        WriterLock::acquire_timed(store, keys, purpose, outbox, TIMING)
+    }
+
+    fn acquire_timed(
+        store: &Store,
+        keys: Arc<Keyring>,
+        purpose: &str,
+        outbox: &str,
+        timing: Timing,
+    ) -> Result<WriterLock> {
         let mut info = LockInfo {
             host: hostname(),
             pid: std::process::id(),
@@ -230,7 +255,7 @@ impl WriterLock {
             info.refreshed_ns = now_ns();
             let bytes = sealed::seal(&keys, MAGIC, VERSION, &info.encode());
             if store.put_new(NAME, Bytes::from(bytes))? {
-                return Ok(WriterLock::start(store.clone(), keys, info));
+                return Ok(WriterLock::start(store.clone(), keys, info, timing));
             }
             let (held, raw) = match read_lock(store, &keys) {
                 Ok(Some(x)) => x,
@@ -272,7 +297,7 @@ impl WriterLock {
         })
     }
 
-    fn start(store: Store, keys: Arc<Keyring>, info: LockInfo) -> WriterLock {
+    fn start(store: Store, keys: Arc<Keyring>, info: LockInfo, timing: Timing) -> WriterLock {
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -284,7 +309,7 @@ impl WriterLock {
                 (store.clone(), keys.clone(), shared.clone(), info.clone());
             std::thread::Builder::new()
                 .name("secrate-lock".into())
-                .spawn(move || refresh_loop(store, keys, shared, info))
+                .spawn(move || refresh_loop(store, keys, shared, info, timing))
                 .ok()
         };
         WriterLock {
@@ -366,21 +391,28 @@ fn age(t: SystemTime) -> Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()
 }
 
-fn refresh_loop(store: Store, keys: Arc<Keyring>, shared: Arc<Shared>, mut info: LockInfo) {
+fn refresh_loop(
+    store: Store,
+    keys: Arc<Keyring>,
+    shared: Arc<Shared>,
+    mut info: LockInfo,
+    timing: Timing,
+) {
     let mut last_ok = std::time::Instant::now();
     loop {
         {
             let stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
             let (stop, _) = shared
                 .wake
-                .wait_timeout_while(stop, REFRESH, |s| !*s)
+                .wait_timeout_while(stop, timing.refresh, |s| !*s)
                 .unwrap_or_else(|e| e.into_inner());
             if *stop {
                 return;
             }
         }
         // Ok: refreshed. Err((true, why)): someone else holds it now.
-        // Err((false, why)): the store failed; retry until STALE is near.
+        // Err((false, why)): the store failed; lost once that lasts until
+        // STALE is near, but tried again: see below.
         let result: std::result::Result<(), (bool, String)> = match read_lock(&store, &keys) {
             Ok(Some((held, _))) if held.token == info.token => {
                 info.refreshed_ns = now_ns();
@@ -395,13 +427,26 @@ fn refresh_loop(store: Store, keys: Arc<Keyring>, shared: Arc<Shared>, mut info:
             Err(e) => Err((false, e.to_string())),
         };
         match result {
-            Ok(()) => last_ok = std::time::Instant::now(),
+            Ok(()) => {
+                last_ok = std::time::Instant::now();
+                // The store still held our token, so nobody broke the lock
+                // while we could not refresh it (breaking deletes it; the
+                // token is ours alone): it is ours again, and fresh.
+                if shared.lost.swap(false, Ordering::SeqCst) {
+                    if let Ok(mut r) = shared.lost_reason.lock() {
+                        *r = None;
+                    }
+                }
+            }
             Err((taken, why)) => {
-                if taken || last_ok.elapsed() > STALE - REFRESH {
+                if taken || last_ok.elapsed() > timing.give_up {
                     if let Ok(mut r) = shared.lost_reason.lock() {
                         *r = Some(why);
                     }
                     shared.lost.store(true, Ordering::SeqCst);
+                }
+                // Another's lock, or none: ours cannot come back.
+                if taken {
                     return;
                 }
             }
@@ -559,6 +604,80 @@ mod tests {
         if !other.boot.is_empty() {
             WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
         }
+    }
+
+    /// A store outage longer than the holder may wait costs the lock only
+    /// while it lasts: once the store answers again and the lock still
+    /// holds our token (nobody broke it), it is refreshed and ours again.
+    /// Another's lock found there stays another's.
+    #[test]
+    fn a_lock_outlives_a_store_outage_unless_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = dir.path().join("down");
+        let url = "memory://lock-outage";
+        let healthy = Store::open(url, true).unwrap();
+        let once = crate::store::RetryPolicy {
+            attempts: 1,
+            first_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+        };
+        let faulty = || {
+            let faults = crate::store::FaultConfig {
+                down_file: Some(down.clone()),
+                ..Default::default()
+            };
+            Store::open_with_faults(url, false, faults)
+                .unwrap()
+                .with_retry(once)
+        };
+        let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
+        let timing = Timing {
+            refresh: Duration::from_millis(20),
+            give_up: Duration::from_millis(100),
+        };
+        let until = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "never {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let outage = |lock: &WriterLock| {
+            std::fs::write(&down, b"").unwrap();
+            until("lost during the outage", &|| {
+                lock.shared.lost.load(Ordering::SeqCst)
+            });
+            assert!(lock.check().is_err());
+        };
+
+        let lock =
+            WriterLock::acquire_timed(&faulty(), keys.clone(), "mount at /mnt", "h:/c", timing)
+                .unwrap();
+        outage(&lock);
+        std::fs::remove_file(&down).unwrap();
+        until("ours again after the outage", &|| lock.check().is_ok());
+        // Refreshed for real: the store holds a fresh lock with our token.
+        let (held, _) = read_lock(&healthy, &keys).unwrap().unwrap();
+        assert_eq!(held.token, lock.info().token);
+        drop(lock);
+        assert!(read_lock(&healthy, &keys).unwrap().is_none());
+
+        // Taken while we could not reach the store (`secrate unlock`, then
+        // another writer): lost for good.
+        let lock =
+            WriterLock::acquire_timed(&faulty(), keys.clone(), "mount at /mnt", "h:/c", timing)
+                .unwrap();
+        outage(&lock);
+        let other = put_dead_mount_lock(&healthy, &keys, "h:/other");
+        std::fs::remove_file(&down).unwrap();
+        std::thread::sleep(timing.give_up * 3);
+        let err = lock.check().err().unwrap().to_string();
+        assert!(err.contains("our lock was lost"), "{err}");
+        assert!(lock.shared.lost.load(Ordering::SeqCst));
+        drop(lock);
+        // Not ours to delete.
+        let (held, _) = read_lock(&healthy, &keys).unwrap().unwrap();
+        assert_eq!(held.token, other.token);
     }
 
     /// A mount killed with snapshots not uploaded: nobody breaks its lock
