@@ -216,7 +216,10 @@ pub fn run() -> i32 {
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("secrate: {}", one_sentence(&e));
+            // Not `eprintln!`, which panics when stderr fails (a mount's
+            // terminal hung up): the exit code is what counts then.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "secrate: {}", one_sentence(&e));
             1
         }
     }

@@ -77,7 +77,8 @@ pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
         let repo = Arc::new(Repository::open(store, &secret)?);
         let opts = options(&a, mountpoint.clone(), cache_dir)?;
         serve(repo, opts, &mut || {
-            eprintln!("mounted at {}", mountpoint.display())
+            // Never a panic: stderr may be gone (a hung-up terminal).
+            let _ = writeln!(std::io::stderr(), "mounted at {}", mountpoint.display());
         })?;
         return Ok(0);
     }
@@ -213,9 +214,11 @@ fn run_child(
         "recovery" => Secret::RecoveryKey(value),
         _ => Secret::Passphrase(value),
     };
+    // The mount command may be gone (interrupted): never a panic.
     let report = |msg: &str| {
-        println!("{msg}");
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{msg}");
+        let _ = out.flush();
     };
     let result = Repository::open(store, &secret)
         .map_err(anyhow::Error::from)
