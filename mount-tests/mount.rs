@@ -2095,3 +2095,36 @@ fn cache_size_evicts_only_uploaded_data() {
         m2.umount();
     }
 }
+
+/// The background mount gets exactly the passphrase the command read: a
+/// file `pw\n\n` means `pw\n` (one line break is the file's end), for the
+/// mount as for every other command. (Found by review: the background copy
+/// read it back up to the first line break, `pw`: wrong passphrase.)
+#[test]
+fn a_passphrase_with_line_breaks_reaches_the_background_mount() {
+    if !fuse_ready("a_passphrase_with_line_breaks_reaches_the_background_mount") {
+        return;
+    }
+    let store = stores("mount-passphrase").remove(0);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("passphrase");
+    fs::write(&file, b"pw\n\n").unwrap();
+    let s = Secrate {
+        store: store.url.clone(),
+        envs: Vec::new(),
+    };
+    let with_file = ["--passphrase-file", file.to_str().unwrap()];
+    s.ok(&[&with_file[..], &["init", "--kdf-work-factor", "10"]].concat());
+    let mut m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &with_file,
+    );
+    fs::write(m.path("f"), b"x").unwrap();
+    m.umount();
+    // And the passphrase really is `pw\n`.
+    let mut env = same(&s);
+    env.envs.push(("SECRATE_PASSPHRASE".into(), "pw\n".into()));
+    assert_eq!(env.ok(&["cat", "latest", "f"]), "x");
+}

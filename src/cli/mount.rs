@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use zeroize::Zeroizing;
 
 use secrate::control::{self, Event, Request};
 use secrate::mount::{default_cache_dir, serve, MountOptions};
@@ -162,13 +161,9 @@ fn spawn_child(
             .stdin
             .take()
             .context("no pipe to the background process")?;
-        let (kind, value) = match secret {
-            Secret::Passphrase(p) => ("passphrase", p),
-            Secret::RecoveryKey(k) => ("recovery", k),
-        };
-        let msg = Zeroizing::new(format!("{kind}\n{}\n", value.as_str()));
+        // Closing the pipe (dropping `stdin`) ends the secret.
         stdin
-            .write_all(msg.as_bytes())
+            .write_all(&secret.handover())
             .context("cannot hand over the passphrase")?;
     }
     let out = child
@@ -207,13 +202,8 @@ fn run_child(
     cache_dir: PathBuf,
     store: secrate::store::Store,
 ) -> anyhow::Result<i32> {
-    let mut lines = std::io::stdin().lock().lines();
-    let kind = lines.next().transpose()?.unwrap_or_default();
-    let value = Zeroizing::new(lines.next().transpose()?.unwrap_or_default());
-    let secret = match kind.as_str() {
-        "recovery" => Secret::RecoveryKey(value),
-        _ => Secret::Passphrase(value),
-    };
+    let secret = Secret::read_handover(&mut std::io::stdin().lock())
+        .context("cannot read the passphrase from the mount command")?;
     // The mount command may be gone (interrupted): never a panic.
     let report = |msg: &str| {
         let mut out = std::io::stdout();

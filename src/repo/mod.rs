@@ -57,6 +57,36 @@ pub enum Secret {
     RecoveryKey(Zeroizing<String>),
 }
 
+impl Secret {
+    /// The secret as a mount hands it to its background copy (through a
+    /// pipe): its kind on a line, then its bytes, exactly, up to the end.
+    pub fn handover(&self) -> Zeroizing<Vec<u8>> {
+        let (kind, value) = match self {
+            Secret::Passphrase(p) => ("passphrase", p),
+            Secret::RecoveryKey(k) => ("recovery", k),
+        };
+        let mut out = Zeroizing::new(Vec::with_capacity(kind.len() + 1 + value.len()));
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(value.as_bytes());
+        out
+    }
+
+    /// Read what `handover` wrote, to the end of `r`.
+    pub fn read_handover(r: &mut dyn std::io::Read) -> std::io::Result<Secret> {
+        let mut all = Zeroizing::new(String::new());
+        r.read_to_string(&mut all)?;
+        let (kind, value) = all.split_once('\n').ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "no secret was handed over")
+        })?;
+        let value = Zeroizing::new(value.to_string());
+        Ok(match kind {
+            "recovery" => Secret::RecoveryKey(value),
+            _ => Secret::Passphrase(value),
+        })
+    }
+}
+
 pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub pack_target: u32,
@@ -860,6 +890,29 @@ pub(crate) mod tests {
             ..Default::default()
         };
         Repository::init(store, "pw", opts).unwrap().0
+    }
+
+    /// The background copy of a mount gets exactly the secret the
+    /// foreground read: trailing or inner line breaks included.
+    #[test]
+    fn secret_handover_keeps_every_byte() {
+        for value in ["pw", "pw\n", "pw\n\n", "pw\r", "a\nb\r\n", " x ", "\n"] {
+            for secret in [
+                Secret::Passphrase(Zeroizing::new(value.into())),
+                Secret::RecoveryKey(Zeroizing::new(value.into())),
+            ] {
+                let bytes = secret.handover();
+                let back = Secret::read_handover(&mut &bytes[..]).unwrap();
+                match (&secret, &back) {
+                    (Secret::Passphrase(a), Secret::Passphrase(b))
+                    | (Secret::RecoveryKey(a), Secret::RecoveryKey(b)) => {
+                        assert_eq!(a.as_str(), b.as_str())
+                    }
+                    _ => panic!("the kind of {value:?} changed"),
+                }
+            }
+        }
+        assert!(Secret::read_handover(&mut &b""[..]).is_err());
     }
 
     #[test]
