@@ -2096,6 +2096,54 @@ fn cache_size_evicts_only_uploaded_data() {
     }
 }
 
+/// A signal unmounts lazily, so a file kept open keeps the mount serving;
+/// a second SIGTERM then stops the process without waiting. Nothing is
+/// lost: the cache is committed first, and the next mount of it has the
+/// file written (never fsync'd) and uploads it. (Found by review: every
+/// signal after the first was ignored, so only SIGKILL stopped it.)
+#[test]
+fn a_second_sigterm_stops_a_mount_kept_by_an_open_file() {
+    if !fuse_ready("a_second_sigterm_stops_a_mount_kept_by_an_open_file") {
+        return;
+    }
+    let store = stores("mount-signals").remove(0);
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&store.url);
+    s.init();
+    let (mnt, cache) = (work.path().join("mnt"), work.path().join("cache"));
+    let m = Mount::new(&s, &mnt, &cache, &[]);
+    let pid = m.pid.expect("the mount's pid");
+    fs::write(m.path("late"), b"written, never fsync'd").unwrap();
+    let held = fs::File::open(m.path("late")).unwrap();
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    poll_until("the lazy unmount", Duration::from_secs(10), || {
+        !is_mounted(&m.mnt)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(pid_alive(pid), "the open file no longer keeps the mount");
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    poll_until(
+        "the process to stop after a second SIGTERM",
+        Duration::from_secs(10),
+        || !pid_alive(pid),
+    );
+    drop(held);
+    assert!(m.log().contains("stopping now"), "{}", m.log());
+    drop(m);
+
+    let mut again = Mount::new(&s, &mnt, &cache, &[]);
+    assert_eq!(
+        fs::read(again.path("late")).unwrap(),
+        b"written, never fsync'd"
+    );
+    again.umount();
+    assert_eq!(
+        s.ok(&["cat", "latest", "late"]),
+        "written, never fsync'd",
+        "the next mount uploads what was left"
+    );
+}
+
 /// The background mount gets exactly the passphrase the command read: a
 /// file `pw\n\n` means `pw\n` (one line break is the file's end), for the
 /// mount as for every other command. (Found by review: the background copy

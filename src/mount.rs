@@ -14,6 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -218,7 +219,8 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     })?;
     // Set once, here; the filesystem cannot run before `session.run`.
     let _ = notifier.set(session.notifier());
-    watch_signals(&opts.mountpoint);
+    let unmounting = Arc::new(AtomicBool::new(false));
+    watch_signals(&opts.mountpoint, live.clone(), unmounting.clone());
     crate::log!(
         "mounted {} at {} (cache {})",
         repo.url(),
@@ -230,6 +232,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     }
     ready();
     let r = session.run();
+    unmounting.store(true, Ordering::SeqCst);
     crate::log!("unmounted {}", opts.mountpoint.display());
     if let Err(e) = r {
         crate::log!("warning: the FUSE session ended with {e}");
@@ -404,8 +407,15 @@ fn final_flush(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
-/// Unmount on SIGTERM, SIGINT or SIGHUP, so the usual flush follows.
-fn watch_signals(mountpoint: &Path) {
+/// SIGTERM, SIGINT or SIGHUP unmount (lazily: files still open keep the
+/// filesystem serving until closed), so the usual seal and upload follow.
+/// Once the unmount has begun (`unmounting`: a signal came, or the session
+/// ended), SIGTERM or SIGINT stops the process without waiting for open
+/// files or the upload, as a kill would but with the cache committed: what
+/// is not uploaded stays in the cache, under the writer lock, for the next
+/// mount of this cache. A SIGHUP then is only logged (a hung-up terminal
+/// may send more than one).
+fn watch_signals(mountpoint: &Path, live: Arc<Live>, unmounting: Arc<AtomicBool>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
         return;
@@ -414,9 +424,25 @@ fn watch_signals(mountpoint: &Path) {
     let _ = std::thread::Builder::new()
         .name("secrate-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                crate::log!("signal {sig}: unmounting");
-                let _ = unmount(&mp, true);
+            for sig in signals.forever() {
+                if !unmounting.swap(true, Ordering::SeqCst) {
+                    crate::log!(
+                        "signal {sig}: unmounting (SIGTERM or SIGINT again stops without waiting)"
+                    );
+                    let _ = unmount(&mp, true);
+                } else if sig == SIGHUP {
+                    crate::log!("signal {sig}: already unmounting");
+                } else {
+                    crate::log!(
+                        "signal {sig} while unmounting: stopping now; what is not uploaded \
+                         stays in the cache, and the next mount of it uploads it"
+                    );
+                    if let Err(e) = live.commit(true) {
+                        crate::log!("warning: cannot commit the cache: {e}");
+                    }
+                    let _ = unmount(&mp, true);
+                    std::process::exit(1);
+                }
             }
         });
 }
