@@ -2176,3 +2176,59 @@ fn a_passphrase_with_line_breaks_reaches_the_background_mount() {
     env.envs.push(("SECRATE_PASSPHRASE".into(), "pw\n".into()));
     assert_eq!(env.ok(&["cat", "latest", "f"]), "x");
 }
+
+/// A mount that fails after taking the writer lock but before it serves
+/// (here `--allow-other` for a user without `user_allow_other`) releases
+/// the lock: the next backup is not refused. (Found by review: the control
+/// and flusher threads kept the lock alive until the process exited.)
+#[test]
+fn a_mount_that_cannot_serve_releases_its_lock() {
+    if !fuse_ready("a_mount_that_cannot_serve_releases_its_lock") {
+        return;
+    }
+    require("setpriv", "util-linux");
+    let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    if conf.lines().any(|l| l.trim() == "user_allow_other") {
+        eprintln!("SKIPPED: /etc/fuse.conf allows allow_other to everyone");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = 65534;
+    let dir = |name: &str| {
+        let p = work.path().join(name);
+        fs::create_dir(&p).unwrap();
+        std::os::unix::fs::chown(&p, Some(nobody), Some(nobody)).unwrap();
+        p
+    };
+    let (home, mnt) = (dir("home"), dir("mnt"));
+    // A copy nobody may run, wherever the build is.
+    let exe = work.path().join("secrate");
+    fs::copy(env!("CARGO_BIN_EXE_secrate"), &exe).unwrap();
+    let store = format!("file://{}/store", home.display());
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(["--store", &store])
+            .args(args)
+            .env("HOME", &home)
+            .env("SECRATE_PASSPHRASE", PASSPHRASE)
+            .env_remove("SECRATE_RECOVERY_KEY")
+            .env_remove("XDG_CACHE_HOME")
+            .output()
+            .unwrap()
+    };
+    let o = as_nobody(&["init", "--kdf-work-factor", "10"]);
+    assert!(o.status.success(), "init: {}", stderr(&o));
+    let o = as_nobody(&["mount", "--allow-other", mnt.to_str().unwrap()]);
+    if o.status.success() {
+        as_nobody(&["umount", mnt.to_str().unwrap()]);
+        panic!("mounted with --allow-other without user_allow_other");
+    }
+    assert!(stderr(&o).contains("cannot mount"), "{}", stderr(&o));
+    let lock = home.join("store/locks/writer");
+    assert!(!lock.exists(), "the failed mount left its writer lock");
+    let o = as_nobody(&["backup", mnt.to_str().unwrap()]);
+    assert!(o.status.success(), "backup: {}", stderr(&o));
+}

@@ -160,6 +160,11 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         source,
     )?;
     flusher.set_cache_size(opts.cache_size);
+    let mut starting = Starting {
+        flusher: &flusher,
+        threads: Vec::new(),
+        serving: false,
+    };
     follow_repository(&live, &reader, &flusher)?;
     if !opts.read_only {
         mark_lost(&repo, &live)?;
@@ -181,11 +186,9 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
             .spawn(move || control_loop(listener, shared))
             .map_err(|e| Error::io("control thread", e))?;
     }
-    let threads = if opts.read_only {
-        Vec::new()
-    } else {
-        flusher.start(opts.snapshot_interval, opts.retention.clone())
-    };
+    if !opts.read_only {
+        starting.threads = flusher.start(opts.snapshot_interval, opts.retention.clone());
+    }
 
     let fs = SecrateFs::new(
         live.clone(),
@@ -219,6 +222,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     })?;
     // Set once, here; the filesystem cannot run before `session.run`.
     let _ = notifier.set(session.notifier());
+    let threads = starting.serve();
     let unmounting = Arc::new(AtomicBool::new(false));
     watch_signals(&opts.mountpoint, live.clone(), unmounting.clone());
     crate::log!(
@@ -276,6 +280,41 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     // umount` returns: it waits for this lock) never finds it in use.
     std::mem::forget(cache_lock);
     result
+}
+
+/// A mount on its way in. If it fails before the filesystem serves, its
+/// writer lock goes as on an unmount: released if nothing waits for upload,
+/// else left in the store for the next mount of this cache. (The control
+/// and flusher threads hold the flusher, and with it the lock, until the
+/// process exits: dropping ours would release nothing.)
+struct Starting<'a> {
+    flusher: &'a Flusher,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    serving: bool,
+}
+
+impl Starting<'_> {
+    /// The filesystem serves: the flusher's threads, to join at unmount.
+    fn serve(mut self) -> Vec<std::thread::JoinHandle<()>> {
+        self.serving = true;
+        std::mem::take(&mut self.threads)
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if self.serving {
+            return;
+        }
+        self.flusher.stop();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        match self.flusher.pending() {
+            Ok((0, _)) => self.flusher.release_lock(),
+            _ => self.flusher.leave_lock(),
+        }
+    }
 }
 
 /// Wait up to `timeout` until no process holds the lock of the cache at
