@@ -616,19 +616,10 @@ mod tests {
         let down = dir.path().join("down");
         let url = "memory://lock-outage";
         let healthy = Store::open(url, true).unwrap();
-        let once = crate::store::RetryPolicy {
-            attempts: 1,
-            first_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(1),
-        };
         let faulty = || {
-            let faults = crate::store::FaultConfig {
-                down_file: Some(down.clone()),
-                ..Default::default()
-            };
-            Store::open_with_faults(url, false, faults)
+            Store::open(url, false)
                 .unwrap()
-                .with_retry(once)
+                .with_faults(&format!("down_file={}", down.display()))
         };
         let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
         let timing = Timing {

@@ -33,17 +33,9 @@ impl Backend {
     /// Open the store at `url`. With `create`, a missing `file://` directory
     /// is created; without it, a missing directory means "no repository".
     pub fn open(url: &str, create: bool) -> Result<Backend> {
-        Backend::open_with_faults(url, create, FaultConfig::from_env()?)
-    }
-
-    /// `open`, with `faults` injected (`None`: none).
-    pub(crate) fn open_with_faults(
-        url: &str,
-        create: bool,
-        faults: Option<FaultConfig>,
-    ) -> Result<Backend> {
         let parsed = StoreUrl::parse(url)?;
         let (inner, prefix, local_root) = parsed.build(create)?;
+        let faults = FaultConfig::from_env()?;
         let direct_puts = local_root.is_some() && faults.is_none();
         let inner = match faults {
             Some(f) => faults::wrap(inner, f),

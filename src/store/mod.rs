@@ -175,22 +175,8 @@ impl Store {
     /// followed). With `create`, a missing `file://` directory is created;
     /// without it, a missing directory means "no repository".
     pub fn open(url: &str, create: bool) -> Result<Store> {
-        Ok(Store::of_backend(Backend::open(url, create)?))
-    }
-
-    /// `open` with `faults` injected, whatever `SECRATE_FAULTS` says (a
-    /// second view of a `memory://` store that fails on demand).
-    #[cfg(test)]
-    pub(crate) fn open_with_faults(url: &str, create: bool, faults: FaultConfig) -> Result<Store> {
-        Ok(Store::of_backend(Backend::open_with_faults(
-            url,
-            create,
-            Some(faults),
-        )?))
-    }
-
-    fn of_backend(b: Backend) -> Store {
-        Store::from_slots(
+        let b = Backend::open(url, create)?;
+        Ok(Store::from_slots(
             Mode::Single,
             vec![Slot {
                 url: b.url().to_string(),
@@ -198,7 +184,7 @@ impl Store {
                 returned: Arc::new(OnceLock::new()),
                 retry: None,
             }],
-        )
+        ))
     }
 
     /// Open a repository's stores: `urls` as given by the user (one or
