@@ -323,7 +323,23 @@ impl Live {
             Ok(d)
         })?;
         live.tx(|tx| {
-            tx.txn().open_table(import::TREE_STATS).map_err(cache_err)?;
+            // Every table exists from the start: a read view opens them, and
+            // a table no write has created yet is an error there (the seal
+            // of a mount where nothing was done failed on `dirents`).
+            let t = tx.txn();
+            t.open_table(import::TREE_STATS).map_err(cache_err)?;
+            t.open_table(INODES).map_err(cache_err)?;
+            t.open_table(DIRENTS).map_err(cache_err)?;
+            t.open_table(PARENTS).map_err(cache_err)?;
+            t.open_table(DIRTY_FILES).map_err(cache_err)?;
+            t.open_table(CLEAN_STAGED).map_err(cache_err)?;
+            t.open_table(ORPHANS).map_err(cache_err)?;
+            t.open_table(crate::flush::outbox::OUTBOX)
+                .map_err(cache_err)?;
+            t.open_table(crate::flush::outbox::OUTBOX_PACKS)
+                .map_err(cache_err)?;
+            t.open_table(crate::flush::outbox::PENDING_SNAPSHOTS)
+                .map_err(cache_err)?;
             if !tx.exists(ROOT)? {
                 let t = now();
                 let root = Inode {
