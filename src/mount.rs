@@ -433,7 +433,21 @@ fn final_flush(shared: &Shared) -> Result<()> {
         });
     };
     progress("sealing", 0, 0, None);
-    match f.seal() {
+    let sealed = match f.seal() {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            // The room the seal needs on the cache disk may be held by
+            // packs waiting for their upload, which frees it: upload them,
+            // then seal once more.
+            crate::log!(
+                "warning: the last seal failed ({e}); uploading what waits, then sealing again"
+            );
+            f.drain(&|n, b, err| progress("uploading", n, b, err))?;
+            progress("sealing", 0, 0, None);
+            f.seal()
+        }
+    };
+    match sealed {
         Ok(Some(s)) => crate::log!("sealed snapshot {} on unmount", s.id.short()),
         Ok(None) => {}
         Err(e) => {
