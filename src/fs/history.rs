@@ -368,21 +368,7 @@ mod tests {
     fn snap(n: u8, time_ns: i64) -> SnapEntry {
         SnapEntry {
             id: Id([n; 32]),
-            snapshot: Snapshot {
-                time_ns,
-                host: "h".into(),
-                user: "u".into(),
-                source: "/s".into(),
-                origin: Origin::Mount,
-                root: Id([n; 32]),
-                root_meta: Default::default(),
-                parent: None,
-                files: 0,
-                dirs: 0,
-                bytes: 0,
-                added_bytes: 0,
-                tags: vec![],
-            },
+            snapshot: Snapshot::test(time_ns, Origin::Mount, Id([n; 32])),
             uploaded: true,
         }
     }

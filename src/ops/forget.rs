@@ -240,19 +240,8 @@ mod tests {
         (
             Id(id),
             Snapshot {
-                time_ns: t,
                 host: host.into(),
-                user: "u".into(),
-                source: "/s".into(),
-                origin: Origin::Backup,
-                root: Id::default(),
-                root_meta: Default::default(),
-                parent: None,
-                files: 0,
-                dirs: 0,
-                bytes: 0,
-                added_bytes: 0,
-                tags: vec![],
+                ..Snapshot::test(t, Origin::Backup, Id::default())
             },
         )
     }

@@ -272,19 +272,8 @@ mod tests {
         let (packs, _) = w.finish().unwrap();
         repo.write_index(&packs).unwrap();
         repo.write_snapshot(&Snapshot {
-            time_ns: now_ns(),
             host: hostname(),
-            user: "u".into(),
-            source: "/mnt".into(),
-            origin: Origin::Mount,
-            root,
-            root_meta: Default::default(),
-            parent: None,
-            files: 1,
-            dirs: 0,
-            bytes: 5,
-            added_bytes: 0,
-            tags: vec![],
+            ..Snapshot::test(now_ns(), Origin::Mount, root)
         })
         .unwrap();
     }

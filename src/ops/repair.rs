@@ -510,19 +510,8 @@ pub(crate) mod tests {
         let (packs, _) = w.finish().unwrap();
         repo.write_index(&packs).unwrap();
         repo.write_snapshot(&Snapshot {
-            time_ns: now_ns(),
             host: hostname(),
-            user: "u".into(),
-            source: "/src".into(),
-            origin: Origin::Backup,
-            root,
-            root_meta: Default::default(),
-            parent: None,
-            files: 3,
-            dirs: 0,
-            bytes: 6000,
-            added_bytes: 0,
-            tags: vec![],
+            ..Snapshot::test(now_ns(), Origin::Backup, root)
         })
         .unwrap();
     }

@@ -331,21 +331,7 @@ mod tests {
         let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
         let (packs, _) = w.finish().unwrap();
         repo.write_index(&packs).unwrap();
-        let snap = Snapshot {
-            time_ns: 1,
-            host: "h".into(),
-            user: "u".into(),
-            source: "/s".into(),
-            origin: Origin::Mount,
-            root,
-            root_meta: Default::default(),
-            parent: None,
-            files: tree.entries.len() as u64,
-            dirs: 0,
-            bytes: tree.entries.iter().map(|e| e.size).sum(),
-            added_bytes: 0,
-            tags: vec![],
-        };
+        let snap = Snapshot::test(1, Origin::Mount, root);
         let out = tempfile::tempdir().unwrap();
         let summary = restore(&repo, &snap, None, out.path(), &Quiet).unwrap();
         (out, summary)

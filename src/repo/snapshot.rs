@@ -63,6 +63,29 @@ fn short_str(s: &str) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot of `root` for tests: host "h", user "u", source "/s",
+    /// nothing counted.
+    pub fn test(time_ns: i64, origin: Origin, root: Id) -> Snapshot {
+        Snapshot {
+            time_ns,
+            host: "h".into(),
+            user: "u".into(),
+            source: "/s".into(),
+            origin,
+            root,
+            root_meta: Default::default(),
+            parent: None,
+            files: 0,
+            dirs: 0,
+            bytes: 0,
+            added_bytes: 0,
+            tags: vec![],
+        }
+    }
+}
+
 impl Snapshot {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(256);
