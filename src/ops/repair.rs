@@ -498,9 +498,14 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A file `f{i}` whose one chunk is `id`.
-    fn one_chunk_file(i: usize, id: Id) -> Entry {
-        file(&format!("f{i}"), vec![ChunkRef { id, len: 2000 }])
+    /// A snapshot of files `f0`.. whose one chunk each is `ids[i]`.
+    fn snapshot_of_chunks(repo: &Arc<Repository>, ids: &[Id]) {
+        let files = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| file(&format!("f{i}"), vec![ChunkRef { id, len: 2000 }]))
+            .collect();
+        snapshot_of(repo, files);
     }
 
     /// A snapshot of a directory holding `entries`.
@@ -530,12 +535,7 @@ pub(crate) mod tests {
         let mut pack = packs.pop().unwrap();
         pack.blobs.sort_by_key(|b| b.offset);
         repo.write_index(std::slice::from_ref(&pack)).unwrap();
-        let files = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| one_chunk_file(i, *id))
-            .collect();
-        snapshot_of(&repo, files);
+        snapshot_of_chunks(&repo, &ids);
         (repo, pack)
     }
 
@@ -688,12 +688,7 @@ pub(crate) mod tests {
         let ids: Vec<Id> = (0..3)
             .map(|i| repo.keys().blob_id(BlobKind::Data, &chunk(i)))
             .collect();
-        let files = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| one_chunk_file(i, *id))
-            .collect();
-        snapshot_of(&repo, files);
+        snapshot_of_chunks(&repo, &ids);
         let r = open(repo.store(), "pw");
         let first = r.index().get(&ids[0]).unwrap().0.id;
         repo.store().delete(&pack_name(&first)).unwrap();
