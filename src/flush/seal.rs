@@ -459,4 +459,45 @@ mod tests {
             b"ZZZZ this is z, different"
         );
     }
+
+    /// Import links the names of each content of a hard-link identity,
+    /// whichever content came first (as restore does: before, only the
+    /// first name's content was linked, and the names of another content
+    /// became separate files).
+    #[test]
+    fn import_links_each_content_of_one_identity() {
+        use crate::repo::snapshot::{Origin, Snapshot};
+        use crate::repo::tree::tests::file;
+        use crate::repo::tree::{ChunkRef, Tree};
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        let repo = Arc::new(crate::repo::tests::test_init("memory://import-links"));
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let entry = |name: &str, data: &[u8]| {
+            let id = w.add(BlobKind::Data, data).unwrap();
+            let len = data.len() as u32;
+            let mut e = file(name, vec![ChunkRef { id, len }]);
+            (e.dev, e.inode, e.links) = (0, 17, 2);
+            e
+        };
+        let tree = Tree {
+            entries: vec![
+                entry("a-z", b"z's data"),
+                entry("b-y", b"y's other data"),
+                entry("c-y", b"y's other data"),
+                entry("d-z", b"z's data"),
+            ],
+        };
+        let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let snap = Snapshot::test(1, Origin::Backup, root);
+        let id = repo.write_snapshot(&snap).unwrap();
+        let m = machine(&repo);
+        import_snapshot(&m.live, &m.reader, &id, &snap).unwrap();
+        let ino = |n: &[u8]| m.live.lookup(ROOT, n).unwrap().0;
+        assert_eq!(ino(b"a-z"), ino(b"d-z"));
+        assert_eq!(ino(b"b-y"), ino(b"c-y"));
+        assert_ne!(ino(b"a-z"), ino(b"b-y"));
+        assert_eq!(m.live.lookup(ROOT, b"b-y").unwrap().1.nlink, 2);
+    }
 }

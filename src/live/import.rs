@@ -14,7 +14,7 @@ use crate::blobs::BlobReader;
 use crate::crypto::Id;
 use crate::live::{cache_err, Body, Inode, Live, LiveError, LiveResult, Tx, HISTORY_NAME, ROOT};
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::{Content, Entry, Kind};
+use crate::repo::tree::{Content, Entry, Kind, Links};
 
 /// Tree id → (files, dirs, bytes) below it, for snapshot totals.
 pub(crate) const TREE_STATS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tree_stats");
@@ -69,7 +69,7 @@ pub struct Import {
 struct Walk<'a> {
     reader: &'a BlobReader,
     /// Hard-link identity → the inode made for it and its content.
-    links: HashMap<(u64, u64), (u64, Content)>,
+    links: Links<u64>,
     nlink: HashMap<u64, u32>,
     stats: HashMap<Id, TreeStats>,
     skipped_history: bool,
@@ -96,7 +96,7 @@ fn import_here(
     reader.fetch_tree_packs()?;
     let mut w = Walk {
         reader,
-        links: HashMap::new(),
+        links: Links::default(),
         nlink: HashMap::new(),
         stats: HashMap::new(),
         skipped_history: false,
@@ -220,17 +220,11 @@ impl Walk<'_> {
         subdirs: &mut u32,
     ) -> LiveResult<u64> {
         if e.kind != Kind::Dir && e.links > 1 {
-            // Names of one file share its content too: entries that only
-            // share an identity (written by an older version, which could
-            // give two caches' files the same one) stay apart.
-            if let Some((ino, content)) = self.links.get(&(e.dev, e.inode)) {
-                if *content == e.content {
-                    let ino = *ino;
-                    *self.nlink.entry(ino).or_insert(1) += 1;
-                    tx.add_parent(ino, dir)?;
-                    stats.files += (e.kind == Kind::File) as u64;
-                    return Ok(ino);
-                }
+            if let Some(&ino) = self.links.get(e) {
+                *self.nlink.entry(ino).or_insert(1) += 1;
+                tx.add_parent(ino, dir)?;
+                stats.files += (e.kind == Kind::File) as u64;
+                return Ok(ino);
             }
         }
         let ino = tx.alloc_ino()?;
@@ -286,9 +280,9 @@ impl Walk<'_> {
         }
         if e.kind != Kind::Dir {
             tx.add_parent(ino, dir)?;
-            if e.links > 1 && !self.links.contains_key(&(e.dev, e.inode)) {
-                self.links
-                    .insert((e.dev, e.inode), (ino, e.content.clone()));
+            if e.links > 1 {
+                // The first name of this content (a later one returned above).
+                self.links.add(e, ino);
                 self.nlink.insert(ino, 1);
             }
         }

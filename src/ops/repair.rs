@@ -475,13 +475,7 @@ pub(crate) mod tests {
     use crate::repo::Secret;
     use crate::store::Store;
 
-    pub(crate) struct Quiet;
-    impl Progress for Quiet {
-        fn start(&self, _: &str, _: Option<u64>) {}
-        fn advance(&self, _: u64) {}
-        fn finish(&self) {}
-        fn warn(&self, _: &str) {}
-    }
+    pub(crate) use crate::progress::Quiet;
 
     /// The repository in `store`, opened with passphrase `pw`, index loaded.
     pub(crate) fn open(store: &Store, pw: &str) -> Arc<Repository> {

@@ -8,7 +8,6 @@
 //! restore there is removed first, never written through, so a restore
 //! cannot escape its target. A damaged file is reported and the rest goes on.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -25,7 +24,7 @@ use crate::fsmeta;
 use crate::ops::{resolve, Resolved};
 use crate::progress::Progress;
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::{Content, Entry, Kind};
+use crate::repo::tree::{Content, Entry, Kind, Links};
 use crate::repo::Repository;
 
 #[derive(Debug, Default)]
@@ -37,9 +36,6 @@ pub struct RestoreSummary {
     pub errors: Vec<String>,
 }
 
-/// A hard-linked file's first restored name and its content.
-type FirstName = (PathBuf, Content);
-
 struct Run<'a> {
     repo: &'a Repository,
     progress: &'a dyn Progress,
@@ -48,7 +44,7 @@ struct Run<'a> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
-    hard_links: Mutex<HashMap<(u64, u64), Vec<FirstName>>>,
+    hard_links: Mutex<Links<PathBuf>>,
 }
 
 /// Restore `subpath` (or the whole snapshot) of `snap` into `target`.
@@ -72,7 +68,7 @@ pub fn restore(
         dirs: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         errors: Mutex::new(Vec::new()),
-        hard_links: Mutex::new(HashMap::new()),
+        hard_links: Mutex::new(Links::default()),
     };
     progress.start("restore", Some(snap.bytes));
     // Directories are restored recursively, a few frames per level.
@@ -204,14 +200,9 @@ impl Run<'_> {
 
     fn file(&self, e: &Entry, path: &Path) {
         let opened = if e.links > 1 {
-            let key = (e.dev, e.inode);
             let mut links = self.hard_links.lock().unwrap_or_else(|e| e.into_inner());
-            let names = links.entry(key).or_default();
-            // Names of one file share its content too: entries that only
-            // share an identity (an older version could give two caches'
-            // files the same one) stay apart, each content its own file.
-            match names.iter().find(|(_, content)| *content == e.content) {
-                Some((first, _)) => {
+            match links.get(e) {
+                Some(first) => {
                     if fs::hard_link(first, path).is_ok() {
                         self.files.fetch_add(1, Ordering::Relaxed);
                         return;
@@ -224,7 +215,7 @@ impl Run<'_> {
                     // another thread must find it to link to.
                     let f = create_new(path);
                     if f.is_ok() {
-                        names.push((path.to_path_buf(), e.content.clone()));
+                        links.add(e, path.to_path_buf());
                     }
                     f
                 }

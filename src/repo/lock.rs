@@ -6,9 +6,10 @@
 //! may be broken. The holder checks its token on every refresh and before it
 //! commits (`WriterLock::check`), so a writer whose lock was broken stops
 //! instead of committing alongside another. A holder that could not refresh
-//! for nearly `STALE` counts its lock as lost until it finds the lock
-//! still holding its token (nobody broke it) and refreshes it again. The lock's contents (host, pid,
-//! time, purpose) are encrypted like every other metadata object.
+//! for nearly `STALE` counts its lock as lost until it finds the lock still
+//! holding its token (nobody broke it) and refreshes it again. The lock's
+//! contents (host, pid, time, purpose) are encrypted like every other
+//! metadata object.
 //!
 //! A mount's lock also names its outbox (host and cache directory). A mount
 //! that stopped without unmounting (killed, crashed, or cut off from the

@@ -89,6 +89,38 @@ pub struct ChunkRef {
     pub len: u32,
 }
 
+/// The hard-linked files met in a walk of a tree (restore, import): per
+/// identity (dev, inode), the first name (`T`) given for each content.
+/// Names of one file share its content too; entries that only share an
+/// identity (an older version could give two caches' files the same one)
+/// stay apart, each content its own file, whichever came first.
+pub struct Links<T>(std::collections::HashMap<(u64, u64), Vec<(Content, T)>>);
+
+impl<T> Default for Links<T> {
+    fn default() -> Self {
+        Links(Default::default())
+    }
+}
+
+impl<T> Links<T> {
+    /// The first name of `e`'s file, if one was added.
+    pub fn get(&self, e: &Entry) -> Option<&T> {
+        self.0
+            .get(&(e.dev, e.inode))?
+            .iter()
+            .find(|(c, _)| *c == e.content)
+            .map(|(_, t)| t)
+    }
+
+    /// `first` is the first name of `e`'s file.
+    pub fn add(&mut self, e: &Entry, first: T) {
+        self.0
+            .entry((e.dev, e.inode))
+            .or_default()
+            .push((e.content.clone(), first));
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     None,
