@@ -283,8 +283,9 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
 }
 
 /// A mount on its way in. If it fails before the filesystem serves, its
-/// writer lock goes as on an unmount: released if nothing waits for upload,
-/// else left in the store for the next mount of this cache. (The control
+/// writer lock goes as on an unmount: released if nothing waits for upload
+/// and the live tree holds nothing unsealed, else left in the store for
+/// the next mount of this cache. (The control
 /// and flusher threads hold the flusher, and with it the lock, until the
 /// process exits: dropping ours would release nothing.)
 struct Starting<'a> {
@@ -310,8 +311,10 @@ impl Drop for Starting<'_> {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        match self.flusher.pending() {
-            Ok((0, _)) => self.flusher.release_lock(),
+        // Changes recovered from a crash and not sealed yet need blobs the
+        // store holds: another writer's prune must not take them.
+        match (self.flusher.pending(), self.flusher.unsealed_changes()) {
+            (Ok((0, _)), Ok(false)) => self.flusher.release_lock(),
             _ => self.flusher.leave_lock(),
         }
     }

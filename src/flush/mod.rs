@@ -258,6 +258,14 @@ impl Flusher {
         Ok((items.len() as u64, items.iter().map(|(_, i)| i.size).sum()))
     }
 
+    /// Whether the live tree holds changes no snapshot records yet (a
+    /// crash can leave them behind with nothing in the outbox). An empty
+    /// live tree needs no blob, so it counts as sealed.
+    pub fn unsealed_changes(&self) -> LiveResult<bool> {
+        let root = self.live.inode(crate::live::ROOT)?;
+        Ok(root.dir_tree().is_none() && self.live.tx(|tx| tx.has_children(crate::live::ROOT))?)
+    }
+
     /// The last upload error while the store is unreachable (cheap, unlike
     /// `status`, which adds up the cache directory).
     pub fn upload_problem(&self) -> Option<String> {
