@@ -177,7 +177,10 @@ pub fn decide(
                         reasons.push(format!("last {}", p.last.unwrap_or(0)));
                     }
                     if let Some(w) = p.within {
-                        if newest - snap.time_ns <= w.as_nanos() as i64 {
+                        // In i128: a span past 292 years does not fit
+                        // i64 nanoseconds (it wrapped and kept nothing).
+                        let age = newest as i128 - snap.time_ns as i128;
+                        if age <= w.as_nanos() as i128 {
                             reasons.push(format!("within {}s of the newest", w.as_secs()));
                         }
                     }
@@ -282,6 +285,18 @@ mod tests {
         assert_eq!(kept_a, 3);
         assert_eq!(kept_b, 4);
         assert!(!d.iter().find(|d| d.id == forced).unwrap().keep);
+    }
+
+    /// `within=1000y` means "keep everything": its nanoseconds do not fit
+    /// an i64. (Found by review: they wrapped negative and kept nothing.)
+    #[test]
+    fn a_span_of_centuries_keeps_everything() {
+        let snaps: Vec<_> = (0..10).map(|i| snap(i * 24, "h")).collect();
+        for span in ["1000y", "300y", "18446744073s"] {
+            let p = Policy::parse(&format!("within={span}")).unwrap().unwrap();
+            let d = decide(&snaps, Some(&p), &[]);
+            assert!(d.iter().all(|d| d.keep), "within={span}");
+        }
     }
 
     #[test]
