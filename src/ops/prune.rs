@@ -107,6 +107,15 @@ pub fn prune(
         progress.warn(&format!("{e} (left alone)"));
     }
     repo.add_to_index(&orphans);
+    // A pack the index lists but the store lost: its blobs may have been
+    // stored again elsewhere since, and those copies are the ones to keep
+    // (left in, the lost pack's entries could be the copies lookups find).
+    for id in repo.forget_missing_packs()? {
+        progress.warn(&format!(
+            "the index lists {} but the store does not hold it (left out)",
+            pack_name(&id)
+        ));
+    }
     let (snaps, bad_snaps) = repo.snapshots()?;
     if let Some(e) = bad_snaps.first() {
         return Err(damaged(e.to_string()));
