@@ -259,6 +259,11 @@ impl WriterLock {
                 return Ok(WriterLock::start(store.clone(), keys, info, timing));
             }
             let (held, raw) = match read_lock(store, &keys) {
+                // A create that timed out on our side but reached the store
+                // is retried and finds the name taken: by us.
+                Ok(Some((held, _))) if held.token == info.token => {
+                    return Ok(WriterLock::start(store.clone(), keys, info, timing));
+                }
                 Ok(Some(x)) => x,
                 Ok(None) => continue, // released between our put and our read
                 Err(Error::Corrupt { .. }) => {
@@ -424,7 +429,19 @@ fn refresh_loop(
             }
             Ok(Some((held, _))) => Err((true, format!("taken over by {}", held.describe()))),
             Ok(None) => Err((true, "removed by someone else".to_string())),
-            Err(e @ Error::Corrupt { .. }) => Err((true, e.to_string())),
+            // Within `give_up` of our last refresh nobody may break our lock
+            // (an unreadable lock goes only `STALE` after its last write),
+            // so an unreadable lock now is ours, damaged: on erasure-coded
+            // stores a refresh that reached some stores but not others
+            // leaves shards of two versions, which read as corrupt. Write
+            // it whole again.
+            Err(Error::Corrupt { .. }) if last_ok.elapsed() < timing.give_up => {
+                info.refreshed_ns = now_ns();
+                let bytes = sealed::seal(&keys, MAGIC, VERSION, &info.encode());
+                store
+                    .put(NAME, Bytes::from(bytes))
+                    .map_err(|e| (false, e.to_string()))
+            }
             Err(e) => Err((false, e.to_string())),
         };
         match result {
@@ -670,6 +687,42 @@ mod tests {
         // Not ours to delete.
         let (held, _) = read_lock(&healthy, &keys).unwrap().unwrap();
         assert_eq!(held.token, other.token);
+    }
+
+    /// An unreadable lock found by the holder's refresher is its own lock,
+    /// damaged (on erasure-coded stores, a refresh that reached only some
+    /// stores mixes shards of two versions): it is written again and stays
+    /// ours. (Found by review: it counted as taken by another, and the
+    /// lock was lost for good.)
+    #[test]
+    fn an_unreadable_lock_is_written_again_by_its_holder() {
+        let store = Store::open("memory://lock-unreadable", true).unwrap();
+        let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
+        let timing = Timing {
+            refresh: Duration::from_millis(20),
+            give_up: Duration::from_secs(30),
+        };
+        let lock = WriterLock::acquire_timed(&store, keys.clone(), "mount at /mnt", "h:/c", timing)
+            .unwrap();
+        let raw = store.get(NAME).unwrap();
+        let mut bad = raw.to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        store.put(NAME, Bytes::from(bad)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some((held, _))) = read_lock(&store, &keys) {
+                assert_eq!(held.token, lock.info().token);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the holder never wrote its unreadable lock again"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lock.check().unwrap();
+        assert!(!lock.shared.lost.load(Ordering::SeqCst));
     }
 
     /// A mount killed with snapshots not uploaded: nobody breaks its lock
