@@ -57,6 +57,17 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 "", "ID", "KIND", "ACCESS"
             );
             for (name, k) in repo.list_keys()? {
+                let k = match k {
+                    Ok(k) => k,
+                    Err(e) => {
+                        println!(
+                            "{:<3}{:<18} damaged: {e}",
+                            "",
+                            name.trim_start_matches("keys/")
+                        );
+                        continue;
+                    }
+                };
                 println!(
                     "{:<3}{:<18} {:<11} {:<10} {}",
                     if name == repo.key_name() { "*" } else { "" },
@@ -92,18 +103,15 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             let current = keys
                 .iter()
                 .find(|(n, _)| n == repo.key_name())
+                .and_then(|(_, k)| k.as_ref().ok())
                 .ok_or_else(|| anyhow::anyhow!("the key you unlocked with is gone"))?;
-            if current.1.kind != KeyKind::Passphrase {
+            if current.kind != KeyKind::Passphrase {
                 anyhow::bail!(
                     "you unlocked with a recovery key: use `secrate key add` to add a passphrase"
                 );
             }
             let p = secret::new_passphrase_only(new_passphrase_file.as_deref())?;
-            let id = repo.add_key(
-                &Secret::Passphrase(p),
-                current.1.write_only,
-                kdf_work_factor,
-            )?;
+            let id = repo.add_key(&Secret::Passphrase(p), current.write_only, kdf_work_factor)?;
             repo.store().delete(repo.key_name())?;
             println!(
                 "passphrase changed (key {id} replaces {})",

@@ -278,15 +278,21 @@ impl Repository {
         }
     }
 
-    /// Every key object: name, kind, write-only, creation time.
-    pub fn list_keys(&self) -> Result<Vec<(String, KeyObject)>> {
+    /// Every key object: name, kind, write-only, creation time; a damaged
+    /// one with why (after the others), so that it can be listed and
+    /// removed.
+    pub fn list_keys(&self) -> Result<Vec<(String, Result<KeyObject>)>> {
         let mut out = Vec::new();
         for o in self.store.list("keys")? {
-            let bytes = self.store.get(&o.name)?;
-            let obj = KeyObject::decode(&bytes).map_err(|e| Error::corrupt(&o.name, e.0))?;
+            let obj = match self.store.get(&o.name) {
+                Ok(bytes) => KeyObject::decode(&bytes).map_err(|e| Error::corrupt(&o.name, e.0)),
+                Err(e) if e.is_damage() => Err(e),
+                Err(e) => return Err(e),
+            };
             out.push((o.name, obj));
         }
-        out.sort_by(|a, b| a.1.created.cmp(&b.1.created).then(a.0.cmp(&b.0)));
+        let created = |o: &Result<KeyObject>| o.as_ref().map(|k| k.created).unwrap_or(i64::MAX);
+        out.sort_by(|a, b| created(&a.1).cmp(&created(&b.1)).then(a.0.cmp(&b.0)));
         Ok(out)
     }
 
@@ -310,9 +316,10 @@ impl Repository {
         };
         let readers_left = keys
             .iter()
-            .filter(|(n, o)| n != name && !o.write_only)
+            .filter(|(n, o)| n != name && o.as_ref().is_ok_and(|o| !o.write_only))
             .count();
-        if !obj.write_only && readers_left == 0 {
+        // A damaged key object opens nothing: it may always go.
+        if obj.as_ref().is_ok_and(|o| !o.write_only) && readers_left == 0 {
             return Err(Error::Invalid(
                 "this is the last key that can read the repository; add another (secrate key add) before removing it".into(),
             ));
@@ -825,7 +832,16 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
     let mut damaged = None;
     let mut tried = 0;
     for name in names {
-        let bytes = store.get(&name)?;
+        // One damaged key object (a shard left by a key change that did not
+        // reach every store) must not lock the user out of the others.
+        let bytes = match store.get(&name) {
+            Ok(b) => b,
+            Err(e) if e.is_damage() => {
+                damaged = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let obj = match KeyObject::decode(&bytes) {
             Ok(o) => o,
             Err(e) => {

@@ -674,24 +674,31 @@ impl Store {
         }
         let r = self.each(|i, s| {
             if i == d || self.skips(name, i) {
-                return Ok(());
+                return Ok(false);
             }
-            put_new_same(&s.b(name)?, name, &copies[i])
+            put_new_same(&s.b(name)?, name, &copies[i]).map(|()| true)
         });
+        let took: Vec<usize> = (0..r.len()).filter(|&i| matches!(r[i], Ok(true))).collect();
         if let Err(e) = self.all_ok(name, r) {
-            self.undo_create(name, created, &first);
+            self.undo_create(name, created, &first, &took);
             return Err(e);
         }
         Ok(created)
     }
 
     /// A create that did not reach every store is taken back from the store
-    /// that decided, so that a lock or a config that failed is not left
-    /// half-made. Content-addressed objects stay: another writer may count on
-    /// the same bytes.
-    fn undo_create(&self, name: &str, created: bool, decider: &Backend) {
+    /// that decided and from every other store that took it, so that a lock,
+    /// a key or a config that failed is not left half-made (one erasure-
+    /// coded shard left behind reads as a damaged object). Content-addressed
+    /// objects stay: another writer may count on the same bytes.
+    fn undo_create(&self, name: &str, created: bool, decider: &Backend, took: &[usize]) {
         if created && content_addressed(name).is_none() {
             let _ = decider.delete(name);
+            for &i in took {
+                if let Ok(b) = self.slots[i].b(name) {
+                    let _ = b.delete(name);
+                }
+            }
         }
     }
 
@@ -733,8 +740,9 @@ impl Store {
                 });
                 let mut all = vec![Ok(())];
                 all.extend(r);
+                let took: Vec<usize> = (1..all.len()).filter(|&i| all[i].is_ok()).collect();
                 if let Err(e) = self.all_ok(name, all) {
-                    self.undo_create(name, created, &first);
+                    self.undo_create(name, created, &first, &took);
                     return Err(e);
                 }
                 Ok(created)
