@@ -6,7 +6,9 @@
 //! recently used; tree blobs are read from whole tree packs cached in
 //! `packs/` (one GET serves thousands of directories). Blobs sealed but not
 //! yet uploaded are read from their outbox pack. Every blob is verified
-//! against its keyed id before it is used, wherever it came from.
+//! against its keyed id before it is used, wherever it came from. A blob
+//! whose copy there is missing or fails to verify is read from its other
+//! copies in the store, if the index lists any (and the mount's log says so).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -19,6 +21,7 @@ use lru::LruCache;
 use crate::crypto::{BlobKind, Id};
 use crate::error::{Error, Result};
 use crate::live::DataSource;
+use crate::repo::index::{BlobLoc, PackMeta};
 use crate::repo::pack::{open_blob, pack_name};
 use crate::repo::tree::Tree;
 use crate::repo::Repository;
@@ -286,6 +289,47 @@ impl BlobReader {
             })?;
             (p.clone(), l)
         };
+        #[cfg(test)]
+        self.fetched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data = match self.fetch_copy(kind, id, &pack, loc) {
+            Ok(d) => d,
+            // A blob stored in several packs (two writers, a retried
+            // upload, repair) is read from another copy when this one is
+            // missing or fails to verify.
+            Err(e) if e.is_damage() => {
+                let (d, damaged) = self.repo.read_blob_elsewhere(kind, id, (pack.id, loc), e)?;
+                for e in damaged {
+                    crate::log!(
+                        "warning: {e}; {} blob {} was read from another copy (run `secrate check`)",
+                        kind.name(),
+                        id.short()
+                    );
+                }
+                d
+            }
+            Err(e) => return Err(e),
+        };
+        let data = Arc::new(data);
+        if kind == BlobKind::Data {
+            self.disk_put(id, &data);
+        }
+        // A tree is kept decoded (`read_tree`), never twice.
+        if kind != BlobKind::Tree {
+            self.mem_put(*id, data.clone());
+        }
+        Ok(data)
+    }
+
+    /// The copy of blob `id` at `loc` in `pack` (this copy only), from the
+    /// outbox, the cached tree pack or the store.
+    fn fetch_copy(
+        &self,
+        kind: BlobKind,
+        id: &Id,
+        pack: &PackMeta,
+        loc: BlobLoc,
+    ) -> Result<Vec<u8>> {
         let local = self
             .outbox
             .read()
@@ -297,18 +341,16 @@ impl BlobReader {
             None if kind == BlobKind::Tree => (Some(self.tree_pack(&pack.id)?), true),
             None => (None, false),
         };
-        #[cfg(test)]
-        self.fetched
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let open_local = |path: &Path| -> Result<Vec<u8>> {
             let sealed = read_range(path, loc.offset as u64, loc.length as u64)?;
-            let key = self.repo.pack_key(&pack)?;
+            let key = self.repo.pack_key(pack)?;
             open_blob(self.repo.keys(), &key, kind, id, &sealed)
                 .map_err(|e| Error::corrupt(pack_name(&pack.id), e.0))
         };
-        let data = match local {
+        let from_store = || self.repo.read_blob_at(kind, id, pack, loc);
+        match local {
             Some(path) => match open_local(&path) {
-                Ok(d) => d,
+                Ok(d) => Ok(d),
                 // The cached copy of a tree pack was verified when fetched
                 // but is not synced: after a machine crash (or a disk
                 // error) it can be short or damaged. It is dropped, to be
@@ -316,25 +358,16 @@ impl BlobReader {
                 // from the store, which checks it again.
                 Err(_) if cached => {
                     let _ = fs::remove_file(&path);
-                    self.repo.read_blob(kind, id)?
+                    from_store()
                 }
                 // An outbox copy goes once its upload is done, maybe
                 // between the look above and the read: then the store has
                 // it. (Not yet uploaded, the local error is the one to
                 // tell.)
-                Err(e) => self.repo.read_blob(kind, id).map_err(|_| e)?,
+                Err(e) => from_store().map_err(|_| e),
             },
-            None => self.repo.read_blob(kind, id)?,
-        };
-        let data = Arc::new(data);
-        if kind == BlobKind::Data {
-            self.disk_put(id, &data);
+            None => from_store(),
         }
-        // A tree is kept decoded (`read_tree`), never twice.
-        if kind != BlobKind::Tree {
-            self.mem_put(*id, data.clone());
-        }
-        Ok(data)
     }
 
     /// The local copy of a whole tree pack, fetched once and verified.
@@ -364,7 +397,9 @@ impl BlobReader {
     }
 
     /// Fetch every tree pack in the index now (before walking a whole
-    /// snapshot: a few large GETs instead of one per directory).
+    /// snapshot: a few large GETs instead of one per directory). A pack
+    /// that is missing or fails to verify is left to the readers of its
+    /// trees: they read another copy, or fail on that tree alone.
     pub fn fetch_tree_packs(&self) -> Result<()> {
         use rayon::prelude::*;
         let packs: Vec<Id> = {
@@ -383,7 +418,10 @@ impl BlobReader {
         packs
             .par_iter()
             .filter(|p| !outbox.contains_key(p))
-            .try_for_each(|p| self.tree_pack(p).map(|_| ()))
+            .try_for_each(|p| match self.tree_pack(p) {
+                Err(e) if !e.is_damage() => Err(e),
+                _ => Ok(()),
+            })
     }
 
     pub fn read_tree(&self, id: &Id) -> Result<Arc<Tree>> {
@@ -729,5 +767,35 @@ mod tests {
         };
         assert!(small.heap_bytes() >= std::mem::size_of::<Entry>() + 100 + 36);
         assert!(big.heap_bytes() >= small.heap_bytes() + 999 * 36 + 300);
+    }
+
+    /// The mount's reader reads a blob stored in two packs from the other
+    /// when the copy lookups find is missing or fails to verify: a data
+    /// chunk (a ranged read) and a tree (read from whole cached tree
+    /// packs); fetching the tree packs ahead passes over the bad one.
+    #[test]
+    fn a_damaged_copy_is_read_past_by_the_mount() {
+        use crate::ops::repair::tests::{chunk, damage_blob, open, two_copies_repo};
+        for delete in [true, false] {
+            let two = two_copies_repo(&format!("memory://mount-read-past-{delete}"));
+            let (repo, ids) = (&two.repo, &two.ids);
+            let (data, trees) = (&two.data, &two.trees);
+            if delete {
+                for p in [&data[0], &trees[0]] {
+                    repo.store().delete(&pack_name(&p.id)).unwrap();
+                }
+            } else {
+                damage_blob(repo, &data[0], &ids[0]);
+                damage_blob(repo, &trees[0], &two.root);
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let reader = BlobReader::new(open(repo.store(), "pw"), dir.path(), 1 << 20).unwrap();
+            reader.fetch_tree_packs().unwrap();
+            assert_eq!(reader.read_tree(&two.root).unwrap().entries.len(), 3);
+            assert!(*reader.blob(BlobKind::Data, &ids[0]).unwrap() == chunk(0));
+            let other = 3 - two.lone;
+            assert!(*reader.blob(BlobKind::Data, &ids[other]).unwrap() == chunk(other as u8));
+            reader.stop();
+        }
     }
 }

@@ -533,6 +533,91 @@ pub(crate) mod tests {
         (repo, pack)
     }
 
+    /// A repository stored twice over in part, as two writers racing, a
+    /// retried upload or `repair` leave one (`two_copies_repo`).
+    pub(crate) struct TwoCopies {
+        pub repo: Arc<Repository>,
+        /// The data packs holding chunk 0: `data[0]` is the copy lookups
+        /// find (in a repository opened afresh), `data[1]` the other.
+        pub data: Vec<PackInfo>,
+        /// The tree packs holding the snapshot's root, in the same order.
+        pub trees: Vec<PackInfo>,
+        /// Chunks 0, 1 and 2: files `f0`, `f1` and `f2`.
+        pub ids: Vec<Id>,
+        /// The chunk (1 or 2) whose one copy is in `data[0]`.
+        pub lone: usize,
+        pub root: Id,
+    }
+
+    /// A repository with one snapshot of files `f0`, `f1` and `f2` (chunks
+    /// 0, 1 and 2): chunk 0 is in two data packs, one with chunk 1, the
+    /// other with chunk 2, and the root tree is in two tree packs.
+    pub(crate) fn two_copies_repo(url: &str) -> TwoCopies {
+        let repo = Arc::new(test_init(url));
+        let repack = || BlobWriter::for_repack(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        for other in [1, 2] {
+            let w = repack();
+            w.add(BlobKind::Data, &chunk(0)).unwrap();
+            w.add(BlobKind::Data, &chunk(other)).unwrap();
+            let (packs, _) = w.finish().unwrap();
+            assert_eq!(packs.len(), 1);
+            repo.write_index(&packs).unwrap();
+        }
+        let ids: Vec<Id> = (0..3)
+            .map(|i| repo.keys().blob_id(BlobKind::Data, &chunk(i)))
+            .collect();
+        snapshot_of_chunks(&repo, &ids);
+        let root = repo.find_snapshot("latest").unwrap().1.root;
+        let raw = repo.read_blob(BlobKind::Tree, &root).unwrap();
+        let w = repack();
+        w.add_with_id(BlobKind::Tree, root, &raw).unwrap();
+        let (again, _) = w.finish().unwrap();
+        repo.write_index(&again).unwrap();
+        // Which copy comes first depends on the order the index deltas
+        // load in: ask a repository opened afresh.
+        let fresh = open(repo.store(), "pw");
+        let copies_of = |id: &Id| -> Vec<PackInfo> {
+            let ix = fresh.index();
+            let by_pack = ix.all_blobs_by_pack();
+            ix.copies(id)
+                .iter()
+                .map(|(p, _)| {
+                    let i = ix.packs().iter().position(|q| q.id == p.id).unwrap();
+                    PackInfo {
+                        id: p.id,
+                        kind: p.kind,
+                        size: p.size,
+                        wrapped_key: p.wrapped_key.clone(),
+                        blobs: by_pack[i].clone(),
+                    }
+                })
+                .collect()
+        };
+        let (data, trees) = (copies_of(&ids[0]), copies_of(&root));
+        assert_eq!((data.len(), trees.len()), (2, 2));
+        let lone = if data[0].blobs.iter().any(|b| b.id == ids[1]) {
+            1
+        } else {
+            2
+        };
+        TwoCopies {
+            repo,
+            data,
+            trees,
+            ids,
+            lone,
+            root,
+        }
+    }
+
+    /// Flip a byte inside the copy of blob `id` in pack `pack`.
+    pub(crate) fn damage_blob(repo: &Repository, pack: &PackInfo, id: &Id) {
+        let b = pack.blobs.iter().find(|b| b.id == *id).unwrap();
+        rewrite(repo, &pack.id, |bytes| {
+            bytes[b.offset as usize + b.length as usize / 2] ^= 1
+        });
+    }
+
     /// The file that holds blob `id` (as `one_pack_repo` made them).
     pub(crate) fn file_of(repo: &Repository, id: &Id) -> String {
         let i = (0..=255u8)
@@ -667,26 +752,10 @@ pub(crate) mod tests {
     /// reads it from.
     #[test]
     fn a_blob_with_a_healthy_copy_elsewhere_is_not_lost() {
-        let repo = Arc::new(test_init("memory://repair-two-copies"));
-        let mut packs = Vec::new();
-        for other in [1, 2] {
-            let w = BlobWriter::for_repack(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
-            w.add(BlobKind::Data, &chunk(0)).unwrap();
-            w.add(BlobKind::Data, &chunk(other)).unwrap();
-            packs.extend(w.finish().unwrap().0);
-        }
-        assert_eq!(packs.len(), 2);
-        for p in &packs {
-            repo.write_index(std::slice::from_ref(p)).unwrap();
-        }
-        let ids: Vec<Id> = (0..3)
-            .map(|i| repo.keys().blob_id(BlobKind::Data, &chunk(i)))
-            .collect();
-        snapshot_of_chunks(&repo, &ids);
-        let r = open(repo.store(), "pw");
-        let first = r.index().get(&ids[0]).unwrap().0.id;
-        repo.store().delete(&pack_name(&first)).unwrap();
-        let report = repair(r, &RepairOptions::default(), &Quiet).unwrap();
+        let two = two_copies_repo("memory://repair-two-copies");
+        let (repo, ids) = (&two.repo, &two.ids);
+        repo.store().delete(&pack_name(&two.data[0].id)).unwrap();
+        let report = repair(open(repo.store(), "pw"), &RepairOptions::default(), &Quiet).unwrap();
         assert_eq!(
             (report.packs_missing, report.blobs_lost),
             (1, 1),

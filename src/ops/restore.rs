@@ -455,4 +455,30 @@ mod tests {
             assert_eq!(inodes.len(), 1, "round {round}: {} files", inodes.len());
         }
     }
+
+    /// A file whose chunk is in two packs restores whole when the copy
+    /// lookups find is damaged, and so does a directory whose tree is.
+    #[test]
+    fn a_damaged_copy_is_read_past_by_restore() {
+        use crate::ops::repair::tests::{chunk, damage_blob, open, two_copies_repo};
+        let two = two_copies_repo("memory://restore-read-past");
+        damage_blob(&two.repo, &two.data[0], &two.ids[0]);
+        damage_blob(&two.repo, &two.trees[0], &two.root);
+        let r = open(two.repo.store(), "pw");
+        let (_, snap) = r.find_snapshot("latest").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let summary = restore(&r, &snap, None, out.path(), &Quiet).unwrap();
+        assert!(
+            !summary
+                .errors
+                .iter()
+                .any(|e| e.contains("damaged") || e.contains("corrupt")),
+            "{:?}",
+            summary.errors
+        );
+        for i in 0..3u8 {
+            let got = fs::read(out.path().join(format!("f{i}"))).unwrap();
+            assert!(got == chunk(i), "f{i}");
+        }
+    }
 }

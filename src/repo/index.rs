@@ -6,6 +6,11 @@
 //! own header, so a lost index can be rebuilt from the packs (and packs
 //! stored by a writer that died before writing its index are found and
 //! indexed the same way).
+//!
+//! A blob can be stored in several packs (two writers racing, a retried
+//! upload, `repair`). Lookups find its first copy; the others are kept, so
+//! that a reader can fall back to them (`copies`) and `check`, `repair` and
+//! `prune` see every pack's whole list (`all_blobs_by_pack`).
 
 use std::collections::HashMap;
 
@@ -91,7 +96,9 @@ pub struct Index {
     /// Blobs not yet merged into `sorted`; none of them is in it.
     recent: HashMap<Id, BlobLoc>,
     /// The other locations of blobs stored more than once (rare): lookups
-    /// use the first, `all_blobs_by_pack` lists them all.
+    /// use the first, `copies` and `all_blobs_by_pack` list them all.
+    /// Sorted by id (stably: copies of one blob in the order they were
+    /// added), so that `copies` is a binary search, not a scan.
     extra: Vec<(Id, BlobLoc)>,
 }
 
@@ -127,12 +134,16 @@ impl Index {
     /// copy decrypts to the same bytes). Adding a known pack again is a no-op.
     pub fn add_pack(&mut self, p: &PackInfo) {
         let Some(pos) = self.push_pack(p) else { return };
+        let extra_before = self.extra.len();
         for b in &p.blobs {
             if self.find(&b.id).is_none() {
                 self.recent.insert(b.id, loc(pos, b));
             } else {
                 self.extra.push((b.id, loc(pos, b)));
             }
+        }
+        if self.extra.len() > extra_before {
+            self.extra.sort_by_key(|e| e.0);
         }
         if self.recent.len() >= MERGE_MIN.max(self.sorted.len() / 8) {
             self.merge();
@@ -174,6 +185,7 @@ impl Index {
         if self.sorted.len() > before {
             self.sorted.sort_by_key(|a| a.0);
             let extra = &mut self.extra;
+            let extra_before = extra.len();
             self.sorted.dedup_by(|later, first| {
                 let same = later.0 == first.0;
                 if same {
@@ -181,6 +193,9 @@ impl Index {
                 }
                 same
             });
+            if extra.len() > extra_before {
+                extra.sort_by_key(|e| e.0);
+            }
             self.sorted.shrink_to_fit();
         }
     }
@@ -192,6 +207,20 @@ impl Index {
     pub fn get(&self, id: &Id) -> Option<(&PackMeta, BlobLoc)> {
         let loc = self.find(id)?;
         Some((&self.packs[loc.pack as usize], loc))
+    }
+
+    /// Every copy of blob `id`: first the one `get` finds, then the others
+    /// in the order they were added. Empty if the blob is not indexed.
+    pub fn copies(&self, id: &Id) -> Vec<(&PackMeta, BlobLoc)> {
+        let Some(first) = self.find(id) else {
+            return Vec::new();
+        };
+        let start = self.extra.partition_point(|e| e.0 < *id);
+        let others = self.extra[start..].iter().take_while(|e| e.0 == *id);
+        std::iter::once(first)
+            .chain(others.map(|e| e.1))
+            .map(|l| (&self.packs[l.pack as usize], l))
+            .collect()
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
@@ -410,7 +439,7 @@ mod tests {
                     }
                 }
             }
-            prop_assert_eq!(ix.packs().iter().map(|p| p.id).collect::<Vec<_>>(), packs);
+            prop_assert_eq!(ix.packs().iter().map(|p| p.id).collect::<Vec<_>>(), packs.clone());
             prop_assert_eq!(ix.blob_count(), model.len());
             for b in 0u8..40 {
                 let id = Id([b; 32]);
@@ -423,7 +452,23 @@ mod tests {
             let mut want: Vec<Id> = model.keys().copied().collect();
             want.sort();
             prop_assert_eq!(listed, want);
-            prop_assert_eq!(ix.all_blobs_by_pack(), whole);
+            prop_assert_eq!(ix.all_blobs_by_pack(), whole.clone());
+            // `copies`: the first copy first, then the others in the order
+            // their packs were added (offsets name the pack and the place).
+            for b in 0u8..40 {
+                let id = Id([b; 32]);
+                let want: Vec<(Id, u32)> = packs
+                    .iter()
+                    .zip(&whole)
+                    .flat_map(|(p, blobs)| {
+                        blobs.iter().filter(|x| x.id == id).map(move |x| (*p, x.offset))
+                    })
+                    .collect();
+                let got: Vec<(Id, u32)> =
+                    ix.copies(&id).iter().map(|(p, l)| (p.id, l.offset)).collect();
+                prop_assert_eq!(got.first().copied(), model.get(&id).copied());
+                prop_assert_eq!(got, want);
+            }
         }
 
         /// The guided search answers as `binary_search` does, whatever the

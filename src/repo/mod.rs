@@ -7,7 +7,9 @@
 //! Packs, index deltas, snapshots and damage records are named by the BLAKE3
 //! hash of their bytes and are never modified; every whole-object read
 //! checks the name (a ranged read of one blob is checked by its AEAD tag and
-//! keyed id instead).
+//! keyed id instead). A blob stored in several packs is read from its
+//! other copies when the first is missing or fails to verify (`read_blob`),
+//! never when the store merely fails.
 //!
 //! Write order keeps the store consistent at every instant: packs first, then
 //! the index deltas that list them, then the snapshot that needs them.
@@ -40,7 +42,7 @@ use crate::store::Store;
 
 use self::config::Config;
 use self::damage::{damage_name, DamageRecord};
-use self::index::{decode_delta, encode_delta, index_name, Index, PackMeta};
+use self::index::{decode_delta, encode_delta, index_name, BlobLoc, Index, PackMeta};
 use self::keys::{decode_keyring, encode_keyring, KeyKind, KeyObject};
 use self::lock::WriterLock;
 use self::pack::{pack_id_from_name, pack_name, PackBlob, PackInfo};
@@ -601,8 +603,22 @@ impl Repository {
         Ok(key)
     }
 
-    /// Read, decrypt and verify one blob.
+    /// Read, decrypt and verify one blob, from another copy of it if the
+    /// one lookups find is damaged.
     pub fn read_blob(&self, kind: BlobKind, id: &Id) -> Result<Vec<u8>> {
+        self.read_blob_noting(kind, id).map(|(data, _)| data)
+    }
+
+    /// As `read_blob`, with the errors of the damaged copies it read past
+    /// (empty unless a copy is damaged).
+    ///
+    /// The copy lookups find is read first, with no other request and no
+    /// other index query: the others are looked up only after it failed.
+    /// Only damage (a missing pack, bytes that fail to verify) sends the
+    /// read to the next copy; any other error (the store failing, a key
+    /// that cannot read) says nothing about the data and is returned as
+    /// it is.
+    pub fn read_blob_noting(&self, kind: BlobKind, id: &Id) -> Result<(Vec<u8>, Vec<Error>)> {
         if id.is_lost() {
             return Err(Error::Lost {
                 what: format!("{} blob", kind.name()),
@@ -616,10 +632,55 @@ impl Repository {
             })?;
             (p.clone(), l)
         };
-        let name = pack_name(&pack.id);
+        match self.read_blob_at(kind, id, &pack, loc) {
+            Ok(data) => Ok((data, Vec::new())),
+            Err(e) if e.is_damage() => self.read_blob_elsewhere(kind, id, (pack.id, loc), e),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read blob `id` from its copies other than `failed` (a pack and a
+    /// place in it), after reading it there failed with damage `first`:
+    /// each in turn, until one reads. Returns the bytes and the errors of
+    /// the damaged copies read past, `first` among them; `first` if every
+    /// copy is damaged (or there is no other); any other error as it is,
+    /// at once (it says nothing about whether the blob is lost).
+    pub fn read_blob_elsewhere(
+        &self,
+        kind: BlobKind,
+        id: &Id,
+        failed: (Id, BlobLoc),
+        first: Error,
+    ) -> Result<(Vec<u8>, Vec<Error>)> {
+        let others: Vec<(PackMeta, BlobLoc)> = self
+            .index()
+            .copies(id)
+            .into_iter()
+            .filter(|(p, l)| (p.id, l.offset) != (failed.0, failed.1.offset))
+            .map(|(p, l)| (p.clone(), l))
+            .collect();
+        let mut damaged = vec![first];
+        for (pack, loc) in others {
+            match self.read_blob_at(kind, id, &pack, loc) {
+                Ok(data) => return Ok((data, damaged)),
+                Err(e) if e.is_damage() => damaged.push(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(damaged.swap_remove(0))
+    }
+
+    /// Read, decrypt and verify the copy of blob `id` at `loc` in `pack`.
+    pub fn read_blob_at(
+        &self,
+        kind: BlobKind,
+        id: &Id,
+        pack: &PackMeta,
+        loc: BlobLoc,
+    ) -> Result<Vec<u8>> {
         if pack.kind != kind {
             return Err(Error::corrupt(
-                &name,
+                pack_name(&pack.id),
                 format!(
                     "index lists blob {} in a pack of the other kind",
                     id.short()
@@ -632,11 +693,11 @@ impl Repository {
             length: loc.length,
             raw_len: loc.raw_len,
         };
-        self.read_blob_in(&pack, &b)
+        self.read_blob_in(pack, &b)
     }
 
-    /// Read, decrypt and verify the copy of a blob at `b` in `pack` (a
-    /// blob stored twice is read from one place by `read_blob`).
+    /// Read, decrypt and verify the copy of a blob at `b` in `pack` (this
+    /// copy only: `read_blob` tries the others when one is damaged).
     pub fn read_blob_in(&self, pack: &PackMeta, b: &PackBlob) -> Result<Vec<u8>> {
         let name = pack_name(&pack.id);
         let key = self.pack_key(pack)?;
@@ -648,8 +709,18 @@ impl Repository {
     }
 
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {
-        let raw = self.read_blob(BlobKind::Tree, id)?;
-        Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))
+        self.read_tree_noting(id).map(|(t, _)| t)
+    }
+
+    /// As `read_tree`, with the errors of the damaged copies of the tree
+    /// it read past (`read_blob_noting`).
+    pub fn read_tree_noting(&self, id: &Id) -> Result<(Tree, Vec<Error>)> {
+        let (raw, damaged) = self.read_blob_noting(BlobKind::Tree, id)?;
+        // Every copy holds the bytes the keyed id names: one that verified
+        // and does not decode, no other copy decodes either.
+        let t =
+            Tree::decode(&raw).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e.0))?;
+        Ok((t, damaged))
     }
 
     // ---- damage records ----
@@ -1040,5 +1111,64 @@ pub(crate) mod tests {
         let (all, bad) = r2.snapshots().unwrap();
         assert!(all.is_empty());
         assert_eq!(bad.len(), 1);
+    }
+
+    /// A blob stored in two packs is read from the other when the copy
+    /// lookups find is missing or fails to verify (a data chunk and a
+    /// tree); with every copy damaged, the first copy's error; a store
+    /// that fails to serve the first copy is not damage and is not read
+    /// past.
+    #[test]
+    fn a_damaged_copy_is_read_past() {
+        use crate::ops::repair::tests::{chunk, damage_blob, open, two_copies_repo};
+        for delete in [true, false] {
+            // A `file://` store, as on a disk.
+            let dir = tempfile::tempdir().unwrap();
+            let two = two_copies_repo(&format!("file://{}", dir.path().display()));
+            let (repo, ids) = (&two.repo, &two.ids);
+            let (data, trees) = (&two.data, &two.trees);
+            if delete {
+                for p in [&data[0], &trees[0]] {
+                    repo.store().delete(&pack_name(&p.id)).unwrap();
+                }
+            } else {
+                damage_blob(repo, &data[0], &ids[0]);
+                damage_blob(repo, &trees[0], &two.root);
+            }
+            let r = open(repo.store(), "pw");
+            let (got, past) = r.read_blob_noting(BlobKind::Data, &ids[0]).unwrap();
+            assert_eq!(got, chunk(0));
+            assert_eq!(past.len(), 1);
+            assert!(past[0].is_damage(), "{}", past[0]);
+            assert!(past[0].to_string().contains(&pack_name(&data[0].id)));
+            assert_eq!(r.read_tree(&two.root).unwrap().entries.len(), 3);
+            // Chunk `lone` has one copy, in the damaged pack (and reads
+            // fine there, unless the pack is gone).
+            let lone = two.lone;
+            match r.read_blob(BlobKind::Data, &ids[lone]) {
+                Ok(d) => assert!(!delete && d == chunk(lone as u8)),
+                Err(e) => assert!(delete && e.is_missing(), "{e}"),
+            }
+            // The other copy damaged too: the first copy's error.
+            damage_blob(repo, &data[1], &ids[0]);
+            let e = r.read_blob(BlobKind::Data, &ids[0]).unwrap_err();
+            assert!(e.is_damage(), "{e}");
+            assert!(e.to_string().contains(&pack_name(&data[0].id)), "{e}");
+        }
+
+        let two = two_copies_repo("memory://read-past-store-error");
+        let faulty = two.repo.store().with_faults(&format!(
+            "error_rate=1,reads_of={}",
+            two.data[0].id.to_hex()
+        ));
+        let r = open(&faulty, "pw");
+        let e = r.read_blob(BlobKind::Data, &two.ids[0]).unwrap_err();
+        assert!(matches!(e, Error::Store { .. }), "{e}");
+        let other = 3 - two.lone;
+        assert_eq!(
+            r.read_blob(BlobKind::Data, &two.ids[other]).unwrap(),
+            chunk(other as u8),
+            "only reads of the first pack fail"
+        );
     }
 }
