@@ -3,16 +3,24 @@
 //! Without `read_data`: every snapshot and tree decrypts and verifies, every
 //! chunk is indexed, and every indexed pack exists with its recorded size.
 //! With `read_data`: every pack is read whole and every blob in it decrypted
-//! and re-hashed. Damage is reported per file and per snapshot: the result
-//! names exactly the files that lost data. Trees shared between snapshots are
-//! walked once (their findings are memoized and re-prefixed).
+//! and re-hashed (every copy of a blob stored in several packs). Damage is
+//! reported per file and per snapshot: the result names exactly the files
+//! that lost data. Trees shared between snapshots are walked once (their
+//! findings are memoized and re-prefixed).
+//!
+//! A blob stored in several packs (two writers racing, a retried upload,
+//! `repair`) is damaged only when every copy is bad: its pack missing, of
+//! the wrong size (without `read_data`; with it, the copy past the end or
+//! failing to verify), or the copy failing to verify. A bad copy with a good
+//! one elsewhere names no file: its pack is reported as a problem, with a
+//! note that `repair` drops it from the index without losing anything.
 //!
 //! Damage `secrate repair` already recorded (blobs a damage record lists and
 //! no index does, and ranges trees mark as lost) is reported apart from new
 //! damage: it is known, but the snapshots holding it are still not whole,
 //! so the repository is never called clean while any snapshot holds it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +29,7 @@ use rayon::prelude::*;
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::pack::{open_blob, pack_id_from_name, pack_name};
+use crate::repo::pack::{open_blob, pack_id_from_name, pack_name, PackBlob};
 use crate::repo::snapshot::format_time;
 use crate::repo::tree::Kind;
 use crate::repo::Repository;
@@ -65,36 +73,67 @@ impl CheckReport {
 /// (path, why, recorded by repair).
 type Findings = Arc<Vec<(String, String, bool)>>;
 
+/// A copy of a blob: its pack and its offset in it.
+type Copy = (Id, u32);
+
 struct Walker<'a> {
     repo: &'a Repository,
-    /// Blob id → why it cannot be read.
-    bad: &'a HashMap<Id, String>,
+    /// Copies of blobs that cannot be read (`read_data`), and why.
+    bad: &'a HashMap<Copy, String>,
     missing_packs: &'a HashMap<Id, PackFault>,
     /// Blobs damage records list (healed ones are indexed again).
     recorded: &'a HashMap<Id, crate::crypto::BlobKind>,
     memo: HashMap<Id, Findings>,
+    /// Blobs whose first copy is bad and another is good, by the pack of
+    /// that first copy: no file loses them.
+    saved: HashMap<Id, HashSet<Id>>,
+    /// Damaged copies of trees read past (another copy read).
+    trees_read_past: Vec<Error>,
 }
 
 impl Walker<'_> {
     /// Why a chunk cannot be read, and whether `repair` recorded it.
-    fn chunk_problem(&self, id: &Id) -> Option<(String, bool)> {
+    fn chunk_problem(&mut self, id: &Id) -> Option<(String, bool)> {
         if id.is_lost() {
             return Some(("a range marked lost (recorded by repair)".into(), true));
         }
-        if let Some(why) = self.bad.get(id) {
-            return Some((why.clone(), false));
-        }
         let ix = self.repo.index();
-        match ix.get(id) {
-            None if self.recorded.contains_key(id) => Some((
-                format!("data blob {} was lost (recorded by repair)", id.short()),
-                true,
-            )),
-            None => Some((format!("data blob {} is in no index", id.short()), false)),
-            Some((p, _)) => self
-                .missing_packs
-                .get(&p.id)
-                .map(|f| (f.describe(&p.id), false)),
+        let (p, l) = match ix.get(id) {
+            None if self.recorded.contains_key(id) => {
+                return Some((
+                    format!("data blob {} was lost (recorded by repair)", id.short()),
+                    true,
+                ))
+            }
+            None => return Some((format!("data blob {} is in no index", id.short()), false)),
+            Some(first) => first,
+        };
+        // The first copy is fine almost always: the others are looked up
+        // only when it is not.
+        let why = self.copy_problem(&p.id, l.offset)?;
+        let copies = ix.copies(id);
+        let others = copies.len().saturating_sub(1);
+        let others_bad = copies
+            .iter()
+            .skip(1)
+            .filter(|(q, m)| self.copy_problem(&q.id, m.offset).is_some())
+            .count();
+        if others_bad < others {
+            self.saved.entry(p.id).or_default().insert(*id);
+            return None;
+        }
+        Some(match others_bad {
+            0 => (why, false),
+            1 => (format!("{why} (and so is its other copy)"), false),
+            n => (format!("{why} (and so are its {n} other copies)"), false),
+        })
+    }
+
+    /// Why the copy of a blob at `offset` in pack `pack` cannot be read.
+    fn copy_problem(&self, pack: &Id, offset: u32) -> Option<String> {
+        match self.missing_packs.get(pack) {
+            Some(f) => Some(f.describe(pack)),
+            None => self.bad.get(&(*pack, offset)).cloned(),
         }
     }
 
@@ -103,13 +142,14 @@ impl Walker<'_> {
             return f.clone();
         }
         let mut out = Vec::new();
-        match self.repo.read_tree(id) {
+        match self.repo.read_tree_noting(id) {
             Err(e) => out.push((
                 String::new(),
                 format!("directory unreadable: {e}"),
                 self.recorded.contains_key(id) && !self.repo.index().contains(id),
             )),
-            Ok(t) => {
+            Ok((t, read_past)) => {
+                self.trees_read_past.extend(read_past);
                 for e in &t.entries {
                     let name = String::from_utf8_lossy(&e.name).into_owned();
                     match e.kind {
@@ -201,6 +241,7 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
     for (id, fault) in &missing_packs {
         report.problems.push(fault.describe(id));
     }
+    let faulty_packs: HashSet<String> = missing_packs.keys().map(pack_name).collect();
 
     let bad = if read_data {
         let bad = read_all(repo, &missing_packs, progress, &mut report)?;
@@ -227,6 +268,8 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
         missing_packs: &missing_packs,
         recorded: &recorded,
         memo: HashMap::new(),
+        saved: HashMap::new(),
+        trees_read_past: Vec::new(),
     };
     for (id, s) in &snapshots {
         for (path, reason, rec) in w.tree(&s.root).iter() {
@@ -248,19 +291,52 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
         }
     }
     report.trees = w.memo.len();
+    // A tree copy read past is a problem in itself when nothing else
+    // reports its pack: without `read_data`, a pack that is present, of
+    // the right size, and damaged inside.
+    for e in w.trees_read_past {
+        let known = match &e {
+            Error::Missing { object, .. } | Error::Corrupt { object, .. } => {
+                read_data || faulty_packs.contains(object)
+            }
+            _ => false,
+        };
+        let line = e.to_string();
+        if !known && !report.problems.contains(&line) {
+            report.problems.push(line);
+        }
+    }
+    let mut saved: Vec<(String, usize)> = w
+        .saved
+        .iter()
+        .map(|(pack, blobs)| (pack_name(pack), blobs.len()))
+        .collect();
+    saved.sort();
+    for (name, n) in saved {
+        let (blobs, have) = if n == 1 {
+            ("1 blob".to_string(), "has")
+        } else {
+            (format!("{n} blobs"), "have")
+        };
+        report.notes.push(format!(
+            "{blobs} the snapshots use {have} a bad copy in {name} and a good one in another pack: \
+             no file loses them (`secrate repair` drops the bad pack from the index)"
+        ));
+    }
     Ok(report)
 }
 
-/// Read every indexed pack whole; decrypt and verify every blob in it.
+/// Read every indexed pack whole; decrypt and verify every copy of every
+/// blob in it. Returns the copies that cannot be read, and why.
 fn read_all(
     repo: &Repository,
     missing: &HashMap<Id, PackFault>,
     progress: &dyn Progress,
     report: &mut CheckReport,
-) -> Result<HashMap<Id, String>> {
+) -> Result<HashMap<Copy, String>> {
     let (packs, by_pack) = {
         let ix = repo.index();
-        (ix.packs().to_vec(), ix.blobs_by_pack())
+        (ix.packs().to_vec(), ix.all_blobs_by_pack())
     };
     let total: u64 = packs.iter().map(|p| p.size).sum();
     progress.start("read data", Some(total));
@@ -272,21 +348,21 @@ fn read_all(
         .par_iter()
         .zip(by_pack.par_iter())
         .try_for_each(|(p, blobs)| -> Result<()> {
-            let mark = |ids: &mut dyn Iterator<Item = Id>, why: &str| {
+            let mark = |blobs: &mut dyn Iterator<Item = &PackBlob>, why: &str| {
                 let mut b = bad.lock().unwrap_or_else(|e| e.into_inner());
-                for id in ids {
-                    b.insert(id, why.to_string());
+                for x in blobs {
+                    b.insert((p.id, x.offset), why.to_string());
                 }
             };
             if let Some(fault @ PackFault::Missing) = missing.get(&p.id) {
-                mark(&mut blobs.iter().map(|b| b.id), &fault.describe(&p.id));
+                mark(&mut blobs.iter(), &fault.describe(&p.id));
                 return Ok(());
             }
             let name = pack_name(&p.id);
             let bytes = match repo.store().get(&name) {
                 Ok(b) => b,
                 Err(e @ Error::Missing { .. }) => {
-                    mark(&mut blobs.iter().map(|b| b.id), &e.to_string());
+                    mark(&mut blobs.iter(), &e.to_string());
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -304,7 +380,13 @@ fn read_all(
             let key = match repo.pack_key(p) {
                 Ok(k) => k,
                 Err(e) if e.is_damage() => {
-                    mark(&mut blobs.iter().map(|b| b.id), &e.to_string());
+                    // The index's copy of the pack's key: no other
+                    // finding names it.
+                    problems
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(e.to_string());
+                    mark(&mut blobs.iter(), &e.to_string());
                     return Ok(());
                 }
                 Err(e) => return Err(e),
@@ -326,7 +408,7 @@ fn read_all(
                 if let Err(why) = result {
                     bad.lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(b.id, why);
+                        .insert((p.id, b.offset), why);
                 }
             }
             Ok(())
@@ -369,7 +451,10 @@ impl PackFault {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::repair::tests::{file_of, one_pack_repo, open, rewrite, Quiet};
+    use crate::ops::repair::tests::{
+        damage_blob, file_of, one_pack_repo, open, rewrite, two_copies_repo, Quiet,
+    };
+    use crate::repo::pack::PackInfo;
     use crate::repo::Secret;
 
     /// A key that cannot decrypt data cannot check it: refused, rather
@@ -404,5 +489,67 @@ mod tests {
             report.problems.iter().any(|p| p.contains(&name)),
             "{report:?}"
         );
+    }
+
+    /// A blob with a healthy copy in another pack is not damage: a
+    /// missing or damaged first copy names no file (only the pack), with
+    /// and without `read_data`; every copy is read with it; a file is
+    /// named when every copy of its blob is bad.
+    #[test]
+    fn a_bad_copy_with_a_good_one_elsewhere_names_no_file() {
+        let damaged = |r: &CheckReport| -> Vec<String> {
+            let mut v: Vec<String> = r.damage.iter().map(|d| d.path.clone()).collect();
+            v.sort();
+            v
+        };
+        let names = |r: &CheckReport, p: &PackInfo| {
+            let name = pack_name(&p.id);
+            r.problems.iter().any(|x| x.contains(&name))
+        };
+        for delete in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let two = two_copies_repo(&format!("file://{}", dir.path().display()));
+            let (repo, ids) = (&two.repo, &two.ids);
+            let (data, trees) = (&two.data, &two.trees);
+            if delete {
+                for p in [&data[0], &trees[0]] {
+                    repo.store().delete(&pack_name(&p.id)).unwrap();
+                }
+            } else {
+                damage_blob(repo, &data[0], &ids[0]);
+                damage_blob(repo, &trees[0], &two.root);
+            }
+            for read_data in [false, true] {
+                let report = check(&open(repo.store(), "pw"), read_data, &Quiet).unwrap();
+                // One file's only copy is in the missing pack; f0's chunk
+                // and the root tree read from their other copies.
+                let want: Vec<String> = if delete {
+                    vec![format!("f{}", two.lone)]
+                } else {
+                    vec![]
+                };
+                if delete || read_data {
+                    assert_eq!(damaged(&report), want, "{report:?}");
+                    assert!(names(&report, &data[0]), "{report:?}");
+                }
+                assert!(names(&report, &trees[0]), "{report:?}");
+                if read_data && !delete {
+                    // Each copy of each blob: 4 data copies, 2 tree copies.
+                    assert_eq!(report.blobs_read, 6, "{report:?}");
+                }
+            }
+        }
+
+        // Every copy bad: the files are named.
+        let two = two_copies_repo("memory://check-copies-all-bad");
+        let (repo, ids) = (&two.repo, &two.ids);
+        repo.store().delete(&pack_name(&two.data[0].id)).unwrap();
+        damage_blob(repo, &two.data[1], &ids[0]);
+        let report = check(&open(repo.store(), "pw"), true, &Quiet).unwrap();
+        let want = vec!["f0".to_string(), format!("f{}", two.lone)];
+        assert_eq!(damaged(&report), want, "{report:?}");
+        repo.store().delete(&pack_name(&two.data[1].id)).unwrap();
+        let report = check(&open(repo.store(), "pw"), false, &Quiet).unwrap();
+        assert_eq!(damaged(&report), vec!["f0", "f1", "f2"], "{report:?}");
     }
 }
