@@ -420,6 +420,14 @@ pub fn age_decrypt(
     Ok(out)
 }
 
+/// Whether an age ciphertext is sealed to a passphrase (its one stanza is
+/// scrypt), from its header alone, without decrypting anything; `None` if
+/// it is not an age file. The header is authenticated only once the file
+/// key is known: this tells what the file claims, for error messages.
+pub fn age_is_passphrase(ct: &[u8]) -> Option<bool> {
+    age::Decryptor::new_buffered(ct).ok().map(|d| d.is_scrypt())
+}
+
 /// A passphrase recipient with an explicit scrypt work factor (`N = 2^log_n`).
 pub fn passphrase_recipient(passphrase: &str, log_n: u8) -> age::scrypt::Recipient {
     let mut r = age::scrypt::Recipient::new(passphrase.to_string().into());

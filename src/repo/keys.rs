@@ -5,7 +5,9 @@
 //! recovery key opens its own copy of the same keyring, so adding or removing
 //! a way in never touches data. The plaintext header says only which kind of
 //! secret opens the object, so a passphrase is tried only against passphrase
-//! objects (each try costs a full scrypt).
+//! objects (each try costs a full scrypt). The header is not authenticated:
+//! a kind byte that disagrees with the age header inside is reported as
+//! damage when nothing opens (`unlock` in mod.rs), never trusted further.
 
 use zeroize::Zeroizing;
 

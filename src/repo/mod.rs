@@ -885,6 +885,13 @@ fn write_key(store: &Store, kind: KeyKind, write_only: bool, sealed: Vec<u8>) ->
 
 const MAX_KEYS_TRIED: usize = 64;
 
+fn secret_kind(k: KeyKind) -> &'static str {
+    match k {
+        KeyKind::Passphrase => "a passphrase",
+        KeyKind::Recovery => "a recovery key",
+    }
+}
+
 /// Try `secret` against every key object of its kind.
 fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
     let names = store.list_names("keys")?;
@@ -901,6 +908,7 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
         Secret::Passphrase(_) => None,
     };
     let mut damaged = None;
+    let mut mislabelled = None;
     let mut tried = 0;
     for name in names {
         // One damaged key object (a shard left by a key change that did not
@@ -921,6 +929,24 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
             }
         };
         if obj.kind != want {
+            // The kind byte is outside what age authenticates: an object
+            // of the other kind whose age header is for this kind of
+            // secret had its kind byte changed. Not tried (the kind byte
+            // decides which objects a secret is tried against), but
+            // reported if nothing opens.
+            if mislabelled.is_none()
+                && crate::crypto::age_is_passphrase(&obj.sealed)
+                    == Some(want == KeyKind::Passphrase)
+            {
+                mislabelled = Some(Error::corrupt(
+                    &name,
+                    format!(
+                        "its kind byte says {} opens it, but it is sealed to {} (the kind byte is damaged)",
+                        secret_kind(obj.kind),
+                        secret_kind(want)
+                    ),
+                ));
+            }
             continue;
         }
         // Each passphrase try is a full scrypt: a store stuffed with key
@@ -953,8 +979,16 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
             Err(AgeError::Damaged(why)) => damaged = Some(Error::corrupt(&name, why)),
         }
     }
-    // A wrong secret is the likely story; a damaged key object is reported
-    // only when it might have been the one.
+    // A wrong secret is the likely story when it was tried against objects
+    // of its kind and none opened; a damaged key object is reported only
+    // when it might have been the one. When it could be tried against
+    // none, the damage is the story.
+    let damaged = mislabelled.or(damaged);
+    if tried == 0 {
+        if let Some(e) = damaged {
+            return Err(e);
+        }
+    }
     match damaged {
         Some(e) => Err(Error::Invalid(format!(
             "wrong passphrase (or key) for the repository at {}, or its key object is damaged: {e}",
@@ -1170,5 +1204,64 @@ pub(crate) mod tests {
             chunk(other as u8),
             "only reads of the first pack fail"
         );
+    }
+
+    /// The kind byte of a key object is outside what age authenticates.
+    /// Changed to the other kind, the passphrase is tried against no
+    /// object: the error names the object and says its kind byte is
+    /// damaged, not "wrong passphrase"; changed to an unknown kind, it says
+    /// so. The recovery key still opens the repository, and a wrong
+    /// passphrase tried against an intact object is still a wrong one.
+    #[test]
+    fn a_damaged_key_kind_byte_is_not_a_wrong_passphrase() {
+        let pw = || Secret::Passphrase(Zeroizing::new("pw".into()));
+        let store = Store::open("memory://key-kind-byte", true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let (r, recovery) = Repository::init(store.clone(), "pw", opts).unwrap();
+        let name = r.key_name().to_string();
+        let good = store.get(&name).unwrap().to_vec();
+        // magic (7), version (1), then the kind.
+        assert_eq!(good[8], KeyKind::Passphrase as u8);
+        for (kind, says) in [
+            (KeyKind::Recovery as u8, "kind byte"),
+            (7, "unknown key kind 7"),
+        ] {
+            let mut bad = good.clone();
+            bad[8] = kind;
+            store.put(&name, Bytes::from(bad)).unwrap();
+            let e = Repository::open(store.clone(), &pw()).err().unwrap();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains(&name) && msg.contains(says), "{msg}");
+            assert!(!msg.contains("wrong passphrase"), "{msg}");
+            Repository::open(store.clone(), &Secret::RecoveryKey(recovery.clone())).unwrap();
+        }
+        // Another passphrase object, intact: a wrong passphrase tried
+        // against it is reported as one (the damaged object as a maybe).
+        store.put(&name, Bytes::from(good.clone())).unwrap();
+        r.add_key(
+            &Secret::Passphrase(Zeroizing::new("other".into())),
+            false,
+            4,
+        )
+        .unwrap();
+        let mut bad = good.clone();
+        bad[8] = KeyKind::Recovery as u8;
+        store.put(&name, Bytes::from(bad)).unwrap();
+        let e = Repository::open(
+            store.clone(),
+            &Secret::Passphrase(Zeroizing::new("nope".into())),
+        )
+        .err()
+        .unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("wrong passphrase") && msg.contains(&name),
+            "{msg}"
+        );
+        Repository::open(store, &Secret::Passphrase(Zeroizing::new("other".into()))).unwrap();
     }
 }
