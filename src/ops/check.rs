@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::repo::pack::{open_blob, pack_id_from_name, pack_name, PackBlob};
+use crate::repo::pack::{open_blob, pack_name, PackBlob};
 use crate::repo::snapshot::format_time;
 use crate::repo::tree::Kind;
 use crate::repo::Repository;
@@ -213,12 +213,7 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
     repo.add_to_index(&found);
 
     // Which indexed packs are missing or truncated?
-    let listed: HashMap<Id, u64> = repo
-        .store()
-        .list("packs")?
-        .into_iter()
-        .filter_map(|o| pack_id_from_name(&o.name).map(|id| (id, o.size)))
-        .collect();
+    let listed: HashMap<Id, u64> = repo.listed_packs()?;
     let mut missing_packs = HashMap::new();
     for p in repo.index().packs() {
         match listed.get(&p.id) {

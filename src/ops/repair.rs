@@ -89,12 +89,7 @@ pub fn repair(
     repo.add_to_index(&orphans);
     let mut report = RepairReport::default();
 
-    let listed: HashMap<Id, u64> = repo
-        .store()
-        .list("packs")?
-        .into_iter()
-        .filter_map(|o| crate::repo::pack::pack_id_from_name(&o.name).map(|id| (id, o.size)))
-        .collect();
+    let listed: HashMap<Id, u64> = repo.listed_packs()?;
     let (packs, by_pack) = {
         let ix = repo.index();
         // Every copy of every blob: a copy in a healthy pack keeps a blob

@@ -701,11 +701,55 @@ impl Repository {
     pub fn read_blob_in(&self, pack: &PackMeta, b: &PackBlob) -> Result<Vec<u8>> {
         let name = pack_name(&pack.id);
         let key = self.pack_key(pack)?;
-        let sealed = self
+        let range = b.offset as u64..b.offset as u64 + b.length as u64;
+        let open = |sealed: &[u8]| {
+            pack::open_blob(&self.keys, &key, pack.kind, &b.id, sealed)
+                .map_err(|e| Error::corrupt(&name, e.0))
+        };
+        let sealed = self.store.get_range(&name, range.clone())?;
+        match open(&sealed) {
+            // On several stores the range came from one replica (or the
+            // data shards) unchecked; the whole pack is checked against its
+            // name on each store (or its shards' checksums, rebuilding from
+            // parity) and is read from a good copy if there is one.
+            Err(e) if self.store.is_redundant() => match self.store.get(&name) {
+                Ok(whole) => {
+                    let r = range.start as usize..range.end as usize;
+                    whole.get(r).map_or(Err(e), open)
+                }
+                Err(_) => Err(e),
+            },
+            r => r,
+        }
+    }
+
+    /// Every pack the store lists, with its size. On several stores, a
+    /// pack listed at another size than the index gives (the size comes
+    /// from one store) is read whole: when a good copy is found on any
+    /// store, the index's size is given (`secrate sync` mends the others).
+    pub fn listed_packs(&self) -> Result<HashMap<Id, u64>> {
+        let mut listed: HashMap<Id, u64> = self
             .store
-            .get_range(&name, b.offset as u64..b.offset as u64 + b.length as u64)?;
-        pack::open_blob(&self.keys, &key, pack.kind, &b.id, &sealed)
-            .map_err(|e| Error::corrupt(&name, e.0))
+            .list("packs")?
+            .into_iter()
+            .filter_map(|o| pack_id_from_name(&o.name).map(|id| (id, o.size)))
+            .collect();
+        if self.store.is_redundant() {
+            let ix = self.index();
+            for p in ix.packs() {
+                if let Some(size) = listed.get_mut(&p.id) {
+                    if *size != p.size
+                        && self
+                            .store
+                            .get(&pack_name(&p.id))
+                            .is_ok_and(|b| b.len() as u64 == p.size)
+                    {
+                        *size = p.size;
+                    }
+                }
+            }
+        }
+        Ok(listed)
     }
 
     pub fn read_tree(&self, id: &Id) -> Result<Tree> {

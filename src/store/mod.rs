@@ -350,6 +350,13 @@ impl Store {
         self.mode
     }
 
+    /// Whether objects are kept on several stores (replicas or erasure
+    /// coded). A ranged read there takes one store's bytes (or the data
+    /// shards) as they are; a whole read checks them and goes elsewhere.
+    pub fn is_redundant(&self) -> bool {
+        self.mode != Mode::Single
+    }
+
     /// Whether every store is on this machine (`file://`, `memory://`):
     /// reading it costs CPU, not round trips.
     pub fn is_local(&self) -> bool {
