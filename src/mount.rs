@@ -104,6 +104,8 @@ struct Shared {
     read_only: bool,
     /// Clients waiting for the unmount to finish.
     watchers: Mutex<Vec<UnixStream>>,
+    /// The `.history` view, once the filesystem exists.
+    history: std::sync::OnceLock<Arc<crate::fs::history::History>>,
 }
 
 /// Mount and serve until unmounted; `ready` runs once the filesystem is
@@ -175,6 +177,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         mountpoint: opts.mountpoint.clone(),
         read_only: opts.read_only,
         watchers: Mutex::new(Vec::new()),
+        history: std::sync::OnceLock::new(),
     });
     let sock = opts.cache_dir.join(SOCKET);
     let _ = fs::remove_file(&sock);
@@ -196,6 +199,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         flusher.clone(),
         opts.read_only,
     );
+    let _ = shared.history.set(fs.history());
     let mut options = vec![
         fuser::MountOption::FSName(format!("{FSNAME_PREFIX}{}", opts.cache_dir.display())),
         fuser::MountOption::Subtype("secrate".into()),
@@ -563,7 +567,11 @@ fn handle_client(mut stream: UnixStream, shared: &Shared) {
     let f = &shared.flusher;
     let result: Result<()> = match req {
         Request::Status => {
-            let status = serde_json::to_value(f.status()).unwrap_or_default();
+            let mut status = f.status();
+            if let Some(h) = shared.history.get() {
+                status.history_nodes = h.live_nodes() as u64;
+            }
+            let status = serde_json::to_value(status).unwrap_or_default();
             let _ = send(&mut stream, &Event::Status { status });
             Ok(())
         }

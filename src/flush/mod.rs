@@ -55,6 +55,9 @@ pub struct Status {
     pub cache_bytes: u64,
     pub store: String,
     pub cache_dir: String,
+    /// Nodes of `.history` alive (the kernel or an open listing holds
+    /// them); filled in by the mount, which owns the view.
+    pub history_nodes: u64,
 }
 
 #[derive(Default)]
@@ -302,6 +305,7 @@ impl Flusher {
             cache_bytes: dir_size(self.live.dir()),
             store: self.repo.url().to_string(),
             cache_dir: self.live.dir().display().to_string(),
+            history_nodes: 0,
         }
     }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Weak};
 use lru::LruCache;
 
 use crate::blobs::BlobReader;
-use crate::fs::history::History;
+use crate::fs::history::{History, Pins};
 use crate::live::{DataSource, Live, View};
 use crate::repo::tree::Kind;
 
@@ -135,7 +135,7 @@ fn run(
             let Some(history) = history.upgrade() else {
                 return;
             };
-            for next in past.opened(&*history, ino) {
+            for next in past.opened(&history, ino) {
                 src.prefetch(&history.first_chunks(next, CHUNKS));
             }
             quiet.set(&past.quiet());
@@ -197,16 +197,23 @@ enum Listed {
 
 /// A directory's entries in the order a recursive walk meets them: by name,
 /// a directory's name as if it ended in '/' (so `a.c` comes before the
-/// files in `a/`, as in a sorted list of paths).
+/// files in `a/`, as in a sorted list of paths). In `.history`, with the
+/// pins that keep the nodes of those inode numbers while the listing or a
+/// file of it queued by a walk is kept (the program's lookups of the files
+/// it opens next then find the numbers expected); the walks and
+/// directories kept here are bounded, so are they.
 struct Listing {
     inos: Vec<u64>,
     is_dir: Vec<bool>,
+    pins: Option<Arc<Pins>>,
 }
 
 /// A walk through the tree in listing order, from a file onwards.
 struct Walk {
     /// Files expected next, in order, each warmed when it was added.
     queue: VecDeque<u64>,
+    /// The pins of the listing each file in `queue` came from.
+    holds: VecDeque<Option<Arc<Pins>>>,
     /// Where the walk goes on past the queue: the listings from the
     /// directory it started in down to the one it is in, each with the
     /// position of its next entry.
@@ -240,19 +247,21 @@ impl Tree for View {
 }
 
 /// A snapshot's tree in `.history`. A walk ends at the snapshot's root.
-impl Tree for History {
+impl Tree for Arc<History> {
     fn parent(&self, ino: u64) -> Option<u64> {
         History::parent(self, ino)
     }
 
     fn listing(&self, dir: u64) -> Option<Listing> {
-        let entries = self.readdir(dir).ok()?;
-        Listing::of(
+        let (entries, pins) = self.readdir(dir).ok()?;
+        let mut listing = Listing::of(
             entries
                 .into_iter()
                 .map(|(ino, kind, name)| (name, ino, kind == Kind::Dir))
                 .collect(),
-        )
+        )?;
+        listing.pins = Some(Arc::new(pins));
+        Some(listing)
     }
 }
 
@@ -267,6 +276,7 @@ impl Listing {
         Some(Listing {
             inos: entries.iter().map(|e| e.1).collect(),
             is_dir: entries.iter().map(|e| e.2).collect(),
+            pins: None,
         })
     }
 }
@@ -314,6 +324,8 @@ impl Scans {
                 return Vec::new();
             };
             walk.queue.drain(..=k);
+            let n = (k + 1).min(walk.holds.len());
+            walk.holds.drain(..n);
             if walk.queue.len() < AHEAD {
                 new.extend(walk.fill(tree));
             }
@@ -348,6 +360,7 @@ impl Scans {
         };
         let mut walk = Walk {
             queue: VecDeque::new(),
+            holds: VecDeque::new(),
             levels: vec![(parent, listing, p + 1)],
         };
         new.extend(walk.fill(tree));
@@ -412,6 +425,7 @@ impl Walk {
                 if listing.is_dir.get(*next) != Some(&true) {
                     *next += 1;
                     self.queue.push_back(ino);
+                    self.holds.push_back(listing.pins.clone());
                     new.push(ino);
                     continue;
                 }
@@ -504,6 +518,7 @@ mod tests {
             Some(Listing {
                 inos: es.iter().map(|e| e.1).collect(),
                 is_dir: es.iter().map(|e| e.2).collect(),
+                pins: None,
             })
         }
     }

@@ -3,13 +3,20 @@
 //! One directory per snapshot named by its UTC time (a `-N` suffix when two
 //! share a second; a name stays with its snapshot, see `SnapshotNames`),
 //! and `latest`, a symlink to the newest. Snapshots sealed but not yet
-//! uploaded are listed too. Inode numbers are synthesized on
-//! first lookup, from 2^62 up, and stay the same for the life of the mount.
+//! uploaded are listed too. Inode numbers are synthesized when a node is
+//! first handed out, from 2^62 up, and never reused; a node lives while the
+//! kernel holds lookups on it or an open listing shows it, and then goes
+//! (see `history/nodes.rs`), so walking many snapshots does not grow the
+//! daemon without bound. A number the kernel forgot is ENOENT.
 //! Trees are read on demand through the blob reader: opening a file in an
 //! old snapshot reads the trees on its path and the chunks it reads.
 
+mod nodes;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+
+use self::nodes::{Hold, Nodes};
 
 use crate::blobs::BlobReader;
 use crate::crypto::Id;
@@ -33,6 +40,9 @@ pub enum Node {
     Entry(Arc<Entry>),
 }
 
+/// (inode, kind, name) of an entry of a history directory.
+pub type DirEntry = (u64, Kind, Vec<u8>);
+
 /// What `getattr` needs of a history node.
 pub struct HistAttr {
     pub kind: Kind,
@@ -48,15 +58,25 @@ pub struct HistAttr {
 pub struct History {
     flusher: Arc<Flusher>,
     reader: Arc<BlobReader>,
-    /// Each node with the inode of the snapshot root it lies under and of
-    /// the directory it was first found in.
-    nodes: RwLock<Vec<(Node, u64, u64)>>,
-    by_name: Mutex<HashMap<(u64, Vec<u8>), u64>>,
-    /// Hard links: (snapshot root, dev, inode) of a multiply linked
-    /// non-directory → its one inode number, so that every name of it
-    /// shows the same inode, as in the tree that was recorded.
-    by_link: Mutex<HashMap<(u64, u64, u64), u64>>,
+    /// The nodes the kernel or an open listing may name (see `nodes.rs`).
+    nodes: RwLock<Nodes>,
     names: Mutex<SnapshotNames>,
+}
+
+/// Pins an open directory's listing holds on the nodes it shows; they go
+/// with it.
+pub struct Pins {
+    history: Arc<History>,
+    inos: Vec<u64>,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut nodes = self.history.write_nodes();
+        for &ino in &self.inos {
+            nodes.release(ino, Hold::Pin, 1);
+        }
+    }
 }
 
 /// Directory names of snapshots, given once and kept for the life of the
@@ -101,9 +121,7 @@ impl History {
         History {
             flusher,
             reader,
-            nodes: RwLock::new(Vec::new()),
-            by_name: Mutex::new(HashMap::new()),
-            by_link: Mutex::new(HashMap::new()),
+            nodes: RwLock::new(Nodes::default()),
             names: Mutex::new(SnapshotNames::default()),
         }
     }
@@ -112,27 +130,44 @@ impl History {
         ino == HISTORY_INO || ino >= FIRST
     }
 
+    fn read_nodes(&self) -> std::sync::RwLockReadGuard<'_, Nodes> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_nodes(&self) -> std::sync::RwLockWriteGuard<'_, Nodes> {
+        self.nodes.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node `ino` names; NotFound once it was dropped.
     fn node(&self, ino: u64) -> LiveResult<Node> {
-        let i = ino.checked_sub(FIRST).ok_or(LiveError::NotFound)? as usize;
-        self.nodes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(i)
-            .map(|(n, _, _)| n.clone())
+        self.read_nodes()
+            .get(ino)
+            .cloned()
             .ok_or(LiveError::NotFound)
     }
 
     /// The directory `ino` was first found in (the first name of a hard
-    /// link); None for `.history` and what it holds, the snapshots.
+    /// link); None for `.history`, what it holds (the snapshots), and
+    /// nodes that are gone.
     pub fn parent(&self, ino: u64) -> Option<u64> {
-        let i = ino.checked_sub(FIRST)? as usize;
-        let parent = self
-            .nodes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(i)?
-            .2;
+        let parent = self.read_nodes().parent(ino)?;
         (parent != HISTORY_INO).then_some(parent)
+    }
+
+    /// History nodes alive (for `secrate status`).
+    pub fn live_nodes(&self) -> usize {
+        self.read_nodes().len()
+    }
+
+    /// The kernel forgets `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.write_nodes().release(ino, Hold::Lookup, n);
+    }
+
+    /// The kernel is sent `ino` once more (a READDIRPLUS entry of a listing
+    /// that pins it). False if it is gone: it must not be sent.
+    pub fn looked_up(&self, ino: u64) -> bool {
+        self.write_nodes().hold(ino, Hold::Lookup)
     }
 
     /// The first `n` chunks of a file in a snapshot (none for anything
@@ -144,42 +179,6 @@ impl History {
             }
             _ => Vec::new(),
         }
-    }
-
-    fn intern(&self, parent: u64, name: &[u8], node: Node) -> u64 {
-        let mut by = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(&ino) = by.get(&(parent, name.to_vec())) {
-            // Refresh in place (a pending snapshot's node is the same tree).
-            nodes[(ino - FIRST) as usize].0 = node;
-            return ino;
-        }
-        let root = if parent == HISTORY_INO {
-            None
-        } else {
-            parent
-                .checked_sub(FIRST)
-                .and_then(|i| nodes.get(i as usize))
-                .map(|(_, r, _)| *r)
-        };
-        let link_key = match (&node, root) {
-            (Node::Entry(e), Some(root)) if e.kind != Kind::Dir && e.links > 1 && e.inode != 0 => {
-                Some((root, e.dev, e.inode))
-            }
-            _ => None,
-        };
-        let mut links = self.by_link.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&ino) = link_key.as_ref().and_then(|k| links.get(k)) {
-            by.insert((parent, name.to_vec()), ino);
-            return ino;
-        }
-        let ino = FIRST + nodes.len() as u64;
-        nodes.push((node, root.unwrap_or(ino), parent));
-        by.insert((parent, name.to_vec()), ino);
-        if let Some(k) = link_key {
-            links.insert(k, ino);
-        }
-        ino
     }
 
     fn snapshot_names<'a>(&self, snaps: &'a [SnapEntry]) -> Vec<(Vec<u8>, &'a SnapEntry)> {
@@ -235,7 +234,7 @@ impl History {
                 .into_iter()
                 .find(|(n, _)| n == name)
                 .ok_or(LiveError::NotFound)?;
-            return Ok(self.intern(parent, &n, node));
+            return self.hand_out(parent, &n, node);
         }
         let tree = match self.node(parent)? {
             Node::Root { tree, .. } => tree,
@@ -244,20 +243,39 @@ impl History {
         };
         let t = self.reader.read_tree(&tree)?;
         let e = t.find(name).ok_or(LiveError::NotFound)?;
-        Ok(self.intern(parent, name, Node::Entry(Arc::new(e.clone()))))
+        self.hand_out(parent, name, Node::Entry(Arc::new(e.clone())))
     }
 
-    /// Entries of a history directory with their inode numbers.
-    pub fn readdir(&self, ino: u64) -> LiveResult<Vec<(u64, Kind, Vec<u8>)>> {
-        Ok(self
-            .list(ino)?
-            .into_iter()
-            .map(|(name, node)| {
-                let kind = node_kind(&node);
-                let child = self.intern(ino, &name, node);
-                (child, kind, name)
-            })
-            .collect())
+    /// Hand the kernel the node `name` in `parent`: one lookup it will
+    /// forget.
+    fn hand_out(&self, parent: u64, name: &[u8], node: Node) -> LiveResult<u64> {
+        self.write_nodes()
+            .hand_out(parent, name, node, Hold::Lookup)
+            .ok_or(LiveError::NotFound)
+    }
+
+    /// Entries of a history directory with their inode numbers, pinned
+    /// until the `Pins` go (an open directory's listing).
+    pub fn readdir(self: &Arc<Self>, ino: u64) -> LiveResult<(Vec<DirEntry>, Pins)> {
+        let list = self.list(ino)?;
+        let mut pins = Pins {
+            history: self.clone(),
+            inos: Vec::with_capacity(list.len()),
+        };
+        let mut out = Vec::with_capacity(list.len());
+        let mut nodes = self.write_nodes();
+        for (name, node) in list {
+            let kind = node_kind(&node);
+            // Only if `ino` went meanwhile; `pins` unpins the rest.
+            let Some(child) = nodes.hand_out(ino, &name, node, Hold::Pin) else {
+                drop(nodes);
+                return Err(LiveError::NotFound);
+            };
+            pins.inos.push(child);
+            out.push((child, kind, name));
+        }
+        drop(nodes);
+        Ok((out, pins))
     }
 
     pub fn attr(&self, ino: u64, owner: (u32, u32)) -> LiveResult<HistAttr> {

@@ -48,8 +48,13 @@ const HISTORY_DIR_TTL: Duration = Duration::from_secs(1);
 /// Longest name in a directory (statfs reports it too).
 const NAME_MAX: usize = 255;
 
-/// (inode, type, name) of every entry, "." and ".." first.
-type Listing = Vec<(u64, FileType, Vec<u8>)>;
+/// An open directory's entries: (inode, type, name) of each, "." and ".."
+/// first; for a `.history` directory, with the pins that keep the inode
+/// numbers it shows alive while it is open.
+struct Listing {
+    entries: Vec<(u64, FileType, Vec<u8>)>,
+    _pins: Option<history::Pins>,
+}
 
 pub struct SecrateFs {
     live: Arc<Live>,
@@ -212,6 +217,11 @@ impl SecrateFs {
         }
     }
 
+    /// The `.history` view (its node count is part of `secrate status`).
+    pub fn history(&self) -> Arc<History> {
+        self.history.clone()
+    }
+
     /// Where the mount puts the session's notifier once it exists (the
     /// session takes the filesystem, so this is asked for before).
     pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
@@ -359,10 +369,14 @@ impl SecrateFs {
                 FileType::Directory,
                 b"..".to_vec(),
             ));
-            for (i, k, n) in self.history.readdir(ino)? {
+            let (entries, pins) = self.history.readdir(ino)?;
+            for (i, k, n) in entries {
                 out.push((i, file_type(k), n));
             }
-            return Ok(out);
+            return Ok(Listing {
+                entries: out,
+                _pins: Some(pins),
+            });
         }
         let rec = self.live.inode(ino)?;
         out.push((ino, FileType::Directory, b".".to_vec()));
@@ -373,7 +387,10 @@ impl SecrateFs {
         for (name, child, kind) in self.live.children(ino)? {
             out.push((child, file_type(kind), name));
         }
-        Ok(out)
+        Ok(Listing {
+            entries: out,
+            _pins: None,
+        })
     }
 }
 
@@ -594,19 +611,27 @@ impl Filesystem for SecrateFs {
             };
         }
         if History::is_history(parent) {
-            return match self.history.lookup(parent, name).and_then(|i| self.attr(i)) {
+            let ino = match self.history.lookup(parent, name) {
+                Ok(ino) => ino,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            return match self.attr(ino) {
                 Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    // Not handed out after all: the kernel will not forget it.
+                    self.history.forget(ino, 1);
+                    reply.error(errno(&e))
+                }
             };
         }
         self.reply_entry(reply, self.live.lookup(parent, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if !History::is_history(ino.0) {
-            if let Err(e) = self.live.forget(ino.0, nlookup) {
-                crate::log!("error: removing unlinked inode {}: {e}", ino.0);
-            }
+        if History::is_history(ino.0) {
+            self.history.forget(ino.0, nlookup);
+        } else if let Err(e) = self.live.forget(ino.0, nlookup) {
+            crate::log!("error: removing unlinked inode {}: {e}", ino.0);
         }
     }
 
@@ -1008,7 +1033,7 @@ impl Filesystem for SecrateFs {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
+        for (i, (ino, kind, name)) in list.entries.iter().enumerate().skip(offset as usize) {
             if reply.add(
                 INodeNo(*ino),
                 (i + 1) as u64,
@@ -1033,7 +1058,7 @@ impl Filesystem for SecrateFs {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        for (i, (child, _kind, name)) in list.iter().enumerate().skip(offset as usize) {
+        for (i, (child, _kind, name)) in list.entries.iter().enumerate().skip(offset as usize) {
             // The kernel keeps each entry sent here as a name it knows: one
             // renamed or removed since the listing would live on there,
             // naming an inode it no longer names (writes to it would go to
@@ -1049,6 +1074,15 @@ impl Filesystem for SecrateFs {
             }
             let looked = self.attr(if name == b"." { ino.0 } else { *child });
             let Ok((attr, ttl)) = looked else { continue };
+            // The kernel counts a lookup for every entry it is sent but
+            // "." and ".."; the reply leaves at `ok` below. A history node
+            // counts it before it is sent (the kernel may forget it the
+            // moment the reply is in), and the count goes back if not sent.
+            let counted = name != b"." && name != b"..";
+            let history = counted && History::is_history(*child);
+            if history && !self.history.looked_up(*child) {
+                continue;
+            }
             if reply.add(
                 INodeNo(*child),
                 (i + 1) as u64,
@@ -1057,11 +1091,12 @@ impl Filesystem for SecrateFs {
                 &attr,
                 Generation(0),
             ) {
+                if history {
+                    self.history.forget(*child, 1);
+                }
                 break; // full: this entry is not sent
             }
-            // The kernel counts a lookup for every entry it is sent but
-            // "." and ".."; the reply leaves at `ok` below.
-            if name != b"." && name != b".." && !History::is_history(*child) {
+            if counted && !history {
                 self.live.open_files.looked_up(*child);
             }
         }
