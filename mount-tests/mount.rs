@@ -2400,3 +2400,58 @@ fn history_nodes_go_when_the_kernel_forgets_them() {
     walk_and_check(&m);
     m.umount();
 }
+
+/// A read-only mount shows the snapshots other processes add to the store
+/// after it started, readable at once, and stops showing those forgotten.
+/// (Found by review: it read the snapshot list once, at mount.)
+#[test]
+fn a_read_only_mount_follows_the_stores_snapshots() {
+    if !fuse_ready("a_read_only_mount_follows_the_stores_snapshots") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), b"first\n").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let mut m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &["--read-only", "--snapshot-interval", "1"],
+    );
+    let first = m.history();
+    assert_eq!(first.len(), 1);
+
+    // A backup from outside, with new data (new packs, a new index delta).
+    let big = pseudo_random(7, 3 << 20);
+    fs::write(src.join("a"), b"second\n").unwrap();
+    fs::write(src.join("big"), &big).unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    poll_until(
+        "the new snapshot to show in .history",
+        Duration::from_secs(60),
+        || m.history().len() == 2,
+    );
+    let names = m.history();
+    assert_eq!(names[0], first[0], "the first keeps its name");
+    let p = |rel: &str| m.path(&format!(".history/{}/{rel}", names[1]));
+    assert_eq!(fs::read(p("a")).unwrap(), b"second\n");
+    assert!(fs::read(p("big")).unwrap() == big, "big differs");
+    assert_eq!(m.latest(), names[1]);
+    assert_eq!(
+        fs::read(m.path(&format!(".history/{}/a", first[0]))).unwrap(),
+        b"first\n"
+    );
+
+    // Forgotten from outside: it goes from the listing.
+    s.ok(&["forget", "--keep-last", "1"]);
+    poll_until(
+        "the forgotten snapshot to leave .history",
+        Duration::from_secs(60),
+        || m.history() == names[1..],
+    );
+    m.umount();
+}

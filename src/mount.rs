@@ -7,6 +7,9 @@
 //! On the way out (`secrate umount`, `fusermount3 -u`, SIGTERM): the session
 //! ends, a last snapshot is sealed, and the process exits only when the
 //! outbox is empty, so an unmount means "everything is in the store".
+//! A read-only mount takes no writer lock and seals nothing; instead it
+//! looks at the store every `--snapshot-interval` for snapshots that other
+//! processes added or forgot, so its `.history` follows the repository.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -189,7 +192,13 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
             .spawn(move || control_loop(listener, shared))
             .map_err(|e| Error::io("control thread", e))?;
     }
-    if !opts.read_only {
+    if opts.read_only {
+        // Nothing here adds snapshots, but other processes may (a backup
+        // into this repository, a writable mount elsewhere): show them.
+        starting
+            .threads
+            .extend(flusher.start_following(opts.snapshot_interval));
+    } else {
         starting.threads = flusher.start(opts.snapshot_interval, opts.retention.clone());
     }
 

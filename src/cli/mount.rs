@@ -29,7 +29,8 @@ pub struct Args {
     /// Cache directory (default: $XDG_CACHE_HOME/secrate/<repository id>).
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
-    /// Seal a snapshot this often while something changed (0: only on demand and unmount).
+    /// Seal a snapshot this often while something changed (0: only on demand and unmount);
+    /// read-only: look for snapshots other processes added or forgot this often (0: never).
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     snapshot_interval: u64,
     /// Bound on cached clean data, e.g. 10G.
@@ -39,7 +40,7 @@ pub struct Args {
     /// (the default), or `none` to keep every snapshot.
     #[arg(long, value_name = "POLICY")]
     retention: Option<String>,
-    /// Mount read-only (no snapshots, no writer lock).
+    /// Mount read-only (no snapshots, no writer lock; `.history` follows the store).
     #[arg(long)]
     read_only: bool,
     /// Let other users see the mount (needs user_allow_other in /etc/fuse.conf).

@@ -6,7 +6,9 @@
 //! directories, and writes packs, an index delta and a snapshot object to
 //! the outbox, committing it all in one transaction. UPLOAD runs in the
 //! background, takes outbox items in order, and retries until the store
-//! has them; a kill at any point resumes from the outbox.
+//! has them; a kill at any point resumes from the outbox. A read-only
+//! mount runs neither; it follows the store's snapshot list instead
+//! (`follow_store`).
 
 pub mod outbox;
 mod seal;
@@ -188,12 +190,7 @@ impl Flusher {
                 snaps.push(p);
             }
         }
-        snaps.sort_by(|a, b| {
-            a.snapshot
-                .time_ns
-                .cmp(&b.snapshot.time_ns)
-                .then(a.id.cmp(&b.id))
-        });
+        sort_snapshots(&mut snaps);
         Ok(Arc::new(Flusher {
             live,
             reader,
@@ -354,6 +351,85 @@ impl Flusher {
         handles
     }
 
+    /// Start following the store (a read-only mount, whose flusher threads
+    /// do not run): every `interval`, `follow_store`. None for a zero
+    /// interval.
+    pub fn start_following(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> Option<std::thread::JoinHandle<()>> {
+        if interval.is_zero() {
+            return None;
+        }
+        let me = self.clone();
+        Some(spawn("secrate-follow", move || {
+            let mut last = std::time::Instant::now();
+            // Each problem is logged once, not every interval.
+            let mut told = std::collections::HashSet::new();
+            while !me.stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(200));
+                if last.elapsed() < interval {
+                    continue;
+                }
+                last = std::time::Instant::now();
+                let problems = match me.follow_store() {
+                    Ok(problems) => problems,
+                    Err(e) => vec![e],
+                };
+                for p in problems {
+                    let p = p.to_string();
+                    if told.insert(p.clone()) {
+                        crate::log!("warning: following the store: {p}");
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Take up the snapshots other processes added to the store or forgot
+    /// since the list was last read (what a read-only mount shows in
+    /// `.history`; a writable mount holds the writer lock, and no other
+    /// process changes the list meanwhile). The index deltas written before
+    /// a new snapshot are loaded before it is listed, so that its trees and
+    /// chunks can be read the moment it shows. Snapshots that cannot be
+    /// read now are returned as problems and tried again next time; a
+    /// failed listing changes nothing.
+    pub fn follow_store(&self) -> Result<Vec<Error>> {
+        let ids = self.repo.snapshot_ids()?;
+        let known: std::collections::HashSet<Id> = self
+            .snapshots()
+            .iter()
+            .filter(|s| s.uploaded)
+            .map(|s| s.id)
+            .collect();
+        let new: Vec<Id> = ids
+            .iter()
+            .filter(|id| !known.contains(id))
+            .copied()
+            .collect();
+        let (added, mut problems) = self.repo.read_snapshots(new);
+        if !added.is_empty() {
+            // Listed after the snapshots: a snapshot is written after the
+            // deltas of its blobs.
+            problems.extend(self.repo.load_index()?);
+        }
+        let listed: std::collections::HashSet<Id> = ids.into_iter().collect();
+        let mut snaps = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
+        // Gone from the listing: forgotten (one not uploaded yet is ours).
+        snaps.retain(|s| !s.uploaded || listed.contains(&s.id));
+        for (id, snapshot) in added {
+            if !snaps.iter().any(|s| s.id == id) {
+                snaps.push(SnapEntry {
+                    id,
+                    snapshot,
+                    uploaded: true,
+                });
+            }
+        }
+        sort_snapshots(&mut snaps);
+        Ok(problems)
+    }
+
     /// Forget this mount's uploaded snapshots that `policy` does not keep.
     /// Only snapshot objects go (their data stays until `secrate prune`);
     /// the newest snapshot is always kept: the live tree stands on it.
@@ -480,6 +556,16 @@ impl Flusher {
         st.last_error = Some((e.to_string(), SystemTime::now()));
         st.reachable = !matches!(e, Error::Store { .. });
     }
+}
+
+/// Oldest first (by time, then id), as `.history` names them.
+fn sort_snapshots(snaps: &mut [SnapEntry]) {
+    snaps.sort_by(|a, b| {
+        a.snapshot
+            .time_ns
+            .cmp(&b.snapshot.time_ns)
+            .then(a.id.cmp(&b.id))
+    });
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {

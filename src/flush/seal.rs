@@ -500,4 +500,33 @@ mod tests {
         assert_ne!(ino(b"a-z"), ino(b"b-y"));
         assert_eq!(m.live.lookup(ROOT, b"b-y").unwrap().1.nlink, 2);
     }
+
+    /// A read-only mount's list follows the store: snapshots another
+    /// process added show, those forgotten go. (Found by review: a
+    /// read-only mount read the list once, at mount.)
+    #[test]
+    fn following_the_store_adds_and_drops_snapshots() {
+        let repo = Arc::new(crate::repo::tests::test_init("memory://follow"));
+        let writer = machine(&repo);
+        let snap = |data: &[u8]| {
+            mkfile(&writer, data, data);
+            let s = writer.flusher.seal().unwrap().unwrap();
+            writer.flusher.upload_pending().unwrap();
+            s.id
+        };
+        let s1 = snap(b"one");
+        let reader = machine(&repo);
+        let ids = || -> Vec<Id> { reader.flusher.snapshots().iter().map(|s| s.id).collect() };
+        assert_eq!(ids(), [s1]);
+        let s2 = snap(b"two");
+        assert_eq!(ids(), [s1], "nothing changes the list but following");
+        assert!(reader.flusher.follow_store().unwrap().is_empty());
+        assert_eq!(ids(), [s1, s2]);
+        repo.store()
+            .delete(&crate::repo::snapshot::snapshot_name(&s1))
+            .unwrap();
+        assert!(reader.flusher.follow_store().unwrap().is_empty());
+        assert_eq!(ids(), [s2]);
+        assert!(reader.flusher.snapshots()[0].uploaded);
+    }
 }

@@ -834,12 +834,23 @@ impl Repository {
     /// when asked again, was forgotten meanwhile (a mount's retention or a
     /// `forget` in another process): it is left out, not reported.
     pub fn snapshots(&self) -> Result<(SnapshotList, Vec<Error>)> {
-        let ids: Vec<Id> = self
+        Ok(self.read_snapshots(self.snapshot_ids()?))
+    }
+
+    /// The ids of every snapshot in the store (one listing, nothing read).
+    pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        Ok(self
             .store
             .list("snapshots")?
             .into_iter()
             .filter_map(|o| o.name.strip_prefix("snapshots/").and_then(Id::from_hex))
-            .collect();
+            .collect())
+    }
+
+    /// The snapshots of `ids` (from a listing), oldest first, plus the ones
+    /// that could not be read; those forgotten since the listing are left
+    /// out, as in `snapshots`.
+    pub fn read_snapshots(&self, ids: Vec<Id>) -> (SnapshotList, Vec<Error>) {
         use rayon::prelude::*;
         let results: Vec<(Id, Option<Result<Snapshot>>)> = ids
             .into_par_iter()
@@ -854,7 +865,7 @@ impl Repository {
             }
         }
         ok.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
-        Ok((ok, bad))
+        (ok, bad)
     }
 
     /// Read a snapshot a listing named: None if it is gone and stays gone
