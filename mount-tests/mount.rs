@@ -2455,3 +2455,58 @@ fn a_read_only_mount_follows_the_stores_snapshots() {
     );
     m.umount();
 }
+
+/// Names in the open directory stream `d` from where it is to its end.
+fn read_stream(d: *mut libc::DIR) -> Vec<String> {
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: `d` is an open stream; the entry is read before the next
+        // call on it.
+        let e = unsafe { libc::readdir(d) };
+        if e.is_null() {
+            return names;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        names.push(name.to_string_lossy().into_owned());
+    }
+}
+
+/// A `.history` handle rewound shows the snapshots there are now, not
+/// those of its opendir (as a rewound directory does on a local disk).
+/// (Found by review: only a change of a live entry made a rewind list a
+/// directory again, and a snapshot changes none.)
+#[test]
+fn a_rewound_history_handle_shows_new_snapshots() {
+    if !fuse_ready("a_rewound_history_handle_shows_new_snapshots") {
+        return;
+    }
+    let (_work, _local, _cache, mut m) = local_and_mount();
+    fs::write(m.path("f"), b"one").unwrap();
+    m.snapshot();
+    let first = m.history();
+    assert_eq!(first.len(), 1);
+    let dir = cstr(&m.path(".history"));
+    // SAFETY: a path that lives past the call.
+    let d = unsafe { libc::opendir(dir.as_ptr()) };
+    assert!(!d.is_null(), "opendir: {}", std::io::Error::last_os_error());
+    let mut names = read_stream(d);
+    names.sort();
+    assert_eq!(names, [".", "..", first[0].as_str(), "latest"]);
+
+    // New content, no new entry: the snapshot is the only change.
+    fs::write(m.path("f"), b"two").unwrap();
+    m.snapshot();
+    let now = m.history();
+    assert_eq!(now.len(), 2);
+    // SAFETY: `d` is open.
+    unsafe { libc::rewinddir(d) };
+    let mut names = read_stream(d);
+    // SAFETY: `d` is open and not used again.
+    unsafe { libc::closedir(d) };
+    names.sort();
+    let mut want = vec![".", "..", "latest"];
+    want.extend(now.iter().map(|n| n.as_str()));
+    want.sort();
+    assert_eq!(names, want);
+    m.umount();
+}

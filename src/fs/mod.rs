@@ -48,6 +48,15 @@ const HISTORY_DIR_TTL: Duration = Duration::from_secs(1);
 /// Longest name in a directory (statfs reports it too).
 const NAME_MAX: usize = 255;
 
+/// An open directory: the listing taken at opendir (or at a rewind), with
+/// the `live::dirents_generation` before it was taken, and whether it was
+/// read since opendir (a later read from offset 0 is a rewind).
+struct OpenDir {
+    gen: u64,
+    list: Arc<Listing>,
+    read: bool,
+}
+
 /// An open directory's entries: (inode, type, name) of each, "." and ".."
 /// first; for a `.history` directory, with the pins that keep the inode
 /// numbers it shows alive while it is open.
@@ -62,9 +71,8 @@ pub struct SecrateFs {
     history: Arc<History>,
     ahead: Ahead,
     read_only: bool,
-    /// Open directories: the listing taken at opendir (or at a rewind),
-    /// with the `live::dirents_generation` before it was taken.
-    dirs: Mutex<HashMap<u64, (u64, Arc<Listing>)>>,
+    /// Open directories.
+    dirs: Mutex<HashMap<u64, OpenDir>>,
     next_fh: AtomicU64,
     /// Sends the kernel file content before it asks (set once mounted).
     notifier: Arc<OnceLock<Notifier>>,
@@ -332,30 +340,30 @@ impl SecrateFs {
     /// The listing of open directory `fh`, and whether no entry changed
     /// since it was taken. A read from offset 0 (the first, or after
     /// `rewinddir`, which must show the directory as it is) takes a new
-    /// listing if entries changed.
+    /// listing if entries changed. `.history` gains and loses snapshots
+    /// without a live entry changing: a rewind of it always lists it again.
     fn listing(&self, ino: u64, fh: u64, offset: u64) -> Result<(Arc<Listing>, bool), Errno> {
-        let (gen, list) = self
-            .dirs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)?;
+        let (gen, list, was_read) = {
+            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
+            let d = dirs.get_mut(&fh).ok_or(Errno::EBADF)?;
+            (d.gen, d.list.clone(), std::mem::replace(&mut d.read, true))
+        };
         let now = crate::live::dirents_generation();
-        if now == gen {
+        let rewound_history = ino == HISTORY_INO && offset == 0 && was_read;
+        if now == gen && !rewound_history {
             return Ok((list, true));
         }
         if offset != 0 {
             return Ok((list, false));
         }
         let list = Arc::new(self.list_dir(ino).map_err(|e| errno(&e))?);
-        if let Some(e) = self
+        if let Some(d) = self
             .dirs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(&fh)
         {
-            *e = (now, list.clone());
+            (d.gen, d.list) = (now, list.clone());
         }
         Ok((list, crate::live::dirents_generation() == now))
     }
@@ -1011,10 +1019,14 @@ impl Filesystem for SecrateFs {
         match self.list_dir(ino.0) {
             Ok(list) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                self.dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(fh, (gen, Arc::new(list)));
+                self.dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    fh,
+                    OpenDir {
+                        gen,
+                        list: Arc::new(list),
+                        read: false,
+                    },
+                );
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
             Err(e) => reply.error(errno(&e)),
