@@ -405,3 +405,47 @@ fn one_damaged_copy_of_a_pack_is_read_past_and_kept() {
         }
     }
 }
+
+/// Erasure coding with one store unplugged: `forget` deletes nothing
+/// rather than leave that store's shard of the snapshot alone; with the
+/// store back, forget and prune work. (Found by review: forget deleted the
+/// shards on the stores that were there; the lone shard on the store that
+/// came back read as a damaged snapshot, which forget could not name and
+/// which made prune refuse for good.)
+#[test]
+fn forget_with_a_store_unplugged_deletes_nowhere() {
+    let set = &store_sets("dur-ec-forget", 3)[0];
+    let s = Secrate::new(&set.urls.join(","));
+    s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for round in 0..2 {
+        std::fs::write(src.join("f"), format!("round {round}")).unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["snapshots", "--json"])).unwrap();
+    let first = v[0]["id"].as_str().unwrap().to_string();
+    let snaps_in = |u: &str| {
+        raw_objects(u)
+            .into_keys()
+            .filter(|n| n.starts_with("snapshots/"))
+            .count()
+    };
+    let c = std::path::PathBuf::from(set.urls[2].strip_prefix("file://").unwrap());
+    let away = c.with_extension("unplugged");
+    std::fs::rename(&c, &away).unwrap();
+    let o = s.run(&["forget", &first[..8]]);
+    assert_ne!(code(&o), 0, "forget ran with a store unplugged");
+    assert!(stderr(&o).contains("not there"), "{}", stderr(&o));
+    for u in &set.urls[..2] {
+        assert_eq!(snaps_in(u), 2, "a shard was deleted from {u}");
+    }
+    std::fs::rename(&away, &c).unwrap();
+    s.ok(&["forget", &first[..8]]);
+    for u in &set.urls {
+        assert_eq!(snaps_in(u), 1, "{u}");
+    }
+    s.ok(&["prune"]);
+    s.ok(&["check", "-q"]);
+}

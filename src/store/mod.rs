@@ -765,6 +765,18 @@ impl Store {
         match self.mode_for(name) {
             Mode::Single => self.single().delete(name),
             _ => {
+                // A store that is gone (an unplugged disk) would keep its
+                // copy or shard while the others lose theirs: a lone shard
+                // reads as a damaged object when it is back. Delete nowhere.
+                if let Some(i) = (0..self.slots.len())
+                    .find(|&i| !self.skips(name, i) && !self.slots[i].present())
+                {
+                    return Err(Error::Store {
+                        url: self.slots[i].url.clone(),
+                        object: name.to_string(),
+                        reason: "the store is not there, so nothing was deleted from the others; connect it again (or replace it and run `secrate sync`) and retry".into(),
+                    });
+                }
                 let r = self.each(|i, s| {
                     if self.skips(name, i) {
                         return Ok(());
