@@ -396,6 +396,30 @@ impl BlobReader {
         Ok(path)
     }
 
+    /// Remove the cached copies of tree packs the index no longer lists
+    /// (pruned, or left out as lost) and copies cut short before their
+    /// rename: nothing reads them, and prune after prune they would pile up
+    /// outside `--cache-size`. Call after loading the index. Returns how
+    /// many went.
+    pub fn drop_unindexed_tree_packs(&self) -> usize {
+        let Ok(rd) = fs::read_dir(&self.pack_dir) else {
+            return 0;
+        };
+        let ix = self.repo.index();
+        let mut dropped = 0;
+        for e in rd.flatten() {
+            let keep = e
+                .file_name()
+                .to_str()
+                .and_then(Id::from_hex)
+                .is_some_and(|id| ix.has_pack(&id));
+            if !keep && fs::remove_file(e.path()).is_ok() {
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// Fetch every tree pack in the index now (before walking a whole
     /// snapshot: a few large GETs instead of one per directory). A pack
     /// that is missing or fails to verify is left to the readers of its
@@ -644,6 +668,34 @@ mod tests {
             assert!(*t.join().unwrap() == data);
         }
         assert_eq!(reader.fetched.load(Ordering::Relaxed), 1);
+        reader.stop();
+    }
+
+    /// Cached tree packs the index no longer lists (pruned) and leftover
+    /// temporary copies go; the others stay.
+    #[test]
+    fn unindexed_tree_pack_copies_go() {
+        use crate::repo::tree::Tree;
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        let repo = Arc::new(crate::repo::tests::test_init("memory://tree-pack-gone"));
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let tree = Tree {
+            entries: vec![crate::repo::tree::tests::file("f", vec![])],
+        };
+        w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let reader = BlobReader::new(repo.clone(), dir.path(), 0).unwrap();
+        reader.fetch_tree_packs().unwrap();
+        let pack_dir = dir.path().join("packs");
+        let pruned = pack_dir.join(Id::of_object(b"a pruned pack").to_hex());
+        fs::write(&pruned, b"old").unwrap();
+        fs::write(pack_dir.join("cut-short.tmp"), b"x").unwrap();
+        assert_eq!(reader.drop_unindexed_tree_packs(), 2);
+        let left: Vec<_> = fs::read_dir(&pack_dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].file_name().to_str(), Some(&*packs[0].id.to_hex()));
         reader.stop();
     }
 

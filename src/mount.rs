@@ -156,6 +156,10 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         );
     }
     let reader = BlobReader::new(repo.clone(), &opts.cache_dir, opts.cache_size)?;
+    let dropped = reader.drop_unindexed_tree_packs();
+    if dropped > 0 {
+        crate::log!("removed {dropped} cached tree packs the index no longer lists");
+    }
     let source = opts.mountpoint.display().to_string();
     let flusher = Flusher::new(
         live.clone(),
