@@ -175,31 +175,12 @@ impl Flusher {
         outbox::write_durable(&p, &snap_bytes).map_err(|e| Error::io(&p, e))?;
 
         live.tx(|tx| {
-            for (ino, id) in &b.dirs {
-                if let Ok(mut r) = tx.get(*ino) {
-                    if r.gen <= view_epoch && r.kind == Kind::Dir {
-                        r.body = Body::Dir { tree: Some(*id) };
-                        tx.put(*ino, &r)?;
-                    }
-                }
-            }
-            for (ino, chunks) in &b.files {
-                if let Ok(mut r) = tx.get(*ino) {
-                    if r.gen <= view_epoch && r.is_dirty_file() {
-                        r.body = Body::File {
-                            staged: true,
-                            chunks: Some(chunks.clone()),
-                            sealed_gen: gen,
-                        };
-                        tx.put(*ino, &r)?;
-                        tx.clear_dirty_file(*ino)?;
-                        tx.mark_clean_staged(*ino)?;
-                    }
-                }
-            }
-            for (id, s) in &b.stats {
-                put_tree_stats(tx, id, *s)?;
-            }
+            // The outbox first, then what relies on it: the transaction has
+            // no rollback, and a failure part way leaves what was written in
+            // it for the next commit. A file marked clean must never point
+            // at packs no outbox item will upload; packs with nothing that
+            // points at them yet only cost space (found and indexed by the
+            // next writer).
             {
                 let mut t = tx
                     .txn()
@@ -254,6 +235,31 @@ impl Flusher {
             }
             tx.set_state_u64("seal_gen", gen)?;
             tx.set_state("last_snapshot", &snap_id.0)?;
+            for (ino, id) in &b.dirs {
+                if let Ok(mut r) = tx.get(*ino) {
+                    if r.gen <= view_epoch && r.kind == Kind::Dir {
+                        r.body = Body::Dir { tree: Some(*id) };
+                        tx.put(*ino, &r)?;
+                    }
+                }
+            }
+            for (ino, chunks) in &b.files {
+                if let Ok(mut r) = tx.get(*ino) {
+                    if r.gen <= view_epoch && r.is_dirty_file() {
+                        r.body = Body::File {
+                            staged: true,
+                            chunks: Some(chunks.clone()),
+                            sealed_gen: gen,
+                        };
+                        tx.put(*ino, &r)?;
+                        tx.clear_dirty_file(*ino)?;
+                        tx.mark_clean_staged(*ino)?;
+                    }
+                }
+            }
+            for (id, s) in &b.stats {
+                put_tree_stats(tx, id, *s)?;
+            }
             Ok(())
         })
         .map_err(live_err)?;
