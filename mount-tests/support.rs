@@ -1,6 +1,7 @@
 //! Helpers for the mount tests: a guard that always unmounts (also on
-//! failure and panic), a tmpfs guard, polling with a timeout, tree and
-//! errno checks, a small tar reader and SQLite runner.
+//! failure and panic), tmpfs and ext4-image guards (the image's power can
+//! be cut), polling with a timeout, tree and errno checks, a small tar
+//! reader and SQLite runner.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -358,7 +359,7 @@ impl Tmpfs {
                 ])
                 .arg(&dir),
         );
-        register(Active::Tmpfs(dir.clone()));
+        register(Active::Disk(dir.clone()));
         Tmpfs { dir }
     }
 
@@ -381,11 +382,84 @@ impl Drop for Tmpfs {
     }
 }
 
+/// An ext4 file system in an image file, loop-mounted at `dir` for as long
+/// as this lives: a cache disk whose power can be cut. `power_cut` shuts
+/// the file system down without flushing its journal
+/// (`EXT4_IOC_SHUTDOWN` with `EXT4_GOING_FLAGS_NOLOGFLUSH`, what xfstests
+/// uses to simulate a power failure): what the disk had at that moment is
+/// all that is left, page-cache data and uncommitted journal included;
+/// `remount` then replays the journal as a boot after the cut would.
+pub struct Ext4Image {
+    pub dir: PathBuf,
+    image: PathBuf,
+}
+
+impl Ext4Image {
+    pub fn new(dir: &Path, image: &Path, size: &str) -> Ext4Image {
+        fs::create_dir_all(dir).unwrap();
+        let dir = fs::canonicalize(dir).unwrap();
+        run_ok(Command::new("truncate").args(["-s", size]).arg(image));
+        run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image));
+        let img = Ext4Image {
+            dir,
+            image: image.to_path_buf(),
+        };
+        img.mount();
+        img
+    }
+
+    fn mount(&self) {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop"])
+                .arg(&self.image)
+                .arg(&self.dir),
+        );
+        register(Active::Disk(self.dir.clone()));
+    }
+
+    /// Cut the power: nothing written from now on reaches the disk.
+    pub fn power_cut(&self) {
+        // _IOR('X', 125, __u32)
+        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+        const NOLOGFLUSH: u32 = 2;
+        let f = fs::File::open(&self.dir).unwrap();
+        let flags = NOLOGFLUSH;
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                EXT4_IOC_SHUTDOWN as _,
+                &flags,
+            )
+        };
+        assert_eq!(r, 0, "EXT4_IOC_SHUTDOWN: {}", io::Error::last_os_error());
+    }
+
+    /// Unmount (nothing may still use it) and mount again: the journal is
+    /// replayed.
+    pub fn remount(&self) {
+        run_ok(Command::new("umount").arg(&self.dir));
+        unregister(&self.dir);
+        self.mount();
+    }
+}
+
+impl Drop for Ext4Image {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let c = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).unwrap();
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        unregister(&self.dir);
+    }
+}
+
 /// A mount the signal handler must undo if the test process is stopped
 /// by a signal (Ctrl-C, a CI timeout), when no destructor runs.
 enum Active {
     Fuse(PathBuf, Option<u32>),
-    Tmpfs(PathBuf),
+    /// A tmpfs or a loop-mounted image (caches may be on it).
+    Disk(PathBuf),
 }
 
 static ACTIVE: std::sync::Mutex<Vec<Active>> = std::sync::Mutex::new(Vec::new());
@@ -414,7 +488,7 @@ fn register(a: Active) {
                     }
                 }
                 for a in &active {
-                    if let Active::Tmpfs(dir) = a {
+                    if let Active::Disk(dir) = a {
                         if is_mounted(dir) {
                             unsafe { libc::umount2(cstr(dir).as_ptr(), libc::MNT_DETACH) };
                         }
@@ -432,7 +506,7 @@ fn unregister(path: &Path) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|a| match a {
-            Active::Fuse(p, _) | Active::Tmpfs(p) => p != path,
+            Active::Fuse(p, _) | Active::Disk(p) => p != path,
         });
 }
 

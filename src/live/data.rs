@@ -5,6 +5,18 @@
 //! list, read through a `DataSource` (chunk cache, outbox, store). The first
 //! write to a sealed file copies it up into a staged file; a truncation to
 //! zero skips the copy. Reads never take the barrier; writes hold it shared.
+//!
+//! Copy-up: the copy is the only place the old content is kept once the
+//! write that follows marks the file dirty (chunk list dropped), and any
+//! durable commit after that (another file's fsync, a seal, an upload)
+//! makes that record durable. So the copy's data is synced before the
+//! rename gives it its name, and `staged/` is synced before the record can
+//! be committed: on ext4 a journal commit makes a rename durable but not
+//! delayed-allocation data, and after a power cut recovery would take the
+//! empty or short staged file as the content (found by review; the
+//! power-cut test in mount-tests/crash.rs). This is the one sync a write
+//! can cost, once per copy-up; ordinary writes never sync (fsync is the
+//! user's call). A truncation to zero copies nothing and needs none.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -483,10 +495,15 @@ impl Live {
                     let data = src.chunk(&c.id)?;
                     f.write_all(&data)?;
                 }
+                // Durable before the name is (see "Copy-up" above).
+                f.sync_data()?;
             }
         }
         std::fs::rename(&tmp, self.staged_path(ino))?;
         self.staged_name_given();
+        if !truncate {
+            self.sync_staged_names()?;
+        }
         self.open_files.forget_handle(ino);
         self.tx(|tx| {
             let mut r = tx.get(ino)?;
