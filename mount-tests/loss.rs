@@ -685,3 +685,70 @@ fn recorded_damage_healed(repo: &Repository, id: &Id) -> bool {
     let (lost, _) = repo.lost_blobs().unwrap();
     !lost.contains_key(id) && repo.index().contains(id)
 }
+
+/// A pack deleted from the store with no damage record: the index forgets
+/// it at mount start, and the cache's clean copy of a file whose chunks it
+/// held is the only copy left. It must be stored again, never evicted
+/// (found by review: eviction only asked whether the file was uploaded,
+/// and every later seal reused the chunk list that pointed nowhere).
+#[test]
+fn a_copy_whose_pack_is_missing_is_stored_again_not_evicted() {
+    if !fuse_ready("a_copy_whose_pack_is_missing_is_stored_again_not_evicted") {
+        return;
+    }
+    for store in stores("mount-missing-pack") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.ok(&["init", "--kdf-work-factor", "10", "--pack-size", "1048576"]);
+        let data = pseudo_random(21, 3 << 20);
+        let (mnt, cache) = (work.path().join("mnt"), work.path().join("cache"));
+        let mut m = Mount::new(&s, &mnt, &cache, &[]);
+        write_synced(&m.path("f"), &data);
+        m.snapshot();
+        m.umount();
+        drop(m);
+
+        let repo = open_repo(&store.url);
+        let (snaps, _) = repo.snapshots().unwrap();
+        let chunks: Vec<Id> = repo
+            .read_tree(&snaps.last().unwrap().1.root)
+            .unwrap()
+            .find(b"f")
+            .unwrap()
+            .chunks()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        drop(repo);
+        delete_packs_holding(&store.url, &chunks[..1], 0);
+
+        // The same cache (it holds f's copy), a budget f does not fit in,
+        // and uploads that evict down to it.
+        let mut m = Mount::new(&s, &mnt, &cache, &["--cache-size", "1M"]);
+        write_synced(&m.path("g"), &pseudo_random(22, 2 << 20));
+        m.snapshot();
+        write_synced(&m.path("h"), b"one more upload");
+        m.snapshot();
+        assert!(
+            fs::read(m.path("f")).is_ok_and(|b| b == data),
+            "f is not what was written\nmount.log:\n{}",
+            m.log()
+        );
+        m.umount();
+        // Every snapshot's files are whole again. The old index delta
+        // still lists the deleted pack (check may read f's chunks there:
+        // the index keeps the first pack listed), which repair drops,
+        // finding every blob it held in the packs the mount stored since.
+        let out = s.ok(&["repair"]);
+        assert!(out.contains("0 files in snapshots still lost"), "{out}");
+        let o = s.run(&["check", "--read-data"]);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            stderr(&o)
+        );
+    }
+}

@@ -177,6 +177,15 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     follow_repository(&live, &reader, &flusher)?;
     if !opts.read_only {
         mark_lost(&repo, &live)?;
+        // After the outbox's packs joined the index (`Flusher::new`).
+        let restaged = live
+            .restage_unindexed(|id| repo.index().contains(id))
+            .map_err(live_err)?;
+        for path in &restaged {
+            crate::log!(
+                "{path}: chunks the store no longer holds are stored again from this cache's copy"
+            );
+        }
     }
 
     let shared = Arc::new(Shared {

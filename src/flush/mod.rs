@@ -485,14 +485,18 @@ impl Flusher {
             return Ok(0);
         }
         let room = budget.saturating_sub(chunks);
-        let candidates = self.live.evictable(uploaded, room)?;
+        // The index's lock is taken per lookup, never held across an
+        // eviction (which waits for the barrier a seal may hold while it
+        // adds to the index).
+        let indexed = |id: &Id| self.repo.index().contains(id);
+        let candidates = self.live.evictable(uploaded, room, &indexed)?;
         let mut used = chunks + candidates.iter().map(|(_, n)| n).sum::<u64>();
         let mut freed = 0;
         for (ino, n) in candidates {
             if used <= budget {
                 break;
             }
-            if self.live.evict(ino, uploaded)? {
+            if self.live.evict(ino, uploaded, &indexed)? {
                 used -= n;
                 freed += n;
             }

@@ -1180,7 +1180,7 @@ mod tests {
         let under_way = live.open_files.keep(ino).read().unwrap();
         let t = {
             let live = live.clone();
-            std::thread::spawn(move || live.evict(ino, 1).unwrap())
+            std::thread::spawn(move || live.evict(ino, 1, &|_| true).unwrap())
         };
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(!t.is_finished(), "the eviction did not wait for the write");
@@ -1206,7 +1206,7 @@ mod tests {
                 let (live, go) = (live.clone(), go.clone());
                 std::thread::spawn(move || {
                     go.wait();
-                    live.evict(ino, 1).unwrap()
+                    live.evict(ino, 1, &|_| true).unwrap()
                 })
             };
             go.wait();
@@ -1245,7 +1245,37 @@ mod tests {
         let live = Live::open(dir.path()).unwrap();
         let (ino, _) = sealed(&live, b"f", b"old content", true);
         live.tx(|tx| tx.remove_inode(ino)).unwrap();
-        assert!(!live.evict(ino, 1).unwrap());
+        assert!(!live.evict(ino, 1, &|_| true).unwrap());
+    }
+
+    /// A copy with a chunk the index lacks (its pack went missing) is the
+    /// last copy: never evicted, and restaged at start.
+    #[test]
+    fn a_copy_with_an_unindexed_chunk_is_kept_and_restaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let (ino, _) = sealed(&live, b"f", b"old content", true);
+        let (other, _) = sealed(&live, b"g", b"other", true);
+        let unindexed = |id: &Id| *id != Id([7; 32]);
+        assert_eq!(
+            live.evictable(1, 0, &unindexed).unwrap(),
+            Vec::<(u64, u64)>::new()
+        );
+        assert!(!live.evict(ino, 1, &unindexed).unwrap());
+        assert!(live.staged_path(ino).exists());
+        assert_eq!(live.evictable(1, 0, &|_| true).unwrap().len(), 2);
+
+        assert_eq!(
+            live.restage_unindexed(|_| true).unwrap(),
+            Vec::<String>::new()
+        );
+        live.tx(|tx| tx.remove_inode(other)).unwrap();
+        assert_eq!(live.restage_unindexed(unindexed).unwrap(), vec!["/f"]);
+        let rec = live.inode(ino).unwrap();
+        assert!(rec.is_dirty_file());
+        assert_eq!(live.tx(|tx| tx.dirty_files()).unwrap(), vec![ino]);
+        assert_eq!(live.tx(|tx| tx.clean_staged()).unwrap(), Vec::<u64>::new());
+        assert_eq!(&*live.read(ino, 0, 64, &NoStore).unwrap(), b"old content");
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! Runs at mount start, after recovery and import: damage records are
 //! written under the writer lock, which a writable mount holds for its whole
 //! life, so no record can appear while it runs.
+//!
+//! A pack can also go missing with no record (deleted from the store, a
+//! bucket rule): the mount's index forgets it at start. Clean staged copies
+//! whose chunks it held are restaged the same way (`restage_unindexed`),
+//! and eviction never drops a copy with a chunk the index lacks
+//! (`Live::evictable`): that copy may be the last one there is.
 
 use std::collections::HashMap;
 
@@ -40,44 +46,21 @@ impl Live {
         if lost.is_empty() {
             return Ok(out);
         }
-        // Find the records first (a read of everything committed), then
-        // change them in the shared write transaction.
-        self.commit(false)?;
-        let hits: Vec<u64> = {
-            let view = self.read_view()?;
-            let t = view.txn().open_table(INODES).map_err(cache_err)?;
-            let mut v = Vec::new();
-            for r in t.iter().map_err(cache_err)? {
-                let (k, val) = r.map_err(cache_err)?;
-                let rec = crate::live::Inode::decode(val.value()).map_err(|e| {
-                    crate::live::LiveError::Cache(format!("inode {}: {e}", k.value()))
-                })?;
-                let hit = match &rec.body {
-                    Body::Dir { tree: Some(id) } => lost.contains_key(id),
-                    Body::File {
-                        chunks: Some(c), ..
-                    } => c.iter().any(|c| lost.contains_key(&c.id)),
-                    _ => false,
-                };
-                if hit {
-                    v.push(k.value());
-                }
-            }
-            v
-        };
+        let hits = self.records_where(|body| match body {
+            Body::Dir { tree: Some(id) } => lost.contains_key(id),
+            Body::File {
+                chunks: Some(c), ..
+            } => c.iter().any(|c| lost.contains_key(&c.id)),
+            _ => false,
+        })?;
         for ino in hits {
             let path = self.path_of(ino)?;
             self.tx(|tx| {
                 let mut rec = tx.get(ino)?;
                 match &mut rec.body {
                     Body::Dir { .. } => out.dirs += 1,
-                    Body::File {
-                        staged: true,
-                        chunks,
-                        ..
-                    } => {
-                        *chunks = None;
-                        tx.mark_dirty_file(ino)?;
+                    Body::File { staged: true, .. } => {
+                        restage(tx, ino, &mut rec)?;
                         out.restaged.push(path.clone());
                     }
                     Body::File {
@@ -97,6 +80,61 @@ impl Live {
         }
         self.commit(true)?;
         Ok(out)
+    }
+
+    /// Make dirty again every clean staged copy with a chunk that
+    /// `indexed` does not know: its pack went missing from the store (the
+    /// index forgot it at start, `Repository::forget_missing_packs`) with
+    /// no damage record to say so. The next seal stores those chunks again
+    /// from the copy, the only one left (eviction would otherwise drop it:
+    /// found by review). Files with no staged copy are left as they are:
+    /// nothing here can bring their chunks back (`secrate repair` can).
+    /// Returns the paths restaged.
+    pub fn restage_unindexed(&self, indexed: impl Fn(&Id) -> bool) -> LiveResult<Vec<String>> {
+        let hits = self.records_where(|body| match body {
+            Body::File {
+                staged: true,
+                chunks: Some(c),
+                ..
+            } => c.iter().any(|c| !indexed(&c.id)),
+            _ => false,
+        })?;
+        let mut out = Vec::new();
+        for ino in hits {
+            let path = self.path_of(ino)?;
+            self.tx(|tx| {
+                let mut rec = tx.get(ino)?;
+                if !rec.is_staged() || rec.chunks().is_none() {
+                    return Ok(());
+                }
+                restage(tx, ino, &mut rec)?;
+                out.push(path.clone());
+                tx.stamp(ino, &mut rec)
+            })?;
+        }
+        if !out.is_empty() {
+            self.commit(true)?;
+        }
+        Ok(out)
+    }
+
+    /// Inodes whose committed record's body matches `hit`: a read of
+    /// everything committed, so callers change them in the shared write
+    /// transaction afterwards.
+    fn records_where(&self, hit: impl Fn(&Body) -> bool) -> LiveResult<Vec<u64>> {
+        self.commit(false)?;
+        let view = self.read_view()?;
+        let t = view.txn().open_table(INODES).map_err(cache_err)?;
+        let mut v = Vec::new();
+        for r in t.iter().map_err(cache_err)? {
+            let (k, val) = r.map_err(cache_err)?;
+            let rec = crate::live::Inode::decode(val.value())
+                .map_err(|e| crate::live::LiveError::Cache(format!("inode {}: {e}", k.value())))?;
+            if hit(&rec.body) {
+                v.push(k.value());
+            }
+        }
+        Ok(v)
     }
 
     /// One path of `ino` from the root (for messages), `?` where unknown.
@@ -126,4 +164,17 @@ impl Live {
             Ok(format!("/{}", parts.join("/")))
         })
     }
+}
+
+/// A file whose staged copy equals its chunks becomes dirty: the next
+/// seal stores its content (and so its chunks) again from the copy.
+fn restage(
+    tx: &mut crate::live::Tx<'_, '_>,
+    ino: u64,
+    rec: &mut crate::live::Inode,
+) -> LiveResult<()> {
+    if let Body::File { chunks, .. } = &mut rec.body {
+        *chunks = None;
+    }
+    tx.mark_dirty_file(ino)
 }

@@ -4,10 +4,13 @@
 //! `staged/` holds whatever was written: files no record wants are removed,
 //! records whose staged file is gone fall back to their sealed chunks, and
 //! inodes that were unlinked while open are dropped. Eviction frees the
-//! staged copies of files whose content is sealed and uploaded.
+//! staged copies of files whose content is sealed and uploaded, and only
+//! those whose every chunk the index holds: a pack missing from the store
+//! leaves the staged copy the last one (see `live/lost.rs`).
 
 use std::collections::HashSet;
 
+use crate::crypto::Id;
 use crate::live::{Body, Live, LiveError, LiveResult};
 use crate::repo::tree::Kind;
 
@@ -163,18 +166,28 @@ impl Live {
     }
 
     /// Staged copies that may be dropped: content sealed in a seal that is
-    /// uploaded (`uploaded_gen`), not open. Oldest access first, with sizes.
-    /// None at all while they take at most `room` bytes by their recorded
-    /// sizes (in 4 KiB blocks), so that the common case, a cache within its
-    /// budget, costs no `stat` of every staged file after each upload.
-    pub fn evictable(&self, uploaded_gen: u64, room: u64) -> LiveResult<Vec<(u64, u64)>> {
+    /// uploaded (`uploaded_gen`), every chunk `indexed`, not open. Oldest
+    /// access first, with sizes. None at all while they take at most `room`
+    /// bytes by their recorded sizes (in 4 KiB blocks), so that the common
+    /// case, a cache within its budget, costs no `stat` of every staged
+    /// file after each upload.
+    ///
+    /// A chunk the index lacks lived in a pack the store no longer holds
+    /// (the index forgot it at start): the copy is the only one left, and
+    /// `restage_unindexed` has made it dirty so the next seal stores it
+    /// again. An index lookup is in memory.
+    pub fn evictable(
+        &self,
+        uploaded_gen: u64,
+        room: u64,
+        indexed: &dyn Fn(&Id) -> bool,
+    ) -> LiveResult<Vec<(u64, u64)>> {
         let clean = self.tx(|tx| tx.clean_staged())?;
         let mut inos = Vec::new();
         let mut estimate = 0u64;
         for ino in clean {
             let Ok(rec) = self.inode(ino) else { continue };
-            let ok = matches!(rec.body, Body::File { staged: true, chunks: Some(_), sealed_gen } if sealed_gen <= uploaded_gen);
-            if !ok || self.open_files.is_open(ino) {
+            if !may_evict(&rec.body, uploaded_gen, indexed) || self.open_files.is_open(ino) {
                 continue;
             }
             estimate = estimate.saturating_add(rec.size.div_ceil(4096) * 4096);
@@ -196,7 +209,13 @@ impl Live {
     }
 
     /// Drop one staged copy; its content is read from the chunks again.
-    pub fn evict(&self, ino: u64, uploaded_gen: u64) -> LiveResult<bool> {
+    /// Checks again what `evictable` checked, under the file's locks.
+    pub fn evict(
+        &self,
+        ino: u64,
+        uploaded_gen: u64,
+        indexed: &dyn Fn(&Id) -> bool,
+    ) -> LiveResult<bool> {
         let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
         // No write, truncation or fsync of this file is under way until the
         // file is gone and its record says so (see `OpenFiles::keep`).
@@ -214,15 +233,11 @@ impl Live {
                 Err(LiveError::NotFound) => return Ok(false),
                 r => r?,
             };
-            match &mut r.body {
-                Body::File {
-                    staged: s @ true,
-                    chunks: Some(_),
-                    sealed_gen,
-                } if *sealed_gen <= uploaded_gen => {
-                    *s = false;
-                }
-                _ => return Ok(false),
+            if !may_evict(&r.body, uploaded_gen, indexed) {
+                return Ok(false);
+            }
+            if let Body::File { staged, .. } = &mut r.body {
+                *staged = false;
             }
             tx.put(ino, &r)?;
             tx.unmark_clean_staged(ino)?;
@@ -233,5 +248,18 @@ impl Live {
             let _ = std::fs::remove_file(self.staged_path(ino));
         }
         Ok(done)
+    }
+}
+
+/// A clean staged copy whose content is uploaded and whose every chunk is
+/// in the index: the store holds all of it.
+fn may_evict(body: &Body, uploaded_gen: u64, indexed: &dyn Fn(&Id) -> bool) -> bool {
+    match body {
+        Body::File {
+            staged: true,
+            chunks: Some(c),
+            sealed_gen,
+        } => *sealed_gen <= uploaded_gen && c.iter().all(|c| indexed(&c.id)),
+        _ => false,
     }
 }
