@@ -317,3 +317,129 @@ fn s3_server_stopped_then_back() {
     drop(m);
     assert!(s.ok(&["check", "--read-data"]).contains("no errors"));
 }
+
+/// Is a thread of `pid` named `name` blocked in a futex wait (a lock)?
+fn waiting_on_a_lock(pid: u32, name: &str) -> bool {
+    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    rd.flatten().any(|t| {
+        fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            && fs::read_to_string(t.path().join("syscall"))
+                .is_ok_and(|s| s.split_whitespace().next() == Some("202"))
+    })
+}
+
+/// A copy-up that waits for the store (here: reads of packs failing, ~20 s
+/// of retries) must not stop the rest of the mount. It ran under the
+/// barrier's read side; a seal queued for the write side then made every
+/// other change (a create in another directory here) wait behind it, as
+/// std's `RwLock` queues new readers behind a waiting writer (found by
+/// review). The create must finish while the copy-up still waits.
+#[test]
+fn a_slow_copy_up_does_not_stop_other_changes() {
+    if !fuse_ready("a_slow_copy_up_does_not_stop_other_changes") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let store = &stores("mount-slow-copy-up")[0];
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&store.url);
+    s.init();
+    let down = work.path().join("packs-down");
+    let faulty = with_faults(&s, &format!("down_file={},reads_of=packs", down.display()));
+    let (mnt, cache) = (work.path().join("mnt"), work.path().join("cache"));
+    let extra = [
+        "--cache-size",
+        "1M",
+        "--snapshot-interval",
+        "1",
+        "--retention",
+        "none",
+    ];
+    let mut m = Mount::new(&faulty, &mnt, &cache, &extra);
+    let old = data(200);
+    let big = pseudo_random(5, 6 << 20);
+    write_synced(&m.path("big"), &big);
+    fs::create_dir(m.path("other")).unwrap();
+    m.snapshot();
+    let staged = || -> u64 {
+        fs::read_dir(cache.join("staged"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    poll_until("big's copy to be evicted", Duration::from_secs(60), || {
+        staged() < 1 << 20
+    });
+    let sealed = m.history().len();
+
+    // A write into big: its copy-up cannot fetch a chunk.
+    fs::write(&down, b"").unwrap();
+    let wrote = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, wrote) = (m.path("big"), wrote.clone());
+        std::thread::spawn(move || {
+            let f = fs::OpenOptions::new().write(true).open(p).unwrap();
+            let r = f.write_all_at(b"NEW", 10).and_then(|()| f.sync_all());
+            wrote.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    let copying = || {
+        fs::read_dir(cache.join("staged")).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        })
+    };
+    poll_until("the copy-up to start", Duration::from_secs(30), copying);
+
+    // A seal (the seal thread's: `secrate snapshot` first syncs the mount,
+    // and so waits for the write itself), queued behind the copy-up if the
+    // copy-up holds the barrier.
+    let pid = m.pid.expect("the mount's pid");
+    fs::write(m.path("other/dirty"), b"something to seal").unwrap();
+    poll_until("the seal to run or wait", Duration::from_secs(30), || {
+        waiting_on_a_lock(pid, "secrate-seal") || m.history().len() > sealed
+    });
+
+    // Another change, elsewhere.
+    let created = Arc::new(AtomicBool::new(false));
+    let creator = {
+        let (p, created, old) = (m.path("other/new"), created.clone(), old.clone());
+        std::thread::spawn(move || {
+            fs::write(p, &old).unwrap();
+            created.store(true, Ordering::SeqCst);
+        })
+    };
+    poll_until(
+        "the create or the copy-up to finish",
+        Duration::from_secs(120),
+        || created.load(Ordering::SeqCst) || wrote.load(Ordering::SeqCst),
+    );
+    let copy_up_waiting = !wrote.load(Ordering::SeqCst) && copying();
+    let created_first = created.load(Ordering::SeqCst);
+    fs::remove_file(&down).unwrap();
+    let write = writer.join().unwrap();
+    creator.join().unwrap();
+    assert!(
+        created_first && copy_up_waiting,
+        "the create waited for the copy-up (created: {created_first}, copy-up still \
+         waiting then: {copy_up_waiting})"
+    );
+
+    // Nothing lost: big holds the write, or its old content if the write
+    // gave up on the store first.
+    let mut want = big.clone();
+    if write.is_ok() {
+        want[10..13].copy_from_slice(b"NEW");
+    }
+    assert!(fs::read(m.path("big")).unwrap() == want, "big differs");
+    assert_eq!(fs::read(m.path("other/new")).unwrap(), old);
+    m.umount();
+}

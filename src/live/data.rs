@@ -4,7 +4,11 @@
 //! since the file was last sealed, or copied up to be written) or its chunk
 //! list, read through a `DataSource` (chunk cache, outbox, store). The first
 //! write to a sealed file copies it up into a staged file; a truncation to
-//! zero skips the copy. Reads never take the barrier; writes hold it shared.
+//! zero skips the copy. Reads never take the barrier; writes hold it shared,
+//! but never while they fetch chunks for a copy-up or copy a file a seal
+//! froze: those copies are made first and checked again under the barrier
+//! (`staged_for_change`), since a seal waiting for the barrier makes every
+//! other change wait behind whoever holds it.
 //!
 //! Copy-up: the copy is the only place the old content is kept once the
 //! write that follows marks the file dirty (chunk list dropped), and any
@@ -24,7 +28,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use crate::crypto::Id;
 use crate::live::mapped::{Mapped, ReadBuf, MAP_MIN};
@@ -456,81 +460,167 @@ impl Live {
     /// Make `ino`'s content a staged file, fetching its chunks unless
     /// `truncate` (the caller is about to cut it to zero).
     pub fn ensure_staged(&self, ino: u64, src: &dyn DataSource, truncate: bool) -> LiveResult<()> {
-        // Most writes go to a file staged already: no lock to take.
-        if self.tx(|tx| tx.staged_size(ino))?.is_some() {
-            return Ok(());
-        }
-        let lock = self.open_files.copy_up_lock(ino);
-        let r = {
-            let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.copy_up(ino, src, truncate)
-        };
-        self.open_files.copy_up_done(ino, lock);
-        r
+        self.staged_for_change(ino, src, truncate).map(|_| ())
     }
 
-    /// `ensure_staged` under the file's copy-up lock.
-    fn copy_up(&self, ino: u64, src: &dyn DataSource, truncate: bool) -> LiveResult<()> {
-        let rec = self.inode(ino)?;
-        if rec.kind != Kind::File {
-            return Err(LiveError::IsDir);
+    /// Ready `ino`'s staged file for a change: a copy-up if it has none,
+    /// and a copy for a seal that still needs what the change overwrites
+    /// (`before_change`). Returns with the barrier's read side and the
+    /// file's eviction lock (`OpenFiles::keep`) held, the record saying
+    /// "staged": the caller changes the file and its record under them.
+    ///
+    /// Neither copy is made under the barrier if it can be helped: a
+    /// copy-up fetches every chunk from the store (minutes for a big file,
+    /// ~20 s of retries with the store down), and std's `RwLock` makes
+    /// new readers wait behind a queued writer, so one slow copy under the
+    /// read side, with a seal waiting for the write side, stopped every
+    /// create, write, unlink and setattr of the mount (found by review).
+    /// The copy for a seal is made first and checked again under the
+    /// barrier (only a seal frozen in between makes that check copy).
+    fn staged_for_change(
+        &self,
+        ino: u64,
+        src: &dyn DataSource,
+        truncate: bool,
+    ) -> LiveResult<(RwLockReadGuard<'_, ()>, RwLockReadGuard<'_, ()>)> {
+        self.before_change(ino)?;
+        loop {
+            let b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+            let k = self
+                .open_files
+                .keep(ino)
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            // Most changes go to a file staged already: no lock to take.
+            if self.tx(|tx| tx.staged_size(ino))?.is_some() {
+                self.before_change(ino)?;
+                return Ok((b, k));
+            }
+            drop((k, b));
+            let lock = self.open_files.copy_up_lock(ino);
+            let r = {
+                let _g = lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.copy_up(ino, src, truncate)
+            };
+            self.open_files.copy_up_done(ino, lock);
+            if let Some((b, k)) = r? {
+                self.before_change(ino)?;
+                return Ok((b, k));
+            }
+            // Staged by someone else meanwhile: look again.
         }
-        if rec.is_staged() {
-            return Ok(());
+    }
+
+    /// `staged_for_change`'s copy-up, under the file's copy-up lock. The
+    /// copy is built and synced with no barrier held; the barrier and the
+    /// eviction lock are taken only to check that the record still has
+    /// the content copied, rename the copy into place and record it. If
+    /// the content changed meanwhile, the copy is made again. `None` if
+    /// the file was staged already; otherwise the guards, held.
+    #[allow(clippy::type_complexity)]
+    fn copy_up(
+        &self,
+        ino: u64,
+        src: &dyn DataSource,
+        truncate: bool,
+    ) -> LiveResult<Option<(RwLockReadGuard<'_, ()>, RwLockReadGuard<'_, ()>)>> {
+        let tmp = self.staged_dir().join(format!("{ino}.tmp"));
+        loop {
+            let rec = self.inode(ino)?;
+            if rec.kind != Kind::File {
+                return Err(LiveError::IsDir);
+            }
+            if rec.is_staged() {
+                return Ok(None);
+            }
+            if let Err(e) = self.copy_chunks(&rec, &tmp, src, truncate) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            let b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
+            let k = self
+                .open_files
+                .keep(ino)
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match self.inode(ino) {
+                Ok(now)
+                    if !now.is_staged() && now.size == rec.size && now.chunks() == rec.chunks() => {
+                }
+                other => {
+                    let _ = std::fs::remove_file(&tmp);
+                    match other? {
+                        now if now.is_staged() => return Ok(Some((b, k))),
+                        // Another content since we copied: copy again.
+                        _ => continue,
+                    }
+                }
+            }
+            if let Err(e) = std::fs::rename(&tmp, self.staged_path(ino)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+            self.staged_name_given();
+            if !truncate {
+                self.sync_staged_names()?;
+            }
+            self.open_files.forget_handle(ino);
+            self.tx(|tx| {
+                let mut r = tx.get(ino)?;
+                if let Body::File {
+                    staged, chunks: c, ..
+                } = &mut r.body
+                {
+                    *staged = true;
+                    if truncate {
+                        // The staged file is empty; it no longer matches.
+                        *c = None;
+                    }
+                }
+                if truncate {
+                    r.size = 0;
+                    tx.mark_dirty_file(ino)?;
+                    tx.stamp(ino, &mut r)
+                } else {
+                    // A copy of its chunks until a write changes it:
+                    // recovery checks such a copy (a crash of the machine
+                    // may leave it short) and eviction may drop it again.
+                    if !r.is_dirty_file() {
+                        tx.mark_clean_staged(ino)?;
+                    }
+                    tx.put(ino, &r)
+                }
+            })?;
+            return Ok(Some((b, k)));
         }
-        let chunks = rec.chunks().map(|c| c.to_vec()).unwrap_or_default();
+    }
+
+    /// Write `rec`'s content (nothing if `truncate`) into `tmp`, synced.
+    fn copy_chunks(
+        &self,
+        rec: &Inode,
+        tmp: &std::path::Path,
+        src: &dyn DataSource,
+        truncate: bool,
+    ) -> LiveResult<()> {
         if !truncate {
             crate::space::check(self.dir(), rec.size, crate::space::Use::Data)?;
         }
-        let tmp = self.staged_dir().join(format!("{ino}.tmp"));
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            if !truncate {
-                for c in &chunks {
-                    let data = src.chunk(&c.id)?;
-                    f.write_all(&data)?;
-                }
-                // Durable before the name is (see "Copy-up" above).
-                f.sync_data()?;
-            }
-        }
-        std::fs::rename(&tmp, self.staged_path(ino))?;
-        self.staged_name_given();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(tmp)?;
         if !truncate {
-            self.sync_staged_names()?;
+            for c in rec.chunks().unwrap_or_default() {
+                let data = src.chunk(&c.id)?;
+                f.write_all(&data)?;
+            }
+            // Durable before the name is (see "Copy-up" above).
+            f.sync_data()?;
         }
-        self.open_files.forget_handle(ino);
-        self.tx(|tx| {
-            let mut r = tx.get(ino)?;
-            if let Body::File {
-                staged, chunks: c, ..
-            } = &mut r.body
-            {
-                *staged = true;
-                if truncate {
-                    // The staged file is empty; it no longer matches.
-                    *c = None;
-                }
-            }
-            if truncate {
-                r.size = 0;
-                tx.mark_dirty_file(ino)?;
-                tx.stamp(ino, &mut r)
-            } else {
-                // A copy of its chunks until a write changes it: recovery
-                // checks such a copy (a crash of the machine may leave it
-                // short) and eviction may drop it again.
-                if !r.is_dirty_file() {
-                    tx.mark_clean_staged(ino)?;
-                }
-                tx.put(ino, &r)
-            }
-        })
+        Ok(())
     }
 
     pub fn read(
@@ -560,14 +650,7 @@ impl Live {
         times: Times,
         src: &dyn DataSource,
     ) -> LiveResult<usize> {
-        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-        let _k = self
-            .open_files
-            .keep(ino)
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        self.ensure_staged(ino, src, false)?;
-        self.before_change(ino)?;
+        let (_b, _k) = self.staged_for_change(ino, src, false)?;
         crate::space::check(self.dir(), data.len() as u64, crate::space::Use::Data)?;
         let f = self.staged_handle(ino)?;
         let kick = {
@@ -623,14 +706,7 @@ impl Live {
 
     /// Set a file's size (truncate or extend with a hole).
     pub fn truncate(&self, ino: u64, size: u64, src: &dyn DataSource) -> LiveResult<()> {
-        let _b = self.barrier.read().unwrap_or_else(|e| e.into_inner());
-        let _k = self
-            .open_files
-            .keep(ino)
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        self.ensure_staged(ino, src, size == 0)?;
-        self.before_change(ino)?;
+        let (_b, _k) = self.staged_for_change(ino, src, size == 0)?;
         // truncate(2) by path needs no open handle: content being given to
         // the kernel must not cross the cut (it would bring back the old
         // size, which the kernel then keeps).
