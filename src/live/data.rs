@@ -664,7 +664,20 @@ impl Live {
             let _one = one
                 .as_ref()
                 .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-            f.write_all_at(data, offset)?;
+            if let Err(e) = f.write_all_at(data, offset) {
+                // Some bytes may have landed (EIO, ENOSPC, EFBIG partway):
+                // the record must still say the file changed (a clean copy
+                // counted clean would be evicted back to its old chunks,
+                // or never sealed) and how long the staged file now is.
+                // Only on this error path: the file's length is asked
+                // once.
+                let len = f.metadata().map(|m| m.len()).ok();
+                self.write_meta(ino, times, |r| {
+                    r.size = r.size.max(len.unwrap_or(0));
+                    Ok(())
+                })?;
+                return Err(e.into());
+            }
             kick
         };
         if let Some((lo, hi)) = kick {
@@ -1371,6 +1384,60 @@ mod tests {
         assert_eq!(live.tx(|tx| tx.dirty_files()).unwrap(), Vec::<u64>::new());
         // The name is free for the next try.
         assert!(live.create_node(crate::live::ROOT, b"f", n(), true).is_ok());
+    }
+
+    /// A write that fails partway (EFBIG here, from a file size limit;
+    /// EIO or ENOSPC alike) changed the staged file: the record says so,
+    /// with the staged file's length. In a child process, since the limit
+    /// holds for every thread of the process.
+    #[test]
+    fn a_write_that_fails_partway_is_recorded() {
+        const CHILD: &str = "SECRATE_TEST_PARTIAL_WRITE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let me = std::env::current_exe().unwrap();
+            let o = std::process::Command::new(me)
+                .args([
+                    "--exact",
+                    "live::data::tests::a_write_that_fails_partway_is_recorded",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "{out}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(out.contains("1 passed"), "{out}");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let old: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let (ino, src) = sealed(&live, b"f", &old, true);
+        let limit = |n: u64| {
+            let l = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &l) }, 0);
+        };
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        limit(8192);
+        // 4192 bytes land, then EFBIG.
+        let r = live.write(ino, 4000, &[9u8; 5000], Times::Now, &src);
+        limit(libc::RLIM_INFINITY);
+        assert!(r.is_err());
+        let rec = live.inode(ino).unwrap();
+        assert!(rec.is_dirty_file(), "still counted a clean copy");
+        assert_eq!(rec.size, 8192);
+        assert_eq!(live.tx(|tx| tx.clean_staged()).unwrap(), Vec::<u64>::new());
+        assert_eq!(live.tx(|tx| tx.dirty_files()).unwrap(), vec![ino]);
+        let mut want = old[..4000].to_vec();
+        want.resize(8192, 9);
+        assert_eq!(live.read(ino, 0, 10000, &src).unwrap().to_vec(), want);
     }
 
     /// A copy-up no write followed (the write failed after it) is a copy
