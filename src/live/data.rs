@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::Ordering;
@@ -329,12 +328,13 @@ impl Live {
             let dir = self.dir().join("sealing");
             std::fs::create_dir_all(&dir)?;
             let copy = dir.join(ino.to_string());
-            let len = std::fs::metadata(self.staged_path(ino)).map_or(0, |m| m.len());
-            crate::space::check(&dir, len, crate::space::Use::Data)?;
-            match std::fs::copy(self.staged_path(ino), &copy) {
-                Ok(_) => {}
+            match copy_sparse(&self.staged_path(ino), &copy) {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&copy, b"")?,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&copy);
+                    return Err(e.into());
+                }
             }
             state.copy = Some(copy);
         }
@@ -596,6 +596,10 @@ impl Live {
     }
 
     /// Write `rec`'s content (nothing if `truncate`) into `tmp`, synced.
+    /// A chunk of zeros is left a hole, and free space is checked for each
+    /// chunk written, not for the file's size: a sparse file of 100 GiB
+    /// holding 5 GiB of data needs 5 GiB of cache (found by review: the
+    /// copy was written densely and refused with ENOSPC).
     fn copy_chunks(
         &self,
         rec: &Inode,
@@ -603,20 +607,23 @@ impl Live {
         src: &dyn DataSource,
         truncate: bool,
     ) -> LiveResult<()> {
-        if !truncate {
-            crate::space::check(self.dir(), rec.size, crate::space::Use::Data)?;
-        }
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(tmp)?;
         if !truncate {
+            let mut pos = 0u64;
             for c in rec.chunks().unwrap_or_default() {
                 let data = src.chunk(&c.id)?;
-                f.write_all(&data)?;
+                if !is_zero(&data) {
+                    crate::space::check(self.dir(), data.len() as u64, crate::space::Use::Data)?;
+                    f.write_all_at(&data, pos)?;
+                }
+                pos += data.len() as u64;
             }
+            f.set_len(pos)?;
             // Durable before the name is (see "Copy-up" above).
             f.sync_data()?;
         }
@@ -779,6 +786,116 @@ impl Live {
     pub fn staged_file(&self, ino: u64) -> std::path::PathBuf {
         self.staged_path(ino)
     }
+}
+
+/// Whether `b` is all zeros (a hole in the file it came from, as far as
+/// anyone reading it can tell). Stops at the first other byte.
+fn is_zero(b: &[u8]) -> bool {
+    // OR-ing a block at a time vectorizes; stop at the first block with data.
+    b.chunks(4096)
+        .all(|c| c.iter().fold(0u8, |a, &x| a | x) == 0)
+}
+
+/// Copy `from` to a new file `to`, holes as holes: a reflink (`FICLONE`)
+/// where the file system has them, else each data range (`SEEK_DATA` /
+/// `SEEK_HOLE`) with `copy_file_range`, free space checked per range (so
+/// a sparse file needs room for its data only; `std::fs::copy` wrote it
+/// densely). `to`'s directory is on the cache disk.
+fn copy_sparse(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    let src = File::open(from)?;
+    let dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)?;
+    // SAFETY: both descriptors are open files of this process.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    let len = src.metadata()?.len();
+    let dir = to.parent().unwrap_or(std::path::Path::new("."));
+    let seek = |pos: u64, whence| -> std::io::Result<Option<u64>> {
+        let at = i64::try_from(pos).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        // SAFETY: lseek on an open descriptor.
+        let r = unsafe { libc::lseek(src.as_raw_fd(), at, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        match std::io::Error::last_os_error() {
+            // No data at or after `pos`.
+            e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            e => Err(e),
+        }
+    };
+    let mut pos = 0;
+    while pos < len {
+        let start = match seek(pos, libc::SEEK_DATA) {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            // No SEEK_DATA here: the whole rest is data.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => pos,
+            Err(e) => return Err(e),
+        };
+        let end = match seek(start, libc::SEEK_HOLE) {
+            Ok(Some(e)) => e.min(len),
+            Ok(None) => len,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => len,
+            Err(e) => return Err(e),
+        };
+        crate::space::check(dir, end - start, crate::space::Use::Data)?;
+        copy_range(&src, &dst, start, end)?;
+        pos = end;
+    }
+    dst.set_len(len)
+}
+
+/// Copy `[start, end)` of `src` to the same place in `dst`.
+fn copy_range(src: &File, dst: &File, start: u64, end: u64) -> std::io::Result<()> {
+    let mut at = start;
+    while at < end {
+        let mut off_in = at as i64;
+        let mut off_out = at as i64;
+        let want = (end - at).min(1 << 30) as usize;
+        // SAFETY: open descriptors and valid offset pointers.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        if n > 0 {
+            at += n as u64;
+            continue;
+        }
+        if n == 0 {
+            // The file got shorter meanwhile: nothing more to copy.
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // No copy_file_range between these files: copy by hand.
+            Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => {
+                let mut buf = vec![0u8; (end - at).min(1 << 20) as usize];
+                while at < end {
+                    let want = (end - at).min(buf.len() as u64) as usize;
+                    let got = src.read_at(&mut buf[..want], at)?;
+                    if got == 0 {
+                        return Ok(());
+                    }
+                    dst.write_all_at(&buf[..got], at)?;
+                    at += got as u64;
+                }
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Read from a record's content (used for the live tree).
@@ -1438,6 +1555,75 @@ mod tests {
         let mut want = old[..4000].to_vec();
         want.resize(8192, 9);
         assert_eq!(live.read(ino, 0, 10000, &src).unwrap().to_vec(), want);
+    }
+
+    /// Copies of a sparse file (the copy for a seal, a copy-up) keep its
+    /// holes: they take the disk space of its data, not of its size.
+    #[test]
+    fn copies_of_a_sparse_file_keep_its_holes() {
+        use std::os::unix::fs::MetadataExt;
+        const SIZE: u64 = 256 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let ino = file(&live, b"sparse", b"head");
+        live.truncate(ino, SIZE, &NoStore).unwrap();
+        live.open_file(ino);
+        live.write(ino, SIZE / 2, b"middle", Times::Now, &NoStore)
+            .unwrap();
+        let used = |p: &std::path::Path| std::fs::metadata(p).unwrap().blocks() * 512;
+        assert!(used(&live.staged_path(ino)) < 1 << 20, "no holes here");
+        // A seal froze it; a write first copies it for the seal.
+        live.freeze(ino);
+        live.write(ino, 0, b"HEAD", Times::Now, &NoStore).unwrap();
+        live.read_frozen(ino, |p| {
+            assert_ne!(p, live.staged_path(ino), "a copy was made");
+            assert_eq!(std::fs::metadata(p).unwrap().len(), SIZE);
+            assert!(
+                used(p) < 1 << 20,
+                "the copy for the seal is dense: {}",
+                used(p)
+            );
+            let f = File::open(p).unwrap();
+            let mut b = [0u8; 6];
+            f.read_exact_at(&mut b[..4], 0).unwrap();
+            assert_eq!(&b[..4], b"head");
+            f.read_exact_at(&mut b, SIZE / 2).unwrap();
+            assert_eq!(&b, b"middle");
+        });
+
+        // A copy-up of the same content from chunks of 1 MiB.
+        let mut src = Chunks(HashMap::new());
+        let mut chunks = Vec::new();
+        let staged = std::fs::read(live.staged_path(ino)).unwrap();
+        for (i, d) in staged.chunks(1 << 20).enumerate() {
+            let id = Id(blake3::hash(d).into());
+            src.0.insert(id, Arc::new(d.to_vec()));
+            chunks.push(ChunkRef {
+                id,
+                len: d.len() as u32,
+            });
+            assert!(i < 1000);
+        }
+        drop(staged);
+        live.release_file(ino).unwrap();
+        live.tx(|tx| {
+            let mut r = tx.get(ino)?;
+            r.body = Body::File {
+                staged: false,
+                chunks: Some(chunks),
+                sealed_gen: 1,
+            };
+            tx.put(ino, &r)?;
+            tx.clear_dirty_file(ino)
+        })
+        .unwrap();
+        std::fs::remove_file(live.staged_path(ino)).unwrap();
+        live.ensure_staged(ino, &src, false).unwrap();
+        let p = live.staged_path(ino);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), SIZE);
+        assert!(used(&p) < 4 << 20, "the copy-up is dense: {}", used(&p));
+        let r = live.read(ino, SIZE / 2 - 2, 10, &src).unwrap().to_vec();
+        assert_eq!(&r[2..8], b"middle");
     }
 
     /// A copy-up no write followed (the write failed after it) is a copy
