@@ -726,6 +726,12 @@ fn a_copy_whose_pack_is_missing_is_stored_again_not_evicted() {
         // The same cache (it holds f's copy), a budget f does not fit in,
         // and uploads that evict down to it.
         let mut m = Mount::new(&s, &mnt, &cache, &["--cache-size", "1M"]);
+        assert!(
+            m.log()
+                .contains("/f: chunks the store no longer holds are stored again"),
+            "{}",
+            m.log()
+        );
         write_synced(&m.path("g"), &pseudo_random(22, 2 << 20));
         m.snapshot();
         write_synced(&m.path("h"), b"one more upload");

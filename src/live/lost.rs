@@ -91,22 +91,29 @@ impl Live {
     /// nothing here can bring their chunks back (`secrate repair` can).
     /// Returns the paths restaged.
     pub fn restage_unindexed(&self, indexed: impl Fn(&Id) -> bool) -> LiveResult<Vec<String>> {
-        let hits = self.records_where(|body| match body {
-            Body::File {
-                staged: true,
-                chunks: Some(c),
-                ..
-            } => c.iter().any(|c| !indexed(&c.id)),
-            _ => false,
-        })?;
+        // Every clean copy is in that set (copy-up and seal put it there;
+        // eviction looks nowhere else): no scan of the whole tree.
+        let clean = self.tx(|tx| tx.clean_staged())?;
         let mut out = Vec::new();
-        for ino in hits {
+        for ino in clean {
+            let hit = match self.inode(ino) {
+                Ok(rec) => match rec.body {
+                    Body::File {
+                        staged: true,
+                        chunks: Some(c),
+                        ..
+                    } => c.iter().any(|c| !indexed(&c.id)),
+                    _ => false,
+                },
+                Err(crate::live::LiveError::NotFound) => false,
+                Err(e) => return Err(e),
+            };
+            if !hit {
+                continue;
+            }
             let path = self.path_of(ino)?;
             self.tx(|tx| {
                 let mut rec = tx.get(ino)?;
-                if !rec.is_staged() || rec.chunks().is_none() {
-                    return Ok(());
-                }
                 restage(tx, ino, &mut rec)?;
                 out.push(path.clone());
                 tx.stamp(ino, &mut rec)
