@@ -743,9 +743,9 @@ fn a_copy_whose_pack_is_missing_is_stored_again_not_evicted() {
         );
         m.umount();
         // Every snapshot's files are whole again. The old index delta
-        // still lists the deleted pack (check may read f's chunks there:
-        // the index keeps the first pack listed), which repair drops,
-        // finding every blob it held in the packs the mount stored since.
+        // still lists the deleted pack, a problem `check` reports until
+        // repair drops it, finding every blob it held in the packs the
+        // mount stored since.
         let out = s.ok(&["repair"]);
         assert!(out.contains("0 files in snapshots still lost"), "{out}");
         let o = s.run(&["check", "--read-data"]);

@@ -8,9 +8,9 @@
 #   scripts/test.sh [--quick] store:: -- --nocapture
 #                                         # remaining args go to cargo test
 #
-# Installs what is missing on a Debian machine (apt: fuse3, attr, git, sqlite3, tar; the S3
-# server s3s-fs into $SECRATE_TOOLS, default ~/.cache/secrate-tools). Mount
-# tests need root and /dev/fuse.
+# Installs what is missing on a Debian machine (apt: fuse3, attr, git, sqlite3,
+# tar, e2fsprogs; the S3 server s3s-fs into $SECRATE_TOOLS, default
+# ~/.cache/secrate-tools). Mount tests need root, /dev/fuse and loop devices.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -59,6 +59,8 @@ command -v setfattr >/dev/null 2>&1 || missing+=(attr)
 command -v git >/dev/null 2>&1 || missing+=(git)
 command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
 command -v tar >/dev/null 2>&1 || missing+=(tar)
+# A cache disk in an ext4 image whose power a crash test cuts.
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if ((${#missing[@]})); then
     banner "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
