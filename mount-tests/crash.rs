@@ -906,15 +906,7 @@ fn a_write_to_an_evicted_file_survives_a_power_cut() {
         "256M",
     );
     let (mnt, cache) = (work.path().join("mnt"), disk.dir.join("cache"));
-    let staged_bytes = || -> u64 {
-        fs::read_dir(cache.join("staged"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.metadata().map_or(0, |m| m.len()))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
+    let staged = || staged_bytes(&cache);
 
     // Sealed, uploaded, and its cached copy evicted.
     let m = Mount::new(&s, &mnt, &cache, &["--cache-size", "1M"]);
@@ -923,7 +915,7 @@ fn a_write_to_an_evicted_file_survives_a_power_cut() {
     poll_until(
         "the cached copy to be evicted",
         Duration::from_secs(60),
-        || staged_bytes() == 0,
+        || staged() == 0,
     );
 
     // 10 bytes into it (a copy-up), no fsync; another file's fsync

@@ -365,15 +365,7 @@ fn a_slow_copy_up_does_not_stop_other_changes() {
     write_synced(&m.path("big"), &big);
     fs::create_dir(m.path("other")).unwrap();
     m.snapshot();
-    let staged = || -> u64 {
-        fs::read_dir(cache.join("staged"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.metadata().map_or(0, |m| m.len()))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
+    let staged = || staged_bytes(&cache);
     poll_until("big's copy to be evicted", Duration::from_secs(60), || {
         staged() < 1 << 20
     });

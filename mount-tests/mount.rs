@@ -2538,15 +2538,7 @@ fn a_sparse_file_bigger_than_the_cache_is_copied_up_with_its_holes() {
         f.sync_all().unwrap();
     }
     m.snapshot();
-    let staged = || -> u64 {
-        fs::read_dir(cache.join("staged"))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.metadata().map_or(0, |m| m.len()))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
+    let staged = || staged_bytes(&cache);
     poll_until("the copy to be evicted", Duration::from_secs(60), || {
         staged() == 0
     });

@@ -116,6 +116,18 @@ fn out_text(o: &Output) -> String {
     )
 }
 
+/// The length of every staged file in the mount cache `cache`, added up
+/// (what eviction has left).
+pub fn staged_bytes(cache: &Path) -> u64 {
+    fs::read_dir(cache.join("staged"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Run a program, require success, return stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let o = cmd

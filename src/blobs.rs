@@ -827,19 +827,11 @@ mod tests {
     /// packs); fetching the tree packs ahead passes over the bad one.
     #[test]
     fn a_damaged_copy_is_read_past_by_the_mount() {
-        use crate::ops::repair::tests::{chunk, damage_blob, open, two_copies_repo};
+        use crate::ops::repair::tests::{chunk, open, two_copies_repo};
         for delete in [true, false] {
             let two = two_copies_repo(&format!("memory://mount-read-past-{delete}"));
             let (repo, ids) = (&two.repo, &two.ids);
-            let (data, trees) = (&two.data, &two.trees);
-            if delete {
-                for p in [&data[0], &trees[0]] {
-                    repo.store().delete(&pack_name(&p.id)).unwrap();
-                }
-            } else {
-                damage_blob(repo, &data[0], &ids[0]);
-                damage_blob(repo, &trees[0], &two.root);
-            }
+            two.spoil_first(delete);
             let dir = tempfile::tempdir().unwrap();
             let reader = BlobReader::new(open(repo.store(), "pw"), dir.path(), 1 << 20).unwrap();
             reader.fetch_tree_packs().unwrap();

@@ -30,12 +30,10 @@ fn tree(dir: &std::path::Path) -> std::path::PathBuf {
     src
 }
 
-/// Back up into the set, lose store `lost`, restore and check through the
-/// others, sync, and require the rebuilt store to equal what it was.
-fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: usize) {
-    let label = format!("{} {}", set.label, ec.unwrap_or("replicas"));
-    let all = set.urls.join(",");
-    let s = Secrate::new(&all);
+/// A new repository on `urls`: erasure coded `ec` (e.g. "2+1"), else
+/// replicas.
+fn init_on(urls: &[String], ec: Option<&str>) -> Secrate {
+    let s = Secrate::new(&urls.join(","));
     match ec {
         Some(p) => {
             s.ok(&["--ec", p, "init", "--kdf-work-factor", "10"]);
@@ -44,6 +42,14 @@ fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: us
             s.init();
         }
     }
+    s
+}
+
+/// Back up into the set, lose store `lost`, restore and check through the
+/// others, sync, and require the rebuilt store to equal what it was.
+fn lose_and_rebuild(set: &StoreSet, ec: Option<&str>, lost: usize, open_with: usize) {
+    let label = format!("{} {}", set.label, ec.unwrap_or("replicas"));
+    let s = init_on(&set.urls, ec);
     let work = tempfile::tempdir().unwrap();
     let src = tree(work.path());
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
@@ -153,15 +159,7 @@ fn a_missing_store_fails_writes_safely() {
         let urls: Vec<String> = (0..n)
             .map(|i| format!("file://{}/{}-{i}", dir.path().display(), ec.is_some()))
             .collect();
-        let s = Secrate::new(&urls.join(","));
-        match ec {
-            Some(p) => {
-                s.ok(&["--ec", p, "init", "--kdf-work-factor", "10"]);
-            }
-            None => {
-                s.init();
-            }
-        }
+        let s = init_on(&urls, ec);
         let src = dir.path().join(format!("src-{n}"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("a"), b"first").unwrap();
@@ -195,8 +193,7 @@ fn a_missing_store_fails_writes_safely() {
 #[test]
 fn erasure_coding_cannot_lose_more_than_m() {
     let set = &store_sets("dur-ec-two", 3)[0];
-    let s = Secrate::new(&set.urls.join(","));
-    s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+    let s = init_on(&set.urls, Some("2+1"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), vec![7u8; 100_000]).unwrap();
     s.ok(&["backup", "-q", dir.path().to_str().unwrap()]);
@@ -300,8 +297,7 @@ fn stats_per_store_and_redundancy() {
 #[test]
 fn a_key_change_that_fails_leaves_no_key_shard() {
     let set = &store_sets("dur-ec-key", 3)[0];
-    let s = Secrate::new(&set.urls.join(","));
-    s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+    let s = init_on(&set.urls, Some("2+1"));
     let keys_in = |u: &str| -> Vec<String> {
         raw_objects(u)
             .into_keys()
@@ -361,15 +357,7 @@ fn one_damaged_copy_of_a_pack_is_read_past_and_kept() {
         for cut in [false, true] {
             let set = &store_sets("dur-one-bad", n)[0];
             let label = format!("{ec:?} cut={cut}");
-            let s = Secrate::new(&set.urls.join(","));
-            match ec {
-                Some(p) => {
-                    s.ok(&["--ec", p, "init", "--kdf-work-factor", "10"]);
-                }
-                None => {
-                    s.init();
-                }
-            }
+            let s = init_on(&set.urls, ec);
             let work = tempfile::tempdir().unwrap();
             let src = tree(work.path());
             s.ok(&["backup", "-q", src.to_str().unwrap()]);
@@ -415,8 +403,7 @@ fn one_damaged_copy_of_a_pack_is_read_past_and_kept() {
 #[test]
 fn forget_with_a_store_unplugged_deletes_nowhere() {
     let set = &store_sets("dur-ec-forget", 3)[0];
-    let s = Secrate::new(&set.urls.join(","));
-    s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+    let s = init_on(&set.urls, Some("2+1"));
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir_all(&src).unwrap();

@@ -504,16 +504,9 @@ mod tests {
         for delete in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let two = two_copies_repo(&format!("file://{}", dir.path().display()));
-            let (repo, ids) = (&two.repo, &two.ids);
+            let repo = &two.repo;
             let (data, trees) = (&two.data, &two.trees);
-            if delete {
-                for p in [&data[0], &trees[0]] {
-                    repo.store().delete(&pack_name(&p.id)).unwrap();
-                }
-            } else {
-                damage_blob(repo, &data[0], &ids[0]);
-                damage_blob(repo, &trees[0], &two.root);
-            }
+            two.spoil_first(delete);
             for read_data in [false, true] {
                 let report = check(&open(repo.store(), "pw"), read_data, &Quiet).unwrap();
                 // One file's only copy is in the missing pack; f0's chunk

@@ -605,6 +605,22 @@ pub(crate) mod tests {
         }
     }
 
+    impl TwoCopies {
+        /// Spoil the first copies of chunk 0 and of the root: their packs
+        /// deleted (`delete`), or a byte flipped in each blob.
+        pub(crate) fn spoil_first(&self, delete: bool) {
+            let (repo, data, trees) = (&self.repo, &self.data, &self.trees);
+            if delete {
+                for p in [&data[0], &trees[0]] {
+                    repo.store().delete(&pack_name(&p.id)).unwrap();
+                }
+            } else {
+                damage_blob(repo, &data[0], &self.ids[0]);
+                damage_blob(repo, &trees[0], &self.root);
+            }
+        }
+    }
+
     /// Flip a byte inside the copy of blob `id` in pack `pack`.
     pub(crate) fn damage_blob(repo: &Repository, pack: &PackInfo, id: &Id) {
         let b = pack.blobs.iter().find(|b| b.id == *id).unwrap();

@@ -1215,15 +1215,8 @@ pub(crate) mod tests {
             let dir = tempfile::tempdir().unwrap();
             let two = two_copies_repo(&format!("file://{}", dir.path().display()));
             let (repo, ids) = (&two.repo, &two.ids);
-            let (data, trees) = (&two.data, &two.trees);
-            if delete {
-                for p in [&data[0], &trees[0]] {
-                    repo.store().delete(&pack_name(&p.id)).unwrap();
-                }
-            } else {
-                damage_blob(repo, &data[0], &ids[0]);
-                damage_blob(repo, &trees[0], &two.root);
-            }
+            let data = &two.data;
+            two.spoil_first(delete);
             let r = open(repo.store(), "pw");
             let (got, past) = r.read_blob_noting(BlobKind::Data, &ids[0]).unwrap();
             assert_eq!(got, chunk(0));
