@@ -2,8 +2,9 @@
 //!
 //! Taken with a create-only put, so two writers racing for a free lock
 //! cannot both win. The holder refreshes it every `REFRESH` while working; a
-//! lock not refreshed for `STALE`, or held by a dead process on this host,
-//! may be broken. The holder checks its token on every refresh and before it
+//! lock not refreshed for `STALE` (by the holder's clock and by the store's,
+//! so that machines whose clocks disagree do not break each other's live
+//! locks), or held by a dead process on this host, may be broken. The holder checks its token on every refresh and before it
 //! commits (`WriterLock::check`), so a writer whose lock was broken stops
 //! instead of committing alongside another. A holder that could not refresh
 //! for nearly `STALE` counts its lock as lost until it finds the lock still
@@ -118,17 +119,20 @@ impl LockInfo {
         Ok(l)
     }
 
-    /// Not refreshed for `STALE`, or its process (on host `host`, not
-    /// `pid`) is gone.
-    fn breakable(&self, host: &str, pid: u32) -> bool {
-        let stale_by_time = now_ns() - self.refreshed_ns > STALE.as_nanos() as i64;
+    /// Its process (on host `host`, not `pid`) is gone.
+    fn dead_here(&self, host: &str, pid: u32) -> bool {
         let here = if self.boot.is_empty() {
             self.host == host
         } else {
             self.boot == boot_text()
         };
-        let dead_here = here && self.pid != pid && !process_alive(self.pid);
-        stale_by_time || dead_here
+        here && self.pid != pid && !process_alive(self.pid)
+    }
+
+    /// Its process is gone (`dead_here`), or it was not refreshed for
+    /// `STALE` by both clocks (`stale_by_time`).
+    fn breakable(&self, store: &Store, host: &str, pid: u32) -> Result<bool> {
+        Ok(self.dead_here(host, pid) || stale_by_time(store, Some(self))?)
     }
 
     /// Why a stopped mount's lock stays (see the module comment).
@@ -268,12 +272,12 @@ impl WriterLock {
                 Ok(None) => continue, // released between our put and our read
                 Err(Error::Corrupt { .. }) => {
                     // An unreadable lock protects nothing; only a stale one may go.
-                    match store.head(NAME)? {
-                        Some(m) if age(m.modified) > STALE => {
+                    match stale_by_time(store, None)? {
+                        true => {
                             store.delete(NAME)?;
                             continue;
                         }
-                        _ => return Err(Error::Locked {
+                        false => return Err(Error::Locked {
                             url: store.url().into(),
                             holder:
                                 "an unreadable lock (it expires 10 minutes after its last write)"
@@ -283,7 +287,7 @@ impl WriterLock {
                 }
                 Err(e) => return Err(e),
             };
-            if !held.breakable(&info.host, info.pid) {
+            if !held.breakable(store, &info.host, info.pid)? {
                 return Err(Error::Locked {
                     url: store.url().into(),
                     holder: held.describe(),
@@ -369,7 +373,7 @@ pub fn unlock(store: &Store, keys: &Keyring) -> Result<Option<LockInfo>> {
         Ok(None) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if !held.breakable(&hostname(), std::process::id()) {
+    if !held.breakable(store, &hostname(), std::process::id())? {
         return Err(Error::Locked {
             url: store.url().into(),
             holder: format!(
@@ -393,8 +397,48 @@ fn break_judged(store: &Store, raw: &Bytes) -> Result<()> {
     }
 }
 
-fn age(t: SystemTime) -> Duration {
-    SystemTime::now().duration_since(t).unwrap_or_default()
+/// Whether the lock went unrefreshed for `STALE`. The holder and the
+/// breaker may run on machines whose clocks disagree: a breaker whose clock
+/// runs 10 minutes ahead (or a holder's that runs behind) would take a live
+/// lock for a stale one by the holder's `refreshed_ns` alone. So the store's
+/// clock must agree: the lock object was last written `STALE` ago by the
+/// time the store gives a probe object written now. `held` is the lock as
+/// read, None for an unreadable one (judged by the store's clock alone).
+fn stale_by_time(store: &Store, held: Option<&LockInfo>) -> Result<bool> {
+    if let Some(held) = held {
+        if now_ns().saturating_sub(held.refreshed_ns) <= STALE.as_nanos() as i64 {
+            return Ok(false);
+        }
+    }
+    Ok(written_ago_by_store(store)?.is_some_and(|ago| ago > STALE))
+}
+
+/// How long before now, by the store's own clock, the lock object was last
+/// written (None: there is none now). The store's "now" is the modification
+/// time it gives a probe object written for the purpose (under `locks/`,
+/// which every store keeps as transient), deleted again.
+fn written_ago_by_store(store: &Store) -> Result<Option<Duration>> {
+    let Some(lock) = store.head(NAME)? else {
+        return Ok(None);
+    };
+    let probe = format!("locks/clock-{}", hex::encode(random_bytes::<8>()));
+    store.put(&probe, Bytes::from_static(b"what time is it"))?;
+    let now = store.head(&probe);
+    if let Err(e) = store.delete(&probe) {
+        crate::log!("warning: could not delete {probe} (harmless): {e}");
+    }
+    let Some(now) = now? else {
+        return Err(Error::Store {
+            url: store.url().into(),
+            object: probe,
+            reason: "an object just written is not there".into(),
+        });
+    };
+    Ok(Some(
+        now.modified
+            .duration_since(lock.modified)
+            .unwrap_or_default(),
+    ))
 }
 
 fn refresh_loop(
@@ -753,5 +797,72 @@ mod tests {
         // A live holder's lock is not removed.
         let err = unlock(&store, &keys).err().unwrap().to_string();
         assert!(err.contains("which is running"), "{err}");
+    }
+
+    /// Whether a lock may be broken for want of refreshes is judged by the
+    /// store's clock too, not by the holder's `refreshed_ns` against the
+    /// breaker's clock alone: a breaker whose clock runs 11 minutes ahead
+    /// (or a holder whose clock runs behind) took a live lock for a stale
+    /// one and broke it (found by review).
+    #[test]
+    fn a_live_lock_is_not_stale_by_a_skewed_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("file://{}", dir.path().display()), true).unwrap();
+        let keys = Arc::new(Keyring::generate([0; 16], ChunkerParams::DEFAULT));
+        let eleven_minutes = 11 * 60 * 1_000_000_000;
+        // Another machine's backup, refreshed just now by the store's clock,
+        // whose clock runs 11 minutes behind ours.
+        let skewed = LockInfo {
+            host: "elsewhere".into(),
+            pid: 4242,
+            since_ns: now_ns() - eleven_minutes,
+            refreshed_ns: now_ns() - eleven_minutes,
+            token: [5; 16],
+            purpose: "backup".into(),
+            outbox: String::new(),
+            boot: "another-boot".into(),
+        };
+        let raw = sealed::seal(&keys, MAGIC, VERSION, &skewed.encode());
+        store.put(NAME, Bytes::from(raw)).unwrap();
+        let err = WriterLock::acquire(&store, keys.clone(), "prune", "")
+            .err()
+            .expect("a lock written just now was broken")
+            .to_string();
+        assert!(err.contains("backup on host elsewhere"), "{err}");
+        let err = unlock(&store, &keys).err().unwrap().to_string();
+        assert!(err.contains("which is running"), "{err}");
+        assert_eq!(read_lock(&store, &keys).unwrap().unwrap().0, skewed);
+
+        // The same lock not written for 11 minutes by the store's clock too:
+        // stale, broken.
+        let path = dir.path().join(NAME);
+        let set_written = |ago: Duration| {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(SystemTime::now() - ago)
+                .unwrap();
+        };
+        set_written(Duration::from_secs(11 * 60));
+        let lock = WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
+        lock.check().unwrap();
+        drop(lock);
+
+        // Unreadable locks go by the store's clock alone. No probe is left.
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = WriterLock::acquire(&store, keys.clone(), "prune", "")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("an unreadable lock"), "{err}");
+        set_written(Duration::from_secs(11 * 60));
+        let lock = WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
+        lock.check().unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("locks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("writer")]);
     }
 }
