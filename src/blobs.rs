@@ -281,14 +281,7 @@ impl BlobReader {
                 return Ok(d);
             }
         }
-        let (pack, loc) = {
-            let ix = self.repo.index();
-            let (p, l) = ix.get(id).ok_or_else(|| Error::Missing {
-                url: self.repo.url().into(),
-                object: format!("{} blob {}", kind.name(), id.short()),
-            })?;
-            (p.clone(), l)
-        };
+        let (pack, loc) = self.repo.first_copy(kind, id)?;
         #[cfg(test)]
         self.fetched
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -299,7 +292,12 @@ impl BlobReader {
             // missing or fails to verify.
             Err(e) if e.is_damage() => {
                 let (d, damaged) = self.repo.read_blob_elsewhere(kind, id, (pack.id, loc), e)?;
-                for e in damaged {
+                // A pack gone from the store is logged once, where it is
+                // found gone.
+                for e in damaged
+                    .into_iter()
+                    .filter(|e| !matches!(e, Error::Missing { .. }))
+                {
                     crate::log!(
                         "warning: {e}; {} blob {} was read from another copy (run `secrate check`)",
                         kind.name(),

@@ -253,13 +253,7 @@ mod tests {
     use crate::repo::tree::{ChunkRef, Tree};
     use crate::repo::Secret;
 
-    struct Quiet;
-    impl Progress for Quiet {
-        fn start(&self, _: &str, _: Option<u64>) {}
-        fn advance(&self, _: u64) {}
-        fn finish(&self) {}
-        fn warn(&self, _: &str) {}
-    }
+    use crate::progress::Quiet;
 
     fn reopen(r: &Repository) -> Arc<Repository> {
         let r = Repository::open(
@@ -272,7 +266,7 @@ mod tests {
     }
 
     /// A snapshot of one file whose chunks are `chunks`.
-    fn snapshot_of(repo: &Arc<Repository>, chunks: Vec<ChunkRef>) {
+    fn snapshot_of(repo: &Arc<Repository>, chunks: Vec<ChunkRef>) -> Id {
         let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
         let tree = Tree {
             entries: vec![file("f", chunks)],
@@ -284,7 +278,7 @@ mod tests {
             host: hostname(),
             ..Snapshot::test(now_ns(), Origin::Mount, root)
         })
-        .unwrap();
+        .unwrap()
     }
 
     /// After `repair`, a mount writes `Id::LOST` for what was lost: known
@@ -314,5 +308,65 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("may hold snapshots"), "{err}");
+    }
+
+    /// A reader that loaded the index before another writer's prune (a
+    /// read-only mount on another machine, a restore) reads the blobs the
+    /// prune moved out of a mostly unused pack: the old pack is gone, so
+    /// the index deltas written since are loaded and the new copy read.
+    /// (Found by review: every such read failed until the reader started
+    /// again.)
+    #[test]
+    fn a_reader_finds_the_blobs_a_prune_moved() {
+        let repo = Arc::new(test_init("memory://prune-moved"));
+        let kept = b"read by the snapshot that stays".to_vec();
+        let dropped = vec![7u8; 100_000];
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let kept_id = w.add(BlobKind::Data, &kept).unwrap();
+        let dropped_id = w.add(BlobKind::Data, &dropped).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        assert_eq!(packs.len(), 1, "both blobs in one pack");
+        repo.write_index(&packs).unwrap();
+        let chunk = |id, len: usize| ChunkRef {
+            id,
+            len: len as u32,
+        };
+        let old = snapshot_of(
+            &repo,
+            vec![chunk(kept_id, kept.len()), chunk(dropped_id, dropped.len())],
+        );
+        snapshot_of(&repo, vec![chunk(kept_id, kept.len())]);
+        let reader = reopen(&repo);
+        let cache = tempfile::tempdir().unwrap();
+        let blobs = crate::blobs::BlobReader::new(reopen(&repo), cache.path(), 0).unwrap();
+
+        repo.store()
+            .delete(&crate::repo::snapshot::snapshot_name(&old))
+            .unwrap();
+        let report = prune(reopen(&repo), &PruneOptions::default(), &Quiet).unwrap();
+        assert_eq!(report.packs_repacked, 1);
+        assert!(repo
+            .store()
+            .head(&pack_name(&packs[0].id))
+            .unwrap()
+            .is_none());
+
+        assert_eq!(reader.read_blob(BlobKind::Data, &kept_id).unwrap(), kept);
+        // Again: straight to the new copy.
+        assert_eq!(reader.read_blob(BlobKind::Data, &kept_id).unwrap(), kept);
+        assert_eq!(
+            reader.first_copy(BlobKind::Data, &kept_id).unwrap().0.id,
+            reader.index().copies(&kept_id)[1].0.id
+        );
+        // The mount's reader too.
+        assert_eq!(
+            &blobs.blob(BlobKind::Data, &kept_id).unwrap()[..],
+            &kept[..]
+        );
+        // What the prune removed stays missing.
+        assert!(reader
+            .read_blob(BlobKind::Data, &dropped_id)
+            .unwrap_err()
+            .is_damage());
     }
 }

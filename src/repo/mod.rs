@@ -118,7 +118,16 @@ pub struct Repository {
     index: RwLock<Index>,
     loaded_deltas: Mutex<HashSet<String>>,
     pack_keys: Mutex<HashMap<Id, PackKey>>,
+    /// Packs the index lists that a read found gone from the store (pruned
+    /// by another writer since the index was loaded, or lost): their copies
+    /// are read last.
+    gone_packs: Mutex<HashSet<Id>>,
+    /// When `reload_index_for_gone` last loaded new index deltas.
+    index_reloaded: Mutex<Option<std::time::Instant>>,
 }
+
+/// `reload_index_for_gone` lists the index at most this often.
+const INDEX_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn now_secs() -> i64 {
     lock::now_ns() / 1_000_000_000
@@ -186,6 +195,8 @@ impl Repository {
             index: RwLock::new(Index::new()),
             loaded_deltas: Mutex::new(HashSet::new()),
             pack_keys: Mutex::new(HashMap::new()),
+            gone_packs: Mutex::new(HashSet::new()),
+            index_reloaded: Mutex::new(None),
         }
     }
 
@@ -624,14 +635,7 @@ impl Repository {
                 what: format!("{} blob", kind.name()),
             });
         }
-        let (pack, loc) = {
-            let ix = self.index();
-            let (p, l) = ix.get(id).ok_or_else(|| Error::Missing {
-                url: self.url().into(),
-                object: format!("{} blob {}", kind.name(), id.short()),
-            })?;
-            (p.clone(), l)
-        };
+        let (pack, loc) = self.first_copy(kind, id)?;
         match self.read_blob_at(kind, id, &pack, loc) {
             Ok(data) => Ok((data, Vec::new())),
             Err(e) if e.is_damage() => self.read_blob_elsewhere(kind, id, (pack.id, loc), e),
@@ -645,6 +649,13 @@ impl Repository {
     /// the damaged copies read past, `first` among them; `first` if every
     /// copy is damaged (or there is no other); any other error as it is,
     /// at once (it says nothing about whether the blob is lost).
+    ///
+    /// When every copy it knows of failed and a pack was missing, the blob
+    /// may have moved: a prune by another writer (this process loaded the
+    /// index before it: a read-only mount, a restore) stores the used blobs
+    /// of a mostly unused pack again in a new pack, indexes them in a new
+    /// delta and deletes the old pack. So the index deltas written since
+    /// are loaded (`reload_index_for_gone`) and the copies they add tried.
     pub fn read_blob_elsewhere(
         &self,
         kind: BlobKind,
@@ -652,22 +663,104 @@ impl Repository {
         failed: (Id, BlobLoc),
         first: Error,
     ) -> Result<(Vec<u8>, Vec<Error>)> {
-        let others: Vec<(PackMeta, BlobLoc)> = self
-            .index()
-            .copies(id)
-            .into_iter()
-            .filter(|(p, l)| (p.id, l.offset) != (failed.0, failed.1.offset))
-            .map(|(p, l)| (p.clone(), l))
-            .collect();
+        let mut tried = vec![(failed.0, failed.1.offset)];
+        let mut gone = self.note_gone(failed.0, &first);
         let mut damaged = vec![first];
-        for (pack, loc) in others {
-            match self.read_blob_at(kind, id, &pack, loc) {
-                Ok(data) => return Ok((data, damaged)),
-                Err(e) if e.is_damage() => damaged.push(e),
-                Err(e) => return Err(e),
+        let mut reloaded = false;
+        loop {
+            let others: Vec<(PackMeta, BlobLoc)> = self
+                .index()
+                .copies(id)
+                .into_iter()
+                .filter(|(p, l)| !tried.contains(&(p.id, l.offset)))
+                .map(|(p, l)| (p.clone(), l))
+                .collect();
+            for (pack, loc) in others {
+                tried.push((pack.id, loc.offset));
+                match self.read_blob_at(kind, id, &pack, loc) {
+                    Ok(data) => return Ok((data, damaged)),
+                    Err(e) if e.is_damage() => {
+                        gone |= self.note_gone(pack.id, &e);
+                        damaged.push(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if reloaded || !gone || !self.reload_index_for_gone() {
+                return Err(damaged.swap_remove(0));
+            }
+            reloaded = true;
+        }
+    }
+
+    /// Where to read blob `id` first: its first copy, unless that copy's
+    /// pack was found gone and another copy is in a pack not found gone.
+    pub fn first_copy(&self, kind: BlobKind, id: &Id) -> Result<(PackMeta, BlobLoc)> {
+        let ix = self.index();
+        let missing = || Error::Missing {
+            url: self.url().into(),
+            object: format!("{} blob {}", kind.name(), id.short()),
+        };
+        let (p, l) = ix.get(id).ok_or_else(missing)?;
+        let gone = self.gone_packs.lock().unwrap_or_else(|e| e.into_inner());
+        if gone.contains(&p.id) {
+            if let Some((p, l)) = ix
+                .copies(id)
+                .into_iter()
+                .find(|(p, _)| !gone.contains(&p.id))
+            {
+                return Ok((p.clone(), l));
             }
         }
-        Err(damaged.swap_remove(0))
+        Ok((p.clone(), l))
+    }
+
+    /// After a read of a copy in `pack` failed with `e`: if the pack is
+    /// missing from the store, remember it as gone (logged once per pack).
+    /// True if it is missing.
+    fn note_gone(&self, pack: Id, e: &Error) -> bool {
+        if !matches!(e, Error::Missing { .. }) {
+            return false;
+        }
+        let new = self
+            .gone_packs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pack);
+        if new {
+            crate::log!(
+                "pack {} is gone from the store (pruned by another writer, or lost): \
+                 its blobs are read from their other copies",
+                pack.short()
+            );
+        }
+        true
+    }
+
+    /// Load the index deltas written since the index was loaded, unless
+    /// that was done less than `INDEX_RELOAD_EVERY` ago (by another read,
+    /// whose result the caller then sees). False if loading failed.
+    fn reload_index_for_gone(&self) -> bool {
+        let mut last = self
+            .index_reloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < INDEX_RELOAD_EVERY) {
+            return true;
+        }
+        *last = Some(std::time::Instant::now());
+        match self.load_index() {
+            Ok(problems) => {
+                for p in problems {
+                    crate::log!("warning: loading the index again: {p}");
+                }
+                true
+            }
+            Err(e) => {
+                crate::log!("warning: loading the index again: {e}");
+                false
+            }
+        }
     }
 
     /// Read, decrypt and verify the copy of blob `id` at `loc` in `pack`.
@@ -1231,11 +1324,13 @@ pub(crate) mod tests {
                 Ok(d) => assert!(!delete && d == chunk(lone as u8)),
                 Err(e) => assert!(delete && e.is_missing(), "{e}"),
             }
-            // The other copy damaged too: the first copy's error.
+            // The other copy damaged too: the error of the copy read first
+            // (the other one, once the first copy's pack was found gone).
             damage_blob(repo, &data[1], &ids[0]);
             let e = r.read_blob(BlobKind::Data, &ids[0]).unwrap_err();
             assert!(e.is_damage(), "{e}");
-            assert!(e.to_string().contains(&pack_name(&data[0].id)), "{e}");
+            let first = if delete { &data[1] } else { &data[0] };
+            assert!(e.to_string().contains(&pack_name(&first.id)), "{e}");
         }
 
         let two = two_copies_repo("memory://read-past-store-error");
