@@ -2484,7 +2484,7 @@ fn a_read_only_mount_reads_what_a_prune_moved() {
     );
     let out = s.ok(&["forget", "--keep-last", "1", "--prune"]);
     assert!(
-        out.contains("repack"),
+        out.contains("repacked 1 "),
         "the pack of both files was not repacked: {out}"
     );
     assert!(fs::read(m.path("kept")).unwrap() == kept, "kept differs");
