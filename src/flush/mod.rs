@@ -8,7 +8,8 @@
 //! background, takes outbox items in order, and retries until the store
 //! has them; a kill at any point resumes from the outbox. A read-only
 //! mount runs neither; it follows the store's snapshot list instead
-//! (`follow_store`).
+//! (`follow_store`). Whoever shows the list (`.history`) is told after it
+//! changed, with no lock of the flusher held (`on_snapshots_changed`).
 
 pub mod outbox;
 mod seal;
@@ -83,6 +84,11 @@ pub struct Flusher {
     progress: (Mutex<u64>, Condvar),
     stop: AtomicBool,
     snapshots: RwLock<Vec<SnapEntry>>,
+    /// Called after the snapshot list gained or lost a snapshot, on the
+    /// thread that changed it, with none of the flusher's locks held: it
+    /// tells the kernel, which may call back into the filesystem
+    /// meanwhile.
+    on_change: Mutex<Option<ChangeHook>>,
     cache_size: std::sync::atomic::AtomicU64,
     /// (uploaded generation, cache size, chunk cache usage) at which clean
     /// data last fit the cache size. Staged copies only become evictable
@@ -90,6 +96,8 @@ pub struct Flusher {
     /// grows, it still fits.
     fit: Mutex<Option<(u64, u64, u64)>>,
 }
+
+type ChangeHook = Arc<dyn Fn() + Send + Sync>;
 
 fn time_str(t: SystemTime) -> String {
     let ns = t
@@ -207,6 +215,7 @@ impl Flusher {
             progress: (Mutex::new(0), Condvar::new()),
             stop: AtomicBool::new(false),
             snapshots: RwLock::new(snaps),
+            on_change: Mutex::new(None),
             cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
             fit: Mutex::new(None),
         }))
@@ -217,6 +226,25 @@ impl Flusher {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Call `f` after each change of the snapshot list (a snapshot sealed,
+    /// forgotten by retention, or added or forgotten in the store and
+    /// followed), with no lock of the flusher held.
+    pub fn on_snapshots_changed(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.on_change.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(f));
+    }
+
+    /// The list changed: tell whoever shows it. Callers hold no lock.
+    fn snapshots_changed(&self) {
+        let hook = self
+            .on_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = hook {
+            f();
+        }
     }
 
     /// Wake the uploader.
@@ -414,19 +442,28 @@ impl Flusher {
             problems.extend(self.repo.load_index()?);
         }
         let listed: std::collections::HashSet<Id> = ids.into_iter().collect();
-        let mut snaps = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
-        // Gone from the listing: forgotten (one not uploaded yet is ours).
-        snaps.retain(|s| !s.uploaded || listed.contains(&s.id));
-        for (id, snapshot) in added {
-            if !snaps.iter().any(|s| s.id == id) {
-                snaps.push(SnapEntry {
-                    id,
-                    snapshot,
-                    uploaded: true,
-                });
+        let changed = {
+            let mut snaps = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
+            let before = snaps.len();
+            // Gone from the listing: forgotten (one not uploaded yet is ours).
+            snaps.retain(|s| !s.uploaded || listed.contains(&s.id));
+            let mut changed = snaps.len() != before;
+            for (id, snapshot) in added {
+                if !snaps.iter().any(|s| s.id == id) {
+                    snaps.push(SnapEntry {
+                        id,
+                        snapshot,
+                        uploaded: true,
+                    });
+                    changed = true;
+                }
             }
+            sort_snapshots(&mut snaps);
+            changed
+        };
+        if changed {
+            self.snapshots_changed();
         }
-        sort_snapshots(&mut snaps);
         Ok(problems)
     }
 
@@ -448,18 +485,27 @@ impl Flusher {
         let decisions = crate::ops::forget::decide(&mine, Some(policy), &[]);
         let newest = decisions.first().map(|d| d.id);
         let mut gone = 0;
+        let mut result = Ok(());
         for d in decisions.iter().filter(|d| !d.keep && Some(d.id) != newest) {
-            self.check_lock()?;
-            self.repo
-                .store()
-                .delete(&crate::repo::snapshot::snapshot_name(&d.id))?;
+            result = self.check_lock().and_then(|()| {
+                self.repo
+                    .store()
+                    .delete(&crate::repo::snapshot::snapshot_name(&d.id))
+            });
+            if result.is_err() {
+                break;
+            }
             self.snapshots
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|s| s.id != d.id);
             gone += 1;
         }
-        Ok(gone)
+        // Also when one failed: those before it are gone.
+        if gone > 0 {
+            self.snapshots_changed();
+        }
+        result.map(|()| gone)
     }
 
     /// Ask the background threads to stop (the uploader finishes its item).

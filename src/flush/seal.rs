@@ -59,7 +59,12 @@ impl Flusher {
     /// one. Returns what was sealed.
     pub fn seal(&self) -> Result<Option<SealOutcome>> {
         // The tree is built recursively, a frame per directory level.
-        crate::deep::run(|| self.seal_here())?
+        let sealed = crate::deep::run(|| self.seal_here())??;
+        if sealed.is_some() {
+            // Its locks are released: `.history` gained one.
+            self.snapshots_changed();
+        }
+        Ok(sealed)
     }
 
     fn seal_here(&self) -> Result<Option<SealOutcome>> {

@@ -8,13 +8,20 @@
 //! kernel holds lookups on it or an open listing shows it, and then goes
 //! (see `history/nodes.rs`), so walking many snapshots does not grow the
 //! daemon without bound. A number the kernel forgot is ENOENT.
+//! When the snapshot list changes the kernel is told what it may have
+//! cached that is no longer so (`snapshots_changed`): a forgotten
+//! snapshot's name is ENOENT at once, not when its entry times out.
 //! Trees are read on demand through the blob reader: opening a file in an
 //! old snapshot reads the trees on its path and the chunks it reads.
 
 mod nodes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, RwLock};
+
+use fuser::{INodeNo, Notifier};
 
 use self::nodes::{Hold, Nodes};
 
@@ -85,11 +92,19 @@ impl Drop for Pins {
 /// (when retention forgets the first of two snapshots of one second, the
 /// second keeps `T-1`): the kernel keeps a name's inode and a file's pages
 /// by name, and a name that changed its snapshot would show the forgotten
-/// snapshot's cached bytes under the name of a kept one.
+/// snapshot's cached bytes under the name of a kept one. A forgotten
+/// snapshot's name is let go (`release`) once the kernel was told and
+/// holds no node by it, so that a mount that sees snapshot after snapshot
+/// come and go keeps only the names of those listed: a later snapshot of
+/// that very second may then get it, as a new node with a new number.
 #[derive(Default)]
 pub struct SnapshotNames {
     by_id: HashMap<Id, Vec<u8>>,
-    taken: std::collections::HashSet<Vec<u8>>,
+    taken: HashSet<Vec<u8>>,
+    /// The newest snapshot when the list was last looked at (`update`).
+    newest: Option<Id>,
+    /// Names of forgotten snapshots not yet released.
+    forgotten: Vec<Vec<u8>>,
 }
 
 impl SnapshotNames {
@@ -113,6 +128,40 @@ impl SnapshotNames {
                 (name, s)
             })
             .collect()
+    }
+
+    /// The list is now `snaps`: the names of the snapshots that left it
+    /// (kept as taken until `release`), and whether the newest is another
+    /// than at the last update.
+    pub fn update(&mut self, snaps: &[SnapEntry]) -> (Vec<Vec<u8>>, bool) {
+        let listed: HashSet<Id> = snaps.iter().map(|s| s.id).collect();
+        let mut gone = Vec::new();
+        self.by_id.retain(|id, name| {
+            let keep = listed.contains(id);
+            if !keep {
+                gone.push(name.clone());
+            }
+            keep
+        });
+        self.forgotten.extend(gone.iter().cloned());
+        let newest = snaps.last().map(|s| s.id);
+        let moved = newest != self.newest;
+        self.newest = newest;
+        (gone, moved)
+    }
+
+    /// Let go of the forgotten snapshots' names `free` says may be given
+    /// again; the others wait for a later update.
+    pub fn release(&mut self, free: impl Fn(&[u8]) -> bool) {
+        let taken = &mut self.taken;
+        self.forgotten.retain(|name| {
+            if free(name) {
+                taken.remove(name);
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
@@ -179,6 +228,38 @@ impl History {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// The snapshot list changed (the flusher calls this on the thread
+    /// that changed it, with none of its locks held). Tell the kernel what
+    /// it may hold that is no longer so: the entries of forgotten
+    /// snapshots (else their names resolve until the entry times out, a
+    /// minute), the attributes of `latest` if the newest changed, and of
+    /// `.history`. No lock is held while telling: the kernel may wait for
+    /// requests in flight on `.history`, and they take these locks.
+    pub fn snapshots_changed(&self, notifier: &Notifier) {
+        let snaps = self.flusher.snapshots();
+        let (gone, moved) = self
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&snaps);
+        for name in &gone {
+            // Not cached (never looked up, or evicted): nothing to do.
+            let _ = notifier.inval_entry(INodeNo(HISTORY_INO), OsStr::from_bytes(name));
+        }
+        let latest = self.read_nodes().known(HISTORY_INO, LATEST);
+        if let (true, Some(ino)) = (moved, latest) {
+            let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+        }
+        let _ = notifier.inval_inode(INodeNo(HISTORY_INO), 0, 0);
+        // A name the kernel was told of and holds no node by may be given
+        // again (its node, if it comes back, is a new one).
+        let nodes = self.read_nodes();
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(|name| nodes.known(HISTORY_INO, name).is_none());
     }
 
     fn snapshot_names<'a>(&self, snaps: &'a [SnapEntry]) -> Vec<(Vec<u8>, &'a SnapEntry)> {
@@ -418,5 +499,50 @@ mod tests {
             names_of(&mut names, &[b.clone(), c.clone()]),
             [format!("{t}-1"), format!("{t}-2")]
         );
+    }
+
+    /// Found in stop 28: every name ever given stayed for the life of the
+    /// mount, so one that sees snapshot after snapshot sealed and
+    /// forgotten grew for ever. A forgotten snapshot's name goes once the
+    /// kernel holds nothing by it, and only then may it be given again.
+    #[test]
+    fn names_of_forgotten_snapshots_go_once_the_kernel_lets_go() {
+        let second = 1_700_000_000_000_000_000;
+        let mut names = SnapshotNames::default();
+        let mut listed = Vec::new();
+        for k in 0..1000i64 {
+            let s = snap((k % 200) as u8, second + k * 1_000_000_000);
+            listed.push(s.clone());
+            names.name(&listed);
+            // Retention keeps the newest two.
+            if listed.len() > 2 {
+                listed.remove(0);
+            }
+            let (gone, moved) = names.update(&listed);
+            assert!(moved);
+            assert_eq!(gone.len(), usize::from(k >= 2));
+            names.release(|_| true);
+        }
+        assert_eq!((names.by_id.len(), names.taken.len()), (2, 2));
+        assert!(names.forgotten.is_empty());
+
+        // One the kernel still holds keeps its name taken.
+        let (a, b) = (snap(1, second), snap(2, second + 5));
+        let mut names = SnapshotNames::default();
+        let t = a.snapshot.time_rfc3339().into_bytes();
+        names.name(std::slice::from_ref(&a));
+        assert_eq!(
+            names.update(std::slice::from_ref(&b)),
+            (vec![t.clone()], true)
+        );
+        names.release(|_| false);
+        assert_ne!(
+            names.name(std::slice::from_ref(&b))[0].0,
+            t,
+            "given while held"
+        );
+        names.release(|_| true);
+        let c = snap(3, second + 7);
+        assert_eq!(names.name(&[b, c])[1].0, t, "free again once let go");
     }
 }

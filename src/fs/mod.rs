@@ -74,7 +74,8 @@ pub struct SecrateFs {
     /// Open directories.
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_fh: AtomicU64,
-    /// Sends the kernel file content before it asks (set once mounted).
+    /// Sends the kernel file content before it asks, and tells it what
+    /// `.history` lost (set once mounted).
     notifier: Arc<OnceLock<Notifier>>,
 }
 
@@ -212,7 +213,15 @@ impl SecrateFs {
         flusher: Arc<Flusher>,
         read_only: bool,
     ) -> SecrateFs {
-        let history = Arc::new(History::new(flusher, reader.clone()));
+        let history = Arc::new(History::new(flusher.clone(), reader.clone()));
+        let notifier = Arc::new(OnceLock::<Notifier>::new());
+        // Weak: the flusher keeps the hook, and the view keeps the flusher.
+        let (view, kernel) = (Arc::downgrade(&history), notifier.clone());
+        flusher.on_snapshots_changed(move || {
+            if let (Some(h), Some(n)) = (view.upgrade(), kernel.get()) {
+                h.snapshots_changed(n);
+            }
+        });
         SecrateFs {
             ahead: Ahead::start(&live, &history, reader.clone()),
             history,
@@ -221,7 +230,7 @@ impl SecrateFs {
             read_only,
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            notifier: Arc::new(OnceLock::new()),
+            notifier,
         }
     }
 

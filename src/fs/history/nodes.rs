@@ -7,8 +7,9 @@
 //! lookups on it or an open directory listing pins it (a plain READDIR
 //! shows its number, and a LOOKUP of that name should find the same one);
 //! when both reach zero it goes, with every name it was handed out under.
-//! Snapshot roots and `latest` (the children of `.history`) are few and
-//! stay for the life of the mount.
+//! Snapshot roots and `latest` too: a mount that looks into one snapshot
+//! after another, while retention or another process forgets them, keeps
+//! only what the kernel holds.
 //!
 //! Invariants, all kept under the one lock the owner (`History`) takes:
 //! - A number is given once, from a counter, and never reused: the kernel
@@ -21,6 +22,10 @@
 //! - Hard links of one snapshot (same recorded device and inode, more than
 //!   one link) share one node, found through `by_link`, while any of their
 //!   names is known.
+//! - A name in `.history` finds its node only for the snapshot it was
+//!   handed out for (the same root tree): a name is given to another
+//!   snapshot only after the first was forgotten and the kernel let go of
+//!   it, and even then it gets a new number.
 
 use std::collections::HashMap;
 
@@ -52,13 +57,6 @@ struct Slot {
     link: Option<LinkKey>,
 }
 
-impl Slot {
-    /// A child of `.history`: a snapshot root or `latest`.
-    fn permanent(&self) -> bool {
-        self.parent == HISTORY_INO
-    }
-}
-
 pub struct Nodes {
     slots: HashMap<u64, Slot>,
     by_name: HashMap<(u64, Vec<u8>), u64>,
@@ -88,7 +86,6 @@ impl Nodes {
     }
 
     /// The node `name` in `parent` is known as, if any (holds nothing).
-    #[cfg(test)]
     pub fn known(&self, parent: u64, name: &[u8]) -> Option<u64> {
         self.by_name.get(&(parent, name.to_vec())).copied()
     }
@@ -107,9 +104,14 @@ impl Nodes {
         let key = (parent, name.to_vec());
         if let Some(&ino) = self.by_name.get(&key) {
             if let Some(slot) = self.slots.get_mut(&ino) {
-                slot.node = node;
-                add(slot, hold);
-                return Some(ino);
+                if same_snapshot(&slot.node, &node) {
+                    slot.node = node;
+                    add(slot, hold);
+                    return Some(ino);
+                }
+                // A forgotten snapshot's root, its name given to another:
+                // the old node keeps its number for what holds it.
+                self.by_name.remove(&key);
             }
         }
         let root = if parent == HISTORY_INO {
@@ -173,7 +175,7 @@ impl Nodes {
             Hold::Lookup => slot.lookups = slot.lookups.saturating_sub(n),
             Hold::Pin => slot.pins = slot.pins.saturating_sub(n),
         }
-        if slot.lookups > 0 || slot.pins > 0 || slot.permanent() {
+        if slot.lookups > 0 || slot.pins > 0 {
             return;
         }
         if let Some(slot) = self.slots.remove(&ino) {
@@ -188,6 +190,16 @@ impl Nodes {
                 }
             }
         }
+    }
+}
+
+/// Whether `new`, found under the name `old` is known by, is the same
+/// node: a snapshot root stays one only for the same tree.
+fn same_snapshot(old: &Node, new: &Node) -> bool {
+    match (old, new) {
+        (Node::Root { tree: a, .. }, Node::Root { tree: b, .. }) => a == b,
+        (Node::Root { .. }, _) | (_, Node::Root { .. }) => false,
+        _ => true,
     }
 }
 
@@ -251,11 +263,67 @@ mod tests {
         assert_eq!(t.known(r, b"a"), None);
         assert_eq!(t.parent(a), None);
         assert!(!t.hold(a, Hold::Lookup), "a dropped node takes no holds");
-        // Only the root is left, and it stays when forgotten.
+        // Only the root is left, and it goes too when forgotten.
         assert_eq!(t.len(), 1);
         t.release(r, Hold::Lookup, 1);
-        assert!(t.get(r).is_some());
-        assert_eq!(t.len(), 1);
+        assert!(t.get(r).is_none());
+        assert_eq!(t.len(), 0);
+    }
+
+    fn root_of(tree: u8) -> Node {
+        Node::Root {
+            tree: Id([tree; 32]),
+            meta: RootMeta::default(),
+        }
+    }
+
+    /// Found in stop 28: snapshot roots and `latest` stayed for the life of
+    /// the mount, forgotten snapshots' too, so a mount that looked into
+    /// snapshot after snapshot while retention forgot them grew for ever.
+    #[test]
+    fn snapshot_roots_go_when_the_kernel_forgets_them() {
+        let mut t = Nodes::default();
+        for k in 0..1000u32 {
+            let name = format!("2026-12-06T20:{k:04}Z");
+            let r = t
+                .hand_out(HISTORY_INO, name.as_bytes(), root(), Hold::Lookup)
+                .unwrap();
+            let a = t.hand_out(r, b"a", entry("a"), Hold::Lookup).unwrap();
+            let l = t
+                .hand_out(HISTORY_INO, b"latest", Node::Latest, Hold::Pin)
+                .unwrap();
+            t.release(a, Hold::Lookup, 1);
+            t.release(r, Hold::Lookup, 1);
+            t.release(l, Hold::Pin, 1);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.by_name.is_empty() && t.by_link.is_empty());
+    }
+
+    /// A name given to another snapshot (the first was forgotten) never
+    /// finds the first one's node, which a process may still hold.
+    #[test]
+    fn a_name_given_to_another_snapshot_is_a_new_node() {
+        let mut t = Nodes::default();
+        let old = t
+            .hand_out(HISTORY_INO, b"T", root_of(1), Hold::Lookup)
+            .unwrap();
+        // The same snapshot (sealed, then uploaded): the same node.
+        assert_eq!(
+            t.hand_out(HISTORY_INO, b"T", root_of(1), Hold::Lookup),
+            Some(old)
+        );
+        let new = t
+            .hand_out(HISTORY_INO, b"T", root_of(2), Hold::Lookup)
+            .unwrap();
+        assert_ne!(new, old);
+        assert!(matches!(t.get(old), Some(Node::Root { tree, .. }) if *tree == Id([1; 32])));
+        assert_eq!(t.known(HISTORY_INO, b"T"), Some(new));
+        // The old one goes when the kernel lets go of it, the name stays
+        // with the new one.
+        t.release(old, Hold::Lookup, 2);
+        assert!(t.get(old).is_none());
+        assert_eq!(t.known(HISTORY_INO, b"T"), Some(new));
     }
 
     #[test]
