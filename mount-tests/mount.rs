@@ -2584,6 +2584,67 @@ fn a_snapshot_retention_forgets_is_enoent_at_once() {
     m.umount();
 }
 
+/// While a program lists `.history` and looks up every name in it over
+/// and over, retention seals and forgets snapshot after snapshot: no
+/// request waits on another (the kernel is told with no lock held), and
+/// every forgotten name is ENOENT once the seal interval and a second have
+/// passed, though a listing or lookup may have been answered from the old
+/// list while the snapshot was being forgotten. (Found in stop 28.)
+#[test]
+fn forgotten_snapshots_are_enoent_while_history_is_listed() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !fuse_ready("forgotten_snapshots_are_enoent_while_history_is_listed") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let mut m = Mount::new(
+        &s,
+        &work.path().join("mnt"),
+        &work.path().join("cache"),
+        &["--snapshot-interval", "1", "--retention", "last=2"],
+    );
+    let history = m.path(".history");
+    let stop = AtomicBool::new(false);
+    let seen = std::thread::scope(|sc| {
+        let lister = sc.spawn(|| {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                for e in fs::read_dir(&history).unwrap().flatten() {
+                    let _ = fs::symlink_metadata(e.path());
+                    seen.insert(e.file_name().into_string().unwrap());
+                }
+            }
+            seen
+        });
+        for k in 0..30 {
+            fs::write(m.path("f"), format!("{k}")).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        stop.store(true, Ordering::Relaxed);
+        lister.join().unwrap()
+    });
+    // The last change sealed, retention run.
+    std::thread::sleep(FORGOTTEN_GOES_IN);
+    let now = m.history();
+    let forgotten: Vec<&String> = seen
+        .iter()
+        .filter(|n| *n != "latest" && !now.contains(n))
+        .collect();
+    assert!(
+        forgotten.len() >= 3,
+        "forgotten: {forgotten:?}, now {now:?}"
+    );
+    for name in forgotten {
+        match fs::symlink_metadata(history.join(name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => panic!("{name}, forgotten: {other:?}"),
+        }
+    }
+    m.umount();
+}
+
 /// A read-only mount reads the data another writer's prune moved out of a
 /// mostly unused pack. (Found by review: the mount read the pack its index
 /// named, which the prune had deleted, and every read of such data failed

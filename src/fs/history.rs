@@ -68,6 +68,11 @@ pub struct History {
     /// The nodes the kernel or an open listing may name (see `nodes.rs`).
     nodes: RwLock<Nodes>,
     names: Mutex<SnapshotNames>,
+    /// Held (shared) by a request whose reply hands the kernel children of
+    /// `.history`, until the reply is sent: `snapshots_changed` waits for
+    /// those in flight before it invalidates, so that none made from the
+    /// old list lands after (the kernel would cache it for a minute).
+    answering: RwLock<()>,
 }
 
 /// Pins an open directory's listing holds on the nodes it shows; they go
@@ -150,6 +155,11 @@ impl SnapshotNames {
         (gone, moved)
     }
 
+    /// Whether `name` was given to a snapshot not seen forgotten.
+    fn listed(&self, name: &[u8]) -> bool {
+        self.taken.contains(name) && !self.forgotten.iter().any(|f| f == name)
+    }
+
     /// Let go of the forgotten snapshots' names `free` says may be given
     /// again; the others wait for a later update.
     pub fn release(&mut self, free: impl Fn(&[u8]) -> bool) {
@@ -172,6 +182,7 @@ impl History {
             reader,
             nodes: RwLock::new(Nodes::default()),
             names: Mutex::new(SnapshotNames::default()),
+            answering: RwLock::new(()),
         }
     }
 
@@ -244,6 +255,11 @@ impl History {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .update(&snaps);
+        // Replies made from the old list are sent before the kernel is
+        // told (it orders them: it invalidates under the directory's lock,
+        // which a lookup or listing holds until its reply is in). Later
+        // ones see the new list.
+        drop(self.answering.write().unwrap_or_else(|e| e.into_inner()));
         for name in &gone {
             // Not cached (never looked up, or evicted): nothing to do.
             let _ = notifier.inval_entry(INodeNo(HISTORY_INO), OsStr::from_bytes(name));
@@ -260,6 +276,24 @@ impl History {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .release(|name| nodes.known(HISTORY_INO, name).is_none());
+    }
+
+    /// Held while answering a request that hands the kernel children of
+    /// `.history` (see `answering`), until its reply is sent.
+    pub fn answering(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.answering.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `name` in `.history` still names a snapshot (or `latest`)
+    /// as far as the kernel was told: a listing made before a snapshot
+    /// was forgotten must not hand its name to the kernel after.
+    pub fn listed(&self, name: &[u8]) -> bool {
+        name == LATEST
+            || self
+                .names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .listed(name)
     }
 
     fn snapshot_names<'a>(&self, snaps: &'a [SnapEntry]) -> Vec<(Vec<u8>, &'a SnapEntry)> {
@@ -535,6 +569,7 @@ mod tests {
             names.update(std::slice::from_ref(&b)),
             (vec![t.clone()], true)
         );
+        assert!(!names.listed(&t), "a forgotten name is not listed");
         names.release(|_| false);
         assert_ne!(
             names.name(std::slice::from_ref(&b))[0].0,

@@ -628,6 +628,8 @@ impl Filesystem for SecrateFs {
             };
         }
         if History::is_history(parent) {
+            // Until the reply is sent (see `History::answering`).
+            let _answering = (parent == HISTORY_INO).then(|| self.history.answering());
             let ino = match self.history.lookup(parent, name) {
                 Ok(ino) => ino,
                 Err(e) => return reply.error(errno(&e)),
@@ -1075,11 +1077,19 @@ impl Filesystem for SecrateFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        // Until the reply is sent (see `History::answering`).
+        let in_history = ino.0 == HISTORY_INO;
+        let _answering = in_history.then(|| self.history.answering());
         let (list, fresh) = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
         for (i, (child, _kind, name)) in list.entries.iter().enumerate().skip(offset as usize) {
+            // A snapshot forgotten since the listing was made: the kernel
+            // was told, or is about to be, that the name is gone.
+            if in_history && name != b"." && name != b".." && !self.history.listed(name) {
+                continue;
+            }
             // The kernel keeps each entry sent here as a name it knows: one
             // renamed or removed since the listing would live on there,
             // naming an inode it no longer names (writes to it would go to
