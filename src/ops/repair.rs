@@ -79,7 +79,9 @@ pub fn repair(
         });
     }
     let lock = repo.lock("repair")?;
-    for p in repo.load_index()? {
+    // Afresh: packs a prune deleted after the index was first loaded are
+    // not lost.
+    for p in repo.load_index_afresh()? {
         progress.warn(&format!("{p}; its packs are read from their headers"));
     }
     let (orphans, bad_headers) = repo.find_unindexed_packs()?;

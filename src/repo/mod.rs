@@ -122,12 +122,12 @@ pub struct Repository {
     /// by another writer since the index was loaded, or lost): their copies
     /// are read last.
     gone_packs: Mutex<HashSet<Id>>,
-    /// When `reload_index_for_gone` last loaded new index deltas.
+    /// When `reload_index_since` last began to load new index deltas.
     index_reloaded: Mutex<Option<std::time::Instant>>,
 }
 
-/// `reload_index_for_gone` lists the index at most this often.
-const INDEX_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// `reload_index_since` lists the index at most this often.
+const INDEX_RELOAD_GAP: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn now_secs() -> i64 {
     lock::now_ns() / 1_000_000_000
@@ -424,6 +424,19 @@ impl Repository {
         Ok(problems)
     }
 
+    /// Forget the index loaded so far and load it again from the deltas
+    /// the store lists now. For a writer that loaded it before it took the
+    /// lock: a prune that ran in between replaced deltas, and the packs
+    /// only those listed are gone on purpose, not lost.
+    pub fn load_index_afresh(&self) -> Result<Vec<Error>> {
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = Index::new();
+        self.loaded_deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.load_index()
+    }
+
     /// Drop from the in-memory index every pack the store does not hold
     /// (a lost pack, or an old index delta replayed into the store), so
     /// that a writer never dedups against blobs that are gone and a reader
@@ -456,8 +469,22 @@ impl Repository {
             .collect();
         let mut kept = Vec::new();
         for name in names {
-            // Read a moment ago; if it fails now, keep what we had.
-            let packs = self.read_delta(&name)?;
+            let packs = match self.read_delta(&name) {
+                Ok(packs) => packs,
+                // Gone since it was loaded: a prune or repair replaced it
+                // with a complete delta, written first (and loaded by the
+                // `load_index` before this), or it was lost. Either way
+                // what it listed is in the store only as far as another
+                // delta says so.
+                Err(Error::Missing { .. }) => {
+                    self.loaded_deltas
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             kept.extend(packs.into_iter().filter(|p| listed.contains(&p.id)));
         }
         let mut fresh = Index::new();
@@ -655,7 +682,7 @@ impl Repository {
     /// index before it: a read-only mount, a restore) stores the used blobs
     /// of a mostly unused pack again in a new pack, indexes them in a new
     /// delta and deletes the old pack. So the index deltas written since
-    /// are loaded (`reload_index_for_gone`) and the copies they add tried.
+    /// are loaded (`reload_index_since`) and the copies they add tried.
     pub fn read_blob_elsewhere(
         &self,
         kind: BlobKind,
@@ -663,6 +690,7 @@ impl Repository {
         failed: (Id, BlobLoc),
         first: Error,
     ) -> Result<(Vec<u8>, Vec<Error>)> {
+        let failed_at = std::time::Instant::now();
         let mut tried = vec![(failed.0, failed.1.offset)];
         let mut gone = self.note_gone(failed.0, &first);
         let mut damaged = vec![first];
@@ -686,7 +714,7 @@ impl Repository {
                     Err(e) => return Err(e),
                 }
             }
-            if reloaded || !gone || !self.reload_index_for_gone() {
+            if reloaded || !gone || !self.reload_index_since(failed_at) {
                 return Err(damaged.swap_remove(0));
             }
             reloaded = true;
@@ -695,7 +723,20 @@ impl Repository {
 
     /// Where to read blob `id` first: its first copy, unless that copy's
     /// pack was found gone and another copy is in a pack not found gone.
+    ///
+    /// A blob the index does not list may have been stored since the
+    /// index was loaded: a writer stores packs, then their index delta,
+    /// then the snapshot, and a reader that listed the snapshot after
+    /// loading the index (a read-only mount, `ls`, `restore`) would find
+    /// its trees and chunks in no index. The deltas written since are
+    /// loaded once before it counts as missing.
     pub fn first_copy(&self, kind: BlobKind, id: &Id) -> Result<(PackMeta, BlobLoc)> {
+        if !self.index().contains(id) && !self.reload_index_since(std::time::Instant::now()) {
+            return Err(Error::Missing {
+                url: self.url().into(),
+                object: format!("{} blob {}", kind.name(), id.short()),
+            });
+        }
         let ix = self.index();
         let missing = || Error::Missing {
             url: self.url().into(),
@@ -737,16 +778,28 @@ impl Repository {
         true
     }
 
-    /// Load the index deltas written since the index was loaded, unless
-    /// that was done less than `INDEX_RELOAD_EVERY` ago (by another read,
-    /// whose result the caller then sees). False if loading failed.
-    fn reload_index_for_gone(&self) -> bool {
+    /// Load the index deltas written since the index was loaded, for a
+    /// read that failed at `failed_at`; true if the caller should look
+    /// again. A load that began after `failed_at` (another read's, done
+    /// by the time this returns) serves: its result is there. Loads are at
+    /// least `INDEX_RELOAD_GAP` apart, so a program reading lost data
+    /// again and again does not list the store each time; within the gap
+    /// the answer is false. That leaves a data race only for data stored
+    /// within a second of the last load, and the failures that start one
+    /// (a pack gone, a blob in no delta loaded) come after the deltas that
+    /// answer them were written. False also if loading failed.
+    fn reload_index_since(&self, failed_at: std::time::Instant) -> bool {
         let mut last = self
             .index_reloaded
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < INDEX_RELOAD_EVERY) {
-            return true;
+        if let Some(t) = *last {
+            if t >= failed_at {
+                return true;
+            }
+            if t.elapsed() < INDEX_RELOAD_GAP {
+                return false;
+            }
         }
         *last = Some(std::time::Instant::now());
         match self.load_index() {
