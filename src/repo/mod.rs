@@ -311,6 +311,13 @@ impl Repository {
 
     /// Remove a key object. The last key that can read is never removed.
     pub fn remove_key(&self, id_prefix: &str) -> Result<String> {
+        self.remove_key_then(id_prefix, || {})
+    }
+
+    /// `remove_key`, with `meanwhile` run between the check that a key
+    /// that can read is left and the delete (where another process's key
+    /// change may land).
+    fn remove_key_then(&self, id_prefix: &str, meanwhile: impl FnOnce()) -> Result<String> {
         let keys = self.list_keys()?;
         let want = format!("keys/{}", id_prefix.trim_start_matches("keys/"));
         let matches: Vec<_> = keys.iter().filter(|(n, _)| n.starts_with(&want)).collect();
@@ -337,7 +344,31 @@ impl Repository {
                 "this is the last key that can read the repository; add another (secrate key add) before removing it".into(),
             ));
         }
+        let reader = obj.as_ref().is_ok_and(|o| !o.write_only);
+        let raw = if reader {
+            Some(self.store.get(name)?)
+        } else {
+            None
+        };
+        meanwhile();
         self.store.delete(name)?;
+        // Two removals at once (of the passphrase here, of the recovery key
+        // elsewhere) each saw the other's key left. Looked at again after
+        // the delete: the last to look finds none that can read and puts
+        // its own back, so one always stays.
+        if let Some(raw) = raw {
+            let left = self
+                .list_keys()?
+                .iter()
+                .filter(|(_, o)| o.as_ref().is_ok_and(|o| !o.write_only))
+                .count();
+            if left == 0 {
+                self.store.put_new(name, raw)?;
+                return Err(Error::Invalid(
+                    "another key change removed the other keys that can read at the same time; this key was put back".into(),
+                ));
+            }
+        }
         Ok(name.clone())
     }
 
@@ -1212,6 +1243,42 @@ pub(crate) mod tests {
             ..Default::default()
         };
         Repository::init(store, "pw", opts).unwrap().0
+    }
+
+    /// Two key removals at once, of the passphrase here and of the
+    /// recovery key in another process, each saw the other key left and
+    /// deleted its own: no key could open the repository again. (Found by
+    /// review.) The removal that looks last puts its key back.
+    #[test]
+    fn two_removals_at_once_leave_a_key_that_can_read() {
+        let repo = test_init("memory://keys-race");
+        let keys = repo.list_keys().unwrap();
+        assert_eq!(keys.len(), 2, "passphrase and recovery key");
+        let name = |kind: KeyKind| {
+            let found = keys.iter().find(|(_, o)| o.as_ref().unwrap().kind == kind);
+            found.unwrap().0.clone()
+        };
+        let (pass, recovery) = (name(KeyKind::Passphrase), name(KeyKind::Recovery));
+        let other = Repository::open(
+            repo.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
+        let err = repo
+            .remove_key_then(&pass, || {
+                other.remove_key(&recovery).unwrap();
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("put back"), "{err}");
+        let left = repo.list_keys().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, pass);
+        Repository::open(
+            repo.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
     }
 
     /// The background copy of a mount gets exactly the secret the
