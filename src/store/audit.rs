@@ -315,8 +315,39 @@ impl Store {
         if !dry_run {
             let target: Backend = self.slots[i].b(name)?;
             target.put(name, bytes)?;
+            self.not_brought_back(i, name, &target)?;
         }
         Ok(len)
+    }
+
+    /// After `name` was put on store `i` from the others: if a delete (a
+    /// forget, a key removal, a prune) took it from every other store
+    /// meanwhile, take it from store `i` too, else a forgotten snapshot or
+    /// a removed key would come back and the next sync would spread it.
+    /// A delete goes to every store, so one landing after this look takes
+    /// it from store `i` as well (unless it came to store `i` before our
+    /// put: a window this narrows, not closes).
+    pub(super) fn not_brought_back(&self, i: usize, name: &str, target: &Backend) -> Result<()> {
+        let mut still = false;
+        for (j, slot) in self.slots.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            // A store that does not answer may still hold it.
+            match slot.b(name).and_then(|b| b.head(name)) {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => still = true,
+            }
+        }
+        if still {
+            return Ok(());
+        }
+        target.delete(name)?;
+        Err(Error::Store {
+            url: self.slots[i].url.clone(),
+            object: name.to_string(),
+            reason: "deleted from the other stores while it was copied (left deleted)".into(),
+        })
     }
 
     fn rebuilt_shard(&self, name: &str, p: EcParams, i: usize) -> Result<Bytes> {

@@ -1285,6 +1285,31 @@ mod tests {
         assert!(s.get(&name).unwrap_err().is_missing());
     }
 
+    /// sync copies an object from one store to another; a delete that
+    /// took it from every other store meanwhile (a forget, a key removal)
+    /// must not be undone by that copy. (Found by review: a forgotten
+    /// snapshot or a removed key could come back, and the next sync spread
+    /// it.) After its put, sync looks again and takes it back.
+    #[test]
+    fn sync_does_not_bring_back_what_was_deleted_meanwhile() {
+        let u = urls(&["back-a", "back-b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        let a = Backend::open(&u[0], false).unwrap();
+        let b = Backend::open(&u[1], false).unwrap();
+        let name = "snapshots/00aa";
+        // The state right after sync's put to store 0, the delete having
+        // reached store 1 between sync's read and that put.
+        a.put(name, Bytes::from_static(b"forgotten")).unwrap();
+        let err = s.not_brought_back(0, name, &a).unwrap_err().to_string();
+        assert!(err.contains("left deleted"), "{err}");
+        assert!(a.head(name).unwrap().is_none());
+        // Still on store 1: it stays.
+        a.put(name, Bytes::from_static(b"kept")).unwrap();
+        b.put(name, Bytes::from_static(b"kept")).unwrap();
+        s.not_brought_back(0, name, &a).unwrap();
+        assert!(a.head(name).unwrap().is_some());
+    }
+
     /// A retried upload that finds a damaged copy of a content-addressed
     /// object under its name (a disk error, a write cut short) puts the
     /// good bytes back instead of counting the damaged copy as stored; a
