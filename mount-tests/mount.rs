@@ -2685,6 +2685,156 @@ fn a_read_only_mount_reads_what_a_prune_moved() {
     m.umount();
 }
 
+/// A repository with one backup of `work/src` (files `a`, `gone`, `same`,
+/// `big` and `d/x`), mounted read-only at `work/mnt` with a snapshot
+/// interval of one second: a viewer of what another machine writes.
+fn read_only_viewer(work: &Path) -> (Secrate, PathBuf, Mount) {
+    let s = Secrate::new(&format!("file://{}/store", work.display()));
+    s.init();
+    let src = work.join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a"), b"first\n").unwrap();
+    fs::write(src.join("gone"), b"soon deleted\n").unwrap();
+    fs::write(src.join("same"), b"unchanged\n").unwrap();
+    fs::write(src.join("big"), pseudo_random(11, 3 << 20)).unwrap();
+    fs::write(src.join("d/x"), b"x one\n").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let m = Mount::new(
+        &s,
+        &work.join("mnt"),
+        &work.join("cache"),
+        &["--read-only", "--snapshot-interval", "1"],
+    );
+    (s, src, m)
+}
+
+/// How long a read-only mount may take to show a snapshot added from
+/// outside as its live tree: the interval (1 s) and the import.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Names listed in `dir`, sorted, without `.history`.
+fn names_at(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".history")
+        .collect();
+    names.sort();
+    names
+}
+
+/// The root of a read-only mount shows the newest snapshot within the
+/// interval: a backup from outside changed a file, added one and deleted
+/// one, and the root shows exactly that, also for names the kernel had
+/// cached (a deleted name is ENOENT at once, not after the entry's TTL;
+/// a changed file has its new size and bytes). (Stop 28: the live tree
+/// stayed at the snapshot it was mounted with, for ever.)
+#[test]
+fn a_read_only_mounts_live_tree_moves_to_the_newest_snapshot() {
+    if !fuse_ready("a_read_only_mounts_live_tree_moves_to_the_newest_snapshot") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (s, src, mut m) = read_only_viewer(work.path());
+    assert_eq!(names_at(&m.mnt), ["a", "big", "d", "gone", "same"]);
+    // The kernel now holds these names, attributes and pages.
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"first\n");
+    assert_eq!(fs::metadata(m.path("gone")).unwrap().len(), 13);
+    assert_eq!(fs::read(m.path("d/x")).unwrap(), b"x one\n");
+    let same_before = fs::metadata(m.path("same")).unwrap();
+
+    fs::write(src.join("a"), b"second, longer\n").unwrap();
+    fs::write(src.join("new"), b"new file\n").unwrap();
+    fs::remove_file(src.join("gone")).unwrap();
+    fs::write(src.join("d/x"), b"x two\n").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    // A lookup of a name the kernel does not hold: nothing cached hides it.
+    poll_until(
+        "the new snapshot to be the live tree",
+        SWITCH_TIMEOUT,
+        || m.path("new").exists(),
+    );
+    expect_errno(
+        "stat of the deleted name",
+        fs::metadata(m.path("gone")),
+        libc::ENOENT,
+    );
+    assert_eq!(fs::metadata(m.path("a")).unwrap().len(), 15);
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"second, longer\n");
+    assert_eq!(fs::read(m.path("new")).unwrap(), b"new file\n");
+    assert_eq!(fs::read(m.path("d/x")).unwrap(), b"x two\n");
+    assert_eq!(fs::read(m.path("same")).unwrap(), b"unchanged\n");
+    assert!(fs::read(m.path("big")).unwrap() == fs::read(src.join("big")).unwrap());
+    assert_eq!(names_at(&m.mnt), ["a", "big", "d", "new", "same"]);
+    // New inode numbers: no number the kernel saw names another file now.
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path("same")).unwrap()),
+        std::os::unix::fs::MetadataExt::ino(&same_before)
+    );
+    assert_eq!(m.history().len(), 2);
+    assert!(
+        m.log().contains("the live tree is now snapshot"),
+        "mount.log:\n{}",
+        m.log()
+    );
+    m.umount();
+}
+
+/// A file open when the live tree moves to a newer snapshot reads, to its
+/// close, the content it opened (as a file removed while open does on a
+/// local disk), also across a second switch, while its path shows the new
+/// content; reads of ranges the kernel never cached reach the mount, and
+/// get the old bytes, not the new file's nor an error.
+#[test]
+fn a_file_open_across_a_live_tree_switch_reads_what_it_opened() {
+    if !fuse_ready("a_file_open_across_a_live_tree_switch_reads_what_it_opened") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (s, src, mut m) = read_only_viewer(work.path());
+    let old_big = fs::read(src.join("big")).unwrap();
+    let held = fs::File::open(m.path("big")).unwrap();
+    let mut head = vec![0u8; 4096];
+    held.read_exact_at(&mut head, 0).unwrap();
+    assert!(head == old_big[..4096]);
+
+    for (round, seed) in [(1, 12), (2, 13)] {
+        let new_big = pseudo_random(seed, 2 << 20);
+        fs::write(src.join("big"), &new_big).unwrap();
+        fs::write(src.join(format!("round{round}")), b"").unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+        poll_until(
+            "the new snapshot to be the live tree",
+            SWITCH_TIMEOUT,
+            || m.path(&format!("round{round}")).exists(),
+        );
+        assert!(
+            fs::read(m.path("big")).unwrap() == new_big,
+            "round {round}: the path"
+        );
+        assert_eq!(held.metadata().unwrap().len(), old_big.len() as u64);
+        // A range not read yet, then all of it.
+        let mut tail = vec![0u8; 1 << 20];
+        let at = old_big.len() - tail.len() - round * 4096;
+        held.read_exact_at(&mut tail, at as u64).unwrap();
+        assert!(
+            tail == old_big[at..at + tail.len()],
+            "round {round}: a range"
+        );
+    }
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut &held, &mut all).unwrap();
+    assert!(all == old_big, "the open file's content changed");
+    assert!(
+        m.log()
+            .contains("1 files open in the old live tree keep their content until closed"),
+        "mount.log:\n{}",
+        m.log()
+    );
+    drop(held);
+    m.umount();
+}
+
 /// Names in the open directory stream `d` from where it is to its end.
 fn read_stream(d: *mut libc::DIR) -> Vec<String> {
     let mut names = Vec::new();

@@ -9,7 +9,8 @@
 //! outbox is empty, so an unmount means "everything is in the store".
 //! A read-only mount takes no writer lock and seals nothing; instead it
 //! looks at the store every `--snapshot-interval` for snapshots that other
-//! processes added or forgot, so its `.history` follows the repository.
+//! processes added or forgot, so its `.history` follows the repository,
+//! and its live tree moves to the newest snapshot (`fs::switch`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -205,22 +206,26 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
             .spawn(move || control_loop(listener, shared))
             .map_err(|e| Error::io("control thread", e))?;
     }
-    if opts.read_only {
-        // Nothing here adds snapshots, but other processes may (a backup
-        // into this repository, a writable mount elsewhere): show them.
-        starting
-            .threads
-            .extend(flusher.start_following(opts.snapshot_interval));
-    } else {
-        starting.threads = flusher.start(opts.snapshot_interval, opts.retention.clone());
-    }
-
     let fs = SecrateFs::new(
         live.clone(),
         reader.clone(),
         flusher.clone(),
         opts.read_only,
     );
+    if opts.read_only {
+        // Nothing here adds snapshots, but other processes may (a backup
+        // into this repository, a writable mount elsewhere): show them in
+        // `.history`, and the newest as the live tree.
+        let switch = fs.live_switch();
+        let (live, f) = (live.clone(), flusher.clone());
+        starting
+            .threads
+            .extend(flusher.start_following(opts.snapshot_interval, move || {
+                follow_newest(&live, &f, &switch)
+            }));
+    } else {
+        starting.threads = flusher.start(opts.snapshot_interval, opts.retention.clone());
+    }
     let _ = shared.history.set(fs.history());
     let mut options = vec![
         fuser::MountOption::FSName(format!("{FSNAME_PREFIX}{}", opts.cache_dir.display())),
@@ -366,10 +371,18 @@ pub fn wait_cache_free(dir: &Path, timeout: std::time::Duration) -> bool {
     }
 }
 
-/// On a fresh cache, show the repository's latest snapshot; on a clean
-/// cache that the repository moved past (another machine mounted it), catch
-/// up. A cache with unsealed changes keeps them.
-fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Result<()> {
+/// How the live tree stands to the repository's latest uploaded snapshot
+/// (by time, as `.history` orders them), when it is not that snapshot.
+struct Behind {
+    latest: crate::flush::SnapEntry,
+    /// The live tree should become `latest`: the cache is fresh, or its
+    /// own snapshot is older (or forgotten) and nothing in it is unsealed.
+    import: bool,
+    /// Its own snapshot is older or forgotten.
+    older: bool,
+}
+
+fn behind(live: &Live, flusher: &Flusher) -> Result<Option<Behind>> {
     let (base, last, sealed) = live
         .tx(|tx| {
             Ok((
@@ -381,35 +394,82 @@ fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Res
         .map_err(live_err)?;
     let snaps = flusher.snapshots();
     let Some(latest) = snaps.iter().rev().find(|s| s.uploaded) else {
-        return Ok(());
+        return Ok(None);
     };
+    if last.as_deref() == Some(&latest.id.0[..]) {
+        return Ok(None);
+    }
     let root = live.inode(ROOT).map_err(live_err)?;
     let has_children = live.tx(|tx| tx.has_children(ROOT)).map_err(live_err)?;
     let fresh = base.is_none() && sealed == 0 && !has_children;
-    if last.as_deref() == Some(&latest.id.0[..]) {
-        return Ok(());
-    }
     let ours = last
         .as_ref()
         .and_then(|l| snaps.iter().find(|s| &s.id.0[..] == l.as_slice()));
-    let behind = ours.is_none_or(|o| o.snapshot.time_ns < latest.snapshot.time_ns);
+    let older = ours.is_none_or(|o| o.snapshot.time_ns < latest.snapshot.time_ns);
     let clean = root.dir_tree().is_some() && flusher.pending().map_err(live_err)?.0 == 0;
-    if fresh || (behind && clean) {
+    Ok(Some(Behind {
+        latest: latest.clone(),
+        import: fresh || (older && clean),
+        older,
+    }))
+}
+
+fn log_import(latest: &crate::flush::SnapEntry, i: &crate::live::import::Import) {
+    crate::log!(
+        "the live tree is now snapshot {} ({}): {} files, {} directories",
+        latest.id.short(),
+        latest.snapshot.time_rfc3339(),
+        i.files,
+        i.dirs
+    );
+}
+
+/// On a fresh cache, show the repository's latest snapshot; on a clean
+/// cache that the repository moved past (another machine mounted it), catch
+/// up. A cache with unsealed changes keeps them.
+fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Result<()> {
+    let Some(Behind {
+        latest,
+        import,
+        older,
+    }) = behind(live, flusher)?
+    else {
+        return Ok(());
+    };
+    if import {
         let i = import_snapshot(live, reader, &latest.id, &latest.snapshot).map_err(live_err)?;
         live.commit(true).map_err(live_err)?;
-        crate::log!(
-            "the live tree is now snapshot {} ({}): {} files, {} directories",
-            latest.id.short(),
-            latest.snapshot.time_rfc3339(),
-            i.files,
-            i.dirs
-        );
-    } else if behind {
+        log_import(&latest, &i);
+    } else if older {
         crate::log!(
             "warning: the repository has a newer snapshot {} ({}) but this cache has unsealed changes; \
              keeping the cache (the other snapshot stays in .history)",
             latest.id.short(),
             latest.snapshot.time_rfc3339()
+        );
+    }
+    Ok(())
+}
+
+/// A serving read-only mount's live tree follows the newest snapshot, as
+/// at its start (`follow_repository`): after each look at the store, if a
+/// newer one came, it becomes the live tree (`fs::switch`).
+fn follow_newest(
+    live: &Live,
+    flusher: &Flusher,
+    switch: &crate::fs::switch::LiveSwitch,
+) -> Result<()> {
+    let Some(b) = behind(live, flusher)?.filter(|b| b.import) else {
+        return Ok(());
+    };
+    let i = switch
+        .to_snapshot(&b.latest.id, &b.latest.snapshot)
+        .map_err(live_err)?;
+    log_import(&b.latest, &i);
+    if i.kept_open > 0 {
+        crate::log!(
+            "{} files open in the old live tree keep their content until closed",
+            i.kept_open
         );
     }
     Ok(())

@@ -380,11 +380,13 @@ impl Flusher {
     }
 
     /// Start following the store (a read-only mount, whose flusher threads
-    /// do not run): every `interval`, `follow_store`. None for a zero
+    /// do not run): every `interval`, `follow_store`, then `then` (the
+    /// mount moves its live tree to the newest snapshot). None for a zero
     /// interval.
     pub fn start_following(
         self: &Arc<Self>,
         interval: Duration,
+        then: impl Fn() -> Result<()> + Send + 'static,
     ) -> Option<std::thread::JoinHandle<()>> {
         if interval.is_zero() {
             return None;
@@ -400,10 +402,15 @@ impl Flusher {
                     continue;
                 }
                 last = std::time::Instant::now();
-                let problems = match me.follow_store() {
+                let mut problems = match me.follow_store() {
                     Ok(problems) => problems,
                     Err(e) => vec![e],
                 };
+                // Also after a failed listing: a snapshot read before may
+                // still wait to become the live tree (its import failed).
+                if let Err(e) = then() {
+                    problems.push(e);
+                }
                 for p in problems {
                     let p = p.to_string();
                     if told.insert(p.clone()) {

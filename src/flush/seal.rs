@@ -400,7 +400,7 @@ mod tests {
     use crate::blobs::BlobReader;
     use crate::live::data::Times;
     use crate::live::import::import_snapshot;
-    use crate::live::{Live, NewNode};
+    use crate::live::{Live, LiveError, NewNode};
 
     /// One machine's cache over the repository.
     struct Machine {
@@ -539,5 +539,65 @@ mod tests {
         assert!(reader.flusher.follow_store().unwrap().is_empty());
         assert_eq!(ids(), [s2]);
         assert!(reader.flusher.snapshots()[0].uploaded);
+    }
+
+    /// An import into a live tree that serves (a read-only mount moving to
+    /// a newer snapshot): a file open before keeps its record and reads
+    /// its old content until closed, then goes; new inodes get numbers
+    /// never used before; and an import that fails halfway leaves the live
+    /// tree as it was, not cleared. (Stop 28.)
+    #[test]
+    fn an_import_keeps_open_files_and_is_all_or_nothing() {
+        let repo = Arc::new(crate::repo::tests::test_init("memory://import-open"));
+        let writer = machine(&repo);
+        let a = mkfile(&writer, b"a", b"one");
+        let s1 = writer.flusher.seal().unwrap().unwrap();
+        writer
+            .live
+            .write(a, 0, b"two, longer", Times::Now, &*writer.reader)
+            .unwrap();
+        mkfile(&writer, b"b", b"bee");
+        let s2 = writer.flusher.seal().unwrap().unwrap();
+        writer.flusher.upload_pending().unwrap();
+
+        let m = machine(&repo);
+        import_snapshot(&m.live, &m.reader, &s1.id, &s1.snapshot).unwrap();
+        let (old_a, _) = m.live.lookup(ROOT, b"a").unwrap();
+        m.live.open_file(old_a);
+        let i = import_snapshot(&m.live, &m.reader, &s2.id, &s2.snapshot).unwrap();
+        assert_eq!((i.kept_open, i.old_root_names), (1, vec![b"a".to_vec()]));
+        let (new_a, _) = m.live.lookup(ROOT, b"a").unwrap();
+        assert!(
+            new_a > old_a,
+            "inode numbers went back: {new_a} after {old_a}"
+        );
+        assert_eq!(
+            &m.live.read(new_a, 0, 100, &*m.reader).unwrap()[..],
+            b"two, longer"
+        );
+        assert_eq!(&m.live.read(old_a, 0, 100, &*m.reader).unwrap()[..], b"one");
+        // A second import keeps it again.
+        import_snapshot(&m.live, &m.reader, &s2.id, &s2.snapshot).unwrap();
+        assert_eq!(&m.live.read(old_a, 0, 100, &*m.reader).unwrap()[..], b"one");
+        m.live.release_file(old_a).unwrap();
+        assert!(matches!(m.live.inode(old_a), Err(LiveError::NotFound)));
+
+        // A snapshot whose root tree is nowhere: the import fails after it
+        // began to replace the tree.
+        let broken = Snapshot::test(s2.snapshot.time_ns + 1, Origin::Backup, Id([7; 32]));
+        assert!(import_snapshot(&m.live, &m.reader, &Id([8; 32]), &broken).is_err());
+        m.live.commit(true).unwrap();
+        let names: Vec<Vec<u8>> = m
+            .live
+            .children(ROOT)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(names, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            m.live.state("last_snapshot").unwrap().as_deref(),
+            Some(&s2.id.0[..])
+        );
     }
 }

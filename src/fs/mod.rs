@@ -6,13 +6,14 @@
 
 mod ahead;
 pub mod history;
+pub mod switch;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -37,8 +38,9 @@ use self::history::{HistAttr, History, HISTORY_INO};
 /// of the live tree passes through the kernel, which invalidates what an
 /// operation changes (the parent's times on create, nlink on link and
 /// unlink, ctime on rename and setxattr) and, with the writeback cache, owns
-/// size and mtime; the live tree is imported before the mount starts. So a
-/// long time is safe, and it spares a lookup per file whenever a program
+/// size and mtime; the live tree is imported before the mount starts, and
+/// a read-only mount that moves to a newer snapshot tells the kernel what
+/// to drop (`switch`). So a long time is safe, and it spares a lookup per file whenever a program
 /// comes back to names listed more than a second ago (`find | xargs
 /// md5sum`, builds). History never changes; only the `.history` directory
 /// itself gains entries as snapshots are sealed.
@@ -77,6 +79,9 @@ pub struct SecrateFs {
     /// Sends the kernel file content before it asks, and tells it what
     /// `.history` lost (set once mounted).
     notifier: Arc<OnceLock<Notifier>>,
+    /// Held shared by replies naming live inodes on a read-only mount,
+    /// exclusively by a switch of its live tree (see `switch`).
+    gate: Arc<RwLock<()>>,
 }
 
 /// Largest file whose content an open for reading hands to the kernel
@@ -231,7 +236,26 @@ impl SecrateFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier,
+            gate: Arc::new(RwLock::new(())),
         }
+    }
+
+    /// What a read-only mount needs to move its live tree to a newer
+    /// snapshot while it serves.
+    pub fn live_switch(&self) -> switch::LiveSwitch {
+        switch::LiveSwitch {
+            live: self.live.clone(),
+            reader: self.reader.clone(),
+            gate: self.gate.clone(),
+            notifier: self.notifier.clone(),
+        }
+    }
+
+    /// The gate's shared side, on a read-only mount (only its live tree
+    /// switches), for a reply that names live inodes.
+    fn switch_gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        self.read_only
+            .then(|| self.gate.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The `.history` view (its node count is part of `secrate status`).
@@ -643,6 +667,7 @@ impl Filesystem for SecrateFs {
                 }
             };
         }
+        let _gate = self.switch_gate();
         self.reply_entry(reply, self.live.lookup(parent, name));
     }
 
@@ -888,6 +913,14 @@ impl Filesystem for SecrateFs {
             Ok(r) if r.kind == Kind::Dir => reply.error(Errno::EISDIR),
             Ok(r) => {
                 self.live.open_file(ino);
+                if self.read_only && matches!(self.live.inode(ino), Err(LiveError::NotFound)) {
+                    // The live tree moved to a newer snapshot between the
+                    // look above and the open: this inode is gone. ESTALE
+                    // makes the kernel look the path up again and open
+                    // what it names now.
+                    let _ = self.live.release_file(ino);
+                    return reply.error(Errno::from_i32(libc::ESTALE));
+                }
                 // A small file opened for reading is read next: its content
                 // goes to the kernel's page cache before the reply, so the
                 // read needs no round trip of its own (a third of those of
@@ -1080,6 +1113,9 @@ impl Filesystem for SecrateFs {
         // Until the reply is sent (see `History::answering`).
         let in_history = ino.0 == HISTORY_INO;
         let _answering = in_history.then(|| self.history.answering());
+        let _gate = (!History::is_history(ino.0))
+            .then(|| self.switch_gate())
+            .flatten();
         let (list, fresh) = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),

@@ -142,6 +142,15 @@ impl OpenFiles {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Inodes with an open handle now.
+    pub(crate) fn open_inodes(&self) -> Vec<u64> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| e.count > 0)
+            .map(|(&ino, _)| ino)
+            .collect()
+    }
+
     pub fn is_open(&self, ino: u64) -> bool {
         self.lock().get(&ino).is_some_and(|e| e.count > 0)
     }

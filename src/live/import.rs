@@ -64,6 +64,11 @@ pub fn put_tree_stats(tx: &Tx, id: &Id, s: TreeStats) -> LiveResult<()> {
 pub struct Import {
     pub files: u64,
     pub dirs: u64,
+    /// Names the root held before: the kernel may have cached any of them.
+    pub old_root_names: Vec<Vec<u8>>,
+    /// Files open at the import, kept as unlinked inodes (see
+    /// `import_snapshot`).
+    pub kept_open: usize,
 }
 
 struct Walk<'a> {
@@ -77,6 +82,14 @@ struct Walk<'a> {
 
 /// Replace the live tree with `snap`. The caller makes sure nothing in
 /// the live tree is unsealed.
+///
+/// All or nothing: a failure halfway leaves the live tree as it was. New
+/// inodes get numbers from the live tree's counter, which never goes back,
+/// so no number the kernel saw before names another file after. A file
+/// open at the import (a read-only mount moving to the newest snapshot
+/// while it serves) keeps its record, with no links, as a file removed
+/// while open does: its handles go on reading the content they opened,
+/// and it goes when the last is closed and the kernel forgets it.
 pub fn import_snapshot(
     live: &Live,
     reader: &BlobReader,
@@ -102,7 +115,17 @@ fn import_here(
         skipped_history: false,
     };
     let staged = live.staged_dir();
-    live.tx(|tx| {
+    let import = live.tx_all_or_nothing(|tx| {
+        let old_root_names = tx.children(ROOT)?.into_iter().map(|(n, _)| n).collect();
+        // Under the transaction's lock: a file opened after this look finds
+        // its record gone (`SecrateFs::open` looks again).
+        let mut kept = Vec::new();
+        for ino in live.open_files.open_inodes() {
+            match tx.get(ino) {
+                Ok(r) if r.kind != Kind::Dir && ino != ROOT => kept.push((ino, r)),
+                _ => {}
+            }
+        }
         clear(tx)?;
         let mut root = tx.get(ROOT).unwrap_or_else(|_| blank_dir());
         root.mode = snap.root_meta.mode;
@@ -136,20 +159,43 @@ fn import_here(
                 snap.time_rfc3339()
             );
         }
+        for (ino, mut r) in kept.iter().cloned() {
+            r.nlink = 0;
+            tx.put(ino, &r)?;
+            tx.add_orphan(ino)?;
+        }
         tx.set_state("base_snapshot", &snap_id.0)?;
         tx.set_state("last_snapshot", &snap_id.0)?;
-        Ok(Import {
-            files: stats.files,
-            dirs: stats.dirs,
-        })
-    })
-    .inspect(|_| {
-        if let Ok(rd) = std::fs::read_dir(&staged) {
-            for e in rd.flatten() {
+        Ok((
+            Import {
+                files: stats.files,
+                dirs: stats.dirs,
+                old_root_names,
+                kept_open: kept.len(),
+            },
+            kept,
+        ))
+    });
+    let (import, kept) = import?;
+    for (ino, _) in &kept {
+        live.open_files.unlinked(*ino);
+        // Closed meanwhile (its release found it still linked): it goes now.
+        live.drop_if_unused(*ino)?;
+    }
+    // A kept file's staged copy is its content while it is open.
+    let keep: std::collections::HashSet<String> = kept
+        .iter()
+        .filter(|(_, r)| r.is_staged())
+        .map(|(ino, _)| ino.to_string())
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(&staged) {
+        for e in rd.flatten() {
+            if !keep.contains(&*e.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-    })
+    }
+    Ok(import)
 }
 
 fn blank_dir() -> Inode {
@@ -173,7 +219,8 @@ fn blank_dir() -> Inode {
     }
 }
 
-/// Remove every inode but the root, every entry, link and dirty mark.
+/// Remove every inode but the root, every entry, link, dirty mark and
+/// orphan mark.
 fn clear(tx: &mut Tx) -> LiveResult<()> {
     tx.clear_inodes()?;
     tx.dirents
@@ -185,6 +232,11 @@ fn clear(tx: &mut Tx) -> LiveResult<()> {
         .retain(|_, _| false)
         .map_err(cache_err)?;
     tx.dirty
+        .table_mut()?
+        .retain(|_, _| false)
+        .map_err(cache_err)?;
+    // Their records went with the rest (the import keeps open files again).
+    tx.orphans
         .table_mut()?
         .retain(|_, _| false)
         .map_err(cache_err)?;

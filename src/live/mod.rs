@@ -400,6 +400,39 @@ impl Live {
         r
     }
 
+    /// Run `f` in a write transaction of its own, all or nothing: what the
+    /// shared transaction held before is committed first (not durably),
+    /// and if `f` fails every change it made is dropped (the transaction
+    /// aborts). On success its changes stay in the shared transaction for
+    /// the next commit. For the import of a snapshot, which clears the
+    /// live tree before it fills it again: a failure halfway (a tree that
+    /// cannot be read) must not leave half a tree to be committed later.
+    /// The lock is held throughout, so no other change joins it.
+    pub fn tx_all_or_nothing<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_, '_>) -> LiveResult<R>,
+    ) -> LiveResult<R> {
+        let mut guard = self.lock_txn();
+        if let Some(mut shared) = guard.take() {
+            shared.with_dependent_mut(|_, t| write_changed(&mut t.inodes, &mut t.changed))?;
+            self.ballast.before_commit();
+            self.pending.store(false, Ordering::Release);
+            shared.into_owner().commit().map_err(cache_err)?;
+        }
+        let mut t = self.db.begin_write().map_err(cache_err)?;
+        t.set_durability(redb::Durability::None)
+            .map_err(cache_err)?;
+        let mut shared = Shared::new(t, |t| Tables::new(t));
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let r = shared.with_dependent_mut(|txn, tables| f(&mut Tx::open(txn, tables, epoch)));
+        if r.is_ok() {
+            *guard = Some(shared);
+            self.pending.store(true, Ordering::Release);
+        }
+        // Else `shared` is dropped here, uncommitted: redb aborts it.
+        r
+    }
+
     /// Delete the staged file of an inode this transaction removed, once
     /// the removal is durable (the next durable commit).
     pub(crate) fn discard_staged(&self, ino: u64) {

@@ -1,0 +1,67 @@
+//! Moving a serving read-only mount's live tree to another snapshot.
+//!
+//! A read-only mount follows the store (`Flusher::start_following`); when
+//! a newer snapshot appears, the mount makes it the live tree while the
+//! kernel holds names, attributes and pages of the old one. The import
+//! gives the new tree new inode numbers (the counter never goes back), so
+//! nothing cached under an old number can pass for a new file; what the
+//! kernel must drop is what it holds under numbers that stay: the root's
+//! names and attributes. Files open at the switch keep reading what they
+//! opened (`import_snapshot` keeps their records).
+//!
+//! Order, and why: the switch takes `gate` exclusively, so every reply
+//! made from the old tree (LOOKUP, READDIRPLUS hold the gate shared from
+//! their look at the tree until their reply is sent) reaches the kernel
+//! before the import, and every later one sees the new tree. Only then,
+//! holding nothing, it tells the kernel to drop the root's old names: the
+//! kernel may wait, while it handles that, for requests about the root
+//! that request threads must answer, so a lock they need held here would
+//! deadlock.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use fuser::{INodeNo, Notifier};
+
+use crate::blobs::BlobReader;
+use crate::crypto::Id;
+use crate::live::import::{import_snapshot, Import};
+use crate::live::{Live, LiveResult, ROOT};
+use crate::repo::snapshot::Snapshot;
+
+/// What a switch of the live tree needs from the filesystem.
+pub struct LiveSwitch {
+    pub(super) live: Arc<Live>,
+    pub(super) reader: Arc<BlobReader>,
+    pub(super) gate: Arc<RwLock<()>>,
+    pub(super) notifier: Arc<OnceLock<Notifier>>,
+}
+
+impl LiveSwitch {
+    /// Make snapshot `id` the live tree and tell the kernel. The caller
+    /// makes sure nothing in the live tree is unsealed. On failure the live
+    /// tree stays as it was.
+    pub fn to_snapshot(&self, id: &Id, snap: &Snapshot) -> LiveResult<Import> {
+        // Tree packs are fetched before the gate: requests wait only for
+        // the import itself.
+        self.reader.fetch_tree_packs()?;
+        let import = {
+            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let i = import_snapshot(&self.live, &self.reader, id, snap)?;
+            self.live.commit(true)?;
+            i
+        };
+        if let Some(n) = self.notifier.get() {
+            // The root's attributes (times, link count) and anything cached
+            // for it; then each name the kernel may hold. A name it does not
+            // hold gives ENOENT: nothing to do.
+            let _ = n.inval_inode(INodeNo(ROOT), 0, 0);
+            for name in &import.old_root_names {
+                let _ = n.inval_entry(
+                    INodeNo(ROOT),
+                    std::os::unix::ffi::OsStrExt::from_bytes(name.as_slice()),
+                );
+            }
+        }
+        Ok(import)
+    }
+}
