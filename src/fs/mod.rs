@@ -40,9 +40,9 @@ use self::history::{HistAttr, History, HISTORY_INO};
 /// unlink, ctime on rename and setxattr) and, with the writeback cache, owns
 /// size and mtime; the live tree is imported before the mount starts, and
 /// a read-only mount that moves to a newer snapshot tells the kernel what
-/// to drop (`switch`). So a long time is safe, and it spares a lookup per file whenever a program
-/// comes back to names listed more than a second ago (`find | xargs
-/// md5sum`, builds). History never changes; only the `.history` directory
+/// to drop (`switch`). So a long time is safe, and it spares a lookup per
+/// file whenever a program comes back to names listed more than a second
+/// ago (`find | xargs md5sum`, builds). History never changes; only the `.history` directory
 /// itself gains entries as snapshots are sealed.
 const LIVE_TTL: Duration = Duration::from_secs(30);
 const HISTORY_TTL: Duration = Duration::from_secs(60);
