@@ -251,6 +251,23 @@ impl SecrateFs {
         }
     }
 
+    /// `e` as the errno of a request about live inode `ino`. A read-only
+    /// mount whose live tree moved to a newer snapshot (`switch`) may still
+    /// be sent numbers of the old tree by a request under way: for one that
+    /// is gone, ESTALE, on which the kernel walks the path again,
+    /// revalidating what it cached, and finds what the name is now. ENOENT
+    /// would tell a program that a name every snapshot has does not exist.
+    fn errno_about(&self, ino: u64, e: &LiveError) -> Errno {
+        if self.read_only
+            && matches!(e, LiveError::NotFound)
+            && !History::is_history(ino)
+            && matches!(self.live.inode(ino), Err(LiveError::NotFound))
+        {
+            return Errno::from_i32(libc::ESTALE);
+        }
+        errno(e)
+    }
+
     /// The gate's shared side, on a read-only mount (only its live tree
     /// switches), for a reply that names live inodes.
     fn switch_gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
@@ -389,7 +406,7 @@ impl SecrateFs {
         if offset != 0 {
             return Ok((list, false));
         }
-        let list = Arc::new(self.list_dir(ino).map_err(|e| errno(&e))?);
+        let list = Arc::new(self.list_dir(ino).map_err(|e| self.errno_about(ino, &e))?);
         if let Some(d) = self
             .dirs
             .lock()
@@ -668,7 +685,10 @@ impl Filesystem for SecrateFs {
             };
         }
         let _gate = self.switch_gate();
-        self.reply_entry(reply, self.live.lookup(parent, name));
+        match self.live.lookup(parent, name) {
+            Err(e) => reply.error(self.errno_about(parent, &e)),
+            found => self.reply_entry(reply, found),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -682,7 +702,7 @@ impl Filesystem for SecrateFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.attr(ino.0) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino.0, &e)),
         }
     }
 
@@ -758,7 +778,7 @@ impl Filesystem for SecrateFs {
         };
         match r {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino.0, &e)),
         }
     }
 
@@ -915,9 +935,8 @@ impl Filesystem for SecrateFs {
                 self.live.open_file(ino);
                 if self.read_only && matches!(self.live.inode(ino), Err(LiveError::NotFound)) {
                     // The live tree moved to a newer snapshot between the
-                    // look above and the open: this inode is gone. ESTALE
-                    // makes the kernel look the path up again and open
-                    // what it names now.
+                    // look above and the open: this inode is gone (see
+                    // `errno_about`).
                     let _ = self.live.release_file(ino);
                     return reply.error(Errno::from_i32(libc::ESTALE));
                 }
@@ -941,7 +960,7 @@ impl Filesystem for SecrateFs {
                     self.ahead.opened(ino);
                 }
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino, &e)),
         }
     }
 
@@ -963,7 +982,7 @@ impl Filesystem for SecrateFs {
         };
         match r {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino.0, &e)),
         }
     }
 
@@ -1073,7 +1092,7 @@ impl Filesystem for SecrateFs {
                 );
                 reply.opened(FileHandle(fh), FopenFlags::empty())
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino.0, &e)),
         }
     }
 
@@ -1265,7 +1284,7 @@ impl Filesystem for SecrateFs {
                 Some((_, v)) => reply.data(v),
                 None => reply.error(Errno::from_i32(libc::ENODATA)),
             },
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino.0, &e)),
         }
     }
 
@@ -1286,7 +1305,7 @@ impl Filesystem for SecrateFs {
                     reply.data(&buf)
                 }
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => reply.error(self.errno_about(ino.0, &e)),
         }
     }
 

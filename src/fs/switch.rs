@@ -16,7 +16,13 @@
 //! holding nothing, it tells the kernel to drop the root's old names: the
 //! kernel may wait, while it handles that, for requests about the root
 //! that request threads must answer, so a lock they need held here would
-//! deadlock.
+//! deadlock. Between the two, for as long as the notifications take, a
+//! name the kernel cached may still show the old tree: its attributes, or
+//! the content of a file of the old tree that is still open (kept). A
+//! request that reaches the mount with a number of the old tree that is
+//! gone gets ESTALE (`SecrateFs::errno_about`), on which the kernel walks
+//! the path again: a program never gets ENOENT for a name every snapshot
+//! has.
 
 use std::sync::{Arc, OnceLock, RwLock};
 
