@@ -1165,7 +1165,10 @@ impl Filesystem for SecrateFs {
             // counts it before it is sent (the kernel may forget it the
             // moment the reply is in), and the count goes back if not sent.
             let counted = name != b"." && name != b"..";
-            let history = counted && History::is_history(*child);
+            // `.history` itself is a fixed node, never freed: its lookups
+            // are not counted (as in LOOKUP).
+            let fixed = *child == HISTORY_INO;
+            let history = counted && !fixed && History::is_history(*child);
             if history && !self.history.looked_up(*child) {
                 continue;
             }
@@ -1182,7 +1185,7 @@ impl Filesystem for SecrateFs {
                 }
                 break; // full: this entry is not sent
             }
-            if counted && !history {
+            if counted && !history && !fixed {
                 self.live.open_files.looked_up(*child);
             }
         }
