@@ -218,10 +218,11 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         // `.history`, and the newest as the live tree.
         let switch = fs.live_switch();
         let (live, f) = (live.clone(), flusher.clone());
+        let pace = Mutex::new(None);
         starting
             .threads
             .extend(flusher.start_following(opts.snapshot_interval, move || {
-                follow_newest(&live, &f, &switch)
+                follow_newest(&live, &f, &switch, &pace)
             }));
     } else {
         starting.threads = flusher.start(opts.snapshot_interval, opts.retention.clone());
@@ -451,20 +452,35 @@ fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Res
     Ok(())
 }
 
+/// A switch holds requests on the live tree while the import runs (a few
+/// microseconds per entry: seconds for a tree of a million files), so
+/// switches come at most this many times their last one's length apart:
+/// requests wait at most a twentieth of the time, however often another
+/// machine seals.
+const SWITCH_PACE: u32 = 20;
+
 /// A serving read-only mount's live tree follows the newest snapshot, as
 /// at its start (`follow_repository`): after each look at the store, if a
-/// newer one came, it becomes the live tree (`fs::switch`).
+/// newer one came, it becomes the live tree (`fs::switch`), paced by
+/// `SWITCH_PACE` (`pace`: when the last switch began, and how long it took).
 fn follow_newest(
     live: &Live,
     flusher: &Flusher,
     switch: &crate::fs::switch::LiveSwitch,
+    pace: &Mutex<Option<(std::time::Instant, std::time::Duration)>>,
 ) -> Result<()> {
+    let mut pace = pace.lock().unwrap_or_else(|e| e.into_inner());
+    if pace.is_some_and(|(at, took)| at.elapsed() < took * SWITCH_PACE) {
+        return Ok(());
+    }
     let Some(b) = behind(live, flusher)?.filter(|b| b.import) else {
         return Ok(());
     };
+    let at = std::time::Instant::now();
     let i = switch
         .to_snapshot(&b.latest.id, &b.latest.snapshot)
         .map_err(live_err)?;
+    *pace = Some((at, at.elapsed()));
     log_import(&b.latest, &i);
     if i.kept_open > 0 {
         crate::log!(
