@@ -509,12 +509,7 @@ fn fsx_run(test: &str, store_name: &str, ops: u64, more: &[&str]) {
     // snapshots the test asks for are checked exactly.
     let mut extra = vec!["--retention", "none", "--snapshot-interval", "1"];
     extra.extend_from_slice(more);
-    let mut m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &extra,
-    );
+    let mut m = Mount::in_dir(&s, work.path(), &extra);
     fs::create_dir(m.path("fsx")).unwrap();
     let mut x = Fsx {
         test: test.to_string(),
@@ -666,12 +661,7 @@ fn snapshot_holds_unflushed_writes() {
     let work = tempfile::tempdir().unwrap();
     let s = Secrate::new(&store.url);
     s.init();
-    let m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let m = Mount::in_dir(&s, work.path(), &[]);
     let path = m.path("dirty");
     let f = OpenOptions::new()
         .read(true)

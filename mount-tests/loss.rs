@@ -183,12 +183,7 @@ fn lost_packs_damage_only_their_files() {
 
         // A mount on a fresh cache: the live tree is the latest snapshot,
         // .history holds both; damaged files give EIO, the rest is exact.
-        let mut m = Mount::new(
-            &s,
-            &work.path().join("mnt"),
-            &work.path().join("cache"),
-            &["--read-only"],
-        );
+        let mut m = Mount::in_dir(&s, work.path(), &["--read-only"]);
         let hist = m.history();
         assert_eq!(hist.len(), 2, "{hist:?}");
         let views = [

@@ -60,12 +60,7 @@ fn doc_tree_copy_edit_and_history() {
         let work = tempfile::tempdir().unwrap();
         let s = Secrate::new(&store.url);
         s.init();
-        let mut m = Mount::new(
-            &s,
-            &work.path().join("mnt"),
-            &work.path().join("cache"),
-            &[],
-        );
+        let mut m = Mount::in_dir(&s, work.path(), &[]);
         let doc = m.path("doc");
         cp_a(Path::new(DOC), &doc);
         let orig = desc(Path::new(DOC));
@@ -841,12 +836,7 @@ fn set_id_bits_clear_as_on_a_local_disk() {
     let store = stores("mount-setid").remove(0);
     let s = Secrate::new(&store.url);
     s.init();
-    let m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let m = Mount::in_dir(&s, work.path(), &[]);
     let no_fsetid = |args: &[&str]| {
         run_ok(
             Command::new("setpriv")
@@ -1030,8 +1020,7 @@ fn local_and_mount() -> (tempfile::TempDir, PathBuf, PathBuf, Mount) {
     let work = tempfile::tempdir().unwrap();
     let local = work.path().join("local");
     fs::create_dir(&local).unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
+    let s = file_repo(work.path());
     let cache = work.path().join("cache");
     let m = Mount::new(&s, &work.path().join("mnt"), &cache, &[]);
     (work, local, cache, m)
@@ -1220,12 +1209,7 @@ fn acls_and_selinux_labels_unsupported_but_kept_from_backups() {
     s.init();
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
 
-    let mut m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let mut m = Mount::in_dir(&s, work.path(), &[]);
     fs::write(m.path("new"), b"n").unwrap();
     let latest = format!(".history/{}", m.latest());
     for p in ["f", "new", &format!("{latest}/f")] {
@@ -1309,12 +1293,7 @@ fn mount_raises_the_kernels_read_ahead() {
     let store = stores("mount-readahead").remove(0);
     let s = Secrate::new(&store.url);
     s.init();
-    let m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let m = Mount::in_dir(&s, work.path(), &[]);
     // The kernel's 128 KiB default halves sequential reads (P2 in
     // docs/benchmarks.md); INIT alone cannot lift it.
     let dev = fs::metadata(&m.mnt).unwrap().dev();
@@ -1440,12 +1419,7 @@ fn small_files_are_in_the_page_cache_when_opened() {
     let store = stores("mount-give").remove(0);
     let s = Secrate::new(&store.url);
     s.init();
-    let m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let m = Mount::in_dir(&s, work.path(), &[]);
     let sizes = [
         1usize, 4095, 4096, 4097, 65536, 131071, 131072, 131073, 300_000,
     ];
@@ -1576,12 +1550,7 @@ fn history_is_read_only() {
         let work = tempfile::tempdir().unwrap();
         let s = Secrate::new(&store.url);
         s.init();
-        let mut m = Mount::new(
-            &s,
-            &work.path().join("mnt"),
-            &work.path().join("cache"),
-            &[],
-        );
+        let mut m = Mount::in_dir(&s, work.path(), &[]);
         fs::write(m.path("f.txt"), b"hello\n").unwrap();
         secrate::fsmeta::set_xattr(&m.path("f.txt"), b"user.note", b"v").unwrap();
         fs::create_dir_all(m.path("d/empty")).unwrap();
@@ -1950,12 +1919,7 @@ fn fusermount_u_flushes_like_umount() {
         );
         let s = Secrate::new(&store.url);
         s.init();
-        let mut m = Mount::new(
-            &s,
-            &work.path().join("mnt"),
-            &work.path().join("cache"),
-            &[],
-        );
+        let mut m = Mount::in_dir(&s, work.path(), &[]);
         cp_a(&src, &m.path("tree"));
         m.snapshot();
         let first = desc(&m.mnt);
@@ -2231,12 +2195,7 @@ fn a_passphrase_with_line_breaks_reaches_the_background_mount() {
     };
     let with_file = ["--passphrase-file", file.to_str().unwrap()];
     s.ok(&[&with_file[..], &["init", "--kdf-work-factor", "10"]].concat());
-    let mut m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &with_file,
-    );
+    let mut m = Mount::in_dir(&s, work.path(), &with_file);
     fs::write(m.path("f"), b"x").unwrap();
     m.umount();
     // And the passphrase really is `pw\n`.
@@ -2410,16 +2369,14 @@ fn a_read_only_mount_follows_the_stores_snapshots() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
+    let s = file_repo(work.path());
     let src = work.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("a"), b"first\n").unwrap();
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
-    let mut m = Mount::new(
+    let mut m = Mount::in_dir(
         &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
+        work.path(),
         &["--read-only", "--snapshot-interval", "1"],
     );
     let first = m.history();
@@ -2489,18 +2446,16 @@ fn a_snapshot_forgotten_elsewhere_is_enoent_at_once_and_freed() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
+    let s = file_repo(work.path());
     let src = work.path().join("src");
     fs::create_dir(&src).unwrap();
     for content in ["first\n", "second\n"] {
         fs::write(src.join("a"), content).unwrap();
         s.ok(&["backup", "-q", src.to_str().unwrap()]);
     }
-    let mut m = Mount::new(
+    let mut m = Mount::in_dir(
         &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
+        work.path(),
         &["--read-only", "--snapshot-interval", "1"],
     );
     let names = m.history();
@@ -2548,12 +2503,10 @@ fn a_snapshot_retention_forgets_is_enoent_at_once() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
-    let mut m = Mount::new(
+    let s = file_repo(work.path());
+    let mut m = Mount::in_dir(
         &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
+        work.path(),
         &["--snapshot-interval", "1", "--retention", "last=2"],
     );
     fs::write(m.path("f"), b"0").unwrap();
@@ -2597,12 +2550,10 @@ fn forgotten_snapshots_are_enoent_while_history_is_listed() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
-    let mut m = Mount::new(
+    let s = file_repo(work.path());
+    let mut m = Mount::in_dir(
         &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
+        work.path(),
         &["--snapshot-interval", "1", "--retention", "last=2"],
     );
     let history = m.path(".history");
@@ -2655,8 +2606,7 @@ fn a_read_only_mount_reads_what_a_prune_moved() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
+    let s = file_repo(work.path());
     let src = work.path().join("src");
     fs::create_dir(&src).unwrap();
     let kept = pseudo_random(11, 64 << 10);
@@ -2665,10 +2615,9 @@ fn a_read_only_mount_reads_what_a_prune_moved() {
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
     fs::remove_file(src.join("dropped")).unwrap();
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
-    let mut m = Mount::new(
+    let mut m = Mount::in_dir(
         &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
+        work.path(),
         &["--read-only", "--snapshot-interval", "1"],
     );
     let out = s.ok(&["forget", "--keep-last", "1", "--prune"]);
@@ -2899,14 +2848,8 @@ fn the_root_lists_history() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
-    s.init();
-    let mut m = Mount::new(
-        &s,
-        &work.path().join("mnt"),
-        &work.path().join("cache"),
-        &[],
-    );
+    let s = file_repo(work.path());
+    let mut m = Mount::in_dir(&s, work.path(), &[]);
     fs::write(m.path("x"), b"x").unwrap();
     let names = |m: &Mount| {
         let mut v: Vec<String> = fs::read_dir(m.path(""))

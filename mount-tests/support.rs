@@ -155,7 +155,19 @@ pub struct Mount {
     pub pid: Option<u32>,
 }
 
+/// A repository on a `file://` store in `work/store`, created.
+pub fn file_repo(work: &Path) -> Secrate {
+    let s = Secrate::new(&format!("file://{}/store", work.display()));
+    s.init();
+    s
+}
+
 impl Mount {
+    /// `s` mounted at `work/mnt`, its cache in `work/cache` (`new`).
+    pub fn in_dir(s: &Secrate, work: &Path, extra: &[&str]) -> Mount {
+        Mount::new(s, &work.join("mnt"), &work.join("cache"), extra)
+    }
+
     /// `secrate mount MNT --cache CACHE --snapshot-interval 0 EXTRA...`:
     /// snapshots only when a test asks, so history is deterministic (unless
     /// EXTRA sets its own `--snapshot-interval`).

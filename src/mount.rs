@@ -415,13 +415,18 @@ fn behind(live: &Live, flusher: &Flusher) -> Result<Option<Behind>> {
     }))
 }
 
-fn log_import(latest: &crate::flush::SnapEntry, i: &crate::live::import::Import) {
+fn log_import(
+    latest: &crate::flush::SnapEntry,
+    i: &crate::live::import::Import,
+    took: std::time::Duration,
+) {
     crate::log!(
-        "the live tree is now snapshot {} ({}): {} files, {} directories",
+        "the live tree is now snapshot {} ({}): {} files, {} directories, in {:.2} s",
         latest.id.short(),
         latest.snapshot.time_rfc3339(),
         i.files,
-        i.dirs
+        i.dirs,
+        took.as_secs_f64()
     );
 }
 
@@ -438,9 +443,10 @@ fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Res
         return Ok(());
     };
     if import {
+        let at = std::time::Instant::now();
         let i = import_snapshot(live, reader, &latest.id, &latest.snapshot).map_err(live_err)?;
         live.commit(true).map_err(live_err)?;
-        log_import(&latest, &i);
+        log_import(&latest, &i, at.elapsed());
     } else if older {
         crate::log!(
             "warning: the repository has a newer snapshot {} ({}) but this cache has unsealed changes; \
@@ -480,8 +486,9 @@ fn follow_newest(
     let i = switch
         .to_snapshot(&b.latest.id, &b.latest.snapshot)
         .map_err(live_err)?;
-    *pace = Some((at, at.elapsed()));
-    log_import(&b.latest, &i);
+    let took = at.elapsed();
+    *pace = Some((at, took));
+    log_import(&b.latest, &i, took);
     if i.kept_open > 0 {
         crate::log!(
             "{} files open in the old live tree keep their content until closed",
