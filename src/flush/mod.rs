@@ -448,6 +448,22 @@ impl Flusher {
             // deltas of its blobs.
             problems.extend(self.repo.load_index()?);
         }
+        // A prune or repair elsewhere replaced index deltas (it writes the
+        // complete new one first): the packs only the old ones listed are
+        // gone from the store. Their entries and cached tree packs go too,
+        // so a mount that follows the store for months holds what the
+        // store holds, not every pack it ever saw.
+        if self.repo.loaded_deltas_gone()? {
+            problems.extend(self.repo.load_index()?);
+            let gone = self.repo.forget_missing_packs()?;
+            let dropped = self.reader.drop_unindexed_tree_packs();
+            if !gone.is_empty() {
+                crate::log!(
+                    "the store's index was rewritten (a prune): {} packs gone, {dropped} cached tree packs dropped",
+                    gone.len()
+                );
+            }
+        }
         let listed: std::collections::HashSet<Id> = ids.into_iter().collect();
         let changed = {
             let mut snaps = self.snapshots.write().unwrap_or_else(|e| e.into_inner());

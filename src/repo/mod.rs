@@ -455,6 +455,18 @@ impl Repository {
         Ok(problems)
     }
 
+    /// Whether an index delta this process loaded is gone from the store:
+    /// a prune or repair replaced the index (one listing).
+    pub fn loaded_deltas_gone(&self) -> Result<bool> {
+        let listed: HashSet<String> = self.store.list_names("index")?.into_iter().collect();
+        Ok(self
+            .loaded_deltas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|n| !listed.contains(n)))
+    }
+
     /// Forget the index loaded so far and load it again from the deltas
     /// the store lists now. For a writer that loaded it before it took the
     /// lock: a prune that ran in between replaced deltas, and the packs
@@ -521,6 +533,11 @@ impl Repository {
         let mut fresh = Index::new();
         fresh.add_packs(kept);
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        // Out of the index now: nothing reads them.
+        self.gone_packs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| !missing.contains(p));
         Ok(missing)
     }
 
