@@ -1186,6 +1186,57 @@ fn acl_nobody_reads() -> Vec<u8> {
     v
 }
 
+/// A `secrate backup` of another directory into a mount's repository is
+/// not a newer version of the mount's tree: neither a fresh cache nor the
+/// mount's own clean cache makes it the live tree; it shows in `.history`.
+#[test]
+fn a_backup_of_another_directory_does_not_become_the_live_tree() {
+    if !fuse_ready("a_backup_of_another_directory_does_not_become_the_live_tree") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = file_repo(work.path());
+    let mut m = Mount::in_dir(&s, work.path(), &[]);
+    fs::write(m.path("mine"), b"the mount's file\n").unwrap();
+    m.umount();
+
+    let src = work.path().join("other");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("theirs"), b"backed up elsewhere\n").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+
+    let names = |m: &Mount| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&m.mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // The mount's own clean cache, then a fresh one.
+    for cache in ["cache", "cache-fresh"] {
+        let mut m = Mount::new(&s, &work.path().join("mnt"), &work.path().join(cache), &[]);
+        assert_eq!(names(&m), [".history", "mine"], "the live tree of {cache}");
+        assert_eq!(fs::read(m.path("mine")).unwrap(), b"the mount's file\n");
+        let history = m.history();
+        assert_eq!(history.len(), 2, "{history:?}");
+        let newest = m.path(&format!(".history/{}", history[1]));
+        assert_eq!(
+            fs::read(newest.join("theirs")).unwrap(),
+            b"backed up elsewhere\n"
+        );
+        if cache == "cache-fresh" {
+            assert!(
+                m.log()
+                    .contains("the live tree follows the mount's snapshots"),
+                "{}",
+                m.log()
+            );
+        }
+        m.umount();
+    }
+}
+
 #[test]
 fn acls_and_selinux_labels_unsupported_but_kept_from_backups() {
     if !fuse_ready("acls_and_selinux_labels_unsupported_but_kept_from_backups") {

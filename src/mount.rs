@@ -383,6 +383,18 @@ struct Behind {
     older: bool,
 }
 
+/// The snapshot a live tree follows: the newest uploaded one that a mount
+/// made, or the newest of all while no mount has made one (a repository
+/// filled by `secrate backup` and mounted for the first time). A `secrate
+/// backup /elsewhere` into a mount's repository is another directory, not
+/// a newer version of the mount's tree: it stays in `.history` only.
+fn newest_to_follow(snaps: &[crate::flush::SnapEntry]) -> Option<&crate::flush::SnapEntry> {
+    let uploaded = || snaps.iter().rev().filter(|s| s.uploaded);
+    uploaded()
+        .find(|s| s.snapshot.origin == crate::repo::snapshot::Origin::Mount)
+        .or_else(|| uploaded().next())
+}
+
 fn behind(live: &Live, flusher: &Flusher) -> Result<Option<Behind>> {
     let (base, last, sealed) = live
         .tx(|tx| {
@@ -394,7 +406,7 @@ fn behind(live: &Live, flusher: &Flusher) -> Result<Option<Behind>> {
         })
         .map_err(live_err)?;
     let snaps = flusher.snapshots();
-    let Some(latest) = snaps.iter().rev().find(|s| s.uploaded) else {
+    let Some(latest) = newest_to_follow(&snaps) else {
         return Ok(None);
     };
     if last.as_deref() == Some(&latest.id.0[..]) {
@@ -434,6 +446,20 @@ fn log_import(
 /// cache that the repository moved past (another machine mounted it), catch
 /// up. A cache with unsealed changes keeps them.
 fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Result<()> {
+    let snaps = flusher.snapshots();
+    let newest = snaps.iter().rev().find(|s| s.uploaded);
+    if let (Some(n), Some(f)) = (newest, newest_to_follow(&snaps)) {
+        if n.id != f.id {
+            crate::log!(
+                "snapshot {} ({}, `secrate backup` of {}) is newer than the mount's newest {}; \
+                 the live tree follows the mount's snapshots (the other is in .history)",
+                n.id.short(),
+                n.snapshot.time_rfc3339(),
+                n.snapshot.source,
+                f.id.short()
+            );
+        }
+    }
     let Some(Behind {
         latest,
         import,
