@@ -245,14 +245,13 @@ pub fn prune(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crypto::BlobKind;
-    use crate::repo::lock::{hostname, now_ns};
-    use crate::repo::snapshot::{Origin, Snapshot};
+    use crate::repo::lock::hostname;
     use crate::repo::tests::test_init;
     use crate::repo::tree::tests::file;
-    use crate::repo::tree::{ChunkRef, Tree};
+    use crate::repo::tree::ChunkRef;
     use crate::repo::Secret;
 
     use crate::progress::Quiet;
@@ -268,19 +267,8 @@ mod tests {
     }
 
     /// A snapshot of one file whose chunks are `chunks`.
-    fn snapshot_of(repo: &Arc<Repository>, chunks: Vec<ChunkRef>) -> Id {
-        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
-        let tree = Tree {
-            entries: vec![file("f", chunks)],
-        };
-        let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
-        let (packs, _) = w.finish().unwrap();
-        repo.write_index(&packs).unwrap();
-        repo.write_snapshot(&Snapshot {
-            host: hostname(),
-            ..Snapshot::test(now_ns(), Origin::Mount, root)
-        })
-        .unwrap()
+    pub(crate) fn snapshot_of(repo: &Arc<Repository>, chunks: Vec<ChunkRef>) -> Id {
+        crate::ops::repair::tests::snapshot_of(repo, vec![file("f", chunks)])
     }
 
     /// After `repair`, a mount writes `Id::LOST` for what was lost: known

@@ -500,7 +500,7 @@ pub(crate) mod tests {
     }
 
     /// A snapshot of a directory holding `entries`.
-    fn snapshot_of(repo: &Arc<Repository>, entries: Vec<Entry>) {
+    pub(crate) fn snapshot_of(repo: &Arc<Repository>, entries: Vec<Entry>) -> Id {
         let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
         let root = w.add(BlobKind::Tree, &Tree { entries }.encode()).unwrap();
         let (packs, _) = w.finish().unwrap();
@@ -509,7 +509,7 @@ pub(crate) mod tests {
             host: hostname(),
             ..Snapshot::test(now_ns(), Origin::Backup, root)
         })
-        .unwrap();
+        .unwrap()
     }
 
     /// A repository with one snapshot of files `f0`..: file `fi` is chunk

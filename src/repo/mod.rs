@@ -472,12 +472,18 @@ impl Repository {
     /// lock: a prune that ran in between replaced deltas, and the packs
     /// only those listed are gone on purpose, not lost.
     pub fn load_index_afresh(&self) -> Result<Vec<Error>> {
+        self.forget_index();
+        self.load_index()
+    }
+
+    /// Forget the index loaded so far: the next `load_index` loads every
+    /// delta the store lists then.
+    pub fn forget_index(&self) {
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = Index::new();
         self.loaded_deltas
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.load_index()
     }
 
     /// Drop from the in-memory index every pack the store does not hold
