@@ -785,17 +785,14 @@ impl Repository {
     /// its trees and chunks in no index. The deltas written since are
     /// loaded once before it counts as missing.
     pub fn first_copy(&self, kind: BlobKind, id: &Id) -> Result<(PackMeta, BlobLoc)> {
-        if !self.index().contains(id) && !self.reload_index_since(std::time::Instant::now()) {
-            return Err(Error::Missing {
-                url: self.url().into(),
-                object: format!("{} blob {}", kind.name(), id.short()),
-            });
-        }
-        let ix = self.index();
         let missing = || Error::Missing {
             url: self.url().into(),
             object: format!("{} blob {}", kind.name(), id.short()),
         };
+        if !self.index().contains(id) && !self.reload_index_since(std::time::Instant::now()) {
+            return Err(missing());
+        }
+        let ix = self.index();
         let (p, l) = ix.get(id).ok_or_else(missing)?;
         let gone = self.gone_packs.lock().unwrap_or_else(|e| e.into_inner());
         if gone.contains(&p.id) {
