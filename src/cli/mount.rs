@@ -195,6 +195,10 @@ fn spawn_child(
     bail!("{}", said.trim().trim_start_matches("secrate: "));
 }
 
+/// `mount.log` is rotated at this size (`secrate::log::rotate_at`): about
+/// 100,000 lines, years of a quiet mount's.
+const LOG_LIMIT: u64 = 8 << 20;
+
 /// The background copy: read the secret, serve, report readiness on stdout.
 fn run_child(
     _g: &Globals,
@@ -205,6 +209,8 @@ fn run_child(
 ) -> anyhow::Result<i32> {
     let secret = Secret::read_handover(&mut std::io::stdin().lock())
         .context("cannot read the passphrase from the mount command")?;
+    // `spawn_child` made stderr this file.
+    secrate::log::rotate_at(cache_dir.join("mount.log"), LOG_LIMIT);
     // The mount command may be gone (interrupted): never a panic.
     let report = |msg: &str| {
         let mut out = std::io::stdout();
