@@ -1205,18 +1205,14 @@ fn a_backup_of_another_directory_does_not_become_the_live_tree() {
     fs::write(src.join("theirs"), b"backed up elsewhere\n").unwrap();
     s.ok(&["backup", "-q", src.to_str().unwrap()]);
 
-    let names = |m: &Mount| -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(&m.mnt)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
     // The mount's own clean cache, then a fresh one.
     for cache in ["cache", "cache-fresh"] {
         let mut m = Mount::new(&s, &work.path().join("mnt"), &work.path().join(cache), &[]);
-        assert_eq!(names(&m), [".history", "mine"], "the live tree of {cache}");
+        assert_eq!(
+            m.names(""),
+            [".history", "mine"],
+            "the live tree of {cache}"
+        );
         assert_eq!(fs::read(m.path("mine")).unwrap(), b"the mount's file\n");
         let history = m.history();
         assert_eq!(history.len(), 2, "{history:?}");
@@ -2924,18 +2920,10 @@ fn the_root_lists_history() {
     let s = file_repo(work.path());
     let mut m = Mount::in_dir(&s, work.path(), &[]);
     fs::write(m.path("x"), b"x").unwrap();
-    let names = |m: &Mount| {
-        let mut v: Vec<String> = fs::read_dir(m.path(""))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
-    assert_eq!(names(&m), [".history", "x"]);
+    assert_eq!(m.names(""), [".history", "x"]);
     m.snapshot();
     fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
-    assert_eq!(names(&m), [".history", "x"]);
+    assert_eq!(m.names(""), [".history", "x"]);
     let ls = Command::new("ls")
         .arg("-a")
         .arg(m.path(""))

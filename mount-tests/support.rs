@@ -271,6 +271,16 @@ impl Mount {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// The names in directory `rel` of the mount, sorted.
+    pub fn names(&self, rel: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Snapshot directory names in `.history`, oldest first (by time, then
     /// collision suffix), without `latest`.
     pub fn history(&self) -> Vec<String> {
