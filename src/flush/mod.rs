@@ -13,6 +13,8 @@
 
 pub mod outbox;
 mod seal;
+#[cfg(test)]
+pub(crate) mod testing;
 mod upload;
 
 use std::sync::atomic::{AtomicBool, Ordering};

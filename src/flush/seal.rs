@@ -397,41 +397,10 @@ impl Build<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blobs::BlobReader;
+    use crate::flush::testing::{machine, mkfile};
     use crate::live::data::Times;
     use crate::live::import::import_snapshot;
-    use crate::live::{Live, LiveError, NewNode};
-
-    /// One machine's cache over the repository.
-    struct Machine {
-        _dir: tempfile::TempDir,
-        live: Arc<Live>,
-        reader: Arc<BlobReader>,
-        flusher: Arc<Flusher>,
-    }
-
-    fn machine(repo: &Arc<crate::repo::Repository>) -> Machine {
-        let dir = tempfile::tempdir().unwrap();
-        let live = Arc::new(Live::open(dir.path()).unwrap());
-        let reader = BlobReader::new(repo.clone(), dir.path(), 1 << 30).unwrap();
-        let flusher =
-            Flusher::new(live.clone(), reader.clone(), repo.clone(), None, "t".into()).unwrap();
-        Machine {
-            _dir: dir,
-            live,
-            reader,
-            flusher,
-        }
-    }
-
-    fn mkfile(m: &Machine, name: &[u8], data: &[u8]) -> u64 {
-        let (ino, _) = m
-            .live
-            .create_node(ROOT, name, NewNode::test_file(), false)
-            .unwrap();
-        m.live.write(ino, 0, data, Times::Now, &*m.reader).unwrap();
-        ino
-    }
+    use crate::live::LiveError;
 
     /// Trees name a hard link by (device, inode). An imported file keeps
     /// the identity the snapshot gave it, the old cache's inode number,
