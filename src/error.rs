@@ -32,6 +32,12 @@ pub enum Error {
     #[error("object {object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },
 
+    /// A sealed object waiting in the local outbox no longer holds the
+    /// bytes its name was made from: the local disk changed it after the
+    /// seal. It was not uploaded.
+    #[error("{}: the sealed copy of {object} waiting for upload is damaged (its bytes no longer hash to its name); it was not uploaded", path.display())]
+    OutboxDamaged { path: PathBuf, object: String },
+
     #[error("wrong passphrase (or key) for the repository at {url}")]
     WrongKey { url: String },
 

@@ -223,6 +223,26 @@ impl Index {
             .collect()
     }
 
+    /// This index without the packs in `gone` (every copy of a blob they
+    /// held elsewhere stays, the first of them found first).
+    pub fn without_packs(&self, gone: &std::collections::HashSet<Id>) -> Index {
+        let kept = self
+            .packs
+            .iter()
+            .zip(self.all_blobs_by_pack())
+            .filter(|(p, _)| !gone.contains(&p.id))
+            .map(|(p, blobs)| PackInfo {
+                id: p.id,
+                kind: p.kind,
+                size: p.size,
+                wrapped_key: p.wrapped_key.clone(),
+                blobs,
+            });
+        let mut fresh = Index::new();
+        fresh.add_packs(kept);
+        fresh
+    }
+
     pub fn has_pack(&self, id: &Id) -> bool {
         self.pack_pos.contains_key(id)
     }

@@ -232,7 +232,12 @@ impl Backend {
     /// `put_new` with the content of a local file. A `file://` store on the
     /// same filesystem gets a hard link (no copy, atomic, create-only); any
     /// other store gets the bytes.
-    pub fn put_file_new(&self, name: &str, path: &std::path::Path) -> Result<bool> {
+    pub fn put_file_new(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        read: &(dyn Fn() -> Result<Bytes> + Sync),
+    ) -> Result<bool> {
         self.still_there(name)?;
         if let Some(root) = &self.local_root {
             let dst = root.join(name);
@@ -253,8 +258,7 @@ impl Backend {
                 Err(_) => {}
             }
         }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.put_new(name, Bytes::from(bytes))
+        self.put_new(name, read()?)
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {

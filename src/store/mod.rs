@@ -713,15 +713,26 @@ impl Store {
     /// same filesystem gets a hard link (no copy, atomic, create-only); any
     /// other store gets the bytes.
     pub fn put_file_new(&self, name: &str, path: &std::path::Path) -> Result<bool> {
-        let read = || {
+        self.put_file_new_from(name, path, &|| {
             std::fs::read(path)
                 .map(Bytes::from)
                 .map_err(|e| Error::io(path, e))
-        };
+        })
+    }
+
+    /// `put_file_new` where `read` gives the file's content (a caller that
+    /// read and checked it already passes those bytes: a store that is not
+    /// given the file by a hard link gets exactly what was checked).
+    pub fn put_file_new_from(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+        read: &(dyn Fn() -> Result<Bytes> + Sync),
+    ) -> Result<bool> {
         match self.mode_for(name) {
             Mode::Single => {
                 let b = self.single();
-                let created = b.put_file_new(name, path)?;
+                let created = b.put_file_new(name, path, read)?;
                 if !created && content_addressed(name).is_some() {
                     existing_is_ours(b, name, read)?;
                 }
@@ -731,7 +742,7 @@ impl Store {
                 let first = self.slots[0]
                     .b(name)
                     .map_err(|e| self.write_error(0, name, e, 0))?;
-                let created = match first.put_file_new(name, path) {
+                let created = match first.put_file_new(name, path, read) {
                     Ok(c) => c,
                     Err(e) => return Err(self.write_error(0, name, e, 0)),
                 };
@@ -740,7 +751,7 @@ impl Store {
                 }
                 let r = self.each_of(1..self.slots.len(), |_, s| {
                     let b = s.b(name)?;
-                    if b.put_file_new(name, path)? {
+                    if b.put_file_new(name, path, read)? {
                         return Ok(());
                     }
                     put_new_same(&b, name, &read()?)
@@ -754,10 +765,7 @@ impl Store {
                 }
                 Ok(created)
             }
-            Mode::Ec(_) => {
-                let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-                self.put_new(name, Bytes::from(bytes))
-            }
+            Mode::Ec(_) => self.put_new(name, read()?),
         }
     }
 
