@@ -213,6 +213,9 @@ pub struct WriterLock {
     info: LockInfo,
     shared: Arc<Shared>,
     refresher: Option<JoinHandle<()>>,
+    /// Taken over from a stopped mount of the same outbox: nobody else
+    /// held the lock since, so nobody pruned under that outbox's snapshots.
+    inherited: bool,
 }
 
 fn read_lock(store: &Store, keys: &Keyring) -> Result<Option<(LockInfo, Bytes)>> {
@@ -256,17 +259,30 @@ impl WriterLock {
             outbox: outbox.to_string(),
             boot: boot_text(),
         };
+        let mut inherited = false;
         for _ in 0..5 {
             info.refreshed_ns = now_ns();
             let bytes = sealed::seal(&keys, MAGIC, VERSION, &info.encode());
             if store.put_new(NAME, Bytes::from(bytes))? {
-                return Ok(WriterLock::start(store.clone(), keys, info, timing));
+                return Ok(WriterLock::start(
+                    store.clone(),
+                    keys,
+                    info,
+                    timing,
+                    inherited,
+                ));
             }
             let (held, raw) = match read_lock(store, &keys) {
                 // A create that timed out on our side but reached the store
                 // is retried and finds the name taken: by us.
                 Ok(Some((held, _))) if held.token == info.token => {
-                    return Ok(WriterLock::start(store.clone(), keys, info, timing));
+                    return Ok(WriterLock::start(
+                        store.clone(),
+                        keys,
+                        info,
+                        timing,
+                        inherited,
+                    ));
                 }
                 Ok(Some(x)) => x,
                 Ok(None) => continue, // released between our put and our read
@@ -299,6 +315,8 @@ impl WriterLock {
                     holder: held.describe_stopped_mount(),
                 });
             }
+            // Ours from before only if every lock broken on the way was.
+            inherited = !held.outbox.is_empty() && held.outbox == info.outbox;
             break_judged(store, &raw)?;
         }
         Err(Error::Locked {
@@ -307,7 +325,13 @@ impl WriterLock {
         })
     }
 
-    fn start(store: Store, keys: Arc<Keyring>, info: LockInfo, timing: Timing) -> WriterLock {
+    fn start(
+        store: Store,
+        keys: Arc<Keyring>,
+        info: LockInfo,
+        timing: Timing,
+        inherited: bool,
+    ) -> WriterLock {
         let shared = Arc::new(Shared {
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -328,7 +352,16 @@ impl WriterLock {
             info,
             shared,
             refresher,
+            inherited,
         }
+    }
+
+    /// Whether this lock was taken over from a stopped mount of the same
+    /// outbox (killed, or its last upload failed): then nobody held the
+    /// lock in between. A mount that finds its outbox's lock gone
+    /// (`secrate unlock`) must assume a prune ran meanwhile.
+    pub fn inherited(&self) -> bool {
+        self.inherited
     }
 
     /// Fails if the lock was broken or could not be refreshed in time.
@@ -788,11 +821,18 @@ mod tests {
             );
         }
         let again = WriterLock::acquire(&store, keys.clone(), "mount at /mnt", "this:/cache/a");
-        again.unwrap().check().unwrap();
+        let again = again.unwrap();
+        again.check().unwrap();
+        assert!(again.inherited(), "nobody held it between the two mounts");
+        drop(again);
         // Released by the mount: nothing left to unlock.
         assert_eq!(unlock(&store, &keys).unwrap(), None);
         let dead = put();
         assert_eq!(unlock(&store, &keys).unwrap(), Some(dead));
+        // Unlocked on purpose: the mount of that cache must not take its
+        // outbox's snapshots for safe (src/flush/verify.rs).
+        let fresh = WriterLock::acquire(&store, keys.clone(), "mount at /mnt", "this:/cache/a");
+        assert!(!fresh.unwrap().inherited());
         let _live = WriterLock::acquire(&store, keys.clone(), "prune", "").unwrap();
         // A live holder's lock is not removed.
         let err = unlock(&store, &keys).err().unwrap().to_string();
