@@ -368,6 +368,14 @@ impl Store {
         })
     }
 
+    /// Whether `put_file_new` may give some store a hard link to the file
+    /// rather than bytes read from it (a `file://` store).
+    pub fn may_link_files(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(StoreUrl::parse(&s.url), Ok(StoreUrl::File(_))))
+    }
+
     /// The stores and how objects are spread over them.
     pub fn layout(&self) -> Layout {
         Layout {
@@ -720,9 +728,9 @@ impl Store {
         })
     }
 
-    /// `put_file_new` where `read` gives the file's content (a caller that
-    /// read and checked it already passes those bytes: a store that is not
-    /// given the file by a hard link gets exactly what was checked).
+    /// `put_file_new` where `read` gives the file's content, for every
+    /// store not given a hard link to it (the outbox checks the bytes
+    /// there, as it reads them: what is sent is what was checked).
     pub fn put_file_new_from(
         &self,
         name: &str,
