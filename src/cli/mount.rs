@@ -423,6 +423,11 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
         "unsealed changes: {}",
         if b("dirty") { "yes" } else { "no" }
     );
+    if let Some(problems) = st.get("outbox_problems").and_then(|v| v.as_array()) {
+        for p in problems.iter().filter_map(|p| p.as_str()) {
+            println!("OUTBOX PROBLEM:  {p}");
+        }
+    }
     if st.get("last_error").is_some_and(|v| !v.is_null()) {
         println!(
             "last error:      {} (at {})",

@@ -16,6 +16,7 @@ mod seal;
 #[cfg(test)]
 pub(crate) mod testing;
 mod upload;
+mod verify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -60,6 +61,10 @@ pub struct Status {
     pub cache_bytes: u64,
     pub store: String,
     pub cache_dir: String,
+    /// Damaged outbox items and snapshots not uploaded because what they
+    /// name is gone (src/flush/verify.rs), oldest first; each is in the
+    /// mount's log too.
+    pub outbox_problems: Vec<String>,
     /// Nodes of `.history` alive (the kernel or an open listing holds
     /// them); filled in by the mount, which owns the view.
     pub history_nodes: u64,
@@ -201,7 +206,11 @@ impl Flusher {
             }
         }
         sort_snapshots(&mut snaps);
-        Ok(Arc::new(Flusher {
+        // A lock this cache's last mount did not leave behind: someone ran
+        // `secrate unlock`, and a prune may have taken blobs the snapshots
+        // still in the outbox share with the store (src/flush/verify.rs).
+        let distrust = lock.as_ref().is_some_and(|l| !l.inherited());
+        let flusher = Arc::new(Flusher {
             live,
             reader,
             repo,
@@ -220,7 +229,11 @@ impl Flusher {
             on_change: Mutex::new(None),
             cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
             fit: Mutex::new(None),
-        }))
+        });
+        if distrust {
+            flusher.confirm_pending()?;
+        }
+        Ok(flusher)
     }
 
     pub fn snapshots(&self) -> Vec<SnapEntry> {
@@ -332,6 +345,7 @@ impl Flusher {
             cache_bytes: dir_size(self.live.dir()),
             store: self.repo.url().to_string(),
             cache_dir: self.live.dir().display().to_string(),
+            outbox_problems: self.outbox_problems(),
             history_nodes: 0,
         }
     }

@@ -126,6 +126,13 @@ pub fn push(tx: &mut Tx, item: &Item) -> LiveResult<u64> {
     Ok(seq)
 }
 
+/// Put `item` in the place of item `seq` (sealed again after damage).
+pub fn replace(tx: &Tx, seq: u64, item: &Item) -> LiveResult<()> {
+    let mut t = tx.txn().open_table(OUTBOX).map_err(cache_err)?;
+    t.insert(seq, item.encode().as_slice()).map_err(cache_err)?;
+    Ok(())
+}
+
 pub fn remove(tx: &Tx, seq: u64) -> LiveResult<()> {
     let mut t = tx.txn().open_table(OUTBOX).map_err(cache_err)?;
     t.remove(seq).map_err(cache_err)?;

@@ -8,6 +8,7 @@ use redb::ReadableTable;
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::flush::outbox::{self, Item, ItemKind};
+use crate::flush::verify::Confirmed;
 use crate::flush::{live_err, Flusher};
 use crate::live::cache_err;
 use crate::repo::pack::pack_id_from_name;
@@ -62,9 +63,19 @@ impl Flusher {
     }
 
     /// Upload everything in the outbox now, in order. Stops at the first
-    /// failure (the next call resumes there).
+    /// failure (the next call resumes there). An item found damaged is set
+    /// aside and replaced, and a snapshot confirmed whole first where
+    /// something may have taken what it names (src/flush/verify.rs); then
+    /// the outbox is read again.
     pub fn upload_pending(&self) -> Result<()> {
         let _one = self.upload_mutex.lock().unwrap_or_else(|e| e.into_inner());
+        while self.upload_run()? {}
+        Ok(())
+    }
+
+    /// One pass over the outbox; true if it changed under the pass (start
+    /// again).
+    fn upload_run(&self) -> Result<bool> {
         let items = self.live.tx(|tx| outbox::items(tx)).map_err(live_err)?;
         let mut i = 0;
         while i < items.len() {
@@ -78,6 +89,20 @@ impl Flusher {
                 j = i + 1;
             }
             let batch = &items[i..j];
+            let mut again = false;
+            if let [(seq, item)] = batch {
+                if item.kind == ItemKind::Snapshot {
+                    match self.confirm_snapshot(*seq, item) {
+                        Ok(Confirmed::Untouched) => {}
+                        Ok(Confirmed::Whole) => again = true,
+                        Ok(Confirmed::Refused) => return Ok(true),
+                        Err(e) => {
+                            self.record_err(&e);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
             let results: Vec<Result<()>> = std::thread::scope(|s| {
                 let hs: Vec<_> = batch
                     .iter()
@@ -92,21 +117,33 @@ impl Flusher {
                     .collect()
             });
             for ((seq, item), r) in batch.iter().zip(&results) {
-                if r.is_ok() {
-                    self.finish_item(*seq, item)?;
+                match r {
+                    Ok(()) => self.finish_item(*seq, item)?,
+                    Err(Error::OutboxDamaged { .. }) => {
+                        self.set_aside_damaged(*seq, item)?;
+                        again = true;
+                    }
+                    Err(_) => {}
                 }
             }
-            if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            let failed = results.into_iter().find(|r| {
+                r.as_ref()
+                    .is_err_and(|e| !matches!(e, Error::OutboxDamaged { .. }))
+            });
+            if let Some(Err(e)) = failed {
                 self.record_err(&e);
                 return Err(e);
             }
             self.record_ok();
+            if again {
+                return Ok(true);
+            }
             i = j;
         }
-        Ok(())
+        Ok(false)
     }
 
-    fn upload_item(&self, item: &Item) -> Result<()> {
+    pub(crate) fn upload_item(&self, item: &Item) -> Result<()> {
         if item.kind == ItemKind::Snapshot {
             self.check_lock()?;
         }
@@ -114,7 +151,7 @@ impl Flusher {
         self.repo.put_sealed(&item.name, &path)
     }
 
-    fn finish_item(&self, seq: u64, item: &Item) -> Result<()> {
+    pub(crate) fn finish_item(&self, seq: u64, item: &Item) -> Result<()> {
         let snap_id = item.name.strip_prefix("snapshots/").and_then(Id::from_hex);
         self.live
             .tx(|tx| {
