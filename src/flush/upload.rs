@@ -16,6 +16,9 @@ use crate::repo::pack::pack_id_from_name;
 /// Packs uploaded at once.
 const PARALLEL: usize = 4;
 
+/// Passes over the outbox one `upload_pending` makes at most.
+const MAX_PASSES: usize = 1000;
+
 /// The longest wait between upload attempts while the store fails. Each
 /// attempt already spends ~20 s retrying inside the store layer, so a store
 /// that comes back is found within about 30 s; one failed burst of requests
@@ -69,8 +72,19 @@ impl Flusher {
     /// the outbox is read again.
     pub fn upload_pending(&self) -> Result<()> {
         let _one = self.upload_mutex.lock().unwrap_or_else(|e| e.into_inner());
-        while self.upload_run()? {}
-        Ok(())
+        // Each pass that starts again removed or replaced an item; a disk
+        // that damages every file written to it would go on for ever.
+        for _ in 0..MAX_PASSES {
+            if !self.upload_run()? {
+                return Ok(());
+            }
+        }
+        let e = Error::Invalid(format!(
+            "the outbox changed under {MAX_PASSES} upload passes in a row (damaged items set \
+             aside and replaced): the cache disk may be failing"
+        ));
+        self.record_err(&e);
+        Err(e)
     }
 
     /// One pass over the outbox; true if it changed under the pass (start
