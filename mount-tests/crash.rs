@@ -35,6 +35,12 @@
 //! packs the killed runs uploaded (the store grows by well under the tree's
 //! size), `check --read-data` is clean, and a restore is byte-exact.
 //! `SECRATE_CRASH_BACKUP_MB` sets the tree size.
+//!
+//! `a_damaged_outbox_pack_is_never_uploaded` and
+//! `a_pending_snapshot_is_whole_after_unlock_and_prune`: what a mount
+//! killed with snapshots in its outbox finds when it starts again, a pack
+//! the cache disk damaged meanwhile, or its lock removed and a prune run
+//! (src/flush/verify.rs).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -1098,4 +1104,145 @@ fn backup_survives_kill_9() {
         assert_same_tree(&src, &dst);
         clock.step("restore is byte-exact");
     }
+}
+
+/// A mount killed with a snapshot not uploaded (its store was away), its
+/// lock then removed on purpose with `secrate unlock`, and the snapshot
+/// before it forgotten and pruned: the pending snapshot reuses a
+/// directory's tree only the forgotten one held, and the prune deleted
+/// it. The mount started again finds its outbox's lock gone, confirms the
+/// pending snapshot against the store, encodes that directory again from
+/// its live tree, and uploads the snapshot whole. (Stop 29: before, it
+/// uploaded a snapshot naming a deleted tree and `check` failed.)
+#[test]
+fn a_pending_snapshot_is_whole_after_unlock_and_prune() {
+    if !fuse_ready("a_pending_snapshot_is_whole_after_unlock_and_prune") {
+        return;
+    }
+    require("fusermount3", "fuse3");
+    let work = tempfile::tempdir().unwrap();
+    let s = file_repo(work.path());
+    let data = pseudo_random(29, 3 << 20);
+    // The same bytes in a backup: the prune keeps their chunks and takes
+    // what the mount's first snapshot alone held, its trees.
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), &data).unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let m = Mount::in_dir(&s, work.path(), &[]);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), &data).unwrap();
+    let out = m.snapshot();
+    let s1 = out.split_whitespace().nth(1).unwrap().to_string();
+    let (store, away) = (work.path().join("store"), work.path().join("store.away"));
+    fs::rename(&store, &away).unwrap();
+    fs::write(m.path("new"), b"sealed while the store was away").unwrap();
+    m.s.ok(&["snapshot", "--no-wait", m.mnt.to_str().unwrap()]);
+    kill_mount(&m);
+    fs::rename(&away, &store).unwrap();
+
+    s.ok(&["unlock"]);
+    s.ok(&["forget", &s1]);
+    let pruned = s.ok(&["prune", "--max-unused", "0"]);
+    eprintln!("{pruned}");
+
+    let mut m = Mount::in_dir(&s, work.path(), &[]);
+    m.umount();
+    let log = m.log();
+    let check = s.run(&["check", "--read-data"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && out.contains("no errors"),
+        "{out}\nmount.log:\n{log}"
+    );
+    assert!(
+        log.contains("not yet uploaded, names")
+            && log.contains("every blob it names is stored again"),
+        "mount.log:\n{log}"
+    );
+    let m = Mount::in_dir(&s, work.path(), &[]);
+    assert_eq!(fs::read(m.path("d/f")).unwrap(), data);
+    assert_eq!(
+        m.history().len(),
+        3,
+        "the backup, the pending snapshot, the one that stored the tree again"
+    );
+}
+
+/// A mount killed with a snapshot in its outbox (its store was away), whose
+/// tree pack the cache disk then damaged: the mount started again never
+/// uploads the damaged pack, sets it aside, encodes the directories again
+/// from its live tree, uploads the snapshot whole, and `secrate status`
+/// says what happened. (Stop 29: before, the damaged pack was uploaded and
+/// `check` failed.)
+#[test]
+fn a_damaged_outbox_pack_is_never_uploaded() {
+    if !fuse_ready("a_damaged_outbox_pack_is_never_uploaded") {
+        return;
+    }
+    require("fusermount3", "fuse3");
+    let work = tempfile::tempdir().unwrap();
+    let s = file_repo(work.path());
+    let m = Mount::in_dir(&s, work.path(), &[]);
+    // Away (not a fault injected: a file:// store takes packs by hard link).
+    let (store, away) = (work.path().join("store"), work.path().join("store.away"));
+    fs::rename(&store, &away).unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), pseudo_random(30, 2 << 20)).unwrap();
+    m.s.ok(&["snapshot", "--no-wait", m.mnt.to_str().unwrap()]);
+    kill_mount(&m);
+    fs::rename(&away, &store).unwrap();
+
+    // The smallest pack is the tree pack (the data pack holds 2 MiB).
+    let outbox = work.path().join("cache/outbox");
+    let tree_pack = fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("packs_")
+        })
+        .min_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a pack in the outbox");
+    let mut bytes = fs::read(&tree_pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(&tree_pack, bytes).unwrap();
+    let name = tree_pack
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let object = name.replacen('_', "/", 2);
+
+    let mut m = Mount::in_dir(&s, work.path(), &[]);
+    let t = Instant::now();
+    loop {
+        let st = m.s.ok(&["status", m.mnt.to_str().unwrap()]);
+        if st.contains("OUTBOX PROBLEM") && st.contains(&object) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no outbox problem in `secrate status`:\n{st}\nmount.log:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    m.umount();
+    let log = m.log();
+    let check = s.run(&["check", "--read-data"]);
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && out.contains("no errors"),
+        "{out}\nmount.log:\n{log}"
+    );
+    assert!(
+        !work.path().join("store").join(&object).exists(),
+        "{object} was uploaded"
+    );
+    assert!(work.path().join("cache/damaged").join(&name).exists());
+    assert!(log.contains("was damaged on this cache's disk"), "{log}");
 }
