@@ -71,8 +71,8 @@ impl Flusher {
         let _seal = self.seal_mutex.lock().unwrap_or_else(|e| e.into_inner());
         self.live
             .tx(|tx| {
-                let g = tx.state_u64("seal_gen")?;
-                tx.set_state_u64(CONFIRM_THROUGH, g + 1)
+                let through = (tx.state_u64("seal_gen")? + 1).max(tx.state_u64(CONFIRM_THROUGH)?);
+                tx.set_state_u64(CONFIRM_THROUGH, through)
             })
             .map_err(live_err)?;
         self.live.commit(true).map_err(live_err)
@@ -170,9 +170,16 @@ impl Flusher {
             .iter()
             .flat_map(|p| p.blobs.iter().map(move |b| (b.id, p.kind)))
             .collect();
+        // In one commit with the removal: once the pack is gone from the
+        // outbox, every snapshot sealed so far is confirmed (which marks
+        // the live tree again if a crash comes before `mark_lost` below).
         self.live
             .tx(|tx| {
                 outbox::remove(tx, seq)?;
+                let through = tx
+                    .state_u64("seal_gen")?
+                    .max(tx.state_u64(CONFIRM_THROUGH)?);
+                tx.set_state_u64(CONFIRM_THROUGH, through)?;
                 let mut t = tx
                     .txn()
                     .open_table(outbox::OUTBOX_PACKS)
@@ -182,14 +189,8 @@ impl Flusher {
             })
             .map_err(live_err)?;
         self.reseal_index_of_gen(item.gen)?;
-        self.repo.drop_packs(&[id]);
-        self.live
-            .tx(|tx| {
-                let g = tx.state_u64("seal_gen")?;
-                tx.set_state_u64(CONFIRM_THROUGH, g)
-            })
-            .map_err(live_err)?;
         self.live.commit(true).map_err(live_err)?;
+        self.repo.drop_packs(&[id]);
         let marked = self.live.mark_lost(&lost).map_err(live_err)?;
         let mut what = format!(
             "the blobs it held ({}) are stored again where this cache still has them",

@@ -593,8 +593,10 @@ impl Repository {
     /// (`Error::OutboxDamaged`). The bytes a store is sent are checked as
     /// they are read; a `file://` store, which gets a hard link to the file
     /// instead, has the file hashed through a small buffer before the link.
-    /// Per GiB: 0.16 s of BLAKE3 where the bytes are read anyway, about
-    /// 0.3 s where they are linked (docs/benchmarks.md, "outbox check").
+    /// Per GiB: 0.15 s of CPU (BLAKE3) where the bytes are read anyway,
+    /// 0.19 s where they are linked, plus a read of the file from the
+    /// cache disk if its pages are gone (docs/benchmarks.md, "outbox
+    /// check").
     pub fn put_sealed(&self, name: &str, path: &std::path::Path) -> Result<()> {
         let damaged = || Error::OutboxDamaged {
             path: path.to_path_buf(),
