@@ -361,6 +361,35 @@ mod tests {
         }
     }
 
+    /// Dropping a pack (a damaged outbox pack) keeps every other pack's
+    /// copies: a blob stored twice is found in its other pack.
+    #[test]
+    fn without_packs_keeps_the_other_copies() {
+        let a = sample();
+        let mut b = sample();
+        b.id = Id([3; 32]);
+        b.blobs.push(PackBlob {
+            id: Id([4; 32]),
+            offset: 58,
+            length: 40,
+            raw_len: 8,
+        });
+        let mut ix = Index::new();
+        ix.add_pack(&a);
+        ix.add_pack(&b);
+        let gone: std::collections::HashSet<Id> = [a.id].into_iter().collect();
+        let left = ix.without_packs(&gone);
+        assert!(!left.has_pack(&a.id));
+        assert_eq!(left.get(&Id([2; 32])).unwrap().0.id, b.id);
+        assert_eq!(left.copies(&Id([2; 32])).len(), 1);
+        assert!(left.contains(&Id([4; 32])));
+        assert_eq!(left.blob_count(), 2);
+        let gone: std::collections::HashSet<Id> = [b.id].into_iter().collect();
+        let left = ix.without_packs(&gone);
+        assert!(!left.contains(&Id([4; 32])));
+        assert_eq!(left.get(&Id([2; 32])).unwrap().0.id, a.id);
+    }
+
     #[test]
     fn test_vector() {
         let b = encode_delta(&[sample()]);
