@@ -420,6 +420,9 @@ impl Flusher {
                 .map_err(live_err)?;
             self.live.commit(true).map_err(live_err)?;
         }
+        // On the upload thread: the seal tells the kernel of the new
+        // snapshot with the upload mutex held, which no request of the
+        // filesystem takes (only the uploader and the final flush do).
         self.seal()?;
         self.upload_ahead(seq)?;
         let still = self.missing_blobs(&snap.root)?;
@@ -465,8 +468,15 @@ impl Flusher {
 
     /// Take a snapshot that cannot be made whole out of the outbox and
     /// the list (`.history`).
+    ///
+    /// If it was the live tree's last snapshot, the root is made dirty: the
+    /// next seal takes the live tree again (a clean live tree whose own
+    /// snapshot is in no list would be replaced by the store's latest at
+    /// the next start, `mount::behind`).
     fn refuse_snapshot(&self, seq: u64, name: &str) -> Result<()> {
         let id = name.strip_prefix("snapshots/").and_then(Id::from_hex);
+        // A seal's view must see the root stamped or not at all.
+        let seal = self.seal_mutex.lock().unwrap_or_else(|e| e.into_inner());
         self.live
             .tx(|tx| {
                 outbox::remove(tx, seq)?;
@@ -476,16 +486,23 @@ impl Flusher {
                         .open_table(outbox::PENDING_SNAPSHOTS)
                         .map_err(cache_err)?;
                     t.remove(&id.0[..]).map_err(cache_err)?;
+                    drop(t);
+                    if tx.state("last_snapshot")?.as_deref() == Some(&id.0[..]) {
+                        let mut root = tx.get(crate::live::ROOT)?;
+                        tx.stamp(crate::live::ROOT, &mut root)?;
+                    }
                 }
                 Ok(())
             })
             .map_err(live_err)?;
         self.live.commit(true).map_err(live_err)?;
+        drop(seal);
         let _ = std::fs::remove_file(outbox::file_for(self.live.dir(), name));
         self.snapshots
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|s| Some(s.id) != id);
+        // With none of the flusher's locks held (`on_change`).
         self.snapshots_changed();
         Ok(())
     }
