@@ -339,3 +339,62 @@ fn deep_directories_back_up_and_restore() {
         assert_same_tree(&src, &dst);
     }
 }
+
+/// `/dev/full` for a child's stdout or stderr: every write fails (ENOSPC),
+/// as it does to a closed pipe or a full disk.
+fn dev_full() -> Option<fs::File> {
+    let f = fs::OpenOptions::new().write(true).open("/dev/full").ok();
+    if f.is_none() {
+        eprintln!("SKIPPED: no /dev/full");
+    }
+    f
+}
+
+/// A stdout that fails (`secrate snapshots | head` once the reader is
+/// gone, a full disk) gives one sentence and exit 1, and so does a
+/// failing stderr; before, `println!` and `eprintln!` panicked (exit 101,
+/// a backtrace), after the command had done its work.
+#[test]
+fn a_failing_stdout_or_stderr_is_one_sentence_not_a_panic() {
+    let Some(full) = dev_full() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let dst = work.path().join("restored");
+    let dst = dst.to_str().unwrap();
+    for args in [
+        vec!["snapshots"],
+        vec!["snapshots", "--json"],
+        vec!["key", "list"],
+        vec!["stats"],
+        vec!["check"],
+        vec!["forget", "--keep-last", "5", "--dry-run"],
+        vec!["prune", "--dry-run"],
+        vec!["unlock"],
+        vec!["restore", "-q", "latest", dst],
+        vec!["backup", "-q", src.to_str().unwrap()],
+    ] {
+        let o = s
+            .command()
+            .args(&args)
+            .stdout(full.try_clone().unwrap())
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(e.starts_with("secrate: standard output: "), "{args:?}: {e}");
+    }
+    // A warning to a failing stderr: the error's exit code, no panic.
+    let o = s
+        .command()
+        .args(["snapshot", "/no/such/mount"])
+        .stderr(full.try_clone().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+}

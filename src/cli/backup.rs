@@ -41,7 +41,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     }
     let bar = Bar::new(g.quiet);
     let s = backup(repo, &opts, &bar)?;
-    println!(
+    outln!(
         "snapshot {} saved: files {} new, {} changed, {} unchanged; {} dirs; read {}, added {} to the store in {:.1} s",
         s.id.short(),
         s.files_new,
@@ -51,9 +51,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         bytes(s.bytes_read),
         bytes(s.bytes_added),
         s.duration.as_secs_f64()
-    );
+    )?;
     if !s.errors.is_empty() {
-        eprintln!("secrate: {} entries could not be read and are not in the snapshot (see the warnings above)", s.errors.len());
+        errln!("secrate: {} entries could not be read and are not in the snapshot (see the warnings above)", s.errors.len());
         return Ok(3);
     }
     Ok(0)

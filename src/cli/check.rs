@@ -20,20 +20,20 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let bar = Bar::new(g.quiet);
     let r = secrate::ops::check::check(&repo, a.read_data, &bar)?;
     for n in &r.notes {
-        println!("note: {n}");
+        outln!("note: {n}")?;
     }
     for p in &r.problems {
-        println!("error: {p}");
+        outln!("error: {p}")?;
     }
     for (label, list) in [("damaged", &r.damage), ("recorded", &r.recorded)] {
         for d in list {
-            println!(
+            outln!(
                 "{label}: snapshot {} ({}): /{}: {}",
                 d.snapshot.short(),
                 d.time,
                 d.path.trim_start_matches('/'),
                 d.reason
-            );
+            )?;
         }
     }
     let stores_ok = super::sync::report_stores(repo.store(), a.read_data)?;
@@ -43,20 +43,22 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         String::new()
     };
     if r.is_clean() && !stores_ok {
-        println!(
+        outln!(
             "the repository is intact ({} snapshots, {} trees, {} packs{read}), but not every store holds all of it (run `secrate sync`)",
             r.snapshots, r.trees, r.packs
-        );
+        )?;
         Ok(1)
     } else if r.is_clean() {
-        println!(
+        outln!(
             "no errors: {} snapshots, {} trees, {} packs{read}",
-            r.snapshots, r.trees, r.packs
-        );
+            r.snapshots,
+            r.trees,
+            r.packs
+        )?;
         Ok(0)
     } else if !r.has_new_damage() {
         let files: std::collections::HashSet<_> = r.recorded.iter().map(|d| &d.path).collect();
-        println!(
+        outln!(
             "no new damage, but {} paths in snapshots ({} distinct) hold data lost earlier and recorded by `secrate repair`; \
              a file rewritten (mount) or backed up again from its source is whole in later snapshots; {} snapshots, {} trees, {} packs{read}",
             r.recorded.len(),
@@ -64,11 +66,11 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             r.snapshots,
             r.trees,
             r.packs
-        );
+        )?;
         Ok(1)
     } else {
         let files: std::collections::HashSet<_> = r.damage.iter().map(|d| &d.path).collect();
-        println!(
+        outln!(
             "damage found: {} damaged paths ({} distinct) and {} damaged objects; {} snapshots, {} trees, {} packs{read}",
             r.damage.len(),
             files.len(),
@@ -76,7 +78,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             r.snapshots,
             r.trees,
             r.packs
-        );
+        )?;
         Ok(1)
     }
 }

@@ -70,7 +70,7 @@ pub fn forget(g: &Globals, a: ForgetArgs) -> anyhow::Result<i32> {
     let repo = g.open_repo()?;
     let (all, bad) = repo.snapshots()?;
     for e in &bad {
-        eprintln!("warning: {e}");
+        errln!("warning: {e}");
     }
     let mut ids: Vec<Id> = Vec::new();
     for s in &a.snapshots {
@@ -88,7 +88,7 @@ pub fn forget(g: &Globals, a: ForgetArgs) -> anyhow::Result<i32> {
         }
     }
     for d in &decisions {
-        println!(
+        outln!(
             "{} {} {:<20} {:<16} {}  ({})",
             if d.keep { "keep  " } else { "remove" },
             d.id.short(),
@@ -96,18 +96,18 @@ pub fn forget(g: &Globals, a: ForgetArgs) -> anyhow::Result<i32> {
             d.snapshot.host,
             d.snapshot.source,
             d.reasons.join(", ")
-        );
+        )?;
     }
     let gone = decisions.iter().filter(|d| !d.keep).count();
     if a.dry_run {
-        println!(
+        outln!(
             "dry run: would remove {gone} of {} snapshots",
             decisions.len()
-        );
+        )?;
         return Ok(0);
     }
     let n = forget_snapshots(&repo, &decisions)?;
-    println!("removed {n} of {} snapshots", decisions.len());
+    outln!("removed {n} of {} snapshots", decisions.len())?;
     if a.prune {
         let r = prune_repo(
             repo,
@@ -117,7 +117,7 @@ pub fn forget(g: &Globals, a: ForgetArgs) -> anyhow::Result<i32> {
             },
             &Bar::new(g.quiet),
         )?;
-        print_prune(&r, false);
+        print_prune(&r, false)?;
     }
     Ok(0)
 }
@@ -132,21 +132,23 @@ pub fn prune(g: &Globals, a: PruneArgs) -> anyhow::Result<i32> {
         },
         &Bar::new(g.quiet),
     )?;
-    print_prune(&r, a.dry_run);
+    print_prune(&r, a.dry_run)?;
     Ok(0)
 }
 
-fn print_prune(r: &PruneReport, dry: bool) {
+fn print_prune(r: &PruneReport, dry: bool) -> secrate::Result<()> {
     let (remove, repack, replace) = if dry {
         ("would remove", "would repack", "would be replaced")
     } else {
         ("removed", "repacked", "replaced")
     };
-    println!(
+    outln!(
         "{} snapshots reference {} blobs; {} blobs are unused",
-        r.snapshots, r.blobs_used, r.blobs_unused
-    );
-    println!(
+        r.snapshots,
+        r.blobs_used,
+        r.blobs_unused
+    )?;
+    outln!(
         "{remove} {} packs and {repack} {} into {} new ({} removed, {} written); {} old index deltas {replace}",
         r.packs_deleted,
         r.packs_repacked,
@@ -154,10 +156,11 @@ fn print_prune(r: &PruneReport, dry: bool) {
         bytes(r.bytes_deleted),
         bytes(r.bytes_written),
         r.index_deleted
-    );
-    println!(
+    )?;
+    outln!(
         "store: {} before, {} after",
         bytes(r.bytes_before),
         bytes(r.bytes_before - r.bytes_deleted + r.bytes_written)
-    );
+    )?;
+    Ok(())
 }

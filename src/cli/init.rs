@@ -55,16 +55,16 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         opts.pack_target = p;
     }
     let (repo, recovery) = Repository::init(store, &pass, opts)?;
-    println!(
+    outln!(
         "created repository {} at {}",
         repo.config().repo_id_hex(),
         repo.url()
-    );
-    println!();
-    println!("Recovery key (shown only now): it opens this repository if the passphrase is lost.");
-    println!("Write it on paper and keep it somewhere safe; use it with --recovery-key-file or SECRATE_RECOVERY_KEY.");
-    println!();
-    println!("    {}", recovery.as_str());
-    println!();
+    )?;
+    outln!()?;
+    outln!("Recovery key (shown only now): it opens this repository if the passphrase is lost.")?;
+    outln!("Write it on paper and keep it somewhere safe; use it with --recovery-key-file or SECRATE_RECOVERY_KEY.")?;
+    outln!()?;
+    outln!("    {}", recovery.as_str())?;
+    outln!()?;
     Ok(0)
 }

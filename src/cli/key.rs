@@ -52,32 +52,35 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let repo = g.open_repo()?;
     match a.cmd {
         KeyCmd::List => {
-            println!(
+            outln!(
                 "{:<3}{:<18} {:<11} {:<10} CREATED",
-                "", "ID", "KIND", "ACCESS"
-            );
+                "",
+                "ID",
+                "KIND",
+                "ACCESS"
+            )?;
             for (name, k) in repo.list_keys()? {
                 let k = match k {
                     Ok(k) => k,
                     Err(e) => {
-                        println!(
+                        outln!(
                             "{:<3}{:<18} damaged: {e}",
                             "",
                             name.trim_start_matches("keys/")
-                        );
+                        )?;
                         continue;
                     }
                 };
-                println!(
+                outln!(
                     "{:<3}{:<18} {:<11} {:<10} {}",
                     if name == repo.key_name() { "*" } else { "" },
                     name.trim_start_matches("keys/"),
                     k.kind.name(),
                     if k.write_only { "write-only" } else { "full" },
                     format_time(k.created.saturating_mul(1_000_000_000))
-                );
+                )?;
             }
-            println!("(* = the key used now)");
+            outln!("(* = the key used now)")?;
         }
         KeyCmd::Add {
             write_only,
@@ -86,14 +89,14 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         } => {
             let p = secret::new_passphrase_only(new_passphrase_file.as_deref())?;
             let id = repo.add_key(&Secret::Passphrase(p), write_only, kdf_work_factor)?;
-            println!(
+            outln!(
                 "added {} passphrase key {id}",
                 if write_only { "write-only" } else { "full" }
-            );
+            )?;
         }
         KeyCmd::Remove { id } => {
             let name = repo.remove_key(&id)?;
-            println!("removed key {}", name.trim_start_matches("keys/"));
+            outln!("removed key {}", name.trim_start_matches("keys/"))?;
         }
         KeyCmd::Passwd {
             new_passphrase_file,
@@ -113,18 +116,18 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             let p = secret::new_passphrase_only(new_passphrase_file.as_deref())?;
             let id = repo.add_key(&Secret::Passphrase(p), current.write_only, kdf_work_factor)?;
             repo.store().delete(repo.key_name())?;
-            println!(
+            outln!(
                 "passphrase changed (key {id} replaces {})",
                 repo.key_name().trim_start_matches("keys/")
-            );
+            )?;
         }
         KeyCmd::Recovery { write_only } => {
             let (name, text) = repo.add_recovery_key(write_only)?;
-            println!("added recovery key {}", name.trim_start_matches("keys/"));
-            println!("Recovery key (shown only now; keep it on paper):");
-            println!();
-            println!("    {}", text.as_str());
-            println!();
+            outln!("added recovery key {}", name.trim_start_matches("keys/"))?;
+            outln!("Recovery key (shown only now; keep it on paper):")?;
+            outln!()?;
+            outln!("    {}", text.as_str())?;
+            outln!()?;
         }
     }
     Ok(0)

@@ -4,6 +4,34 @@
 //! command lives in its own file and returns an exit code; errors become one
 //! sentence on stderr and a non-zero exit.
 
+/// `println!` for what a command reports: a stdout that fails (a pipe
+/// whose reader is gone, a full disk) is an error the command returns
+/// (one sentence, exit 1), never a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| secrate::Error::io("standard output", e))
+    }};
+}
+
+/// `eprintln!` that never panics: when stderr fails (a hung-up terminal)
+/// the message is lost, and the exit code still tells.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see `errln!`).
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod backup;
 mod check;
 mod forget;
@@ -137,7 +165,7 @@ impl Globals {
         let secret = secret::for_open(self)?;
         let repo = Repository::open(store, &secret)?;
         for problem in repo.load_index()? {
-            eprintln!("warning: {problem}");
+            errln!("warning: {problem}");
         }
         Ok(Arc::new(repo))
     }
@@ -151,7 +179,7 @@ impl Globals {
         // Blobs are looked for only where they are (a replayed old index
         // may list packs that are gone, shadowing the blobs' new places).
         for id in repo.forget_missing_packs()? {
-            eprintln!(
+            errln!(
                 "warning: the index lists {} but the store does not hold it (run `secrate check`)",
                 secrate::repo::pack::pack_name(&id)
             );
@@ -159,7 +187,7 @@ impl Globals {
         if !repo.load_index()?.is_empty() {
             let (found, bad) = repo.find_unindexed_packs()?;
             for e in bad {
-                eprintln!("warning: {e}");
+                errln!("warning: {e}");
             }
             repo.add_to_index(&found);
         }
@@ -172,7 +200,7 @@ pub fn run() -> i32 {
     let ec = match cli.ec.as_deref().map(EcParams::parse).transpose() {
         Ok(ec) => ec,
         Err(e) => {
-            eprintln!("secrate: {e}");
+            errln!("secrate: {e}");
             return 2;
         }
     };

@@ -175,12 +175,12 @@ fn spawn_child(
     for line in BufReader::new(out).lines() {
         let line = line.unwrap_or_default();
         if line == "ready" {
-            println!(
+            outln!(
                 "mounted at {} (cache {}, log {})",
                 mountpoint.display(),
                 cache_dir.display(),
                 log.display()
-            );
+            )?;
             return Ok(0);
         }
         said.push_str(&line);
@@ -285,19 +285,19 @@ impl Line {
                     .as_deref()
                     .map(|e| format!(" (retrying: {e})"))
                     .unwrap_or_default();
-                eprint!(
+                err!(
                     "\r\x1b[K{phase}: {pending_objects} objects, {} left{err}",
                     bytes(*pending_bytes)
                 );
             } else if let Some(e) = error {
-                eprintln!("warning: upload failed, retrying: {e}");
+                errln!("warning: upload failed, retrying: {e}");
             }
         }
     }
 
     fn end(&self) {
         if self.tty {
-            eprint!("\r\x1b[K");
+            err!("\r\x1b[K");
         }
     }
 }
@@ -312,16 +312,16 @@ pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
     // cache, so that a mount right after this one finds it free.
     if let Some(dir) = cache {
         if !secrate::mount::wait_cache_free(&dir, std::time::Duration::from_secs(30)) {
-            eprintln!(
+            errln!(
                 "warning: the secrate process that served {} has not exited yet",
                 a.mountpoint.display()
             );
         }
     }
-    println!(
+    outln!(
         "unmounted {}: everything is in the store",
         a.mountpoint.display()
-    );
+    )?;
     Ok(0)
 }
 
@@ -342,9 +342,9 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
     line.end();
     r?;
     match sealed.flatten() {
-        Some(id) if a.no_wait => println!("snapshot {} sealed", &id[..8]),
-        Some(id) => println!("snapshot {} sealed and uploaded", &id[..8]),
-        None => println!("nothing changed since the last snapshot; everything is uploaded"),
+        Some(id) if a.no_wait => outln!("snapshot {} sealed", &id[..8])?,
+        Some(id) => outln!("snapshot {} sealed and uploaded", &id[..8])?,
+        None => outln!("nothing changed since the last snapshot; everything is uploaded")?,
     }
     Ok(0)
 }
@@ -363,7 +363,7 @@ fn sync_mount(mountpoint: &std::path::Path) {
         }
     });
     if let Err(e) = r {
-        eprintln!(
+        errln!(
             "warning: cannot sync {} ({e}): data still in the page cache of open files may miss this snapshot",
             mountpoint.display()
         );
@@ -379,7 +379,7 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
     })?;
     let st = st.context("the mount sent no status")?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        outln!("{}", serde_json::to_string_pretty(&st)?)?;
         return Ok(0);
     }
     let s = |k: &str| {
@@ -390,7 +390,7 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
     };
     let n = |k: &str| st.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     let b = |k: &str| st.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-    println!(
+    outln!(
         "store:           {} ({})",
         s("store"),
         if b("store_reachable") {
@@ -398,18 +398,18 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
         } else {
             "unreachable"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "cache:           {} ({})",
         s("cache_dir"),
         bytes(n("cache_bytes"))
-    );
-    println!(
+    )?;
+    outln!(
         "waiting upload:  {} objects, {}",
         n("pending_objects"),
         bytes(n("pending_bytes"))
-    );
-    println!(
+    )?;
+    outln!(
         "last snapshot:   {} {} ({})",
         s("last_snapshot").get(..8).unwrap_or("-"),
         s("last_snapshot_time"),
@@ -418,22 +418,22 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
         } else {
             "not yet uploaded"
         }
-    );
-    println!(
+    )?;
+    outln!(
         "unsealed changes: {}",
         if b("dirty") { "yes" } else { "no" }
-    );
+    )?;
     if let Some(problems) = st.get("outbox_problems").and_then(|v| v.as_array()) {
         for p in problems.iter().filter_map(|p| p.as_str()) {
-            println!("OUTBOX PROBLEM:  {p}");
+            outln!("OUTBOX PROBLEM:  {p}")?;
         }
     }
     if st.get("last_error").is_some_and(|v| !v.is_null()) {
-        println!(
+        outln!(
             "last error:      {} (at {})",
             s("last_error"),
             s("last_error_at")
-        );
+        )?;
     }
     Ok(0)
 }

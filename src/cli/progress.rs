@@ -55,8 +55,8 @@ impl Progress for Bar {
 
     fn warn(&self, message: &str) {
         match &self.bar {
-            Some(b) => b.suspend(|| eprintln!("warning: {message}")),
-            None => eprintln!("warning: {message}"),
+            Some(b) => b.suspend(|| errln!("warning: {message}")),
+            None => errln!("warning: {message}"),
         }
     }
 

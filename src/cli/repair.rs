@@ -40,18 +40,18 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     };
     let r = repair(repo, &opts, &bar)?;
     if r.packs_missing + r.packs_damaged + r.blobs_unindexed == 0 {
-        println!("nothing to repair: every indexed pack is in the store and every referenced chunk indexed");
+        outln!("nothing to repair: every indexed pack is in the store and every referenced chunk indexed")?;
         return Ok(0);
     }
     for (snap, path) in &r.damaged_files {
-        println!("lost: snapshot {snap}: {path}");
+        outln!("lost: snapshot {snap}: {path}")?;
     }
     let would = if a.dry_run {
         " (dry run: nothing changed)"
     } else {
         ""
     };
-    println!(
+    outln!(
         "{} packs missing, {} damaged, {} referenced chunks unindexed; {} put back from caches; {} blobs lost, {} salvaged into {} new packs, {} newly recorded as lost; {} files in snapshots still lost{would}",
         r.packs_missing,
         r.packs_damaged,
@@ -62,9 +62,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         r.packs_written,
         r.blobs_recorded,
         r.damaged_files.len()
-    );
+    )?;
     if r.index_rewritten && !r.damaged_files.is_empty() {
-        println!("the lost data is recorded (damage/) and no index lists it: a mount marks those ranges of its files lost (reads give EIO, new snapshots never reference them) until a file is rewritten, and the next backup stores those files again where the source still has them");
+        outln!("the lost data is recorded (damage/) and no index lists it: a mount marks those ranges of its files lost (reads give EIO, new snapshots never reference them) until a file is rewritten, and the next backup stores those files again where the source still has them")?;
     }
     Ok(if r.damaged_files.is_empty() { 0 } else { 1 })
 }

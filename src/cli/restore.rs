@@ -24,16 +24,16 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let (id, snap) = repo.find_snapshot(&a.snapshot)?;
     let bar = Bar::new(g.quiet);
     let s = restore(&repo, &snap, a.path.as_deref(), &a.target, &bar)?;
-    println!(
+    outln!(
         "restored snapshot {}: {} files, {} dirs, {} into {}",
         id.short(),
         s.files,
         s.dirs,
         bytes(s.bytes),
         a.target.display()
-    );
+    )?;
     if !s.errors.is_empty() {
-        eprintln!(
+        errln!(
             "secrate: {} paths were not restored fully (see the warnings above)",
             s.errors.len()
         );

@@ -14,7 +14,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let repo = g.open_repo()?;
     let (all, bad) = repo.snapshots()?;
     for e in &bad {
-        eprintln!("warning: {e}");
+        errln!("warning: {e}");
     }
     if a.json {
         let v: Vec<serde_json::Value> = all
@@ -39,14 +39,18 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "{:<8}  {:<20}  {:<16}  {:>9}  {:>10}  SOURCE",
-            "ID", "TIME (UTC)", "HOST", "FILES", "SIZE"
-        );
+            "ID",
+            "TIME (UTC)",
+            "HOST",
+            "FILES",
+            "SIZE"
+        )?;
         for (id, s) in &all {
-            println!(
+            outln!(
                 "{:<8}  {:<20}  {:<16}  {:>9}  {:>10}  {}",
                 id.short(),
                 s.time_rfc3339(),
@@ -54,9 +58,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 s.files,
                 bytes(s.bytes),
                 s.source
-            );
+            )?;
         }
-        println!("{} snapshots", all.len());
+        outln!("{} snapshots", all.len())?;
     }
     Ok(if bad.is_empty() { 0 } else { 1 })
 }

@@ -29,7 +29,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let store = repo.store();
     let (snaps, bad) = repo.snapshots()?;
     for e in &bad {
-        eprintln!("warning: {e}");
+        errln!("warning: {e}");
     }
     let latest = snaps.iter().max_by_key(|(_, s)| s.time_ns);
     let latest_bytes = latest.map_or(0, |(_, s)| s.bytes);
@@ -107,7 +107,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         "stored_per_logical": ratio(stored, all_bytes),
     });
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(0);
     }
     let how = match store.mode() {
@@ -115,47 +115,47 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         Mode::Replicas => format!("{} replicas", store.backends().len()),
         Mode::Ec(p) => format!("erasure-coded {p}"),
     };
-    println!("stores ({how}, redundancy {redundancy:.2}×):");
+    outln!("stores ({how}, redundancy {redundancy:.2}×):")?;
     for s in &stores {
         match s.get("error") {
-            Some(e) => println!(
+            Some(e) => outln!(
                 "  {}: unavailable: {}",
                 s["url"].as_str().unwrap_or(""),
                 e.as_str().unwrap_or("")
-            ),
-            None => println!(
+            )?,
+            None => outln!(
                 "  {}: {} objects, {}",
                 s["url"].as_str().unwrap_or(""),
                 s["objects"],
                 bytes(s["bytes"].as_u64().unwrap_or(0))
-            ),
+            )?,
         }
     }
-    println!("snapshots:                    {}", snaps.len());
-    println!("latest snapshot (logical):    {}", bytes(latest_bytes));
-    println!("all snapshots (logical):      {}", bytes(all_bytes));
-    println!(
+    outln!("snapshots:                    {}", snaps.len())?;
+    outln!("latest snapshot (logical):    {}", bytes(latest_bytes))?;
+    outln!("all snapshots (logical):      {}", bytes(all_bytes))?;
+    outln!(
         "unique data (after dedup):    {} in {} chunks (dedup {:.2}×)",
         bytes(data_raw),
         data_blobs,
         ratio(all_bytes, data_raw)
-    );
-    println!(
+    )?;
+    outln!(
         "trees:                        {} in {} blobs",
         bytes(tree_raw),
         tree_blobs
-    );
-    println!(
+    )?;
+    outln!(
         "packs (compressed, sealed):   {} in {} packs ({:.2}× from data and trees)",
         bytes(pack_bytes),
         packs,
         ratio(data_raw + tree_raw, pack_bytes)
-    );
-    println!(
+    )?;
+    outln!(
         "stored on all stores:         {} ({:.2}× the packs, {:.3}× the logical data)",
         bytes(stored),
         ratio(stored, pack_bytes),
         ratio(stored, all_bytes)
-    );
+    )?;
     Ok(0)
 }

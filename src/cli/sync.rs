@@ -22,10 +22,10 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     // Create: a store whose directory is gone is made again, to be filled.
     let store = g.open_store(!a.dry_run)?;
     if store.mode() == Mode::Single {
-        println!(
+        outln!(
             "{} is a single store: nothing to sync (give --store several times for replicas)",
             store.url()
-        );
+        )?;
         return Ok(0);
     }
     if store.head("config")?.is_none() {
@@ -33,7 +33,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             url: store.url().into()
         });
     }
-    println!("{}", store.layout().describe());
+    outln!("{}", store.layout().describe())?;
     let r = store.sync(a.read_data, a.dry_run)?;
     let verb = if a.dry_run { "would copy" } else { "copied" };
     for (i, (url, _)) in store.backends().iter().enumerate() {
@@ -43,22 +43,22 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             Mode::Ec(_) => format!("shard {i}"),
             _ => "replica".into(),
         };
-        println!(
+        outln!(
             "{url} ({what}): {verb} {} objects ({})",
             mine.len(),
             bytes(total)
-        );
+        )?;
     }
     for (url, name, why) in &r.failed {
-        println!("error: {url}: {name}: {why}");
+        outln!("error: {url}: {name}: {why}")?;
     }
     if r.failed.is_empty() {
         if !a.dry_run {
-            println!("every store holds every object");
+            outln!("every store holds every object")?;
         }
         Ok(0)
     } else {
-        println!("{} objects could not be repaired", r.failed.len());
+        outln!("{} objects could not be repaired", r.failed.len())?;
         Ok(1)
     }
 }
@@ -70,52 +70,53 @@ pub fn report_stores(store: &Store, read_data: bool) -> anyhow::Result<bool> {
         return Ok(true);
     }
     let audit = store.audit(read_data)?;
-    print_audit(&audit);
+    print_audit(&audit)?;
     Ok(audit.is_clean())
 }
 
-fn print_audit(a: &Audit) {
+fn print_audit(a: &Audit) -> secrate::Result<()> {
     const SHOWN: usize = 20;
-    println!("stores: {} ({} objects)", a.layout.describe(), a.objects);
+    outln!("stores: {} ({} objects)", a.layout.describe(), a.objects)?;
     for s in &a.stores {
         let label = match a.layout.mode {
             Mode::Ec(_) => format!("store {} (shard {})", s.url, s.position),
             _ => format!("store {}", s.url),
         };
         if let Some(why) = &s.unavailable {
-            println!("error: {label} cannot be listed: {why}");
+            outln!("error: {label} cannot be listed: {why}")?;
             continue;
         }
         if let Some(why) = &s.gone {
-            println!(
+            outln!(
                 "error: {label} is gone ({why}): it misses all {} objects (run `secrate sync`)",
                 s.missing.len()
-            );
+            )?;
             continue;
         }
         if s.is_clean() {
-            println!(
+            outln!(
                 "{label}: complete, {} objects, {}",
                 s.objects,
                 bytes(s.bytes)
-            );
+            )?;
             continue;
         }
-        println!(
+        outln!(
             "error: {label} misses {} and holds {} damaged of {} objects (run `secrate sync`)",
             s.missing.len(),
             s.corrupt.len(),
             a.objects
-        );
+        )?;
         for n in s.missing.iter().take(SHOWN) {
-            println!("  missing: {n}");
+            outln!("  missing: {n}")?;
         }
         for (n, why) in s.corrupt.iter().take(SHOWN) {
-            println!("  damaged: {n}: {why}");
+            outln!("  damaged: {n}: {why}")?;
         }
         let more = s.missing.len().saturating_sub(SHOWN) + s.corrupt.len().saturating_sub(SHOWN);
         if more > 0 {
-            println!("  … and {more} more");
+            outln!("  … and {more} more")?;
         }
     }
+    Ok(())
 }

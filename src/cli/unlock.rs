@@ -12,15 +12,15 @@ pub struct Args {}
 pub fn run(g: &Globals, _a: Args) -> anyhow::Result<i32> {
     let repo = g.open_repo()?;
     match repo.unlock()? {
-        None => println!("the repository is not locked"),
+        None => outln!("the repository is not locked")?,
         Some(held) => {
-            println!("removed the lock of {}", held.describe());
+            outln!("removed the lock of {}", held.describe())?;
             if !held.outbox.is_empty() {
-                println!(
+                outln!(
                     "snapshots that mount sealed but did not upload (outbox {}) are no longer \
                      protected: a prune may remove data they need",
                     held.outbox
-                );
+                )?;
             }
         }
     }
