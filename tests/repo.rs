@@ -398,3 +398,25 @@ fn a_failing_stdout_or_stderr_is_one_sentence_not_a_panic() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// `snapshot`, `status` and `umount` on a path that is not a secrate
+/// mount: one sentence. (`snapshot` first warned that it could not sync
+/// the path, then said it was no mount.)
+#[test]
+fn mount_commands_on_a_path_that_is_no_mount_say_one_sentence() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    let dir = work.path().to_str().unwrap().to_string();
+    for path in ["/no/such/mount", dir.as_str()] {
+        for cmd in ["snapshot", "status", "umount"] {
+            let o = s.run(&[cmd, path]);
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{cmd} {path}: {e}");
+            assert_eq!(
+                e.trim_end(),
+                format!("secrate: {path} is not a secrate mount"),
+                "{cmd} {path}"
+            );
+        }
+    }
+}

@@ -326,6 +326,9 @@ pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
 }
 
 pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
+    // Not a mount: say only that (a warning that it cannot be synced
+    // would come first).
+    control::cache_dir_of(&a.mountpoint)?;
     sync_mount(&a.mountpoint);
     let line = Line::new(g.quiet);
     let mut sealed = None;
