@@ -399,6 +399,38 @@ fn a_failing_stdout_or_stderr_is_one_sentence_not_a_panic() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// Bad values for `forget` change nothing: a policy of zeros
+/// (`--keep-daily 0`) keeps no snapshot, and forgot every one, the newest
+/// too.
+#[test]
+fn forget_refuses_bad_values_before_it_forgets() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..2 {
+        fs::write(src.join("f"), format!("version {i}")).unwrap();
+        s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    }
+    for args in [
+        vec!["forget", "--keep-daily", "0"],
+        vec!["forget", "--keep-last", "0", "--keep-within", "0s"],
+        vec!["forget", "--keep-last", "0", "--keep-hourly", "0", "--dry-run"],
+    ] {
+        let o = s.run(&args);
+        let e = stderr(&o);
+        assert!(!o.status.success(), "{args:?}: {e}");
+        assert!(e.starts_with("secrate: ") || e.starts_with("error: "), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+        let listed = s.ok(&["snapshots"]);
+        assert!(listed.contains("2 snapshots"), "{args:?}: {listed}");
+    }
+    // A zero next to a rule that keeps something is fine.
+    let out = s.ok(&["forget", "--keep-last", "1", "--keep-daily", "0"]);
+    assert!(out.contains("removed 1 of 2"), "{out}");
+}
+
 /// `snapshot`, `status` and `umount` on a path that is not a secrate
 /// mount: one sentence. (`snapshot` first warned that it could not sync
 /// the path, then said it was no mount.)

@@ -67,6 +67,11 @@ pub fn forget(g: &Globals, a: ForgetArgs) -> anyhow::Result<i32> {
             "say which snapshots to forget: ids, or a policy such as --keep-last 10 --keep-daily 7"
         );
     }
+    if !policy.is_empty() && policy.keeps_nothing() {
+        anyhow::bail!(
+            "a policy of only counts of 0 keeps no snapshot and would forget them all; give a count of 1 or more, or name the snapshots to forget"
+        );
+    }
     let repo = g.open_repo()?;
     let (all, bad) = repo.snapshots()?;
     for e in &bad {

@@ -32,6 +32,22 @@ impl Policy {
         *self == Policy::default()
     }
 
+    /// Whether no rule can keep a snapshot: no rule at all, or only counts
+    /// of 0 (`--keep-daily 0`). Such a policy forgets every snapshot.
+    pub fn keeps_nothing(&self) -> bool {
+        self.within.is_none()
+            && [
+                self.last,
+                self.hourly,
+                self.daily,
+                self.weekly,
+                self.monthly,
+                self.yearly,
+            ]
+            .iter()
+            .all(|n| n.unwrap_or(0) == 0)
+    }
+
     /// The mount's default for automatic snapshots: everything from the
     /// last hour, hourly for two days, daily for 30 days, weekly for a year.
     pub fn mount_default() -> Policy {
@@ -70,9 +86,9 @@ impl Policy {
                 _ => return Err(bad()),
             }
         }
-        if p.is_empty() {
+        if p.keeps_nothing() {
             return Err(Error::Invalid(
-                "an empty retention policy would forget everything; say `none` to keep all".into(),
+                "a retention policy that keeps nothing (empty, or only counts of 0) would forget everything; say `none` to keep all".into(),
             ));
         }
         Ok(Some(p))
@@ -311,5 +327,13 @@ mod tests {
         assert!(Policy::parse("").is_err());
         assert!(Policy::parse("daily=x").is_err());
         assert_eq!(Policy::parse("last=2").unwrap().unwrap().last, Some(2));
+        // Only zeros keep nothing, like an empty policy; a zero beside a
+        // rule that keeps something is that rule.
+        assert!(Policy::parse("daily=0").is_err());
+        assert!(Policy::parse("last=0,hourly=0").is_err());
+        assert_eq!(
+            Policy::parse("daily=0,last=1").unwrap().unwrap().last,
+            Some(1)
+        );
     }
 }
