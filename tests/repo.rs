@@ -401,7 +401,8 @@ fn a_failing_stdout_or_stderr_is_one_sentence_not_a_panic() {
 
 /// Bad values for `forget` change nothing: a policy of zeros
 /// (`--keep-daily 0`) keeps no snapshot, and forgot every one, the newest
-/// too.
+/// too; a bad `--max-unused` with `--prune` was refused only after the
+/// snapshots were forgotten.
 #[test]
 fn forget_refuses_bad_values_before_it_forgets() {
     let work = tempfile::tempdir().unwrap();
@@ -417,6 +418,9 @@ fn forget_refuses_bad_values_before_it_forgets() {
         vec!["forget", "--keep-daily", "0"],
         vec!["forget", "--keep-last", "0", "--keep-within", "0s"],
         vec!["forget", "--keep-last", "0", "--keep-hourly", "0", "--dry-run"],
+        vec!["forget", "--keep-last", "1", "--prune", "--max-unused", "500"],
+        vec!["forget", "--keep-last", "1", "--prune", "--max-unused", "NaN"],
+        vec!["prune", "--max-unused", "-1"],
     ] {
         let o = s.run(&args);
         let e = stderr(&o);

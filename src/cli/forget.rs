@@ -7,7 +7,7 @@ use secrate::ops::forget::{decide, forget as forget_snapshots, parse_duration, P
 use secrate::ops::prune::{prune as prune_repo, PruneOptions, PruneReport};
 use secrate::repo::find_in;
 
-use super::format::bytes;
+use super::format::{bytes, parse_percent};
 use super::progress::Bar;
 use super::Globals;
 
@@ -37,7 +37,7 @@ pub struct ForgetArgs {
     #[arg(long)]
     prune: bool,
     /// With --prune: see `secrate prune --max-unused`.
-    #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
+    #[arg(long, default_value_t = 5.0, value_name = "PERCENT", value_parser = parse_percent)]
     max_unused: f64,
 }
 
@@ -45,7 +45,7 @@ pub struct ForgetArgs {
 pub struct PruneArgs {
     /// Repack packs with more than this percentage of unused bytes (0 removes
     /// every unused byte: use it to truly delete forgotten data).
-    #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
+    #[arg(long, default_value_t = 5.0, value_name = "PERCENT", value_parser = parse_percent)]
     max_unused: f64,
     /// Show what would be removed; change nothing.
     #[arg(long)]

@@ -58,6 +58,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// A percentage from 0 to 100 (`--max-unused`), checked when the
+/// arguments are read: `forget --prune` refused a bad one only after it
+/// had forgotten the snapshots.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -67,6 +77,10 @@ mod tests {
         assert_eq!(super::parse_size("7"), Ok(7));
         assert!(super::parse_size("x").is_err());
         assert!(super::parse_size("5Q").is_err());
+        assert_eq!(super::parse_percent("2.5"), Ok(2.5));
+        for bad in ["-1", "100.1", "NaN", "inf", "x"] {
+            assert!(super::parse_percent(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
