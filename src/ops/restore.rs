@@ -89,17 +89,17 @@ impl Run<'_> {
         let (repo, run) = (self.repo, self);
         match resolve(repo, snap, subpath.unwrap_or(""))? {
             Resolved::Root => {
-                prepare_dir(target)?;
+                prepare_dir(target, true)?;
                 run.tree(&snap.root, target);
                 let m = &snap.root_meta;
                 run.set_attrs(target, m.mode, m.uid, m.gid, m.mtime, &[], false);
             }
             Resolved::Entry(e) if e.kind == Kind::Dir => {
-                prepare_dir(target)?;
+                prepare_dir(target, true)?;
                 run.dir_contents(&e, target);
             }
             Resolved::Entry(e) => {
-                fs::create_dir_all(target).at(target)?;
+                prepare_dir(target, false)?;
                 run.entry(&e, &target.join(std::ffi::OsStr::from_bytes(&e.name)));
             }
         }
@@ -116,14 +116,28 @@ fn create_new(path: &Path) -> Result<File> {
         .at(path)
 }
 
-fn prepare_dir(p: &Path) -> Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => Ok(()),
+/// Make the target `p` a directory to restore into: created if missing.
+/// The target is the user's choice, so a symlink to a directory is
+/// followed (only what the snapshot holds is never written through).
+/// With `fill`, the snapshot's directory becomes `p` and its attributes
+/// are set on `p` at the end: until then `p` is made owner-writable, as
+/// the directories inside are (a read-only target, such as an earlier
+/// restore of a read-only directory leaves, refused every entry).
+fn prepare_dir(p: &Path, fill: bool) -> Result<()> {
+    match fs::metadata(p) {
+        Ok(m) if m.is_dir() => {
+            let mode = m.permissions().mode() & 0o7777;
+            if fill && mode & 0o700 != 0o700 {
+                fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o700)).at(p)?;
+            }
+            Ok(())
+        }
         Ok(_) => Err(Error::Invalid(format!(
             "{} exists and is not a directory",
             p.display()
         ))),
-        Err(_) => fs::create_dir_all(p).at(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(p).at(p),
+        Err(e) => Err(e).at(p),
     }
 }
 
@@ -316,16 +330,95 @@ mod tests {
         store: &str,
         make: impl FnOnce(&BlobWriter) -> Vec<Entry>,
     ) -> (tempfile::TempDir, RestoreSummary) {
+        let (repo, snap) = snapshot_of(store, make);
+        let out = tempfile::tempdir().unwrap();
+        let summary = restore(&repo, &snap, None, out.path(), &Quiet).unwrap();
+        (out, summary)
+    }
+
+    /// A repository with one snapshot of a one-directory tree of the
+    /// entries `make` gives (their data stored with the writer it is handed).
+    fn snapshot_of(
+        store: &str,
+        make: impl FnOnce(&BlobWriter) -> Vec<Entry>,
+    ) -> (Arc<Repository>, Snapshot) {
         let repo = Arc::new(test_init(store));
         let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
         let tree = Tree { entries: make(&w) };
         let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
         let (packs, _) = w.finish().unwrap();
         repo.write_index(&packs).unwrap();
-        let snap = Snapshot::test(1, Origin::Mount, root);
-        let out = tempfile::tempdir().unwrap();
-        let summary = restore(&repo, &snap, None, out.path(), &Quiet).unwrap();
-        (out, summary)
+        let mut snap = Snapshot::test(1, Origin::Mount, root);
+        snap.root_meta.mode = 0o755;
+        (repo, snap)
+    }
+
+    /// The target is the user's choice: a symlink to a directory is
+    /// restored into (it was refused as "not a directory"), and a file
+    /// restored by `--path` lands in the directory it points to.
+    #[test]
+    fn a_symlink_to_a_directory_is_a_target() {
+        let (repo, snap) = snapshot_of("memory://restore-symlinked-target", |w| {
+            vec![file_of(w, "f", &[b"data"])]
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let summary = restore(&repo, &snap, None, &link, &Quiet).unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        assert_eq!(fs::read(real.join("f")).unwrap(), b"data");
+        fs::remove_file(real.join("f")).unwrap();
+        restore(&repo, &snap, Some("f"), &link, &Quiet).unwrap();
+        assert_eq!(fs::read(real.join("f")).unwrap(), b"data");
+        // A file where the target should be is still refused, in one
+        // sentence, for a path as for the whole snapshot.
+        for sub in [None, Some("f")] {
+            let e = restore(&repo, &snap, sub, &real.join("f"), &Quiet).unwrap_err();
+            assert!(
+                e.to_string().ends_with("exists and is not a directory"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A user who is not root restores a snapshot of a read-only
+    /// directory twice into one target: the second time the target (left
+    /// 0o555 by the first) is made owner-writable while it is filled, as
+    /// the directories inside are; before, every entry failed with EACCES.
+    /// Needs root, to become another user on one thread.
+    #[test]
+    fn a_read_only_target_is_restored_into_again_by_a_user() {
+        if !fsmeta::is_root() {
+            eprintln!("a_read_only_target_is_restored_into_again_by_a_user: needs root, skipped");
+            return;
+        }
+        let (repo, mut snap) = snapshot_of("memory://restore-read-only-target", |w| {
+            vec![file_of(w, "f", &[b"data"])]
+        });
+        snap.root_meta.mode = 0o555;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let target = dir.path().join("out");
+        let summaries = std::thread::spawn(move || {
+            // setresuid(2) itself, not libc's, changes this thread only
+            // (and the restore's threads it starts).
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            assert!(!fsmeta::is_root());
+            let first = restore(&repo, &snap, None, &target, &Quiet).unwrap();
+            let second = restore(&repo, &snap, None, &target, &Quiet).unwrap();
+            (first.errors, second.errors, target)
+        })
+        .join()
+        .unwrap();
+        let (first, second, target) = summaries;
+        assert!(first.is_empty(), "{first:?}");
+        assert!(second.is_empty(), "{second:?}");
+        assert_eq!(fs::read(target.join("f")).unwrap(), b"data");
+        let mode = fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o555);
     }
 
     /// A file entry of `chunks`, each stored with `w`.
