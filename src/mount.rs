@@ -53,6 +53,47 @@ pub fn default_cache_dir(repo_id: &str) -> PathBuf {
     base.join("secrate").join(repo_id)
 }
 
+/// Refuse a cache directory or a `file://` store inside the mountpoint
+/// (or at it): once mounted, their paths lead into the mount, and the
+/// process serving it would wait on itself. `mountpoint` is canonical.
+pub fn check_places(
+    mountpoint: &Path,
+    cache_dir: &Path,
+    store: &crate::store::Store,
+) -> Result<()> {
+    let places = std::iter::once(("cache directory", cache_dir.to_path_buf()))
+        .chain(store.local_dirs().into_iter().map(|d| ("store", d)));
+    for (what, place) in places {
+        if resolved(&place).starts_with(mountpoint) {
+            return Err(Error::Invalid(format!(
+                "the {what} {} is inside the mountpoint {}: give one outside it",
+                place.display(),
+                mountpoint.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `p` with symlinks resolved as far as it exists (the rest may not yet).
+fn resolved(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut rest = Vec::new();
+    let mut base = p.as_path();
+    loop {
+        if let Ok(c) = fs::canonicalize(base) {
+            return rest.iter().rev().fold(c, |acc, part| acc.join(part));
+        }
+        match (base.parent(), base.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                base = parent;
+            }
+            _ => return p.clone(),
+        }
+    }
+}
+
 /// Holds `lock` in the cache directory (flock) for as long as it lives.
 pub struct CacheLock {
     _file: File,
@@ -118,6 +159,7 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
     // Everything this process creates in the cache is private (files 0600,
     // directories 0700); modes inside the mount are kept in the records.
     unsafe { libc::umask(0o077) };
+    check_places(&opts.mountpoint, &opts.cache_dir, repo.store())?;
     let cache_lock = lock_cache(&opts.cache_dir)?;
     let md = fs::metadata(&opts.mountpoint).map_err(|e| Error::io(&opts.mountpoint, e))?;
     if !md.is_dir() {

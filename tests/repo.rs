@@ -417,15 +417,39 @@ fn forget_refuses_bad_values_before_it_forgets() {
     for args in [
         vec!["forget", "--keep-daily", "0"],
         vec!["forget", "--keep-last", "0", "--keep-within", "0s"],
-        vec!["forget", "--keep-last", "0", "--keep-hourly", "0", "--dry-run"],
-        vec!["forget", "--keep-last", "1", "--prune", "--max-unused", "500"],
-        vec!["forget", "--keep-last", "1", "--prune", "--max-unused", "NaN"],
+        vec![
+            "forget",
+            "--keep-last",
+            "0",
+            "--keep-hourly",
+            "0",
+            "--dry-run",
+        ],
+        vec![
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--max-unused",
+            "500",
+        ],
+        vec![
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--max-unused",
+            "NaN",
+        ],
         vec!["prune", "--max-unused", "-1"],
     ] {
         let o = s.run(&args);
         let e = stderr(&o);
         assert!(!o.status.success(), "{args:?}: {e}");
-        assert!(e.starts_with("secrate: ") || e.starts_with("error: "), "{args:?}: {e}");
+        assert!(
+            e.starts_with("secrate: ") || e.starts_with("error: "),
+            "{args:?}: {e}"
+        );
         assert!(!e.contains("panicked"), "{args:?}: {e}");
         let listed = s.ok(&["snapshots"]);
         assert!(listed.contains("2 snapshots"), "{args:?}: {listed}");
@@ -454,5 +478,46 @@ fn mount_commands_on_a_path_that_is_no_mount_say_one_sentence() {
                 "{cmd} {path}"
             );
         }
+    }
+}
+
+/// A cache directory or a `file://` store inside the mountpoint is
+/// refused before anything starts: once mounted, its path leads into the
+/// mount, and the process serving it waits on itself (the first write in
+/// the mount hung for good, and the server's own threads with it, past
+/// SIGKILL, until the FUSE connection was aborted).
+#[test]
+fn a_cache_or_store_inside_the_mountpoint_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let store = format!("file://{}/store", work.path().display());
+    let inner_store = format!("file://{}/store", mnt.display());
+    Secrate::new(&store).init();
+    Secrate::new(&inner_store).init();
+    let m = mnt.to_str().unwrap();
+    let cache_in = mnt.join("sub/cache");
+    // Through a symlink too: the place counts, not the spelling.
+    let link = work.path().join("link");
+    std::os::unix::fs::symlink(&mnt, &link).unwrap();
+    let cache_via_link = link.join("cache");
+    for (url, cache) in [
+        (&store, cache_in.to_str().unwrap()),
+        (&store, m),
+        (&store, cache_via_link.to_str().unwrap()),
+        (&inner_store, work.path().join("cache").to_str().unwrap()),
+    ] {
+        let o = Secrate::new(url).run(&["mount", m, "--cache", cache]);
+        if o.status.success() {
+            // Mounted (the old code): take it down before failing.
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-uz", m])
+                .status();
+        }
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{url} {cache}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains("inside the mountpoint"), "{e}");
+        assert!(!cache_in.exists());
     }
 }

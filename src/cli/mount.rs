@@ -67,6 +67,7 @@ pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
             .with_context(|| format!("bad cache directory {}", c.display()))?,
         None => default_cache_dir(&config.repo_id_hex()),
     };
+    secrate::mount::check_places(&mountpoint, &cache_dir, &store)?;
     if a.daemon_child {
         return run_child(g, a, mountpoint, cache_dir, store);
     }

@@ -357,6 +357,17 @@ impl Store {
         self.mode != Mode::Single
     }
 
+    /// The directories of the `file://` stores.
+    pub fn local_dirs(&self) -> Vec<std::path::PathBuf> {
+        self.slots
+            .iter()
+            .filter_map(|s| match StoreUrl::parse(&s.url) {
+                Ok(StoreUrl::File(dir)) => Some(dir),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether every store is on this machine (`file://`, `memory://`):
     /// reading it costs CPU, not round trips.
     pub fn is_local(&self) -> bool {
