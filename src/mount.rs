@@ -64,7 +64,7 @@ pub fn check_places(
     let places = std::iter::once(("cache directory", cache_dir.to_path_buf()))
         .chain(store.local_dirs().into_iter().map(|d| ("store", d)));
     for (what, place) in places {
-        if resolved(&place).starts_with(mountpoint) {
+        if crate::store::resolved(&place).starts_with(mountpoint) {
             return Err(Error::Invalid(format!(
                 "the {what} {} is inside the mountpoint {}: give one outside it",
                 place.display(),
@@ -73,25 +73,6 @@ pub fn check_places(
         }
     }
     Ok(())
-}
-
-/// `p` with symlinks resolved as far as it exists (the rest may not yet).
-fn resolved(p: &Path) -> PathBuf {
-    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut rest = Vec::new();
-    let mut base = p.as_path();
-    loop {
-        if let Ok(c) = fs::canonicalize(base) {
-            return rest.iter().rev().fold(c, |acc, part| acc.join(part));
-        }
-        match (base.parent(), base.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                base = parent;
-            }
-            _ => return p.clone(),
-        }
-    }
 }
 
 /// Holds `lock` in the cache directory (flock) for as long as it lives.

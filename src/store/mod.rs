@@ -43,7 +43,7 @@ pub use self::backend::Backend;
 pub use self::ec::EcParams;
 pub use self::faults::FaultConfig;
 pub use self::layout::{Layout, Mode};
-pub use self::url::{default_store_url, StoreUrl};
+pub use self::url::{default_store_url, resolved, StoreUrl};
 
 /// One object as listed.
 #[derive(Clone, Debug)]
@@ -195,12 +195,18 @@ impl Store {
     /// directories are created and the layout is recorded in every store.
     pub fn open_many(urls: &[String], ec: Option<EcParams>, create: bool) -> Result<Store> {
         let mut given = Vec::new();
+        let mut places = Vec::new();
         for u in urls.iter().map(|u| u.trim()).filter(|u| !u.is_empty()) {
             let n = normalize(u)?;
-            if given.contains(&n) {
+            // One directory by two spellings (`/x` and `/x/`, a symlink)
+            // is one store, not two replicas (or two EC shards, which
+            // would overwrite each other).
+            let place = StoreUrl::parse(&n)?.place();
+            if places.contains(&place) {
                 return Err(Error::Invalid(format!("store {n} is given twice")));
             }
             given.push(n);
+            places.push(place);
         }
         if given.is_empty() {
             return Err(Error::Invalid("no store URL given".into()));
@@ -1526,6 +1532,40 @@ mod tests {
             assert_eq!(&s.get("keys/k").unwrap()[..], d);
             assert_eq!(s.head("keys/k").unwrap().unwrap().size, d.len() as u64);
         }
+    }
+
+    /// One directory spelled two ways (a trailing `/`, `.`, a symlink)
+    /// is one store: as "replicas" it was taken for two copies (stats
+    /// said redundancy 2.00×) where there was one, and as EC shards the
+    /// two overwrote each other.
+    #[test]
+    fn one_directory_by_two_spellings_is_given_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let link = dir.path().join("link");
+        std::fs::create_dir(&a).unwrap();
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let base = format!("file://{}", a.display());
+        let b = format!("file://{}", dir.path().join("b").display());
+        for twin in [
+            format!("{base}/"),
+            format!("file://{}/./a", dir.path().display()),
+            format!("file://{}", link.display()),
+            format!("file://{}/b/../a", dir.path().display()),
+        ] {
+            for ec in [None, Some(EcParams { k: 2, m: 1 })] {
+                let given = match ec {
+                    None => vec![base.clone(), twin.clone()],
+                    Some(_) => vec![base.clone(), twin.clone(), b.clone()],
+                };
+                match Store::open_many(&given, ec, true) {
+                    Err(e) => assert!(e.to_string().contains("given twice"), "{twin}: {e}"),
+                    Ok(_) => panic!("{twin} taken for another store than {base}"),
+                }
+            }
+        }
+        // Two directories are two stores.
+        Store::open_many(&[base, b], None, true).unwrap();
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! `az://container/prefix`, and `memory://name` (process-local, for tests).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -47,7 +48,42 @@ fn split_bucket(rest: &str) -> (String, String) {
     }
 }
 
+/// `p` absolute, with `.`, `..` and symlinks resolved as far as it exists
+/// (the rest may not yet: a cache or store directory made later).
+pub fn resolved(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut cur = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => cur.push(c.as_os_str()),
+            Component::CurDir => {}
+            // `cur` is canonical where it exists, so its parent is too.
+            Component::ParentDir => {
+                cur.pop();
+            }
+            Component::Normal(n) => {
+                cur.push(n);
+                if let Ok(real) = fs::canonicalize(&cur) {
+                    cur = real;
+                }
+            }
+        }
+    }
+    cur
+}
+
 impl StoreUrl {
+    /// Where the objects land, for telling two URLs of one place apart
+    /// from two places: a `file://` directory with symlinks, `.` and a
+    /// trailing `/` resolved; bucket URLs as displayed (already trimmed).
+    pub fn place(&self) -> String {
+        match self {
+            StoreUrl::File(p) => format!("file://{}", resolved(p).display()),
+            _ => self.display(),
+        }
+    }
+
     pub fn parse(url: &str) -> Result<StoreUrl> {
         let bad = |why: &str| Error::Invalid(format!("cannot use store URL {url:?}: {why}"));
         if url.starts_with('/') {
