@@ -318,8 +318,14 @@ impl Repository {
     /// that can read is left and the delete (where another process's key
     /// change may land).
     fn remove_key_then(&self, id_prefix: &str, meanwhile: impl FnOnce()) -> Result<String> {
+        let prefix = id_prefix.trim_start_matches("keys/");
+        if prefix.is_empty() || !prefix.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "{id_prefix:?} is not a key id (hex, as `secrate key list` shows it)"
+            )));
+        }
         let keys = self.list_keys()?;
-        let want = format!("keys/{}", id_prefix.trim_start_matches("keys/"));
+        let want = format!("keys/{}", prefix.to_ascii_lowercase());
         let matches: Vec<_> = keys.iter().filter(|(n, _)| n.starts_with(&want)).collect();
         let (name, obj) = match matches.as_slice() {
             [one] => *one,
@@ -1191,6 +1197,7 @@ fn secret_kind(k: KeyKind) -> &'static str {
 /// Try `secret` against every key object of its kind.
 fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
     let names = store.list_names("keys")?;
+    let keys = names.len();
     let want = match secret {
         Secret::Passphrase(_) => KeyKind::Passphrase,
         Secret::RecoveryKey(_) => KeyKind::Recovery,
@@ -1284,6 +1291,22 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
         if let Some(e) = damaged {
             return Err(e);
         }
+        if keys == 0 {
+            return Err(Error::Invalid(format!(
+                "the repository at {} has no keys left (keys/ is empty): nothing can open it; \
+                 a replica or an older copy of the store may still hold them",
+                store.url()
+            )));
+        }
+        return Err(Error::Invalid(format!(
+            "the repository at {} has no key that {} opens: {}",
+            store.url(),
+            secret_kind(want),
+            match want {
+                KeyKind::Passphrase => "unlock it with the recovery key (--recovery-key-file)",
+                KeyKind::Recovery => "unlock it with its passphrase",
+            }
+        )));
     }
     match damaged {
         Some(e) => Err(Error::Invalid(format!(
@@ -1366,6 +1389,46 @@ pub(crate) mod tests {
             }
         }
         assert!(Secret::read_handover(&mut &b""[..]).is_err());
+    }
+
+    /// A store whose keys are all gone, or whose keys the given kind of
+    /// secret cannot open, says that, not "wrong passphrase"; a key id
+    /// that is no hex (an empty one too) is refused before anything is
+    /// looked up. (Found by review in stop 29.)
+    #[test]
+    fn no_key_of_a_kind_and_no_keys_are_said_as_such() {
+        let store = Store::open("memory://repo-keys-gone", true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let (r, recovery) = Repository::init(store.clone(), "pw", opts).unwrap();
+        for bad in ["", "keys/", "xyz", "../config"] {
+            let e = r.remove_key(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a key id"), "{bad:?}: {e}");
+        }
+        let pass = r.key_name().to_string();
+        let (rec_name, _) = r
+            .list_keys()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| *n != pass)
+            .unwrap();
+        // Only the recovery key left: a passphrase is told to use it.
+        r.remove_key(&pass.trim_start_matches("keys/").to_uppercase())
+            .unwrap();
+        let pw = || Secret::Passphrase(Zeroizing::new("pw".into()));
+        let e = Repository::open(store.clone(), &pw())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has no key that a passphrase opens"), "{e}");
+        assert!(e.contains("--recovery-key-file"), "{e}");
+        Repository::open(store.clone(), &Secret::RecoveryKey(recovery)).unwrap();
+        // No key at all.
+        store.delete(&rec_name).unwrap();
+        let e = Repository::open(store, &pw()).err().unwrap().to_string();
+        assert!(e.contains("has no keys left"), "{e}");
     }
 
     #[test]
