@@ -2770,6 +2770,7 @@ fn a_read_only_mounts_live_tree_moves_to_the_newest_snapshot() {
     assert_eq!(fs::metadata(m.path("gone")).unwrap().len(), 13);
     assert_eq!(fs::read(m.path("d/x")).unwrap(), b"x one\n");
     let same_before = fs::metadata(m.path("same")).unwrap();
+    let a_before = std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path("a")).unwrap());
 
     fs::write(src.join("a"), b"second, longer\n").unwrap();
     fs::write(src.join("new"), b"new file\n").unwrap();
@@ -2789,9 +2790,12 @@ fn a_read_only_mounts_live_tree_moves_to_the_newest_snapshot() {
     assert_eq!(fs::read(m.path("same")).unwrap(), b"unchanged\n");
     assert!(fs::read(m.path("big")).unwrap() == fs::read(src.join("big")).unwrap());
     assert_eq!(names_at(&m.mnt), ["a", "big", "d", "new", "same"]);
-    // New inode numbers: no number the kernel saw names another file now.
-    assert_ne!(
-        std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path("same")).unwrap()),
+    // A changed file has a new inode number: no number the kernel saw
+    // names other content now. An unchanged one keeps its number.
+    let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path(p)).unwrap());
+    assert_ne!(ino("a"), a_before);
+    assert_eq!(
+        ino("same"),
         std::os::unix::fs::MetadataExt::ino(&same_before)
     );
     assert_eq!(m.history().len(), 2);
@@ -2904,6 +2908,60 @@ fn reads_during_live_tree_switches_see_one_snapshot_or_the_next() {
         assert!(r.join().expect("a reader failed") > 0);
     }
     assert_eq!(fs::read(m.path("d/x")).unwrap(), version(3));
+    m.umount();
+}
+
+/// A switch of the live tree leaves alone what did not change: a file
+/// deep in a directory that is the same in both snapshots, and one that
+/// did not change beside one that did, keep their inode numbers and the
+/// pages the kernel cached, and read the same; the changed files show
+/// their new content at once. (Before: every switch gave every inode a
+/// new number, so the kernel read every file again after it.)
+#[test]
+fn unchanged_files_stay_cached_across_a_live_tree_switch() {
+    if !fuse_ready("unchanged_files_stay_cached_across_a_live_tree_switch") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (s, src, mut m) = read_only_viewer(work.path());
+    let deep = "deep/er/est/file";
+    let deep_data = pseudo_random(21, 256 << 10);
+    fs::create_dir_all(src.join("deep/er/est")).unwrap();
+    fs::write(src.join(deep), &deep_data).unwrap();
+    let beside = pseudo_random(22, 128 << 10);
+    fs::write(src.join("d/y"), &beside).unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    wait_for_switches(&m, 1);
+    let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(m.path(p)).unwrap());
+    assert_eq!(cached_pages(&m.path("big")), 0, "a file never read");
+    // Read, so that the kernel caches their pages.
+    assert!(fs::read(m.path(deep)).unwrap() == deep_data);
+    assert!(fs::read(m.path("d/y")).unwrap() == beside);
+    let pages = |len: usize| len.div_ceil(4096);
+    assert_eq!(cached_pages(&m.path(deep)), pages(deep_data.len()));
+    assert_eq!(cached_pages(&m.path("d/y")), pages(beside.len()));
+    let (deep_ino, y_ino, x_ino) = (ino(deep), ino("d/y"), ino("d/x"));
+
+    fs::write(src.join("a"), b"second\n").unwrap();
+    fs::write(src.join("d/x"), b"x two\n").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    wait_for_switches(&m, 2);
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"second\n");
+    assert_eq!(fs::read(m.path("d/x")).unwrap(), b"x two\n");
+    assert_ne!(ino("d/x"), x_ino);
+    assert_eq!((ino(deep), ino("d/y")), (deep_ino, y_ino));
+    assert_eq!(
+        cached_pages(&m.path(deep)),
+        pages(deep_data.len()),
+        "the unchanged deep file's pages were dropped"
+    );
+    assert_eq!(
+        cached_pages(&m.path("d/y")),
+        pages(beside.len()),
+        "the unchanged file beside a changed one lost its pages"
+    );
+    assert!(fs::read(m.path(deep)).unwrap() == deep_data);
+    assert!(fs::read(m.path("d/y")).unwrap() == beside);
     m.umount();
 }
 

@@ -615,6 +615,42 @@ pub fn write_synced(p: &Path, data: &[u8]) {
     f.sync_all().unwrap();
 }
 
+/// How many pages of the file at `p` are in the kernel's page cache
+/// (mincore of a read-only shared mapping, which faults nothing in).
+pub fn cached_pages(p: &Path) -> usize {
+    use std::os::unix::io::AsRawFd;
+    let f = fs::File::open(p).unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    if len == 0 {
+        return 0;
+    }
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    // SAFETY: a fresh read-only mapping of an open file, unmapped below;
+    // `vec` holds one byte per page of it.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert!(
+            at != libc::MAP_FAILED,
+            "mmap: {}",
+            io::Error::last_os_error()
+        );
+        let mut vec = vec![0u8; pages];
+        let r = libc::mincore(at, len, vec.as_mut_ptr());
+        let e = io::Error::last_os_error();
+        libc::munmap(at, len);
+        assert_eq!(r, 0, "mincore: {e}");
+        vec.iter().filter(|b| **b & 1 == 1).count()
+    }
+}
+
 pub fn cstr(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
 }

@@ -455,8 +455,17 @@ fn log_import(
     i: &crate::live::import::Import,
     took: std::time::Duration,
 ) {
+    let how = if i.whole {
+        format!("{} trees read", i.trees_read)
+    } else {
+        format!(
+            "{} trees read, {} names changed",
+            i.trees_read,
+            i.changed_names.len()
+        )
+    };
     crate::log!(
-        "the live tree is now snapshot {} ({}): {} files, {} directories, in {:.2} s",
+        "the live tree is now snapshot {} ({}): {} files, {} directories, in {:.2} s ({how})",
         latest.id.short(),
         latest.snapshot.time_rfc3339(),
         i.files,

@@ -57,9 +57,13 @@ impl Machine {
 }
 
 pub(crate) fn mkfile(m: &Machine, name: &[u8], data: &[u8]) -> u64 {
+    mkfile_in(m, ROOT, name, data)
+}
+
+pub(crate) fn mkfile_in(m: &Machine, dir: u64, name: &[u8], data: &[u8]) -> u64 {
     let (ino, _) = m
         .live
-        .create_node(ROOT, name, NewNode::test_file(), false)
+        .create_node(dir, name, NewNode::test_file(), false)
         .unwrap();
     m.live.write(ino, 0, data, Times::Now, &*m.reader).unwrap();
     ino

@@ -2,27 +2,31 @@
 //!
 //! A read-only mount follows the store (`Flusher::start_following`); when
 //! a newer snapshot appears, the mount makes it the live tree while the
-//! kernel holds names, attributes and pages of the old one. The import
-//! gives the new tree new inode numbers (the counter never goes back), so
-//! nothing cached under an old number can pass for a new file; what the
-//! kernel must drop is what it holds under numbers that stay: the root's
-//! names and attributes. Files open at the switch keep reading what they
-//! opened (`import_snapshot` keeps their records).
+//! kernel holds names, attributes and pages of the old one. The switch
+//! changes only what differs (`live::diff`): a subtree with the same tree
+//! id in both snapshots keeps its inodes and numbers, and with them what
+//! the kernel caches for it (names, attributes, pages), which stays true.
+//! An entry that changed, came or went gets a new number or none (the
+//! counter never goes back), so nothing cached under an old number can
+//! pass for new content; what the kernel must drop is what it holds under
+//! numbers that stay: the changed names in kept directories and those
+//! directories' attributes. Files open at the switch keep reading what
+//! they opened.
 //!
 //! Order, and why: the switch takes `gate` exclusively, so every reply
 //! made from the old tree (LOOKUP, READDIRPLUS hold the gate shared from
 //! their look at the tree until their reply is sent) reaches the kernel
-//! before the import, and every later one sees the new tree. Only then,
-//! holding nothing, it tells the kernel to drop the root's old names: the
-//! kernel may wait, while it handles that, for requests about the root
-//! that request threads must answer, so a lock they need held here would
-//! deadlock. Between the two, for as long as the notifications take, a
-//! name the kernel cached may still show the old tree: its attributes, or
-//! the content of a file of the old tree that is still open (kept). A
-//! request that reaches the mount with a number of the old tree that is
-//! gone gets ESTALE (`SecrateFs::errno_about`), on which the kernel walks
-//! the path again: a program never gets ENOENT for a name every snapshot
-//! has.
+//! before the switch, and every later one sees the new tree. Only then,
+//! holding nothing, it tells the kernel to drop the changed names: the
+//! kernel may wait, while it handles that, for requests about those
+//! directories that request threads must answer, so a lock they need held
+//! here would deadlock. Between the two, for as long as the notifications
+//! take, a name the kernel cached may still show the old tree: its
+//! attributes, or the content of a file of the old tree that is still
+//! open (kept). A request that reaches the mount with a number of the old
+//! tree that is gone gets ESTALE (`SecrateFs::errno_about`), on which the
+//! kernel walks the path again: a program never gets ENOENT for a name
+//! every snapshot has.
 
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -30,8 +34,9 @@ use fuser::{INodeNo, Notifier};
 
 use crate::blobs::BlobReader;
 use crate::crypto::Id;
-use crate::live::import::{import_snapshot, Import};
-use crate::live::{Live, LiveResult, ROOT};
+use crate::live::diff::switch_snapshot;
+use crate::live::import::Import;
+use crate::live::{Live, LiveResult};
 use crate::repo::snapshot::Snapshot;
 
 /// What a switch of the live tree needs from the filesystem.
@@ -48,22 +53,25 @@ impl LiveSwitch {
     /// tree stays as it was.
     pub fn to_snapshot(&self, id: &Id, snap: &Snapshot) -> LiveResult<Import> {
         // Tree packs are fetched before the gate: requests wait only for
-        // the import itself.
+        // the switch itself.
         self.reader.fetch_tree_packs()?;
         let import = {
             let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
-            let i = import_snapshot(&self.live, &self.reader, id, snap)?;
+            let i = switch_snapshot(&self.live, &self.reader, id, snap)?;
             self.live.commit(true)?;
             i
         };
         if let Some(n) = self.notifier.get() {
-            // The root's attributes (times, link count) and anything cached
-            // for it; then each name the kernel may hold. A name it does not
-            // hold gives ENOENT: nothing to do.
-            let _ = n.inval_inode(INodeNo(ROOT), 0, 0);
-            for name in &import.old_root_names {
+            // The attributes (times, link count) of the directories kept,
+            // and anything cached for them; then each changed name the
+            // kernel may hold (a directory's drops what it cached below).
+            // One it does not hold gives ENOENT: nothing to do.
+            for dir in &import.changed_dirs {
+                let _ = n.inval_inode(INodeNo(*dir), 0, 0);
+            }
+            for (dir, name) in &import.changed_names {
                 let _ = n.inval_entry(
-                    INodeNo(ROOT),
+                    INodeNo(*dir),
                     std::os::unix::ffi::OsStrExt::from_bytes(name.as_slice()),
                 );
             }

@@ -1,5 +1,6 @@
-//! Make a snapshot the live tree (a fresh cache, a clean cache behind the
-//! repository, or a serving read-only mount moving to the newest one).
+//! Make a snapshot the live tree, whole (a fresh cache, a clean cache
+//! behind the repository, or a serving read-only mount's switch that
+//! `diff` cannot make by what changed).
 //!
 //! Every directory of the snapshot becomes a clean inode that keeps its tree
 //! id, so the next seal re-encodes only what changes afterwards. Entries
@@ -69,15 +70,48 @@ pub struct Import {
     /// Files open at the import, kept as unlinked inodes (see
     /// `import_snapshot`).
     pub kept_open: usize,
+    pub(crate) kept: Vec<u64>,
+    /// Names (directory, name) that came, went or name another inode now:
+    /// the kernel may have cached any of them. A whole import: every name
+    /// the root held.
+    pub changed_names: Vec<(u64, Vec<u8>)>,
+    /// Directories that kept their number but not their attributes or
+    /// entries (the root always).
+    pub changed_dirs: Vec<u64>,
+    /// Tree blobs read: the import's work.
+    pub trees_read: u64,
+    /// Every inode is new (`import_snapshot`), not only changed ones
+    /// (`diff::switch_snapshot`).
+    pub whole: bool,
 }
 
-struct Walk<'a> {
+/// Makes inodes for trees of a snapshot.
+pub(crate) struct Walk<'a> {
     reader: &'a BlobReader,
     /// Hard-link identity → the inode made for it and its content.
     links: Links<u64>,
     nlink: HashMap<u64, u32>,
-    stats: HashMap<Id, TreeStats>,
-    skipped_history: bool,
+    pub(crate) stats: HashMap<Id, TreeStats>,
+    pub(crate) skipped_history: bool,
+    pub(crate) trees_read: u64,
+}
+
+impl<'a> Walk<'a> {
+    pub(crate) fn new(reader: &'a BlobReader) -> Walk<'a> {
+        Walk {
+            reader,
+            links: Links::default(),
+            nlink: HashMap::new(),
+            stats: HashMap::new(),
+            skipped_history: false,
+            trees_read: 0,
+        }
+    }
+
+    /// Whether an entry with more than one link was made.
+    pub(crate) fn has_links(&self) -> bool {
+        !self.nlink.is_empty()
+    }
 }
 
 /// Replace the live tree with `snap`. The caller makes sure nothing in
@@ -100,23 +134,17 @@ pub fn import_snapshot(
     crate::deep::run(|| import_here(live, reader, snap_id, snap))?
 }
 
-fn import_here(
+pub(crate) fn import_here(
     live: &Live,
     reader: &BlobReader,
     snap_id: &Id,
     snap: &Snapshot,
 ) -> LiveResult<Import> {
     reader.fetch_tree_packs()?;
-    let mut w = Walk {
-        reader,
-        links: Links::default(),
-        nlink: HashMap::new(),
-        stats: HashMap::new(),
-        skipped_history: false,
-    };
+    let mut w = Walk::new(reader);
     let staged = live.staged_dir();
     let import = live.tx_all_or_nothing(|tx| {
-        let old_root_names = tx.children(ROOT)?.into_iter().map(|(n, _)| n).collect();
+        let old_root_names: Vec<Vec<u8>> = tx.children(ROOT)?.into_iter().map(|(n, _)| n).collect();
         // Under the transaction's lock: a file opened after this look finds
         // its record gone (`SecrateFs::open` looks again).
         let mut kept = Vec::new();
@@ -151,13 +179,7 @@ fn import_here(
             put_tree_stats(tx, id, *s)?;
         }
         if w.skipped_history {
-            crate::log!(
-                "warning: snapshot {} has a `.history` at its root, which the mount reserves: \
-                 it is not in the live tree, and the next snapshot made here will not have it \
-                 (it stays in .history/{}/ until that snapshot is forgotten; copy it out to keep it)",
-                snap_id.short(),
-                snap.time_rfc3339()
-            );
+            warn_history(snap_id, snap);
         }
         for (ino, mut r) in kept.iter().cloned() {
             r.nlink = 0;
@@ -170,21 +192,19 @@ fn import_here(
             Import {
                 files: stats.files,
                 dirs: stats.dirs,
+                changed_names: old_root_names.iter().map(|n| (ROOT, n.clone())).collect(),
                 old_root_names,
                 kept_open: kept.len(),
+                kept: kept.iter().map(|(ino, _)| *ino).collect(),
+                changed_dirs: vec![ROOT],
+                trees_read: w.trees_read,
+                whole: true,
             },
             kept,
         ))
     });
     let (import, kept) = import?;
-    for (ino, _) in &kept {
-        live.open_files.unlinked(*ino);
-        // Closed meanwhile (its release found it still linked): it goes now.
-        // A failure leaves it until the next start; the import stands.
-        if let Err(e) = live.drop_if_unused(*ino) {
-            crate::log!("warning: removing inode {ino}, closed during an import: {e}");
-        }
-    }
+    after_kept(live, &import.kept);
     // A kept file's staged copy is its content while it is open.
     let keep: std::collections::HashSet<String> = kept
         .iter()
@@ -199,6 +219,28 @@ fn import_here(
         }
     }
     Ok(import)
+}
+
+/// After an import made `kept` unlinked (open files whose names went).
+pub(crate) fn after_kept(live: &Live, kept: &[u64]) {
+    for &ino in kept {
+        live.open_files.unlinked(ino);
+        // Closed meanwhile (its release found it still linked): it goes now.
+        // A failure leaves it until the next start; the import stands.
+        if let Err(e) = live.drop_if_unused(ino) {
+            crate::log!("warning: removing inode {ino}, closed during an import: {e}");
+        }
+    }
+}
+
+pub(crate) fn warn_history(snap_id: &Id, snap: &Snapshot) {
+    crate::log!(
+        "warning: snapshot {} has a `.history` at its root, which the mount reserves: \
+         it is not in the live tree, and the next snapshot made here will not have it \
+         (it stays in .history/{}/ until that snapshot is forgotten; copy it out to keep it)",
+        snap_id.short(),
+        snap.time_rfc3339()
+    );
 }
 
 fn blank_dir() -> Inode {
@@ -251,6 +293,7 @@ impl Walk<'_> {
     /// tree's statistics and its number of subdirectories.
     fn dir(&mut self, tx: &mut Tx, dir: u64, id: &Id) -> LiveResult<(TreeStats, u32)> {
         let tree = self.reader.read_tree(id)?;
+        self.trees_read += 1;
         let mut stats = TreeStats::default();
         let mut subdirs = 0;
         for e in &tree.entries {
@@ -266,7 +309,9 @@ impl Walk<'_> {
         Ok((stats, subdirs))
     }
 
-    fn entry(
+    /// Make the inode of entry `e` of directory `dir` (and all below it);
+    /// its name is the caller's to add.
+    pub(crate) fn entry(
         &mut self,
         tx: &mut Tx,
         dir: u64,

@@ -24,6 +24,7 @@
 //!   an operation.
 
 pub mod data;
+pub mod diff;
 pub mod import;
 pub mod lost;
 pub mod mapped;
