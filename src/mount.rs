@@ -465,7 +465,7 @@ fn log_import(
         )
     };
     crate::log!(
-        "the live tree is now snapshot {} ({}): {} files, {} directories, in {:.2} s ({how})",
+        "the live tree is now snapshot {} ({}): {} files, {} directories, in {:.3} s ({how})",
         latest.id.short(),
         latest.snapshot.time_rfc3339(),
         i.files,
@@ -516,11 +516,12 @@ fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Res
     Ok(())
 }
 
-/// A switch holds requests on the live tree while the import runs (a few
-/// microseconds per entry: seconds for a tree of a million files), so
-/// switches come at most this many times their last one's length apart:
-/// requests wait at most a twentieth of the time, however often another
-/// machine seals.
+/// A switch holds requests on the live tree while it runs: a few
+/// microseconds per entry that changed, but a whole import (a hard link
+/// among what changed, `live::diff`) takes seconds for a tree of a million
+/// files. So switches come at most this many times their last one's
+/// length apart: requests wait at most a twentieth of the time, however
+/// often another machine seals.
 const SWITCH_PACE: u32 = 20;
 
 /// A serving read-only mount's live tree follows the newest snapshot, as
