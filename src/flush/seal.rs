@@ -603,8 +603,9 @@ mod switch_tests {
             for (name, ino, kind) in m.live.children(dir).unwrap() {
                 let p = format!("{path}/{}", String::from_utf8_lossy(&name));
                 let r = m.live.inode(ino).unwrap();
-                let data = match kind {
-                    Kind::File => m.live.read(ino, 0, 1 << 20, &*m.reader).unwrap().to_vec(),
+                let data = match (&r.body, kind) {
+                    (_, Kind::File) => m.live.read(ino, 0, 1 << 20, &*m.reader).unwrap().to_vec(),
+                    (Body::Symlink(target), _) => target.clone(),
                     _ => Vec::new(),
                 };
                 let seen = format!(
@@ -817,5 +818,190 @@ mod switch_tests {
         let fresh = machine(&repo);
         import_snapshot(&fresh.live, &fresh.reader, &s2.id, &s2.snapshot).unwrap();
         assert_eq!(without_numbers(&walk(&m)), without_numbers(&walk(&fresh)));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Write (or create) file `f` of directory `d`.
+        Write(usize, usize, u8),
+        Unlink(usize, usize),
+        /// A second name in another directory.
+        Link(usize, usize, usize, usize),
+        Rename(usize, usize, usize, usize),
+        /// Make (or replace) a symlink.
+        Symlink(usize, usize, u8),
+        /// Empty directory `d` and remove it.
+        RemoveDir(usize),
+        /// Seal, upload, and switch the reader to the new snapshot.
+        Switch,
+    }
+
+    const DIRS: [&[&[u8]]; 4] = [&[], &[b"a"], &[b"a", b"b"], &[b"c"]];
+    const FILES: [&[u8]; 3] = [b"f0", b"f1", b"f2"];
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..4usize, 0..3usize, any::<u8>()).prop_map(|(d, f, b)| Op::Write(d, f, b)),
+            1 => (0..4usize, 0..3usize).prop_map(|(d, f)| Op::Unlink(d, f)),
+            1 => (0..4usize, 0..3usize, 0..4usize, 0..3usize)
+                .prop_map(|(a, b, c, d)| Op::Link(a, b, c, d)),
+            1 => (0..4usize, 0..3usize, 0..4usize, 0..3usize)
+                .prop_map(|(a, b, c, d)| Op::Rename(a, b, c, d)),
+            // Few names, so that symlinks are often replaced.
+            2 => (0..2usize, any::<u8>()).prop_map(|(d, b)| Op::Symlink(d, 2, b)),
+            1 => (2..4usize).prop_map(Op::RemoveDir),
+            2 => Just(Op::Switch),
+        ]
+    }
+
+    /// Directory `d` of `DIRS` in the writer's tree, made if missing.
+    fn dir_at(w: &Machine, d: usize) -> u64 {
+        let mut at = ROOT;
+        for name in DIRS[d] {
+            at = match w.live.lookup(at, name) {
+                Ok((ino, r)) if r.kind == Kind::Dir => ino,
+                _ => mkdir(w, at, name),
+            };
+        }
+        at
+    }
+
+    fn apply(w: &Machine, op: &Op) {
+        // Refusals (a name that exists, or does not) are part of the game.
+        match *op {
+            Op::Write(d, f, b) => {
+                let dir = dir_at(w, d);
+                let ino = match w.live.lookup(dir, FILES[f]) {
+                    Ok((ino, r)) if r.kind == Kind::File => ino,
+                    Ok(_) => return,
+                    Err(_) => {
+                        w.live
+                            .create_node(dir, FILES[f], NewNode::test_file(), false)
+                            .unwrap()
+                            .0
+                    }
+                };
+                let data = vec![b; 1 + b as usize % 7];
+                w.live.write(ino, 0, &data, Times::Now, &*w.reader).unwrap();
+            }
+            Op::Unlink(d, f) => {
+                let _ = w.live.unlink(dir_at(w, d), FILES[f]);
+            }
+            Op::Link(d, f, d2, f2) => {
+                if let Ok((ino, _)) = w.live.lookup(dir_at(w, d), FILES[f]) {
+                    let _ = w.live.link(ino, dir_at(w, d2), FILES[f2]);
+                }
+            }
+            Op::Rename(d, f, d2, f2) => {
+                let (a, b) = (dir_at(w, d), dir_at(w, d2));
+                let _ = w.live.rename(a, FILES[f], b, FILES[f2], false, false);
+            }
+            Op::Symlink(d, f, b) => {
+                let target = [b'a' + b % 26];
+                let node = NewNode {
+                    kind: Kind::Symlink,
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    symlink: Some(&target),
+                };
+                // A symlink there is replaced (symlinks change no other way).
+                let dir = dir_at(w, d);
+                if w.live
+                    .lookup(dir, FILES[f])
+                    .is_ok_and(|(_, r)| r.kind == Kind::Symlink)
+                {
+                    w.live.unlink(dir, FILES[f]).unwrap();
+                }
+                let _ = w.live.create_node(dir, FILES[f], node, false);
+            }
+            Op::RemoveDir(d) => {
+                let dir = dir_at(w, d);
+                for f in FILES {
+                    let _ = w.live.unlink(dir, f);
+                }
+                // a/b is in a; c at the root.
+                let parent = dir_at(w, if d == 2 { 1 } else { 0 });
+                let _ = w.live.rmdir(parent, DIRS[d][DIRS[d].len() - 1]);
+            }
+            Op::Switch => {}
+        }
+    }
+
+    /// Each inode number of a walk: the paths naming it and what they show
+    /// (directories: only the paths, their attributes may change).
+    fn by_number(w: &[(String, u64, String)]) -> HashMap<u64, Vec<(String, String)>> {
+        let mut m: HashMap<u64, Vec<(String, String)>> = HashMap::new();
+        for (p, n, seen) in w {
+            let seen = if seen.starts_with("Dir") {
+                String::new()
+            } else {
+                seen.clone()
+            };
+            m.entry(*n).or_default().push((p.clone(), seen));
+        }
+        m
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Whatever changed between snapshots (files written, removed,
+        /// linked, renamed, made symlinks, directories removed), a switch
+        /// leaves the live tree as a whole import of the new snapshot
+        /// would, each file in the parents table of each directory naming
+        /// it, and a number that stays names what it named.
+        #[test]
+        fn a_switch_gives_what_a_whole_import_gives(ops in proptest::collection::vec(op(), 1..40)) {
+            static CASE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let case = CASE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let repo = Arc::new(crate::repo::tests::test_init(&format!("memory://switch-prop-{case}")));
+            let w = machine(&repo);
+            mkfile_in(&w, ROOT, b"start", b"start");
+            let s0 = w.flusher.seal().unwrap().unwrap();
+            w.flusher.upload_pending().unwrap();
+            let m = machine(&repo);
+            import_snapshot(&m.live, &m.reader, &s0.id, &s0.snapshot).unwrap();
+            for op in ops.iter().chain([&Op::Switch]) {
+                apply(&w, op);
+                if !matches!(op, Op::Switch) {
+                    continue;
+                }
+                let Some(s) = w.flusher.seal().unwrap() else { continue };
+                w.flusher.upload_pending().unwrap();
+                let before = walk(&m);
+                let i = switch_snapshot(&m.live, &m.reader, &s.id, &s.snapshot).unwrap();
+                let after = walk(&m);
+                let fresh = machine(&repo);
+                import_snapshot(&fresh.live, &fresh.reader, &s.id, &s.snapshot).unwrap();
+                proptest::prop_assert_eq!(without_numbers(&after), without_numbers(&walk(&fresh)));
+                let (old, new) = (by_number(&before), by_number(&after));
+                for (n, names) in &new {
+                    if let Some(was) = old.get(n) {
+                        proptest::prop_assert_eq!(was, names, "number {} (whole: {})", n, i.whole);
+                    }
+                }
+                for (p, n, seen) in &after {
+                    if seen.starts_with("Dir") {
+                        continue;
+                    }
+                    let mut named_in: Vec<u64> = after
+                        .iter()
+                        .filter(|(_, k, _)| k == n)
+                        .map(|(q, _, _)| {
+                            let dir = &q[..q.rfind('/').unwrap_or(0)];
+                            after.iter().find(|(d, _, _)| d == dir).map_or(ROOT, |(_, k, _)| *k)
+                        })
+                        .collect();
+                    named_in.sort();
+                    named_in.dedup();
+                    let rec = m.live.inode(*n).unwrap();
+                    let mut parents = m.live.tx(|tx| tx.parents_of(*n, &rec)).unwrap();
+                    parents.sort();
+                    proptest::prop_assert_eq!(&parents, &named_in, "{}", p);
+                }
+            }
+        }
     }
 }
