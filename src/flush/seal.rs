@@ -575,8 +575,8 @@ mod tests {
 mod switch_tests {
     //! The switch of a serving read-only mount's live tree by what changed
     //! (`live::diff`), against the whole import it replaces.
-    use crate::flush::testing::{machine, mkfile_in, Machine};
     use super::*;
+    use crate::flush::testing::{machine, mkfile_in, Machine};
     use crate::live::data::Times;
     use crate::live::diff::switch_snapshot;
     use crate::live::import::import_snapshot;
