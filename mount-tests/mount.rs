@@ -1568,19 +1568,23 @@ fn reading_history_in_order_fetches_the_next_files() {
                 || fetched() >= i as usize + 1 + 32,
             );
         }
-        // The last refill came at d/f069 (the walk refills at f018, f035,
-        // f052, f069: each time fewer than 32 were left), up to 48 past
-        // it: e/f000 to e/f037.
+        // On a quiet machine the last refill comes at d/f069 (the walk
+        // refills at f018, f035, f052, f069: each time fewer than 32 were
+        // left), up to 48 past it: e/f000 to e/f037. A loaded one can
+        // delay a refill by a file or a few (a hint that comes while the
+        // fetchers are behind is dropped by design), so what holds is the
+        // window: at least 32 and at most 48 past d/f079, the last read.
         poll_until(
             "the next directory's first files to be fetched",
             Duration::from_secs(20),
-            || fetched() >= 80 + 38,
+            || fetched() >= 80 + 32,
         );
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(
-            fetched(),
-            80 + 38,
-            "read-ahead went further than its window"
+        let n = fetched();
+        assert!(
+            (80 + 32..=80 + 48).contains(&n),
+            "read-ahead left its window of 32 to 48 files past the last read: {} files past",
+            n as i64 - 80
         );
         m.umount();
     }
