@@ -72,7 +72,7 @@ pub struct History {
     /// `.history`, until the reply is sent: `snapshots_changed` waits for
     /// those in flight before it invalidates, so that none made from the
     /// old list lands after (the kernel would cache it for a minute).
-    answering: RwLock<()>,
+    answering: super::gate::ReplyGate,
 }
 
 /// Pins an open directory's listing holds on the nodes it shows; they go
@@ -182,7 +182,7 @@ impl History {
             reader,
             nodes: RwLock::new(Nodes::default()),
             names: Mutex::new(SnapshotNames::default()),
-            answering: RwLock::new(()),
+            answering: Default::default(),
         }
     }
 
@@ -259,7 +259,7 @@ impl History {
         // told (it orders them: it invalidates under the directory's lock,
         // which a lookup or listing holds until its reply is in). Later
         // ones see the new list.
-        drop(self.answering.write().unwrap_or_else(|e| e.into_inner()));
+        self.answering.drain();
         for name in &gone {
             // Not cached (never looked up, or evicted): nothing to do.
             let _ = notifier.inval_entry(INodeNo(HISTORY_INO), OsStr::from_bytes(name));
@@ -281,7 +281,7 @@ impl History {
     /// Held while answering a request that hands the kernel children of
     /// `.history` (see `answering`), until its reply is sent.
     pub fn answering(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.answering.read().unwrap_or_else(|e| e.into_inner())
+        self.answering.answering()
     }
 
     /// Whether `name` in `.history` still names a snapshot (or `latest`)

@@ -5,6 +5,7 @@
 //! Requests run on several threads; everything below is thread-safe.
 
 mod ahead;
+mod gate;
 pub mod history;
 pub mod switch;
 
@@ -13,7 +14,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -81,7 +82,7 @@ pub struct SecrateFs {
     notifier: Arc<OnceLock<Notifier>>,
     /// Held shared by replies naming live inodes on a read-only mount,
     /// exclusively by a switch of its live tree (see `switch`).
-    gate: Arc<RwLock<()>>,
+    gate: Arc<gate::ReplyGate>,
 }
 
 /// Largest file whose content an open for reading hands to the kernel
@@ -236,7 +237,7 @@ impl SecrateFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             notifier,
-            gate: Arc::new(RwLock::new(())),
+            gate: Default::default(),
         }
     }
 
@@ -271,8 +272,7 @@ impl SecrateFs {
     /// The gate's shared side, on a read-only mount (only its live tree
     /// switches), for a reply that names live inodes.
     fn switch_gate(&self) -> Option<RwLockReadGuard<'_, ()>> {
-        self.read_only
-            .then(|| self.gate.read().unwrap_or_else(|e| e.into_inner()))
+        self.read_only.then(|| self.gate.answering())
     }
 
     /// The `.history` view (its node count is part of `secrate status`).

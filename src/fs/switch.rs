@@ -28,7 +28,7 @@
 //! kernel walks the path again: a program never gets ENOENT for a name
 //! every snapshot has.
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use fuser::{INodeNo, Notifier};
 
@@ -43,7 +43,7 @@ use crate::repo::snapshot::Snapshot;
 pub struct LiveSwitch {
     pub(super) live: Arc<Live>,
     pub(super) reader: Arc<BlobReader>,
-    pub(super) gate: Arc<RwLock<()>>,
+    pub(super) gate: Arc<super::gate::ReplyGate>,
     pub(super) notifier: Arc<OnceLock<Notifier>>,
 }
 
@@ -56,7 +56,7 @@ impl LiveSwitch {
         // the switch itself.
         self.reader.fetch_tree_packs()?;
         let import = {
-            let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let _g = self.gate.closed();
             let i = switch_snapshot(&self.live, &self.reader, id, snap)?;
             self.live.commit(true)?;
             i
