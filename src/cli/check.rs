@@ -59,7 +59,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     } else if !r.has_new_damage() {
         let files: std::collections::HashSet<_> = r.recorded.iter().map(|d| &d.path).collect();
         outln!(
-            "no new damage, but {} paths in snapshots ({} distinct) hold data lost earlier and recorded by `secrate repair`; \
+            "no new damage, but {} paths in snapshots ({} distinct) hold data lost earlier and known as lost (recorded by `secrate repair`, or found by a mount before its upload); \
              a file rewritten (mount) or backed up again from its source is whole in later snapshots; {} snapshots, {} trees, {} packs{read}",
             r.recorded.len(),
             files.len(),

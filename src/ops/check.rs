@@ -95,7 +95,7 @@ impl Walker<'_> {
     /// Why a chunk cannot be read, and whether `repair` recorded it.
     fn chunk_problem(&mut self, id: &Id) -> Option<(String, bool)> {
         if id.is_lost() {
-            return Some(("a range marked lost (recorded by repair)".into(), true));
+            return Some(("a range marked lost (its data was lost before this snapshot: recorded by `repair`, or found missing by the mount that sealed it)".into(), true));
         }
         let ix = self.repo.index();
         let (p, l) = match ix.get(id) {
