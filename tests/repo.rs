@@ -268,6 +268,32 @@ fn unreachable_store_and_bad_urls() {
     }
 }
 
+/// `init` into a directory that holds other things is refused in one
+/// sentence, nothing written; an empty one is used, and `--if-missing` on
+/// the repository made there succeeds. (Found in stop 29: `--store
+/// file://$HOME` put `config`, `keys/`, `packs/` among the user's files.)
+#[test]
+fn init_refuses_a_directory_that_holds_other_things() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("home");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), b"mine").unwrap();
+    let s = Secrate::new(&format!("file://{}", dir.display()));
+    let o = s.run(&["init"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("is not empty (notes.txt)"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    let names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"]);
+    fs::remove_file(dir.join("notes.txt")).unwrap();
+    s.init();
+    assert_eq!(s.run(&["init", "--if-missing"]).status.code(), Some(0));
+}
+
 /// A flipped byte in a pack: `check --read-data` names the damaged file and
 /// exits 1; every other file still restores.
 #[test]

@@ -21,6 +21,31 @@ pub struct Args {
     if_missing: bool,
 }
 
+/// A `file://` repository wants a directory of its own: `init` into one
+/// that holds other things (`--store file://$HOME`, a typo) would put
+/// `config`, `keys/`, `packs/`… among them. One that holds a repository is
+/// left to the check after (`RepositoryExists`, `--if-missing`).
+fn refuse_a_directory_in_use(dir: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // missing: created; unreadable: the open says why
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if names.is_empty() || names.iter().any(|n| n == "config") {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = names.iter().map(String::as_str).take(3).collect();
+    shown.sort();
+    anyhow::bail!(
+        "{} is not empty ({}{}): a repository needs a directory of its own; give a new or empty one",
+        dir.display(),
+        shown.join(", "),
+        if names.len() > 3 { ", …" } else { "" }
+    )
+}
+
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let chunker = match &a.chunk_sizes {
         None => ChunkerParams::DEFAULT,
@@ -36,6 +61,11 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             }
         }
     };
+    for url in g.store_urls() {
+        if let Ok(secrate::store::StoreUrl::File(dir)) = secrate::store::StoreUrl::parse(&url) {
+            refuse_a_directory_in_use(&dir)?;
+        }
+    }
     let store = g.open_store(true)?;
     if Repository::read_config(&store).is_ok() {
         if a.if_missing {
