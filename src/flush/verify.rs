@@ -217,19 +217,13 @@ impl Flusher {
             .filter(|(_, i)| i.kind == ItemKind::Pack && i.gen != gen)
             .filter_map(|(_, i)| pack_id_from_name(&i.name))
             .collect();
-        let t = tx
-            .txn()
-            .open_table(outbox::OUTBOX_PACKS)
-            .map_err(cache_err)?;
         let mut packs = Vec::new();
-        for r in t.iter().map_err(cache_err)? {
-            let (k, v) = r.map_err(cache_err)?;
-            let id = Id(k.value().try_into().map_err(cache_err)?);
+        for (id, delta) in recorded_packs(tx)? {
             if later.contains(&id) {
                 continue;
             }
             packs.extend(
-                decode_delta(v.value())
+                decode_delta(&delta)
                     .map_err(|e| crate::live::LiveError::Cache(format!("outbox pack: {e}")))?,
             );
         }
@@ -518,19 +512,11 @@ impl Flusher {
                     .iter()
                     .filter_map(|(_, i)| pack_id_from_name(&i.name))
                     .collect();
-                let t = tx
-                    .txn()
-                    .open_table(outbox::OUTBOX_PACKS)
-                    .map_err(cache_err)?;
-                let mut v = Vec::new();
-                for r in t.iter().map_err(cache_err)? {
-                    let (k, _) = r.map_err(cache_err)?;
-                    let id = Id(k.value().try_into().map_err(cache_err)?);
-                    if !waiting.contains(&id) {
-                        v.push(id);
-                    }
-                }
-                Ok(v)
+                Ok(recorded_packs(tx)?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .filter(|id| !waiting.contains(id))
+                    .collect())
             })
             .map_err(live_err)?;
         let mut gone = Vec::new();
@@ -595,6 +581,24 @@ impl Flusher {
         }
         Ok(missing)
     }
+}
+
+/// The packs this cache records (`OUTBOX_PACKS`: sealed, their index
+/// delta not uploaded yet), each with its index entry.
+fn recorded_packs(tx: &crate::live::Tx) -> crate::live::LiveResult<Vec<(Id, Vec<u8>)>> {
+    let t = tx
+        .txn()
+        .open_table(outbox::OUTBOX_PACKS)
+        .map_err(cache_err)?;
+    let mut out = Vec::new();
+    for r in t.iter().map_err(cache_err)? {
+        let (k, v) = r.map_err(cache_err)?;
+        out.push((
+            Id(k.value().try_into().map_err(cache_err)?),
+            v.value().to_vec(),
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -151,14 +151,7 @@ impl<'r> Diff<'r> {
             root.nlink = 2 + subdirs;
             stats
         };
-        root.mode = snap.root_meta.mode;
-        root.uid = snap.root_meta.uid;
-        root.gid = snap.root_meta.gid;
-        root.mtime = snap.root_meta.mtime;
-        root.atime = snap.root_meta.mtime;
-        root.ctime = snap.root_meta.mtime;
-        root.gen = 0;
-        root.xattrs.clear();
+        import::take_root_meta(&mut root, snap);
         root.body = Body::Dir {
             tree: Some(snap.root),
         };

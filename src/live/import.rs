@@ -156,14 +156,7 @@ pub(crate) fn import_here(
         }
         clear(tx)?;
         let mut root = tx.get(ROOT).unwrap_or_else(|_| blank_dir());
-        root.mode = snap.root_meta.mode;
-        root.uid = snap.root_meta.uid;
-        root.gid = snap.root_meta.gid;
-        root.mtime = snap.root_meta.mtime;
-        root.atime = snap.root_meta.mtime;
-        root.ctime = snap.root_meta.mtime;
-        root.gen = 0;
-        root.xattrs.clear();
+        take_root_meta(&mut root, snap);
         let (stats, subdirs) = w.dir(tx, ROOT, &snap.root)?;
         root.nlink = 2 + subdirs;
         root.body = Body::Dir {
@@ -241,6 +234,15 @@ pub(crate) fn warn_history(snap_id: &Id, snap: &Snapshot) {
         snap_id.short(),
         snap.time_rfc3339()
     );
+}
+
+/// The live root takes the attributes of snapshot `snap`'s root.
+pub(super) fn take_root_meta(root: &mut Inode, snap: &Snapshot) {
+    let m = &snap.root_meta;
+    (root.mode, root.uid, root.gid) = (m.mode, m.uid, m.gid);
+    (root.mtime, root.atime, root.ctime) = (m.mtime, m.mtime, m.mtime);
+    root.gen = 0;
+    root.xattrs.clear();
 }
 
 fn blank_dir() -> Inode {
