@@ -1186,6 +1186,36 @@ fn acl_nobody_reads() -> Vec<u8> {
     v
 }
 
+/// A second mount at a mountpoint a secrate mount serves is refused in
+/// one sentence, read-only or not, with another cache: it would hide the
+/// first. (Found by review in stop 29: a read-only mount, which takes no
+/// lock, was stacked over the first.)
+#[test]
+fn a_second_mount_at_the_same_mountpoint_is_refused() {
+    if !fuse_ready("a_second_mount_at_the_same_mountpoint_is_refused") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = file_repo(work.path());
+    let mut m = Mount::in_dir(&s, work.path(), &["--read-only"]);
+    for extra in [&["--read-only"][..], &[]] {
+        let cache = work.path().join("cache-2");
+        let mut args = vec!["mount", m.mnt.to_str().unwrap(), "--cache"];
+        args.push(cache.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let o = s.run(&args);
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        if o.status.success() {
+            // Stacked: take it down before failing.
+            let _ = Command::new("fusermount3").arg("-uz").arg(&m.mnt).status();
+        }
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {e}");
+        assert!(e.contains("is already a secrate mount"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    m.umount();
+}
+
 /// A `secrate backup` of another directory into a mount's repository is
 /// not a newer version of the mount's tree: neither a fresh cache nor the
 /// mount's own clean cache makes it the live tree; it shows in `.history`.
