@@ -89,15 +89,23 @@ impl Run<'_> {
         let (repo, run) = (self.repo, self);
         match resolve(repo, snap, subpath.unwrap_or(""))? {
             Resolved::Root => {
-                prepare_dir(target, true)?;
+                let t = prepare_dir(target, true)?;
                 run.tree(&snap.root, target);
                 let m = &snap.root_meta;
-                run.set_attrs(target, m.mode, m.uid, m.gid, m.mtime, &[], false);
+                match t {
+                    Target::Own => run.set_attrs(target, m.mode, m.uid, m.gid, m.mtime, &[], false),
+                    Target::Users(mode) => run.put_back(target, mode),
+                }
             }
-            Resolved::Entry(e) if e.kind == Kind::Dir => {
-                prepare_dir(target, true)?;
-                run.dir_contents(&e, target);
-            }
+            Resolved::Entry(e) if e.kind == Kind::Dir => match prepare_dir(target, true)? {
+                Target::Own => run.dir_contents(&e, target),
+                Target::Users(mode) => {
+                    if let Some(id) = e.subtree() {
+                        run.tree(&id, target);
+                    }
+                    run.put_back(target, mode);
+                }
+            },
             Resolved::Entry(e) => {
                 prepare_dir(target, false)?;
                 run.entry(&e, &target.join(std::ffi::OsStr::from_bytes(&e.name)));
@@ -116,32 +124,60 @@ fn create_new(path: &Path) -> Result<File> {
         .at(path)
 }
 
+/// What the target directory was before the restore.
+enum Target {
+    /// Made by it, or empty: the snapshot's directory becomes it,
+    /// attributes and all.
+    Own,
+    /// Holding the user's things (`restore latest /tmp`, `~`): it keeps
+    /// its own attributes, this mode. (Found by review in stop 29: it took
+    /// the snapshot root's, so `/tmp` lost its sticky, world-writable mode.)
+    Users(u32),
+}
+
 /// Make the target `p` a directory to restore into: created if missing.
 /// The target is the user's choice, so a symlink to a directory is
 /// followed (only what the snapshot holds is never written through).
-/// With `fill`, the snapshot's directory becomes `p` and its attributes
-/// are set on `p` at the end: until then `p` is made owner-writable, as
-/// the directories inside are (a read-only target, such as an earlier
-/// restore of a read-only directory leaves, refused every entry).
-fn prepare_dir(p: &Path, fill: bool) -> Result<()> {
+/// With `fill`, the snapshot's directory is restored into `p`, which is
+/// owner-writable until the end, as the directories inside are (a
+/// read-only target, such as an earlier restore of a read-only directory
+/// leaves, refused every entry).
+fn prepare_dir(p: &Path, fill: bool) -> Result<Target> {
     match fs::metadata(p) {
         Ok(m) if m.is_dir() => {
             let mode = m.permissions().mode() & 0o7777;
+            let empty = fs::read_dir(p).at(p)?.next().is_none();
             if fill && mode & 0o700 != 0o700 {
                 fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o700)).at(p)?;
             }
-            Ok(())
+            Ok(if empty {
+                Target::Own
+            } else {
+                Target::Users(mode)
+            })
         }
         Ok(_) => Err(Error::Invalid(format!(
             "{} exists and is not a directory",
             p.display()
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::create_dir_all(p).at(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(p).at(p).map(|()| Target::Own)
+        }
         Err(e) => Err(e).at(p),
     }
 }
 
 impl Run<'_> {
+    /// The user's target directory gets its own mode back.
+    fn put_back(&self, target: &Path, mode: u32) {
+        let now = fs::metadata(target).map(|m| m.permissions().mode() & 0o7777);
+        if now.is_ok_and(|now| now != mode) {
+            if let Err(e) = fs::set_permissions(target, fs::Permissions::from_mode(mode)) {
+                self.fail(target, e);
+            }
+        }
+    }
+
     fn fail(&self, path: &Path, why: impl std::fmt::Display) {
         let msg = format!("{}: {why}", path.display());
         self.progress.warn(&msg);
@@ -362,6 +398,35 @@ mod tests {
         let mut snap = Snapshot::test(1, Origin::Mount, root);
         snap.root_meta.mode = 0o755;
         (repo, snap)
+    }
+
+    /// A target that holds the user's things keeps its own mode (`/tmp`
+    /// its sticky 1777); a new or empty one takes the snapshot root's.
+    #[test]
+    fn a_target_in_use_keeps_its_own_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let (repo, snap) = snapshot_of("memory://restore-target-mode", |w| {
+            vec![file_of(w, "f", &[b"data"])]
+        });
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let work = tempfile::tempdir().unwrap();
+        let shared = work.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::write(shared.join("someone-elses"), b"x").unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+        let empty = work.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o700)).unwrap();
+        let new = work.path().join("new");
+        for t in [&shared, &empty, &new] {
+            let summary = restore(&repo, &snap, None, t, &Quiet).unwrap();
+            assert!(summary.errors.is_empty(), "{summary:?}");
+            assert_eq!(fs::read(t.join("f")).unwrap(), b"data");
+        }
+        assert_eq!(mode(&shared), 0o1777);
+        assert!(shared.join("someone-elses").exists());
+        assert_eq!(mode(&empty), 0o755);
+        assert_eq!(mode(&new), 0o755);
     }
 
     /// A file restored with holes (a chunk the store lacks) is one error
