@@ -1664,7 +1664,7 @@ pub(crate) mod tests {
     /// put alone (as before) against check + put, warm and cold (the
     /// files' pages dropped with `posix_fadvise`), alternating, 3 runs.
     #[test]
-    #[ignore]
+    #[ignore = "a benchmark, not a test: writes 1 GiB and times it; run by hand on a quiet machine"]
     fn outbox_check_cost() {
         use std::os::fd::AsRawFd;
         use std::time::Instant;
