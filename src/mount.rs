@@ -55,7 +55,8 @@ pub fn default_cache_dir(repo_id: &str) -> PathBuf {
 
 /// Refuse a cache directory or a `file://` store inside the mountpoint
 /// (or at it): once mounted, their paths lead into the mount, and the
-/// process serving it would wait on itself. `mountpoint` is canonical.
+/// process serving it would wait on itself. Refuse a mountpoint a secrate
+/// mount already serves. `mountpoint` is canonical.
 pub fn check_places(
     mountpoint: &Path,
     cache_dir: &Path,
@@ -71,6 +72,16 @@ pub fn check_places(
                 mountpoint.display()
             )));
         }
+    }
+    // A second mount there would hide the first (a read-only one takes no
+    // lock that would stop it), which then serves nobody until unmounted.
+    if let Ok(other) = crate::control::cache_dir_of(mountpoint) {
+        return Err(Error::Invalid(format!(
+            "{} is already a secrate mount (cache {}): unmount it first (`secrate umount {}`)",
+            mountpoint.display(),
+            other.display(),
+            mountpoint.display()
+        )));
     }
     Ok(())
 }

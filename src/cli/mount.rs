@@ -68,16 +68,6 @@ pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
         None => default_cache_dir(&config.repo_id_hex()),
     };
     secrate::mount::check_places(&mountpoint, &cache_dir, &store)?;
-    // A second mount there would hide the first (a read-only one takes no
-    // lock that would stop it), which then serves nobody until unmounted.
-    if let Ok(other) = secrate::control::cache_dir_of(&mountpoint) {
-        bail!(
-            "{} is already a secrate mount (cache {}): unmount it first (`secrate umount {}`)",
-            mountpoint.display(),
-            other.display(),
-            mountpoint.display()
-        );
-    }
     if a.daemon_child {
         return run_child(g, a, mountpoint, cache_dir, store);
     }
