@@ -1231,6 +1231,17 @@ fn a_damaged_outbox_pack_is_never_uploaded() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Seen, then cleared: the problems shown and the item kept go.
+    let kept = work.path().join("cache/damaged").join(&name);
+    assert!(kept.exists());
+    let o =
+        m.s.run(&["status", "--clear-problems", m.mnt.to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("damaged items deleted: 1"), "{e}");
+    assert!(!kept.exists());
+    let st = m.s.ok(&["status", m.mnt.to_str().unwrap()]);
+    assert!(!st.contains("OUTBOX PROBLEM"), "{st}");
     m.umount();
     let log = m.log();
     let check = s.run(&["check", "--read-data"]);
@@ -1243,6 +1254,5 @@ fn a_damaged_outbox_pack_is_never_uploaded() {
         !work.path().join("store").join(&object).exists(),
         "{object} was uploaded"
     );
-    assert!(work.path().join("cache/damaged").join(&name).exists());
     assert!(log.contains("was damaged on this cache's disk"), "{log}");
 }

@@ -21,7 +21,13 @@ pub const FSNAME_PREFIX: &str = "secrate:";
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Snapshot { wait: bool },
+    /// Forget the outbox problems listed (those `status` showed).
+    ClearProblems {
+        seen: Vec<String>,
+    },
+    Snapshot {
+        wait: bool,
+    },
     Umount,
 }
 
@@ -39,6 +45,11 @@ pub enum Event {
     },
     Status {
         status: serde_json::Value,
+    },
+    /// Outbox problems forgotten and damaged items deleted.
+    Cleared {
+        problems: u64,
+        items: u64,
     },
     Done,
     Error {
@@ -146,6 +157,9 @@ mod tests {
     fn requests_round_trip() {
         for r in [
             Request::Status,
+            Request::ClearProblems {
+                seen: vec!["a".into(), "b c".into()],
+            },
             Request::Snapshot { wait: true },
             Request::Umount,
         ] {

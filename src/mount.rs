@@ -750,6 +750,17 @@ fn handle_client(mut stream: UnixStream, shared: &Shared) {
             let _ = send(&mut stream, &Event::Status { status });
             Ok(())
         }
+        Request::ClearProblems { seen } => {
+            f.clear_outbox_problems(&seen).map(|(problems, items)| {
+                let _ = send(
+                    &mut stream,
+                    &Event::Cleared {
+                        problems: problems as u64,
+                        items: items as u64,
+                    },
+                );
+            })
+        }
         Request::Snapshot { wait } => snapshot(shared, &mut stream, wait),
         Request::Umount => {
             // Register first: the session may end the moment we unmount.

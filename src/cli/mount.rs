@@ -259,6 +259,10 @@ pub struct StatusArgs {
     mountpoint: PathBuf,
     #[arg(long)]
     json: bool,
+    /// After showing them, forget the outbox problems shown and delete the
+    /// damaged items they kept in the cache (`damaged/`).
+    #[arg(long)]
+    clear_problems: bool,
 }
 
 /// A one-line progress display on a terminal.
@@ -382,9 +386,32 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
         }
     })?;
     let st = st.context("the mount sent no status")?;
-    if a.json {
-        outln!("{}", serde_json::to_string_pretty(&st)?)?;
-        return Ok(0);
+    show_status(&st, a.json)?;
+    if a.clear_problems {
+        // Only what was shown: a problem reported since stays.
+        let seen: Vec<String> = st
+            .get("outbox_problems")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_string))
+            .collect();
+        let mut cleared = None;
+        control::call(&a.mountpoint, &Request::ClearProblems { seen }, &mut |ev| {
+            if let Event::Cleared { problems, items } = ev {
+                cleared = Some((*problems, *items));
+            }
+        })?;
+        let (problems, items) = cleared.context("the mount did not say what it cleared")?;
+        errln!("outbox problems cleared: {problems}; damaged items deleted: {items}");
+    }
+    Ok(0)
+}
+
+fn show_status(st: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        outln!("{}", serde_json::to_string_pretty(st)?)?;
+        return Ok(());
     }
     let s = |k: &str| {
         st.get(k)
@@ -439,5 +466,5 @@ pub fn status(_g: &Globals, a: StatusArgs) -> anyhow::Result<i32> {
             s("last_error_at")
         )?;
     }
-    Ok(0)
+    Ok(())
 }

@@ -51,6 +51,14 @@ const PROBLEMS: &str = "outbox_problems";
 /// Problems kept for `status` (each is in the mount's log too).
 const MAX_PROBLEMS: usize = 20;
 
+fn problems_in(tx: &crate::live::Tx<'_, '_>) -> crate::live::LiveResult<Vec<String>> {
+    let raw = tx.state(PROBLEMS)?.unwrap_or_default();
+    Ok(String::from_utf8_lossy(&raw)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 /// What confirming a pending snapshot found.
 pub(crate) enum Confirmed {
     /// Nothing since its seal calls for a look: upload as usual.
@@ -80,33 +88,70 @@ impl Flusher {
 
     /// Problems found in the outbox (also in the mount's log), oldest first.
     pub fn outbox_problems(&self) -> Vec<String> {
-        let raw = self.live.state(PROBLEMS).ok().flatten().unwrap_or_default();
-        String::from_utf8_lossy(&raw)
-            .lines()
-            .map(str::to_string)
-            .collect()
+        self.live.tx(|tx| problems_in(tx)).unwrap_or_default()
     }
 
     fn report(&self, problem: String) {
         crate::log!("error: {problem}");
-        let mut all = self.outbox_problems();
-        all.push(problem.replace('\n', " "));
-        let skip = all.len().saturating_sub(MAX_PROBLEMS);
-        let text = all[skip..].join("\n");
         let r = self
             .live
-            .tx(|tx| tx.set_state(PROBLEMS, text.as_bytes()))
+            .tx(|tx| {
+                let mut all = problems_in(tx)?;
+                all.push(problem.replace('\n', " "));
+                let skip = all.len().saturating_sub(MAX_PROBLEMS);
+                tx.set_state(PROBLEMS, all[skip..].join("\n").as_bytes())
+            })
             .and_then(|()| self.live.commit(true));
         if let Err(e) = r {
             crate::log!("warning: recording the outbox problem for status: {e}");
         }
     }
 
+    /// Where damaged outbox items are set aside, to look at.
+    fn damaged_dir(&self) -> std::path::PathBuf {
+        self.live.dir().join("damaged")
+    }
+
+    /// The user has seen the problems in `seen` (`secrate status
+    /// --clear-problems`): forget them, and delete the items set aside in
+    /// `damaged/` that no problem still listed names (a problem reported
+    /// since keeps its item). Returns (problems forgotten, items deleted).
+    pub fn clear_outbox_problems(&self, seen: &[String]) -> Result<(usize, usize)> {
+        let (cleared, left) = self
+            .live
+            .tx(|tx| {
+                let all = problems_in(tx)?;
+                let (cleared, left): (Vec<String>, Vec<String>) =
+                    all.into_iter().partition(|p| seen.contains(p));
+                tx.set_state(PROBLEMS, left.join("\n").as_bytes())?;
+                Ok((cleared.len(), left))
+            })
+            .map_err(live_err)?;
+        self.live.commit(true).map_err(live_err)?;
+        let dir = self.damaged_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((cleared, 0)),
+            Err(e) => return Err(Error::io(&dir, e)),
+        };
+        let mut deleted = 0;
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+            let shown = path.display().to_string();
+            if left.iter().any(|p| p.contains(&shown)) {
+                continue;
+            }
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            deleted += 1;
+        }
+        Ok((cleared, deleted))
+    }
+
     /// Item `seq` failed its check before upload (`Error::OutboxDamaged`):
     /// set it aside and replace it as far as the cache allows.
     pub(crate) fn set_aside_damaged(&self, seq: u64, item: &Item) -> Result<()> {
         let path = outbox::file_for(self.live.dir(), &item.name);
-        let aside = self.live.dir().join("damaged");
+        let aside = self.damaged_dir();
         std::fs::create_dir_all(&aside).map_err(|e| Error::io(&aside, e))?;
         let kept = aside.join(item.name.replace('/', "_"));
         // A second name first: the item lists this file until replaced.
@@ -680,6 +725,47 @@ mod tests {
             "{problems:?}"
         );
         assert!(m.dir.path().join("damaged").read_dir().unwrap().count() > 0);
+    }
+
+    /// `secrate status --clear-problems` forgets the problems it showed
+    /// and deletes the items they kept; a problem reported after the
+    /// listing stays, and so does its item. (Before stop 30 neither could
+    /// be cleared: `damaged/` only grew.)
+    #[test]
+    fn clearing_outbox_problems_keeps_what_was_not_seen() {
+        let repo = Arc::new(crate::repo::tests::test_init("memory://outbox-clear"));
+        let m = machine(&repo);
+        mkfile(&m, b"f", &noise(2, 1 << 20));
+        m.flusher.seal().unwrap().unwrap();
+        damage_outbox_packs(&m, BlobKind::Data);
+        m.flusher.upload_pending().unwrap();
+        let seen = m.flusher.status().outbox_problems;
+        assert!(!seen.is_empty());
+        let dir = m.dir.path().join("damaged");
+        let kept = dir.read_dir().unwrap().count();
+        assert!(kept > 0);
+        // Reported after `status` listed the others.
+        let late = dir.join("late");
+        std::fs::write(&late, b"x").unwrap();
+        m.flusher
+            .report(format!("a later problem, kept as {}", late.display()));
+
+        let (cleared, deleted) = m.flusher.clear_outbox_problems(&seen).unwrap();
+        assert_eq!((cleared, deleted), (seen.len(), kept));
+        let left = m.flusher.status().outbox_problems;
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with("a later problem"));
+        let names: Vec<_> = dir
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("late")]);
+
+        // Nothing more to clear once it is seen too.
+        assert_eq!(m.flusher.clear_outbox_problems(&left).unwrap(), (1, 1));
+        assert!(m.flusher.status().outbox_problems.is_empty());
+        assert_eq!(m.flusher.clear_outbox_problems(&[]).unwrap(), (0, 0));
     }
 
     /// A damaged index delta or snapshot object is sealed again from what
