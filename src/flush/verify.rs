@@ -329,17 +329,28 @@ impl Flusher {
     /// Replace snapshot item `seq` with its snapshot sealed again from the
     /// plaintext the cache keeps (a new id: the sealing is randomized).
     fn reseal_snapshot(&self, seq: u64, item: &Item) -> Result<String> {
+        self.reseal_snapshot_with(seq, item, |_| {})
+    }
+
+    /// `reseal_snapshot`, changing the snapshot with `edit` first.
+    fn reseal_snapshot_with(
+        &self,
+        seq: u64,
+        item: &Item,
+        edit: impl FnOnce(&mut Snapshot),
+    ) -> Result<String> {
         let old_id = item
             .name
             .strip_prefix("snapshots/")
             .and_then(Id::from_hex)
             .ok_or_else(|| Error::Invalid(format!("outbox item {}: not a snapshot", item.name)))?;
-        let Some(snapshot) = self.pending_snapshot(&old_id)? else {
+        let Some(mut snapshot) = self.pending_snapshot(&old_id)? else {
             // Nothing to seal it from: it goes, as a snapshot that cannot
             // be made whole does.
             self.refuse_snapshot(seq, &item.name)?;
             return Ok("the cache holds no other copy of it: that snapshot is not uploaded".into());
         };
+        edit(&mut snapshot);
         let (id, bytes) = self.repo.seal_snapshot(&snapshot);
         let name = snapshot_name(&id);
         let p = outbox::file_for(self.live.dir(), &name);
@@ -514,6 +525,11 @@ impl Flusher {
     /// the next start, `mount::behind`).
     fn refuse_snapshot(&self, seq: u64, name: &str) -> Result<()> {
         let id = name.strip_prefix("snapshots/").and_then(Id::from_hex);
+        // What the refused one followed, for those that followed it.
+        let parent = match id {
+            Some(id) => self.pending_snapshot(&id)?.and_then(|s| s.parent),
+            None => None,
+        };
         // A seal's view must see the root stamped or not at all.
         let seal = self.seal_mutex.lock().unwrap_or_else(|e| e.into_inner());
         self.live
@@ -529,6 +545,10 @@ impl Flusher {
                     if tx.state("last_snapshot")?.as_deref() == Some(&id.0[..]) {
                         let mut root = tx.get(crate::live::ROOT)?;
                         tx.stamp(crate::live::ROOT, &mut root)?;
+                        match parent {
+                            Some(p) => tx.set_state("last_snapshot", &p.0)?,
+                            None => tx.remove_state("last_snapshot")?,
+                        }
                     }
                 }
                 Ok(())
@@ -543,6 +563,21 @@ impl Flusher {
             .retain(|s| Some(s.id) != id);
         // With none of the flusher's locks held (`on_change`).
         self.snapshots_changed();
+        // Snapshots sealed after it, waiting too, name it as their parent:
+        // they now follow what it followed.
+        let Some(id) = id else { return Ok(()) };
+        let waiting = self.live.tx(|tx| outbox::items(tx)).map_err(live_err)?;
+        for (seq, item) in waiting {
+            let Some(later) = item.name.strip_prefix("snapshots/").and_then(Id::from_hex) else {
+                continue;
+            };
+            if self
+                .pending_snapshot(&later)?
+                .is_some_and(|s| s.parent == Some(id))
+            {
+                self.reseal_snapshot_with(seq, &item, |s| s.parent = parent)?;
+            }
+        }
         Ok(())
     }
 
@@ -841,6 +876,11 @@ mod tests {
             "{problems:?}"
         );
         assert!(m.flusher.snapshots().iter().all(|s| s.id != s1.id));
+        // The snapshot after it does not name it as its parent (it did
+        // before stop 30): s1 followed none, and so does it.
+        for id in &ids {
+            assert_eq!(repo.read_snapshot(id).unwrap().parent, None);
+        }
         let (ino, _) = m.live.lookup(ROOT, b"f").unwrap();
         assert_eq!(
             &m.live.read(ino, 0, 2 << 20, &*m.reader).unwrap()[..],

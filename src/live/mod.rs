@@ -929,6 +929,11 @@ impl<'a, 't> Tx<'a, 't> {
         Ok(())
     }
 
+    pub fn remove_state(&mut self, key: &str) -> LiveResult<()> {
+        self.state.table_mut()?.remove(key).map_err(cache_err)?;
+        Ok(())
+    }
+
     pub fn state_u64(&self, key: &str) -> LiveResult<u64> {
         Ok(self
             .state(key)?
