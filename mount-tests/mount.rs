@@ -1216,6 +1216,78 @@ fn a_second_mount_at_the_same_mountpoint_is_refused() {
     m.umount();
 }
 
+/// A clean cache that another cache's mount moved past catches up at its
+/// next start by what changed: its live tree is the newest snapshot, and
+/// the files that did not change keep their staged copies, which read
+/// with the store away. (Stop 30: the catch-up was a whole import, which
+/// dropped every staged copy of the cache.)
+#[test]
+fn a_clean_cache_behind_catches_up_by_what_changed() {
+    if !fuse_ready("a_clean_cache_behind_catches_up_by_what_changed") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = file_repo(work.path());
+    let mnt = work.path().join("mnt");
+    let (a, b) = (work.path().join("cache-a"), work.path().join("cache-b"));
+    let mut want = std::collections::BTreeMap::new();
+    let mut m = Mount::new(&s, &mnt, &a, &[]);
+    for d in 0..3 {
+        fs::create_dir(m.path(&format!("d{d}"))).unwrap();
+        for f in 0..20 {
+            let (name, data) = (format!("d{d}/f{f}"), pseudo_random(d * 100 + f, 20_000));
+            fs::write(m.path(&name), &data).unwrap();
+            want.insert(name, data);
+        }
+    }
+    m.umount();
+    let staged = |c: &Path| fs::read_dir(c.join("staged")).map_or(0, |r| r.count());
+    assert_eq!(staged(&a), 60);
+
+    // Another cache (another machine) changes a few things.
+    let mut m = Mount::new(&s, &mnt, &b, &[]);
+    let new = pseudo_random(7, 30_000);
+    fs::write(m.path("d1/f0"), &new).unwrap();
+    want.insert("d1/f0".into(), new);
+    fs::remove_file(m.path("d2/f1")).unwrap();
+    want.remove("d2/f1");
+    fs::rename(m.path("d0/f2"), m.path("d0/g2")).unwrap();
+    let moved = want.remove("d0/f2").unwrap();
+    want.insert("d0/g2".into(), moved);
+    m.umount();
+
+    let mut m = Mount::new(&s, &mnt, &a, &[]);
+    let log = m.log();
+    let last = log
+        .lines()
+        .filter(|l| l.contains("the live tree is now snapshot"))
+        .next_back()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("names changed"), "not by what changed: {log}");
+    // The 57 files that did not change kept their copies.
+    assert!(staged(&a) >= 57, "{} staged copies left", staged(&a));
+    let store = work.path().join("store");
+    let away = work.path().join("store.away");
+    fs::rename(&store, &away).unwrap();
+    for (name, data) in &want {
+        if name != "d1/f0" && name != "d0/g2" {
+            assert_eq!(&fs::read(m.path(name)).unwrap(), data, "{name}");
+        }
+    }
+    fs::rename(&away, &store).unwrap();
+    let mut have = std::collections::BTreeMap::new();
+    for d in 0..3 {
+        for e in fs::read_dir(m.path(&format!("d{d}"))).unwrap() {
+            let e = e.unwrap();
+            let name = format!("d{d}/{}", e.file_name().to_string_lossy());
+            have.insert(name, fs::read(e.path()).unwrap());
+        }
+    }
+    assert!(have == want, "the live tree is not the newest snapshot");
+    m.umount();
+}
+
 /// A `secrate backup` of another directory into a mount's repository is
 /// not a newer version of the mount's tree: neither a fresh cache nor the
 /// mount's own clean cache makes it the live tree; it shows in `.history`.

@@ -513,7 +513,16 @@ fn follow_repository(live: &Live, reader: &BlobReader, flusher: &Flusher) -> Res
     };
     if import {
         let at = std::time::Instant::now();
-        let i = import_snapshot(live, reader, &latest.id, &latest.snapshot).map_err(live_err)?;
+        // A clean cache moves by what changed: unchanged files keep their
+        // staged copies (data it already holds). A fresh cache has no tree
+        // to compare, and is imported whole.
+        let root = live.inode(ROOT).map_err(live_err)?;
+        let i = if root.dir_tree().is_some() {
+            crate::live::diff::switch_snapshot(live, reader, &latest.id, &latest.snapshot)
+        } else {
+            import_snapshot(live, reader, &latest.id, &latest.snapshot)
+        }
+        .map_err(live_err)?;
         live.commit(true).map_err(live_err)?;
         log_import(&latest, &i, at.elapsed());
     } else if older {
