@@ -1260,8 +1260,7 @@ fn a_clean_cache_behind_catches_up_by_what_changed() {
     let log = m.log();
     let last = log
         .lines()
-        .filter(|l| l.contains("the live tree is now snapshot"))
-        .next_back()
+        .rfind(|l| l.contains("the live tree is now snapshot"))
         .unwrap_or_default()
         .to_string();
     assert!(last.contains("names changed"), "not by what changed: {log}");
