@@ -77,7 +77,7 @@ fn priority(name: &str) -> u8 {
 }
 
 /// Objects that check themselves, besides content-addressed ones.
-fn self_check(name: &str, b: &[u8]) -> Option<std::result::Result<(), String>> {
+pub(super) fn self_check(name: &str, b: &[u8]) -> Option<std::result::Result<(), String>> {
     if let Some(id) = content_addressed(name) {
         return Some(if blake3::hash(b).as_bytes() == &id {
             Ok(())

@@ -26,6 +26,7 @@ pub mod ec;
 mod faults;
 pub mod layout;
 mod local;
+mod same;
 mod url;
 
 use std::collections::{BTreeMap, HashMap};
@@ -230,7 +231,15 @@ impl Store {
                     rec.describe()
                 )));
             }
-            let store = Store::from_slots(rec.mode, open_slots(&rec.urls, create));
+            let slots = open_slots(&rec.urls, create);
+            let copies = same::config_copies(&slots);
+            if let Mode::Ec(p) = rec.mode {
+                if !same::in_shard_order(&copies, p) {
+                    return Err(same::misordered(&rec.urls, &copies, p));
+                }
+            }
+            same::one_repository(&rec.urls, &copies, ec_of(rec.mode))?;
+            let store = Store::from_slots(rec.mode, slots);
             if create {
                 store.record_layout()?;
             }
@@ -287,6 +296,30 @@ impl Store {
                 )));
             }
         }
+        // Each store's own `config`, in the order given.
+        let given_copies = same::config_copies(&slots);
+        let copies_in = |order: &[String]| -> Vec<Option<Bytes>> {
+            order
+                .iter()
+                .map(|u| {
+                    let i = given.iter().position(|g| g == u).expect("same set");
+                    given_copies[i].clone()
+                })
+                .collect()
+        };
+        if let Mode::Ec(p) = mode {
+            if !same::in_shard_order(&copies_in(&order), p) {
+                // The shards say where each store belongs: a set given in
+                // shard order wins over a recorded order they contradict
+                // (else a wrong order, once recorded, could not be undone).
+                if ec.is_some() && same::in_shard_order(&given_copies, p) {
+                    order = given.clone();
+                } else {
+                    return Err(same::misordered(&order, &copies_in(&order), p));
+                }
+            }
+        }
+        same::one_repository(&order, &copies_in(&order), ec_of(mode))?;
         let slots = order
             .iter()
             .map(|u| {
@@ -1042,6 +1075,13 @@ impl Store {
                 ),
             )),
         }
+    }
+}
+
+fn ec_of(mode: Mode) -> Option<EcParams> {
+    match mode {
+        Mode::Ec(p) => Some(p),
+        _ => None,
     }
 }
 
