@@ -233,12 +233,22 @@ impl Store {
             }
             let slots = open_slots(&rec.urls, create);
             let copies = same::config_copies(&slots);
+            // The set comes from the store's `stores` object: say so, or
+            // "leave the other one out" would not tell how.
+            let recorded = |e: Error| match e {
+                Error::Invalid(why) => Error::Invalid(format!(
+                    "{why} (the set {} is recorded in the store {}; give the stores with --store)",
+                    rec.describe(),
+                    given[0]
+                )),
+                e => e,
+            };
             if let Mode::Ec(p) = rec.mode {
                 if !same::in_shard_order(&copies, p) {
-                    return Err(same::misordered(&rec.urls, &copies, p));
+                    return Err(recorded(same::misordered(&rec.urls, &copies, p)));
                 }
             }
-            same::one_repository(&rec.urls, &copies, ec_of(rec.mode))?;
+            same::one_repository(&rec.urls, &copies, ec_of(rec.mode)).map_err(recorded)?;
             let store = Store::from_slots(rec.mode, slots);
             if create {
                 store.record_layout()?;
