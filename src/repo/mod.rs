@@ -217,7 +217,7 @@ impl Repository {
     /// Open and unlock a repository.
     pub fn open(store: Store, secret: &Secret) -> Result<Repository> {
         let config = Repository::read_config(&store)?;
-        let (keys, key_name) = unlock(&store, secret)?;
+        let (keys, key_name) = unlock(&store, secret, &config.repo_id)?;
         if keys.repo_id != config.repo_id || keys.chunker != config.chunker {
             return Err(Error::corrupt(
                 config::NAME,
@@ -1194,8 +1194,13 @@ fn secret_kind(k: KeyKind) -> &'static str {
     }
 }
 
-/// Try `secret` against every key object of its kind.
-fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
+/// Try `secret` against every key object of its kind. A key that opens
+/// the keyring of another repository (`repo_id` is the config's) is
+/// passed over: an `init` that stopped before its `config` and was run
+/// again leaves such keys under the same passphrase (on a store `init` does
+/// not look into first), as did a store of another repository merged in.
+/// Failing on the first one locked the user out of the right key beside it.
+fn unlock(store: &Store, secret: &Secret, repo_id: &[u8; 16]) -> Result<(Keyring, String)> {
     let names = store.list_names("keys")?;
     let keys = names.len();
     let want = match secret {
@@ -1212,6 +1217,7 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
     };
     let mut damaged = None;
     let mut mislabelled = None;
+    let mut foreign: Option<String> = None;
     let mut tried = 0;
     for name in names {
         // One damaged key object (a shard left by a key change that did not
@@ -1269,6 +1275,10 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
         match r {
             Ok(plain) => {
                 let ring = decode_keyring(&plain).map_err(|e| Error::corrupt(&name, e.0))?;
+                if &ring.repo_id != repo_id {
+                    foreign.get_or_insert(name);
+                    continue;
+                }
                 // The plaintext flag must agree with what the keyring can do.
                 if obj.write_only == ring.can_read_data() {
                     return Err(Error::corrupt(
@@ -1286,6 +1296,12 @@ fn unlock(store: &Store, secret: &Secret) -> Result<(Keyring, String)> {
     // of its kind and none opened; a damaged key object is reported only
     // when it might have been the one. When it could be tried against
     // none, the damage is the story.
+    if let Some(name) = foreign {
+        return Err(Error::corrupt(
+            &name,
+            "it opens the keyring of another repository (a key left by an init that was run again, or copied from another store), and no key of this repository opens",
+        ));
+    }
     let damaged = mislabelled.or(damaged);
     if tried == 0 {
         if let Some(e) = damaged {
@@ -1429,6 +1445,37 @@ pub(crate) mod tests {
         store.delete(&rec_name).unwrap();
         let e = Repository::open(store, &pw()).err().unwrap().to_string();
         assert!(e.contains("has no keys left"), "{e}");
+    }
+
+    /// A key of another repository under the same passphrase, listed
+    /// before this repository's own (an `init` run again after one that
+    /// stopped before writing `config`, on a store it does not look into
+    /// first): passed over. (Found by review: "config does not match the
+    /// keyring" and no way in, though the right key was there.)
+    #[test]
+    fn a_key_of_another_repository_is_passed_over() {
+        let opts = || InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let store = Store::open("memory://repo-foreign-key", true).unwrap();
+        let (r, recovery) = Repository::init(store.clone(), "pw", opts()).unwrap();
+        let other = Store::open("memory://repo-foreign-key-other", true).unwrap();
+        let (o, other_recovery) = Repository::init(other.clone(), "pw", opts()).unwrap();
+        for (n, _) in o.list_keys().unwrap() {
+            let first = n.replace("keys/", "keys/0000");
+            store.put(&first, other.get(&n).unwrap()).unwrap();
+        }
+        let pw = Secret::Passphrase(Zeroizing::new("pw".into()));
+        let opened = Repository::open(store.clone(), &pw).unwrap();
+        assert_eq!(opened.key_name(), r.key_name());
+        Repository::open(store.clone(), &Secret::RecoveryKey(recovery)).unwrap();
+        // Only a key of the other repository opens: said so.
+        let e = Repository::open(store, &Secret::RecoveryKey(other_recovery))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("another repository"), "{e}");
     }
 
     #[test]
