@@ -553,3 +553,38 @@ fn an_erasure_coded_set_out_of_shard_order_is_refused_and_put_right() {
     one.ok(&["restore", "-q", "latest", out.to_str().unwrap()]);
     assert_same_tree(&src, &out);
 }
+
+/// `stats` with a store gone, or wiped: the layout's redundancy is not
+/// claimed as held. (Found by review: "2 replicas, redundancy 2.00×" with
+/// one of the two gone or empty, every object existing once.)
+#[test]
+fn stats_says_when_a_store_is_incomplete() {
+    let set = &store_sets("dur-stats-short", 2)[0];
+    let s = init_on(&set.urls, None);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "data").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let whole = "(2 replicas, redundancy 2.00×):";
+    assert!(s.ok(&["stats"]).contains(whole));
+    destroy_store(&set.urls[1]);
+    for round in ["gone", "wiped"] {
+        let text = s.ok(&["stats"]);
+        assert!(
+            text.contains("redundancy 2.00× only once every store is complete: 1 of 2"),
+            "{round}: {text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&s.ok(&["stats", "--json"])).unwrap();
+        assert_eq!(v["stores"][0]["missing"], 0, "{round}: {v}");
+        assert!(
+            v["stores"][1]["missing"].as_u64().unwrap() > 0,
+            "{round}: {v}"
+        );
+        if let Some(p) = set.urls[1].strip_prefix("file://") {
+            std::fs::create_dir_all(p).unwrap();
+        }
+    }
+    s.ok(&["sync"]);
+    assert!(s.ok(&["stats"]).contains(whole));
+}

@@ -67,6 +67,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     };
     let mut stores = Vec::new();
     let mut stored = 0u64;
+    let mut held: Vec<Option<HashSet<String>>> = Vec::new();
     for (url, b) in store.backends() {
         match b
             .map_err(|e| e.to_string())
@@ -76,9 +77,32 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 let n: u64 = l.iter().map(|o| o.size).sum();
                 stored += n;
                 stores.push(serde_json::json!({"url": url, "objects": l.len(), "bytes": n}));
+                held.push(Some(
+                    l.into_iter()
+                        .map(|o| o.name)
+                        .filter(|n| !n.starts_with("locks/"))
+                        .collect(),
+                ));
             }
-            Err(e) => stores.push(serde_json::json!({"url": url, "error": e})),
+            Err(e) => {
+                stores.push(serde_json::json!({"url": url, "error": e}));
+                held.push(None);
+            }
         }
+    }
+    // The redundancy is the layout's only while every store holds every
+    // object: a store that is gone, wiped or behind is said to be so.
+    let all: HashSet<&String> = held.iter().flatten().flatten().collect();
+    let mut short = 0;
+    for (s, h) in stores.iter_mut().zip(&held) {
+        let missing = match h {
+            Some(h) => all.iter().filter(|n| !h.contains(**n)).count(),
+            None => all.len(),
+        };
+        if missing > 0 {
+            short += 1;
+        }
+        s["missing"] = missing.into();
     }
     let (mode, k, m) = match store.mode() {
         Mode::Single => ("single", None, None),
@@ -115,7 +139,14 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         Mode::Replicas => format!("{} replicas", store.backends().len()),
         Mode::Ec(p) => format!("erasure-coded {p}"),
     };
-    outln!("stores ({how}, redundancy {redundancy:.2}×):")?;
+    if short == 0 {
+        outln!("stores ({how}, redundancy {redundancy:.2}×):")?;
+    } else {
+        outln!(
+            "stores ({how}, redundancy {redundancy:.2}× only once every store is complete: {short} of {} miss objects, run `secrate sync`):",
+            stores.len()
+        )?;
+    }
     for s in &stores {
         match s.get("error") {
             Some(e) => outln!(
@@ -124,10 +155,14 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 e.as_str().unwrap_or("")
             )?,
             None => outln!(
-                "  {}: {} objects, {}",
+                "  {}: {} objects, {}{}",
                 s["url"].as_str().unwrap_or(""),
                 s["objects"],
-                bytes(s["bytes"].as_u64().unwrap_or(0))
+                bytes(s["bytes"].as_u64().unwrap_or(0)),
+                match s["missing"].as_u64().unwrap_or(0) {
+                    0 => String::new(),
+                    n => format!(" (misses {n} objects)"),
+                }
             )?,
         }
     }
