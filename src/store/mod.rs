@@ -1618,6 +1618,47 @@ mod tests {
         Store::open_many(&[base, b], None, true).unwrap();
     }
 
+    /// The `config` comparison refuses only sound copies that differ: a
+    /// healthy 4+2 set with one config shard missing and one damaged opens,
+    /// and reads rebuild the config; a replica with a damaged copy too.
+    #[test]
+    fn a_missing_or_damaged_config_copy_is_no_other_repository() {
+        let config = Bytes::from(
+            crate::repo::config::Config {
+                repo_id: [5; 16],
+                created: 1,
+                chunker: crate::crypto::ChunkerParams::DEFAULT,
+                pack_target: crate::repo::config::DEFAULT_PACK_TARGET,
+            }
+            .encode(),
+        );
+        let u = urls(&["cfg-0", "cfg-1", "cfg-2", "cfg-3", "cfg-4", "cfg-5"]);
+        let p = EcParams { k: 4, m: 2 };
+        let s = Store::open_many(&u, Some(p), true).unwrap();
+        s.put_new("config", config.clone()).unwrap();
+        let b0 = Backend::open(&u[0], false).unwrap();
+        let mut shard = b0.get("config").unwrap().to_vec();
+        shard[60] ^= 1;
+        b0.put("config", Bytes::from(shard)).unwrap();
+        Backend::open(&u[3], false)
+            .unwrap()
+            .delete("config")
+            .unwrap();
+        let again = Store::open_many(&u[4..5], None, false).unwrap();
+        assert_eq!(again.get("config").unwrap(), config);
+        let r = urls(&["cfg-r0", "cfg-r1"]);
+        let s = Store::open_many(&r, None, true).unwrap();
+        s.put_new("config", config.clone()).unwrap();
+        let mut bad = config.to_vec();
+        bad[20] ^= 1;
+        Backend::open(&r[1], false)
+            .unwrap()
+            .put("config", Bytes::from(bad))
+            .unwrap();
+        let again = Store::open_many(&r, None, false).unwrap();
+        assert_eq!(again.get("config").unwrap(), config);
+    }
+
     #[test]
     fn layouts_resolve() {
         let u = urls(&["lay-a", "lay-b", "lay-c"]);
