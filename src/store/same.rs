@@ -49,12 +49,14 @@ fn shard_index(copy: &Option<Bytes>, p: EcParams) -> Option<usize> {
 }
 
 /// Whether every store whose `config` shard says where it belongs is at
-/// that position.
+/// that position. A shard out of place whose own position holds that shard
+/// too is a stale copy (a replacement made by copying another store's
+/// directory), not a wrong order: `sync` rebuilds it.
 pub(super) fn in_shard_order(copies: &[Option<Bytes>], p: EcParams) -> bool {
-    copies
-        .iter()
-        .enumerate()
-        .all(|(i, c)| shard_index(c, p).is_none_or(|j| j == i))
+    copies.iter().enumerate().all(|(i, c)| {
+        shard_index(c, p)
+            .is_none_or(|j| j == i || copies.get(j).is_some_and(|o| shard_index(o, p) == Some(j)))
+    })
 }
 
 /// The refusal for a set out of shard order.
@@ -65,7 +67,9 @@ pub(super) fn misordered(urls: &[String], copies: &[Option<Bytes>], p: EcParams)
         .enumerate()
         .filter_map(|(i, (u, c))| {
             let j = shard_index(c, p)?;
-            (j != i).then(|| format!("{u} holds shard {j} but is at position {i}"))
+            let home = copies.get(j).and_then(|o| shard_index(o, p));
+            (j != i && home != Some(j))
+                .then(|| format!("{u} holds shard {j} but is at position {i}"))
         })
         .collect();
     Error::Invalid(format!(
