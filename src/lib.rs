@@ -13,6 +13,7 @@ pub mod deep;
 pub mod error;
 pub mod flush;
 pub mod fs;
+pub mod fsat;
 pub mod fsmeta;
 pub mod live;
 #[macro_use]

@@ -3,28 +3,42 @@
 //! Recreates files byte-exact with their modes, owners (when run as root),
 //! mtimes, xattrs, symlinks, hard links, fifos and device nodes. Entries of a
 //! directory are restored in parallel; a directory's own attributes are set
-//! after its children so its mtime survives. Names come from validated trees
-//! (no `/`, `.` or `..`), and anything already at a path that is not what we
-//! restore there is removed first, never written through, so a restore
-//! cannot escape its target. A damaged file is reported and the rest goes on.
+//! after its children so its mtime survives. A damaged file is reported and
+//! the rest goes on.
+//!
+//! Invariant: nothing is written outside the target, even while another
+//! process changes what is in it (a target in a shared `/tmp`). The target
+//! is opened once (a symlink there is followed: it is the user's choice);
+//! everything below it is made and changed through handles of the
+//! directories restore opened (`fsat`), one name at a time, never by a
+//! path: a name swapped for a symlink fails the one entry (ELOOP, ENOTDIR,
+//! or ENOENT for a directory removed under us), it is never followed. Names
+//! come from validated trees (no `/`, `.` or `..`), and anything already at
+//! a name that is not what we restore there is removed first, never written
+//! through. Open handles are bounded by the depth of the tree (one per
+//! directory being filled, per thread), not by its size.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
+use rustix::fs::{self as rfs, AtFlags, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
+use rustix::io::Errno;
 
 use crate::crypto::{BlobKind, Id};
 use crate::error::{Error, IoContext, Result};
+use crate::fsat;
 use crate::fsmeta;
 use crate::ops::{resolve, Resolved};
 use crate::progress::Progress;
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::{Content, Entry, Kind, Links};
+use crate::repo::tree::{Content, Entry, Kind, Links, Timestamp};
 use crate::repo::Repository;
 
 #[derive(Debug, Default)]
@@ -36,6 +50,22 @@ pub struct RestoreSummary {
     pub errors: Vec<String>,
 }
 
+/// A test's look at a directory restore made, before its entries are
+/// restored: it may swap the directory for a symlink, as a process
+/// racing the restore could.
+#[cfg(test)]
+type Hook<'a> = &'a (dyn Fn(&Path, Stage) + Sync);
+
+/// When the test hook is called.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// The directory is made (or was there), not yet opened.
+    Made,
+    /// It is open; its entries come next.
+    Opened,
+}
+
 struct Run<'a> {
     repo: &'a Repository,
     progress: &'a dyn Progress,
@@ -44,7 +74,42 @@ struct Run<'a> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// The first name of each hard-linked file, below the target.
     hard_links: Mutex<Links<PathBuf>>,
+    /// The target, open: where hard links are looked up from.
+    root: OnceLock<OwnedFd>,
+    #[cfg(test)]
+    hook: Option<Hook<'a>>,
+}
+
+/// A directory of the target, open. Every entry in it is made and changed
+/// through `fd`; the paths are for messages and hard links only.
+struct Dir {
+    fd: OwnedFd,
+    /// Where it is, as the user sees it (the target joined with names).
+    path: PathBuf,
+    /// Where it is below the target.
+    rel: PathBuf,
+}
+
+impl Dir {
+    fn child(&self, name: &[u8]) -> PathBuf {
+        self.path.join(OsStr::from_bytes(name))
+    }
+}
+
+/// What attributes are set on.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    /// A file or directory restore holds open.
+    Open(BorrowedFd<'a>),
+    /// A symlink, fifo, socket or device node, by its name in an open
+    /// directory; never followed.
+    Named {
+        dir: BorrowedFd<'a>,
+        name: &'a [u8],
+        symlink: bool,
+    },
 }
 
 /// Restore `subpath` (or the whole snapshot) of `snap` into `target`.
@@ -60,68 +125,77 @@ pub fn restore(
             what: "restore needs a key that can read".into(),
         });
     }
-    let run = Run {
-        repo,
-        progress,
-        owners: fsmeta::is_root(),
-        files: AtomicU64::new(0),
-        dirs: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        errors: Mutex::new(Vec::new()),
-        hard_links: Mutex::new(Links::default()),
-    };
-    progress.start("restore", Some(snap.bytes));
-    // Directories are restored recursively, a few frames per level.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = crate::deep::pool(cores.clamp(2, 64), "secrate-restore")?;
-    pool.install(|| run.root(snap, subpath, target))?;
-    progress.finish();
-    Ok(RestoreSummary {
-        files: run.files.into_inner(),
-        dirs: run.dirs.into_inner(),
-        bytes: run.bytes.into_inner(),
-        errors: run.errors.into_inner().unwrap_or_else(|e| e.into_inner()),
-    })
+    Run::new(repo, progress).restore(snap, subpath, target)
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(repo: &'a Repository, progress: &'a dyn Progress) -> Self {
+        Run {
+            repo,
+            progress,
+            owners: fsmeta::is_root(),
+            files: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            hard_links: Mutex::new(Links::default()),
+            root: OnceLock::new(),
+            #[cfg(test)]
+            hook: None,
+        }
+    }
+
+    fn restore(
+        self,
+        snap: &Snapshot,
+        subpath: Option<&str>,
+        target: &Path,
+    ) -> Result<RestoreSummary> {
+        self.progress.start("restore", Some(snap.bytes));
+        // Directories are restored recursively, a few frames per level.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let pool = crate::deep::pool(cores.clamp(2, 64), "secrate-restore")?;
+        pool.install(|| self.root(snap, subpath, target))?;
+        self.progress.finish();
+        Ok(RestoreSummary {
+            files: self.files.into_inner(),
+            dirs: self.dirs.into_inner(),
+            bytes: self.bytes.into_inner(),
+            errors: self.errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+        })
+    }
+
     fn root(&self, snap: &Snapshot, subpath: Option<&str>, target: &Path) -> Result<()> {
-        let (repo, run) = (self.repo, self);
-        match resolve(repo, snap, subpath.unwrap_or(""))? {
+        let resolved = resolve(self.repo, snap, subpath.unwrap_or(""))?;
+        let fill = !matches!(&resolved, Resolved::Entry(e) if e.kind != Kind::Dir);
+        let (t, root) = prepare_dir(target, fill)?;
+        let fd = root.fd.try_clone().at(target)?;
+        self.root.get_or_init(|| fd);
+        match resolved {
             Resolved::Root => {
-                let t = prepare_dir(target, true)?;
-                run.tree(&snap.root, target);
+                self.tree(&snap.root, &root);
                 let m = &snap.root_meta;
                 match t {
-                    Target::Own => run.set_attrs(target, m.mode, m.uid, m.gid, m.mtime, &[], false),
-                    Target::Users(mode) => run.put_back(target, mode),
+                    Target::Own => {
+                        let node = Node::Open(root.fd.as_fd());
+                        self.set_attrs(node, target, m.mode, m.uid, m.gid, m.mtime, &[]);
+                    }
+                    Target::Users(mode) => self.put_back(&root, mode),
                 }
             }
-            Resolved::Entry(e) if e.kind == Kind::Dir => match prepare_dir(target, true)? {
-                Target::Own => run.dir_contents(&e, target),
+            Resolved::Entry(e) if e.kind == Kind::Dir => match t {
+                Target::Own => self.dir_contents(&e, &root),
                 Target::Users(mode) => {
                     if let Some(id) = e.subtree() {
-                        run.tree(&id, target);
+                        self.tree(&id, &root);
                     }
-                    run.put_back(target, mode);
+                    self.put_back(&root, mode);
                 }
             },
-            Resolved::Entry(e) => {
-                prepare_dir(target, false)?;
-                run.entry(&e, &target.join(std::ffi::OsStr::from_bytes(&e.name)));
-            }
+            Resolved::Entry(e) => self.entry(&e, &root),
         }
         Ok(())
     }
-}
-
-fn create_new(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .at(path)
 }
 
 /// What the target directory was before the restore.
@@ -135,45 +209,57 @@ enum Target {
     Users(u32),
 }
 
-/// Make the target `p` a directory to restore into: created if missing.
-/// The target is the user's choice, so a symlink to a directory is
-/// followed (only what the snapshot holds is never written through).
-/// With `fill`, the snapshot's directory is restored into `p`, which is
-/// owner-writable until the end, as the directories inside are (a
-/// read-only target, such as an earlier restore of a read-only directory
-/// leaves, refused every entry).
-fn prepare_dir(p: &Path, fill: bool) -> Result<Target> {
-    match fs::metadata(p) {
-        Ok(m) if m.is_dir() => {
-            let mode = m.permissions().mode() & 0o7777;
-            let empty = fs::read_dir(p).at(p)?.next().is_none();
-            if fill && mode & 0o700 != 0o700 {
-                fs::set_permissions(p, fs::Permissions::from_mode(mode | 0o700)).at(p)?;
-            }
-            Ok(if empty {
-                Target::Own
-            } else {
-                Target::Users(mode)
-            })
+/// Make the target `p` a directory to restore into (created if missing)
+/// and open it. The target is the user's choice, so a symlink to a
+/// directory is followed (only what the snapshot holds is never written
+/// through); from here on it is used by its handle only. With `fill`, the
+/// snapshot's directory is restored into `p`, which is owner-writable
+/// until the end, as the directories inside are (a read-only target, such
+/// as an earlier restore of a read-only directory leaves, refused every
+/// entry).
+fn prepare_dir(p: &Path, fill: bool) -> Result<(Target, Dir)> {
+    let made = match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => false,
+        Ok(_) => {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not a directory",
+                p.display()
+            )))
         }
-        Ok(_) => Err(Error::Invalid(format!(
-            "{} exists and is not a directory",
-            p.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(p).at(p).map(|()| Target::Own)
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(p).at(p)?;
+            true
         }
-        Err(e) => Err(e).at(p),
+        Err(e) => return Err(e).at(p),
+    };
+    let fd = fsat::open_start(p).at(p)?;
+    let mode = rfs::fstat(&fd).map_err(io::Error::from).at(p)?.st_mode & 0o7777;
+    let empty = made || fsat::is_empty(&fd).at(p)?;
+    if fill && mode & 0o700 != 0o700 {
+        rfs::fchmod(&fd, Mode::from_raw_mode(mode | 0o700))
+            .map_err(io::Error::from)
+            .at(p)?;
     }
+    let t = if empty {
+        Target::Own
+    } else {
+        Target::Users(mode)
+    };
+    let dir = Dir {
+        fd,
+        path: p.to_path_buf(),
+        rel: PathBuf::new(),
+    };
+    Ok((t, dir))
 }
 
 impl Run<'_> {
     /// The user's target directory gets its own mode back.
-    fn put_back(&self, target: &Path, mode: u32) {
-        let now = fs::metadata(target).map(|m| m.permissions().mode() & 0o7777);
+    fn put_back(&self, target: &Dir, mode: u32) {
+        let now = rfs::fstat(&target.fd).map(|st| st.st_mode & 0o7777);
         if now.is_ok_and(|now| now != mode) {
-            if let Err(e) = fs::set_permissions(target, fs::Permissions::from_mode(mode)) {
-                self.fail(target, e);
+            if let Err(e) = rfs::fchmod(&target.fd, Mode::from_raw_mode(mode)) {
+                self.fail(&target.path, io::Error::from(e));
             }
         }
     }
@@ -187,102 +273,136 @@ impl Run<'_> {
             .push(msg);
     }
 
-    fn tree(&self, id: &Id, dir: &Path) {
+    fn tree(&self, id: &Id, dir: &Dir) {
         let tree = match self.repo.read_tree(id) {
             Ok(t) => t,
-            Err(e) => return self.fail(dir, format!("directory not restored: {e}")),
+            Err(e) => return self.fail(&dir.path, format!("directory not restored: {e}")),
         };
-        tree.entries
-            .par_iter()
-            .for_each(|e| self.entry(e, &dir.join(std::ffi::OsStr::from_bytes(&e.name))));
+        tree.entries.par_iter().for_each(|e| self.entry(e, dir));
     }
 
-    fn dir_contents(&self, e: &Entry, path: &Path) {
+    fn dir_contents(&self, e: &Entry, dir: &Dir) {
         if let Some(id) = e.subtree() {
-            self.tree(&id, path);
+            self.tree(&id, dir);
         }
-        self.set_attrs(path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs, false);
+        let node = Node::Open(dir.fd.as_fd());
+        self.set_attrs(node, &dir.path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs);
         self.dirs.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn entry(&self, e: &Entry, path: &Path) {
-        if let Err(err) = self.clear(path, e.kind) {
-            return self.fail(path, err);
+    /// Restore `e` into `dir`.
+    fn entry(&self, e: &Entry, dir: &Dir) {
+        let name = &e.name[..];
+        let path = dir.child(name);
+        if let Err(err) = clear(dir, name, e.kind) {
+            return self.fail(&path, err);
         }
+        let d = dir.fd.as_fd();
+        let named = |symlink| Node::Named {
+            dir: d,
+            name,
+            symlink,
+        };
         let r = match e.kind {
-            Kind::Dir => match fs::create_dir(path) {
-                Ok(()) => Ok(()),
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(err) => Err(err),
-            }
-            .map(|()| {
-                // Owner-writable while we fill it; final mode set after.
-                let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-                self.dir_contents(e, path)
-            }),
-            Kind::File => return self.file(e, path),
+            Kind::Dir => self.subdir(e, dir, path.clone()),
+            Kind::File => return self.file(e, dir, &path),
             Kind::Symlink => match &e.content {
-                Content::Symlink(t) => {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(t), path)
-                }
+                Content::Symlink(t) => rfs::symlinkat(t.as_slice(), d, name).map_err(Into::into),
                 _ => Ok(()),
             }
-            .map(|()| self.set_attrs(path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs, true)),
-            _ => fsmeta::mknod(path, e.kind.mode_bits() | (e.mode & 0o7777), e.rdev)
-                .map(|()| self.set_attrs(path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs, false)),
+            .map(|()| self.set_attrs(named(true), &path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs)),
+            _ => {
+                let mode = e.kind.mode_bits() | (e.mode & 0o7777);
+                let kind = rfs::FileType::from_raw_mode(mode);
+                rfs::mknodat(d, name, kind, Mode::from_raw_mode(mode), e.rdev)
+                    .map_err(Into::into)
+                    .map(|()| {
+                        let node = named(false);
+                        self.set_attrs(node, &path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs)
+                    })
+            }
         };
         if let Err(err) = r {
-            self.fail(path, err);
+            self.fail(&path, err);
         }
     }
 
-    /// Make room at `path` for an entry of `kind`: a directory stays (we
-    /// merge into it), anything else is removed so we never write through a
-    /// symlink or into a file someone else links to.
-    fn clear(&self, path: &Path, kind: Kind) -> std::io::Result<()> {
-        match fs::symlink_metadata(path) {
-            Err(_) => Ok(()),
-            Ok(m) if m.is_dir() && kind == Kind::Dir => Ok(()),
-            Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-            Ok(_) => fs::remove_file(path),
+    /// Make (or keep) the directory `e` in `parent`, open it without
+    /// following a symlink, and restore what it holds through that handle.
+    fn subdir(&self, e: &Entry, parent: &Dir, path: PathBuf) -> io::Result<()> {
+        let name = &e.name[..];
+        match rfs::mkdirat(&parent.fd, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(err) => return Err(err.into()),
+        }
+        #[cfg(test)]
+        self.hook(&path, Stage::Made);
+        let fd = match fsat::open_dir(&parent.fd, name) {
+            // An existing directory we may not read (an earlier restore's
+            // `d-wx------`): owner-writable and readable first, as below.
+            Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
+                fsat::chmod_nofollow(parent.fd.as_fd(), name, 0o700)?;
+                fsat::open_dir(&parent.fd, name)?
+            }
+            r => r?,
+        };
+        // Owner-writable while we fill it; final mode set after.
+        let _ = rfs::fchmod(&fd, Mode::from_raw_mode(0o700));
+        let dir = Dir {
+            fd,
+            path,
+            rel: parent.rel.join(OsStr::from_bytes(name)),
+        };
+        #[cfg(test)]
+        self.hook(&dir.path, Stage::Opened);
+        self.dir_contents(e, &dir);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn hook(&self, path: &Path, stage: Stage) {
+        if let Some(hook) = self.hook {
+            hook(path, stage);
         }
     }
 
-    fn file(&self, e: &Entry, path: &Path) {
+    fn file(&self, e: &Entry, dir: &Dir, path: &Path) {
+        let name = &e.name[..];
         let opened = if e.links > 1 {
             let mut links = self.hard_links.lock().unwrap_or_else(|e| e.into_inner());
             match links.get(e) {
                 Some(first) => {
-                    if fs::hard_link(first, path).is_ok() {
+                    if self.link(first, dir, name).is_ok() {
                         self.files.fetch_add(1, Ordering::Relaxed);
                         return;
                     }
-                    create_new(path)
+                    fsat::create_new(&dir.fd, name)
                 }
                 None => {
                     // The first name is created before the lock is given
                     // back: a sibling name restored at the same moment on
                     // another thread must find it to link to.
-                    let f = create_new(path);
+                    let f = fsat::create_new(&dir.fd, name);
                     if f.is_ok() {
-                        links.add(e, path.to_path_buf());
+                        links.add(e, dir.rel.join(OsStr::from_bytes(name)));
                     }
                     f
                 }
             }
         } else {
-            create_new(path)
+            fsat::create_new(&dir.fd, name)
         };
         // `files` counts the files restored whole: one that could not be
         // made is only an error (not an attribute error more for each of
         // its attributes), one restored with holes an error and its
         // attributes.
-        let f = match opened {
+        let mut f = match opened {
             Ok(f) => f,
             Err(err) => return self.fail(path, err),
         };
-        let written = self.write_file(f, e, path);
-        self.set_attrs(path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs, false);
+        let written = self.write_file(&mut f, e, path);
+        let node = Node::Open(f.as_fd());
+        self.set_attrs(node, path, e.mode, e.uid, e.gid, e.mtime, &e.xattrs);
         match written {
             Ok(()) => {
                 self.files.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +411,29 @@ impl Run<'_> {
         }
     }
 
-    fn write_file(&self, mut f: File, e: &Entry, path: &Path) -> Result<()> {
+    /// Link `name` in `dir` to the file first restored at `first` (below
+    /// the target), whose directories are opened one by one from the
+    /// target without following symlinks: one swapped for a symlink since
+    /// makes the name a copy, never a link to a file outside the target.
+    fn link(&self, first: &Path, dir: &Dir, name: &[u8]) -> io::Result<()> {
+        let root = self
+            .root
+            .get()
+            .ok_or_else(|| io::Error::from(Errno::BADF))?;
+        let (Some(parent), Some(first_name)) = (first.parent(), first.file_name()) else {
+            return Err(Errno::INVAL.into());
+        };
+        let from = fsat::open_below(root, parent)?;
+        Ok(rfs::linkat(
+            &from,
+            first_name.as_bytes(),
+            &dir.fd,
+            name,
+            AtFlags::empty(),
+        )?)
+    }
+
+    fn write_file(&self, f: &mut File, e: &Entry, path: &Path) -> Result<()> {
         let mut damaged = Vec::new();
         for c in e.chunks() {
             match self.repo.read_blob(BlobKind::Data, &c.id) {
@@ -325,37 +467,86 @@ impl Run<'_> {
     #[allow(clippy::too_many_arguments)]
     fn set_attrs(
         &self,
+        node: Node<'_>,
         path: &Path,
         mode: u32,
         uid: u32,
         gid: u32,
-        mtime: crate::repo::tree::Timestamp,
+        mtime: Timestamp,
         xattrs: &[(Vec<u8>, Vec<u8>)],
-        symlink: bool,
     ) {
         // Owner first: a change of owner removes a file's capabilities
         // (security.capability), so the xattrs come after it; and before
         // the mode, which may take away the write access they need.
+        let symlink = matches!(node, Node::Named { symlink: true, .. });
         if self.owners {
-            if let Err(err) = std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
-                self.fail(path, format!("owner: {err}"));
+            // The recorded ids as they are (-1 included, "leave it").
+            let (u, g) = (Uid::from_raw_unchecked(uid), Gid::from_raw_unchecked(gid));
+            let r = match node {
+                Node::Open(fd) => rfs::fchown(fd, Some(u), Some(g)),
+                Node::Named { dir, name, .. } => {
+                    rfs::chownat(dir, name, Some(u), Some(g), AtFlags::SYMLINK_NOFOLLOW)
+                }
+            };
+            if let Err(err) = r {
+                self.fail(path, format!("owner: {}", io::Error::from(err)));
             }
         }
         for (k, v) in xattrs {
-            if let Err(err) = fsmeta::set_xattr(path, k, v) {
+            let r = match node {
+                Node::Open(fd) => {
+                    rfs::fsetxattr(fd, k.as_slice(), v, XattrFlags::empty()).map_err(Into::into)
+                }
+                Node::Named { dir, name, .. } => fsat::lsetxattr_at(dir, name, k, v),
+            };
+            if let Err(err) = r {
                 // user.* xattrs are not allowed on symlinks by Linux.
                 if !symlink {
                     self.fail(path, format!("xattr {}: {err}", String::from_utf8_lossy(k)));
                 }
             }
         }
-        if !symlink {
-            if let Err(err) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
-                self.fail(path, format!("mode: {err}"));
-            }
+        let r = match node {
+            Node::Open(fd) => rfs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(Into::into),
+            Node::Named { symlink: true, .. } => Ok(()),
+            Node::Named { dir, name, .. } => fsat::chmod_nofollow(dir, name, mode),
+        };
+        if let Err(err) = r {
+            self.fail(path, format!("mode: {err}"));
         }
-        if let Err(err) = fsmeta::set_times(path, mtime) {
-            self.fail(path, format!("mtime: {err}"));
+        let t = Timespec {
+            tv_sec: mtime.secs,
+            tv_nsec: mtime.nanos.into(),
+        };
+        let times = Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        let r = match node {
+            Node::Open(fd) => rfs::futimens(fd, &times),
+            Node::Named { dir, name, .. } => {
+                rfs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            }
+        };
+        if let Err(err) = r {
+            self.fail(path, format!("mtime: {}", io::Error::from(err)));
+        }
+    }
+}
+
+/// Make room at `name` in `dir` for an entry of `kind`: a directory stays
+/// (we merge into it), anything else is removed so we never write through
+/// a symlink or into a file someone else links to.
+fn clear(dir: &Dir, name: &[u8], kind: Kind) -> io::Result<()> {
+    match rfs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(_) => Ok(()),
+        Ok(st) => {
+            let is_dir = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory;
+            if is_dir && kind == Kind::Dir {
+                Ok(())
+            } else {
+                fsat::remove_tree(&dir.fd, name)
+            }
         }
     }
 }
@@ -369,6 +560,8 @@ mod tests {
     use crate::repo::tree::tests::file;
     use crate::repo::tree::{ChunkRef, Tree};
     use crate::repo::writer::{BlobWriter, StoreSink};
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 
     /// Restore a one-directory snapshot of the entries `make` gives; it
