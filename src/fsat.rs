@@ -138,3 +138,37 @@ pub fn lsetxattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8], value: &[u8]) 
 fn cname(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::from(Errno::INVAL))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A symlink at any name below the start is refused, not followed:
+    /// as a directory on the way, as the file to create, and inside what
+    /// is removed (the symlink goes, what it points to stays).
+    #[test]
+    fn a_symlinked_name_is_never_followed() {
+        let work = tempfile::tempdir().unwrap();
+        let (start, outside) = (work.path().join("start"), work.path().join("outside"));
+        fs::create_dir_all(start.join("a/b")).unwrap();
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("kept"), b"x").unwrap();
+        symlink(&outside, start.join("a/link")).unwrap();
+        let root = open_start(&start).unwrap();
+        assert!(open_below(&root, Path::new("a/b")).is_ok());
+        let e = open_below(&root, Path::new("a/link")).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+            "{e}"
+        );
+        let a = open_dir(&root, b"a").unwrap();
+        let e = create_new(&a, b"link").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{e}");
+        assert!(chmod_nofollow(a.as_fd(), b"link", 0o700).is_err());
+        remove_tree(&root, b"a").unwrap();
+        assert!(!start.join("a").exists());
+        assert_eq!(fs::read(outside.join("kept")).unwrap(), b"x");
+    }
+}
