@@ -360,8 +360,31 @@ fn deep_directories_back_up_and_restore() {
         let out = s.ok(&["check", "--read-data"]);
         assert!(out.contains("no errors"), "{out}");
         assert_eq!(s.ok(&["ls", "latest"]).lines().count(), 1801);
+        // Restore holds a directory handle per level: under the usual
+        // soft limit of open files (here 256, lower than the depth) it
+        // raises its own to the hard one.
         let dst = work.path().join("restored");
-        s.ok(&["restore", "latest", dst.to_str().unwrap()]);
+        let mut restore = s.command();
+        restore.args(["restore", "latest", dst.to_str().unwrap()]);
+        // SAFETY: only setrlimit(2) between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut restore, || {
+                let mut l = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                l.rlim_cur = l.rlim_cur.min(256);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let o = restore.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_same_tree(&src, &dst);
     }
 }
