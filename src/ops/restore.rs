@@ -15,8 +15,10 @@
 //! or ENOENT for a directory removed under us), it is never followed. Names
 //! come from validated trees (no `/`, `.` or `..`), and anything already at
 //! a name that is not what we restore there is removed first, never written
-//! through. Open handles are bounded by the depth of the tree (one per
-//! directory being filled, per thread), not by its size.
+//! through. Open handles are bounded by the depth of the tree, not by its
+//! size: one per directory being filled, on each restore thread's stack
+//! (a thread waiting for its entries may take up another branch's).
+//! The hook the tests call (`Stage`) is where a racing process would act.
 
 use std::ffi::OsStr;
 use std::fs::File;
