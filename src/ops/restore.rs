@@ -719,6 +719,44 @@ mod tests {
         assert_eq!(mode & 0o7777, 0o555);
     }
 
+    /// A user restores a directory they may write into but not read
+    /// (`d-wx------`) twice into one target: the second time it is there
+    /// and cannot be opened as it is, so it is made owner-readable first
+    /// (by name, not followed), as restore by path did. Needs root, to
+    /// become another user on one thread.
+    #[test]
+    fn an_unreadable_directory_is_restored_into_again_by_a_user() {
+        if !fsmeta::is_root() {
+            eprintln!(
+                "an_unreadable_directory_is_restored_into_again_by_a_user: needs root, skipped"
+            );
+            return;
+        }
+        let (repo, snap) = snapshot_of("memory://restore-unreadable-dir", |w| {
+            let mut d = dir_of(w, "d", vec![file_of(w, "f", &[b"data"])]);
+            d.mode = 0o300;
+            vec![d]
+        });
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let target = dir.path().join("out");
+        let (first, second, target) = std::thread::spawn(move || {
+            let r = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            let first = restore(&repo, &snap, None, &target, &Quiet).unwrap();
+            let second = restore(&repo, &snap, None, &target, &Quiet).unwrap();
+            (first, second, target)
+        })
+        .join()
+        .unwrap();
+        assert!(first.errors.is_empty(), "{first:?}");
+        assert!(second.errors.is_empty(), "{second:?}");
+        assert_eq!(second.files, 1);
+        assert_eq!(fs::read(target.join("d/f")).unwrap(), b"data");
+        let mode = fs::metadata(target.join("d")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o300);
+    }
+
     /// A file entry of `chunks`, each stored with `w`.
     fn file_of(w: &BlobWriter, name: &str, chunks: &[&[u8]]) -> Entry {
         let refs = chunks
