@@ -570,3 +570,61 @@ fn a_cache_or_store_inside_the_mountpoint_is_refused() {
         assert!(!cache_in.exists());
     }
 }
+
+/// `ls`, `cat` and `restore --path` take and give paths as bytes: a name
+/// that is not UTF-8 is listed as it is and reached by its own bytes.
+/// (Stop 30: `cat` and `--path` took UTF-8 only, and `ls` printed such a
+/// name with replacement characters, which named nothing.)
+#[test]
+fn names_that_are_not_utf8_are_listed_and_reached() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let (dir, file) = (OsStr::from_bytes(b"d\xffir"), OsStr::from_bytes(b"caf\xe9"));
+    fs::create_dir_all(src.join(dir)).unwrap();
+    fs::write(src.join(dir).join(file), b"latin-1 name").unwrap();
+    let s = Secrate::new(&format!("file://{}", work.path().join("store").display()));
+    s.init();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+
+    let o = s.run(&["ls", "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<&[u8]> = o.stdout.split(|&b| b == b'\n').collect();
+    assert!(lines.contains(&&b"/d\xffir/caf\xe9"[..]), "{:?}", o.stdout);
+
+    let path = OsStr::from_bytes(b"d\xffir/caf\xe9");
+    let o = s
+        .command()
+        .args(["cat", "latest"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"latin-1 name");
+
+    let o = s
+        .command()
+        .args(["ls", "-l", "latest"])
+        .arg(OsStr::from_bytes(b"/d\xffir"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        contains(&o.stdout, b" /d\xffir/caf\xe9\n"),
+        "{:?}",
+        o.stdout
+    );
+
+    let dst = work.path().join("restored");
+    let o = s
+        .command()
+        .args(["restore", "-q", "latest"])
+        .arg(&dst)
+        .arg("--path")
+        .arg(OsStr::from_bytes(b"d\xffir"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(fs::read(dst.join(file)).unwrap(), b"latin-1 name");
+}

@@ -1,5 +1,6 @@
 //! `secrate restore SNAPSHOT TARGET [--path SUBPATH]`.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use secrate::ops::restore::restore;
@@ -16,15 +17,16 @@ pub struct Args {
     target: PathBuf,
     /// Restore only this path of the snapshot.
     #[arg(long, value_name = "SUBPATH")]
-    path: Option<String>,
+    path: Option<PathBuf>,
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let repo = g.open_repo_for_reading()?;
     let (id, snap) = repo.find_snapshot(&a.snapshot)?;
     raise_open_files_limit();
+    let subpath = a.path.map(|p| p.into_os_string().into_vec());
     let bar = Bar::new(g.quiet);
-    let s = restore(&repo, &snap, a.path.as_deref(), &a.target, &bar)?;
+    let s = restore(&repo, &snap, subpath.as_deref(), &a.target, &bar)?;
     outln!(
         "restored snapshot {}: {} files, {} dirs, {} into {}",
         id.short(),

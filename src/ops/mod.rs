@@ -25,34 +25,43 @@ pub enum Resolved {
 }
 
 /// Split a snapshot path (`a/b/c`, leading `/` optional) into components.
-pub fn components(path: &str) -> Result<Vec<&str>> {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
+/// Paths are bytes, as names are: a name need not be UTF-8.
+pub fn components(path: &[u8]) -> Result<Vec<&[u8]>> {
+    let parts: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
         .collect();
-    if parts.contains(&"..") {
+    if parts.contains(&&b".."[..]) {
         return Err(Error::Invalid(format!(
-            "path {path:?} may not contain \"..\""
+            "path {:?} may not contain \"..\"",
+            shown(path)
         )));
     }
     Ok(parts)
 }
 
+/// A path or name for a message (not UTF-8: replacement characters).
+pub fn shown(path: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(path)
+}
+
 /// Find `path` in a snapshot.
-pub fn resolve(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Resolved> {
+pub fn resolve(repo: &Repository, snap: &Snapshot, path: &[u8]) -> Result<Resolved> {
     let parts = components(path)?;
     let mut tree_id = snap.root;
     let mut found = None;
     for (i, part) in parts.iter().enumerate() {
         let tree = repo.read_tree(&tree_id)?;
         let e = tree
-            .find(part.as_bytes())
-            .ok_or_else(|| Error::Invalid(format!("{path:?} is not in the snapshot")))?
+            .find(part)
+            .ok_or_else(|| Error::Invalid(format!("{:?} is not in the snapshot", shown(path))))?
             .clone();
         if i + 1 < parts.len() {
             tree_id = e.subtree().ok_or_else(|| {
                 Error::Invalid(format!(
-                    "{path:?} is not in the snapshot ({part} is not a directory)"
+                    "{:?} is not in the snapshot ({} is not a directory)",
+                    shown(path),
+                    shown(part)
                 ))
             })?;
         }
@@ -65,21 +74,20 @@ pub fn resolve(repo: &Repository, snap: &Snapshot, path: &str) -> Result<Resolve
 }
 
 /// Visit every entry under a directory tree, depth-first in name order,
-/// with its path relative to the snapshot root.
+/// with its path below the tree (`prefix/name`, as bytes).
 pub fn walk(
     repo: &Repository,
     tree: &crate::crypto::Id,
-    prefix: &str,
-    visit: &mut dyn FnMut(&str, &Entry) -> Result<()>,
+    prefix: &[u8],
+    visit: &mut dyn FnMut(&[u8], &Entry) -> Result<()>,
 ) -> Result<()> {
     let t = repo.read_tree(tree)?;
     for e in &t.entries {
-        let name = String::from_utf8_lossy(&e.name);
-        let path = if prefix.is_empty() {
-            name.into_owned()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let mut path = prefix.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&e.name);
         visit(&path, e)?;
         if let Some(sub) = e.subtree() {
             walk(repo, &sub, &path, visit)?;
@@ -89,7 +97,7 @@ pub fn walk(
 }
 
 /// Write a file's contents from a snapshot to `out`.
-pub fn cat(repo: &Repository, snap: &Snapshot, path: &str, out: &mut dyn Write) -> Result<u64> {
+pub fn cat(repo: &Repository, snap: &Snapshot, path: &[u8], out: &mut dyn Write) -> Result<u64> {
     if !repo.keys().can_read_data() {
         return Err(Error::WriteOnly {
             what: "cat needs a key that can read".into(),
@@ -99,10 +107,16 @@ pub fn cat(repo: &Repository, snap: &Snapshot, path: &str, out: &mut dyn Write) 
         Resolved::Entry(e) if e.kind == Kind::File => e,
         Resolved::Entry(e) if e.kind == Kind::Symlink => {
             return Err(Error::Invalid(format!(
-                "{path:?} is a symbolic link; cat reads regular files"
+                "{:?} is a symbolic link; cat reads regular files",
+                shown(path)
             )))
         }
-        _ => return Err(Error::Invalid(format!("{path:?} is not a regular file"))),
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{:?} is not a regular file",
+                shown(path)
+            )))
+        }
     };
     let mut n = 0;
     for c in e.chunks() {

@@ -118,7 +118,7 @@ enum Node<'a> {
 pub fn restore(
     repo: &Repository,
     snap: &Snapshot,
-    subpath: Option<&str>,
+    subpath: Option<&[u8]>,
     target: &Path,
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
@@ -150,7 +150,7 @@ impl<'a> Run<'a> {
     fn restore(
         self,
         snap: &Snapshot,
-        subpath: Option<&str>,
+        subpath: Option<&[u8]>,
         target: &Path,
     ) -> Result<RestoreSummary> {
         self.progress.start("restore", Some(snap.bytes));
@@ -167,8 +167,8 @@ impl<'a> Run<'a> {
         })
     }
 
-    fn root(&self, snap: &Snapshot, subpath: Option<&str>, target: &Path) -> Result<()> {
-        let resolved = resolve(self.repo, snap, subpath.unwrap_or(""))?;
+    fn root(&self, snap: &Snapshot, subpath: Option<&[u8]>, target: &Path) -> Result<()> {
+        let resolved = resolve(self.repo, snap, subpath.unwrap_or(b""))?;
         let fill = !matches!(&resolved, Resolved::Entry(e) if e.kind != Kind::Dir);
         let (t, root) = prepare_dir(target, fill)?;
         let fd = root.fd.try_clone().at(target)?;
@@ -668,11 +668,11 @@ mod tests {
         assert!(summary.errors.is_empty(), "{:?}", summary.errors);
         assert_eq!(fs::read(real.join("f")).unwrap(), b"data");
         fs::remove_file(real.join("f")).unwrap();
-        restore(&repo, &snap, Some("f"), &link, &Quiet).unwrap();
+        restore(&repo, &snap, Some(b"f"), &link, &Quiet).unwrap();
         assert_eq!(fs::read(real.join("f")).unwrap(), b"data");
         // A file where the target should be is still refused, in one
         // sentence, for a path as for the whole snapshot.
-        for sub in [None, Some("f")] {
+        for sub in [None, Some(&b"f"[..])] {
             let e = restore(&repo, &snap, sub, &real.join("f"), &Quiet).unwrap_err();
             assert!(
                 e.to_string().ends_with("exists and is not a directory"),
@@ -928,7 +928,7 @@ mod tests {
     fn restore_racing(
         repo: &Repository,
         snap: &Snapshot,
-        subpath: Option<&str>,
+        subpath: Option<&[u8]>,
         target: &Path,
         hook: Hook<'_>,
     ) -> RestoreSummary {
@@ -1031,7 +1031,7 @@ mod tests {
             let work = tempfile::tempdir().unwrap();
             let out = work.path().join("out");
             let hook = swap_for_symlink("mid", stage, outside.path());
-            let summary = restore_racing(&repo, &snap, Some("top"), &out, &hook);
+            let summary = restore_racing(&repo, &snap, Some(b"top"), &out, &hook);
             assert_untouched(outside.path());
             assert_eq!(fs::read(out.join("keep")).unwrap(), b"kept");
             assert_eq!(summary.files, 1, "{stage:?}: {summary:?}");
