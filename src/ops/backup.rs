@@ -123,23 +123,7 @@ pub fn backup(
             crate::repo::pack::pack_name(&id)
         ));
     }
-    let run = Run {
-        repo: &repo,
-        writer: BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 3),
-        chunker: repo.chunker(),
-        progress,
-        exclude: &opts.exclude,
-        files_new: AtomicU64::new(0),
-        files_changed: AtomicU64::new(0),
-        files_unchanged: AtomicU64::new(0),
-        dirs: AtomicU64::new(0),
-        total_bytes: AtomicU64::new(0),
-        bytes_read: AtomicU64::new(0),
-        meta_bytes: AtomicU64::new(0),
-        errors: Mutex::new(Vec::new()),
-        hard_links: Mutex::new(HashMap::new()),
-        unindexed: Mutex::new(Vec::new()),
-    };
+    let run = Run::new(&repo, progress, &opts.exclude);
     // Packs a killed run stored but never indexed are reused, not re-uploaded.
     let (orphans, bad) = repo.find_unindexed_packs()?;
     for e in bad {
@@ -249,7 +233,27 @@ pub fn entry_from_metadata(name: Vec<u8>, md: &Metadata) -> Option<Entry> {
     })
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn new(repo: &'a Arc<Repository>, progress: &'a dyn Progress, exclude: &'a [PathBuf]) -> Self {
+        Run {
+            repo,
+            writer: BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 3),
+            chunker: repo.chunker(),
+            progress,
+            exclude,
+            files_new: AtomicU64::new(0),
+            files_changed: AtomicU64::new(0),
+            files_unchanged: AtomicU64::new(0),
+            dirs: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            meta_bytes: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            hard_links: Mutex::new(HashMap::new()),
+            unindexed: Mutex::new(Vec::new()),
+        }
+    }
+
     fn error(&self, path: &Path, e: impl std::fmt::Display) {
         let msg = format!("{}: {e}", path.display());
         self.progress.warn(&msg);
@@ -318,7 +322,18 @@ impl Run<'_> {
 
     fn entry(&self, path: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<Entry> {
         let md = fs::symlink_metadata(path).at(path)?;
-        let mut e = entry_from_metadata(name, &md)
+        self.record(path, name, &md, prev)
+    }
+
+    /// The entry for `path`, which `md` describes (as lstat saw it).
+    fn record(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        md: &Metadata,
+        prev: Option<&Entry>,
+    ) -> Result<Entry> {
+        let mut e = entry_from_metadata(name, md)
             .ok_or_else(|| Error::Invalid("unknown file type".into()))?;
         e.xattrs = match fsmeta::list_xattrs(path) {
             Ok(x) => x,
@@ -336,7 +351,7 @@ impl Run<'_> {
                 e.content = Content::Subtree(self.dir(path, prev_tree.as_ref())?);
             }
             Kind::File => {
-                let chunks = self.file(path, &md, &e, prev)?;
+                let chunks = self.file(path, md, &e, prev)?;
                 e.size = chunks.iter().map(|c| c.len as u64).sum();
                 self.total_bytes.fetch_add(e.size, Ordering::Relaxed);
                 e.content = Content::Chunks(chunks);
