@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -325,7 +326,9 @@ impl<'a> Run<'a> {
         self.record(path, name, &md, prev)
     }
 
-    /// The entry for `path`, which `md` describes (as lstat saw it).
+    /// The entry for `path`, which `md` describes (as lstat saw it). A
+    /// name that names another file by the time it is opened (replaced by
+    /// a rename meanwhile) is looked at again, a few times.
     fn record(
         &self,
         path: &Path,
@@ -333,6 +336,26 @@ impl<'a> Run<'a> {
         md: &Metadata,
         prev: Option<&Entry>,
     ) -> Result<Entry> {
+        let mut md = md.clone();
+        for _ in 0..3 {
+            if let Some(e) = self.record_once(path, name.clone(), &md, prev)? {
+                return Ok(e);
+            }
+            md = fs::symlink_metadata(path).at(path)?;
+        }
+        Err(Error::Invalid(
+            "not saved: it was another file each time it was opened".into(),
+        ))
+    }
+
+    /// `None` when the file opened is not the one `md` describes.
+    fn record_once(
+        &self,
+        path: &Path,
+        name: Vec<u8>,
+        md: &Metadata,
+        prev: Option<&Entry>,
+    ) -> Result<Option<Entry>> {
         let mut e = entry_from_metadata(name, md)
             .ok_or_else(|| Error::Invalid("unknown file type".into()))?;
         e.xattrs = match fsmeta::list_xattrs(path) {
@@ -351,7 +374,9 @@ impl<'a> Run<'a> {
                 e.content = Content::Subtree(self.dir(path, prev_tree.as_ref())?);
             }
             Kind::File => {
-                let chunks = self.file(path, md, &e, prev)?;
+                let Some(chunks) = self.file(path, md, &e, prev)? else {
+                    return Ok(None);
+                };
                 e.size = chunks.iter().map(|c| c.len as u64).sum();
                 self.total_bytes.fetch_add(e.size, Ordering::Relaxed);
                 e.content = Content::Chunks(chunks);
@@ -364,17 +389,19 @@ impl<'a> Run<'a> {
             }
             _ => {}
         }
-        Ok(e)
+        Ok(Some(e))
     }
 
+    /// The file's chunks; `None` when the name no longer names the file
+    /// `md` describes. Counted as new, changed or unchanged once read.
     fn file(
         &self,
         path: &Path,
         md: &Metadata,
         e: &Entry,
         prev: Option<&Entry>,
-    ) -> Result<Vec<ChunkRef>> {
-        if let Some(p) = prev {
+    ) -> Result<Option<Vec<ChunkRef>>> {
+        let count = if let Some(p) = prev {
             let same = p.kind == Kind::File
                 && p.size == md.len()
                 && p.mtime == e.mtime
@@ -388,13 +415,13 @@ impl<'a> Run<'a> {
                     .all(|c| !c.id.is_lost() && ix.contains(&c.id))
                 {
                     self.files_unchanged.fetch_add(1, Ordering::Relaxed);
-                    return Ok(p.chunks().to_vec());
+                    return Ok(Some(p.chunks().to_vec()));
                 }
             }
-            self.files_changed.fetch_add(1, Ordering::Relaxed);
+            &self.files_changed
         } else {
-            self.files_new.fetch_add(1, Ordering::Relaxed);
-        }
+            &self.files_new
+        };
         // Another name of this file was read in this run: its content is
         // this name's, as long as the file has not changed since. Changed
         // (a later stat, a new mtime or size), the content read before
@@ -410,22 +437,27 @@ impl<'a> Run<'a> {
                 .get(&link_key)
             {
                 if *was == seen {
-                    return Ok(c.clone());
+                    count.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(c.clone()));
                 }
             }
         }
-        let chunks = self.read_file(path, md.len())?;
+        let Some(f) = open_regular(path, md)? else {
+            return Ok(None);
+        };
+        let chunks = self.read_file(path, f, md.len())?;
+        count.fetch_add(1, Ordering::Relaxed);
         if e.links > 1 {
             self.hard_links
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(link_key, (seen, chunks.clone()));
         }
-        Ok(chunks)
+        Ok(Some(chunks))
     }
 
-    fn read_file(&self, path: &Path, size_hint: u64) -> Result<Vec<ChunkRef>> {
-        let mut f = UncachedReader::new(File::open(path).at(path)?);
+    fn read_file(&self, path: &Path, f: File, size_hint: u64) -> Result<Vec<ChunkRef>> {
+        let mut f = UncachedReader::new(f);
         // Small files are one chunk: skip the chunker and its buffer.
         if size_hint < self.repo.config().chunker.min as u64 {
             let mut data = Vec::with_capacity(size_hint as usize);
@@ -458,6 +490,40 @@ impl<'a> Run<'a> {
         self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
         self.progress.advance(n as u64);
     }
+}
+
+/// Opens `path` for reading if it is still the regular file `md`
+/// describes; `None` if the name was given to something else since (a
+/// rename over it). It never follows a symlink (one to `/dev/zero` would be
+/// read for ever, one out of the tree would put that file in the snapshot)
+/// and never waits on a fifo. A device put in its place is opened (with
+/// `O_NONBLOCK`), then refused; only root can make one.
+fn open_regular(path: &Path, md: &Metadata) -> Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        // The last component is a symlink now.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) => return Err(e).at(path),
+    };
+    let now = f.metadata().at(path)?;
+    if !now.is_file() || (now.dev(), now.ino()) != (md.dev(), md.ino()) {
+        return Ok(None);
+    }
+    // Reads of a regular file ignore O_NONBLOCK on local filesystems; a
+    // FUSE or network filesystem is told about it, so it goes.
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(Some(f))
 }
 
 /// An I/O error message without the path (the caller prints it first).
@@ -536,5 +602,51 @@ mod tests {
                 assert_eq!(got, b"after!", "round {round}: {}", name.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod changed_names {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// A name lstat saw as a regular file and that names something else
+    /// when the backup opens it (replaced by rename meanwhile) is recorded
+    /// as what it now is. Before, the open followed a symlink (the
+    /// snapshot got the content of a file outside the tree, or of
+    /// `/dev/zero` for ever) and blocked for good on a fifo.
+    #[test]
+    fn a_name_replaced_between_its_stat_and_its_open_is_not_followed() {
+        let repo = Arc::new(test_init("memory://backup-replaced-before-open"));
+        let run = Run::new(&repo, &Quiet, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "not in the tree").unwrap();
+        let x = dir.path().join("x");
+        let replace = |with: &dyn Fn(&Path)| {
+            let _ = fs::remove_file(&x);
+            fs::write(&x, "mine").unwrap();
+            let md = fs::symlink_metadata(&x).unwrap();
+            let tmp = dir.path().join("tmp");
+            with(&tmp);
+            fs::rename(&tmp, &x).unwrap();
+            let e = run.record(&x, b"x".to_vec(), &md, None).unwrap();
+            let now = fs::symlink_metadata(&x).unwrap();
+            assert_eq!((e.dev, e.inode), (now.dev(), now.ino()));
+            e
+        };
+
+        let e = replace(&|tmp| std::os::unix::fs::symlink(&outside, tmp).unwrap());
+        assert_eq!(e.kind, Kind::Symlink, "{e:?}");
+
+        let e = replace(&|tmp| {
+            fsmeta::mknod(tmp, libc::S_IFIFO | 0o644, 0).unwrap();
+        });
+        assert_eq!(e.kind, Kind::Fifo, "{e:?}");
+
+        let e = replace(&|tmp| fs::write(tmp, "another file").unwrap());
+        assert_eq!(e.kind, Kind::File);
+        assert_eq!(e.size, 12);
     }
 }
