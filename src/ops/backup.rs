@@ -10,7 +10,7 @@
 //! leaves most of its work indexed; the rest is found by its pack headers on
 //! the next run), then the snapshot, checked against the writer lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::Read;
@@ -85,7 +85,10 @@ struct Run<'a> {
     writer: BlobWriter,
     chunker: Chunker,
     progress: &'a dyn Progress,
-    exclude: &'a [PathBuf],
+    /// (device, inode) of the directories never to enter: by what they
+    /// are, not by path, so a bind mount of one inside the source is
+    /// left out too.
+    excluded: HashSet<(u64, u64)>,
     files_new: AtomicU64,
     files_changed: AtomicU64,
     files_unchanged: AtomicU64,
@@ -241,7 +244,11 @@ impl<'a> Run<'a> {
             writer: BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 3),
             chunker: repo.chunker(),
             progress,
-            exclude,
+            excluded: exclude
+                .iter()
+                .filter_map(|p| fs::metadata(p).ok())
+                .map(|md| (md.dev(), md.ino()))
+                .collect(),
             files_new: AtomicU64::new(0),
             files_changed: AtomicU64::new(0),
             files_unchanged: AtomicU64::new(0),
@@ -297,13 +304,10 @@ impl<'a> Run<'a> {
             .par_iter()
             .map(|name| {
                 let child = path.join(name);
-                if self.exclude.iter().any(|x| x == &child) {
-                    return Ok(None);
-                }
                 let bytes = fsmeta::name_bytes(name);
                 let prev_entry = prev.and_then(|t| t.find(bytes));
                 match self.entry(&child, bytes.to_vec(), prev_entry) {
-                    Ok(e) => Ok(Some(e)),
+                    Ok(e) => Ok(e),
                     Err(e @ Error::Io { .. }) | Err(e @ Error::Invalid(_)) => {
                         self.error(&child, strip_path(&e, &child));
                         Ok(None)
@@ -321,9 +325,13 @@ impl<'a> Run<'a> {
         Ok(id)
     }
 
-    fn entry(&self, path: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<Entry> {
+    /// `None` for a directory never to enter.
+    fn entry(&self, path: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<Option<Entry>> {
         let md = fs::symlink_metadata(path).at(path)?;
-        self.record(path, name, &md, prev)
+        if md.is_dir() && self.excluded.contains(&(md.dev(), md.ino())) {
+            return Ok(None);
+        }
+        self.record(path, name, &md, prev).map(Some)
     }
 
     /// The entry for `path`, which `md` describes (as lstat saw it). A
@@ -648,5 +656,70 @@ mod changed_names {
         let e = replace(&|tmp| fs::write(tmp, "another file").unwrap());
         assert_eq!(e.kind, Kind::File);
         assert_eq!(e.size, 12);
+    }
+}
+
+#[cfg(test)]
+mod excluded {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// Unmounts a bind mount when dropped.
+    struct Bound(std::ffi::CString);
+
+    impl Drop for Bound {
+        fn drop(&mut self) {
+            // SAFETY: a NUL-terminated path we own.
+            unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+
+    fn bind(from: &Path, to: &Path) -> Bound {
+        use std::os::unix::ffi::OsStrExt;
+        let f = std::ffi::CString::new(from.as_os_str().as_bytes()).unwrap();
+        let t = std::ffi::CString::new(to.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated paths; no data argument.
+        let r = unsafe {
+            libc::mount(
+                f.as_ptr(),
+                t.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        Bound(t)
+    }
+
+    /// An excluded directory (the store) is left out by what it is, not
+    /// by its path: reached through a bind mount inside the source, it was
+    /// backed up into itself, each run storing again what the one before
+    /// had added.
+    #[test]
+    fn an_excluded_directory_reached_by_a_bind_mount_is_left_out() {
+        if !fsmeta::is_root() {
+            eprintln!(
+                "an_excluded_directory_reached_by_a_bind_mount_is_left_out: needs root, skipped"
+            );
+            return;
+        }
+        let repo = Arc::new(test_init("memory://backup-excluded-bind"));
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir(&store).unwrap();
+        fs::write(store.join("pack"), "the store's bytes").unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("store")).unwrap();
+        fs::write(src.join("a"), "a").unwrap();
+        let _bound = bind(&store, &src.join("store"));
+        let mut opts = BackupOptions::new(src.clone());
+        opts.exclude.push(store.clone());
+        let s = backup(repo.clone(), &opts, &Quiet).unwrap();
+        let root = repo.read_tree(&s.snapshot.root).unwrap();
+        let names: Vec<_> = root.entries.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names, vec![b"a".to_vec()]);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
     }
 }
