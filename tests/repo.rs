@@ -628,3 +628,30 @@ fn names_that_are_not_utf8_are_listed_and_reached() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(fs::read(dst.join(file)).unwrap(), b"latin-1 name");
 }
+
+/// `ls -l` shows the mtime a file has, also one past 2262 or before 1970.
+/// Before, it went through nanoseconds in an i64, which saturate: a file
+/// of the year 2400 was listed as of 2262-04-11T23:47:16Z (restore set the
+/// right time).
+#[test]
+fn ls_long_shows_times_past_2262() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    for (name, secs) in [("future", 13_569_465_600i64), ("past", -2_000_000_000)] {
+        let f = src.join(name);
+        fs::write(&f, name).unwrap();
+        let t = secrate::repo::tree::Timestamp { secs, nanos: 0 };
+        secrate::fsmeta::set_times(&f, t).unwrap();
+    }
+    let s = Secrate::new(&format!("file://{}", work.path().join("store").display()));
+    s.init();
+    assert_eq!(
+        s.run(&["backup", src.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    let o = s.run(&["ls", "-l", "latest"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.contains("2400-01-01T00:00:00Z /future"), "{out}");
+    assert!(out.contains("1906-08-16T20:26:40Z /past"), "{out}");
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use secrate::repo::keys::KeyKind;
-use secrate::repo::snapshot::format_time;
+use secrate::repo::snapshot::format_secs;
 use secrate::repo::{Secret, DEFAULT_KDF_LOG_N};
 
 use super::{secret, Globals};
@@ -77,7 +77,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                     name.trim_start_matches("keys/"),
                     k.kind.name(),
                     if k.write_only { "write-only" } else { "full" },
-                    format_time(k.created.saturating_mul(1_000_000_000))
+                    format_secs(k.created)
                 )?;
             }
             outln!("(* = the key used now)")?;

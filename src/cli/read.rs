@@ -5,7 +5,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use secrate::ops::{cat as cat_file, resolve, walk, Resolved};
-use secrate::repo::snapshot::format_time;
+use secrate::repo::snapshot::format_secs;
 use secrate::repo::tree::Entry;
 
 use super::format::{bytes, mode};
@@ -44,7 +44,7 @@ fn line(long: bool, path: &[u8], e: &Entry) -> Vec<u8> {
             } else {
                 bytes(e.size)
             },
-            format_time(e.mtime.secs.saturating_mul(1_000_000_000)),
+            format_secs(e.mtime.secs),
         )
         .into_bytes()
     } else {

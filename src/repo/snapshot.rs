@@ -174,6 +174,20 @@ impl Snapshot {
     }
 }
 
+/// Like [`format_time`], from seconds: a file's mtime may lie past 2262,
+/// where nanoseconds overflow an i64. Beyond the years ±9999 it is
+/// `@SECONDS`.
+pub fn format_secs(secs: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => t
+            .format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .unwrap_or_else(|_| format!("@{secs}")),
+        Err(_) => format!("@{secs}"),
+    }
+}
+
 pub fn format_time(time_ns: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(time_ns as i128)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
