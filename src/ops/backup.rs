@@ -508,18 +508,33 @@ impl<'a> Run<'a> {
 /// `O_NONBLOCK`), then refused; only root can make one.
 fn open_regular(path: &Path, md: &Metadata) -> Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let opened = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
-    let f = match opened {
+    let open = |flags| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | flags)
+            .open(path)
+    };
+    let same = |now: &Metadata| now.is_file() && (now.dev(), now.ino()) == (md.dev(), md.ino());
+    let f = match open(libc::O_NONBLOCK) {
         Ok(f) => f,
         // The last component is a symlink now.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        // Another process holds a lease on the file (Samba, an NFS
+        // server): without O_NONBLOCK the open waits for the lease to be
+        // given back. A fifo never answers EAGAIN to a read-only open.
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+            if !same(&fs::symlink_metadata(path).at(path)?) {
+                return Ok(None);
+            }
+            match open(0) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+                Err(e) => return Err(e).at(path),
+            }
+        }
         Err(e) => return Err(e).at(path),
     };
-    let now = f.metadata().at(path)?;
-    if !now.is_file() || (now.dev(), now.ino()) != (md.dev(), md.ino()) {
+    if !same(&f.metadata().at(path)?) {
         return Ok(None);
     }
     // Reads of a regular file ignore O_NONBLOCK on local filesystems; a
@@ -656,6 +671,42 @@ mod changed_names {
         let e = replace(&|tmp| fs::write(tmp, "another file").unwrap());
         assert_eq!(e.kind, Kind::File);
         assert_eq!(e.size, 12);
+    }
+
+    /// A file another process holds a write lease on (Samba's oplocks, an
+    /// NFS server's delegations) is read once the lease is given back, as a
+    /// plain open does: the non-blocking open the fifo guard uses fails
+    /// with EAGAIN instead of breaking the lease.
+    #[test]
+    fn a_file_under_a_lease_is_read_after_the_lease_breaks() {
+        use std::os::fd::AsRawFd;
+        let repo = Arc::new(test_init("memory://backup-leased"));
+        let run = Run::new(&repo, &Quiet, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, "leased").unwrap();
+        let held = File::open(&f).unwrap();
+        let fd = held.as_raw_fd();
+        // SAFETY: fcntl on a descriptor we own. SIGURG is ignored by
+        // default, so the break notice does not end the test.
+        unsafe {
+            // F_SETSIG (Linux), not in the libc crate.
+            assert_eq!(libc::fcntl(fd, 10, libc::SIGURG), 0);
+            let r = libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK);
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        }
+        let holder = std::thread::spawn(move || {
+            // Give the lease back once someone asks for it.
+            while unsafe { libc::fcntl(fd, libc::F_GETLEASE) } == libc::F_WRLCK {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+            held
+        });
+        let md = fs::symlink_metadata(&f).unwrap();
+        let e = run.record(&f, b"f".to_vec(), &md, None).unwrap();
+        assert_eq!((e.kind, e.size), (Kind::File, 6));
+        drop(holder.join().unwrap());
     }
 }
 
