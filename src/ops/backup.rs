@@ -115,6 +115,17 @@ pub fn backup(
             source.display()
         )));
     }
+    // The store, or a directory inside it, would be stored into itself.
+    let excluded = identities(&opts.exclude);
+    let in_store = source
+        .ancestors()
+        .any(|a| fs::metadata(a).is_ok_and(|md| excluded.contains(&(md.dev(), md.ino()))));
+    if in_store {
+        return Err(Error::Invalid(format!(
+            "{} is the store or a directory inside the store; a store is never backed up into itself",
+            source.display()
+        )));
+    }
     let lock = repo.lock("backup")?;
     for problem in repo.load_index()? {
         progress.warn(&format!(
@@ -195,6 +206,14 @@ pub fn backup(
     })
 }
 
+/// (device, inode) of each of `dirs` that exists.
+fn identities(dirs: &[PathBuf]) -> HashSet<(u64, u64)> {
+    dirs.iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|md| (md.dev(), md.ino()))
+        .collect()
+}
+
 /// Threads that walk and read the tree: four per core. A thread waiting
 /// for the disk (opening, stat'ing, reading a file that is not cached)
 /// leaves its core to another, so a tree of small files keeps several reads
@@ -244,11 +263,7 @@ impl<'a> Run<'a> {
             writer: BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 3),
             chunker: repo.chunker(),
             progress,
-            excluded: exclude
-                .iter()
-                .filter_map(|p| fs::metadata(p).ok())
-                .map(|md| (md.dev(), md.ino()))
-                .collect(),
+            excluded: identities(exclude),
             files_new: AtomicU64::new(0),
             files_changed: AtomicU64::new(0),
             files_unchanged: AtomicU64::new(0),
@@ -772,5 +787,33 @@ mod excluded {
         let names: Vec<_> = root.entries.iter().map(|e| e.name.clone()).collect();
         assert_eq!(names, vec![b"a".to_vec()]);
         assert!(s.errors.is_empty(), "{:?}", s.errors);
+    }
+}
+
+#[cfg(test)]
+mod source_in_store {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// A source that is the store, or inside it (a typo of the path), is
+    /// refused in one sentence. Before, the store was backed up into
+    /// itself: every pack stored again.
+    #[test]
+    fn a_source_that_is_the_store_or_inside_it_is_refused() {
+        let repo = Arc::new(test_init("memory://backup-source-is-store"));
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir_all(store.join("packs")).unwrap();
+        fs::write(store.join("packs").join("p"), "a pack").unwrap();
+        for source in [store.clone(), store.join("packs")] {
+            let mut opts = BackupOptions::new(source.clone());
+            opts.exclude.push(store.clone());
+            match backup(repo.clone(), &opts, &Quiet) {
+                Err(Error::Invalid(m)) => assert!(m.contains("inside the store"), "{m}"),
+                other => panic!("{}: {:?}", source.display(), other.map(|s| s.id)),
+            }
+        }
+        assert!(repo.snapshots().unwrap().0.is_empty());
     }
 }
