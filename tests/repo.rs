@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
@@ -213,14 +214,24 @@ fn passphrase_recovery_key_and_errors() {
         assert_eq!(o.status.code(), Some(1));
         assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
 
-        // A passphrase file.
+        // A passphrase file; one every user can read works, with a warning.
         let pf = work.path().join("pass");
         fs::write(&pf, format!("{PASSPHRASE}\n")).unwrap();
         let mut viafile = Secrate::new(&store.url);
         viafile.envs.clear();
-        assert!(viafile
-            .ok(&["snapshots", "--passphrase-file", pf.to_str().unwrap()])
-            .contains("1 snapshots"));
+        let args = ["snapshots", "--passphrase-file", pf.to_str().unwrap()];
+        for (mode, warned) in [(0o644, true), (0o640, false), (0o600, false)] {
+            fs::set_permissions(&pf, fs::Permissions::from_mode(mode)).unwrap();
+            let o = viafile.run(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(String::from_utf8_lossy(&o.stdout).contains("1 snapshots"));
+            let e = stderr(&o);
+            assert_eq!(
+                e.contains("can be read by every user"),
+                warned,
+                "{mode:o}: {e}"
+            );
+        }
 
         // Bad input: one sentence, non-zero.
         for args in [

@@ -13,6 +13,7 @@ use secrate::repo::Secret;
 use super::Globals;
 
 fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
+    warn_if_others_can_read(path, what);
     let s = Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the {what} file {}", path.display()))?,
@@ -23,6 +24,24 @@ fn read_file(path: &Path, what: &str) -> anyhow::Result<Zeroizing<String>> {
         bail!("the {what} file {} is empty", path.display());
     }
     Ok(Zeroizing::new(trimmed.to_string()))
+}
+
+/// A secret in a file every user can read is theirs too: say so on
+/// stderr, and go on (ssh refuses such a key file; a secrate secret file
+/// may be shared with a group on purpose, so group-readable is not
+/// warned about).
+fn warn_if_others_can_read(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(md) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = md.permissions().mode() & 0o777;
+    if md.is_file() && mode & 0o004 != 0 {
+        errln!(
+            "warning: the {what} file {} can be read by every user (mode {mode:04o}): `chmod go-r` it",
+            path.display()
+        );
+    }
 }
 
 fn prompt(text: &str) -> anyhow::Result<Zeroizing<String>> {
