@@ -795,6 +795,7 @@ mod tests {
             uid: 0,
             gid: 0,
             mtime: Default::default(),
+            ctime: None,
             size: 0,
             dev: 0,
             inode: 0,

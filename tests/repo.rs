@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
@@ -665,4 +665,48 @@ fn ls_long_shows_times_past_2262() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.contains("2400-01-01T00:00:00Z /future"), "{out}");
     assert!(out.contains("1906-08-16T20:26:40Z /past"), "{out}");
+}
+
+/// A file rewritten in place with its size kept and its mtime put back
+/// (`touch -r`, `exiftool -P`, rsync-like tools) is backed up again: the
+/// ctime, which no program can set back, tells. (Before, kind, size, mtime
+/// and inode were the same and every later backup kept the old content.)
+#[test]
+fn a_rewrite_with_its_mtime_put_back_is_backed_up() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let f = src.join("latest");
+    fs::write(&f, "version 1").unwrap();
+    let md = fs::symlink_metadata(&f).unwrap();
+    let mtime = secrate::repo::tree::Timestamp {
+        secs: md.mtime(),
+        nanos: md.mtime_nsec() as u32,
+    };
+    let s = Secrate::new(&format!("file://{}", work.path().join("store").display()));
+    s.init();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+
+    // Past one tick of the clock that stamps ctimes.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&f, "version 2").unwrap();
+    secrate::fsmeta::set_times(&f, mtime).unwrap();
+    let now = fs::symlink_metadata(&f).unwrap();
+    assert_eq!(
+        (now.len(), now.mtime(), now.ino()),
+        (md.len(), md.mtime(), md.ino())
+    );
+    assert_ne!(
+        (now.ctime(), now.ctime_nsec()),
+        (md.ctime(), md.ctime_nsec())
+    );
+
+    let out = s.ok(&["backup", src.to_str().unwrap()]);
+    assert!(out.contains(" 0 new, 1 changed"), "{out}");
+    let o = s.run(&["cat", "latest", "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"version 2");
+    // Nothing changed since: taken as unchanged, not read again.
+    let out = s.ok(&["backup", src.to_str().unwrap()]);
+    assert!(out.contains(" 0 new, 0 changed"), "{out}");
 }

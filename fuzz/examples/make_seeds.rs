@@ -49,6 +49,10 @@ fn entry(name: &str, kind: Kind, content: Content) -> Entry {
             secs: 1_700_000_000,
             nanos: 5,
         },
+        ctime: Some(Timestamp {
+            secs: 1_700_000_001,
+            nanos: 6,
+        }),
         size,
         dev: 3,
         inode: 4,

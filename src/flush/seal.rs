@@ -295,6 +295,7 @@ fn entry_of(name: Vec<u8>, rec: &Inode, content: Content) -> Entry {
         uid: rec.uid,
         gid: rec.gid,
         mtime: rec.mtime,
+        ctime: Some(rec.ctime),
         size,
         dev: rec.origin_dev,
         inode: rec.origin_ino,

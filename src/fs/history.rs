@@ -58,6 +58,9 @@ pub struct HistAttr {
     pub gid: u32,
     pub size: u64,
     pub mtime: Timestamp,
+    /// The entry's ctime; its mtime where none is known (a version 1 tree,
+    /// the snapshot root, the synthetic nodes).
+    pub ctime: Timestamp,
     pub nlink: u32,
     pub rdev: u64,
 }
@@ -401,16 +404,18 @@ impl History {
                 .last()
                 .map(|s| s.snapshot.time_ns)
                 .unwrap_or(0);
+            let newest_t = Timestamp {
+                secs: newest.div_euclid(1_000_000_000),
+                nanos: newest.rem_euclid(1_000_000_000) as u32,
+            };
             return Ok(HistAttr {
                 kind: Kind::Dir,
                 mode: 0o555,
                 uid: owner.0,
                 gid: owner.1,
                 size: 0,
-                mtime: Timestamp {
-                    secs: newest.div_euclid(1_000_000_000),
-                    nanos: newest.rem_euclid(1_000_000_000) as u32,
-                },
+                mtime: newest_t,
+                ctime: newest_t,
                 nlink: 2,
                 rdev: 0,
             });
@@ -423,6 +428,7 @@ impl History {
                 gid: owner.1,
                 size: self.latest_name().map(|n| n.len() as u64).unwrap_or(0),
                 mtime: Timestamp::default(),
+                ctime: Timestamp::default(),
                 nlink: 1,
                 rdev: 0,
             },
@@ -433,6 +439,7 @@ impl History {
                 gid: meta.gid,
                 size: 0,
                 mtime: meta.mtime,
+                ctime: meta.mtime,
                 nlink: 2,
                 rdev: 0,
             },
@@ -443,6 +450,7 @@ impl History {
                 gid: e.gid,
                 size: e.size,
                 mtime: e.mtime,
+                ctime: e.ctime.unwrap_or(e.mtime),
                 nlink: if e.kind == Kind::Dir {
                     2
                 } else {

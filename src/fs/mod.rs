@@ -198,7 +198,7 @@ fn hist_attr(ino: u64, a: &HistAttr) -> FileAttr {
         blocks: a.size.div_ceil(512),
         atime: t,
         mtime: t,
-        ctime: t,
+        ctime: system_time(a.ctime),
         crtime: t,
         kind: file_type(a.kind),
         // Read-only whatever the snapshot says: writes give EROFS anyway.

@@ -306,7 +306,7 @@ impl<'r> Diff<'r> {
         rec.gid = n.gid;
         rec.mtime = n.mtime;
         rec.atime = n.mtime;
-        rec.ctime = n.mtime;
+        rec.ctime = n.ctime.unwrap_or(n.mtime);
         rec.rdev = n.rdev;
         rec.origin_dev = n.dev;
         rec.origin_ino = n.inode;

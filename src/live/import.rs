@@ -338,7 +338,7 @@ impl Walk<'_> {
             size: e.size,
             atime: e.mtime,
             mtime: e.mtime,
-            ctime: e.mtime,
+            ctime: e.ctime.unwrap_or(e.mtime),
             nlink: 1,
             rdev: e.rdev,
             origin_dev: e.dev,

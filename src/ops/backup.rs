@@ -76,9 +76,9 @@ pub struct BackupSummary {
 /// many have accumulated.
 const INDEX_EVERY: usize = 32;
 
-/// What one name of a hard-linked file read: the file's (mtime, size) as
-/// stat'ed before, and its chunks.
-type LinkRead = ((Timestamp, u64), Vec<ChunkRef>);
+/// What one name of a hard-linked file read: the file's (mtime, ctime,
+/// size) as stat'ed before, and its chunks.
+type LinkRead = ((Timestamp, Option<Timestamp>, u64), Vec<ChunkRef>);
 
 struct Run<'a> {
     repo: &'a Repository,
@@ -232,6 +232,13 @@ pub fn mtime_of(md: &Metadata) -> Timestamp {
     }
 }
 
+pub fn ctime_of(md: &Metadata) -> Timestamp {
+    Timestamp {
+        secs: md.ctime(),
+        nanos: md.ctime_nsec().clamp(0, 999_999_999) as u32,
+    }
+}
+
 /// The tree entry for `md`, without content.
 pub fn entry_from_metadata(name: Vec<u8>, md: &Metadata) -> Option<Entry> {
     let kind = Kind::from_mode(md.mode())?;
@@ -242,6 +249,7 @@ pub fn entry_from_metadata(name: Vec<u8>, md: &Metadata) -> Option<Entry> {
         uid: md.uid(),
         gid: md.gid(),
         mtime: mtime_of(md),
+        ctime: Some(ctime_of(md)),
         size: 0,
         dev: md.dev(),
         inode: md.ino(),
@@ -425,9 +433,15 @@ impl<'a> Run<'a> {
         prev: Option<&Entry>,
     ) -> Result<Option<Vec<ChunkRef>>> {
         let count = if let Some(p) = prev {
+            // The ctime too: a file rewritten in place with its size kept
+            // and its mtime put back (`touch -r`, `exiftool -P`, rsync) has
+            // only a new ctime, which no program can set back. A parent
+            // entry without one (a version 1 tree) is read again, once.
             let same = p.kind == Kind::File
                 && p.size == md.len()
                 && p.mtime == e.mtime
+                && p.ctime.is_some()
+                && p.ctime == e.ctime
                 && p.inode == e.inode;
             if same {
                 let ix = self.repo.index();
@@ -447,11 +461,11 @@ impl<'a> Run<'a> {
         };
         // Another name of this file was read in this run: its content is
         // this name's, as long as the file has not changed since. Changed
-        // (a later stat, a new mtime or size), the content read before
+        // (a later stat, a new mtime, ctime or size), the content read before
         // would be recorded with the new mtime, and the next backup would
         // take it as unchanged for ever: read it again.
         let link_key = (e.dev, e.inode);
-        let seen = (e.mtime, md.len());
+        let seen = (e.mtime, e.ctime, md.len());
         if e.links > 1 {
             if let Some((was, c)) = self
                 .hard_links
@@ -640,6 +654,76 @@ mod tests {
                 assert_eq!(got, b"after!", "round {round}: {}", name.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod ctime {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// The parent's entry of a file nothing touched is taken as unchanged
+    /// only when it carries the file's ctime: without one (an entry of a
+    /// version 1 tree, written before entries had a ctime) the file is read
+    /// again, and the entry written has the ctime.
+    #[test]
+    fn a_parent_entry_without_ctime_makes_backup_read_the_file_again() {
+        let repo = Arc::new(test_init("memory://backup-parent-without-ctime"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let f = src.join("f");
+        fs::write(&f, "some content").unwrap();
+        let first = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        let root = repo.read_tree(&first.snapshot.root).unwrap();
+        let prev = root.find(b"f").unwrap().clone();
+        let md = fs::symlink_metadata(&f).unwrap();
+        assert_eq!(prev.ctime, Some(ctime_of(&md)));
+
+        let run = Run::new(&repo, &Quiet, &[]);
+        let e = run.record(&f, b"f".to_vec(), &md, Some(&prev)).unwrap();
+        assert_eq!(e.chunks(), prev.chunks());
+        assert_eq!(run.files_unchanged.load(Ordering::Relaxed), 1);
+        assert_eq!(run.files_changed.load(Ordering::Relaxed), 0);
+
+        let v1 = Entry {
+            ctime: None,
+            ..prev.clone()
+        };
+        let run = Run::new(&repo, &Quiet, &[]);
+        let e = run.record(&f, b"f".to_vec(), &md, Some(&v1)).unwrap();
+        assert_eq!(run.files_unchanged.load(Ordering::Relaxed), 0);
+        assert_eq!(run.files_changed.load(Ordering::Relaxed), 1);
+        assert_eq!(e.chunks(), prev.chunks());
+        assert_eq!(e.ctime, Some(ctime_of(&md)));
+    }
+
+    /// A file rewritten in place, its size kept and its mtime put back,
+    /// is read again: only its ctime tells.
+    #[test]
+    fn a_rewrite_with_the_mtime_put_back_is_seen_by_its_ctime() {
+        let repo = Arc::new(test_init("memory://backup-mtime-put-back"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let f = src.join("f");
+        fs::write(&f, "version 1").unwrap();
+        let t = Timestamp {
+            secs: 1_600_000_000,
+            nanos: 0,
+        };
+        fsmeta::set_times(&f, t).unwrap();
+        backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        // The ctime has a clock tick's resolution: make sure it moves.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&f, "version 2").unwrap();
+        fsmeta::set_times(&f, t).unwrap();
+        let again = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        assert_eq!((again.files_changed, again.files_unchanged), (1, 0));
+        let out = dir.path().join("out");
+        crate::ops::restore::restore(&repo, &again.snapshot, None, &out, &Quiet).unwrap();
+        assert_eq!(fs::read(out.join("f")).unwrap(), b"version 2");
     }
 }
 

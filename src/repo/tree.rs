@@ -1,20 +1,40 @@
 //! Tree blobs: one per directory, its entries sorted by name.
 //!
 //! An entry carries what restore and the mount need to recreate the file
-//! exactly (kind, mode, owner, mtime, size, xattrs, hard-link identity) and
-//! its content: the file's chunk list, the subtree's id, or the symlink's
+//! exactly (kind, mode, owner, mtime, size, xattrs, hard-link identity), its
+//! ctime (what `backup` compares to see a file rewritten with its mtime put
+//! back; nothing can set it, so restore does not) and its content: the file's chunk list, the subtree's id, or the symlink's
 //! target. A directory whose entries did not change encodes to the same bytes
 //! and so keeps its id: a snapshot of a huge tree with one change costs the
 //! blobs on the path from that change to the root.
 //!
 //! Decoding validates what a hostile store could abuse: names are non-empty,
 //! contain neither `/` nor NUL, are not `.` or `..`, and are strictly sorted
-//! (so unique); a file's size equals the sum of its chunk lengths.
+//! (so unique); a file's size equals the sum of its chunk lengths; times
+//! have nanoseconds below 10^9.
+//!
+//! Version 2 added the ctime, right after the mtime. Version 1 trees (no
+//! ctime) still decode, their entries with `ctime: None`; only version 2 is
+//! written. An entry with no ctime (one carried over from a version 1 tree)
+//! is written with the ctime [`NO_CTIME`], which no real time can equal
+//! (nanoseconds 2^32 - 1), so decode gives `None` back and the encoding stays
+//! canonical.
 
 use crate::crypto::Id;
 use crate::repo::codec::{bad, Dec, DecodeError, DecodeResult, Enc};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// The encoding of an unknown ctime in a version 2 entry: (secs 0,
+/// nanos `u32::MAX`). Any other nanoseconds at or above 10^9 are rejected.
+pub const NO_CTIME: (i64, u32) = (0, u32::MAX);
+
+/// The smallest entry (a fifo, socket or device with a one-byte name and no
+/// xattrs) per tree version: 2 (name length) + 1 + 1 (kind) + 3 × 4 (mode,
+/// uid, gid) + 12 (mtime) + 8 (size) + 8 + 8 + 4 + 8 (dev, inode, links,
+/// rdev) + 2 (xattr count) = 66, plus 12 for the ctime from version 2.
+const MIN_ENTRY_V1: usize = 66;
+const MIN_ENTRY_V2: usize = MIN_ENTRY_V1 + 12;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -144,6 +164,10 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     pub mtime: Timestamp,
+    /// The status change time of the source, `None` when unknown (an entry
+    /// of a version 1 tree). `backup` takes a file as unchanged only when
+    /// its ctime is known and equal; restore cannot set it.
+    pub ctime: Option<Timestamp>,
     pub size: u64,
     /// Device and inode of the source, for hard links and change detection.
     pub dev: u64,
@@ -234,7 +258,10 @@ impl Tree {
                 .u32(x.uid)
                 .u32(x.gid)
                 .i64(x.mtime.secs)
-                .u32(x.mtime.nanos)
+                .u32(x.mtime.nanos);
+            let (cs, cn) = x.ctime.map_or(NO_CTIME, |c| (c.secs, c.nanos));
+            e.i64(cs)
+                .u32(cn)
                 .u64(x.size)
                 .u64(x.dev)
                 .u64(x.inode)
@@ -266,11 +293,12 @@ impl Tree {
     pub fn decode(b: &[u8]) -> DecodeResult<Tree> {
         let mut d = Dec::new(b);
         let v = d.u8()?;
-        if v != VERSION {
-            return bad(format!("tree version {v} is not supported"));
-        }
-        // The smallest entry (a fifo with a one-byte name) takes 66 bytes.
-        let n = d.count(66)?;
+        let min_entry = match v {
+            1 => MIN_ENTRY_V1,
+            VERSION => MIN_ENTRY_V2,
+            _ => return bad(format!("tree version {v} is not supported")),
+        };
+        let n = d.count(min_entry)?;
         let mut entries: Vec<Entry> = Vec::with_capacity(n);
         for _ in 0..n {
             let name = d.bytes16()?.to_vec();
@@ -299,6 +327,17 @@ impl Tree {
             if mtime.nanos >= 1_000_000_000 {
                 return bad("mtime nanoseconds out of range");
             }
+            let ctime = if v == 1 {
+                None
+            } else {
+                match (d.i64()?, d.u32()?) {
+                    NO_CTIME => None,
+                    (_, nanos) if nanos >= 1_000_000_000 => {
+                        return bad("ctime nanoseconds out of range");
+                    }
+                    (secs, nanos) => Some(Timestamp { secs, nanos }),
+                }
+            };
             let size = d.u64()?;
             let (dev, inode, links, rdev) = (d.u64()?, d.u64()?, d.u32()?, d.u64()?);
             let nx = d.u16()? as usize;
@@ -337,6 +376,7 @@ impl Tree {
                 uid,
                 gid,
                 mtime,
+                ctime,
                 size,
                 dev,
                 inode,
@@ -364,6 +404,7 @@ pub(crate) mod tests {
             uid: 1000,
             gid: 1000,
             mtime: Timestamp { secs: 1, nanos: 2 },
+            ctime: Some(Timestamp { secs: 5, nanos: 6 }),
             size: chunks.iter().map(|c| c.len as u64).sum(),
             dev: 3,
             inode: 4,
@@ -397,6 +438,60 @@ pub(crate) mod tests {
     fn test_vector() {
         let b = sample().encode();
         let expect = [
+            "02",
+            "02000000", // version 2, entry count
+            "0100",
+            "61",
+            "01",
+            "a4010000",
+            "e8030000",
+            "e8030000", // name "a", file, 0644, uid, gid
+            "0100000000000000",
+            "02000000", // mtime
+            "0500000000000000",
+            "06000000",         // ctime
+            "0700000000000000", // size 7
+            "0300000000000000",
+            "0400000000000000",
+            "01000000",
+            "0000000000000000", // dev, inode, links, rdev
+            "0100",
+            "0600",
+            "757365722e6b",
+            "01000000",
+            "76", // one xattr user.k=v
+            "01000000",
+            "0505050505050505050505050505050505050505050505050505050505050505",
+            "07000000",
+            "0100",
+            "62",
+            "03",
+            "a4010000",
+            "e8030000",
+            "e8030000", // "b", symlink
+            "0100000000000000",
+            "02000000",
+            "0500000000000000",
+            "06000000",
+            "0000000000000000",
+            "0300000000000000",
+            "0400000000000000",
+            "01000000",
+            "0000000000000000",
+            "0000",
+            "01000000",
+            "61", // no xattrs, target "a"
+        ]
+        .concat();
+        assert_eq!(hex::encode(&b), expect);
+        assert_eq!(Tree::decode(&b).unwrap(), sample());
+    }
+
+    /// A version 1 tree (written before entries had a ctime) decodes, its
+    /// entries' ctime unknown; written again it is version 2.
+    #[test]
+    fn version_1_trees_still_decode_with_ctime_unknown() {
+        let v1 = [
             "01",
             "02000000", // version, entry count
             "0100",
@@ -438,8 +533,52 @@ pub(crate) mod tests {
             "61", // no xattrs, target "a"
         ]
         .concat();
-        assert_eq!(hex::encode(&b), expect);
-        assert_eq!(Tree::decode(&b).unwrap(), sample());
+        let t = Tree::decode(&hex::decode(v1).unwrap()).unwrap();
+        let mut expect = sample();
+        for e in &mut expect.entries {
+            e.ctime = None;
+        }
+        assert_eq!(t, expect);
+        let again = t.encode();
+        assert_eq!(again[0], VERSION);
+        assert_eq!(Tree::decode(&again).unwrap(), expect);
+        // The smallest version 1 entry is 66 bytes (not 78).
+        let mut p = file("p", vec![]);
+        (p.kind, p.ctime, p.content) = (Kind::Fifo, None, Content::None);
+        p.xattrs.clear();
+        let mut b = Tree {
+            entries: vec![p.clone()],
+        }
+        .encode();
+        b[0] = 1;
+        b.drain(5 + 2 + 1 + 1 + 12 + 12..5 + 2 + 1 + 1 + 12 + 24);
+        assert_eq!(b.len(), 1 + 4 + 66);
+        assert_eq!(Tree::decode(&b).unwrap(), Tree { entries: vec![p] });
+    }
+
+    #[test]
+    fn ctime_round_trips_and_is_validated() {
+        let mut t = sample();
+        t.entries[0].ctime = Some(Timestamp {
+            secs: -3,
+            nanos: 999_999_999,
+        });
+        t.entries[1].ctime = None;
+        assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
+        // ctime sits right after the mtime: 5 + 2 + 1 (name) + 1 + 12 + 12.
+        let at = 5 + 2 + 1 + 1 + 12 + 12;
+        for (secs, nanos) in [(0i64, 1_000_000_000u32), (1, u32::MAX)] {
+            let mut b = sample().encode();
+            b[at..at + 8].copy_from_slice(&secs.to_le_bytes());
+            b[at + 8..at + 12].copy_from_slice(&nanos.to_le_bytes());
+            assert!(
+                Tree::decode(&b).is_err(),
+                "ctime ({secs}, {nanos}) accepted"
+            );
+        }
+        let mut b = sample().encode();
+        b[0] = 3;
+        assert!(Tree::decode(&b).is_err());
     }
 
     #[test]
@@ -464,7 +603,8 @@ pub(crate) mod tests {
         e.xattrs.clear();
         e.content = Content::None;
         let t = Tree { entries: vec![e] };
-        assert_eq!(t.encode().len(), 1 + 4 + 66);
+        assert_eq!(t.encode().len(), 1 + 4 + MIN_ENTRY_V2);
+        assert_eq!(MIN_ENTRY_V2, 78);
         assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
     }
 
@@ -482,11 +622,16 @@ pub(crate) mod tests {
         }
 
         #[test]
-        fn round_trip(names in proptest::collection::btree_set("[a-z]{1,8}", 0..20), secs in any::<i64>()) {
+        fn round_trip(
+            names in proptest::collection::btree_set("[a-z]{1,8}", 0..20),
+            secs in any::<i64>(),
+            ctime in proptest::option::of((any::<i64>(), 0u32..1_000_000_000)),
+        ) {
             let mut t = Tree::default();
             for n in names {
                 let mut e = file(&n, vec![]);
                 e.mtime.secs = secs;
+                e.ctime = ctime.map(|(secs, nanos)| Timestamp { secs, nanos });
                 t.entries.push(e);
             }
             prop_assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
