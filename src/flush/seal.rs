@@ -441,6 +441,41 @@ mod tests {
         );
     }
 
+    /// The seal writes each record's ctime into its entry, and a fresh
+    /// cache's import gives it back (before, entries had no ctime and
+    /// import took the mtime for it).
+    #[test]
+    fn the_ctime_goes_through_a_seal_and_an_import() {
+        use crate::live::{KillSetid, SetAttr};
+        use crate::repo::tree::Timestamp;
+        let repo = Arc::new(crate::repo::tests::test_init("memory://seal-ctime"));
+        let m1 = machine(&repo);
+        let f = mkfile(&m1, b"f", b"some data");
+        let (mtime, ctime) = (
+            Timestamp { secs: 10, nanos: 1 },
+            Timestamp {
+                secs: 2_000_000_000,
+                nanos: 7,
+            },
+        );
+        let set = SetAttr {
+            mtime: Some(mtime),
+            ctime: Some(ctime),
+            ..Default::default()
+        };
+        m1.live.setattr(f, &set, &|_| KillSetid::Keep).unwrap();
+        let s1 = m1.flusher.seal().unwrap().unwrap();
+        m1.flusher.upload_pending().unwrap();
+        let root = repo.read_tree(&s1.snapshot.root).unwrap();
+        let e = root.find(b"f").unwrap();
+        assert_eq!((e.mtime, e.ctime), (mtime, Some(ctime)));
+
+        let m2 = machine(&repo);
+        import_snapshot(&m2.live, &m2.reader, &s1.id, &s1.snapshot).unwrap();
+        let (_, r) = m2.live.lookup(ROOT, b"f").unwrap();
+        assert_eq!((r.mtime, r.ctime), (mtime, ctime));
+    }
+
     /// Import links the names of each content of a hard-link identity,
     /// whichever content came first (as restore does: before, only the
     /// first name's content was linked, and the names of another content
