@@ -123,6 +123,8 @@ fn sample_lock() -> LockInfo {
         refreshed_ns: 1_700_000_060_000_000_000,
         token: [9; 16],
         purpose: "backup".into(),
+        outbox: String::new(),
+        boot: String::new(),
     }
 }
 
