@@ -411,7 +411,10 @@ fn repair_records_damage_and_new_snapshots_never_reference_it() {
         let work = tempfile::tempdir().unwrap();
         let s = Secrate::new(&store.url);
         s.ok(&["init", "--kdf-work-factor", "10", "--pack-size", "1048576"]);
-        let big = pseudo_random(7, 5 << 20);
+        // Over twice the chunker's maximum (8 MiB), so at least three
+        // chunks whatever the repository's chunker key (5 MiB gave two
+        // in one CI run).
+        let big = pseudo_random(7, 17 << 20);
         let c1 = work.path().join("c1");
         let mnt = work.path().join("mnt");
         let mut m = Mount::new(&s, &mnt, &c1, &[]);
