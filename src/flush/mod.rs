@@ -11,6 +11,8 @@
 //! (`follow_store`). Whoever shows the list (`.history`) is told after it
 //! changed, with no lock of the flusher held (`on_snapshots_changed`).
 
+#[cfg(test)]
+mod import_tests;
 pub mod outbox;
 mod seal;
 #[cfg(test)]
