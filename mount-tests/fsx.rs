@@ -1,5 +1,6 @@
 //! fsx-style randomized file operations through a real mount: random
-//! writes, appends, truncates (grow and shrink), reads, mmap reads and
+//! writes, appends, truncates (grow and shrink), fallocate (holes, zeroed
+//! ranges, reservations), reads, mmap reads and
 //! writes, fsync, close and reopen (sometimes with O_TRUNC), dropping the
 //! page cache, on a few files, checked against an in-memory model after
 //! every read. Snapshots are taken in between, the model is remembered at
@@ -339,6 +340,49 @@ impl Fsx {
         self.files[i].model.resize(new, 0);
     }
 
+    /// fallocate(2): punch a hole, zero a range (keeping the size or
+    /// growing it), or reserve space (the same).
+    fn fallocate(&mut self, i: usize) {
+        let size = self.files[i].model.len();
+        let max = self.files[i].max;
+        let off = if self.rng.gen_bool(0.7) {
+            self.rng.gen_range(0..=size.min(max - 1))
+        } else {
+            self.rng.gen_range(0..max)
+        };
+        let n = self.random_len(max - off);
+        let keep = libc::FALLOC_FL_KEEP_SIZE;
+        let (mode, zero) = match self.rng.gen_range(0..5) {
+            0 | 1 => (libc::FALLOC_FL_PUNCH_HOLE | keep, true),
+            2 => (libc::FALLOC_FL_ZERO_RANGE, true),
+            3 => (libc::FALLOC_FL_ZERO_RANGE | keep, true),
+            _ => (if self.rng.gen_bool(0.5) { keep } else { 0 }, false),
+        };
+        self.note(
+            "fallocate",
+            format!(
+                "fallocate {} mode {mode:#x} {off}+{n} (size {size})",
+                FILES[i].0
+            ),
+        );
+        let fd = self.fd(i).as_raw_fd();
+        if let Err(e) =
+            cvt(unsafe { libc::fallocate(fd, mode, off as libc::off_t, n as libc::off_t) })
+        {
+            self.fail(&format!("fallocate: {e}"));
+        }
+        let m = &mut self.files[i].model;
+        if mode & keep == 0 && m.len() < off + n {
+            m.resize(off + n, 0);
+        }
+        if zero {
+            let end = (off + n).min(m.len());
+            if off < end {
+                m[off..end].fill(0);
+            }
+        }
+    }
+
     fn fsync(&mut self, i: usize) {
         let data_only = self.rng.gen_bool(0.5);
         self.note(
@@ -415,7 +459,8 @@ impl Fsx {
             25..=49 => self.read(i),
             50..=59 => self.map_write(i),
             60..=69 => self.map_read(i),
-            70..=79 => self.truncate(i),
+            70..=76 => self.truncate(i),
+            77..=79 => self.fallocate(i),
             80..=82 => self.fsync(i),
             83..=86 => self.reopen(i),
             87..=89 => self.drop_cache(i),

@@ -3221,3 +3221,126 @@ fn a_sparse_file_bigger_than_the_cache_is_copied_up_with_its_holes() {
     drop(f);
     m.umount();
 }
+
+/// fallocate(2) on `fd` with `mode`, as an io::Result.
+fn falloc(f: &fs::File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(f);
+    cvt(unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) })
+}
+
+/// The fallocate modes a program uses, on a file in the mount, against a
+/// model of its bytes: reserving (growing the size, or not), punching a
+/// hole over data the page cache holds dirty, zeroing a range inside and
+/// past the end; collapsing a range is EOPNOTSUPP. Read back at once,
+/// after the page cache is dropped, through `.history` and on a fresh
+/// cache. (Before: every fallocate was EOPNOTSUPP, `fallocate -l` failed.)
+fn fallocate_as_a_model_says(m: &mut Mount, what: &str) {
+    const K: u64 = 1024;
+    const M: u64 = 1 << 20;
+    let path = m.path("f");
+    let mut model = pseudo_random(7, 3 * M as usize);
+    fs::write(&path, &model).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let check = |model: &[u8], step: &str| {
+        let got = fs::read(&path).unwrap();
+        assert_eq!(got.len(), model.len(), "{what}: size after {step}");
+        if let Some(at) = (0..got.len()).find(|&i| got[i] != model[i]) {
+            panic!("{what}: after {step}, byte {at} differs");
+        }
+    };
+    // A dirty page inside the hole: the kernel writes it back first,
+    // then the punch zeros it.
+    f.write_all_at(&[0xab; 4096], M + 256 * K).unwrap();
+    falloc(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        M,
+        512 * K,
+    )
+    .unwrap();
+    model[M as usize..(M + 512 * K) as usize].fill(0);
+    check(&model, "a punched hole");
+    falloc(&f, libc::FALLOC_FL_ZERO_RANGE, 2 * M + 512 * K, M).unwrap();
+    model.truncate((2 * M + 512 * K) as usize);
+    model.resize((3 * M + 512 * K) as usize, 0);
+    check(&model, "a zeroed range past the end");
+    falloc(&f, 0, 0, 8 * M).unwrap();
+    model.resize(8 * M as usize, 0);
+    check(&model, "a reservation that grows the file");
+    falloc(&f, libc::FALLOC_FL_KEEP_SIZE, 8 * M, M).unwrap();
+    check(&model, "a reservation past the end that keeps the size");
+    falloc(
+        &f,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        7 * M + 512 * K,
+        M,
+    )
+    .unwrap();
+    check(&model, "a zeroed range over the end that keeps the size");
+    f.write_all_at(b"tail", 7 * M).unwrap();
+    model[7 * M as usize..7 * M as usize + 4].copy_from_slice(b"tail");
+    expect_errno(
+        "collapsing a range",
+        falloc(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
+        libc::EOPNOTSUPP,
+    );
+    expect_errno(
+        "a hole that does not keep the size",
+        falloc(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096),
+        libc::EOPNOTSUPP,
+    );
+    f.sync_all().unwrap();
+    drop(f);
+    check(&model, "fsync and close");
+    // From the staged copy, not the page cache.
+    let dropped = fs::File::open(&path).unwrap();
+    cvt(unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&dropped),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    })
+    .unwrap();
+    drop(dropped);
+    check(&model, "the page cache was dropped");
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    m.snapshot();
+    let snap = m.path(&format!(".history/{}/f", m.latest()));
+    assert!(
+        fs::read(&snap).unwrap() == model,
+        "{what}: the snapshot differs"
+    );
+    assert_eq!(fs::metadata(&snap).unwrap().modified().unwrap(), mtime);
+    m.umount();
+    let fresh = m.cache.with_extension("fresh");
+    let again = Mount::new(&m.s, &m.mnt, &fresh, &[]);
+    assert!(
+        fs::read(again.path("f")).unwrap() == model,
+        "{what}: a fresh cache reads other bytes"
+    );
+    assert_eq!(
+        fs::metadata(again.path("f")).unwrap().modified().unwrap(),
+        mtime
+    );
+}
+
+#[test]
+fn fallocate_as_on_a_local_disk() {
+    if !fuse_ready("fallocate_as_on_a_local_disk") {
+        return;
+    }
+    let (work, _local, _cache, mut m) = local_and_mount();
+    fallocate_as_a_model_says(&mut m, "cache on ext4");
+    // tmpfs cannot zero a range in place: the mount writes zeros.
+    let (s, mnt) = (same(&m.s), m.mnt.clone());
+    drop(m);
+    let tmp = Tmpfs::new(&work.path().join("tmpfs"), "128m");
+    let mut m = Mount::new(&s, &mnt, &tmp.dir.join("cache"), &[]);
+    fallocate_as_a_model_says(&mut m, "cache on tmpfs");
+}

@@ -26,7 +26,7 @@ use fuser::{
 
 use crate::blobs::BlobReader;
 use crate::flush::Flusher;
-use crate::live::data::Times;
+use crate::live::data::{Falloc, Times};
 use crate::live::{
     Inode, KillSetid, Live, LiveError, LiveResult, NewNode, SetAttr, HISTORY_NAME, ROOT,
 };
@@ -1022,6 +1022,36 @@ impl Filesystem for SecrateFs {
                 self.live.write(ino.0, offset, data, times, &*self.reader)
             }) {
             Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// fallocate(2): reserving space (growing the size unless
+    /// `FALLOC_FL_KEEP_SIZE`), punching a hole, zeroing a range. Collapsing
+    /// or inserting a range: EOPNOTSUPP, as on tmpfs. (Before, ENOSYS: the
+    /// kernel then answered EOPNOTSUPP to every fallocate, and only
+    /// glibc's `posix_fallocate` worked, by writing a byte per block.)
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.writable(ino.0).and_then(|()| {
+            let how = Falloc::from_mode(mode).ok_or_else(|| {
+                LiveError::Io(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+            })?;
+            // The kernel stamps the times (`file_modified`) and, with the
+            // writeback cache, sends them in a SETATTR of its own.
+            self.live
+                .fallocate(ino.0, offset, length, how, Times::Kernel, &*self.reader)
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

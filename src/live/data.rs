@@ -117,6 +117,59 @@ pub enum Times {
     Kernel,
 }
 
+/// What fallocate(2) asks of a file: the modes FUSE passes on
+/// (`fuse_file_fallocate` refuses the others itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Falloc {
+    /// Reserve space for the range (mode 0, `FALLOC_FL_KEEP_SIZE`).
+    Allocate { keep_size: bool },
+    /// Make the range read as zeros: `FALLOC_FL_PUNCH_HOLE` (which the
+    /// kernel takes only with `FALLOC_FL_KEEP_SIZE`) or
+    /// `FALLOC_FL_ZERO_RANGE`.
+    Zero { keep_size: bool, punch: bool },
+}
+
+impl Falloc {
+    /// The request for fallocate's `mode`; `None` for what is not kept
+    /// (collapsing or inserting a range, unsharing): EOPNOTSUPP.
+    pub fn from_mode(mode: i32) -> Option<Falloc> {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => Some(Falloc::Allocate { keep_size }),
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => Some(Falloc::Zero {
+                keep_size,
+                punch: true,
+            }),
+            libc::FALLOC_FL_ZERO_RANGE => Some(Falloc::Zero {
+                keep_size,
+                punch: false,
+            }),
+            _ => None,
+        }
+    }
+
+    fn keep_size(self) -> bool {
+        match self {
+            Falloc::Allocate { keep_size } | Falloc::Zero { keep_size, .. } => keep_size,
+        }
+    }
+
+    /// The mode for fallocate(2) on the staged copy.
+    fn flags(self) -> rustix::fs::FallocateFlags {
+        use rustix::fs::FallocateFlags as F;
+        let keep = if self.keep_size() {
+            F::KEEP_SIZE
+        } else {
+            F::empty()
+        };
+        match self {
+            Falloc::Allocate { .. } => keep,
+            Falloc::Zero { punch: true, .. } => keep | F::PUNCH_HOLE,
+            Falloc::Zero { punch: false, .. } => keep | F::ZERO_RANGE,
+        }
+    }
+}
+
 /// Names given in `staged/` (a create takes a file, a copy-up renames
 /// one into place) and how many of them a sync of the directory made
 /// durable. `fsync` of a file makes its data durable, and on some file
@@ -707,6 +760,59 @@ impl Live {
         Ok(data.len())
     }
 
+    /// fallocate(2): done on the staged copy, so a reservation reserves
+    /// cache space (ENOSPC now, not at the write) and a zeroed range
+    /// becomes a hole there. A reservation that leaves the size as it is
+    /// changes nothing a snapshot holds; zeroing or growing marks the
+    /// file changed, as a write does.
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        how: Falloc,
+        times: Times,
+        src: &dyn DataSource,
+    ) -> LiveResult<()> {
+        let end = match offset.checked_add(len) {
+            Some(end) if len > 0 && end <= i64::MAX as u64 => end,
+            _ => return Err(LiveError::Invalid),
+        };
+        let (_b, _k) = self.staged_for_change(ino, src, false)?;
+        let size = self.inode(ino)?.size;
+        let grows = !how.keep_size() && end > size;
+        if matches!(how, Falloc::Allocate { .. }) || grows {
+            crate::space::check(self.dir(), len, crate::space::Use::Data)?;
+        }
+        let f = self.staged_handle(ino)?;
+        {
+            let one = self.open_files.lock().get(&ino).map(|e| e.writing.clone());
+            let _one = one
+                .as_ref()
+                .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+            match rustix::fs::fallocate(&*f, how.flags(), offset, len) {
+                Ok(()) => {}
+                Err(e)
+                    if e == rustix::io::Errno::OPNOTSUPP && matches!(how, Falloc::Zero { .. }) =>
+                {
+                    // The cache's file system cannot zero a range in place
+                    // (ext4, xfs, btrfs and tmpfs all can): write zeros.
+                    zero_range(&f, offset, end, how.keep_size())?;
+                }
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
+        }
+        if matches!(how, Falloc::Allocate { .. }) && !grows {
+            return Ok(());
+        }
+        self.write_meta(ino, times, |r| {
+            if !how.keep_size() {
+                r.size = r.size.max(end);
+            }
+            Ok(())
+        })
+    }
+
     /// Record a content change: times, dirty state, and `f`'s edit.
     fn write_meta(
         &self,
@@ -795,6 +901,21 @@ impl Live {
     pub fn staged_file(&self, ino: u64) -> std::path::PathBuf {
         self.staged_path(ino)
     }
+}
+
+/// Write zeros over `offset..end` of `f` (only up to its length with
+/// `keep_size`), for a file system that cannot zero a range itself.
+fn zero_range(f: &File, offset: u64, end: u64, keep_size: bool) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    let stop = if keep_size { end.min(len) } else { end };
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = offset;
+    while at < stop {
+        let n = (stop - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Whether `b` is all zeros (a hole in the file it came from, as far as
