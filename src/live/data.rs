@@ -1687,6 +1687,46 @@ mod tests {
         assert_eq!(live.read(ino, 0, 10000, &src).unwrap().to_vec(), want);
     }
 
+    /// fallocate on a sealed (clean) file: a reservation that keeps the
+    /// size leaves it clean (nothing a snapshot holds changed); a punched
+    /// hole, or a reservation that grows it, makes it a change to seal;
+    /// a range past what a file may hold is EINVAL, not an overflow.
+    #[test]
+    fn fallocate_marks_a_file_changed_only_when_its_bytes_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let old = vec![5u8; 10_000];
+        let (ino, src) = sealed(&live, b"f", &old, true);
+        let keep = Falloc::Allocate { keep_size: true };
+        live.fallocate(ino, 0, 1 << 20, keep, Times::Now, &src)
+            .unwrap();
+        let grow = Falloc::Allocate { keep_size: false };
+        live.fallocate(ino, 0, 4096, grow, Times::Now, &src)
+            .unwrap();
+        assert!(!live.inode(ino).unwrap().is_dirty_file());
+        assert_eq!(live.tx(|tx| tx.dirty_files()).unwrap(), Vec::<u64>::new());
+        assert!(matches!(
+            live.fallocate(ino, u64::MAX - 1, 2, grow, Times::Now, &src),
+            Err(LiveError::Invalid)
+        ));
+        let punch = Falloc::from_mode(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE);
+        live.fallocate(ino, 100, 200, punch.unwrap(), Times::Now, &src)
+            .unwrap();
+        let rec = live.inode(ino).unwrap();
+        assert!(rec.is_dirty_file());
+        assert_eq!(rec.size, 10_000);
+        let mut want = old.clone();
+        want[100..300].fill(0);
+        assert_eq!(live.read(ino, 0, 20_000, &src).unwrap().to_vec(), want);
+        live.fallocate(ino, 9_000, 3_000, grow, Times::Now, &src)
+            .unwrap();
+        want.resize(12_000, 0);
+        assert_eq!(live.inode(ino).unwrap().size, 12_000);
+        assert_eq!(live.read(ino, 0, 20_000, &src).unwrap().to_vec(), want);
+        assert_eq!(Falloc::from_mode(libc::FALLOC_FL_PUNCH_HOLE), None);
+        assert_eq!(Falloc::from_mode(libc::FALLOC_FL_COLLAPSE_RANGE), None);
+    }
+
     /// Copies of a sparse file (the copy for a seal, a copy-up) keep its
     /// holes: they take the disk space of its data, not of its size.
     #[test]
