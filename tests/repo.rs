@@ -710,3 +710,57 @@ fn a_rewrite_with_its_mtime_put_back_is_backed_up() {
     let out = s.ok(&["backup", src.to_str().unwrap()]);
     assert!(out.contains(" 0 new, 0 changed"), "{out}");
 }
+
+/// `secrate diff` between two backups names exactly what changed: a file
+/// rewritten, a mode changed, a directory removed with what it held, a
+/// symlink become a directory, a directory added; nothing for a snapshot
+/// with itself; below a path only when given one; one sentence for a path
+/// in neither snapshot.
+#[test]
+fn diff_names_exactly_what_changed() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    for d in ["a/b", "c", "same/deep"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("a/f"), "one").unwrap();
+    fs::write(src.join("a/b/g"), "two").unwrap();
+    fs::write(src.join("c/h"), "three").unwrap();
+    fs::write(src.join("same/deep/k"), "kept").unwrap();
+    std::os::unix::fs::symlink("f", src.join("a/l")).unwrap();
+    let s = Secrate::new(&format!("file://{}", work.path().join("store").display()));
+    s.init();
+    let src_arg = src.to_str().unwrap();
+    s.ok(&["backup", "-q", src_arg]);
+    fs::write(src.join("a/f"), "changed").unwrap();
+    fs::set_permissions(src.join("c"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::remove_dir_all(src.join("a/b")).unwrap();
+    fs::remove_file(src.join("a/l")).unwrap();
+    fs::create_dir(src.join("a/l")).unwrap();
+    fs::write(src.join("a/l/x"), "new").unwrap();
+    fs::create_dir(src.join("a/new")).unwrap();
+    s.ok(&["backup", "-q", src_arg]);
+    let snaps = s.ok(&["snapshots"]);
+    let first = snaps.lines().nth(1).unwrap().split_whitespace().next().unwrap();
+
+    let o = s.run(&["diff", first, "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // `a`'s mtime changed with its entries; `c`'s mode.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "U    /a/\n-    /a/b/\n-    /a/b/g\nM    /a/f\nT    /a/l/\n+    /a/l/x\n+    /a/new/\nU    /c/\n"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("2 added, 2 removed, 1 changed, 2 with other attributes, 1 of another kind"),
+        "{err}"
+    );
+    assert_eq!(s.ok(&["diff", "latest", "latest"]), "");
+    assert_eq!(s.ok(&["diff", "latest", first, "a/l"]), "T    /a/l\n-    /a/l/x\n");
+    assert_eq!(s.ok(&["diff", first, "latest", "same"]), "");
+    let o = s.run(&["diff", first, "latest", "no/such"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("\"no/such\" is in neither snapshot"), "{err}");
+}

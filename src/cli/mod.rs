@@ -110,6 +110,8 @@ enum Command {
     Ls(read::LsArgs),
     /// Write a file from a snapshot to standard output.
     Cat(read::CatArgs),
+    /// What changed between two snapshots, read from their trees alone.
+    Diff(read::DiffArgs),
     /// Restore a snapshot, or a path of it, into a directory.
     Restore(restore::Args),
     /// Verify that every snapshot's data is in the store and intact.
@@ -227,6 +229,7 @@ pub fn run() -> i32 {
         Command::Snapshots(a) => snapshots::run(&g, a),
         Command::Ls(a) => read::ls(&g, a),
         Command::Cat(a) => read::cat(&g, a),
+        Command::Diff(a) => read::diff(&g, a),
         Command::Restore(a) => restore::run(&g, a),
         Command::Check(a) => check::run(&g, a),
         Command::Key(a) => key::run(&g, a),

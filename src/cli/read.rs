@@ -1,4 +1,5 @@
-//! `secrate ls` and `secrate cat`: read a snapshot without restoring it.
+//! `secrate ls`, `secrate cat` and `secrate diff`: read snapshots without
+//! restoring them.
 
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -28,6 +29,16 @@ pub struct CatArgs {
     snapshot: String,
     /// Path of a file in the snapshot.
     path: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    /// The older snapshot: id (a prefix is enough) or "latest".
+    old: String,
+    /// The newer snapshot: id (a prefix is enough) or "latest".
+    new: String,
+    /// Compare below this path only.
+    path: Option<PathBuf>,
 }
 
 /// One line of `ls`: the path as its bytes are (names need not be UTF-8),
@@ -90,5 +101,86 @@ pub fn cat(g: &Globals, a: CatArgs) -> anyhow::Result<i32> {
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out.lock());
     cat_file(&repo, &snap, a.path.as_os_str().as_bytes(), &mut out)?;
     out.flush()?;
+    Ok(0)
+}
+
+/// The entry at `path` of a snapshot, `None` if it has none there.
+fn entry_at(
+    repo: &secrate::repo::Repository,
+    snap: &secrate::repo::snapshot::Snapshot,
+    parts: &[&[u8]],
+) -> secrate::Result<Option<Entry>> {
+    let mut tree = snap.root;
+    let mut found = None;
+    for part in parts {
+        if let Some(e) = &found {
+            let Some(sub) = Entry::subtree(e) else {
+                return Ok(None);
+            };
+            tree = sub;
+        }
+        match repo.read_tree(&tree)?.find(part) {
+            Some(e) => found = Some(e.clone()),
+            None => return Ok(None),
+        }
+    }
+    Ok(found)
+}
+
+/// `secrate diff OLD NEW [PATH]`: one line per path that differs, `+`
+/// added, `-` removed, `M` other content, `U` other attributes only, `T`
+/// another kind; directories end in `/`. Counts go to standard error.
+pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
+    use secrate::ops::diff::{diff_entries, diff_trees, Change};
+    let repo = g.open_repo_for_reading()?;
+    let (old_id, old) = repo.find_snapshot(&a.old)?;
+    let (new_id, new) = repo.find_snapshot(&a.new)?;
+    let path = a
+        .path
+        .map(|p| p.into_os_string().into_vec())
+        .unwrap_or_default();
+    let parts = secrate::ops::components(&path)?;
+    let prefix = parts.join(&b'/');
+    let out = std::io::stdout();
+    let mut out = std::io::BufWriter::new(out.lock());
+    let mut emit = |c: Change, p: &[u8], e: &Entry| -> secrate::Result<()> {
+        let mut line = format!("{}    /", c.letter()).into_bytes();
+        line.extend_from_slice(p);
+        if e.kind == secrate::repo::tree::Kind::Dir {
+            line.push(b'/');
+        }
+        line.push(b'\n');
+        out.write_all(&line)
+            .map_err(|e| secrate::Error::io("standard output", e))
+    };
+    let stats = if parts.is_empty() {
+        diff_trees(&repo, &old.root, &new.root, b"", &mut emit)?
+    } else {
+        let (o, n) = (entry_at(&repo, &old, &parts)?, entry_at(&repo, &new, &parts)?);
+        if o.is_none() && n.is_none() {
+            anyhow::bail!(
+                "{:?} is in neither snapshot {} nor {}",
+                secrate::ops::shown(&path),
+                old_id.short(),
+                new_id.short()
+            );
+        }
+        diff_entries(&repo, o.as_ref(), n.as_ref(), &prefix, &mut emit)?
+    };
+    out.flush()?;
+    if !g.quiet {
+        eprintln!(
+            "{} to {}: {} added, {} removed, {} changed, {} with other attributes, {} of another kind; files that differ: {} before, {} after",
+            old_id.short(),
+            new_id.short(),
+            stats.added,
+            stats.removed,
+            stats.modified,
+            stats.metadata,
+            stats.type_changed,
+            bytes(stats.old_bytes),
+            bytes(stats.new_bytes),
+        );
+    }
     Ok(0)
 }

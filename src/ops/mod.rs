@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod diff;
 pub mod forget;
 pub mod prune;
 pub mod repair;
