@@ -38,6 +38,10 @@ impl Change {
     }
 }
 
+/// Told each change: its kind, its path, and the entry (the new side's,
+/// or the old side's for `Removed`).
+pub type Emit<'a> = dyn FnMut(Change, &[u8], &Entry) -> Result<()> + 'a;
+
 /// Counts of what `diff` found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DiffStats {
@@ -64,7 +68,7 @@ pub fn diff_trees(
     old: &Id,
     new: &Id,
     prefix: &[u8],
-    emit: &mut dyn FnMut(Change, &[u8], &Entry) -> Result<()>,
+    emit: &mut Emit,
 ) -> Result<DiffStats> {
     run(repo, Task::Dirs(*old, *new, prefix.to_vec()), emit)
 }
@@ -76,7 +80,7 @@ pub fn diff_entries(
     old: Option<&Entry>,
     new: Option<&Entry>,
     path: &[u8],
-    emit: &mut dyn FnMut(Change, &[u8], &Entry) -> Result<()>,
+    emit: &mut Emit,
 ) -> Result<DiffStats> {
     run(
         repo,
@@ -101,7 +105,7 @@ enum Task {
 fn run(
     repo: &Repository,
     first: Task,
-    emit: &mut dyn FnMut(Change, &[u8], &Entry) -> Result<()>,
+    emit: &mut Emit,
 ) -> Result<DiffStats> {
     let mut d = Diff {
         repo,
@@ -118,7 +122,7 @@ fn run(
 struct Diff<'a, 'e> {
     repo: &'a Repository,
     stats: DiffStats,
-    emit: &'e mut dyn FnMut(Change, &[u8], &Entry) -> Result<()>,
+    emit: &'e mut Emit<'e>,
     todo: Vec<Task>,
 }
 
