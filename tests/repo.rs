@@ -741,7 +741,13 @@ fn diff_names_exactly_what_changed() {
     fs::create_dir(src.join("a/new")).unwrap();
     s.ok(&["backup", "-q", src_arg]);
     let snaps = s.ok(&["snapshots"]);
-    let first = snaps.lines().nth(1).unwrap().split_whitespace().next().unwrap();
+    let first = snaps
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
 
     let o = s.run(&["diff", first, "latest"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -756,7 +762,10 @@ fn diff_names_exactly_what_changed() {
         "{err}"
     );
     assert_eq!(s.ok(&["diff", "latest", "latest"]), "");
-    assert_eq!(s.ok(&["diff", "latest", first, "a/l"]), "T    /a/l\n-    /a/l/x\n");
+    assert_eq!(
+        s.ok(&["diff", "latest", first, "a/l"]),
+        "T    /a/l\n-    /a/l/x\n"
+    );
     assert_eq!(s.ok(&["diff", first, "latest", "same"]), "");
     let o = s.run(&["diff", first, "latest", "no/such"]);
     assert_eq!(o.status.code(), Some(1));

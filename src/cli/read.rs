@@ -156,7 +156,10 @@ pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
     let stats = if parts.is_empty() {
         diff_trees(&repo, &old.root, &new.root, b"", &mut emit)?
     } else {
-        let (o, n) = (entry_at(&repo, &old, &parts)?, entry_at(&repo, &new, &parts)?);
+        let (o, n) = (
+            entry_at(&repo, &old, &parts)?,
+            entry_at(&repo, &new, &parts)?,
+        );
         if o.is_none() && n.is_none() {
             anyhow::bail!(
                 "{:?} is in neither snapshot {} nor {}",

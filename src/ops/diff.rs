@@ -102,11 +102,7 @@ enum Task {
     Below(Change, Id, Vec<u8>),
 }
 
-fn run(
-    repo: &Repository,
-    first: Task,
-    emit: &mut Emit,
-) -> Result<DiffStats> {
+fn run(repo: &Repository, first: Task, emit: &mut Emit) -> Result<DiffStats> {
     let mut d = Diff {
         repo,
         stats: DiffStats::default(),
