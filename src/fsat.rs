@@ -1,5 +1,5 @@
-//! Working below a directory handle: the few calls `restore` needs that
-//! `rustix` does not give in one piece.
+//! Working below a directory handle: the few calls `restore` and `backup`
+//! need that `rustix` does not give in one piece.
 //!
 //! Everything here takes an open directory and one name in it (or a path
 //! of names below it) and never follows a symlink at any of those names:
@@ -133,6 +133,83 @@ pub fn lsetxattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8], value: &[u8]) 
         value,
         rfs::XattrFlags::empty(),
     )?)
+}
+
+/// The names in the directory open at `dir`, `.` and `..` left out, in
+/// the order the filesystem gives them.
+pub fn names(dir: impl AsFd) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in rfs::Dir::read_from(dir)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if !matches!(n, b"." | b"..") {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Open the file `name` of `dir` for reading, with `extra` flags; a
+/// symlink there is refused (ELOOP), never followed, and a terminal never
+/// becomes the controlling one.
+pub fn open_read(dir: impl AsFd, name: &[u8], extra: OFlags) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::CLOEXEC | extra;
+    Ok(File::from(rfs::openat(dir, name, flags, Mode::empty())?))
+}
+
+/// The target of the symlink `name` of `dir`.
+pub fn read_link(dir: impl AsFd, name: &[u8]) -> io::Result<Vec<u8>> {
+    Ok(rfs::readlinkat(dir, name, Vec::new())?.into_bytes())
+}
+
+/// Every extended attribute of the file open at `fd`, sorted by name. A
+/// filesystem without xattrs gives an empty list.
+pub fn xattrs(fd: impl AsFd) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let fd = fd.as_fd();
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rfs::flistxattr(fd, &mut names[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let need = rfs::flistxattr_query(fd)?;
+                names.resize(need + 64, 0);
+            }
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let mut value = vec![0u8; 256];
+        loop {
+            match rfs::fgetxattr(fd, name, &mut value[..]) {
+                Ok(len) => {
+                    value.truncate(len);
+                    out.push((name.to_vec(), value));
+                    break;
+                }
+                Err(Errno::RANGE) => {
+                    let need = rfs::fgetxattr_query(fd, name)?;
+                    value.resize(need + 64, 0);
+                }
+                // Removed since it was listed.
+                Err(Errno::NODATA | Errno::NOTSUP) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every extended attribute of `name` in `dir`, not following `name` if it
+/// is a symlink: through `/proc/self/fd/DIR/name`, as [`lsetxattr_at`]
+/// writes them (a symlink, fifo or device node cannot be opened to ask its
+/// handle). Without `/proc` this fails (ENOENT).
+pub fn lxattrs_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    crate::fsmeta::list_xattrs(Path::new(std::ffi::OsStr::from_bytes(&path)))
 }
 
 fn cname(name: &[u8]) -> io::Result<CString> {

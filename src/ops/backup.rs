@@ -11,10 +11,11 @@
 //! the next run), then the snapshot, checked against the writer lock.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,10 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
+use rustix::fs::{self as rfs, AtFlags, OFlags};
 
 use crate::chunk::Chunker;
 use crate::crypto::{BlobKind, Id};
 use crate::error::{Error, IoContext, Result};
+use crate::fsat;
 use crate::fsmeta;
 use crate::progress::Progress;
 use crate::repo::lock::{hostname, now_ns};
@@ -43,6 +46,9 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Paths never to enter (e.g. the store itself when it lies inside).
     pub exclude: Vec<PathBuf>,
+    /// Stay on the source's filesystem: a directory on another device (a
+    /// mount point) is recorded with its own metadata and no entries.
+    pub one_file_system: bool,
 }
 
 impl BackupOptions {
@@ -52,6 +58,7 @@ impl BackupOptions {
             host: hostname(),
             tags: Vec::new(),
             exclude: Vec::new(),
+            one_file_system: false,
         }
     }
 }
@@ -89,6 +96,12 @@ struct Run<'a> {
     /// are, not by path, so a bind mount of one inside the source is
     /// left out too.
     excluded: HashSet<(u64, u64)>,
+    /// With `--one-file-system`, the source's device: directories on
+    /// another are not entered.
+    root_dev: Option<u64>,
+    /// Whether `/proc/self/fd` is there to read the xattrs of a symlink,
+    /// fifo or device node by its directory's handle; without it, by path.
+    proc_fd: bool,
     files_new: AtomicU64,
     files_changed: AtomicU64,
     files_unchanged: AtomicU64,
@@ -99,6 +112,10 @@ struct Run<'a> {
     errors: Mutex<Vec<String>>,
     hard_links: Mutex<HashMap<(u64, u64), LinkRead>>,
     unindexed: Mutex<Vec<PackInfo>>,
+    /// Called with a directory's path after its lstat, before it is
+    /// opened: where a racing process would swap it.
+    #[cfg(test)]
+    hook: Option<&'a (dyn Fn(&Path) + Sync)>,
 }
 
 pub fn backup(
@@ -108,13 +125,17 @@ pub fn backup(
 ) -> Result<BackupSummary> {
     let started = Instant::now();
     let source = &opts.source;
-    let root_md = fs::metadata(source).at(source)?;
-    if !root_md.is_dir() {
+    if !fs::metadata(source).at(source)?.is_dir() {
         return Err(Error::Invalid(format!(
             "{} is not a directory",
             source.display()
         )));
     }
+    // The walk goes by handles from here: nothing below is looked up by
+    // path again, so a directory swapped for a symlink meanwhile is never
+    // followed (the source itself is the user's to name through one).
+    let root_fd = fsat::open_start(source).at(source)?;
+    let root_md = Meta::of_fd(&root_fd).at(source)?;
     // The store, or a directory inside it, would be stored into itself.
     let excluded = identities(&opts.exclude);
     let in_store = source
@@ -138,7 +159,8 @@ pub fn backup(
             crate::repo::pack::pack_name(&id)
         ));
     }
-    let run = Run::new(&repo, progress, &opts.exclude);
+    let mut run = Run::new(&repo, progress, &opts.exclude);
+    run.root_dev = opts.one_file_system.then_some(root_md.dev);
     // Packs a killed run stored but never indexed are reused, not re-uploaded.
     let (orphans, bad) = repo.find_unindexed_packs()?;
     for e in bad {
@@ -158,7 +180,7 @@ pub fn backup(
     let prev_root = parent.and_then(|(_, root)| repo.read_tree(&root).ok());
 
     progress.start("backup", None);
-    let root = reading_pool()?.install(|| run.dir(source, prev_root.as_ref()))?;
+    let root = reading_pool()?.install(|| run.dir(&root_fd, source, prev_root.as_ref()))?;
     let (rest, stats) = run.writer.finish()?;
     let mut pending = std::mem::take(&mut *run.unindexed.lock().unwrap_or_else(|e| e.into_inner()));
     pending.extend(rest);
@@ -175,10 +197,10 @@ pub fn backup(
         origin: Origin::Backup,
         root,
         root_meta: RootMeta {
-            mode: root_md.mode() & 0o7777,
-            uid: root_md.uid(),
-            gid: root_md.gid(),
-            mtime: mtime_of(&root_md),
+            mode: root_md.mode & 0o7777,
+            uid: root_md.uid,
+            gid: root_md.gid,
+            mtime: root_md.mtime,
         },
         parent: parent.map(|(id, _)| id),
         files: run.files_new.load(Ordering::Relaxed)
@@ -239,23 +261,101 @@ pub fn ctime_of(md: &Metadata) -> Timestamp {
     }
 }
 
+/// What lstat or fstat told of a file: the fields a tree entry records.
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: Timestamp,
+    ctime: Timestamp,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+    rdev: u64,
+}
+
+impl Meta {
+    fn of(md: &Metadata) -> Meta {
+        Meta {
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.len(),
+            mtime: mtime_of(md),
+            ctime: ctime_of(md),
+            dev: md.dev(),
+            ino: md.ino(),
+            nlink: md.nlink(),
+            rdev: md.rdev(),
+        }
+    }
+
+    // The fields' types differ between architectures.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    fn of_stat(st: &rfs::Stat) -> Meta {
+        let ts = |secs: i64, nanos: i64| Timestamp {
+            secs,
+            nanos: nanos.clamp(0, 999_999_999) as u32,
+        };
+        Meta {
+            mode: st.st_mode as u32,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: (st.st_size as i64).max(0) as u64,
+            mtime: ts(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: ts(st.st_ctime as i64, st.st_ctime_nsec as i64),
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
+            rdev: st.st_rdev as u64,
+        }
+    }
+
+    /// `name` in `dir` as lstat sees it (a symlink is not followed).
+    fn at(dir: impl AsFd, name: &[u8]) -> io::Result<Meta> {
+        Ok(Meta::of_stat(&rfs::statat(
+            dir,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?))
+    }
+
+    fn of_fd(fd: impl AsFd) -> io::Result<Meta> {
+        Ok(Meta::of_stat(&rfs::fstat(fd)?))
+    }
+
+    fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
 /// The tree entry for `md`, without content.
 pub fn entry_from_metadata(name: Vec<u8>, md: &Metadata) -> Option<Entry> {
-    let kind = Kind::from_mode(md.mode())?;
+    entry_from_meta(name, &Meta::of(md))
+}
+
+fn entry_from_meta(name: Vec<u8>, md: &Meta) -> Option<Entry> {
+    let kind = Kind::from_mode(md.mode)?;
     Some(Entry {
         name,
         kind,
-        mode: md.mode() & 0o7777,
-        uid: md.uid(),
-        gid: md.gid(),
-        mtime: mtime_of(md),
-        ctime: Some(ctime_of(md)),
+        mode: md.mode & 0o7777,
+        uid: md.uid,
+        gid: md.gid,
+        mtime: md.mtime,
+        ctime: Some(md.ctime),
         size: 0,
-        dev: md.dev(),
-        inode: md.ino(),
-        links: md.nlink().min(u32::MAX as u64) as u32,
+        dev: md.dev,
+        inode: md.ino,
+        links: md.nlink.min(u32::MAX as u64) as u32,
         rdev: if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
-            md.rdev()
+            md.rdev
         } else {
             0
         },
@@ -272,6 +372,8 @@ impl<'a> Run<'a> {
             chunker: repo.chunker(),
             progress,
             excluded: identities(exclude),
+            root_dev: None,
+            proc_fd: Path::new("/proc/self/fd").is_dir(),
             files_new: AtomicU64::new(0),
             files_changed: AtomicU64::new(0),
             files_unchanged: AtomicU64::new(0),
@@ -282,6 +384,8 @@ impl<'a> Run<'a> {
             errors: Mutex::new(Vec::new()),
             hard_links: Mutex::new(HashMap::new()),
             unindexed: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            hook: None,
         }
     }
 
@@ -316,20 +420,17 @@ impl<'a> Run<'a> {
     }
 
     /// Back up one directory's entries; returns its tree id.
-    fn dir(&self, path: &Path, prev: Option<&Tree>) -> Result<Id> {
-        let mut names: Vec<OsString> = fs::read_dir(path)
-            .at(path)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<std::io::Result<_>>()
-            .at(path)?;
+    /// Back up the entries of the directory open at `fd` (found at `path`,
+    /// which is for messages only); returns its tree id.
+    fn dir(&self, fd: &OwnedFd, path: &Path, prev: Option<&Tree>) -> Result<Id> {
+        let mut names = fsat::names(fd).at(path)?;
         names.sort();
         let entries: Vec<Option<Entry>> = names
             .par_iter()
             .map(|name| {
-                let child = path.join(name);
-                let bytes = fsmeta::name_bytes(name);
-                let prev_entry = prev.and_then(|t| t.find(bytes));
-                match self.entry(&child, bytes.to_vec(), prev_entry) {
+                let child = path.join(OsStr::from_bytes(name));
+                let prev_entry = prev.and_then(|t| t.find(name));
+                match self.entry(fd, &child, name, prev_entry) {
                     Ok(e) => Ok(e),
                     Err(e @ Error::Io { .. }) | Err(e @ Error::Invalid(_)) => {
                         self.error(&child, strip_path(&e, &child));
@@ -339,73 +440,99 @@ impl<'a> Run<'a> {
                 }
             })
             .collect::<Result<_>>()?;
-        let tree = Tree {
+        self.tree(&Tree {
             entries: entries.into_iter().flatten().collect(),
-        };
-        self.dirs.fetch_add(1, Ordering::Relaxed);
-        let id = self.writer.add(BlobKind::Tree, &tree.encode())?;
-        self.maybe_write_index()?;
-        Ok(id)
+        })
     }
 
-    /// `None` for a directory never to enter.
-    fn entry(&self, path: &Path, name: Vec<u8>, prev: Option<&Entry>) -> Result<Option<Entry>> {
-        let md = fs::symlink_metadata(path).at(path)?;
-        if md.is_dir() && self.excluded.contains(&(md.dev(), md.ino())) {
+    /// The entry `name` of the directory open at `dir`; `None` for a
+    /// directory never to enter. `path` is for messages only.
+    fn entry(
+        &self,
+        dir: &OwnedFd,
+        path: &Path,
+        name: &[u8],
+        prev: Option<&Entry>,
+    ) -> Result<Option<Entry>> {
+        let md = Meta::at(dir, name).at(path)?;
+        if md.is_dir() && self.excluded.contains(&(md.dev, md.ino)) {
             return Ok(None);
         }
-        self.record(path, name, &md, prev).map(Some)
+        self.record(dir, path, name, &md, prev).map(Some)
     }
 
-    /// The entry for `path`, which `md` describes (as lstat saw it). A
-    /// name that names another file by the time it is opened (replaced by
-    /// a rename meanwhile) is looked at again, a few times.
+    /// The entry for `name` in `dir`, which `md` describes (as lstat saw
+    /// it). A name that names another file by the time it is opened
+    /// (replaced by a rename meanwhile) is looked at again, a few times.
     fn record(
         &self,
+        dir: &OwnedFd,
         path: &Path,
-        name: Vec<u8>,
-        md: &Metadata,
+        name: &[u8],
+        md: &Meta,
         prev: Option<&Entry>,
     ) -> Result<Entry> {
-        let mut md = md.clone();
+        let mut md = *md;
         for _ in 0..3 {
-            if let Some(e) = self.record_once(path, name.clone(), &md, prev)? {
+            if let Some(e) = self.record_once(dir, path, name, &md, prev)? {
                 return Ok(e);
             }
-            md = fs::symlink_metadata(path).at(path)?;
+            md = Meta::at(dir, name).at(path)?;
         }
         Err(Error::Invalid(
             "not saved: it was another file each time it was opened".into(),
         ))
     }
 
-    /// `None` when the file opened is not the one `md` describes.
+    /// `None` when the file or directory opened is not the one `md`
+    /// describes.
     fn record_once(
         &self,
+        dir: &OwnedFd,
         path: &Path,
-        name: Vec<u8>,
-        md: &Metadata,
+        name: &[u8],
+        md: &Meta,
         prev: Option<&Entry>,
     ) -> Result<Option<Entry>> {
-        let mut e = entry_from_metadata(name, md)
+        let mut e = entry_from_meta(name.to_vec(), md)
             .ok_or_else(|| Error::Invalid("unknown file type".into()))?;
-        e.xattrs = match fsmeta::list_xattrs(path) {
-            Ok(x) => x,
-            Err(err) => {
-                self.error(path, format!("extended attributes not saved: {err}"));
-                Vec::new()
-            }
-        };
         match e.kind {
+            Kind::Dir if self.root_dev.is_some_and(|d| d != md.dev) => {
+                // Another filesystem, with --one-file-system: the mount
+                // point's own metadata, no entries; never opened (an
+                // automount is not triggered).
+                e.xattrs = self.xattrs_at(dir, path, name);
+                e.content = Content::Subtree(self.tree(&Tree {
+                    entries: Vec::new(),
+                })?);
+            }
             Kind::Dir => {
+                #[cfg(test)]
+                if let Some(h) = self.hook {
+                    h(path);
+                }
+                let sub = match fsat::open_dir(dir, name) {
+                    Ok(fd) => fd,
+                    // A symlink, or no directory, now: look again.
+                    Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                        return Ok(None)
+                    }
+                    Err(err) => return Err(err).at(path),
+                };
+                let now = Meta::of_fd(&sub).at(path)?;
+                if (now.dev, now.ino) != (md.dev, md.ino) {
+                    return Ok(None);
+                }
+                e.xattrs = self.xattrs_or_warn(path, fsat::xattrs(&sub));
                 let prev_tree = prev
                     .filter(|p| p.kind == Kind::Dir)
                     .and_then(|p| p.subtree())
                     .and_then(|id| self.repo.read_tree(&id).ok());
-                e.content = Content::Subtree(self.dir(path, prev_tree.as_ref())?);
+                e.content = Content::Subtree(self.dir(&sub, path, prev_tree.as_ref())?);
             }
             Kind::File => {
-                let Some(chunks) = self.file(path, md, &e, prev)? else {
+                e.xattrs = self.xattrs_at(dir, path, name);
+                let Some(chunks) = self.file(dir, path, name, md, &e, prev)? else {
                     return Ok(None);
                 };
                 e.size = chunks.iter().map(|c| c.len as u64).sum();
@@ -413,22 +540,54 @@ impl<'a> Run<'a> {
                 e.content = Content::Chunks(chunks);
             }
             Kind::Symlink => {
-                let target = fs::read_link(path).at(path)?;
-                let t = fsmeta::name_bytes(target.as_os_str()).to_vec();
+                e.xattrs = self.xattrs_at(dir, path, name);
+                let t = fsat::read_link(dir, name).at(path)?;
                 e.size = t.len() as u64;
                 e.content = Content::Symlink(t);
             }
-            _ => {}
+            _ => e.xattrs = self.xattrs_at(dir, path, name),
         }
         Ok(Some(e))
+    }
+
+    /// Store a tree; its id.
+    fn tree(&self, tree: &Tree) -> Result<Id> {
+        self.dirs.fetch_add(1, Ordering::Relaxed);
+        let id = self.writer.add(BlobKind::Tree, &tree.encode())?;
+        self.maybe_write_index()?;
+        Ok(id)
+    }
+
+    /// The xattrs of `name` in `dir`, not following it: by the directory's
+    /// handle through `/proc/self/fd`, or by path when there is no `/proc`.
+    fn xattrs_at(&self, dir: &OwnedFd, path: &Path, name: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let r = if self.proc_fd {
+            fsat::lxattrs_at(dir.as_fd(), name)
+        } else {
+            fsmeta::list_xattrs(path)
+        };
+        self.xattrs_or_warn(path, r)
+    }
+
+    fn xattrs_or_warn(
+        &self,
+        path: &Path,
+        r: io::Result<Vec<(Vec<u8>, Vec<u8>)>>,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        r.unwrap_or_else(|err| {
+            self.error(path, format!("extended attributes not saved: {err}"));
+            Vec::new()
+        })
     }
 
     /// The file's chunks; `None` when the name no longer names the file
     /// `md` describes. Counted as new, changed or unchanged once read.
     fn file(
         &self,
+        dir: &OwnedFd,
         path: &Path,
-        md: &Metadata,
+        name: &[u8],
+        md: &Meta,
         e: &Entry,
         prev: Option<&Entry>,
     ) -> Result<Option<Vec<ChunkRef>>> {
@@ -438,7 +597,7 @@ impl<'a> Run<'a> {
             // only a new ctime, which no program can set back. A parent
             // entry without one (a version 1 tree) is read again, once.
             let same = p.kind == Kind::File
-                && p.size == md.len()
+                && p.size == md.size
                 && p.mtime == e.mtime
                 && p.ctime.is_some()
                 && p.ctime == e.ctime
@@ -465,7 +624,7 @@ impl<'a> Run<'a> {
         // would be recorded with the new mtime, and the next backup would
         // take it as unchanged for ever: read it again.
         let link_key = (e.dev, e.inode);
-        let seen = (e.mtime, e.ctime, md.len());
+        let seen = (e.mtime, e.ctime, md.size);
         if e.links > 1 {
             if let Some((was, c)) = self
                 .hard_links
@@ -479,10 +638,10 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let Some(f) = open_regular(path, md)? else {
+        let Some(f) = open_regular(dir, path, name, md)? else {
             return Ok(None);
         };
-        let chunks = self.read_file(path, f, md.len())?;
+        let chunks = self.read_file(path, f, md.size)?;
         count.fetch_add(1, Ordering::Relaxed);
         if e.links > 1 {
             self.hard_links
@@ -535,16 +694,10 @@ impl<'a> Run<'a> {
 /// read for ever, one out of the tree would put that file in the snapshot)
 /// and never waits on a fifo. A device put in its place is opened (with
 /// `O_NONBLOCK`), then refused; only root can make one.
-fn open_regular(path: &Path, md: &Metadata) -> Result<Option<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |flags| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | flags)
-            .open(path)
-    };
-    let same = |now: &Metadata| now.is_file() && (now.dev(), now.ino()) == (md.dev(), md.ino());
-    let f = match open(libc::O_NONBLOCK) {
+fn open_regular(dir: &OwnedFd, path: &Path, name: &[u8], md: &Meta) -> Result<Option<File>> {
+    let open = |flags| fsat::open_read(dir, name, flags);
+    let same = |now: &Meta| now.is_file() && (now.dev, now.ino) == (md.dev, md.ino);
+    let f = match open(OFlags::NONBLOCK) {
         Ok(f) => f,
         // The last component is a symlink now.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
@@ -552,10 +705,10 @@ fn open_regular(path: &Path, md: &Metadata) -> Result<Option<File>> {
         // server): without O_NONBLOCK the open waits for the lease to be
         // given back. A fifo never answers EAGAIN to a read-only open.
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-            if !same(&fs::symlink_metadata(path).at(path)?) {
+            if !same(&Meta::at(dir, name).at(path)?) {
                 return Ok(None);
             }
-            match open(0) {
+            match open(OFlags::empty()) {
                 Ok(f) => f,
                 Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
                 Err(e) => return Err(e).at(path),
@@ -563,7 +716,7 @@ fn open_regular(path: &Path, md: &Metadata) -> Result<Option<File>> {
         }
         Err(e) => return Err(e).at(path),
     };
-    if !same(&f.metadata().at(path)?) {
+    if !same(&Meta::of(&f.metadata().at(path)?)) {
         return Ok(None);
     }
     // Reads of a regular file ignore O_NONBLOCK on local filesystems; a
@@ -682,7 +835,7 @@ mod ctime {
         assert_eq!(prev.ctime, Some(ctime_of(&md)));
 
         let run = Run::new(&repo, &Quiet, &[]);
-        let e = run.record(&f, b"f".to_vec(), &md, Some(&prev)).unwrap();
+        let e = run.record_path(&f, &md, Some(&prev)).unwrap();
         assert_eq!(e.chunks(), prev.chunks());
         assert_eq!(run.files_unchanged.load(Ordering::Relaxed), 1);
         assert_eq!(run.files_changed.load(Ordering::Relaxed), 0);
@@ -692,7 +845,7 @@ mod ctime {
             ..prev.clone()
         };
         let run = Run::new(&repo, &Quiet, &[]);
-        let e = run.record(&f, b"f".to_vec(), &md, Some(&v1)).unwrap();
+        let e = run.record_path(&f, &md, Some(&v1)).unwrap();
         assert_eq!(run.files_unchanged.load(Ordering::Relaxed), 0);
         assert_eq!(run.files_changed.load(Ordering::Relaxed), 1);
         assert_eq!(e.chunks(), prev.chunks());
@@ -753,7 +906,7 @@ mod changed_names {
             let tmp = dir.path().join("tmp");
             with(&tmp);
             fs::rename(&tmp, &x).unwrap();
-            let e = run.record(&x, b"x".to_vec(), &md, None).unwrap();
+            let e = run.record_path(&x, &md, None).unwrap();
             let now = fs::symlink_metadata(&x).unwrap();
             assert_eq!((e.dev, e.inode), (now.dev(), now.ino()));
             e
@@ -803,7 +956,7 @@ mod changed_names {
             held
         });
         let md = fs::symlink_metadata(&f).unwrap();
-        let e = run.record(&f, b"f".to_vec(), &md, None).unwrap();
+        let e = run.record_path(&f, &md, None).unwrap();
         assert_eq!((e.kind, e.size), (Kind::File, 6));
         drop(holder.join().unwrap());
     }
@@ -899,5 +1052,114 @@ mod source_in_store {
             }
         }
         assert!(repo.snapshots().unwrap().0.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod swapped_dirs {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// Every name in the tree below `id`, as paths.
+    fn names(repo: &Repository, id: &Id, at: &str, out: &mut Vec<String>) {
+        for e in repo.read_tree(id).unwrap().entries {
+            let p = format!("{at}/{}", String::from_utf8_lossy(&e.name));
+            out.push(p.clone());
+            if let Some(sub) = e.subtree() {
+                names(repo, &sub, &p, out);
+            }
+        }
+    }
+
+    /// A directory renamed away and replaced by a symlink to a directory
+    /// outside the source, between its lstat and its listing, is recorded
+    /// as the symlink it now is. Before, the walk went by path: the
+    /// symlink was followed and the outside directory's entries were
+    /// stored under the directory's name.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_after_its_lstat_is_not_followed() {
+        let repo = Arc::new(test_init("memory://backup-dir-swapped"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("a")).unwrap();
+        fs::write(src.join("a").join("mine"), "in the tree").unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), "not in the tree").unwrap();
+        let a = src.join("a");
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &Path| {
+            if p == a && !swapped.swap(true, Ordering::SeqCst) {
+                fs::rename(&a, dir.path().join("away")).unwrap();
+                std::os::unix::fs::symlink(&outside, &a).unwrap();
+            }
+        };
+        let mut run = Run::new(&repo, &Quiet, &[]);
+        run.hook = Some(&swap);
+        let root = run.walk_for_test(&src);
+        assert!(swapped.load(Ordering::SeqCst));
+        let mut all = Vec::new();
+        names(&repo, &root, "", &mut all);
+        assert!(!all.iter().any(|n| n.contains("secret")), "{all:?}");
+        let tree = repo.read_tree(&root).unwrap();
+        let e = tree.find(b"a").unwrap();
+        assert_eq!(e.kind, Kind::Symlink, "{e:?}");
+        assert!(run.errors.lock().unwrap().is_empty());
+    }
+
+    /// A directory swapped for another directory between its lstat and
+    /// its opening is looked at again and recorded as the one now there,
+    /// its metadata and entries from the same directory.
+    #[test]
+    fn a_directory_swapped_for_another_is_recorded_as_the_new_one() {
+        let repo = Arc::new(test_init("memory://backup-dir-swapped-for-dir"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("b")).unwrap();
+        fs::write(src.join("b").join("old"), "old").unwrap();
+        let other = dir.path().join("other");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("new"), "new").unwrap();
+        let b = src.join("b");
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &Path| {
+            if p == b && !swapped.swap(true, Ordering::SeqCst) {
+                fs::rename(&b, dir.path().join("away")).unwrap();
+                fs::rename(&other, &b).unwrap();
+            }
+        };
+        let mut run = Run::new(&repo, &Quiet, &[]);
+        run.hook = Some(&swap);
+        let root = run.walk_for_test(&src);
+        let mut all = Vec::new();
+        names(&repo, &root, "", &mut all);
+        assert_eq!(all, vec!["/b", "/b/new"]);
+        let e = repo.read_tree(&root).unwrap().find(b"b").unwrap().clone();
+        assert_eq!(e.inode, fs::metadata(&b).unwrap().ino());
+        assert!(run.errors.lock().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+impl Run<'_> {
+    /// `record` for the file at `path`, by its parent's handle.
+    fn record_path(&self, path: &Path, md: &Metadata, prev: Option<&Entry>) -> Result<Entry> {
+        let parent = path.parent().unwrap();
+        let name = path.file_name().unwrap().as_bytes();
+        let dir = fsat::open_start(parent).unwrap();
+        self.record(&dir, path, name, &Meta::of(md), prev)
+    }
+
+    /// The walk `backup` does, without a snapshot: the root tree's id.
+    fn walk_for_test(&self, source: &Path) -> Id {
+        let fd = fsat::open_start(source).unwrap();
+        let id = self.dir(&fd, source, None).unwrap();
+        let (rest, _) = self.writer.finish().unwrap();
+        let mut pending = std::mem::take(&mut *self.unindexed.lock().unwrap());
+        pending.extend(rest);
+        pending.extend(self.writer.take_stored());
+        self.write_index(&pending).unwrap();
+        id
     }
 }
