@@ -21,6 +21,11 @@ pub struct Args {
     /// Record this host name instead of the machine's.
     #[arg(long)]
     host: Option<String>,
+    /// Stay on the filesystem of PATH: a directory on another one (a mount
+    /// point, such as /proc below /) is saved as an empty directory with
+    /// its own mode, owner and times, as restic, tar and rsync do.
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
@@ -34,6 +39,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         opts.host = h;
     }
     opts.tags = a.tags;
+    opts.one_file_system = a.one_file_system;
     // Never back up the store into itself.
     if let Ok(StoreUrl::File(dir)) = StoreUrl::parse(&g.store_url) {
         if let Ok(d) = std::fs::canonicalize(dir) {
