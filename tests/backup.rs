@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -86,4 +86,97 @@ fn one_file_system_saves_a_mount_point_empty() {
     );
     let help = s.ok(&["backup", "--help"]);
     assert!(help.contains("--one-file-system"), "{help}");
+}
+
+/// The tags of every snapshot, oldest first, from `snapshots --json`.
+fn tags(s: &Secrate) -> Vec<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["snapshots", "--json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|snap| {
+            snap["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// A backup run as `nobody` over a source with a file only root can read
+/// exits 3 and its snapshot is tagged `partial`, in the table and in the
+/// JSON; the next backup (as root, which reads everything) takes it as its
+/// parent for the file it holds, reads the other as new, and is not
+/// tagged. Before, the snapshot did not say it was partial: only the exit
+/// code and a sentence on stderr did.
+#[test]
+fn a_backup_that_could_not_read_everything_is_tagged_partial() {
+    if !is_root() {
+        eprintln!("a_backup_that_could_not_read_everything_is_tagged_partial: needs root to switch users, skipped");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    fs::set_permissions(w, fs::Permissions::from_mode(0o755)).unwrap();
+    let src = w.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("open"), "anyone may read this").unwrap();
+    fs::set_permissions(src.join("open"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(src.join("secret"), "only root reads this").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    let home = w.join("home");
+    fs::create_dir(&home).unwrap();
+    let s = Secrate::new(&format!("file://{}/store", w.display()));
+    s.init();
+    let chown = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(w.join("store"))
+        .arg(&home)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+
+    let mut nobody = Command::new("setpriv");
+    nobody
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_secrate"))
+        .args(["backup", "-q"])
+        .arg(&src)
+        .env_remove("SECRATE_RECOVERY_KEY")
+        .env("SECRATE_STORE", &s.store)
+        .env("SECRATE_PASSPHRASE", PASSPHRASE)
+        .env("HOME", &home)
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("USER", "nobody");
+    let o = nobody.output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("secret"), "{err}");
+    assert!(err.contains("tagged `partial`"), "{err}");
+    let table = s.ok(&["snapshots"]);
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains(" partial "), "{table}");
+    assert!(table.lines().next().unwrap().contains("TAGS"), "{table}");
+    assert_eq!(tags(&s), vec![vec!["partial".to_string()]]);
+
+    let out = s.ok(&["backup", src.to_str().unwrap()]);
+    assert!(out.contains("files 1 new, 0 changed, 1 unchanged"), "{out}");
+    assert_eq!(tags(&s), vec![vec!["partial".to_string()], vec![]]);
+    let table = s.ok(&["snapshots"]);
+    let row = table.lines().nth(2).unwrap();
+    assert!(!row.contains("partial"), "{table}");
+    let restored = w.join("out");
+    s.ok(&["restore", "latest", restored.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(restored.join("secret")).unwrap(),
+        b"only root reads this"
+    );
+
+    // The tag is the backup's to give.
+    let o = s.run(&["backup", "--tag", "partial", src.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("kept for backups"), "{}", stderr(&o));
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use secrate::ops::backup::{backup, BackupOptions};
+use secrate::ops::backup::{backup, BackupOptions, PARTIAL_TAG};
 use secrate::store::StoreUrl;
 
 use super::format::bytes;
@@ -15,7 +15,8 @@ use super::Globals;
 pub struct Args {
     /// The directory to back up.
     path: PathBuf,
-    /// Tag the snapshot (may be repeated).
+    /// Tag the snapshot (may be repeated). A backup that could not read
+    /// everything is tagged `partial` too.
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
     /// Record this host name instead of the machine's.
@@ -29,6 +30,9 @@ pub struct Args {
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    if a.tags.iter().any(|t| t == PARTIAL_TAG) {
+        anyhow::bail!("the tag `{PARTIAL_TAG}` is kept for backups that could not read everything; choose another");
+    }
     limit_malloc_arenas();
     raise_open_files_limit();
     let source = std::fs::canonicalize(&a.path)
@@ -60,7 +64,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         s.duration.as_secs_f64()
     )?;
     if !s.errors.is_empty() {
-        errln!("secrate: {} entries could not be read and are not in the snapshot (see the warnings above)", s.errors.len());
+        errln!("secrate: {} entries could not be read and are not in the snapshot (see the warnings above); it is tagged `{PARTIAL_TAG}`", s.errors.len());
         return Ok(3);
     }
     Ok(0)

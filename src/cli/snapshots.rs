@@ -42,21 +42,29 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         outln!(
-            "{:<8}  {:<20}  {:<16}  {:>9}  {:>10}  SOURCE",
+            "{:<8}  {:<20}  {:<16}  {:>9}  {:>10}  {:<10}  SOURCE",
             "ID",
             "TIME (UTC)",
             "HOST",
             "FILES",
-            "SIZE"
+            "SIZE",
+            "TAGS"
         )?;
         for (id, s) in &all {
+            // `partial` (a backup that could not read everything) shows here.
+            let tags = if s.tags.is_empty() {
+                "-".to_string()
+            } else {
+                s.tags.join(",")
+            };
             outln!(
-                "{:<8}  {:<20}  {:<16}  {:>9}  {:>10}  {}",
+                "{:<8}  {:<20}  {:<16}  {:>9}  {:>10}  {:<10}  {}",
                 id.short(),
                 s.time_rfc3339(),
                 s.host,
                 s.files,
                 bytes(s.bytes),
+                tags,
                 s.source
             )?;
         }

@@ -79,6 +79,11 @@ pub struct BackupSummary {
     pub duration: Duration,
 }
 
+/// The tag a snapshot gets when some entries could not be read: it holds
+/// what was read (a later backup may take it as its parent for those
+/// files), not all of the source.
+pub const PARTIAL_TAG: &str = "partial";
+
 /// Packs stored but not yet listed in an index delta; written out when this
 /// many have accumulated.
 const INDEX_EVERY: usize = 32;
@@ -189,6 +194,11 @@ pub fn backup(
     }
     progress.finish();
 
+    let errors = std::mem::take(&mut *run.errors.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut tags = opts.tags.clone();
+    if !errors.is_empty() && !tags.iter().any(|t| t == PARTIAL_TAG) {
+        tags.push(PARTIAL_TAG.to_string());
+    }
     let snapshot = Snapshot {
         time_ns: now_ns(),
         host: opts.host.clone(),
@@ -209,7 +219,7 @@ pub fn backup(
         dirs: run.dirs.load(Ordering::Relaxed),
         bytes: run.total_bytes.load(Ordering::Relaxed),
         added_bytes: stats.stored_bytes + run.meta_bytes.load(Ordering::Relaxed),
-        tags: opts.tags.clone(),
+        tags,
     };
     lock.check()?;
     let id = repo.write_snapshot(&snapshot)?;
@@ -222,7 +232,7 @@ pub fn backup(
         dirs: run.dirs.load(Ordering::Relaxed),
         bytes_read: run.bytes_read.load(Ordering::Relaxed),
         bytes_added: snapshot.added_bytes,
-        errors: run.errors.into_inner().unwrap_or_else(|e| e.into_inner()),
+        errors,
         duration: started.elapsed(),
         snapshot,
     })
