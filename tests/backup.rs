@@ -180,3 +180,36 @@ fn a_backup_that_could_not_read_everything_is_tagged_partial() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("kept for backups"), "{}", stderr(&o));
 }
+
+/// A tree deeper than the soft limit of open files: the walk holds one
+/// directory open per level, so the backup raises its soft limit to the
+/// hard one (as restore does) and saves every level. Without that, the
+/// levels past the limit were errors (exit 3).
+#[test]
+fn a_tree_deeper_than_the_open_files_limit_is_saved_whole() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let mut deep = src.clone();
+    for _ in 0..400 {
+        deep.push("d");
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), "400 levels down").unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let o = Command::new("prlimit")
+        .arg("--nofile=256:4096")
+        .arg(env!("CARGO_BIN_EXE_secrate"))
+        .args(["backup", "-q"])
+        .arg(&src)
+        .env_remove("SECRATE_RECOVERY_KEY")
+        .env("SECRATE_STORE", &s.store)
+        .env("SECRATE_PASSPHRASE", PASSPHRASE)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let rel = deep.join("bottom");
+    let rel = rel.strip_prefix(&src).unwrap().to_str().unwrap();
+    let got = s.ok(&["cat", "latest", rel]);
+    assert_eq!(got, "400 levels down");
+}

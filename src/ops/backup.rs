@@ -1173,3 +1173,62 @@ impl Run<'_> {
         id
     }
 }
+
+#[cfg(test)]
+mod xattrs_by_handle {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// Extended attributes are read by handle: a directory's through its
+    /// open descriptor, a file's, fifo's and symlink's through its
+    /// directory's (`/proc/self/fd/N/name`, the symlink not followed).
+    #[test]
+    fn xattrs_of_every_kind_are_read_through_handles() {
+        let repo = Arc::new(test_init("memory://backup-xattrs-by-handle"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("d")).unwrap();
+        fs::write(src.join("f"), "f").unwrap();
+        fs::write(dir.path().join("target"), "t").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), src.join("l")).unwrap();
+        fsmeta::mknod(&src.join("p"), libc::S_IFIFO | 0o644, 0).unwrap();
+        let mut want = vec![("d", b"user.d".to_vec()), ("f", b"user.f".to_vec())];
+        for (name, key) in &want {
+            if fsmeta::set_xattr(&src.join(name), key, b"v").is_err() {
+                eprintln!("no user xattrs on this filesystem, skipped");
+                return;
+            }
+        }
+        // The target would show through a followed symlink.
+        fsmeta::set_xattr(&dir.path().join("target"), b"user.target", b"v").unwrap();
+        // Only trusted.* (root) may go on a symlink or a fifo.
+        if fsmeta::is_root() {
+            for name in ["l", "p"] {
+                let key = format!("trusted.{name}").into_bytes();
+                if fsmeta::set_xattr(&src.join(name), &key, b"v").is_ok() {
+                    want.push((name, key));
+                }
+            }
+        }
+        let run = Run::new(&repo, &Quiet, &[]);
+        let root = run.walk_for_test(&src);
+        let tree = repo.read_tree(&root).unwrap();
+        for (name, key) in &want {
+            let e = tree.find(name.as_bytes()).unwrap();
+            assert_eq!(e.xattrs, vec![(key.clone(), b"v".to_vec())], "{name}");
+        }
+        assert!(tree
+            .find(b"l")
+            .unwrap()
+            .xattrs
+            .iter()
+            .all(|(k, _)| k != b"user.target"));
+        assert_eq!(
+            want.len(),
+            if fsmeta::is_root() { 4 } else { 2 },
+            "{want:?}"
+        );
+        assert!(run.errors.lock().unwrap().is_empty());
+    }
+}
