@@ -24,7 +24,7 @@ pub struct Args {
     host: Option<String>,
     /// Stay on the filesystem of PATH: a directory on another one (a mount
     /// point, such as /proc below /) is saved as an empty directory with
-    /// its own mode, owner and times, as restic, tar and rsync do.
+    /// its own mode, owner and times, as restic and rsync -x do.
     #[arg(short = 'x', long)]
     one_file_system: bool,
 }
