@@ -1,10 +1,18 @@
 //! `backup`: record a directory tree as a new snapshot, without FUSE.
 //!
-//! Walks the tree depth-first, entries of each directory in parallel. A file
-//! whose size, mtime and inode match the previous snapshot of the same source
-//! keeps its chunk list without being read (as restic does). Other files are
-//! chunked; the chunks of one big file are sealed in parallel while the file
-//! is still being read. Hard-linked files are read once per run.
+//! Walks the tree depth-first, entries of each directory in parallel, by
+//! directory handles: the source is opened once, and below it every name
+//! is stat'ed, opened, read (symlinks) and asked for its xattrs relative to
+//! its directory's open handle, never followed if it is a symlink. A
+//! directory is entered only if the handle opened is the (dev, ino) its
+//! lstat saw, so a directory swapped for a symlink (or another directory)
+//! meanwhile is looked at again, never followed out of the tree. A file
+//! whose size, mtime, ctime and inode match the previous snapshot of the
+//! same source keeps its chunk list without being read (as restic does).
+//! Other files are chunked; the chunks of one big file are sealed in
+//! parallel while the file is still being read. Hard-linked files are read
+//! once per run. A run that could not read some entries saves what it read,
+//! tagged `partial`.
 //!
 //! Commit order: packs, then index deltas (every few packs, so a killed run
 //! leaves most of its work indexed; the rest is found by its pack headers on
