@@ -5,7 +5,8 @@
 //! the N most recent hours/days/ISO weeks/months/years that have one;
 //! `within D` keeps everything up to D older than the newest snapshot.
 //! Snapshots are grouped by host and source; each group keeps its own.
-//! A snapshot is kept if any rule keeps it. Forgetting deletes snapshot
+//! A snapshot is kept if any rule keeps it, and so is the complete snapshot
+//! before a partial one that is kept. Forgetting deletes snapshot
 //! objects only; `prune` then removes the data nothing references.
 
 use std::collections::BTreeMap;
@@ -172,6 +173,7 @@ pub fn decide(
     }
     let mut out = Vec::new();
     for (_, mut group) in groups {
+        let first = out.len();
         group.sort_by(|a, b| b.1.time_ns.cmp(&a.1.time_ns).then(b.0.cmp(&a.0)));
         let newest = group.first().map(|s| s.1.time_ns).unwrap_or(0);
         let mut counters: Vec<(&str, Option<u32>, Option<i64>)> = match policy {
@@ -228,9 +230,40 @@ pub fn decide(
                 reasons,
             });
         }
+        keep_complete_before_partial(&mut out[first..], forget_ids);
     }
     out.sort_by_key(|d| std::cmp::Reverse(d.snapshot.time_ns));
     out
+}
+
+/// A partial snapshot (`backup` could not read some entries) lacks what
+/// it could not read: the complete snapshot before each one kept is kept
+/// too, unless named to forget. (Otherwise `--keep-last 1` after a partial
+/// backup forgot the last snapshot holding those files, and `prune` then
+/// deleted their data.) `group` is one group's decisions, newest first.
+fn keep_complete_before_partial(group: &mut [Decision], forget_ids: &[Id]) {
+    let partial = |d: &Decision| {
+        d.snapshot
+            .tags
+            .iter()
+            .any(|t| t == crate::ops::backup::PARTIAL_TAG)
+    };
+    for i in 0..group.len() {
+        if !group[i].keep || !partial(&group[i]) {
+            continue;
+        }
+        let Some(j) = (i + 1..group.len()).find(|&j| !partial(&group[j])) else {
+            continue;
+        };
+        if !group[j].keep && !forget_ids.contains(&group[j].id) {
+            let why = format!(
+                "the complete snapshot before partial {}",
+                group[i].id.short()
+            );
+            group[j].keep = true;
+            group[j].reasons = vec![why];
+        }
+    }
 }
 
 /// Delete the snapshots `decisions` do not keep. Needs the writer lock.
@@ -263,6 +296,39 @@ mod tests {
                 ..Snapshot::test(t, Origin::Backup, Id::default())
             },
         )
+    }
+
+    /// `--keep-last 1` after a partial backup keeps the complete snapshot
+    /// before it too (it holds what the partial one could not read); once
+    /// a complete snapshot is newest, the partial one and what it kept go.
+    /// A snapshot named to forget is forgotten all the same.
+    #[test]
+    fn the_complete_snapshot_before_a_kept_partial_one_is_kept() {
+        let partial = |mut s: (Id, Snapshot)| {
+            s.1.tags = vec![crate::ops::backup::PARTIAL_TAG.into()];
+            s
+        };
+        let last1 = Policy {
+            last: Some(1),
+            ..Default::default()
+        };
+        let kept = |snaps: &[(Id, Snapshot)], forget: &[Id]| -> Vec<Id> {
+            decide(snaps, Some(&last1), forget)
+                .into_iter()
+                .filter(|d| d.keep)
+                .map(|d| d.id)
+                .collect()
+        };
+        let (c1, p2, p3) = (snap(5, "h"), partial(snap(4, "h")), partial(snap(3, "h")));
+        let snaps = vec![c1.clone(), p2.clone(), p3.clone()];
+        assert_eq!(kept(&snaps, &[]), [p3.0, c1.0]);
+        assert_eq!(kept(&snaps, &[c1.0]), [p3.0]);
+        let c4 = snap(2, "h");
+        let snaps = vec![c1.clone(), p2, p3, c4.clone()];
+        assert_eq!(kept(&snaps, &[]), [c4.0]);
+        // Only partial snapshots: the policy alone.
+        let only: Vec<_> = (0..4).map(|h| partial(snap(h, "h"))).collect();
+        assert_eq!(kept(&only, &[]), [only[0].0]);
     }
 
     #[test]
