@@ -231,6 +231,14 @@ impl Keyring {
         self.chunker_seed
     }
 
+    /// The tag of a key removal record (`keys-removed/<id>`): keyed BLAKE3
+    /// under a key derived from the id key, so only a holder of this
+    /// repository's keyring can make one that unlocking honours.
+    pub fn removal_tag(&self, body: &[u8]) -> [u8; 32] {
+        let key = Zeroizing::new(blake3::derive_key("secrate v1 key removal", &*self.id_key));
+        *blake3::keyed_hash(&key, body).as_bytes()
+    }
+
     /// The id of a blob: keyed BLAKE3 of its plaintext, per kind.
     pub fn blob_id(&self, kind: BlobKind, plaintext: &[u8]) -> Id {
         let key = match kind {

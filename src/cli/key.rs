@@ -59,7 +59,14 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 "KIND",
                 "ACCESS"
             )?;
+            // A removed key still held by a store that missed the delete
+            // opens nothing: not listed.
+            let removed = repo.removed_keys()?;
+            let mut marked = false;
             for (name, k) in repo.list_keys()? {
+                if removed.contains(&name) {
+                    continue;
+                }
                 let k = match k {
                     Ok(k) => k,
                     Err(e) => {
@@ -71,16 +78,29 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                         continue;
                     }
                 };
+                // Only the key used now is known to open this repository;
+                // one the secret opened on the way may be another's.
+                let mark = if name == repo.key_name() {
+                    "*"
+                } else if repo.foreign_keys().contains(&name) {
+                    marked = true;
+                    "!"
+                } else {
+                    ""
+                };
                 outln!(
                     "{:<3}{:<18} {:<11} {:<10} {}",
-                    if name == repo.key_name() { "*" } else { "" },
+                    mark,
                     name.trim_start_matches("keys/"),
                     k.kind.name(),
                     if k.write_only { "write-only" } else { "full" },
                     format_secs(k.created)
                 )?;
             }
-            outln!("(* = the key used now)")?;
+            outln!("(* = the key used now; the others are not checked: only their own secret opens them)")?;
+            if marked {
+                outln!("(! = opens the keyring of another repository, not this one: remove it)")?;
+            }
         }
         KeyCmd::Add {
             write_only,
@@ -115,7 +135,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             }
             let p = secret::new_passphrase_only(new_passphrase_file.as_deref())?;
             let id = repo.add_key(&Secret::Passphrase(p), current.write_only, kdf_work_factor)?;
-            repo.store().delete(repo.key_name())?;
+            repo.retire_key(repo.key_name())?;
             outln!(
                 "passphrase changed (key {id} replaces {})",
                 repo.key_name().trim_start_matches("keys/")

@@ -49,6 +49,10 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             bytes(total)
         )?;
     }
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    for (url, name) in &r.deleted {
+        outln!("{url}: {verb} {name}: a removed key (its removal record is on the stores)")?;
+    }
     for (url, name, why) in &r.failed {
         outln!("error: {url}: {name}: {why}")?;
     }
@@ -93,12 +97,20 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
             )?;
             continue;
         }
+        for n in &s.removed {
+            outln!(
+                "error: {label} still holds {n}, a removed key (run `secrate sync` to delete it)"
+            )?;
+        }
         if s.is_clean() {
             outln!(
                 "{label}: complete, {} objects, {}",
                 s.objects,
                 bytes(s.bytes)
             )?;
+            continue;
+        }
+        if s.missing.is_empty() && s.corrupt.is_empty() {
             continue;
         }
         outln!(
@@ -117,6 +129,13 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
         if more > 0 {
             outln!("  … and {more} more")?;
         }
+    }
+    for n in &a.removal_unfinished {
+        outln!(
+            "warning: {n} has a removal record but every store still holds it (it opens nothing): \
+             `secrate key remove {}` finishes the removal",
+            n.trim_start_matches("keys/")
+        )?;
     }
     Ok(())
 }

@@ -43,7 +43,10 @@ use crate::store::Store;
 use self::config::Config;
 use self::damage::{damage_name, DamageRecord};
 use self::index::{decode_delta, encode_delta, index_name, BlobLoc, Index, PackMeta};
-use self::keys::{decode_keyring, encode_keyring, KeyKind, KeyObject};
+use self::keys::{
+    decode_keyring, encode_keyring, removal_name, removed_key_name, KeyKind, KeyObject, KeyRemoval,
+    REMOVED_DIR,
+};
 use self::lock::WriterLock;
 use self::pack::{pack_id_from_name, pack_name, PackBlob, PackInfo};
 use self::snapshot::{snapshot_name, Snapshot};
@@ -115,6 +118,9 @@ pub struct Repository {
     keys: Arc<Keyring>,
     /// The key object that unlocked this repository (`keys/<id>`).
     key_name: String,
+    /// Key objects the secret opened that hold another repository's
+    /// keyring (found while unlocking; others are not known).
+    foreign_keys: Vec<String>,
     index: RwLock<Index>,
     loaded_deltas: Mutex<HashSet<String>>,
     pack_keys: Mutex<HashMap<Id, PackKey>>,
@@ -192,6 +198,7 @@ impl Repository {
             config,
             keys: Arc::new(keys),
             key_name,
+            foreign_keys: Vec::new(),
             index: RwLock::new(Index::new()),
             loaded_deltas: Mutex::new(HashSet::new()),
             pack_keys: Mutex::new(HashMap::new()),
@@ -217,14 +224,50 @@ impl Repository {
     /// Open and unlock a repository.
     pub fn open(store: Store, secret: &Secret) -> Result<Repository> {
         let config = Repository::read_config(&store)?;
-        let (keys, key_name) = unlock(&store, secret, &config.repo_id)?;
+        let (keys, key_name, foreign) = unlock(&store, secret, &config.repo_id)?;
         if keys.repo_id != config.repo_id || keys.chunker != config.chunker {
             return Err(Error::corrupt(
                 config::NAME,
                 "it does not match the keyring (tampered, or keys from another repository)",
             ));
         }
-        Ok(Repository::from_parts(store, config, keys, key_name))
+        let mut repo = Repository::from_parts(store, config, keys, key_name);
+        repo.foreign_keys = foreign;
+        Ok(repo)
+    }
+
+    /// Key objects that the secret used to unlock opened but that hold the
+    /// keyring of another repository. Any other key is known only to its
+    /// own secret.
+    pub fn foreign_keys(&self) -> &[String] {
+        &self.foreign_keys
+    }
+
+    /// The key objects (`keys/<id>`) that a removal record made with this
+    /// keyring names: removed, whatever store still holds them.
+    pub fn removed_keys(&self) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
+        for rec in self.store.list_names(REMOVED_DIR)? {
+            if let Some(key) = removed_key_name(&rec) {
+                if removal_holds(&self.store, &key, &self.keys) {
+                    out.insert(key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove the key object `name` for good: its removal record goes to
+    /// every store first, then the object is deleted. A store that missed
+    /// the delete (down, or an older copy given back later) may still hold
+    /// it; the record keeps it from opening the repository and `sync` from
+    /// spreading it.
+    pub fn retire_key(&self, name: &str) -> Result<()> {
+        let id = name.trim_start_matches("keys/");
+        let rec = KeyRemoval::new(&self.keys, id, now_secs());
+        self.store
+            .put_new(&removal_name(name), Bytes::from(rec.encode()))?;
+        self.store.delete(name)
     }
 
     /// The key object this repository was unlocked with.
@@ -340,9 +383,17 @@ impl Repository {
                 )))
             }
         };
+        let removed = self.removed_keys()?;
+        if removed.contains(name) {
+            // Already removed; this is a copy an older store brought back.
+            self.store.delete(name)?;
+            return Ok(name.clone());
+        }
+        // Keys already removed, and keys known to open another repository,
+        // let no one read this one.
         let readers_left = keys
             .iter()
-            .filter(|(n, o)| n != name && o.as_ref().is_ok_and(|o| !o.write_only))
+            .filter(|(n, o)| n != name && can_read_now(n, o, &removed, &self.foreign_keys))
             .count();
         // A damaged key object opens nothing: it may always go.
         if obj.as_ref().is_ok_and(|o| !o.write_only) && readers_left == 0 {
@@ -357,18 +408,22 @@ impl Repository {
             None
         };
         meanwhile();
-        self.store.delete(name)?;
+        self.retire_key(name)?;
         // Two removals at once (of the passphrase here, of the recovery key
         // elsewhere) each saw the other's key left. Looked at again after
         // the delete: the last to look finds none that can read and puts
         // its own back, so one always stays.
         if let Some(raw) = raw {
+            let removed = self.removed_keys()?;
             let left = self
                 .list_keys()?
                 .iter()
-                .filter(|(_, o)| o.as_ref().is_ok_and(|o| !o.write_only))
+                .filter(|(n, o)| can_read_now(n, o, &removed, &self.foreign_keys))
                 .count();
             if left == 0 {
+                // The record first: a key put back under its own removal
+                // record would still open nothing.
+                self.store.delete(&removal_name(name))?;
                 self.store.put_new(name, raw)?;
                 return Err(Error::Invalid(
                     "another key change removed the other keys that can read at the same time; this key was put back".into(),
@@ -1187,6 +1242,26 @@ fn write_key(store: &Store, kind: KeyKind, write_only: bool, sealed: Vec<u8>) ->
 
 const MAX_KEYS_TRIED: usize = 64;
 
+/// Is there a removal record for the key object `name` made with `ring`?
+/// A record that is missing, damaged, for another key or made with
+/// another keyring (forged, or another repository's) removes nothing.
+fn removal_holds(store: &Store, name: &str, ring: &Keyring) -> bool {
+    let Ok(bytes) = store.get(&removal_name(name)) else {
+        return false;
+    };
+    KeyRemoval::decode(&bytes)
+        .is_ok_and(|r| format!("keys/{}", r.key_id) == name && r.is_made_with(ring))
+}
+
+fn can_read_now(
+    n: &String,
+    o: &Result<KeyObject>,
+    removed: &HashSet<String>,
+    foreign: &[String],
+) -> bool {
+    o.as_ref().is_ok_and(|o| !o.write_only) && !removed.contains(n) && !foreign.contains(n)
+}
+
 fn secret_kind(k: KeyKind) -> &'static str {
     match k {
         KeyKind::Passphrase => "a passphrase",
@@ -1200,8 +1275,18 @@ fn secret_kind(k: KeyKind) -> &'static str {
 /// again leaves such keys under the same passphrase (on a store `init` does
 /// not look into first), as did a store of another repository merged in.
 /// Failing on the first one locked the user out of the right key beside it.
-fn unlock(store: &Store, secret: &Secret, repo_id: &[u8; 16]) -> Result<(Keyring, String)> {
-    let names = store.list_names("keys")?;
+fn unlock(
+    store: &Store,
+    secret: &Secret,
+    repo_id: &[u8; 16],
+) -> Result<(Keyring, String, Vec<String>)> {
+    // In name order, so which keys are tried (and found to be another
+    // repository's on the way) does not depend on the store's listing.
+    let mut names = store.list_names("keys")?;
+    names.sort();
+    let records: HashSet<String> = store.list_names(REMOVED_DIR)?.into_iter().collect();
+    let mut removed: Option<String> = None;
+    let mut foreign_all = Vec::new();
     let keys = names.len();
     let want = match secret {
         Secret::Passphrase(_) => KeyKind::Passphrase,
@@ -1276,7 +1361,14 @@ fn unlock(store: &Store, secret: &Secret, repo_id: &[u8; 16]) -> Result<(Keyring
             Ok(plain) => {
                 let ring = decode_keyring(&plain).map_err(|e| Error::corrupt(&name, e.0))?;
                 if &ring.repo_id != repo_id {
+                    foreign_all.push(name.clone());
                     foreign.get_or_insert(name);
+                    continue;
+                }
+                // Removed (`key remove`) but still held by a store that
+                // missed the delete: only a record this keyring made counts.
+                if records.contains(&removal_name(&name)) && removal_holds(store, &name, &ring) {
+                    removed.get_or_insert(name);
                     continue;
                 }
                 // The plaintext flag must agree with what the keyring can do.
@@ -1286,7 +1378,7 @@ fn unlock(store: &Store, secret: &Secret, repo_id: &[u8; 16]) -> Result<(Keyring
                         "its write-only flag does not match its keyring",
                     ));
                 }
-                return Ok((ring, name));
+                return Ok((ring, name, foreign_all));
             }
             Err(AgeError::NoMatchingKey) => continue,
             Err(AgeError::Damaged(why)) => damaged = Some(Error::corrupt(&name, why)),
@@ -1296,6 +1388,15 @@ fn unlock(store: &Store, secret: &Secret, repo_id: &[u8; 16]) -> Result<(Keyring
     // of its kind and none opened; a damaged key object is reported only
     // when it might have been the one. When it could be tried against
     // none, the damage is the story.
+    if let Some(name) = removed {
+        return Err(Error::Invalid(format!(
+            "the key {} that opens with this secret was removed from the repository at {} \
+             (`secrate key remove`; its removal record is {}): unlock with another key",
+            name.trim_start_matches("keys/"),
+            store.url(),
+            removal_name(&name)
+        )));
+    }
     if let Some(name) = foreign {
         return Err(Error::corrupt(
             &name,

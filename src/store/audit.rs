@@ -3,6 +3,16 @@
 //! and copying or rebuilding them from the others, byte-exact (`sync`).
 //!
 //! `locks/` is left out of both: the writer lock is transient and rewritten.
+//!
+//! A key object named by a removal record (`keys-removed/<id>`, written by
+//! `key remove` before it deletes `keys/<id>`) is never copied: a store
+//! that missed the delete (down, or an older copy given back) would
+//! otherwise bring a removed passphrase back to every store. Its copies
+//! are deleted where they are left over (some store already lacks it).
+//! `sync` has no key, so it cannot check a record's tag: records that
+//! would remove every key object are not honoured (forged, or two
+//! removals racing), and unlocking checks the tag itself
+//! (docs/FORMAT.md, `keys-removed/<id>`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -29,6 +39,9 @@ pub struct StoreReport {
     pub missing: Vec<String>,
     /// Objects whose copy or shard here is damaged, with why.
     pub corrupt: Vec<(String, String)>,
+    /// Key objects it still holds that a removal record names and another
+    /// store already lacks: to be deleted here.
+    pub removed: Vec<String>,
 }
 
 impl StoreReport {
@@ -37,6 +50,7 @@ impl StoreReport {
             && self.gone.is_none()
             && self.missing.is_empty()
             && self.corrupt.is_empty()
+            && self.removed.is_empty()
     }
 }
 
@@ -46,6 +60,10 @@ pub struct Audit {
     /// Distinct objects across all stores (locks left out).
     pub objects: usize,
     pub stores: Vec<StoreReport>,
+    /// Key objects a removal record names that every store still holds (a
+    /// `key remove` stopped between its record and its delete): left for
+    /// `key remove` to finish; unlocking already ignores them.
+    pub removal_unfinished: Vec<String>,
 }
 
 impl Audit {
@@ -58,6 +76,9 @@ impl Audit {
 pub struct SyncReport {
     /// (store URL, object, bytes written) — or that would be, with dry_run.
     pub copied: Vec<(String, String, u64)>,
+    /// (store URL, key object) for removed keys deleted from a store that
+    /// still held them.
+    pub deleted: Vec<(String, String)>,
     /// (store URL, object, why) for what could not be repaired.
     pub failed: Vec<(String, String, String)>,
 }
@@ -70,10 +91,30 @@ fn priority(name: &str) -> u8 {
         "packs" => 0,
         "index" | "damage" => 1,
         "snapshots" => 2,
-        "keys" => 3,
-        "config" => 5,
-        _ => 4,
+        // A removal record before any key object.
+        super::KEY_REMOVALS => 3,
+        "keys" => 4,
+        "config" => 6,
+        _ => 5,
     }
+}
+
+/// The key objects (`keys/<id>`) that a removal record in `universe`
+/// names, unless that would be every key object there: the last way in is
+/// never taken on the word of a record `sync` cannot check.
+fn removed_keys(universe: &BTreeSet<&String>) -> BTreeSet<String> {
+    let prefix = format!("{}/", super::KEY_REMOVALS);
+    let named: BTreeSet<String> = universe
+        .iter()
+        .filter_map(|n| n.strip_prefix(&prefix))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .map(|id| format!("keys/{id}"))
+        .collect();
+    let keys = universe.iter().filter(|n| n.starts_with("keys/"));
+    if keys.clone().all(|k| named.contains(k.as_str())) {
+        return BTreeSet::new();
+    }
+    named
 }
 
 /// Objects that check themselves, besides content-addressed ones.
@@ -149,12 +190,26 @@ impl Store {
                 layout: self.layout(),
                 objects: universe.len(),
                 stores: reports,
+                removal_unfinished: Vec::new(),
             });
         }
+        let removed = removed_keys(&universe);
+        let mut removal_unfinished = Vec::new();
         for name in &universe {
             let holders: Vec<usize> = (0..n)
                 .filter(|&i| held[i].as_ref().is_some_and(|h| h.contains_key(*name)))
                 .collect();
+            if removed.contains(name.as_str()) {
+                let listed = held.iter().filter(|h| h.is_some()).count();
+                if holders.len() < listed {
+                    for &i in &holders {
+                        reports[i].removed.push((*name).clone());
+                    }
+                } else {
+                    removal_unfinished.push((*name).clone());
+                }
+                continue;
+            }
             for i in 0..n {
                 if held[i].as_ref().is_some_and(|h| !h.contains_key(*name)) {
                     reports[i].missing.push((*name).clone());
@@ -175,6 +230,7 @@ impl Store {
             layout: self.layout(),
             objects: universe.len(),
             stores: reports,
+            removal_unfinished,
         })
     }
 
@@ -288,6 +344,20 @@ impl Store {
             }
         }
         jobs.sort_by_key(|(i, name, _)| (priority(name), name.clone(), *i));
+        for r in &audit.stores {
+            for name in &r.removed {
+                let url = self.slots[r.position].url.clone();
+                let done = if dry_run {
+                    Ok(())
+                } else {
+                    self.slots[r.position].b(name).and_then(|b| b.delete(name))
+                };
+                match done {
+                    Ok(()) => report.deleted.push((url, name.clone())),
+                    Err(e) => report.failed.push((url, name.clone(), e.to_string())),
+                }
+            }
+        }
         for (i, name, avoid) in jobs {
             let url = self.slots[i].url.clone();
             match self.rebuild(i, &name, &avoid, dry_run) {

@@ -40,6 +40,10 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 
 pub use self::audit::{Audit, StoreReport, SyncReport};
+
+/// Where key removal records live (`keys-removed/<id>`; the format is
+/// `repo::keys`'s, the name is here because `sync` must know it).
+pub const KEY_REMOVALS: &str = "keys-removed";
 pub use self::backend::Backend;
 pub use self::ec::EcParams;
 pub use self::faults::FaultConfig;

@@ -1,0 +1,191 @@
+//! Several stores and keys, through the real binary on `file://`: a stale
+//! replica given back must not bring back a removed key; `key list` and
+//! `key remove` and keys of another repository; leaving a store out of a
+//! set.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `key add` a full passphrase read from `file`; returns the new key's id.
+fn add_passphrase(s: &Secrate, file: &Path, pass: &str) -> String {
+    fs::write(file, format!("{pass}\n")).unwrap();
+    let out = s.ok(&[
+        "key",
+        "add",
+        "--new-passphrase-file",
+        file.to_str().unwrap(),
+        "--kdf-work-factor",
+        "10",
+    ]);
+    out.split_whitespace()
+        .last()
+        .expect("key add prints the id")
+        .to_string()
+}
+
+fn with_passphrase(store: &str, pass: &str) -> Secrate {
+    let mut s = Secrate::new(store);
+    s.envs = vec![("SECRATE_PASSPHRASE".into(), pass.into())];
+    s
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_stale_replica_does_not_bring_back_a_removed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("file://{}", path(n).display());
+    let both = format!("{},{}", url("a"), url("b"));
+    let s = Secrate::new(&both);
+    s.init();
+    let leaked = "a passphrase that leaked";
+    let b_id = add_passphrase(&s, &path("pass-b"), leaked);
+    let b_key = format!("keys/{b_id}");
+    with_passphrase(&both, leaked).ok(&["snapshots"]);
+
+    // Store b as it was then, put aside; the key removed (it leaked).
+    cp_a(&path("b"), &path("b-old"));
+    let out = s.ok(&["key", "remove", &b_id]);
+    assert!(out.contains(&b_id), "{out}");
+    assert!(!path("a").join(&b_key).exists());
+    assert!(!path("b").join(&b_key).exists());
+
+    // The older copy of store b comes back in its place.
+    fs::remove_dir_all(path("b")).unwrap();
+    fs::rename(path("b-old"), path("b")).unwrap();
+    assert!(path("b").join(&b_key).exists());
+
+    // The leaked passphrase opens nothing: the set given whole, or by the
+    // stale store alone (its `stores` object names both).
+    for given in [both.clone(), url("b")] {
+        let o = with_passphrase(&given, leaked).run(&["snapshots"]);
+        assert!(!o.status.success(), "{given}: {}", stdout(&o));
+        assert!(stderr(&o).contains("was removed"), "{}", stderr(&o));
+    }
+    // `key list` does not list it; the passphrase in use still opens.
+    let list = s.ok(&["key", "list"]);
+    assert!(!list.contains(&b_id), "{list}");
+    // `check` says the stale store still holds it.
+    let o = s.run(&["check"]);
+    assert!(stdout(&o).contains("a removed key"), "{}", stdout(&o));
+
+    // `sync` does not spread it: it deletes it where it is left.
+    let out = s.ok(&["sync"]);
+    assert!(out.contains(&format!("deleted {b_key}")), "{out}");
+    assert!(!path("a").join(&b_key).exists(), "{out}");
+    assert!(!path("b").join(&b_key).exists(), "{out}");
+    // The removal record is on both stores.
+    let rec = format!("keys-removed/{b_id}");
+    assert!(path("a").join(&rec).exists());
+    assert!(path("b").join(&rec).exists());
+    let o = with_passphrase(&both, leaked).run(&["snapshots"]);
+    assert!(!o.status.success());
+    s.ok(&["snapshots"]);
+    s.ok(&["check"]);
+}
+
+#[test]
+fn a_forged_removal_record_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |n: &str| format!("file://{}", dir.path().join(n).display());
+    let both = format!("{},{}", url("a"), url("b"));
+    let s = Secrate::new(&both);
+    s.init();
+    let list = s.ok(&["key", "list"]);
+    let mine = list
+        .lines()
+        .find(|l| l.starts_with('*'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    // Someone with write access to store a writes a record for the key in
+    // use (any bytes: they do not hold the keyring to make a real one).
+    let rec_dir = dir.path().join("a/keys-removed");
+    fs::create_dir_all(&rec_dir).unwrap();
+    let mut forged = b"SECRATR\x01".to_vec();
+    forged.extend_from_slice(&0i64.to_le_bytes());
+    forged.extend_from_slice(&(mine.len() as u16).to_le_bytes());
+    forged.extend_from_slice(mine.as_bytes());
+    forged.extend_from_slice(&[0u8; 32]);
+    fs::write(rec_dir.join(&mine), &forged).unwrap();
+    // The key still opens and is listed; and with its copy on store a gone
+    // too, `sync` would take it from b on the record's word only if some
+    // other key were left: the recovery key is, so this is the case the tag
+    // guards at unlock, not sync.
+    s.ok(&["snapshots"]);
+    assert!(s.ok(&["key", "list"]).contains(&mine));
+    s.ok(&["sync"]);
+    s.ok(&["snapshots"]);
+}
+
+#[test]
+fn keys_of_another_repository_are_marked_and_not_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |n: &str| format!("file://{}", dir.path().join(n).display());
+    let s = Secrate::new(&url("repo"));
+    s.init();
+    // Another repository under the same passphrase; its passphrase key
+    // copied in under a name listed first (tried first).
+    let other = Secrate::new(&url("other"));
+    other.init();
+    let theirs = other.ok(&["key", "list"]);
+    let their_id = theirs
+        .lines()
+        .find(|l| l.starts_with('*'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let foreign = "0000000000000000";
+    fs::copy(
+        dir.path().join("other/keys").join(&their_id),
+        dir.path().join("repo/keys").join(foreign),
+    )
+    .unwrap();
+    let list = s.ok(&["key", "list"]);
+    let line = list.lines().find(|l| l.contains(foreign)).unwrap();
+    assert!(line.starts_with('!'), "{list}");
+    assert!(list.contains("another repository"), "{list}");
+
+    // Remove the recovery key: the passphrase in use is still left.
+    let recovery = list
+        .lines()
+        .find(|l| l.contains("recovery"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    s.ok(&["key", "remove", &recovery]);
+    // The key in use is the last one that reads this repository: the other
+    // repository's key does not count as one left.
+    let mine = list
+        .lines()
+        .find(|l| l.starts_with('*'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let o = s.run(&["key", "remove", &mine]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("last key that can read"),
+        "{}",
+        stderr(&o)
+    );
+    s.ok(&["snapshots"]);
+}
