@@ -189,3 +189,93 @@ fn keys_of_another_repository_are_marked_and_not_counted() {
     );
     s.ok(&["snapshots"]);
 }
+
+#[test]
+fn a_set_of_two_replicas_goes_back_to_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("file://{}", path(n).display());
+    let both = format!("{},{}", url("a"), url("b"));
+    let s = Secrate::new(&both);
+    s.init();
+    let src = path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f.txt"), b"kept on one store").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let by_a = Secrate::new(&url("a"));
+
+    // Misuse: one clear sentence, nothing changed.
+    let o = by_a.run(&["sync", "--leave-out", &url("elsewhere")]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("is not one of this repository's stores"),
+        "{}",
+        stderr(&o)
+    );
+    let o = by_a.run(&["sync", "--leave-out", &url("a"), "--leave-out", &url("b")]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("keep at least one"), "{}", stderr(&o));
+
+    // Store a misses a snapshot only b holds: a cannot be the one left.
+    let snap = fs::read_dir(path("b/snapshots"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    fs::remove_file(path("a/snapshots").join(&snap)).unwrap();
+    let o = by_a.run(&["sync", "--leave-out", &url("b")]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("run `secrate sync` first"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(path("a/stores").exists() && path("b/stores").exists());
+
+    // Dry run changes nothing; then the real thing.
+    let out = by_a.ok(&["sync"]);
+    assert!(out.contains("every store holds every object"), "{out}");
+    let out = by_a.ok(&["sync", "--dry-run", "--leave-out", &url("b")]);
+    assert!(out.contains("would be now on one store"), "{out}");
+    assert!(path("a/stores").exists() && path("b/stores").exists());
+    let out = by_a.ok(&["sync", "--leave-out", &url("b")]);
+    assert!(out.contains("now on one store"), "{out}");
+    assert!(!path("a/stores").exists());
+    assert!(!path("b/stores").exists());
+
+    // Store b gone for good: the one URL opens store a alone, which takes
+    // backups (a set with a replica gone would refuse the writes).
+    fs::remove_dir_all(path("b")).unwrap();
+    let out = by_a.ok(&["sync"]);
+    assert!(out.contains("is a single store"), "{out}");
+    fs::write(src.join("g.txt"), b"after").unwrap();
+    by_a.ok(&["backup", "-q", src.to_str().unwrap()]);
+    by_a.ok(&["check"]);
+    let list = by_a.ok(&["snapshots"]);
+    assert!(list.contains("2 snapshots"), "{list}");
+}
+
+#[test]
+fn three_replicas_go_to_two_and_erasure_coding_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |n: &str| format!("file://{}", dir.path().join(n).display());
+    let three = format!("{},{},{}", url("a"), url("b"), url("c"));
+    Secrate::new(&three).init();
+    let by_c = Secrate::new(&url("c"));
+    let out = by_c.ok(&["sync", "--leave-out", &url("b")]);
+    assert!(out.contains("now on 2 replicas"), "{out}");
+    // Either store that stays names the two that stay.
+    for n in ["a", "c"] {
+        let st = open_store(&url(n)).read_layout().unwrap().unwrap();
+        assert_eq!(st.urls, vec![url("a"), url("c")]);
+    }
+    Secrate::new(&url("a")).ok(&["snapshots"]);
+
+    let ec = format!("{},{},{}", url("x"), url("y"), url("z"));
+    let s = Secrate::new(&ec);
+    s.ok(&["--ec", "2+1", "init", "--kdf-work-factor", "10"]);
+    let o = Secrate::new(&url("x")).run(&["sync", "--leave-out", &url("z")]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("erasure-coded"), "{}", stderr(&o));
+}

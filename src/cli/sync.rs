@@ -16,9 +16,18 @@ pub struct Args {
     /// Say what would be copied, change nothing.
     #[arg(long)]
     dry_run: bool,
+
+    /// Leave this store out of the set of replicas (repeatable): once every
+    /// other store is seen to hold every object, the set recorded in them
+    /// no longer names it. Copies nothing.
+    #[arg(long, value_name = "URL")]
+    leave_out: Vec<String>,
 }
 
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
+    if !a.leave_out.is_empty() {
+        return leave_out(g, &a);
+    }
     // Create: a store whose directory is gone is made again, to be filled.
     let store = g.open_store(!a.dry_run)?;
     if store.mode() == Mode::Single {
@@ -65,6 +74,37 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         outln!("{} objects could not be repaired", r.failed.len())?;
         Ok(1)
     }
+}
+
+fn leave_out(g: &Globals, a: &Args) -> anyhow::Result<i32> {
+    let store = g.open_store(false)?;
+    if store.head("config")?.is_none() {
+        anyhow::bail!(secrate::Error::NoRepository {
+            url: store.url().into()
+        });
+    }
+    let r = store.leave_out(&a.leave_out, a.read_data, a.dry_run)?;
+    let (will, was) = if a.dry_run {
+        ("would be", "would lose")
+    } else {
+        ("is", "lost")
+    };
+    for (url, done) in &r.left {
+        if *done {
+            outln!("{url}: left out; it {was} its list of stores and {will} a plain copy of the repository as it is now (delete it when you no longer want it)")?;
+        } else {
+            outln!("{url}: left out; it did not answer and keeps what it holds (delete it, or never give it again)")?;
+        }
+    }
+    match r.kept.as_slice() {
+        [one] => outln!("the repository {will} now on one store: {one}")?,
+        kept => outln!(
+            "the repository {will} now on {} replicas: {}",
+            kept.len(),
+            kept.join(", ")
+        )?,
+    }
+    Ok(0)
 }
 
 /// Print what each store of a multi-store repository misses or holds

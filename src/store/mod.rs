@@ -25,6 +25,7 @@ mod backend;
 pub mod ec;
 mod faults;
 pub mod layout;
+mod leave;
 mod local;
 mod same;
 mod url;
@@ -48,6 +49,7 @@ pub use self::backend::Backend;
 pub use self::ec::EcParams;
 pub use self::faults::FaultConfig;
 pub use self::layout::{Layout, Mode};
+pub use self::leave::LeaveReport;
 pub use self::url::{default_store_url, resolved, StoreUrl};
 
 /// One object as listed.
