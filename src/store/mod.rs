@@ -101,6 +101,11 @@ impl Default for RetryPolicy {
 /// directory is back (empty, or restored), and its uploads resume by
 /// themselves. Reads keep skipping it: what it holds is whatever was written
 /// since it came back, until `secrate sync` fills it.
+///
+/// The `config` comparison (same.rs) runs when a set is opened, when a
+/// missing store holds nothing to compare; so a store that comes back is
+/// written to only if its own sound `config` (if any) is this repository's:
+/// a disk of another repository mounted at that path is left alone.
 #[derive(Clone)]
 struct Slot {
     url: String,
@@ -108,6 +113,9 @@ struct Slot {
     /// The backend of a store that was missing and has come back.
     returned: Arc<OnceLock<Backend>>,
     retry: Option<RetryPolicy>,
+    /// For a store missing at open: its copy or shard of `config` as the
+    /// other stores have it (None: unknown, nothing is compared).
+    expect_config: Option<Bytes>,
 }
 
 impl Slot {
@@ -117,6 +125,7 @@ impl Slot {
             backend,
             returned: Arc::new(OnceLock::new()),
             retry: None,
+            expect_config: None,
         }
     }
 
@@ -124,25 +133,38 @@ impl Slot {
     fn b(&self, name: &str) -> Result<Backend> {
         match &self.backend {
             Ok(b) => Ok(b.clone()),
-            Err(why) => self.reopen().ok_or_else(|| Error::Store {
+            Err(why) => self.reopen().map_err(|refused| Error::Store {
                 url: self.url.clone(),
                 object: name.to_string(),
-                reason: why.clone(),
+                reason: refused.unwrap_or_else(|| why.clone()),
             }),
         }
     }
 
     /// A missing store, opened again if it is back (never created here: a
     /// `file://` path on a disk that is not mounted must stay missing).
-    fn reopen(&self) -> Option<Backend> {
+    /// Err(None): still missing; Err(Some(why)): back, but holding another
+    /// repository.
+    fn reopen(&self) -> std::result::Result<Backend, Option<String>> {
         if let Some(b) = self.returned.get() {
-            return Some(b.clone());
+            return Ok(b.clone());
         }
-        let mut b = Backend::open(&self.url, false).ok()?;
+        let mut b = Backend::open(&self.url, false).map_err(|_| None)?;
+        if let Some(want) = &self.expect_config {
+            if let Ok(got) = b.get("config") {
+                if &got != want && same::is_sound_config(&got) {
+                    return Err(Some(
+                        "the store came back holding another repository (its `config` differs \
+                         from the other stores'): nothing is written to it; empty it or leave it out"
+                            .into(),
+                    ));
+                }
+            }
+        }
         if let Some(r) = self.retry {
             b = b.with_retry(r);
         }
-        Some(self.returned.get_or_init(|| b).clone())
+        Ok(self.returned.get_or_init(|| b).clone())
     }
 
     /// Is the store there (opened, or back, and its directory not gone
@@ -150,7 +172,7 @@ impl Slot {
     fn present(&self) -> bool {
         match &self.backend {
             Ok(b) => !b.is_gone(),
-            Err(_) => self.reopen().is_some_and(|b| !b.is_gone()),
+            Err(_) => self.reopen().is_ok_and(|b| !b.is_gone()),
         }
     }
 }
@@ -185,12 +207,7 @@ impl Store {
         let b = Backend::open(url, create)?;
         Ok(Store::from_slots(
             Mode::Single,
-            vec![Slot {
-                url: b.url().to_string(),
-                backend: Ok(b),
-                returned: Arc::new(OnceLock::new()),
-                retry: None,
-            }],
+            vec![Slot::new(b.url().to_string(), Ok(b))],
         ))
     }
 
@@ -255,7 +272,8 @@ impl Store {
                 }
             }
             same::one_repository(&rec.urls, &copies, ec_of(rec.mode)).map_err(recorded)?;
-            let store = Store::from_slots(rec.mode, slots);
+            let mut store = Store::from_slots(rec.mode, slots);
+            store.note_config();
             if create {
                 store.record_layout()?;
             }
@@ -346,11 +364,35 @@ impl Store {
                     .expect("same set")
             })
             .collect();
-        let store = Store::from_slots(mode, slots);
+        let mut store = Store::from_slots(mode, slots);
+        store.note_config();
         if create && recorded.as_ref() != Some(&store.layout()) {
             store.record_layout()?;
         }
         Ok(store)
+    }
+
+    /// Give each store missing at open the `config` copy or shard the
+    /// others say it must hold if it comes back (see `Slot`).
+    fn note_config(&mut self) {
+        if self.slots.iter().all(|s| s.backend.is_ok()) {
+            return;
+        }
+        let Ok(whole) = self.get("config") else {
+            return;
+        };
+        let per: Vec<Bytes> = match self.mode {
+            Mode::Ec(p) => match ec::encode(p, &whole) {
+                Ok(v) => v.into_iter().map(Bytes::from).collect(),
+                Err(_) => return,
+            },
+            _ => vec![whole; self.slots.len()],
+        };
+        for (s, c) in self.slots.iter_mut().zip(per) {
+            if s.backend.is_err() {
+                s.expect_config = Some(c);
+            }
+        }
     }
 
     fn from_slots(mode: Mode, slots: Vec<Slot>) -> Store {
@@ -1528,6 +1570,62 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("a")).unwrap();
         std::fs::remove_dir_all(dir.path().join("b")).unwrap();
         assert!(s.put_new("locks/writer", Bytes::from_static(b"l")).is_err());
+    }
+
+    /// A sound `config` copy (checksum only; what `same.rs` compares).
+    fn a_config(fill: u8) -> Bytes {
+        let mut c = vec![fill; 48];
+        c.extend_from_slice(blake3::hash(&c).as_bytes());
+        Bytes::from(c)
+    }
+
+    #[test]
+    fn a_store_missing_at_open_that_comes_back_holding_another_repository_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        s.put("config", a_config(1)).unwrap();
+        let b = dir.path().join("b");
+        std::fs::remove_dir_all(&b).unwrap();
+        // Opened with b missing (a long-running mount, say) ...
+        let s = Store::open_many(&u, None, false).unwrap();
+        // ... and b comes back holding another repository.
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("config"), a_config(2)).unwrap();
+        let e = s
+            .put("x", Bytes::from_static(b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another repository"), "{e}");
+        assert!(!b.join("x").exists());
+        assert!(!s.slots[1].present());
+        // A damaged copy is no other repository (sync mends it); nor is
+        // this repository's own copy.
+        std::fs::write(b.join("config"), b"damaged").unwrap();
+        s.put("y", Bytes::from_static(b"y")).unwrap();
+        assert_eq!(std::fs::read(b.join("y")).unwrap(), b"y");
+
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b", "c"]);
+        let p = EcParams { k: 2, m: 1 };
+        let s = Store::open_many(&u, Some(p), true).unwrap();
+        s.put("config", a_config(1)).unwrap();
+        let c = dir.path().join("c");
+        std::fs::remove_dir_all(&c).unwrap();
+        let s = Store::open_many(&u, Some(p), false).unwrap();
+        std::fs::create_dir(&c).unwrap();
+        let other = ec::encode(p, &a_config(2)).unwrap();
+        std::fs::write(c.join("config"), &other[2]).unwrap();
+        let e = s
+            .put("x", Bytes::from_static(b"x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another repository"), "{e}");
+        assert!(!c.join("x").exists());
+        let ours = ec::encode(p, &a_config(1)).unwrap();
+        std::fs::write(c.join("config"), &ours[2]).unwrap();
+        s.put("x", Bytes::from_static(b"x")).unwrap();
+        assert!(c.join("x").exists());
     }
 
     #[test]

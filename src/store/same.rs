@@ -39,6 +39,12 @@ pub(super) fn config_copies(slots: &[Slot]) -> Vec<Option<Bytes>> {
     })
 }
 
+/// Is `c` a sound `config` copy (its checksum holds) or a sound shard of
+/// one (its shard header and checksum hold)?
+pub(super) fn is_sound_config(c: &[u8]) -> bool {
+    self_check(CONFIG, c) == Some(Ok(())) || ec::verify(c).is_ok()
+}
+
 /// The shard index a store's `config` shard says it is, if it is a sound
 /// shard of this layout.
 fn shard_index(copy: &Option<Bytes>, p: EcParams) -> Option<usize> {
