@@ -152,7 +152,7 @@ impl Slot {
         let mut b = Backend::open(&self.url, false).map_err(|_| None)?;
         if let Some(want) = &self.expect_config {
             if let Ok(got) = b.get("config") {
-                if &got != want && same::is_sound_config(&got) {
+                if got != want && same::is_sound_config(&got) {
                     return Err(Some(
                         "the store came back holding another repository (its `config` differs \
                          from the other stores'): nothing is written to it; empty it or leave it out"
