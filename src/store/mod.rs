@@ -1572,6 +1572,48 @@ mod tests {
         assert!(s.put_new("locks/writer", Bytes::from_static(b"l")).is_err());
     }
 
+    #[test]
+    fn sync_deletes_removed_keys_left_over_but_never_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let put = |d: &std::path::Path, n: &str| {
+            std::fs::create_dir_all(d.join(n).parent().unwrap()).unwrap();
+            std::fs::write(d.join(n), n).unwrap();
+        };
+        put(&a, "keys/01");
+        put(&b, "keys/01");
+        // Removed: the record on a, an older copy of the key left on b.
+        put(&a, "keys-removed/02");
+        put(&b, "keys/02");
+        // Removed but on every store (a removal that stopped half-way).
+        put(&a, "keys-removed/03");
+        put(&a, "keys/03");
+        put(&b, "keys/03");
+        let audit = s.audit(false).unwrap();
+        assert_eq!(audit.stores[1].removed, vec!["keys/02".to_string()]);
+        assert_eq!(audit.removal_unfinished, vec!["keys/03".to_string()]);
+        let r = s.sync(false, false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        assert_eq!(r.deleted.len(), 1);
+        assert!(!b.join("keys/02").exists() && !a.join("keys/02").exists());
+        assert!(b.join("keys-removed/02").exists());
+        assert!(a.join("keys/03").exists() && b.join("keys/03").exists());
+
+        // Records naming every key object are not honoured: the keys are
+        // copied as any object.
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        put(&a, "keys-removed/01");
+        put(&b, "keys/01");
+        let r = s.sync(false, false).unwrap();
+        assert!(r.deleted.is_empty());
+        assert!(a.join("keys/01").exists() && b.join("keys/01").exists());
+    }
+
     /// A sound `config` copy (checksum only; what `same.rs` compares).
     fn a_config(fill: u8) -> Bytes {
         let mut c = vec![fill; 48];
