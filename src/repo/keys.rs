@@ -8,6 +8,12 @@
 //! objects (each try costs a full scrypt). The header is not authenticated:
 //! a kind byte that disagrees with the age header inside is reported as
 //! damage when nothing opens (`unlock` in mod.rs), never trusted further.
+//!
+//! A removed key leaves a record (`keys-removed/<id>`, `KeyRemoval`) on
+//! every store before its object is deleted, so that a store holding an
+//! older copy of the object does not bring the key back. The record is
+//! honoured at unlock only if its tag checks under the keyring the key
+//! opens: a record forged without the keyring removes nothing.
 
 use zeroize::Zeroizing;
 

@@ -1,7 +1,8 @@
 //! The repository on a store: the one place that knows the format.
 //!
 //! Objects: `config` (plaintext, checksummed), `keys/<id>` (the keyring,
-//! age-encrypted per passphrase or recovery key), `packs/<2 hex>/<id>`
+//! age-encrypted per passphrase or recovery key), `keys-removed/<id>` (a
+//! removed key, tagged with the keyring), `packs/<2 hex>/<id>`
 //! (sealed blobs), `index/<id>` (where each blob is), `snapshots/<id>`,
 //! `damage/<id>` (blobs `repair` found lost for good), and `locks/writer`.
 //! Packs, index deltas, snapshots and damage records are named by the BLAKE3
