@@ -248,33 +248,45 @@ impl Store {
         }
         match self.mode_for(name) {
             Mode::Ec(p) => {
-                let mut lens: HashMap<u64, usize> = HashMap::new();
-                let mut ok = Vec::new();
-                for (i, bytes) in good {
-                    match ec::verify(&bytes) {
-                        Ok((h, _)) if h.params == p && h.index as usize == i => {
-                            *lens.entry(h.len).or_default() += 1;
-                            ok.push((i, h.len));
+                let mut sound: Vec<ec::Shard<'_>> = Vec::new();
+                for (i, bytes) in &good {
+                    match ec::verify(bytes) {
+                        Ok(v) if v.header.params == p && v.header.index as usize == *i => {
+                            sound.push(v)
                         }
-                        Ok((h, _)) => bad.push((
-                            i,
+                        Ok(v) => bad.push((
+                            *i,
                             format!(
                                 "holds shard {} of {}, expected shard {i} of {p}",
-                                h.index, h.params
+                                v.header.index, v.header.params
                             ),
                         )),
-                        Err(why) => bad.push((i, why)),
+                        Err(why) => bad.push((*i, why)),
                     }
                 }
-                if let Some((&len, _)) = lens.iter().max_by_key(|(_, c)| **c) {
-                    for (i, l) in ok {
-                        if l != len {
+                match ec::rebuild(p, &sound) {
+                    // Shards of another version of the object than the one
+                    // the others rebuild (a rewrite that reached only some
+                    // stores), or forged: `sync` rebuilds them.
+                    Ok(r) => {
+                        for i in r.disagree {
                             bad.push((
                                 i,
-                                format!("shard of a {l}-byte object, the others say {len}"),
+                                format!(
+                                    "holds a shard of another version of the object than the {}-byte one the other shards rebuild",
+                                    r.data.len()
+                                ),
                             ));
                         }
                     }
+                    Err(why) if sound.len() >= p.k as usize => {
+                        for s in &sound {
+                            bad.push((s.header.index as usize, why.clone()));
+                        }
+                    }
+                    // Too few shards to tell (the others are missing or
+                    // damaged, and said so).
+                    Err(_) => {}
                 }
             }
             _ => {
@@ -421,8 +433,10 @@ impl Store {
     }
 
     fn rebuilt_shard(&self, name: &str, p: EcParams, i: usize) -> Result<Bytes> {
-        let whole = self.ec_get(name, p)?;
-        let mut shards = ec::encode(p, &whole)?;
+        // In the version of the shards it is rebuilt from, so that the set
+        // stays byte-exact and of one header size (ranged reads).
+        let r = self.ec_rebuild(name, p)?;
+        let mut shards = ec::encode_as(p, &r.data, r.version)?;
         Ok(Bytes::from(shards.swap_remove(i)))
     }
 

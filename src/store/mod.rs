@@ -191,8 +191,9 @@ pub struct Store {
     url: String,
     mode: Mode,
     slots: Vec<Slot>,
-    /// EC: object lengths seen (from shard headers and our own puts).
-    lengths: Arc<Mutex<HashMap<String, u64>>>,
+    /// EC: object lengths and shard versions seen (from shard headers and
+    /// our own puts).
+    lengths: Arc<Mutex<HashMap<String, (u64, u8)>>>,
 }
 
 fn normalize(url: &str) -> Result<String> {
@@ -738,7 +739,7 @@ impl Store {
                     s.b(name)?.put(name, Bytes::from(shards[i].clone()))
                 });
                 self.all_ok(name, r)?;
-                self.remember_len(name, data.len() as u64);
+                self.remember_len(name, data.len() as u64, ec::VERSION);
                 Ok(())
             }
         }
@@ -772,8 +773,10 @@ impl Store {
             Mode::Ec(p) => {
                 let copies: Vec<Bytes> =
                     ec::encode(p, &data)?.into_iter().map(Bytes::from).collect();
+                // An existing shard of the same object in another version is
+                // replaced by ours (`existing_is_ours`): every shard is ours.
                 let r = self.put_new_copies(name, &copies)?;
-                self.remember_len(name, data.len() as u64);
+                self.remember_len(name, data.len() as u64, ec::VERSION);
                 Ok(r)
             }
         }
@@ -971,18 +974,29 @@ impl Store {
         Ok(out.into_iter().map(|(_, o)| o).collect())
     }
 
-    fn remember_len(&self, name: &str, len: u64) {
+    fn remember_len(&self, name: &str, len: u64, version: u8) {
         if !name.starts_with("locks/") {
             self.lengths
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(name.to_string(), len);
+                .insert(name.to_string(), (len, version));
         }
     }
 
     /// EC: the object's length, from the cache or a shard header (store
     /// `hint` first, then the others).
     fn ec_len(&self, name: &str, p: EcParams, hint: Option<usize>) -> Result<u64> {
+        self.ec_shape(name, p, hint).map(|(len, _)| len)
+    }
+
+    /// EC: the object's length and the version of its shards (which says
+    /// where their payloads start), from the cache or one shard's header.
+    /// The shards of one object are taken to share a version (`sync`
+    /// rebuilds a lost shard in the version of the others, a create replaces
+    /// an equivalent shard in another version); where they do not, a
+    /// ranged read gets bytes the blob's AEAD rejects, and the whole-object
+    /// read that follows reads each shard by its own header.
+    fn ec_shape(&self, name: &str, p: EcParams, hint: Option<usize>) -> Result<(u64, u8)> {
         if let Some(&l) = self
             .lengths
             .lock()
@@ -998,11 +1012,11 @@ impl Store {
             let Ok(b) = &self.slots[i].backend else {
                 continue;
             };
-            match b.get_range(name, 0..ec::HEADER as u64) {
+            match b.get_range(name, 0..ec::HEADER_V1 as u64) {
                 Ok(h) => match ec::parse_header(&h) {
                     Ok(h) if h.params == p && h.index as usize == i => {
-                        self.remember_len(name, h.len);
-                        return Ok(h.len);
+                        self.remember_len(name, h.len, h.version);
+                        return Ok((h.len, h.version));
                     }
                     Ok(h) => errs.push(Error::corrupt(
                         name,
@@ -1021,8 +1035,16 @@ impl Store {
         Err(self.read_failed(name, errs))
     }
 
-    /// EC: the whole object from any K good shards (data shards first).
+    /// EC: the whole object from any K good shards (data shards first) of
+    /// one version of it: shards of two versions (a rewrite that reached
+    /// only some stores) are never mixed (`ec::rebuild`). If the data
+    /// shards do not rebuild one version, the parity shards are read too.
     fn ec_get(&self, name: &str, p: EcParams) -> Result<Vec<u8>> {
+        self.ec_rebuild(name, p).map(|r| r.data)
+    }
+
+    /// `ec_get`, with the version rebuilt and the shards that disagree.
+    fn ec_rebuild(&self, name: &str, p: EcParams) -> Result<ec::Rebuilt> {
         let k = p.k as usize;
         let n = p.total();
         let fetch = |i: usize, s: &Slot| -> std::result::Result<Bytes, Error> {
@@ -1034,44 +1056,51 @@ impl Store {
                 e => e,
             })?;
             match ec::verify(&bytes) {
-                Ok((h, _)) if h.params == p && h.index as usize == i => Ok(bytes),
-                Ok((h, _)) => Err(Error::corrupt(
+                Ok(v) if v.header.params == p && v.header.index as usize == i => Ok(bytes),
+                Ok(v) => Err(Error::corrupt(
                     name,
                     format!(
                         "the shard at {} is shard {} of {}, expected shard {i} of {p}",
-                        s.url, h.index, h.params
+                        s.url, v.header.index, v.header.params
                     ),
                 )),
                 Err(why) => Err(Error::corrupt(name, format!("at {}: {why}", s.url))),
             }
         };
         let mut got: Vec<std::result::Result<Bytes, Error>> = self.each_of(0..k, fetch);
-        if got.iter().any(|r| r.is_err()) {
+        let mut why_not = None;
+        loop {
+            let sound: Vec<ec::Shard<'_>> = got
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .filter_map(|b| ec::verify(b).ok())
+                .collect();
+            if sound.len() >= k {
+                match ec::rebuild(p, &sound) {
+                    Ok(r) => {
+                        self.remember_len(name, r.data.len() as u64, r.version);
+                        return Ok(r);
+                    }
+                    Err(why) => why_not = Some(why),
+                }
+            }
+            if got.len() >= n {
+                break;
+            }
             got.extend(self.each_of(k..n, fetch));
-        }
-        // The shards that agree on the length (the most common one).
-        let mut by_len: HashMap<u64, Vec<(usize, &[u8])>> = HashMap::new();
-        for (i, r) in got.iter().enumerate() {
-            if let Ok(b) = r {
-                let (h, payload) = ec::verify(b).expect("verified above");
-                by_len.entry(h.len).or_default().push((i, payload));
-            }
-        }
-        if let Some((len, shards)) = by_len.into_iter().max_by_key(|(_, v)| v.len()) {
-            if shards.len() >= k {
-                self.remember_len(name, len);
-                return ec::decode(p, len, &shards[..k]).map_err(|e| match e {
-                    Error::Corrupt { reason, .. } => Error::corrupt(name, reason),
-                    e => e,
-                });
-            }
         }
         let good = got.iter().filter(|r| r.is_ok()).count();
         let errs: Vec<Error> = got.into_iter().filter_map(|r| r.err()).collect();
         if good == 0 && errs.iter().all(|e| e.is_missing()) {
             return Err(self.read_failed(name, errs));
         }
-        let why: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let mut why: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        if let Some(w) = why_not {
+            return Err(Error::corrupt(name, {
+                why.insert(0, w);
+                why.join("; ")
+            }));
+        }
         Err(Error::corrupt(
             name,
             format!(
@@ -1085,7 +1114,7 @@ impl Store {
     /// reads, not checksummed: the blob AEAD above detects damage); if any
     /// of them fails, from the whole object rebuilt from any K shards.
     fn ec_get_range(&self, name: &str, p: EcParams, range: Range<u64>) -> Result<Bytes> {
-        let len = self.ec_len(name, p, None)?;
+        let (len, version) = self.ec_shape(name, p, None)?;
         if range.start > range.end || range.end > len {
             return Err(Error::corrupt(
                 name,
@@ -1099,7 +1128,7 @@ impl Store {
             return Ok(Bytes::new());
         }
         let s = ec::shard_len(len, p.k) as u64;
-        let h = ec::HEADER as u64;
+        let h = ec::header_len(version) as u64;
         let first = (range.start / s) as usize;
         let last = ((range.end - 1) / s) as usize;
         let pieces = self.each_of(first..last + 1, |i, slot| {
@@ -1193,6 +1222,13 @@ fn existing_is_ours(b: &Backend, name: &str, ours: impl FnOnce() -> Result<Bytes
     let stored = b.get(name)?;
     let ours = ours()?;
     if stored == ours {
+        return Ok(true);
+    }
+    // The same erasure-coded shard in another version (written before
+    // shards carried the object's digest): ours replaces it, so that every
+    // shard of the object is of the version just written.
+    if ec::same_shard(&stored, &ours) {
+        b.put(name, ours)?;
         return Ok(true);
     }
     let damaged = content_addressed(name).is_some()

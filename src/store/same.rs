@@ -49,7 +49,7 @@ pub(super) fn is_sound_config(c: &[u8]) -> bool {
 /// shard of this layout.
 fn shard_index(copy: &Option<Bytes>, p: EcParams) -> Option<usize> {
     match ec::verify(copy.as_deref()?) {
-        Ok((h, _)) if h.params == p => Some(h.index as usize),
+        Ok(v) if v.header.params == p => Some(v.header.index as usize),
         _ => None,
     }
 }
@@ -130,14 +130,14 @@ fn shards(urls: &[String], copies: &[Option<Bytes>], p: EcParams) -> Result<()> 
     for (i, c) in copies.iter().enumerate() {
         let Some(c) = c else { continue };
         match ec::verify(c) {
-            Ok((h, payload)) if h.params == p && h.index as usize == i => {
-                sound.push((i, h.len, payload))
+            Ok(v) if v.header.params == p && v.header.index as usize == i => {
+                sound.push((i, v.header.len, v.payload))
             }
-            Ok((h, _)) if h.params != p => {
+            Ok(v) if v.header.params != p => {
                 return Err(Error::Invalid(format!(
                     "the store {} holds a repository erasure-coded {}, not {p}: \
                      every store of a set must hold this repository or be empty; leave it out",
-                    urls[i], h.params
+                    urls[i], v.header.params
                 )))
             }
             _ => {}
@@ -157,8 +157,14 @@ fn shards(urls: &[String], copies: &[Option<Bytes>], p: EcParams) -> Result<()> 
                 if self_check(CONFIG, &whole) == Some(Ok(())) {
                     let again = ec::encode(p, &whole)?;
                     let agree = pick[0];
+                    // Compared as shards, not bytes: a version 1 shard of
+                    // the same config is the same (repositories made before
+                    // version 2, or partly rebuilt since).
                     for &(i, _, _) in &sound {
-                        if copies[i].as_deref() != Some(&again[i][..]) {
+                        if !copies[i]
+                            .as_deref()
+                            .is_some_and(|c| ec::same_shard(c, &again[i]))
+                        {
                             return Err(differ(&urls[sound[agree].0], &urls[i]));
                         }
                     }
@@ -167,7 +173,7 @@ fn shards(urls: &[String], copies: &[Option<Bytes>], p: EcParams) -> Result<()> 
             }
         }
         tried += 1;
-        if tried >= MAX_TRIES || !next_subset(&mut pick, sound.len()) {
+        if tried >= MAX_TRIES || !ec::next_subset(&mut pick, sound.len()) {
             break;
         }
     }
@@ -180,19 +186,4 @@ fn shards(urls: &[String], copies: &[Option<Bytes>], p: EcParams) -> Result<()> 
             .collect::<Vec<_>>()
             .join(", ")
     )))
-}
-
-/// The next K-subset of `0..n` in lexicographic order; false after the last.
-fn next_subset(pick: &mut [usize], n: usize) -> bool {
-    let k = pick.len();
-    for i in (0..k).rev() {
-        if pick[i] < n - k + i {
-            pick[i] += 1;
-            for j in i + 1..k {
-                pick[j] = pick[j - 1] + 1;
-            }
-            return true;
-        }
-    }
-    false
 }
