@@ -349,6 +349,9 @@ pub struct Rebuilt {
     pub disagree: Vec<usize>,
 }
 
+/// A version 2 group's key: the object's length and digest.
+type Version = (u64, [u8; 32]);
+
 /// One version of the object from `shards` (sound shards of parameters `p`,
 /// at most one per index, each at its store's position), never a mix of two:
 /// the largest group of version 2 shards agreeing on (length, digest) whose
@@ -360,7 +363,7 @@ pub fn rebuild(p: EcParams, shards: &[Shard<'_>]) -> std::result::Result<Rebuilt
     let mut sorted: Vec<&Shard<'_>> = shards.iter().collect();
     sorted.sort_by_key(|s| s.header.index);
     // Version 2 groups, largest first (then by length, digest: deterministic).
-    let mut groups: Vec<((u64, [u8; 32]), Vec<&Shard<'_>>)> = Vec::new();
+    let mut groups: Vec<(Version, Vec<&Shard<'_>>)> = Vec::new();
     for s in sorted.iter().filter(|s| s.digest.is_some()) {
         let key = (s.header.len, s.digest.unwrap_or_default());
         match groups.iter_mut().find(|(g, _)| *g == key) {
