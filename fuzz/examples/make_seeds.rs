@@ -21,6 +21,7 @@ use secrate::repo::pack::{blob_ad, encode_blob_body, header_range, PackBuilder, 
 use secrate::repo::snapshot::{Origin, RootMeta, Snapshot};
 use secrate::repo::tree::{ChunkRef, Content, Entry, Kind, Timestamp, Tree};
 use secrate::repo::{index, lock, sealed, snapshot};
+use secrate::store::ec::{self, EcParams};
 use secrate_fuzz::{keys, pack_key, REPO_ID};
 
 fn write(dir: &Path, target: &str, name: &str, bytes: &[u8]) {
@@ -364,8 +365,49 @@ fn main() {
     rt(5, "key-object", &key_object.encode());
     rt(6, "index-delta", &delta);
 
+    ec_seeds(&w);
+
     check(&dir);
     println!("seeds written to {}", dir.display());
+}
+
+/// `ec_shards` inputs: K, M, then each shard as a u16 LE length and its
+/// bytes.
+fn ec_input(p: EcParams, shards: &[&[u8]]) -> Vec<u8> {
+    let mut out = vec![p.k, p.m];
+    for s in shards {
+        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        out.extend_from_slice(s);
+    }
+    out
+}
+
+/// One object's shards as written (version 2), as an old repository holds
+/// them (version 1), and of two versions of one object mixed.
+fn ec_seeds(w: &dyn Fn(&str, &str, &[u8])) {
+    let p = EcParams { k: 2, m: 1 };
+    let a: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+    let mut b = a.clone();
+    b[150] ^= 1;
+    let v2 = ec::encode(p, &a).unwrap();
+    let v1 = ec::encode_as(p, &a, 1).unwrap();
+    let other = ec::encode(p, &b).unwrap();
+    w("ec_shards", "v2", &ec_input(p, &[&v2[0], &v2[1], &v2[2]]));
+    w("ec_shards", "v1", &ec_input(p, &[&v1[0], &v1[1], &v1[2]]));
+    w(
+        "ec_shards",
+        "v1-v2",
+        &ec_input(p, &[&v1[0], &v2[1], &v1[2]]),
+    );
+    w(
+        "ec_shards",
+        "two-versions",
+        &ec_input(p, &[&other[0], &v2[1], &v2[2]]),
+    );
+    let p = EcParams { k: 3, m: 2 };
+    let s = ec::encode(p, b"hello, world").unwrap();
+    let all: Vec<&[u8]> = s.iter().map(|x| &x[..]).collect();
+    w("ec_shards", "3+2", &ec_input(p, &all));
 }
 
 /// Every seed decodes: the fuzzers start past the first check.
@@ -413,6 +455,10 @@ fn check(dir: &Path) {
                 "outbox_item" => Item::decode(&b).is_ok(),
                 "age_decrypt" => age_decrypt(keys.meta_identity(), &b).is_ok(),
                 "roundtrip" => !b.is_empty(),
+                "ec_shards" => {
+                    let n = u16::from_le_bytes([b[2], b[3]]) as usize;
+                    ec::verify(&b[4..4 + n]).is_ok()
+                }
                 t => panic!("seeds for unknown target {t}"),
             };
             assert!(ok, "seed {} does not decode", path.display());
