@@ -7,10 +7,6 @@ use secrate::repo::damage::DamageRecord;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = DamageRecord::decode(data) {
-        assert_eq!(
-            r.encode(),
-            data,
-            "a damage record that decodes is canonical"
-        );
+        assert_eq!(r.encode(), data, "a damage record that decodes is canonical");
     }
 });
