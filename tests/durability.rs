@@ -245,12 +245,12 @@ fn stats_per_store_and_redundancy() {
                 .sum::<u64>();
         }
         assert_eq!(v["stored_bytes"].as_u64().unwrap(), stored);
-        // Each pack is 3 shards of ceil(len/2) (rounded up to even) plus a
-        // 51-byte header: 1.5× and a little.
+        // Each pack is 3 shards of ceil(len/2) (rounded up to even) plus an
+        // 83-byte header: 1.5× and a little.
         let packs = v["pack_bytes"].as_u64().unwrap();
         let n_packs = v["packs"].as_u64().unwrap();
         assert!(
-            pack_shards >= packs * 3 / 2 && pack_shards <= packs * 3 / 2 + n_packs * 3 * (51 + 2),
+            pack_shards >= packs * 3 / 2 && pack_shards <= packs * 3 / 2 + n_packs * 3 * (secrate::store::ec::HEADER as u64 + 2),
             "{v}: pack shards {pack_shards}"
         );
         let text = s.ok(&["stats"]);
