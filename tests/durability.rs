@@ -250,7 +250,9 @@ fn stats_per_store_and_redundancy() {
         let packs = v["pack_bytes"].as_u64().unwrap();
         let n_packs = v["packs"].as_u64().unwrap();
         assert!(
-            pack_shards >= packs * 3 / 2 && pack_shards <= packs * 3 / 2 + n_packs * 3 * (secrate::store::ec::HEADER as u64 + 2),
+            pack_shards >= packs * 3 / 2
+                && pack_shards
+                    <= packs * 3 / 2 + n_packs * 3 * (secrate::store::ec::HEADER as u64 + 2),
             "{v}: pack shards {pack_shards}"
         );
         let text = s.ok(&["stats"]);

@@ -19,6 +19,13 @@
 //! no index does, and ranges trees mark as lost) is reported apart from new
 //! damage: it is known, but the snapshots holding it are still not whole,
 //! so the repository is never called clean while any snapshot holds it.
+//!
+//! check takes no lock: another writer's prune may run meanwhile. What it
+//! removed on purpose is not reported: a pass that finds damage after an
+//! index delta it loaded went away is run again on what the store holds
+//! then; a delta or pack listed and deleted before it was read is left out;
+//! damage in a snapshot no longer listed (forgotten meanwhile) is dropped
+//! with a note.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -189,7 +196,26 @@ impl Walker<'_> {
     }
 }
 
+/// Where `check_with` calls its hook (tests: another process acts there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The snapshots are listed and read; the index is not loaded yet.
+    SnapshotsListed,
+    /// The index is loaded; the packs are not listed yet.
+    IndexLoaded,
+}
+
 pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
+    check_with(repo, read_data, progress, &|_| {})
+}
+
+/// `check`, calling `hook` at each `Phase` of each pass.
+pub(crate) fn check_with(
+    repo: &Repository,
+    read_data: bool,
+    progress: &dyn Progress,
+    hook: &dyn Fn(Phase),
+) -> Result<CheckReport> {
     if read_data && !repo.keys().can_read_data() {
         return Err(Error::WriteOnly {
             what: "check --read-data needs a key that can read".into(),
@@ -200,41 +226,79 @@ pub fn check(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Res
     // snapshots' data, which this pass may have counted as lost. When a
     // pass finds damage and a delta it loaded is gone, it is run again on
     // what the store holds now. (Found going through what stop 28 left.)
+    // Damage in a snapshot that is no longer listed (forgotten while check
+    // ran, its data pruned before check loaded the index, which a prune
+    // had already rewritten) is not reported.
     const PASSES: usize = 3;
     let mut pass = 1;
     loop {
-        let mut report = check_once(repo, read_data, progress)?;
-        if !report.has_new_damage() || !repo.loaded_deltas_gone()? {
-            if pass > 1 {
-                report.notes.push(format!(
-                    "another process rewrote the index while check ran (a prune or repair): \
-                     checked {pass} times, the last on what the store holds now"
-                ));
-            }
-            return Ok(report);
+        let mut report = check_once(repo, read_data, progress, hook)?;
+        let rewritten = report.has_new_damage() && repo.loaded_deltas_gone()?;
+        if rewritten && pass < PASSES {
+            pass += 1;
+            repo.forget_index();
+            continue;
         }
-        if pass == PASSES {
+        if report.has_new_damage() {
+            leave_out_forgotten(repo, &mut report)?;
+        }
+        if rewritten {
             report.notes.push(format!(
                 "another process rewrote the index during each of {PASSES} passes (a prune or \
                  repair): what is reported may be what it removed; run check again after it"
             ));
-            return Ok(report);
+        } else if pass > 1 {
+            report.notes.push(format!(
+                "another process rewrote the index while check ran (a prune or repair): \
+                 checked {pass} times, the last on what the store holds now"
+            ));
         }
-        pass += 1;
-        repo.forget_index();
+        return Ok(report);
     }
 }
 
-fn check_once(repo: &Repository, read_data: bool, progress: &dyn Progress) -> Result<CheckReport> {
+/// Take out of `report` the damage of snapshots a listing made now no
+/// longer names (forgotten since check listed them), with a note.
+fn leave_out_forgotten(repo: &Repository, report: &mut CheckReport) -> Result<()> {
+    let listed: HashSet<Id> = repo.snapshot_ids()?.into_iter().collect();
+    let mut forgotten: Vec<(Id, String)> = Vec::new();
+    for d in report.damage.iter().chain(&report.recorded) {
+        if !listed.contains(&d.snapshot) && !forgotten.iter().any(|(id, _)| *id == d.snapshot) {
+            forgotten.push((d.snapshot, d.time.clone()));
+        }
+    }
+    if forgotten.is_empty() {
+        return Ok(());
+    }
+    report.damage.retain(|d| listed.contains(&d.snapshot));
+    report.recorded.retain(|d| listed.contains(&d.snapshot));
+    report.snapshots -= forgotten.len().min(report.snapshots);
+    for (id, time) in forgotten {
+        report.notes.push(format!(
+            "snapshot {} ({time}) was forgotten while check ran: left out",
+            id.short()
+        ));
+    }
+    Ok(())
+}
+
+fn check_once(
+    repo: &Repository,
+    read_data: bool,
+    progress: &dyn Progress,
+    hook: &dyn Fn(Phase),
+) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     // The snapshots before the index: a writer stores packs, then their
     // index delta, then the snapshot, so every snapshot listed now has its
     // blobs in a delta the index loads next. (Found by review: a snapshot
     // a mount stored between the two was "damaged", its blobs in no index.)
     let (snapshots, bad_snaps) = repo.snapshots()?;
+    hook(Phase::SnapshotsListed);
     for e in repo.load_index()? {
         report.problems.push(e.to_string());
     }
+    hook(Phase::IndexLoaded);
     let (found, bad_headers) = repo.find_unindexed_packs()?;
     for e in bad_headers {
         report.problems.push(e.to_string());
@@ -632,6 +696,79 @@ mod tests {
             report.notes.iter().any(|n| n.contains("rewrote the index")),
             "{report:?}"
         );
+    }
+
+    /// A forget and a prune between check's listing of the snapshots and
+    /// its loading of the index: the forgotten snapshot's data is gone and
+    /// the index check loads is the prune's (no delta check loaded went
+    /// away, so no second pass). Not damage: the snapshot is no longer
+    /// listed. (Before, its file was reported damaged, its blob "in no
+    /// index".) The same prune once the index is loaded: a second pass.
+    #[test]
+    fn a_prune_between_checks_phases_is_not_damage() {
+        use crate::crypto::BlobKind;
+        use crate::ops::prune::tests::snapshot_of;
+        use crate::ops::prune::{prune, PruneOptions};
+        use crate::repo::tree::ChunkRef;
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        for (at, read_data) in [
+            (Phase::SnapshotsListed, false),
+            (Phase::SnapshotsListed, true),
+            (Phase::IndexLoaded, false),
+            (Phase::IndexLoaded, true),
+        ] {
+            let url = format!("memory://check-phase-{at:?}-{read_data}");
+            let repo = Arc::new(crate::repo::tests::test_init(&url));
+            let kept = crate::ops::repair::tests::chunk(1);
+            let dropped = crate::ops::repair::tests::chunk(2);
+            let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+            let kept_id = w.add(BlobKind::Data, &kept).unwrap();
+            let dropped_id = w.add(BlobKind::Data, &dropped).unwrap();
+            let (packs, _) = w.finish().unwrap();
+            repo.write_index(&packs).unwrap();
+            let chunk = |id| ChunkRef { id, len: 2000 };
+            let old = snapshot_of(&repo, vec![chunk(kept_id), chunk(dropped_id)]);
+            snapshot_of(&repo, vec![chunk(kept_id)]);
+
+            let done = Mutex::new(false);
+            let hook = |phase: Phase| {
+                let mut done = done.lock().unwrap();
+                if phase != at || *done {
+                    return;
+                }
+                *done = true;
+                repo.store()
+                    .delete(&crate::repo::snapshot::snapshot_name(&old))
+                    .unwrap();
+                let opts = PruneOptions {
+                    max_unused: 0.0,
+                    dry_run: false,
+                };
+                let report = prune(open(repo.store(), "pw"), &opts, &Quiet).unwrap();
+                assert_eq!(report.packs_repacked, 1, "{report:?}");
+            };
+            // As a library caller may: the index not loaded before check
+            // (the CLI loads it first, so a prune anywhere in check
+            // replaces a delta it loaded and makes a second pass).
+            let checker = Repository::open(
+                repo.store().clone(),
+                &Secret::Passphrase("pw".to_string().into()),
+            )
+            .unwrap();
+            let report = check_with(&checker, read_data, &Quiet, &hook).unwrap();
+            assert!(*done.lock().unwrap());
+            assert!(report.is_clean(), "{at:?} {read_data}: {report:?}");
+            assert_eq!(report.snapshots, 1, "{report:?}");
+            if at == Phase::SnapshotsListed {
+                assert!(
+                    report
+                        .notes
+                        .iter()
+                        .any(|n| n.contains("forgotten while check ran")),
+                    "{report:?}"
+                );
+            }
+        }
     }
 
     /// A snapshot a writer stores while check runs (a mount sealing) is

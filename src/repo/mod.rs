@@ -39,7 +39,7 @@ use crate::crypto::{
     BlobKind, ChunkerParams, Id, Keyring, PackKey,
 };
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{ObjectInfo, Store};
 
 use self::config::Config;
 use self::damage::{damage_name, DamageRecord};
@@ -491,6 +491,14 @@ impl Repository {
     /// listed can be recovered with `index_unindexed_packs`.
     pub fn load_index(&self) -> Result<Vec<Error>> {
         let names = self.store.list_names("index")?;
+        Ok(self.load_deltas(names))
+    }
+
+    /// Load the index deltas `names` (a listing) not loaded yet. One that
+    /// is gone when read and stays gone (deleted since the listing: a prune
+    /// or repair replaced it) is no problem; it counts as loaded, so that
+    /// `loaded_deltas_gone` tells the caller the index was rewritten.
+    fn load_deltas(&self, names: Vec<String>) -> Vec<Error> {
         let todo: Vec<String> = {
             let loaded = self.loaded_deltas.lock().unwrap_or_else(|e| e.into_inner());
             names.into_iter().filter(|n| !loaded.contains(n)).collect()
@@ -512,6 +520,10 @@ impl Repository {
                     loaded.push(name);
                     Some(packs)
                 }
+                Err(e) if e.is_missing() && self.gone_since_listed(&name) => {
+                    loaded.push(name);
+                    None
+                }
                 Err(e) => {
                     problems.push(e);
                     None
@@ -526,7 +538,13 @@ impl Repository {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend(loaded);
-        Ok(problems)
+        problems
+    }
+
+    /// An object a listing named that is gone now, by a second look (not a
+    /// store that failed to serve it).
+    fn gone_since_listed(&self, name: &str) -> bool {
+        matches!(self.store.head(name), Ok(None))
     }
 
     /// Whether an index delta this process loaded is gone from the store:
@@ -709,6 +727,13 @@ impl Repository {
     /// headers. The caller decides whether to write an index delta for them.
     pub fn find_unindexed_packs(&self) -> Result<(Vec<PackInfo>, Vec<Error>)> {
         let listed = self.store.list("packs")?;
+        Ok(self.unindexed_packs_of(listed))
+    }
+
+    /// `find_unindexed_packs` on a listing: a pack gone when its header is
+    /// read and still gone (deleted since the listing: a prune) is left
+    /// out, not reported.
+    fn unindexed_packs_of(&self, listed: Vec<ObjectInfo>) -> (Vec<PackInfo>, Vec<Error>) {
         let todo: Vec<_> = {
             let ix = self.index();
             listed
@@ -717,21 +742,22 @@ impl Repository {
                 .collect()
         };
         use rayon::prelude::*;
-        let results: Vec<Result<PackInfo>> = todo
+        let results: Vec<(&ObjectInfo, Result<PackInfo>)> = todo
             .par_iter()
-            .map(|o| {
-                let id = pack_id_from_name(&o.name).expect("filtered above");
-                self.read_pack_header(&id, o.size)
+            .filter_map(|o| {
+                let id = pack_id_from_name(&o.name)?;
+                Some((o, self.read_pack_header(&id, o.size)))
             })
             .collect();
         let (mut ok, mut bad) = (Vec::new(), Vec::new());
-        for r in results {
+        for (o, r) in results {
             match r {
                 Ok(p) => ok.push(p),
+                Err(e) if e.is_missing() && self.gone_since_listed(&o.name) => {}
                 Err(e) => bad.push(e),
             }
         }
-        Ok((ok, bad))
+        (ok, bad)
     }
 
     /// Read and decrypt a pack's own header.
@@ -1439,6 +1465,36 @@ fn unlock(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    /// An index delta or a pack a listing named and a prune deleted before
+    /// it was read is not damage; a delta gone that way tells that the index
+    /// was rewritten. A delta listed and missing while the store still has
+    /// it somewhere stays a problem.
+    #[test]
+    fn what_was_deleted_since_the_listing_is_no_problem() {
+        use crate::repo::writer::{BlobWriter, StoreSink};
+        let r = std::sync::Arc::new(test_init("memory://gone-since-listed"));
+        let w = BlobWriter::new(r.clone(), std::sync::Arc::new(StoreSink(r.clone())), 1);
+        w.add(crate::crypto::BlobKind::Data, b"some data").unwrap();
+        let (packs, _) = w.finish().unwrap();
+        r.write_index(&packs).unwrap();
+        let reader = Repository::open(
+            r.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
+        let deltas = r.store().list_names("index").unwrap();
+        let listed_packs = r.store().list("packs").unwrap();
+        assert_eq!((deltas.len(), listed_packs.len()), (1, 1));
+        for d in &deltas {
+            r.store().delete(d).unwrap();
+        }
+        r.store().delete(&pack_name(&packs[0].id)).unwrap();
+        assert!(reader.load_deltas(deltas).is_empty());
+        assert!(reader.loaded_deltas_gone().unwrap());
+        let (found, bad) = reader.unindexed_packs_of(listed_packs);
+        assert!(found.is_empty() && bad.is_empty(), "{bad:?}");
+    }
+
     use super::*;
 
     pub fn test_init(url: &str) -> Repository {
