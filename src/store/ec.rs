@@ -722,6 +722,49 @@ mod tests {
         assert_eq!(r.disagree, vec![1]);
     }
 
+    /// Encode and whole-object rebuild speed, version 1 (no digest) against
+    /// version 2 (digest made on encode, checked on rebuild), in one run:
+    /// `cargo test --release --lib ec_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn ec_speed_v1_against_v2() {
+        let data: Vec<u8> = (0..16u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let mb = data.len() as f64 / (1 << 20) as f64;
+        for p in [EcParams { k: 2, m: 1 }, EcParams { k: 4, m: 2 }] {
+            for version in [1u8, 2] {
+                let rounds = 8;
+                let t = std::time::Instant::now();
+                let mut shards = Vec::new();
+                for _ in 0..rounds {
+                    shards = encode_as(p, &data, version).unwrap();
+                }
+                let enc = t.elapsed().as_secs_f64() / rounds as f64;
+                let all = sound(&shards);
+                // The data shards (the usual read) and K with one parity.
+                let data_only = &all[..p.k as usize];
+                let with_parity: Vec<Shard<'_>> = all[1..=p.k as usize].to_vec();
+                let t = std::time::Instant::now();
+                for _ in 0..rounds {
+                    assert_eq!(rebuild(p, data_only).unwrap().data.len(), data.len());
+                }
+                let dec = t.elapsed().as_secs_f64() / rounds as f64;
+                let t = std::time::Instant::now();
+                for _ in 0..rounds {
+                    assert_eq!(rebuild(p, &with_parity).unwrap().data.len(), data.len());
+                }
+                let rec = t.elapsed().as_secs_f64() / rounds as f64;
+                eprintln!(
+                    "{p} v{version}: encode {:.0} MB/s, rebuild from data shards {:.0} MB/s, with a parity shard {:.0} MB/s",
+                    mb / enc,
+                    mb / dec,
+                    mb / rec
+                );
+            }
+        }
+    }
+
     #[test]
     fn corrupt_shards_are_detected() {
         let p = EcParams { k: 2, m: 1 };
