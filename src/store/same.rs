@@ -187,3 +187,46 @@ fn shards(urls: &[String], copies: &[Option<Bytes>], p: EcParams) -> Result<()> 
             .join(", ")
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::config::{Config, DEFAULT_PACK_TARGET};
+
+    fn config(id: u8) -> Vec<u8> {
+        Config {
+            repo_id: [id; 16],
+            created: 1,
+            chunker: crate::crypto::ChunkerParams::DEFAULT,
+            pack_target: DEFAULT_PACK_TARGET,
+        }
+        .encode()
+    }
+
+    /// The `config` shards of a set made before shard version 2, or partly
+    /// rebuilt since, are one repository: compared as shards, not bytes.
+    /// Another repository's shard among them is still refused.
+    #[test]
+    fn version_1_config_shards_are_one_repository() {
+        let p = EcParams { k: 2, m: 1 };
+        let urls: Vec<String> = (0..3).map(|i| format!("memory://s{i}")).collect();
+        let shards = |id: u8, v: u8| -> Vec<Option<Bytes>> {
+            ec::encode_as(p, &config(id), v)
+                .unwrap()
+                .into_iter()
+                .map(|s| Some(Bytes::from(s)))
+                .collect()
+        };
+        for version in [1u8, 2] {
+            let copies = shards(1, version);
+            assert!(in_shard_order(&copies, p));
+            one_repository(&urls, &copies, Some(p)).unwrap();
+        }
+        let mut mixed = shards(1, 1);
+        mixed[2] = shards(1, 2)[2].clone();
+        one_repository(&urls, &mixed, Some(p)).unwrap();
+        mixed[2] = shards(2, 1)[2].clone();
+        let e = one_repository(&urls, &mixed, Some(p)).unwrap_err();
+        assert!(e.to_string().contains("different repositories"), "{e}");
+    }
+}
