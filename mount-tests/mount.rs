@@ -3344,3 +3344,37 @@ fn fallocate_as_on_a_local_disk() {
     let mut m = Mount::new(&s, &mnt, &tmp.dir.join("cache"), &[]);
     fallocate_as_a_model_says(&mut m, "cache on tmpfs");
 }
+
+/// `secrate umount` while a file is open: a file closed just after (a
+/// program finishing) lets the unmount go on; one still open after the
+/// wait gets the sentence that says why, and the mount keeps serving.
+/// (Before, `umount` failed at once: a CI run's test read and closed its
+/// last file and the unmount right after failed "busy", a process forked
+/// by another test still holding a copy of the descriptor.)
+#[test]
+fn umount_waits_for_a_busy_mount_to_be_let_go() {
+    if !fuse_ready("umount_waits_for_a_busy_mount_to_be_let_go") {
+        return;
+    }
+    let (_work, _local, _cache, m) = local_and_mount();
+    write_synced(&m.path("f"), b"data");
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    // Held past the wait: busy, said in one sentence, still mounted.
+    let held = fs::File::open(m.path("f")).unwrap();
+    let o = m.s.run(&["umount", &mnt]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("is busy"), "{err}");
+    assert!(is_mounted(&m.mnt));
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"data");
+    // Let go shortly after the unmount began: it goes on.
+    let mut umount = m.s.command().args(["umount", &mnt]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    assert!(
+        umount.wait().unwrap().success(),
+        "umount failed after the file was closed"
+    );
+    m.wait_exit();
+    assert!(!is_mounted(&m.mnt));
+}

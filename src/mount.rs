@@ -718,6 +718,32 @@ fn unmount(mp: &Path, lazy: bool) -> std::io::Result<()> {
     }
 }
 
+/// How long `secrate umount` waits for a busy mount to be let go.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Unmount, waiting up to `BUSY_WAIT` while the mount is busy. A mount is
+/// busy for an instant after a program lets it go: a child between fork
+/// and exec still holds copies of its parent's descriptors, a process that
+/// just exited may not have closed its files yet. (A CI run's `secrate
+/// umount` failed "busy" right after the test had read and closed its
+/// last file, while other tests spawned processes.)
+fn unmount_when_free(mp: &Path) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match unmount(mp, false) {
+            Err(e) if is_busy(&e) && start.elapsed() < BUSY_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// EBUSY from umount2, or fusermount3's message for it.
+fn is_busy(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EBUSY) || e.to_string().contains("Device or resource busy")
+}
+
 fn control_loop(listener: UnixListener, shared: Arc<Shared>) {
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
@@ -779,7 +805,7 @@ fn handle_client(mut stream: UnixStream, shared: &Shared) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(w);
-            match unmount(&shared.mountpoint, false) {
+            match unmount_when_free(&shared.mountpoint) {
                 // The serving thread reports progress and the end.
                 Ok(()) => return,
                 Err(e) => {
@@ -788,7 +814,7 @@ fn handle_client(mut stream: UnixStream, shared: &Shared) {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .pop();
-                    let why = if e.raw_os_error() == Some(libc::EBUSY) {
+                    let why = if is_busy(&e) {
                         format!("{} is busy (files are open or a process is inside it): close them and try again", shared.mountpoint.display())
                     } else {
                         format!("cannot unmount {}: {e}", shared.mountpoint.display())
