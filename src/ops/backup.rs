@@ -115,6 +115,10 @@ struct Run<'a> {
     /// Whether `/proc/self/fd` is there to read the xattrs of a symlink,
     /// fifo or device node by its directory's handle; without it, by path.
     proc_fd: bool,
+    /// Whether the parent snapshot's xattrs may stand for an unchanged
+    /// entry's: not when it is `partial`, whose entries may have been
+    /// saved without the xattrs that could not be read.
+    reuse_xattrs: bool,
     files_new: AtomicU64,
     files_changed: AtomicU64,
     files_unchanged: AtomicU64,
@@ -188,8 +192,12 @@ pub fn backup(
     let parent = all
         .iter()
         .rev()
-        .find(|(_, s)| s.origin == Origin::Backup && s.source == source_str && s.host == opts.host)
-        .map(|(id, s)| (*id, s.root));
+        .find(|(_, s)| s.origin == Origin::Backup && s.source == source_str && s.host == opts.host);
+    // A partial parent may hold entries whose xattrs could not be read:
+    // taken as they are, they would be missing from every later snapshot
+    // while the file stays unchanged.
+    run.reuse_xattrs = parent.is_none_or(|(_, s)| !s.tags.iter().any(|t| t == PARTIAL_TAG));
+    let parent = parent.map(|(id, s)| (*id, s.root));
     let prev_root = parent.and_then(|(_, root)| repo.read_tree(&root).ok());
 
     progress.start("backup", None);
@@ -392,6 +400,7 @@ impl<'a> Run<'a> {
             excluded: identities(exclude),
             root_dev: None,
             proc_fd: Path::new("/proc/self/fd").is_dir(),
+            reuse_xattrs: true,
             files_new: AtomicU64::new(0),
             files_changed: AtomicU64::new(0),
             files_unchanged: AtomicU64::new(0),
@@ -570,7 +579,8 @@ impl<'a> Run<'a> {
 
     /// The xattrs of a file, symlink or special file: the parent
     /// snapshot's when its entry has the same kind, size, mtime, inode and
-    /// ctime (setting or removing an xattr changes the ctime), else read
+    /// ctime (setting or removing an xattr changes the ctime) and the
+    /// parent is not `partial`, else read
     /// (a lookup through `/proc` per entry: a fifth of a backup with
     /// nothing changed).
     fn xattrs_unless_unchanged(
@@ -584,7 +594,8 @@ impl<'a> Run<'a> {
     ) -> Vec<(Vec<u8>, Vec<u8>)> {
         match prev {
             Some(p)
-                if p.kind == e.kind
+                if self.reuse_xattrs
+                    && p.kind == e.kind
                     && p.size == md.size
                     && p.mtime == e.mtime
                     && p.ctime.is_some()
@@ -1320,5 +1331,62 @@ mod xattrs_by_handle {
         );
         assert_eq!(x(&second, b"set"), [(b"user.s".to_vec(), b"2".to_vec())]);
         assert_eq!(x(&second, b"removed"), []);
+    }
+}
+
+#[cfg(test)]
+mod xattrs_after_a_partial_parent {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+    use crate::repo::writer::{BlobWriter, StoreSink};
+
+    /// The parent is `partial` and its entry of an unchanged file lacks
+    /// the file's xattr (as when reading it failed): the next backup reads
+    /// the xattrs again. Before, it took the parent's empty list, and every
+    /// later snapshot lacked the xattr for as long as the file stayed as
+    /// it was.
+    #[test]
+    fn a_partial_parent_is_not_trusted_for_xattrs() {
+        let repo = Arc::new(test_init("memory://backup-xattrs-partial-parent"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), "f").unwrap();
+        if fsmeta::set_xattr(&src.join("f"), b"user.k", b"v").is_err() {
+            eprintln!("no user xattrs on this filesystem, skipped");
+            return;
+        }
+        let first = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        let want = vec![(b"user.k".to_vec(), b"v".to_vec())];
+        let xattrs = |root: &Id| {
+            repo.read_tree(root)
+                .unwrap()
+                .find(b"f")
+                .unwrap()
+                .xattrs
+                .clone()
+        };
+        assert_eq!(xattrs(&first.snapshot.root), want);
+
+        // A partial snapshot of the same source whose entry lost the xattr.
+        let mut tree = repo.read_tree(&first.snapshot.root).unwrap();
+        tree.entries[0].xattrs.clear();
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let mut partial = first.snapshot.clone();
+        partial.root = root;
+        partial.time_ns += 1;
+        partial.tags = vec![PARTIAL_TAG.into()];
+        repo.write_snapshot(&partial).unwrap();
+
+        let next = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        assert_eq!(next.files_unchanged, 1);
+        assert_eq!(xattrs(&next.snapshot.root), want);
+        // From a complete parent, taken as they are.
+        let again = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        assert_eq!(xattrs(&again.snapshot.root), want);
     }
 }
