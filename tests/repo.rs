@@ -773,3 +773,49 @@ fn diff_names_exactly_what_changed() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("\"no/such\" is in neither snapshot"), "{err}");
 }
+
+/// A name with a newline (or `"`, `\`, another control character) is
+/// shown quoted by `ls` and `diff`, with C escapes: each line is one path.
+/// Before, the newline went out as it is and the rest of the name read as
+/// a line of its own. A change of the source directory's own mode shows
+/// as `U    /`; before, `diff` said nothing of it.
+#[test]
+fn ls_and_diff_quote_names_with_newlines_and_show_the_root() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("new\nline"), "one").unwrap();
+    fs::write(src.join("q\"b\\"), "q").unwrap();
+    fs::write(src.join("plain"), "p").unwrap();
+    let s = Secrate::new(&format!("file://{}", work.path().join("store").display()));
+    s.init();
+    let src_arg = src.to_str().unwrap();
+    s.ok(&["backup", "-q", src_arg]);
+    assert_eq!(
+        s.ok(&["ls", "latest"]),
+        "\"/new\\nline\"\n/plain\n\"/q\\\"b\\\\\"\n"
+    );
+    let first = s
+        .ok(&["snapshots"])
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    fs::write(src.join("new\nline"), "two!").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+    s.ok(&["backup", "-q", src_arg]);
+    let o = s.run(&["diff", &first, "latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "U    /\nM    \"/new\\nline\"\n"
+    );
+    assert!(
+        stderr(&o).contains("1 changed, 1 with other attributes"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -41,8 +41,38 @@ pub struct DiffArgs {
     path: Option<PathBuf>,
 }
 
-/// One line of `ls`: the path as its bytes are (names need not be UTF-8),
-/// after the long format's columns.
+/// `/path` as a line of `ls` or `diff` shows it: as its bytes are (names
+/// need not be UTF-8), unless it holds a control character (a newline
+/// would split it into two lines, the second like another path), `"` or
+/// `\`: then in double quotes, with those written as C escapes (`\n`,
+/// `\"`, `\\`, `\ooo`), as git quotes a path. An unquoted path starts
+/// with `/`, a quoted one with `"`: every line reads one way only.
+fn shown_path(path: &[u8]) -> Vec<u8> {
+    let odd = |b: u8| b < 0x20 || b == 0x7f || b == b'"' || b == b'\\';
+    let mut out = Vec::with_capacity(path.len() + 3);
+    if !path.iter().any(|&b| odd(b)) {
+        out.push(b'/');
+        out.extend_from_slice(path);
+        return out;
+    }
+    out.extend_from_slice(b"\"/");
+    for &b in path {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b if odd(b) => out.extend_from_slice(format!("\\{b:03o}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    out.push(b'"');
+    out
+}
+
+/// One line of `ls`: the path (see [`shown_path`]) after the long
+/// format's columns.
 fn line(long: bool, path: &[u8], e: &Entry) -> Vec<u8> {
     let mut out = if long {
         format!(
@@ -61,8 +91,7 @@ fn line(long: bool, path: &[u8], e: &Entry) -> Vec<u8> {
     } else {
         Vec::new()
     };
-    out.push(b'/');
-    out.extend_from_slice(path);
+    out.extend_from_slice(&shown_path(path));
     out.push(b'\n');
     out
 }
@@ -129,7 +158,9 @@ fn entry_at(
 
 /// `secrate diff OLD NEW [PATH]`: one line per path that differs, `+`
 /// added, `-` removed, `M` other content, `U` other attributes only, `T`
-/// another kind; directories end in `/`. Counts go to standard error.
+/// another kind; directories end in `/`, the source directory itself is
+/// `/`; a path with a newline is quoted (see [`shown_path`]). Counts go to
+/// standard error.
 pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
     use secrate::ops::diff::{diff_entries, diff_trees, Change};
     let repo = g.open_repo_for_reading()?;
@@ -143,18 +174,27 @@ pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
     let prefix = parts.join(&b'/');
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::new(out.lock());
+    // The source directory itself has no entry: its attributes are the
+    // snapshot's, compared when the whole snapshots are.
+    let root_changed = parts.is_empty() && old.root_meta != new.root_meta;
+    if root_changed {
+        out.write_all(b"U    /\n")?;
+    }
     let mut emit = |c: Change, p: &[u8], e: &Entry| -> secrate::Result<()> {
-        let mut line = format!("{}    /", c.letter()).into_bytes();
-        line.extend_from_slice(p);
+        let mut line = format!("{}    ", c.letter()).into_bytes();
+        let mut p = p.to_vec();
         if e.kind == secrate::repo::tree::Kind::Dir {
-            line.push(b'/');
+            p.push(b'/');
         }
+        line.extend_from_slice(&shown_path(&p));
         line.push(b'\n');
         out.write_all(&line)
             .map_err(|e| secrate::Error::io("standard output", e))
     };
     let stats = if parts.is_empty() {
-        diff_trees(&repo, &old.root, &new.root, b"", &mut emit)?
+        let mut s = diff_trees(&repo, &old.root, &new.root, b"", &mut emit)?;
+        s.metadata += u64::from(root_changed);
+        s
     } else {
         let (o, n) = (
             entry_at(&repo, &old, &parts)?,
