@@ -196,7 +196,11 @@ pub fn backup(
     // A partial parent may hold entries whose xattrs could not be read:
     // taken as they are, they would be missing from every later snapshot
     // while the file stays unchanged.
-    run.reuse_xattrs = parent.is_none_or(|(_, s)| !s.tags.iter().any(|t| t == PARTIAL_TAG));
+    // Nor may a run that can read `trusted.*` xattrs take a parent's made
+    // by one that could not (a backup as a user, then one as root): they
+    // would be missing for as long as the file stays unchanged.
+    run.reuse_xattrs = parent.is_none_or(|(_, s)| !s.tags.iter().any(|t| t == PARTIAL_TAG))
+        && !may_read_trusted_xattrs();
     let parent = parent.map(|(id, s)| (*id, s.root));
     let prev_root = parent.and_then(|(_, root)| repo.read_tree(&root).ok());
 
@@ -260,6 +264,21 @@ fn identities(dirs: &[PathBuf]) -> HashSet<(u64, u64)> {
         .filter_map(|p| fs::metadata(p).ok())
         .map(|md| (md.dev(), md.ino()))
         .collect()
+}
+
+/// Whether this process may read `trusted.*` xattrs (CAP_SYS_ADMIN in its
+/// effective set), which others do not even see listed. When it cannot
+/// tell, it says yes: the xattrs are then read, never taken from a parent.
+fn may_read_trusted_xattrs() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|c| c >> CAP_SYS_ADMIN & 1 == 1)
 }
 
 /// Threads that walk and read the tree: four per core. A thread waiting
@@ -579,8 +598,9 @@ impl<'a> Run<'a> {
 
     /// The xattrs of a file, symlink or special file: the parent
     /// snapshot's when its entry has the same kind, size, mtime, inode and
-    /// ctime (setting or removing an xattr changes the ctime) and the
-    /// parent is not `partial`, else read
+    /// ctime (setting or removing an xattr changes the ctime), the
+    /// parent is not `partial` and this run cannot see `trusted.*` xattrs
+    /// a parent may not have seen (it is not root), else read
     /// (a lookup through `/proc` per entry: a fifth of a backup with
     /// nothing changed).
     fn xattrs_unless_unchanged(
@@ -1388,5 +1408,52 @@ mod xattrs_after_a_partial_parent {
         // From a complete parent, taken as they are.
         let again = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
         assert_eq!(xattrs(&again.snapshot.root), want);
+    }
+
+    /// A backup by root after one by a user (complete, but blind to
+    /// `trusted.*` xattrs, as `nobody` is) saves the file's `trusted.*`
+    /// xattr. Before, root took the user's list for the unchanged file
+    /// and the xattr was missing from every later snapshot.
+    #[test]
+    fn root_reads_the_trusted_xattrs_a_user_backup_could_not_see() {
+        if !may_read_trusted_xattrs() {
+            eprintln!("needs CAP_SYS_ADMIN to set trusted.* xattrs, skipped");
+            return;
+        }
+        let repo = Arc::new(test_init("memory://backup-xattrs-trusted"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("f"), "f").unwrap();
+        if fsmeta::set_xattr(&src.join("f"), b"trusted.t", b"v").is_err() {
+            eprintln!("no trusted xattrs on this filesystem, skipped");
+            return;
+        }
+        let first = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        let want = vec![(b"trusted.t".to_vec(), b"v".to_vec())];
+        let xattrs = |root: &Id| {
+            repo.read_tree(root)
+                .unwrap()
+                .find(b"f")
+                .unwrap()
+                .xattrs
+                .clone()
+        };
+        assert_eq!(xattrs(&first.snapshot.root), want);
+        // The user's snapshot: complete, the xattr not listed.
+        let mut tree = repo.read_tree(&first.snapshot.root).unwrap();
+        tree.entries[0].xattrs.clear();
+        let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+        let root = w.add(BlobKind::Tree, &tree.encode()).unwrap();
+        let (packs, _) = w.finish().unwrap();
+        repo.write_index(&packs).unwrap();
+        let mut user = first.snapshot.clone();
+        user.root = root;
+        user.time_ns += 1;
+        repo.write_snapshot(&user).unwrap();
+
+        let next = backup(repo.clone(), &BackupOptions::new(src.clone()), &Quiet).unwrap();
+        assert_eq!(next.files_unchanged, 1);
+        assert_eq!(xattrs(&next.snapshot.root), want);
     }
 }
