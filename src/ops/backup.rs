@@ -587,7 +587,12 @@ impl<'a> Run<'a> {
             }
             Kind::Symlink => {
                 e.xattrs = self.xattrs_unless_unchanged(dir, path, name, md, &e, prev);
-                let t = fsat::read_link(dir, name).at(path)?;
+                let t = match fsat::read_link(dir, name) {
+                    Ok(t) => t,
+                    // No symlink now (replaced by rename): look again.
+                    Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+                    Err(err) => return Err(err).at(path),
+                };
                 e.size = t.len() as u64;
                 e.content = Content::Symlink(t);
             }
@@ -963,6 +968,25 @@ mod changed_names {
     use super::*;
     use crate::progress::Quiet;
     use crate::repo::tests::test_init;
+
+    /// A name lstat saw as a symlink and that is a regular file when its
+    /// target is read (replaced by rename meanwhile) is looked at again
+    /// and saved as the file. Before, readlink's EINVAL was an error: the
+    /// name was left out and the snapshot tagged `partial`.
+    #[test]
+    fn a_symlink_replaced_by_a_file_before_its_readlink_is_saved_as_the_file() {
+        let repo = Arc::new(test_init("memory://backup-symlink-replaced"));
+        let run = Run::new(&repo, &Quiet, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let x = dir.path().join("x");
+        std::os::unix::fs::symlink("target", &x).unwrap();
+        let md = fs::symlink_metadata(&x).unwrap();
+        let tmp = dir.path().join("tmp");
+        fs::write(&tmp, "a file now").unwrap();
+        fs::rename(&tmp, &x).unwrap();
+        let e = run.record_path(&x, &md, None).unwrap();
+        assert_eq!((e.kind, e.size), (Kind::File, 10), "{e:?}");
+    }
 
     /// A name lstat saw as a regular file and that names something else
     /// when the backup opens it (replaced by rename meanwhile) is recorded
