@@ -1,6 +1,8 @@
 //! `secrate sync`: give every replica or shard store what it misses (or
 //! holds damaged), copied or rebuilt from the others, byte-exact. Needs no
-//! key: it moves stored bytes. Also the per-store part of `secrate check`.
+//! key: it moves stored bytes (but a removed key left over on a store is
+//! deleted only once its removal record checks under the keyring, so then
+//! it unlocks). Also the per-store part of `secrate check`.
 
 use super::format::bytes;
 use super::Globals;
@@ -43,7 +45,14 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         });
     }
     outln!("{}", store.layout().describe())?;
-    let r = store.sync(a.read_data, a.dry_run)?;
+    // A removed key left over on a store is deleted only once its removal
+    // record checks under the keyring: the key is needed only then.
+    let checked = || -> secrate::Result<std::collections::HashSet<String>> {
+        let secret =
+            super::secret::for_open(g).map_err(|e| secrate::Error::Invalid(e.to_string()))?;
+        secrate::repo::Repository::open(store.clone(), &secret)?.removed_keys()
+    };
+    let r = store.sync_with(a.read_data, a.dry_run, &checked)?;
     let verb = if a.dry_run { "would copy" } else { "copied" };
     for (i, (url, _)) in store.backends().iter().enumerate() {
         let mine: Vec<_> = r.copied.iter().filter(|(u, _, _)| u == url).collect();

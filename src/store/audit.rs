@@ -12,9 +12,13 @@
 //! `sync` has no key, so it cannot check a record's tag: records that
 //! would remove every key object are not honoured (forged, or two
 //! removals racing), and unlocking checks the tag itself
-//! (docs/FORMAT.md, `keys-removed/<id>`).
+//! (docs/FORMAT.md, `keys-removed/<id>`). A leftover is deleted only if
+//! the caller of `sync_with` checked its record under the keyring: on a
+//! record's word alone, one damaged or hostile store naming every key
+//! that reads but a write-only one made `sync` delete them from every
+//! store (found by review).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 
@@ -326,7 +330,21 @@ impl Store {
     /// their shard rebuilt from any K others (encoding is deterministic, so
     /// the result is byte-exact). Records the layout in every store at the
     /// end. With `dry_run`, only says what it would do.
+    /// Removed keys left over on a store are not deleted (`sync_with`).
     pub fn sync(&self, read_data: bool, dry_run: bool) -> Result<SyncReport> {
+        self.sync_with(read_data, dry_run, &|| Ok(HashSet::new()))
+    }
+
+    /// `sync`; a removed key left over on a store is deleted only if it is
+    /// in the set `checked` returns (called once, only if there are any):
+    /// the key objects whose removal record checks under the keyring
+    /// (`Repository::removed_keys`). The others are reported as failed.
+    pub fn sync_with(
+        &self,
+        read_data: bool,
+        dry_run: bool,
+        checked: &dyn Fn() -> Result<HashSet<String>>,
+    ) -> Result<SyncReport> {
         let audit = self.audit(read_data)?;
         let mut report = SyncReport::default();
         if self.mode == Mode::Single {
@@ -356,10 +374,28 @@ impl Store {
             }
         }
         jobs.sort_by_key(|(i, name, _)| (priority(name), name.clone(), *i));
+        let checked = if audit.stores.iter().any(|r| !r.removed.is_empty()) {
+            checked().map_err(|e| e.to_string())
+        } else {
+            Ok(HashSet::new())
+        };
         for r in &audit.stores {
             for name in &r.removed {
                 let url = self.slots[r.position].url.clone();
-                let done = if dry_run {
+                let done = match &checked {
+                    Ok(c) if c.contains(name) => Ok(()),
+                    Ok(_) => Err(Error::Invalid(
+                        "a removal record names it, but none made with this repository's keyring: \
+                         not deleted (a damaged or forged record; `secrate key remove` removes a key)"
+                            .into(),
+                    )),
+                    Err(why) => Err(Error::Invalid(format!(
+                        "a removal record names it, not deleted: the record could not be checked ({why})"
+                    ))),
+                };
+                let done = if done.is_err() {
+                    done
+                } else if dry_run {
                     Ok(())
                 } else {
                     self.slots[r.position].b(name).and_then(|b| b.delete(name))

@@ -1722,7 +1722,14 @@ mod tests {
         let audit = s.audit(false).unwrap();
         assert_eq!(audit.stores[1].removed, vec!["keys/02".to_string()]);
         assert_eq!(audit.removal_unfinished, vec!["keys/03".to_string()]);
+        // Without its record checked (no keyring here), the leftover stays.
         let r = s.sync(false, false).unwrap();
+        assert!(r.deleted.is_empty(), "{:?}", r.deleted);
+        assert_eq!(r.failed.len(), 1, "{:?}", r.failed);
+        assert!(b.join("keys/02").exists());
+        // Checked (the record is this repository's): deleted.
+        let checked = || Ok(std::collections::HashSet::from(["keys/02".to_string()]));
+        let r = s.sync_with(false, false, &checked).unwrap();
         assert!(r.failed.is_empty(), "{:?}", r.failed);
         assert_eq!(r.deleted.len(), 1);
         assert!(!b.join("keys/02").exists() && !a.join("keys/02").exists());
@@ -1740,6 +1747,38 @@ mod tests {
         let r = s.sync(false, false).unwrap();
         assert!(r.deleted.is_empty());
         assert!(a.join("keys/01").exists() && b.join("keys/01").exists());
+    }
+
+    /// One damaged or hostile store naming every key but a write-only one
+    /// in removal records (garbage, made with no keyring) and holding none
+    /// of them: sync kept them on the other store. (Found by review:
+    /// sync deleted them there, and no key that reads was left anywhere.)
+    #[test]
+    fn sync_keeps_keys_that_unchecked_removal_records_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let put = |d: &std::path::Path, n: &str| {
+            std::fs::create_dir_all(d.join(n).parent().unwrap()).unwrap();
+            std::fs::write(d.join(n), n).unwrap();
+        };
+        for k in ["keys/01", "keys/02", "keys/03"] {
+            put(&a, k);
+        }
+        put(&b, "keys/03"); // the write-only key
+        put(&b, "keys-removed/01");
+        put(&b, "keys-removed/02");
+        let r = s.sync(false, false).unwrap();
+        assert!(r.deleted.is_empty(), "{:?}", r.deleted);
+        assert!(a.join("keys/01").exists() && a.join("keys/02").exists());
+        // Nor when the check finds no record of this keyring.
+        let r = s
+            .sync_with(false, false, &|| Ok(std::collections::HashSet::new()))
+            .unwrap();
+        assert!(r.deleted.is_empty(), "{:?}", r.deleted);
+        assert_eq!(r.failed.len(), 2, "{:?}", r.failed);
+        assert!(a.join("keys/01").exists() && a.join("keys/02").exists());
     }
 
     /// A sound `config` copy (checksum only; what `same.rs` compares).
