@@ -180,52 +180,6 @@ fn sync_does_not_delete_keys_on_a_forged_removal_record() {
     s.ok(&["snapshots"]);
 }
 
-/// Store a damaged or hostile: it lost every key that reads and holds
-/// records naming them (no keyring made them); only a write-only key is
-/// left unnamed. `sync` must not delete the keys from store b on the
-/// records' word. (Found by review: it did, and the repository could no
-/// longer be read with any key.)
-#[test]
-fn sync_does_not_delete_keys_on_a_forged_removal_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = |n: &str| dir.path().join(n);
-    let url = |n: &str| format!("file://{}", path(n).display());
-    let both = format!("{},{}", url("a"), url("b"));
-    let s = Secrate::new(&both);
-    s.init();
-    fs::write(path("wo"), "write only\n").unwrap();
-    s.ok(&[
-        "key",
-        "add",
-        "--write-only",
-        "--new-passphrase-file",
-        path("wo").to_str().unwrap(),
-        "--kdf-work-factor",
-        "10",
-    ]);
-    let list = s.ok(&["key", "list"]);
-    let readers: Vec<String> = list
-        .lines()
-        .filter(|l| l.contains(" full "))
-        .filter_map(|l| l.split_whitespace().find(|w| w.len() == 16))
-        .map(str::to_string)
-        .collect();
-    assert_eq!(readers.len(), 2, "{list}");
-    fs::create_dir_all(path("a/keys-removed")).unwrap();
-    for id in &readers {
-        fs::remove_file(path("a/keys").join(id)).unwrap();
-        fs::write(path("a/keys-removed").join(id), b"forged").unwrap();
-    }
-    let o = s.run(&["sync"]);
-    assert!(!o.status.success(), "{}", stdout(&o));
-    assert!(!stdout(&o).contains("deleted keys/"), "{}", stdout(&o));
-    assert!(stdout(&o).contains("not deleted"), "{}", stdout(&o));
-    for id in &readers {
-        assert!(path("b/keys").join(id).exists(), "{id}");
-    }
-    s.ok(&["snapshots"]);
-}
-
 #[test]
 fn keys_of_another_repository_are_marked_and_not_counted() {
     let dir = tempfile::tempdir().unwrap();
