@@ -396,6 +396,44 @@ fn one_damaged_copy_of_a_pack_is_read_past_and_kept() {
     }
 }
 
+/// A pack damaged beyond repair on a set (every copy, or more shards than
+/// M): `check --read-data` reports the damage and exits 1. (Found by review: it stopped at the pack with an error and no
+/// report.)
+#[test]
+fn check_read_data_reports_a_pack_no_store_holds_sound() {
+    for (ec, n) in [(None, 2), (Some("2+1"), 3)] {
+        let set = &store_sets("dur-all-bad", n)[0];
+        let label = format!("{ec:?}");
+        let s = init_on(&set.urls, ec);
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("f"), vec![7u8; 100_000]).unwrap();
+        s.ok(&["backup", "-q", work.path().to_str().unwrap()]);
+        let (name, _) = raw_objects(&set.urls[0])
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("packs/"))
+            .max_by_key(|(_, b)| b.len())
+            .unwrap();
+        for u in &set.urls[..2] {
+            let dir = std::path::Path::new(u.strip_prefix("file://").unwrap());
+            let mut bad = std::fs::read(dir.join(&name)).unwrap();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 1;
+            std::fs::write(dir.join(&name), &bad).unwrap();
+        }
+        for args in [&["check", "--read-data"][..]] {
+            let o = s.run(args);
+            assert_eq!(code(&o), 1, "{label} {args:?}: {}", stderr(&o));
+            assert!(
+                stdout(&o).contains("damage found"),
+                "{label} {args:?}: {}\n{}",
+                stdout(&o),
+                stderr(&o)
+            );
+            assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        }
+    }
+}
+
 /// Erasure coding with one store unplugged: `forget` deletes nothing
 /// rather than leave that store's shard of the snapshot alone; with the
 /// store back, forget and prune work. (Found by review: forget deleted the

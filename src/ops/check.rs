@@ -459,6 +459,18 @@ fn read_all(
                     mark(&mut blobs.iter(), &e.to_string());
                     return Ok(());
                 }
+                // No sound copy, or too few sound shards: damage to
+                // report, not the end of the check. (Found by review: a
+                // pack damaged on enough stores of a set aborted
+                // `check --read-data` with no report.)
+                Err(e) if e.is_damage() => {
+                    problems
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(e.to_string());
+                    mark(&mut blobs.iter(), &e.to_string());
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             };
             bytes_read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
