@@ -268,7 +268,7 @@ impl Store {
                         Err(why) => bad.push((*i, why)),
                     }
                 }
-                match ec::rebuild(p, &sound) {
+                match ec::rebuild_where(p, &sound, &|d| super::check_name(name, d).is_ok()) {
                     // Shards of another version of the object than the one
                     // the others rebuild (a rewrite that reached only some
                     // stores), or forged: `sync` rebuilds them.

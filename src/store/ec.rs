@@ -359,6 +359,19 @@ type Version = (u64, [u8; 32]);
 /// complete it); failing that, K version 1 shards agreeing on the length
 /// (the most common). The error says how the shards disagree.
 pub fn rebuild(p: EcParams, shards: &[Shard<'_>]) -> std::result::Result<Rebuilt, String> {
+    rebuild_where(p, shards, &|_| true)
+}
+
+/// `rebuild`, taking only a version whose bytes pass `accept` (for a
+/// content-addressed object: that they hash to its name). Without it, K
+/// shards of another object put in its place (a swapped disk or file)
+/// outvoted K sound shards of its own, and `sync` wrote the other object's
+/// shards over the sound ones. (Found by review.)
+pub fn rebuild_where(
+    p: EcParams,
+    shards: &[Shard<'_>],
+    accept: &dyn Fn(&[u8]) -> bool,
+) -> std::result::Result<Rebuilt, String> {
     let k = p.k as usize;
     let mut sorted: Vec<&Shard<'_>> = shards.iter().collect();
     sorted.sort_by_key(|s| s.header.index);
@@ -383,8 +396,9 @@ pub fn rebuild(p: EcParams, shards: &[Shard<'_>]) -> std::result::Result<Rebuilt
         if pool.len() < k {
             continue;
         }
-        if let Some(data) = first_matching(p, *len, &pool, |d| blake3::hash(d).as_bytes() == digest)
-        {
+        if let Some(data) = first_matching(p, *len, &pool, |d| {
+            blake3::hash(d).as_bytes() == digest && accept(d)
+        }) {
             return Ok(finish(p, data, 2, true, shards));
         }
         failed.push(format!(
@@ -400,15 +414,19 @@ pub fn rebuild(p: EcParams, shards: &[Shard<'_>]) -> std::result::Result<Rebuilt
         }
     }
     lens.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-    if let Some((len, v1)) = lens.first() {
-        if v1.len() >= k {
-            let parts: Vec<(usize, &[u8])> = v1[..k]
-                .iter()
-                .map(|s| (s.header.index as usize, s.payload))
-                .collect();
-            let data = decode(p, *len, &parts).map_err(|e| e.to_string())?;
+    for (len, v1) in lens.iter().filter(|(_, v)| v.len() >= k) {
+        let parts: Vec<(usize, &[u8])> = v1[..k]
+            .iter()
+            .map(|s| (s.header.index as usize, s.payload))
+            .collect();
+        let data = decode(p, *len, &parts).map_err(|e| e.to_string())?;
+        if accept(&data) {
             return Ok(finish(p, data, 1, false, shards));
         }
+        failed.push(format!(
+            "{} version 1 shards of a {len}-byte object rebuild another object",
+            v1.len()
+        ));
     }
     let mut said: Vec<String> = groups
         .iter()

@@ -1076,7 +1076,7 @@ impl Store {
                 .filter_map(|b| ec::verify(b).ok())
                 .collect();
             if sound.len() >= k {
-                match ec::rebuild(p, &sound) {
+                match ec::rebuild_where(p, &sound, &|d| check_name(name, d).is_ok()) {
                     Ok(r) => {
                         self.remember_len(name, r.data.len() as u64, r.version);
                         return Ok(r);
@@ -1421,6 +1421,47 @@ mod tests {
             }
             r => panic!("{r:?}"),
         }
+    }
+
+    /// Two shards of another object in place of a pack's (a swapped
+    /// disk or file, shorter than the pack: its group sorted first) beside
+    /// two sound shards of the pack, 2+2: the pack is read, the audit names
+    /// the two, and sync puts the pack's shards back. (Found by review:
+    /// the other object was read in its place, and sync wrote its shards
+    /// over the pack's last sound ones.)
+    #[test]
+    fn shards_of_another_object_do_not_outvote_a_packs_own() {
+        let u = urls(&["swap-a", "swap-b", "swap-c", "swap-d"]);
+        let p = EcParams { k: 2, m: 2 };
+        let s = Store::open_many(&u, Some(p), true).unwrap();
+        let x: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let h = hex::encode(blake3::hash(&x).as_bytes());
+        let name = format!("packs/{}/{h}", &h[..2]);
+        s.put(&name, Bytes::from(x.clone())).unwrap();
+        let y = encode_as_shards(p, &x[..100]);
+        for i in 0..2 {
+            Backend::open(&u[i], false)
+                .unwrap()
+                .put(&name, Bytes::from(y[i].clone()))
+                .unwrap();
+        }
+        let fresh = Store::open_many(&u, Some(p), false).unwrap();
+        assert_eq!(&fresh.get(&name).unwrap()[..], &x[..]);
+        let audit = fresh.audit(true).unwrap();
+        assert_eq!(audit.stores[0].corrupt.len(), 1, "{audit:?}");
+        assert_eq!(audit.stores[1].corrupt.len(), 1, "{audit:?}");
+        assert!(audit.stores[2].is_clean() && audit.stores[3].is_clean());
+        let r = fresh.sync(true, false).unwrap();
+        assert!(r.failed.is_empty(), "{:?}", r.failed);
+        let ours = ec::encode(p, &x).unwrap();
+        for (i, url) in u.iter().enumerate() {
+            let got = Backend::open(url, false).unwrap().get(&name).unwrap();
+            assert_eq!(&got[..], &ours[i][..], "store {i}");
+        }
+    }
+
+    fn encode_as_shards(p: EcParams, data: &[u8]) -> Vec<Vec<u8>> {
+        ec::encode(p, data).unwrap()
     }
 
     #[test]
