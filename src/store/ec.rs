@@ -402,7 +402,7 @@ pub fn rebuild_where(
             return Ok(finish(p, data, 2, true, shards));
         }
         failed.push(format!(
-            "{} shards of a {len}-byte version do not rebuild its digest",
+            "{} shards of a {len}-byte version do not rebuild its digest, or not the object named",
             own.len()
         ));
     }
