@@ -34,7 +34,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         anyhow::bail!("the tag `{PARTIAL_TAG}` is kept for backups that could not read everything; choose another");
     }
     limit_malloc_arenas();
-    raise_open_files_limit();
+    super::raise_open_files_limit();
     let source = std::fs::canonicalize(&a.path)
         .with_context(|| format!("cannot back up {}", a.path.display()))?;
     let repo = g.open_repo()?;
@@ -68,25 +68,6 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         return Ok(3);
     }
     Ok(0)
-}
-
-/// The walk holds one open directory per level on each reading thread
-/// (ops/backup.rs walks by handles): a deep tree read by many threads can
-/// pass the usual soft limit of 1024 open files. The hard limit is ours to
-/// take; if it cannot be had, the levels past the limit are reported as
-/// errors (exit 3), as restore does.
-fn raise_open_files_limit() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain system calls on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
-            l.rlim_cur = l.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-        }
-    }
 }
 
 /// Backup reads with four threads per core (ops/backup.rs); glibc would give

@@ -268,3 +268,23 @@ fn one_sentence(e: &anyhow::Error) -> String {
     }
     s
 }
+
+/// Raise the soft limit of open files to the hard one. `backup` and
+/// `restore` walk trees by directory handles, one open directory per level
+/// on each thread (ops/backup.rs, ops/restore.rs say why): the usual soft
+/// limit of 1,024 would refuse a tree about that deep. The hard limit is
+/// ours to take; if it cannot be had, the levels past the limit are
+/// reported as errors. A program's choice, so not made in the library.
+pub(crate) fn raise_open_files_limit() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
