@@ -223,6 +223,10 @@ pub fn dirents_generation() -> u64 {
     DIRENTS_CHANGED.load(Ordering::SeqCst)
 }
 
+/// The longest a change to the live tree stays in non-durable commits
+/// only while the mount runs (see `Live::commit_if_pending`).
+pub const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Live {
     dir: PathBuf,
     db: Database,
@@ -235,8 +239,10 @@ pub struct Live {
     /// Staged files of removed inodes, deleted only once the removal is
     /// durable: a crash before that brings the inode back, with its data.
     discarded: Mutex<Vec<PathBuf>>,
-    /// When the periodic tick last committed durably to free `discarded`.
-    last_discard_commit: Mutex<std::time::Instant>,
+    /// When the last durable commit was made (by anyone).
+    last_durable: Mutex<std::time::Instant>,
+    /// Something was committed since `last_durable`, not durably.
+    undurable: AtomicBool,
     /// Disk space held for the database's commits (see `crate::space`).
     ballast: crate::space::Ballast,
     /// Empty staged files made ahead of the creates that name them.
@@ -307,7 +313,8 @@ impl Live {
             epoch: std::sync::atomic::AtomicU64::new(1),
             open_files: OpenFiles::default(),
             discarded: Mutex::new(Vec::new()),
-            last_discard_commit: Mutex::new(std::time::Instant::now()),
+            last_durable: Mutex::new(std::time::Instant::now()),
+            undurable: AtomicBool::new(false),
             ballast: crate::space::Ballast::new(dir),
             spares: std::sync::Arc::new(spare::Spares::new(&staged)?),
             names: Default::default(),
@@ -448,11 +455,14 @@ impl Live {
         if !durable {
             return self.commit_inner(false);
         }
+        let started = std::time::Instant::now();
         // Only removals made before this commit are made durable by it.
         let discarded =
             std::mem::take(&mut *self.discarded.lock().unwrap_or_else(|e| e.into_inner()));
         match self.commit_inner(true) {
             Ok(()) => {
+                let mut last = self.last_durable.lock().unwrap_or_else(|e| e.into_inner());
+                *last = (*last).max(started);
                 for p in discarded {
                     let _ = std::fs::remove_file(p);
                 }
@@ -481,6 +491,9 @@ impl Live {
                 if durable {
                     t.set_durability(redb::Durability::Immediate)
                         .map_err(cache_err)?;
+                    self.undurable.store(false, Ordering::Release);
+                } else {
+                    self.undurable.store(true, Ordering::Release);
                 }
                 self.pending.store(false, Ordering::Release);
                 t.commit().map_err(cache_err)
@@ -490,33 +503,42 @@ impl Live {
                 let mut t = self.db.begin_write().map_err(cache_err)?;
                 t.set_durability(redb::Durability::Immediate)
                     .map_err(cache_err)?;
+                self.undurable.store(false, Ordering::Release);
                 t.commit().map_err(cache_err)
             }
             None => Ok(()),
         }
     }
 
-    /// Commit if anything changed since the last commit (the periodic tick).
-    /// Removed files hold their cache space until a durable commit, so when
-    /// some wait, the tick commits durably (at most once a second): `rm` of
-    /// a big file gives its space back within a second, as users expect of a
-    /// full cache disk.
+    /// Commit if anything changed since the last commit (the periodic tick,
+    /// every 100 ms). Most of these commits are not durable: a crash (or
+    /// `kill -9`) of the mount rolls the cache back to the last durable one.
+    /// So the tick commits durably when something waits for it:
+    /// - changes committed only non-durably for `DURABLE_EVERY`: a killed
+    ///   mount loses at most the last few seconds of names and attributes
+    ///   (file data the kernel had handed over is in the staged files
+    ///   already), not everything since the last fsync or seal, which
+    ///   could be the whole session with `--snapshot-interval 0`;
+    /// - removed files, which hold their cache space until a durable
+    ///   commit (at most once a second): `rm` of a big file gives its space
+    ///   back within a second, as users expect of a full cache disk.
     pub fn commit_if_pending(&self) -> LiveResult<()> {
-        let waiting = !self
+        let since = self
+            .last_durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        let changed =
+            self.pending.load(Ordering::Acquire) || self.undurable.load(Ordering::Acquire);
+        let discards = !self
             .discarded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty();
-        if waiting {
-            let mut last = self
-                .last_discard_commit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() >= std::time::Duration::from_secs(1) {
-                *last = std::time::Instant::now();
-                drop(last);
-                return self.commit(true);
-            }
+        if (changed && since >= DURABLE_EVERY)
+            || (discards && since >= std::time::Duration::from_secs(1))
+        {
+            return self.commit(true);
         }
         if self.pending.load(Ordering::Acquire) {
             self.commit(false)?;
