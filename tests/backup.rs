@@ -105,18 +105,15 @@ fn tags(s: &Secrate) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A backup run as `nobody` over a source with a file only root can read
-/// exits 3 and its snapshot is tagged `partial`, in the table and in the
-/// JSON; the next backup (as root, which reads everything) takes it as its
-/// parent for the file it holds, reads the other as new, and is not
-/// tagged. Before, the snapshot did not say it was partial: only the exit
-/// code and a sentence on stderr did.
-#[test]
-fn a_backup_that_could_not_read_everything_is_tagged_partial() {
-    if !is_root() {
-        eprintln!("a_backup_that_could_not_read_everything_is_tagged_partial: needs root to switch users, skipped");
-        return;
-    }
+/// A work directory whose source `src` holds `open`, which anyone may
+/// read, and `secret`, which only root may; a repository `s` in it that
+/// `nobody` may write, with `home` as nobody's home.
+fn source_with_a_secret() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Secrate,
+    std::path::PathBuf,
+) {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     fs::set_permissions(w, fs::Permissions::from_mode(0o755)).unwrap();
@@ -138,20 +135,91 @@ fn a_backup_that_could_not_read_everything_is_tagged_partial() {
         .status()
         .unwrap();
     assert!(chown.success());
+    (work, src, s, home)
+}
 
-    let mut nobody = Command::new("setpriv");
-    nobody
+/// `secrate backup -q SRC` run as `nobody`.
+fn backup_as_nobody(s: &Secrate, src: &Path, home: &Path) -> std::process::Output {
+    Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_secrate"))
         .args(["backup", "-q"])
-        .arg(&src)
+        .arg(src)
         .env_remove("SECRATE_RECOVERY_KEY")
         .env("SECRATE_STORE", &s.store)
         .env("SECRATE_PASSPHRASE", PASSPHRASE)
-        .env("HOME", &home)
+        .env("HOME", home)
         .env("XDG_CACHE_HOME", home.join(".cache"))
-        .env("USER", "nobody");
-    let o = nobody.output().unwrap();
+        .env("USER", "nobody")
+        .output()
+        .unwrap()
+}
+
+/// `diff` with a `partial` snapshot on one side says so on stderr, naming
+/// that side and what its `+` or `-` lines may mean (even with `-q`); with
+/// two whole snapshots it says nothing of the kind. Before, the file the
+/// partial backup could not read showed as added or removed, and nothing
+/// told that it had been there all along.
+#[test]
+fn diff_says_which_side_is_partial() {
+    if !is_root() {
+        eprintln!("diff_says_which_side_is_partial: needs root to switch users, skipped");
+        return;
+    }
+    let (_work, src, s, home) = source_with_a_secret();
+    let o = backup_as_nobody(&s, &src, &home);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&s.ok(&["snapshots", "--json"])).unwrap();
+    let ids: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["short_id"].as_str().unwrap())
+        .collect();
+    let (partial, whole) = (ids[0], ids[1]);
+
+    let o = s.run(&["diff", partial, whole]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "+    /secret\n");
+    let err = stderr(&o);
+    let note = format!("secrate: note: the old snapshot {partial} is tagged `partial`: what its backup could not read is missing from it and shows here as added");
+    assert!(err.contains(&note), "{err}");
+    assert!(!err.contains("new snapshot"), "{err}");
+
+    let o = s.run(&["-q", "diff", whole, partial]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "-    /secret\n");
+    let err = stderr(&o);
+    let note = format!("secrate: note: the new snapshot {partial} is tagged `partial`: what its backup could not read is missing from it and shows here as removed");
+    assert!(err.contains(&note), "{err}");
+    assert!(!err.contains("old snapshot"), "{err}");
+
+    let o = s.run(&["diff", partial, partial]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("the old snapshot") && err.contains("the new snapshot"),
+        "{err}"
+    );
+    let o = s.run(&["diff", whole, whole]);
+    assert!(!stderr(&o).contains("partial"), "{}", stderr(&o));
+}
+
+/// A backup run as `nobody` over a source with a file only root can read
+/// exits 3 and its snapshot is tagged `partial`, in the table and in the
+/// JSON; the next backup (as root, which reads everything) takes it as its
+/// parent for the file it holds, reads the other as new, and is not
+/// tagged. Before, the snapshot did not say it was partial: only the exit
+/// code and a sentence on stderr did.
+#[test]
+fn a_backup_that_could_not_read_everything_is_tagged_partial() {
+    if !is_root() {
+        eprintln!("a_backup_that_could_not_read_everything_is_tagged_partial: needs root to switch users, skipped");
+        return;
+    }
+    let (work, src, s, home) = source_with_a_secret();
+    let w = work.path();
+    let o = backup_as_nobody(&s, &src, &home);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("secret"), "{err}");

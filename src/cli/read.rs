@@ -160,12 +160,16 @@ fn entry_at(
 /// added, `-` removed, `M` other content, `U` other attributes only, `T`
 /// another kind; directories end in `/`, the source directory itself is
 /// `/`; a path with a newline is quoted (see [`shown_path`]). Counts go to
-/// standard error.
+/// standard error, and first a note for a side tagged `partial`.
 pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
-    use secrate::ops::diff::{diff_entries, diff_trees, Change};
+    use secrate::ops::diff::{diff_entries, diff_trees, partial_notes, Change};
     let repo = g.open_repo_for_reading()?;
     let (old_id, old) = repo.find_snapshot(&a.old)?;
     let (new_id, new) = repo.find_snapshot(&a.new)?;
+    // Even with -q: it says how the lines below are to be read.
+    for note in partial_notes((&old_id, &old), (&new_id, &new)) {
+        errln!("secrate: note: {note}");
+    }
     let path = a
         .path
         .map(|p| p.into_os_string().into_vec())

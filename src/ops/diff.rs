@@ -7,6 +7,8 @@
 
 use crate::crypto::Id;
 use crate::error::Result;
+use crate::ops::backup::PARTIAL_TAG;
+use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Content, Entry, Kind};
 use crate::repo::Repository;
 
@@ -87,6 +89,29 @@ pub fn diff_entries(
         Task::Pair(old.cloned(), new.cloned(), path.to_vec()),
         emit,
     )
+}
+
+/// One sentence for each side of a diff that is tagged `partial` (a
+/// backup that could not read some entries): what it could not read is
+/// missing from it, or saved without its extended attributes, so it shows
+/// as added, removed or `U` though the source may not have changed there.
+/// Empty when both sides are whole.
+pub fn partial_notes(old: (&Id, &Snapshot), new: (&Id, &Snapshot)) -> Vec<String> {
+    let partial = |s: &Snapshot| s.tags.iter().any(|t| t == PARTIAL_TAG);
+    let mut notes = Vec::new();
+    if partial(old.1) {
+        notes.push(format!(
+            "the old snapshot {} is tagged `{PARTIAL_TAG}`: what its backup could not read is missing from it and shows here as added (`+`, or `U` for extended attributes) though it may not be new",
+            old.0.short()
+        ));
+    }
+    if partial(new.1) {
+        notes.push(format!(
+            "the new snapshot {} is tagged `{PARTIAL_TAG}`: what its backup could not read is missing from it and shows here as removed (`-`, or `U` for extended attributes) though it may still be there",
+            new.0.short()
+        ));
+    }
+    notes
 }
 
 /// What is left to compare. The walk keeps its own stack, not the
