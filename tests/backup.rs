@@ -314,6 +314,8 @@ fn a_deep_tree_of_long_names_is_backed_up_in_memory_linear_in_its_depth() {
     let s = Secrate::new(&format!("file://{}/store", work.path().display()));
     s.init();
     let out = work.path().join("stdout");
+    // Reaped by wait4 below, which gives its peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = s
         .command()
         .args(["backup", "-q"])
