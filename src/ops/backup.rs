@@ -598,6 +598,15 @@ impl<'a> Run<'a> {
                 let prev_entry = prev.and_then(|t| t.find(name));
                 match self.entry(fd, &child, name, prev_entry) {
                     Ok(e) => Ok(e),
+                    // Removed since the listing (a program's temporary
+                    // file): not in the source now, which is read whole.
+                    Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                        self.progress.warn(&format!(
+                            "{}: removed while the backup ran; not saved",
+                            child.path().display()
+                        ));
+                        Ok(None)
+                    }
                     Err(e @ Error::Io { .. }) | Err(e @ Error::Invalid(_)) => {
                         self.error(&child, strip_path(&e, &child.path()));
                         Ok(None)
@@ -1672,5 +1681,62 @@ mod too_deep {
             levels + 1
         );
         assert_eq!(errors[0], want);
+    }
+}
+
+#[cfg(test)]
+mod removed_meanwhile {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// Entries removed while the backup runs (a program's temporary files),
+    /// between the listing of their directory and their lstat, or between
+    /// a directory's lstat and its opening, are left out as what they are:
+    /// gone from the source, not unreadable. Before, each was an error and
+    /// the snapshot of a source that was read whole was tagged `partial`
+    /// (exit 3; with the xattrs of every unchanged file read again next
+    /// time).
+    #[test]
+    fn entries_removed_during_the_walk_are_not_errors() {
+        let repo = Arc::new(test_init("memory://backup-removed-meanwhile"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let a = src.join("a");
+        fs::create_dir_all(a.join("sub")).unwrap();
+        fs::create_dir_all(a.join("zdir")).unwrap();
+        fs::write(a.join("zdir").join("f"), "f").unwrap();
+        fs::write(a.join("zfile"), "z").unwrap();
+        fs::create_dir_all(src.join("b")).unwrap();
+        let (sub, b) = (a.join("sub"), src.join("b"));
+        let hook = |p: &Path| {
+            // `a` is listed and `sub` stat'ed: its siblings go.
+            if p == sub {
+                fs::remove_dir_all(a.join("zdir")).unwrap();
+                fs::remove_file(a.join("zfile")).unwrap();
+            }
+            // `b` is stat'ed, not yet opened.
+            if p == b {
+                fs::remove_dir(&b).unwrap();
+            }
+        };
+        // One thread: the entries are looked at in name order.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .stack_size(crate::deep::STACK)
+            .build()
+            .unwrap();
+        let mut run = Run::new(&repo, &Quiet, &[]);
+        run.hook = Some(&hook);
+        let root = run.walk_in(&pool, &src, None);
+        assert!(run.errors.lock().unwrap().is_empty(), "{:?}", run.errors);
+        let tree = repo.read_tree(&root).unwrap();
+        let names: Vec<_> = tree.entries.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names, [b"a".to_vec()]);
+        let a = repo
+            .read_tree(&tree.find(b"a").unwrap().subtree().unwrap())
+            .unwrap();
+        let names: Vec<_> = a.entries.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names, [b"sub".to_vec()]);
     }
 }
