@@ -12,7 +12,14 @@
 //! Other files are chunked; the chunks of one big file are sealed in
 //! parallel while the file is still being read. Hard-linked files are read
 //! once per run. A run that could not read some entries saves what it read,
-//! tagged `partial`.
+//! tagged `partial`; an entry removed while the walk runs is not in the
+//! source any more, and left out without an error.
+//!
+//! Memory stays linear in the depth of the tree: a level holds its own name
+//! and a link to its parent's ([`Place`]), never its full path. A tree
+//! deeper than the walking thread's stack allows is cut where the stack
+//! runs short (that directory is an error, the snapshot `partial`), never
+//! a crash.
 //!
 //! Commit order: packs, then index deltas (every few packs, so a killed run
 //! leaves most of its work indexed; the rest is found by its pack headers on
