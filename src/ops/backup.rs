@@ -16,7 +16,7 @@
 //! source any more, and left out without an error.
 //!
 //! Memory stays linear in the depth of the tree: a level holds its own name
-//! and a link to its parent's ([`Place`]), never its full path. A tree
+//! and a link to its parent's (`Place`), never its full path. A tree
 //! deeper than the walking thread's stack allows is cut where the stack
 //! runs short (that directory is an error, the snapshot `partial`), never
 //! a crash.
