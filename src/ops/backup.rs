@@ -628,7 +628,7 @@ impl<'a> Run<'a> {
     }
 
     /// The entry `name` of the directory open at `dir`; `None` for a
-    /// directory never to enter. `path` is for messages only.
+    /// directory never to enter. `at` is for messages only.
     fn entry(
         &self,
         dir: &OwnedFd,
@@ -637,15 +637,14 @@ impl<'a> Run<'a> {
         prev: Option<&Entry>,
     ) -> Result<Option<Entry>> {
         let md = Meta::at(dir, name).at_place(at)?;
-        if md.is_dir() && self.excluded.contains(&(md.dev, md.ino)) {
-            return Ok(None);
-        }
-        self.record(dir, at, name, &md, prev).map(Some)
+        self.record(dir, at, name, &md, prev)
     }
 
     /// The entry for `name` in `dir`, which `md` describes (as lstat saw
-    /// it). A name that names another file by the time it is opened
-    /// (replaced by a rename meanwhile) is looked at again, a few times.
+    /// it); `None` for a directory never to enter. A name that names
+    /// another file by the time it is opened (replaced by a rename
+    /// meanwhile) is looked at again, a few times, each look checked
+    /// against the exclusions.
     fn record(
         &self,
         dir: &OwnedFd,
@@ -653,11 +652,14 @@ impl<'a> Run<'a> {
         name: &[u8],
         md: &Meta,
         prev: Option<&Entry>,
-    ) -> Result<Entry> {
+    ) -> Result<Option<Entry>> {
         let mut md = *md;
         for _ in 0..3 {
+            if md.is_dir() && self.excluded.contains(&(md.dev, md.ino)) {
+                return Ok(None);
+            }
             if let Some(e) = self.record_once(dir, at, name, &md, prev)? {
-                return Ok(e);
+                return Ok(Some(e));
             }
             md = Meta::at(dir, name).at_place(at)?;
         }
@@ -1397,7 +1399,8 @@ impl Run<'_> {
         let name = path.file_name().unwrap().as_bytes();
         let dir = fsat::open_start(parent).unwrap();
         let at = Place::Source(parent);
-        self.record(&dir, &at.child(name), name, &Meta::of(md), prev)
+        let e = self.record(&dir, &at.child(name), name, &Meta::of(md), prev)?;
+        Ok(e.expect("not an excluded directory"))
     }
 
     /// The walk `backup` does, without a snapshot: the root tree's id.
@@ -1745,5 +1748,44 @@ mod removed_meanwhile {
             .unwrap();
         let names: Vec<_> = a.entries.iter().map(|e| e.name.clone()).collect();
         assert_eq!(names, [b"sub".to_vec()]);
+    }
+}
+
+#[cfg(test)]
+mod excluded_after_a_swap {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    /// A directory swapped, between its lstat and its opening, for the
+    /// store (an excluded directory) is left out: the look taken again
+    /// after the swap checks the exclusions too. Before, only the first
+    /// lstat was checked and the store was backed up into itself.
+    #[test]
+    fn a_directory_swapped_for_the_store_is_left_out() {
+        let repo = Arc::new(test_init("memory://backup-swapped-for-store"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let a = src.join("a");
+        fs::create_dir_all(&a).unwrap();
+        fs::write(a.join("mine"), "in the tree").unwrap();
+        let store = dir.path().join("store");
+        fs::create_dir(&store).unwrap();
+        fs::write(store.join("pack"), "the store's bytes").unwrap();
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        let swap = |p: &Path| {
+            if p == a && !swapped.swap(true, Ordering::SeqCst) {
+                fs::rename(&a, dir.path().join("away")).unwrap();
+                fs::rename(&store, &a).unwrap();
+            }
+        };
+        let exclude = [store.clone()];
+        let mut run = Run::new(&repo, &Quiet, &exclude);
+        run.hook = Some(&swap);
+        let root = run.walk_for_test(&src);
+        assert!(swapped.load(Ordering::SeqCst));
+        let tree = repo.read_tree(&root).unwrap();
+        assert!(tree.entries.is_empty(), "{:?}", tree.entries);
+        assert!(run.errors.lock().unwrap().is_empty());
     }
 }
