@@ -872,7 +872,7 @@ impl<'a> Run<'a> {
         let Some(f) = open_regular(dir, at, name, md)? else {
             return Ok(None);
         };
-        let chunks = self.read_file(at, f, md.size)?;
+        let chunks = self.read_file(at, UncachedReader::new(f), md.size)?;
         count.fetch_add(1, Ordering::Relaxed);
         if e.links > 1 {
             self.hard_links
@@ -883,13 +883,23 @@ impl<'a> Run<'a> {
         Ok(Some(chunks))
     }
 
-    fn read_file(&self, at: &Place<'_>, f: File, size_hint: u64) -> Result<Vec<ChunkRef>> {
-        let mut f = UncachedReader::new(f);
+    /// The chunks of the file `f` reads, which its lstat said was
+    /// `size_hint` bytes long.
+    fn read_file(
+        &self,
+        at: &Place<'_>,
+        mut f: impl Read + Send,
+        size_hint: u64,
+    ) -> Result<Vec<ChunkRef>> {
         // Small files are one chunk: skip the chunker and its buffer.
-        if size_hint < self.repo.config().chunker.min as u64 {
+        let min = self.repo.config().chunker.min as u64;
+        if size_hint < min {
             let mut data = Vec::with_capacity(size_hint as usize);
-            f.read_to_end(&mut data).at_place(at)?;
-            return Ok(if data.len() < self.repo.config().chunker.min as usize {
+            // No more than a chunk's minimum: a file that has grown since
+            // its lstat (a download, a log) goes on through the chunker,
+            // never whole into memory.
+            (&mut f).take(min).read_to_end(&mut data).at_place(at)?;
+            return Ok(if (data.len() as u64) < min {
                 self.note_read(data.len());
                 if data.is_empty() {
                     Vec::new()
@@ -900,8 +910,8 @@ impl<'a> Run<'a> {
                     }]
                 }
             } else {
-                // It grew while we looked: chunk what we read.
-                self.chunk_stream(at, &data[..])?
+                // It grew while we looked: chunk what we read and the rest.
+                self.chunk_stream(at, data.as_slice().chain(f))?
             });
         }
         self.chunk_stream(at, f)
@@ -1787,5 +1797,67 @@ mod excluded_after_a_swap {
         let tree = repo.read_tree(&root).unwrap();
         assert!(tree.entries.is_empty(), "{:?}", tree.entries);
         assert!(run.errors.lock().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod grown_file {
+    use super::*;
+    use crate::repo::tests::test_init;
+
+    /// Counts the bytes read from it.
+    struct Counting<'a>(io::Take<io::Repeat>, &'a AtomicU64);
+
+    impl Read for Counting<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.fetch_add(n as u64, Ordering::SeqCst);
+            Ok(n)
+        }
+    }
+
+    /// Keeps how many bytes were read when the first chunk was handed on.
+    struct FirstChunk<'a> {
+        read: &'a AtomicU64,
+        at: AtomicU64,
+    }
+
+    impl Progress for FirstChunk<'_> {
+        fn advance(&self, _bytes: u64) {
+            let now = self.read.load(Ordering::SeqCst);
+            let _ = self
+                .at
+                .compare_exchange(u64::MAX, now, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+
+    /// A file small when lstat'ed (one chunk, read whole) that has grown
+    /// to 256 MiB by the time it is read (a download, a log) is chunked as
+    /// it is read, not read whole into memory first. Before, it was read
+    /// to its end into one buffer: a file growing fast could take all the
+    /// memory there is.
+    #[test]
+    fn a_small_file_that_grew_since_its_lstat_is_read_as_a_stream() {
+        const SIZE: u64 = 256 << 20;
+        let repo = Arc::new(test_init("memory://backup-grown-file"));
+        let read = AtomicU64::new(0);
+        let progress = FirstChunk {
+            read: &read,
+            at: AtomicU64::new(u64::MAX),
+        };
+        let run = Run::new(&repo, &progress, &[]);
+        let file = Counting(io::repeat(7).take(SIZE), &read);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let at = Place::Source(Path::new("/grown"));
+        let chunks = pool.install(|| run.read_file(&at, file, 10)).unwrap();
+        assert_eq!(chunks.iter().map(|c| c.len as u64).sum::<u64>(), SIZE);
+        let first = progress.at.load(Ordering::SeqCst);
+        assert!(
+            first < 64 << 20,
+            "{first} bytes read before the first chunk was stored"
+        );
     }
 }
