@@ -153,6 +153,12 @@ fn print_prune(r: &PruneReport, dry: bool) -> secrate::Result<()> {
         r.blobs_used,
         r.blobs_unused
     )?;
+    if r.forgotten_left > 0 {
+        outln!(
+            "{remove} {} forgotten snapshots that a store still held (it missed the forget)",
+            r.forgotten_left
+        )?;
+    }
     outln!(
         "{remove} {} packs and {repack} {} into {} new ({} removed, {} written); {} old index deltas {replace}",
         r.packs_deleted,

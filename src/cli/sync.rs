@@ -1,8 +1,9 @@
 //! `secrate sync`: give every replica or shard store what it misses (or
 //! holds damaged), copied or rebuilt from the others, byte-exact. Needs no
-//! key: it moves stored bytes (but a removed key left over on a store is
-//! deleted only once its removal record checks under the keyring, so then
-//! it unlocks). Also the per-store part of `secrate check`.
+//! key: it moves stored bytes (but a removed key or a forgotten snapshot
+//! left over on a store is deleted only once its removal record checks
+//! under the keyring, so then it unlocks). Also the per-store part of
+//! `secrate check`.
 
 use super::format::bytes;
 use super::Globals;
@@ -45,12 +46,13 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         });
     }
     outln!("{}", store.layout().describe())?;
-    // A removed key left over on a store is deleted only once its removal
-    // record checks under the keyring: the key is needed only then.
+    // A removed key or forgotten snapshot left over on a store is deleted
+    // only once its removal record checks under the keyring: the key is
+    // needed only then.
     let checked = || -> secrate::Result<std::collections::HashSet<String>> {
         let secret =
             super::secret::for_open(g).map_err(|e| secrate::Error::Invalid(e.to_string()))?;
-        secrate::repo::Repository::open(store.clone(), &secret)?.removed_keys()
+        secrate::repo::Repository::open(store.clone(), &secret)?.removed_objects()
     };
     let r = store.sync_with(a.read_data, a.dry_run, &checked)?;
     let verb = if a.dry_run { "would copy" } else { "copied" };
@@ -69,7 +71,10 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     }
     let verb = if a.dry_run { "would delete" } else { "deleted" };
     for (url, name) in &r.deleted {
-        outln!("{url}: {verb} {name}: a removed key (its removal record is on the stores)")?;
+        outln!(
+            "{url}: {verb} {name}: {} (its removal record is on the stores)",
+            removed_what(name)
+        )?;
     }
     for (url, name, why) in &r.failed {
         outln!("error: {url}: {name}: {why}")?;
@@ -148,7 +153,8 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
         }
         for n in &s.removed {
             outln!(
-                "error: {label} still holds {n}, a removed key (run `secrate sync` to delete it)"
+                "error: {label} still holds {n}, {} (run `secrate sync` to delete it)",
+                removed_what(n)
             )?;
         }
         if s.is_clean() {
@@ -180,6 +186,15 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
         }
     }
     for n in &a.removal_unfinished {
+        if let Some(id) = n.strip_prefix("snapshots/") {
+            outln!(
+                "warning: {n} has a forgotten record but every store still holds it (a forget \
+                 stopped half-way; if the record checks it is no snapshot): `secrate prune` \
+                 deletes it ({}…)",
+                &id[..id.len().min(8)]
+            )?;
+            continue;
+        }
         outln!(
             "warning: {n} has a removal record but every store still holds it (it opens nothing): \
              `secrate key remove {}` finishes the removal",
@@ -187,4 +202,13 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What a removal record says an object named by it is.
+fn removed_what(name: &str) -> &'static str {
+    if name.starts_with("snapshots/") {
+        "a forgotten snapshot"
+    } else {
+        "a removed key"
+    }
 }

@@ -7,7 +7,8 @@
 //! Snapshots are grouped by host and source; each group keeps its own.
 //! A snapshot is kept if any rule keeps it, and so is the complete snapshot
 //! before a partial one that is kept. Forgetting deletes snapshot
-//! objects only; `prune` then removes the data nothing references.
+//! objects only, each after its record (`snapshots-forgotten/<id>`) is on
+//! every store; `prune` then removes the data nothing references.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -266,13 +267,15 @@ fn keep_complete_before_partial(group: &mut [Decision], forget_ids: &[Id]) {
     }
 }
 
-/// Delete the snapshots `decisions` do not keep. Needs the writer lock.
+/// Forget the snapshots `decisions` do not keep: each leaves a record on
+/// every store, then is deleted (`Repository::forget_snapshot`), so that a
+/// store that missed the delete does not bring it back. Takes the writer
+/// lock.
 pub fn forget(repo: &Repository, decisions: &[Decision]) -> Result<usize> {
     let _lock = repo.lock("forget")?;
     let mut n = 0;
     for d in decisions.iter().filter(|d| !d.keep) {
-        repo.store()
-            .delete(&crate::repo::snapshot::snapshot_name(&d.id))?;
+        repo.forget_snapshot(&d.id)?;
         n += 1;
     }
     Ok(n)

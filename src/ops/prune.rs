@@ -55,6 +55,9 @@ pub struct PruneReport {
     pub bytes_deleted: u64,
     pub bytes_written: u64,
     pub index_deleted: usize,
+    /// Forgotten snapshots a store still held, deleted there (that would
+    /// be, with `dry_run`).
+    pub forgotten_left: usize,
 }
 
 /// Blobs per new index delta: keeps each delta a few MB.
@@ -88,6 +91,31 @@ fn damaged(why: String) -> Error {
     ))
 }
 
+/// Delete the snapshots `forget` forgot that a store still holds (their
+/// record checked); how many (would be, with `dry_run`). Failures are
+/// warnings: the record still hides them.
+fn delete_forgotten(
+    repo: &Repository,
+    ids: &[Id],
+    opts: &PruneOptions,
+    progress: &dyn Progress,
+) -> usize {
+    if opts.dry_run {
+        return ids.len();
+    }
+    let mut n = 0;
+    for id in ids {
+        let name = crate::repo::snapshot::snapshot_name(id);
+        match repo.store().delete(&name) {
+            Ok(()) => n += 1,
+            Err(e) => progress.warn(&format!(
+                "{name} was forgotten but a store still holds it, and it could not be deleted there ({e}); it stays hidden by its record"
+            )),
+        }
+    }
+    n
+}
+
 pub fn prune(
     repo: Arc<Repository>,
     opts: &PruneOptions,
@@ -118,7 +146,16 @@ pub fn prune(
     // After: `forget_missing_packs` rebuilds the index from the deltas,
     // which do not list these.
     repo.add_to_index(&orphans);
-    let (snaps, bad_snaps) = repo.snapshots()?;
+    // Forgotten snapshots a store still holds (it missed the `forget`) are
+    // no roots: their record, checked under our keys, says so. Deleted
+    // here, before the data they name; a store that does not take the
+    // delete keeps one, still hidden by its record.
+    let listing = repo.list_snapshots()?;
+    for e in &listing.bad_records {
+        progress.warn(&e.to_string());
+    }
+    let forgotten_left = delete_forgotten(&repo, &listing.forgotten, opts, progress);
+    let (snaps, bad_snaps) = repo.read_snapshots(listing.ids);
     if let Some(e) = bad_snaps.first() {
         return Err(damaged(e.to_string()));
     }
@@ -154,6 +191,7 @@ pub fn prune(
         packs_before: packs.len(),
         bytes_before: packs.iter().map(|p| p.size).sum(),
         blobs_used: used.len(),
+        forgotten_left,
         ..Default::default()
     };
     let mut keep: Vec<PackInfo> = Vec::new();

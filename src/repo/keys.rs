@@ -9,7 +9,7 @@
 //! a kind byte that disagrees with the age header inside is reported as
 //! damage when nothing opens (`unlock` in mod.rs), never trusted further.
 //!
-//! A removed key leaves a record (`keys-removed/<id>`, `KeyRemoval`) on
+//! A removed key leaves a record (`keys-removed/<id>`, `removal::Removal`) on
 //! every store before its object is deleted, so that a store holding an
 //! older copy of the object does not bring the key back. The record is
 //! honoured at unlock only if its tag checks under the keyring the key
@@ -21,6 +21,7 @@ use crate::crypto::{
     identity_to_string, parse_identity, parse_recipient, ChunkerParams, Keyring, KeyringParts,
 };
 use crate::repo::codec::{bad, Dec, DecodeResult, Enc};
+use crate::repo::removal::Removed;
 
 pub const MAGIC: &[u8; 7] = b"SECRATK";
 pub const VERSION: u8 = 1;
@@ -92,87 +93,18 @@ impl KeyObject {
 }
 
 /// Where key removal records live: `keys-removed/<id>` for `keys/<id>`.
+/// The record (`Removal` of kind `Removed::Key`) is shared with forgotten
+/// snapshots: `repo::removal`.
 pub const REMOVED_DIR: &str = crate::store::KEY_REMOVALS;
-pub const REMOVAL_MAGIC: &[u8; 7] = b"SECRATR";
-pub const REMOVAL_VERSION: u8 = 1;
-/// Key ids are 16 hex digits; longer ones are accepted up to this.
-const MAX_KEY_ID: usize = 64;
-
-/// The record `key remove` leaves: `keys/<key_id>` was removed and must not
-/// open the repository again, nor be copied back by `sync`, whichever
-/// store still holds an older copy of it. The tag (`Keyring::removal_tag`
-/// over every byte before it) makes it this repository's own: unlocking
-/// honours only a record whose tag checks under the keyring just opened,
-/// so a record forged by someone with write access to one store locks no
-/// one out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyRemoval {
-    pub key_id: String,
-    pub removed: i64,
-    pub tag: [u8; 32],
-}
-
-impl KeyRemoval {
-    pub fn new(ring: &Keyring, key_id: &str, removed: i64) -> KeyRemoval {
-        let mut r = KeyRemoval {
-            key_id: key_id.to_string(),
-            removed,
-            tag: [0; 32],
-        };
-        r.tag = ring.removal_tag(&r.body());
-        r
-    }
-
-    fn body(&self) -> Vec<u8> {
-        let mut e = Enc::with_capacity(24 + self.key_id.len());
-        e.raw(REMOVAL_MAGIC)
-            .u8(REMOVAL_VERSION)
-            .i64(self.removed)
-            .bytes16(self.key_id.as_bytes());
-        e.finish()
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = self.body();
-        b.extend_from_slice(&self.tag);
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> DecodeResult<KeyRemoval> {
-        let mut d = Dec::new(b);
-        let v = d.magic(REMOVAL_MAGIC)?;
-        if v != REMOVAL_VERSION {
-            return bad(format!("key removal record version {v} is not supported"));
-        }
-        let removed = d.i64()?;
-        let id = d.bytes16()?;
-        if id.is_empty() || id.len() > MAX_KEY_ID || !id.iter().all(|c| c.is_ascii_hexdigit()) {
-            return bad("the removed key's id is not hex");
-        }
-        let tag = d.array()?;
-        d.finish()?;
-        Ok(KeyRemoval {
-            key_id: String::from_utf8_lossy(id).into_owned(),
-            removed,
-            tag,
-        })
-    }
-
-    /// Made with this keyring (constant-time comparison)?
-    pub fn is_made_with(&self, ring: &Keyring) -> bool {
-        blake3::Hash::from(ring.removal_tag(&self.body())) == blake3::Hash::from(self.tag)
-    }
-}
 
 /// `keys-removed/<id>` for `keys/<id>`.
 pub fn removal_name(key_name: &str) -> String {
-    format!("{REMOVED_DIR}/{}", key_name.trim_start_matches("keys/"))
+    Removed::Key.record_name(key_name)
 }
 
 /// `keys/<id>` for `keys-removed/<id>`; None for any other name.
 pub fn removed_key_name(record_name: &str) -> Option<String> {
-    let id = record_name.strip_prefix(REMOVED_DIR)?.strip_prefix('/')?;
-    (!id.is_empty() && !id.contains('/')).then(|| format!("keys/{id}"))
+    Removed::Key.object_name(record_name)
 }
 
 /// The keyring's plaintext, as sealed inside a key object.
@@ -291,46 +223,9 @@ mod tests {
         assert_eq!(KeyObject::decode(&o.encode()).unwrap(), o);
     }
 
-    #[test]
-    fn key_removal_test_vector_and_tag() {
-        let ring = Keyring::generate([3; 16], ChunkerParams::DEFAULT);
-        let r = KeyRemoval::new(&ring, "00112233aabbccdd", 1);
-        let b = r.encode();
-        assert_eq!(
-            hex::encode(&b[..b.len() - 32]),
-            concat!(
-                "5345435241545201",
-                "0100000000000000",
-                "1000",
-                "30303131323233336161626263636464"
-            )
-        );
-        assert_eq!(
-            hex::encode(&b[b.len() - 32..]),
-            hex::encode(ring.removal_tag(&b[..b.len() - 32]))
-        );
-        let back = KeyRemoval::decode(&b).unwrap();
-        assert_eq!(back, r);
-        assert!(back.is_made_with(&ring));
-        // Another repository's keyring (another id key) does not vouch for it.
-        let other = Keyring::generate([3; 16], ChunkerParams::DEFAULT);
-        assert!(!back.is_made_with(&other));
-        // Any byte changed: the tag fails or the decoder refuses.
-        for i in 0..b.len() {
-            let mut c = b.clone();
-            c[i] ^= 1;
-            assert!(KeyRemoval::decode(&c).map_or(true, |r| !r.is_made_with(&ring)));
-        }
-        assert_eq!(removal_name("keys/00aa"), "keys-removed/00aa");
-        assert_eq!(removed_key_name("keys-removed/00aa").unwrap(), "keys/00aa");
-        assert!(removed_key_name("keys-removedx/00aa").is_none());
-        assert!(removed_key_name("keys-removed/").is_none());
-    }
-
     proptest! {
         #[test]
         fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = KeyRemoval::decode(&b);
             let _ = KeyObject::decode(&b);
             let _ = decode_keyring(&b);
         }

@@ -23,6 +23,7 @@ pub mod index;
 pub mod keys;
 pub mod lock;
 pub mod pack;
+pub mod removal;
 pub mod sealed;
 pub mod snapshot;
 pub mod tree;
@@ -45,16 +46,29 @@ use self::config::Config;
 use self::damage::{damage_name, DamageRecord};
 use self::index::{decode_delta, encode_delta, index_name, BlobLoc, Index, PackMeta};
 use self::keys::{
-    decode_keyring, encode_keyring, removal_name, removed_key_name, KeyKind, KeyObject, KeyRemoval,
-    REMOVED_DIR,
+    decode_keyring, encode_keyring, removal_name, removed_key_name, KeyKind, KeyObject, REMOVED_DIR,
 };
 use self::lock::WriterLock;
 use self::pack::{pack_id_from_name, pack_name, PackBlob, PackInfo};
+use self::removal::{Removal, Removed};
 use self::snapshot::{snapshot_name, Snapshot};
 use self::tree::Tree;
 
 /// Snapshots with their ids, oldest first.
 pub type SnapshotList = Vec<(Id, Snapshot)>;
+
+/// What `Repository::list_snapshots` found.
+#[derive(Debug, Default)]
+pub struct SnapshotListing {
+    /// The snapshots there are.
+    pub ids: Vec<Id>,
+    /// Listed, but `forget` deleted them (their record checks): a store
+    /// still holds an old copy. Not snapshots.
+    pub forgotten: Vec<Id>,
+    /// Records of listed snapshots that do not check (damaged, forged):
+    /// ignored, their snapshots are in `ids`.
+    pub bad_records: Vec<Error>,
+}
 
 /// What unlocks a repository.
 pub enum Secret {
@@ -131,6 +145,9 @@ pub struct Repository {
     gone_packs: Mutex<HashSet<Id>>,
     /// When `reload_index_since` last began to load new index deltas.
     index_reloaded: Mutex<Option<std::time::Instant>>,
+    /// Snapshots whose forgotten record was read and checked: records are
+    /// never changed, so each is read once (a mount lists often).
+    forgotten: Mutex<HashSet<Id>>,
 }
 
 /// `reload_index_since` lists the index at most this often.
@@ -205,6 +222,7 @@ impl Repository {
             pack_keys: Mutex::new(HashMap::new()),
             gone_packs: Mutex::new(HashSet::new()),
             index_reloaded: Mutex::new(None),
+            forgotten: Mutex::new(HashSet::new()),
         }
     }
 
@@ -265,7 +283,7 @@ impl Repository {
     /// spreading it.
     pub fn retire_key(&self, name: &str) -> Result<()> {
         let id = name.trim_start_matches("keys/");
-        let rec = KeyRemoval::new(&self.keys, id, now_secs());
+        let rec = Removal::new(&self.keys, Removed::Key, id, now_secs());
         self.store
             .put_new(&removal_name(name), Bytes::from(rec.encode()))?;
         self.store.delete(name)
@@ -1166,14 +1184,132 @@ impl Repository {
         Ok(self.read_snapshots(self.snapshot_ids()?))
     }
 
-    /// The ids of every snapshot in the store (one listing, nothing read).
+    /// The ids of every snapshot in the store (one listing, nothing read
+    /// but the forgotten records of listed snapshots, each once), less
+    /// the snapshots `forget` deleted that a store still holds.
     pub fn snapshot_ids(&self) -> Result<Vec<Id>> {
-        Ok(self
+        Ok(self.list_snapshots()?.ids)
+    }
+
+    /// The snapshots listed, split into those that count and those left
+    /// over after `forget` (a record made with this repository's keys
+    /// names them: a store that missed the delete still holds them).
+    pub fn list_snapshots(&self) -> Result<SnapshotListing> {
+        let listed: Vec<Id> = self
             .store
             .list("snapshots")?
             .into_iter()
             .filter_map(|o| o.name.strip_prefix("snapshots/").and_then(Id::from_hex))
-            .collect())
+            .collect();
+        let mut out = SnapshotListing::default();
+        // Usually no listed snapshot has a record (nothing was left over):
+        // then the records are listed but none is read.
+        let records: HashSet<Id> = self
+            .store
+            .list_names(Removed::Snapshot.record_dir())?
+            .iter()
+            .filter_map(|n| Removed::Snapshot.object_name(n))
+            .filter_map(|n| n.strip_prefix("snapshots/").and_then(Id::from_hex))
+            .collect();
+        for id in listed {
+            if !records.contains(&id) {
+                out.ids.push(id);
+                continue;
+            }
+            match self.forgotten_record(&id) {
+                Ok(()) => out.forgotten.push(id),
+                Err(e) => {
+                    out.bad_records.push(e);
+                    out.ids.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Does the forgotten record of snapshot `id` hold (made with this
+    /// repository's keys, for this id)? Else why not.
+    fn forgotten_record(&self, id: &Id) -> Result<()> {
+        let known = self
+            .forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id);
+        if known {
+            return Ok(());
+        }
+        let object = snapshot_name(id);
+        let name = Removed::Snapshot.record_name(&object);
+        let bytes = self.store.get(&name)?;
+        removal::holds(Removed::Snapshot, &object, &bytes, &self.keys).map_err(|why| {
+            Error::corrupt(
+                &name,
+                format!("{why}; it is ignored: {object} is not taken for forgotten"),
+            )
+        })?;
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*id);
+        Ok(())
+    }
+
+    /// Every forgotten record checked, whether or not a store still holds
+    /// its snapshot (`check`): the ones that do not hold, with why.
+    pub fn check_forgotten_records(&self) -> Result<(usize, Vec<Error>)> {
+        let names = self.store.list_names(Removed::Snapshot.record_dir())?;
+        let mut bad = Vec::new();
+        for name in &names {
+            let id = Removed::Snapshot
+                .object_name(name)
+                .and_then(|n| n.strip_prefix("snapshots/").and_then(Id::from_hex));
+            match id {
+                Some(id) => {
+                    if let Err(e) = self.forgotten_record(&id) {
+                        bad.push(e);
+                    }
+                }
+                None => bad.push(Error::corrupt(
+                    name,
+                    "its name is not that of a forgotten snapshot record (ignored)",
+                )),
+            }
+        }
+        Ok((names.len(), bad))
+    }
+
+    /// Forget snapshot `id` for good: its record goes to every store first
+    /// (replacing any, so that a damaged or forged one there becomes ours),
+    /// then the snapshot is deleted. A store that missed the delete (down,
+    /// or an older copy of it given back later) may still hold it; the
+    /// record keeps it out of every listing, and `sync` and `prune` delete
+    /// it there. Needs the writer lock.
+    pub fn forget_snapshot(&self, id: &Id) -> Result<()> {
+        let object = snapshot_name(id);
+        let rec = Removal::new(&self.keys, Removed::Snapshot, &id.to_hex(), now_secs());
+        self.store.put(
+            &Removed::Snapshot.record_name(&object),
+            Bytes::from(rec.encode()),
+        )?;
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*id);
+        self.store.delete(&object)
+    }
+
+    /// Objects a removal record made with this repository's keys names:
+    /// removed keys and forgotten snapshots (`keys/<id>`, `snapshots/<id>`),
+    /// whatever store still holds them. What `Store::sync_with` may delete.
+    pub fn removed_objects(&self) -> Result<HashSet<String>> {
+        let mut out = self.removed_keys()?;
+        out.extend(
+            self.list_snapshots()?
+                .forgotten
+                .iter()
+                .map(|id| snapshot_name(id)),
+        );
+        Ok(out)
     }
 
     /// The snapshots of `ids` (from a listing), oldest first, plus the ones
@@ -1276,8 +1412,7 @@ fn removal_holds(store: &Store, name: &str, ring: &Keyring) -> bool {
     let Ok(bytes) = store.get(&removal_name(name)) else {
         return false;
     };
-    KeyRemoval::decode(&bytes)
-        .is_ok_and(|r| format!("keys/{}", r.key_id) == name && r.is_made_with(ring))
+    removal::holds(Removed::Key, name, &bytes, ring).is_ok()
 }
 
 fn can_read_now(

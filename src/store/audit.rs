@@ -4,10 +4,12 @@
 //!
 //! `locks/` is left out of both: the writer lock is transient and rewritten.
 //!
-//! A key object named by a removal record (`keys-removed/<id>`, written by
-//! `key remove` before it deletes `keys/<id>`) is never copied: a store
-//! that missed the delete (down, or an older copy given back) would
-//! otherwise bring a removed passphrase back to every store. Its copies
+//! A key object or snapshot named by a removal record (`keys-removed/<id>`,
+//! written by `key remove` before it deletes `keys/<id>`;
+//! `snapshots-forgotten/<id>`, written by `forget` before it deletes
+//! `snapshots/<id>`) is never copied: a store that missed the delete
+//! (down, or an older copy given back) would otherwise bring a removed
+//! passphrase or a forgotten snapshot back to every store. Its copies
 //! are deleted where they are left over (some store already lacks it).
 //! `sync` has no key, so it cannot check a record's tag: records that
 //! would remove every key object are not honoured (forged, or two
@@ -43,8 +45,9 @@ pub struct StoreReport {
     pub missing: Vec<String>,
     /// Objects whose copy or shard here is damaged, with why.
     pub corrupt: Vec<(String, String)>,
-    /// Key objects it still holds that a removal record names and another
-    /// store already lacks: to be deleted here.
+    /// Key objects and snapshots it still holds that a removal record
+    /// names and another store already lacks: to be deleted here once
+    /// the record checks.
     pub removed: Vec<String>,
 }
 
@@ -64,9 +67,11 @@ pub struct Audit {
     /// Distinct objects across all stores (locks left out).
     pub objects: usize,
     pub stores: Vec<StoreReport>,
-    /// Key objects a removal record names that every store still holds (a
-    /// `key remove` stopped between its record and its delete): left for
-    /// `key remove` to finish; unlocking already ignores them.
+    /// Key objects and snapshots a removal record names that every store
+    /// still holds (a `key remove` or `forget` stopped between its record
+    /// and its delete): not copied, not deleted by `sync`; unlocking and
+    /// listing already ignore them if the record checks, `prune` deletes
+    /// such snapshots.
     pub removal_unfinished: Vec<String>,
 }
 
@@ -80,8 +85,8 @@ impl Audit {
 pub struct SyncReport {
     /// (store URL, object, bytes written) — or that would be, with dry_run.
     pub copied: Vec<(String, String, u64)>,
-    /// (store URL, key object) for removed keys deleted from a store that
-    /// still held them.
+    /// (store URL, object) for removed keys and forgotten snapshots
+    /// deleted from a store that still held them.
     pub deleted: Vec<(String, String)>,
     /// (store URL, object, why) for what could not be repaired.
     pub failed: Vec<(String, String, String)>,
@@ -97,28 +102,38 @@ fn priority(name: &str) -> u8 {
         "snapshots" => 2,
         // A removal record before any key object.
         super::KEY_REMOVALS => 3,
+        super::SNAPSHOTS_FORGOTTEN => 2,
         "keys" => 4,
         "config" => 6,
         _ => 5,
     }
 }
 
-/// The key objects (`keys/<id>`) that a removal record in `universe`
-/// names, unless that would be every key object there: the last way in is
-/// never taken on the word of a record `sync` cannot check.
-fn removed_keys(universe: &BTreeSet<&String>) -> BTreeSet<String> {
-    let prefix = format!("{}/", super::KEY_REMOVALS);
-    let named: BTreeSet<String> = universe
+/// The objects that a removal record in `universe` names: key objects
+/// (`keys-removed/<id>` for `keys/<id>`) unless that would be every key
+/// object there (the last way in is never taken on the word of a record
+/// `sync` cannot check), and snapshots (`snapshots-forgotten/<id>` for
+/// `snapshots/<id>`).
+fn removed_objects(universe: &BTreeSet<&String>) -> BTreeSet<String> {
+    let named = |records: &str, objects: &str| -> BTreeSet<String> {
+        let prefix = format!("{records}/");
+        universe
+            .iter()
+            .filter_map(|n| n.strip_prefix(&prefix))
+            .filter(|id| !id.is_empty() && !id.contains('/'))
+            .map(|id| format!("{objects}/{id}"))
+            .collect()
+    };
+    let mut keys = named(super::KEY_REMOVALS, "keys");
+    if universe
         .iter()
-        .filter_map(|n| n.strip_prefix(&prefix))
-        .filter(|id| !id.is_empty() && !id.contains('/'))
-        .map(|id| format!("keys/{id}"))
-        .collect();
-    let keys = universe.iter().filter(|n| n.starts_with("keys/"));
-    if keys.clone().all(|k| named.contains(k.as_str())) {
-        return BTreeSet::new();
+        .filter(|n| n.starts_with("keys/"))
+        .all(|k| keys.contains(k.as_str()))
+    {
+        keys.clear();
     }
-    named
+    keys.extend(named(super::SNAPSHOTS_FORGOTTEN, "snapshots"));
+    keys
 }
 
 /// Objects that check themselves, besides content-addressed ones.
@@ -197,7 +212,7 @@ impl Store {
                 removal_unfinished: Vec::new(),
             });
         }
-        let removed = removed_keys(&universe);
+        let removed = removed_objects(&universe);
         let mut removal_unfinished = Vec::new();
         for name in &universe {
             let holders: Vec<usize> = (0..n)
@@ -330,15 +345,17 @@ impl Store {
     /// their shard rebuilt from any K others (encoding is deterministic, so
     /// the result is byte-exact). Records the layout in every store at the
     /// end. With `dry_run`, only says what it would do.
-    /// Removed keys left over on a store are not deleted (`sync_with`).
+    /// Removed keys and forgotten snapshots left over on a store are not
+    /// deleted (`sync_with`).
     pub fn sync(&self, read_data: bool, dry_run: bool) -> Result<SyncReport> {
         self.sync_with(read_data, dry_run, &|| Ok(HashSet::new()))
     }
 
-    /// `sync`; a removed key left over on a store is deleted only if it is
-    /// in the set `checked` returns (called once, only if there are any):
-    /// the key objects whose removal record checks under the keyring
-    /// (`Repository::removed_keys`). The others are reported as failed.
+    /// `sync`; a removed key or forgotten snapshot left over on a store is
+    /// deleted only if it is in the set `checked` returns (called once,
+    /// only if there are any): the objects whose removal record checks
+    /// under the keyring (`Repository::removed_objects`). The others are
+    /// reported as failed, and are not copied either.
     pub fn sync_with(
         &self,
         read_data: bool,
@@ -384,11 +401,15 @@ impl Store {
                 let url = self.slots[r.position].url.clone();
                 let done = match &checked {
                     Ok(c) if c.contains(name) => Ok(()),
-                    Ok(_) => Err(Error::Invalid(
+                    Ok(_) => Err(Error::Invalid(format!(
                         "a removal record names it, but none made with this repository's keyring: \
-                         not deleted (a damaged or forged record; `secrate key remove` removes a key)"
-                            .into(),
-                    )),
+                         not deleted (a damaged or forged record; {})",
+                        if name.starts_with("snapshots/") {
+                            "`secrate forget` forgets a snapshot"
+                        } else {
+                            "`secrate key remove` removes a key"
+                        }
+                    ))),
                     Err(why) => Err(Error::Invalid(format!(
                         "a removal record names it, not deleted: the record could not be checked ({why})"
                     ))),

@@ -45,6 +45,9 @@ pub use self::audit::{Audit, StoreReport, SyncReport};
 /// Where key removal records live (`keys-removed/<id>`; the format is
 /// `repo::keys`'s, the name is here because `sync` must know it).
 pub const KEY_REMOVALS: &str = "keys-removed";
+/// Where forgotten snapshot records live (`snapshots-forgotten/<id>`, for
+/// `snapshots/<id>`; the format is `repo::removal`'s).
+pub const SNAPSHOTS_FORGOTTEN: &str = "snapshots-forgotten";
 pub use self::backend::Backend;
 pub use self::ec::EcParams;
 pub use self::faults::FaultConfig;
