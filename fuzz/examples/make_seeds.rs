@@ -15,7 +15,8 @@ use secrate::flush::outbox::{Item, ItemKind};
 use secrate::live::record::{Body, Inode};
 use secrate::repo::config::{Config, DEFAULT_PACK_TARGET};
 use secrate::repo::index::encode_delta;
-use secrate::repo::keys::{encode_keyring, KeyKind, KeyObject, KeyRemoval};
+use secrate::repo::keys::{encode_keyring, KeyKind, KeyObject};
+use secrate::repo::removal::{Removal, Removed};
 use secrate::repo::lock::LockInfo;
 use secrate::repo::pack::{blob_ad, encode_blob_body, header_range, PackBuilder, PackInfo};
 use secrate::repo::snapshot::{Origin, RootMeta, Snapshot};
@@ -261,8 +262,10 @@ fn main() {
         sealed: age_encrypt(keys.meta_recipient(), &keyring),
     };
     w("key_object", "recovery", &key_object.encode());
-    let removal = KeyRemoval::new(keys, "00112233aabbccdd", 1_700_000_000);
+    let removal = Removal::new(keys, Removed::Key, "00112233aabbccdd", 1_700_000_000);
     w("key_removal", "record", &removal.encode());
+    let forgotten = Removal::new(keys, Removed::Snapshot, &"ab".repeat(32), 1_700_000_000);
+    w("key_removal", "snapshot", &forgotten.encode());
 
     let lz4_raw: Vec<u8> = b"secrate ".repeat(40);
     let mut stored = Vec::new();
@@ -425,7 +428,10 @@ fn check(dir: &Path) {
             let ok = match target.as_str() {
                 "config" => Config::decode(&b).is_ok(),
                 "key_object" => KeyObject::decode(&b).is_ok(),
-                "key_removal" => KeyRemoval::decode(&b).is_ok(),
+                "key_removal" => {
+                    Removal::decode(Removed::Key, &b).is_ok()
+                        || Removal::decode(Removed::Snapshot, &b).is_ok()
+                }
                 "keyring" => decode_keyring(&b).is_ok(),
                 "blob_body" => decode_blob_body(&b).is_ok(),
                 "pack_header" => {

@@ -1,8 +1,10 @@
-//! `keys-removed/<id>`: a key removal record.
+//! `keys-removed/<id>` and `snapshots-forgotten/<id>`: removal records
+//! (one format, two kinds).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use secrate::repo::keys::KeyRemoval;
+use secrate::repo::removal::{Removal, Removed};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = KeyRemoval::decode(data);
+    let _ = Removal::decode(Removed::Key, data);
+    let _ = Removal::decode(Removed::Snapshot, data);
 });
