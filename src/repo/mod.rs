@@ -1641,6 +1641,91 @@ pub(crate) mod tests {
         Repository::init(store, "pw", opts).unwrap().0
     }
 
+    /// A replica that missed a `forget` (an older copy of its disk given
+    /// back) still holds the snapshot: it is not listed (nor a root for
+    /// prune, nor shown by a mount) once its record checks, and `sync` is
+    /// told it may delete it. (Before, the union of the stores listed it
+    /// again.)
+    #[test]
+    fn a_forgotten_snapshot_on_a_stale_replica_stays_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let store = Store::open_many(&u, None, true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let r = Repository::init(store, "pw", opts).unwrap().0;
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let (s1, s2) = (r.write_snapshot(&snap(1)).unwrap(), r.write_snapshot(&snap(2)).unwrap());
+        let stale = dir.path().join("b").join(snapshot_name(&s1));
+        let old = std::fs::read(&stale).unwrap();
+        r.forget_snapshot(&s1).unwrap();
+        assert!(!stale.exists());
+        // The older copy of store b comes back.
+        std::fs::write(&stale, &old).unwrap();
+        let fresh = Repository::open(r.store().clone(), &Secret::Passphrase("pw".to_string().into()))
+            .unwrap();
+        for repo in [&r, &fresh] {
+            assert_eq!(repo.snapshot_ids().unwrap(), vec![s2]);
+            let l = repo.list_snapshots().unwrap();
+            assert_eq!(l.forgotten, vec![s1]);
+            assert!(l.bad_records.is_empty(), "{:?}", l.bad_records);
+            assert_eq!(repo.snapshots().unwrap().0.len(), 1);
+            assert!(repo.find_snapshot(&s1.to_hex()).is_err());
+            assert!(repo.removed_objects().unwrap().contains(&snapshot_name(&s1)));
+            assert_eq!(repo.check_forgotten_records().unwrap().0, 1);
+            assert!(repo.check_forgotten_records().unwrap().1.is_empty());
+        }
+    }
+
+    /// A record someone with write access to one store put there, without
+    /// the keys (garbage, made with another repository's keyring, or a real
+    /// record moved to another snapshot's name): it hides nothing, and
+    /// `check_forgotten_records` reports it.
+    #[test]
+    fn a_forged_forgotten_record_hides_nothing() {
+        let r = test_init("memory://forged-forgotten");
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let ids: Vec<Id> = (1..=4).map(|n| r.write_snapshot(&snap(n)).unwrap()).collect();
+        let rec = |id: &Id| Removed::Snapshot.record_name(&snapshot_name(id));
+        let put = |id: &Id, b: Vec<u8>| r.store().put(&rec(id), Bytes::from(b)).unwrap();
+        put(&ids[0], b"garbage".to_vec());
+        let other = Keyring::generate([1; 16], ChunkerParams::DEFAULT);
+        put(
+            &ids[1],
+            Removal::new(&other, Removed::Snapshot, &ids[1].to_hex(), 1).encode(),
+        );
+        put(
+            &ids[2],
+            Removal::new(r.keys(), Removed::Snapshot, &ids[3].to_hex(), 1).encode(),
+        );
+        let mut listed = r.snapshot_ids().unwrap();
+        listed.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(listed, want);
+        let l = r.list_snapshots().unwrap();
+        assert!(l.forgotten.is_empty());
+        assert_eq!(l.bad_records.len(), 3, "{:?}", l.bad_records);
+        assert!(r.removed_objects().unwrap().iter().all(|n| !n.starts_with("snapshots/")));
+        let (n, bad) = r.check_forgotten_records().unwrap();
+        assert_eq!((n, bad.len()), (3, 3), "{bad:?}");
+        // `forget` replaces a forged record with its own.
+        r.forget_snapshot(&ids[0]).unwrap();
+        assert_eq!(r.check_forgotten_records().unwrap().1.len(), 2);
+        assert_eq!(r.snapshot_ids().unwrap().len(), 3);
+    }
+
     /// Two key removals at once, of the passphrase here and of the
     /// recovery key in another process, each saw the other key left and
     /// deleted its own: no key could open the repository again. (Found by

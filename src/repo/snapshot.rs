@@ -198,11 +198,11 @@ pub fn format_time(time_ns: i64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> Snapshot {
+    pub(crate) fn sample() -> Snapshot {
         Snapshot {
             time_ns: 1_000_000_000,
             host: "h".into(),

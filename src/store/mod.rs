@@ -1795,6 +1795,52 @@ mod tests {
         assert!(a.join("keys/01").exists() && b.join("keys/01").exists());
     }
 
+    /// A snapshot a forgotten record names, held by a store that missed
+    /// the `forget`: never copied to the others; deleted where it is left
+    /// only once the record checked (the caller holds the keys). A record
+    /// that did not check (forged in one store) deletes nothing.
+    #[test]
+    fn sync_never_spreads_a_forgotten_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b", "c"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        let d = |n: &str| dir.path().join(n);
+        let put = |st: &str, n: &str| {
+            let p = d(st).join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, n).unwrap();
+        };
+        let (x, y) = ("snapshots/0a", "snapshots/0b");
+        // x forgotten: the record on a and b, c an older copy holding x.
+        put("a", "snapshots-forgotten/0a");
+        put("b", "snapshots-forgotten/0a");
+        put("c", x);
+        // y: a forged record on c only; a and b hold y.
+        put("a", y);
+        put("b", y);
+        put("c", "snapshots-forgotten/0b");
+        let audit = s.audit(false).unwrap();
+        assert_eq!(audit.stores[2].removed, vec![x.to_string()]);
+        assert!(audit.stores[0].removed.contains(&y.to_string()));
+        // No record checked (no key): nothing deleted, nothing spread.
+        let r = s.sync(false, false).unwrap();
+        assert!(r.deleted.is_empty(), "{:?}", r.deleted);
+        assert!(!d("a").join(x).exists() && !d("b").join(x).exists());
+        assert!(d("c").join(x).exists());
+        assert!(d("a").join(y).exists() && d("b").join(y).exists());
+        // x's record checked, y's not: x goes, y stays everywhere it was.
+        let checked = || Ok(std::collections::HashSet::from([x.to_string()]));
+        let r = s.sync_with(false, false, &checked).unwrap();
+        assert_eq!(r.deleted, vec![(u[2].clone(), x.to_string())]);
+        assert_eq!(r.failed.len(), 2, "{:?}", r.failed);
+        assert!(r.failed.iter().all(|f| f.1 == y), "{:?}", r.failed);
+        for st in ["a", "b", "c"] {
+            assert!(!d(st).join(x).exists(), "{st}");
+            assert!(d(st).join("snapshots-forgotten/0a").exists(), "{st}");
+        }
+        assert!(d("a").join(y).exists() && d("b").join(y).exists());
+    }
+
     /// One damaged or hostile store naming every key but a write-only one
     /// in removal records (garbage, made with no keyring) and holding none
     /// of them: sync kept them on the other store. (Found by review:
