@@ -1,5 +1,6 @@
 //! Several stores and keys, through the real binary on `file://`: a stale
-//! replica given back must not bring back a removed key; `key list` and
+//! replica given back must not bring back a removed key nor a forgotten
+//! snapshot; `key list` and
 //! `key remove` and keys of another repository; leaving a store out of a
 //! set.
 
@@ -99,6 +100,142 @@ fn a_stale_replica_does_not_bring_back_a_removed_key() {
     let o = with_passphrase(&both, leaked).run(&["snapshots"]);
     assert!(!o.status.success());
     s.ok(&["snapshots"]);
+    s.ok(&["check"]);
+}
+
+/// The ids of the snapshots a `file://` store's directory holds.
+fn snapshot_files(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(store.join("snapshots"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Three replicas; store c copied aside, a snapshot forgotten and pruned,
+/// then the older copy of c given back (a disk restored from a backup, a
+/// store that was swapped out during the forget). Before: `snapshots`
+/// listed the forgotten snapshot again, `sync` spread it and its old data
+/// to every store, `prune` kept it (the space the forget freed came
+/// back) and it could be restored. Now its record keeps it forgotten and
+/// `sync` deletes it from c.
+#[test]
+fn a_stale_replica_does_not_bring_back_a_forgotten_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("file://{}", path(n).display());
+    let all = format!("{},{},{}", url("a"), url("b"), url("c"));
+    let s = Secrate::new(&all);
+    s.init();
+    let src = path("src");
+    fs::create_dir_all(&src).unwrap();
+    let src_s = src.to_str().unwrap();
+    fs::write(src.join("f"), vec![1u8; 300_000]).unwrap();
+    s.ok(&["backup", "-q", src_s]);
+    let first = snapshot_files(&path("a"));
+    assert_eq!(first.len(), 1);
+    let old = first[0].clone();
+    fs::write(src.join("f"), vec![2u8; 300_000]).unwrap();
+    s.ok(&["backup", "-q", src_s]);
+    let kept: Vec<String> = snapshot_files(&path("a"))
+        .into_iter()
+        .filter(|i| *i != old)
+        .collect();
+    assert_eq!(kept.len(), 1);
+
+    cp_a(&path("c"), &path("c-old"));
+    s.ok(&["forget", "--prune", &old]);
+    for st in ["a", "b", "c"] {
+        assert_eq!(snapshot_files(&path(st)), kept, "{st}");
+    }
+    fs::remove_dir_all(path("c")).unwrap();
+    fs::rename(path("c-old"), path("c")).unwrap();
+    assert!(snapshot_files(&path("c")).contains(&old));
+
+    // Listed: only the kept snapshot, through the set or the stale store.
+    let short = &old[..8];
+    for given in [all.clone(), url("c")] {
+        let out = Secrate::new(&given).ok(&["snapshots"]);
+        assert!(!out.contains(short), "{given}: {out}");
+        assert!(out.contains("1 snapshots"), "{given}: {out}");
+    }
+    let o = s.run(&["restore", &old, path("out").to_str().unwrap()]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    // `check` says what store c still holds, and is no damage.
+    let o = s.run(&["check"]);
+    let out = stdout(&o);
+    assert!(out.contains("a forgotten snapshot"), "{out}");
+    assert!(out.contains("the repository is intact"), "{out}");
+
+    // `sync` does not spread it: it deletes it where it is left.
+    let out = s.ok(&["sync"]);
+    assert!(out.contains(&format!("deleted snapshots/{old}")), "{out}");
+    for st in ["a", "b", "c"] {
+        assert_eq!(snapshot_files(&path(st)), kept, "{st}: {out}");
+        let rec = path(st).join("snapshots-forgotten").join(&old);
+        assert!(rec.exists(), "{st}");
+    }
+    // `prune` frees again what the forget had freed (sync copied c's old
+    // packs to a and b: nothing names them now).
+    let out = s.ok(&["prune"]);
+    assert!(out.contains("1 snapshots reference"), "{out}");
+    let out = s.ok(&["check"]);
+    assert!(out.contains("no errors: 1 snapshots"), "{out}");
+    assert!(!out.contains(short), "{out}");
+}
+
+/// A forged forgotten record (garbage, or a real one copied under another
+/// snapshot's name) written to one store by someone without the keys:
+/// the snapshot is still listed, `sync` deletes it from no store, and
+/// `check` reports the record.
+#[test]
+fn a_forged_forgotten_record_deletes_and_hides_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("file://{}", path(n).display());
+    let both = format!("{},{}", url("a"), url("b"));
+    let s = Secrate::new(&both);
+    s.init();
+    let src = path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"kept").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let id = snapshot_files(&path("a")).remove(0);
+    // Store a loses the snapshot and holds a record for it instead.
+    fs::remove_file(path("a/snapshots").join(&id)).unwrap();
+    fs::create_dir_all(path("a/snapshots-forgotten")).unwrap();
+    let mut forged = b"SECRATF\x01".to_vec();
+    forged.extend_from_slice(&0i64.to_le_bytes());
+    forged.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    forged.extend_from_slice(id.as_bytes());
+    forged.extend_from_slice(&[0u8; 32]);
+    fs::write(path("a/snapshots-forgotten").join(&id), &forged).unwrap();
+
+    let out = s.ok(&["snapshots"]);
+    assert!(out.contains(&id[..8]), "{out}");
+    // `sync` checks the record (it needs the key for that), deletes
+    // nothing and gives store a the snapshot back, but fails, naming it.
+    let o = s.run(&["sync"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(stdout(&o).contains("not deleted"), "{}", stdout(&o));
+    assert!(path("b/snapshots").join(&id).exists());
+    assert!(path("a/snapshots").join(&id).exists());
+    let o = s.run(&["check"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains(&format!("snapshots-forgotten/{id}")),
+        "{}",
+        stdout(&o)
+    );
+    // Deleting the forged record (sync copied it as any object) is the
+    // way out.
+    for st in ["a", "b"] {
+        let _ = fs::remove_file(path(st).join("snapshots-forgotten").join(&id));
+    }
+    s.ok(&["sync"]);
     s.ok(&["check"]);
 }
 

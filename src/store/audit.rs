@@ -18,7 +18,10 @@
 //! the caller of `sync_with` checked its record under the keyring: on a
 //! record's word alone, one damaged or hostile store naming every key
 //! that reads but a write-only one made `sync` delete them from every
-//! store (found by review).
+//! store (found by review). A record that was checked and is not this
+//! repository's names an object as any other: it is copied to the stores
+//! that miss it, so that a forged record in one store keeps no other
+//! from being repaired (and `sync` fails, naming the record).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -348,7 +351,9 @@ impl Store {
     /// Removed keys and forgotten snapshots left over on a store are not
     /// deleted (`sync_with`).
     pub fn sync(&self, read_data: bool, dry_run: bool) -> Result<SyncReport> {
-        self.sync_with(read_data, dry_run, &|| Ok(HashSet::new()))
+        self.sync_with(read_data, dry_run, &|| {
+            Err(Error::Invalid("no key was given to check it with".into()))
+        })
     }
 
     /// `sync`; a removed key or forgotten snapshot left over on a store is
@@ -390,12 +395,31 @@ impl Store {
                 jobs.push((r.position, name.clone(), avoid));
             }
         }
-        jobs.sort_by_key(|(i, name, _)| (priority(name), name.clone(), *i));
         let checked = if audit.stores.iter().any(|r| !r.removed.is_empty()) {
             checked().map_err(|e| e.to_string())
         } else {
             Ok(HashSet::new())
         };
+        // Named by a record that was checked and is not this repository's
+        // (damaged, forged): an object as any other, given to the stores
+        // that miss it, so that a forged record in one store does not
+        // keep the others from being repaired.
+        if let Ok(c) = &checked {
+            let unchecked: BTreeSet<&String> = audit
+                .stores
+                .iter()
+                .flat_map(|r| &r.removed)
+                .filter(|n| !c.contains(*n))
+                .collect();
+            for name in unchecked {
+                for r in &audit.stores {
+                    if r.unavailable.is_none() && !r.removed.contains(name) {
+                        jobs.push((r.position, name.clone(), Vec::new()));
+                    }
+                }
+            }
+        }
+        jobs.sort_by_key(|(i, name, _)| (priority(name), name.clone(), *i));
         for r in &audit.stores {
             for name in &r.removed {
                 let url = self.slots[r.position].url.clone();
@@ -403,7 +427,8 @@ impl Store {
                     Ok(c) if c.contains(name) => Ok(()),
                     Ok(_) => Err(Error::Invalid(format!(
                         "a removal record names it, but none made with this repository's keyring: \
-                         not deleted (a damaged or forged record; {})",
+                         not deleted, and copied to the stores that miss it (a damaged or forged \
+                         record: delete the record; {})",
                         if name.starts_with("snapshots/") {
                             "`secrate forget` forgets a snapshot"
                         } else {

@@ -1839,6 +1839,9 @@ mod tests {
             assert!(d(st).join("snapshots-forgotten/0a").exists(), "{st}");
         }
         assert!(d("a").join(y).exists() && d("b").join(y).exists());
+        // Its record not this repository's, y is an object as any other:
+        // given to the store that missed it.
+        assert!(d("c").join(y).exists());
     }
 
     /// One damaged or hostile store naming every key but a write-only one
