@@ -1303,12 +1303,7 @@ impl Repository {
     /// whatever store still holds them. What `Store::sync_with` may delete.
     pub fn removed_objects(&self) -> Result<HashSet<String>> {
         let mut out = self.removed_keys()?;
-        out.extend(
-            self.list_snapshots()?
-                .forgotten
-                .iter()
-                .map(|id| snapshot_name(id)),
-        );
+        out.extend(self.list_snapshots()?.forgotten.iter().map(snapshot_name));
         Ok(out)
     }
 
@@ -1663,15 +1658,21 @@ pub(crate) mod tests {
             time_ns: n as i64,
             ..snapshot::tests::sample()
         };
-        let (s1, s2) = (r.write_snapshot(&snap(1)).unwrap(), r.write_snapshot(&snap(2)).unwrap());
+        let (s1, s2) = (
+            r.write_snapshot(&snap(1)).unwrap(),
+            r.write_snapshot(&snap(2)).unwrap(),
+        );
         let stale = dir.path().join("b").join(snapshot_name(&s1));
         let old = std::fs::read(&stale).unwrap();
         r.forget_snapshot(&s1).unwrap();
         assert!(!stale.exists());
         // The older copy of store b comes back.
         std::fs::write(&stale, &old).unwrap();
-        let fresh = Repository::open(r.store().clone(), &Secret::Passphrase("pw".to_string().into()))
-            .unwrap();
+        let fresh = Repository::open(
+            r.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
         for repo in [&r, &fresh] {
             assert_eq!(repo.snapshot_ids().unwrap(), vec![s2]);
             let l = repo.list_snapshots().unwrap();
@@ -1679,7 +1680,10 @@ pub(crate) mod tests {
             assert!(l.bad_records.is_empty(), "{:?}", l.bad_records);
             assert_eq!(repo.snapshots().unwrap().0.len(), 1);
             assert!(repo.find_snapshot(&s1.to_hex()).is_err());
-            assert!(repo.removed_objects().unwrap().contains(&snapshot_name(&s1)));
+            assert!(repo
+                .removed_objects()
+                .unwrap()
+                .contains(&snapshot_name(&s1)));
             assert_eq!(repo.check_forgotten_records().unwrap().0, 1);
             assert!(repo.check_forgotten_records().unwrap().1.is_empty());
         }
@@ -1696,7 +1700,9 @@ pub(crate) mod tests {
             time_ns: n as i64,
             ..snapshot::tests::sample()
         };
-        let ids: Vec<Id> = (1..=4).map(|n| r.write_snapshot(&snap(n)).unwrap()).collect();
+        let ids: Vec<Id> = (1..=4)
+            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .collect();
         let rec = |id: &Id| Removed::Snapshot.record_name(&snapshot_name(id));
         let put = |id: &Id, b: Vec<u8>| r.store().put(&rec(id), Bytes::from(b)).unwrap();
         put(&ids[0], b"garbage".to_vec());
@@ -1717,7 +1723,11 @@ pub(crate) mod tests {
         let l = r.list_snapshots().unwrap();
         assert!(l.forgotten.is_empty());
         assert_eq!(l.bad_records.len(), 3, "{:?}", l.bad_records);
-        assert!(r.removed_objects().unwrap().iter().all(|n| !n.starts_with("snapshots/")));
+        assert!(r
+            .removed_objects()
+            .unwrap()
+            .iter()
+            .all(|n| !n.starts_with("snapshots/")));
         let (n, bad) = r.check_forgotten_records().unwrap();
         assert_eq!((n, bad.len()), (3, 3), "{bad:?}");
         // `forget` replaces a forged record with its own.
