@@ -309,6 +309,46 @@ pub(crate) mod tests {
         crate::ops::repair::tests::snapshot_of(repo, vec![file("f", chunks)])
     }
 
+    /// A forgotten snapshot a store gives back (it missed the forget) is
+    /// no root: prune deletes it and the data only it used. (Before, it
+    /// was a root again and its data stayed.)
+    #[test]
+    fn a_forgotten_snapshot_given_back_is_no_root() {
+        let repo = Arc::new(test_init("memory://prune-forgotten"));
+        let blob = |data: &[u8]| {
+            let w = BlobWriter::new(repo.clone(), Arc::new(StoreSink(repo.clone())), 1);
+            let id = w.add(BlobKind::Data, data).unwrap();
+            let (packs, _) = w.finish().unwrap();
+            repo.write_index(&packs).unwrap();
+            ChunkRef {
+                id,
+                len: data.len() as u32,
+            }
+        };
+        let old = snapshot_of(&repo, vec![blob(&[1u8; 10_000])]);
+        let gone_blob = blob(&[2u8; 10_000]);
+        let forgotten = snapshot_of(&repo, vec![gone_blob.clone()]);
+        let name = crate::repo::snapshot::snapshot_name(&forgotten);
+        let stale = repo.store().get(&name).unwrap();
+        repo.forget_snapshot(&forgotten).unwrap();
+        repo.store().put(&name, stale).unwrap();
+
+        let dry = PruneOptions {
+            dry_run: true,
+            ..Default::default()
+        };
+        let r = prune(reopen(&repo), &dry, &Quiet).unwrap();
+        assert_eq!((r.snapshots, r.forgotten_left), (1, 1));
+        assert!(repo.store().head(&name).unwrap().is_some());
+        let r = prune(reopen(&repo), &PruneOptions::default(), &Quiet).unwrap();
+        // Its data pack and the pack of its tree.
+        assert_eq!((r.snapshots, r.forgotten_left, r.packs_deleted), (1, 1, 2));
+        assert!(repo.store().head(&name).unwrap().is_none());
+        let after = reopen(&repo);
+        assert!(!after.index().contains(&gone_blob.id));
+        assert_eq!(after.snapshot_ids().unwrap(), vec![old]);
+    }
+
     /// After `repair`, a mount writes `Id::LOST` for what was lost: known
     /// damage, which prune goes past.
     #[test]
