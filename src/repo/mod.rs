@@ -1286,6 +1286,10 @@ impl Repository {
     /// it there. Needs the writer lock.
     pub fn forget_snapshot(&self, id: &Id) -> Result<()> {
         let object = snapshot_name(id);
+        // With a store unplugged the delete would refuse: the record must
+        // not be left on the other stores, hiding a snapshot that was not
+        // deleted (and that `forget` could then no longer name).
+        self.store.check_all_present(&object)?;
         let rec = Removal::new(&self.keys, Removed::Snapshot, &id.to_hex(), now_secs());
         self.store.put(
             &Removed::Snapshot.record_name(&object),

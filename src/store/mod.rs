@@ -891,6 +891,24 @@ impl Store {
         }
     }
 
+    /// Err if a store that should hold `name` is not there (an unplugged
+    /// disk): a delete of `name` would then reach only some stores. For a
+    /// caller that writes something first (a removal record) and must not
+    /// leave it on some stores only.
+    pub fn check_all_present(&self, name: &str) -> Result<()> {
+        if self.mode_for(name) == Mode::Single {
+            return Ok(());
+        }
+        match (0..self.slots.len()).find(|&i| !self.skips(name, i) && !self.slots[i].present()) {
+            Some(i) => Err(Error::Store {
+                url: self.slots[i].url.clone(),
+                object: name.to_string(),
+                reason: "the store is not there, so nothing was deleted from the others; connect it again (or replace it and run `secrate sync`) and retry".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub fn delete(&self, name: &str) -> Result<()> {
         match self.mode_for(name) {
             Mode::Single => self.single().delete(name),
@@ -898,15 +916,7 @@ impl Store {
                 // A store that is gone (an unplugged disk) would keep its
                 // copy or shard while the others lose theirs: a lone shard
                 // reads as a damaged object when it is back. Delete nowhere.
-                if let Some(i) = (0..self.slots.len())
-                    .find(|&i| !self.skips(name, i) && !self.slots[i].present())
-                {
-                    return Err(Error::Store {
-                        url: self.slots[i].url.clone(),
-                        object: name.to_string(),
-                        reason: "the store is not there, so nothing was deleted from the others; connect it again (or replace it and run `secrate sync`) and retry".into(),
-                    });
-                }
+                self.check_all_present(name)?;
                 let r = self.each(|i, s| {
                     if self.skips(name, i) {
                         return Ok(());
