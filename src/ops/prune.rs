@@ -327,7 +327,7 @@ pub(crate) mod tests {
         };
         let old = snapshot_of(&repo, vec![blob(&[1u8; 10_000])]);
         let gone_blob = blob(&[2u8; 10_000]);
-        let forgotten = snapshot_of(&repo, vec![gone_blob.clone()]);
+        let forgotten = snapshot_of(&repo, vec![gone_blob]);
         let name = crate::repo::snapshot::snapshot_name(&forgotten);
         let stale = repo.store().get(&name).unwrap();
         repo.forget_snapshot(&forgotten).unwrap();
