@@ -1291,10 +1291,14 @@ impl Repository {
         // deleted (and that `forget` could then no longer name).
         self.store.check_all_present(&object)?;
         let rec = Removal::new(&self.keys, Removed::Snapshot, &id.to_hex(), now_secs());
-        self.store.put(
-            &Removed::Snapshot.record_name(&object),
-            Bytes::from(rec.encode()),
-        )?;
+        let rec_name = Removed::Snapshot.record_name(&object);
+        if let Err(e) = self.store.put(&rec_name, Bytes::from(rec.encode())) {
+            // On some stores only, it would hide a snapshot that is not
+            // deleted (and that `forget` could then no longer name): taken
+            // back where it can be (else `prune` deletes the snapshot).
+            let _ = self.store.delete(&rec_name);
+            return Err(e);
+        }
         self.forgotten
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1691,6 +1695,42 @@ pub(crate) mod tests {
             assert_eq!(repo.check_forgotten_records().unwrap().0, 1);
             assert!(repo.check_forgotten_records().unwrap().1.is_empty());
         }
+    }
+
+    /// A record that one store refuses (there, but failing writes) is taken
+    /// back from the others: it would hide a snapshot that was not deleted
+    /// and that `forget` could then no longer name.
+    #[test]
+    fn a_forgotten_record_one_store_refuses_hides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let store =
+            Store::open_many(&u, None, true)
+                .unwrap()
+                .with_retry(crate::store::RetryPolicy {
+                    attempts: 1,
+                    first_delay: std::time::Duration::ZERO,
+                    max_delay: std::time::Duration::ZERO,
+                });
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let r = Repository::init(store, "pw", opts).unwrap().0;
+        let id = r.write_snapshot(&snapshot::tests::sample()).unwrap();
+        // A file where store b's directory of records would go.
+        let blocker = dir.path().join("b").join(Removed::Snapshot.record_dir());
+        std::fs::write(&blocker, b"in the way").unwrap();
+        assert!(r.forget_snapshot(&id).is_err());
+        assert_eq!(r.snapshot_ids().unwrap(), vec![id]);
+        let rec = Removed::Snapshot.record_name(&snapshot_name(&id));
+        assert!(!dir.path().join("a").join(&rec).exists());
+        std::fs::remove_file(&blocker).unwrap();
+        r.forget_snapshot(&id).unwrap();
+        assert!(r.snapshot_ids().unwrap().is_empty());
     }
 
     /// A record someone with write access to one store put there, without
