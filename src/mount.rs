@@ -56,12 +56,20 @@ pub fn default_cache_dir(repo_id: &str) -> PathBuf {
 /// Refuse a cache directory or a `file://` store inside the mountpoint
 /// (or at it): once mounted, their paths lead into the mount, and the
 /// process serving it would wait on itself. Refuse a mountpoint a secrate
-/// mount already serves. `mountpoint` is canonical.
+/// mount already serves, a mountpoint that holds files (the mount would
+/// hide them: files written there while a mount had failed looked lost),
+/// and a cache "directory" that is a file. `mountpoint` is canonical.
 pub fn check_places(
     mountpoint: &Path,
     cache_dir: &Path,
     store: &crate::store::Store,
 ) -> Result<()> {
+    if cache_dir.exists() && !cache_dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "the cache directory {} is a file, not a directory",
+            cache_dir.display()
+        )));
+    }
     let places = std::iter::once(("cache directory", cache_dir.to_path_buf()))
         .chain(store.local_dirs().into_iter().map(|d| ("store", d)));
     for (what, place) in places {
@@ -82,6 +90,14 @@ pub fn check_places(
             other.display(),
             mountpoint.display()
         )));
+    }
+    if let Ok(mut entries) = fs::read_dir(mountpoint) {
+        if entries.next().is_some() {
+            return Err(Error::Invalid(format!(
+                "{} is not empty: a mount there would hide what it holds; give an empty directory",
+                mountpoint.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -781,7 +797,12 @@ fn handle_client(mut stream: UnixStream, shared: &Shared) {
             if let Some(h) = shared.history.get() {
                 status.history_nodes = h.live_nodes() as u64;
             }
-            let status = serde_json::to_value(status).unwrap_or_default();
+            let mut status = serde_json::to_value(status).unwrap_or_default();
+            // `umount` says what is in the store by it: nothing a
+            // read-only mount holds is uploaded.
+            if let Some(o) = status.as_object_mut() {
+                o.insert("read_only".into(), shared.read_only.into());
+            }
             let _ = send(&mut stream, &Event::Status { status });
             Ok(())
         }

@@ -343,6 +343,18 @@ fn flipped_byte_names_the_damaged_file() {
         let o = s.run(&["restore", "latest", dst.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(1));
         assert!(stderr(&o).contains("victim.bin"), "{}", stderr(&o));
+        // Not a plain "restored snapshot ..." line (it read as success).
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.starts_with("restored snapshot ") && out.contains(" partly: "),
+            "{out}"
+        );
+        assert!(
+            stderr(&o)
+                .ends_with("secrate: 1 path was not restored fully (see the warning above)\n"),
+            "{}",
+            stderr(&o)
+        );
         assert_eq!(fs::read(dst.join("other.txt")).unwrap(), b"unharmed");
         assert!(Path::new(&dst.join("d/victim.bin")).exists());
     }
@@ -817,5 +829,161 @@ fn ls_and_diff_quote_names_with_newlines_and_show_the_root() {
         stderr(&o).contains("1 changed, 1 with other attributes"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// `secrate mount` on a directory that holds files, or with a cache
+/// "directory" that is a file: one sentence, nothing mounted. Before, the
+/// first mounted over the files (they looked lost: a file written into the
+/// mountpoint after a mount had failed vanished under the next mount), and
+/// the second said "File exists (os error 17)".
+#[test]
+fn a_mountpoint_with_files_or_a_cache_that_is_a_file_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let full = work.path().join("full");
+    fs::create_dir_all(&full).unwrap();
+    fs::write(full.join("mine.txt"), b"mine").unwrap();
+    let empty = work.path().join("empty");
+    fs::create_dir_all(&empty).unwrap();
+    let cache_file = work.path().join("cache-file");
+    fs::write(&cache_file, b"not a directory").unwrap();
+    let cache = work.path().join("cache");
+    for (mnt, cache, says) in [
+        (
+            &full,
+            &cache,
+            "is not empty: a mount there would hide what it holds",
+        ),
+        (&empty, &cache_file, "is a file, not a directory"),
+    ] {
+        let m = mnt.to_str().unwrap();
+        let o = s.run(&["mount", m, "--cache", cache.to_str().unwrap()]);
+        if o.status.success() {
+            // Mounted (the old code): take it down before failing.
+            let _ = std::process::Command::new("fusermount3")
+                .args(["-uz", m])
+                .status();
+        }
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{m}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(says), "{e}");
+    }
+    assert_eq!(fs::read(full.join("mine.txt")).unwrap(), b"mine");
+}
+
+/// Unmounts (lazily) and kills what a test mounted, also when it fails.
+struct MountGuard {
+    mnt: std::path::PathBuf,
+    cache: std::path::PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Some(pid) = mount_pid(&self.cache) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn mount_pid(cache: &Path) -> Option<i32> {
+    fs::read_to_string(cache.join("lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn wait_gone(pid: i32) {
+    let start = std::time::Instant::now();
+    while unsafe { libc::kill(pid, 0) } == 0 && start.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// What a user meets around a killed mount (real FUSE; skipped without
+/// root): `status` of a repository with no snapshot said `- - (uploaded)`;
+/// `mount` on the dead mountpoint said "not a directory"; a read-only
+/// mount of the killed mount's cache, which shows the changes no snapshot
+/// holds, said on `umount` "everything is in the store". Now: "none yet",
+/// how to clear the dead mount, and that the changes stay in the cache
+/// (the writable mount of the cache then uploads them).
+#[test]
+fn a_killed_mount_then_a_read_only_one_say_what_is_true() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED: needs root and /dev/fuse");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    fs::create_dir_all(&mnt).unwrap();
+    let _guard = MountGuard {
+        mnt: mnt.clone(),
+        cache: cache.clone(),
+    };
+    let (m, c) = (mnt.to_str().unwrap(), cache.to_str().unwrap());
+    let mount = |extra: &[&str]| {
+        let mut args = vec!["mount", m, "--cache", c, "--snapshot-interval", "0"];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+    let o = mount(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = s.ok(&["status", m]);
+    assert!(st.contains("last snapshot:   none yet\n"), "{st}");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(mnt.join("kept.txt")).unwrap();
+        f.write_all(b"fsynced before the kill").unwrap();
+        f.sync_all().unwrap();
+    }
+    let pid = mount_pid(&cache).unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_gone(pid);
+
+    let o = mount(&[]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("secrate process is gone"), "{e}");
+    assert!(e.contains(&format!("fusermount3 -uz {m}")), "{e}");
+    let st = std::process::Command::new("fusermount3")
+        .args(["-uz", m])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let o = mount(&["--read-only"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read(mnt.join("kept.txt")).unwrap(),
+        b"fsynced before the kill"
+    );
+    let st = s.ok(&["status", m]);
+    assert!(st.contains("mode:            read-only"), "{st}");
+    let out = s.ok(&["umount", m]);
+    assert!(!out.contains("everything is in the store"), "{out}");
+    assert!(
+        out.contains("(read-only): its cache still holds changes that are not in the store"),
+        "{out}"
+    );
+
+    let o = mount(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = s.ok(&["umount", m]);
+    assert!(out.contains("everything is in the store"), "{out}");
+    assert_eq!(
+        s.ok(&["cat", "latest", "kept.txt"]),
+        "fsynced before the kill"
     );
 }

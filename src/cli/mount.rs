@@ -56,10 +56,18 @@ pub struct Args {
 
 pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let mountpoint = std::fs::canonicalize(&a.mountpoint)
-        .with_context(|| format!("cannot mount at {}", a.mountpoint.display()))?;
-    if !mountpoint.is_dir() {
-        bail!("cannot mount at {}: not a directory", mountpoint.display());
-    }
+        .and_then(|m| std::fs::metadata(&m).map(|md| (m, md.is_dir())));
+    let mountpoint = match mountpoint {
+        Ok((m, true)) => m,
+        Ok((m, false)) => bail!("cannot mount at {}: not a directory", m.display()),
+        // A mount whose process died (killed) answers nothing but this.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a mount whose secrate process is gone: unmount it with `fusermount3 -uz {}` and mount again",
+            a.mountpoint.display(),
+            a.mountpoint.display()
+        ),
+        Err(e) => bail!("cannot mount at {}: {e}", a.mountpoint.display()),
+    };
     let store = g.open_store(false)?;
     let config = Repository::read_config(&store)?;
     let cache_dir = match &a.cache {
@@ -310,6 +318,24 @@ impl Line {
 pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
     let line = Line::new(g.quiet);
     let cache = control::cache_dir_of(&a.mountpoint).ok();
+    // A read-only mount uploads nothing: what its cache holds that is not
+    // in the store stays there (a writable mount of that cache had died).
+    let mut read_only_dirty = None;
+    if cache.is_some() {
+        let _ = control::call(&a.mountpoint, &Request::Status, &mut |ev| {
+            if let Event::Status { status } = ev {
+                let flag = |k: &str| status.get(k).and_then(|v| v.as_bool());
+                if flag("read_only") == Some(true) {
+                    let waiting = status.get("pending_objects").and_then(|v| v.as_u64());
+                    read_only_dirty = Some(
+                        flag("dirty").unwrap_or(false)
+                            || waiting.unwrap_or(0) > 0
+                            || flag("last_snapshot_uploaded") == Some(false),
+                    );
+                }
+            }
+        });
+    }
     let r = control::call(&a.mountpoint, &Request::Umount, &mut |ev| line.show(ev));
     line.end();
     r?;
@@ -323,10 +349,14 @@ pub fn umount(g: &Globals, a: UmountArgs) -> anyhow::Result<i32> {
             );
         }
     }
-    outln!(
-        "unmounted {}: everything is in the store",
-        a.mountpoint.display()
-    )?;
+    let m = a.mountpoint.display();
+    match read_only_dirty {
+        None => outln!("unmounted {m}: everything is in the store")?,
+        Some(false) => outln!("unmounted {m} (read-only)")?,
+        Some(true) => outln!(
+            "unmounted {m} (read-only): its cache still holds changes that are not in the store; a writable mount of that cache uploads them"
+        )?,
+    }
     Ok(0)
 }
 
@@ -440,16 +470,21 @@ fn show_status(st: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         n("pending_objects"),
         bytes(n("pending_bytes"))
     )?;
-    outln!(
-        "last snapshot:   {} {} ({})",
-        s("last_snapshot").get(..8).unwrap_or("-"),
-        s("last_snapshot_time"),
-        if b("last_snapshot_uploaded") {
-            "uploaded"
-        } else {
-            "not yet uploaded"
-        }
-    )?;
+    if b("read_only") {
+        outln!("mode:            read-only (uploads nothing, seals no snapshot)")?;
+    }
+    match s("last_snapshot").get(..8) {
+        Some(id) => outln!(
+            "last snapshot:   {id} {} ({})",
+            s("last_snapshot_time"),
+            if b("last_snapshot_uploaded") {
+                "uploaded"
+            } else {
+                "not yet uploaded"
+            }
+        )?,
+        None => outln!("last snapshot:   none yet")?,
+    }
     outln!(
         "unsealed changes: {}",
         if b("dirty") { "yes" } else { "no" }

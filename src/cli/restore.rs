@@ -27,20 +27,26 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let subpath = a.path.map(|p| p.into_os_string().into_vec());
     let bar = Bar::new(g.quiet);
     let s = restore(&repo, &snap, subpath.as_deref(), &a.target, &bar)?;
+    // With errors this is no success: say "partly" where the counts are,
+    // which scripts and eyes read first.
     outln!(
-        "restored snapshot {}: {} files, {} dirs, {} into {}",
+        "restored snapshot {}{}: {} files, {} dirs, {} into {}",
         id.short(),
+        if s.errors.is_empty() { "" } else { " partly" },
         s.files,
         s.dirs,
         bytes(s.bytes),
         a.target.display()
     )?;
-    if !s.errors.is_empty() {
-        errln!(
-            "secrate: {} paths were not restored fully (see the warnings above)",
-            s.errors.len()
-        );
-        return Ok(1);
+    match s.errors.len() {
+        0 => Ok(0),
+        1 => {
+            errln!("secrate: 1 path was not restored fully (see the warning above)");
+            Ok(1)
+        }
+        n => {
+            errln!("secrate: {n} paths were not restored fully (see the warnings above)");
+            Ok(1)
+        }
     }
-    Ok(0)
 }
