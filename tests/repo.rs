@@ -422,8 +422,9 @@ fn dev_full() -> Option<fs::File> {
     f
 }
 
-/// A stdout that fails (`secrate snapshots | head` once the reader is
-/// gone, a full disk) gives one sentence and exit 1, and so does a
+/// A stdout that fails (a full disk) gives one sentence and exit 1
+/// (a reader that is gone: exit 1 and no sentence, see
+/// `a_reader_that_left_the_pipe_gets_no_error_message`), and so does a
 /// failing stderr; before, `println!` and `eprintln!` panicked (exit 101,
 /// a backtrace), after the command had done its work.
 #[test]
@@ -986,4 +987,71 @@ fn a_killed_mount_then_a_read_only_one_say_what_is_true() {
         s.ok(&["cat", "latest", "kept.txt"]),
         "fsynced before the kill"
     );
+}
+
+/// `secrate ls latest | head`: once `head` has its lines and leaves, the
+/// command stops with exit 1 and says nothing (the shell's own tools die
+/// of SIGPIPE quietly). Before, every such pipe ended with "secrate:
+/// standard output: Broken pipe (os error 32)" on the terminal.
+#[test]
+fn a_reader_that_left_the_pipe_gets_no_error_message() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let listed = s.ok(&["snapshots"]);
+    let first = listed
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    fs::write(src.join("f"), b"changed").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    for args in [
+        vec!["ls", "latest"],
+        vec!["cat", "latest", "f"],
+        vec!["snapshots"],
+        vec!["diff", first, "latest"],
+        vec!["key", "list"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = s.command().args(&args).stdout(writer).output().unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert_eq!(e, "", "{args:?}");
+    }
+}
+
+/// `repair --cache DIR` with a folder that is no mount cache (the
+/// mountpoint, say) is refused: before, repair found nothing in it and
+/// went on to record as lost what the real cache still held ("nothing to
+/// repair" when nothing was lost). A path that does not exist said "is
+/// not a directory".
+#[test]
+fn repair_refuses_a_cache_that_is_no_mount_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let plain = work.path().join("plain");
+    fs::create_dir_all(&plain).unwrap();
+    fs::write(plain.join("notes.txt"), b"x").unwrap();
+    let missing = work.path().join("missing");
+    for (dir, says) in [
+        (&plain, "is not a secrate mount cache"),
+        (&missing, "No such file or directory"),
+    ] {
+        let o = s.run(&["repair", "--cache", dir.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(e.contains(says), "{e}");
+    }
+    // A folder of sources is fine for --from.
+    s.ok(&["repair", "--from", plain.to_str().unwrap()]);
 }

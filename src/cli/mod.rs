@@ -4,9 +4,9 @@
 //! command lives in its own file and returns an exit code; errors become one
 //! sentence on stderr and a non-zero exit.
 
-/// `println!` for what a command reports: a stdout that fails (a pipe
-/// whose reader is gone, a full disk) is an error the command returns
-/// (one sentence, exit 1), never a panic.
+/// `println!` for what a command reports: a stdout that fails (a full
+/// disk) is an error the command returns (one sentence, exit 1), never a
+/// panic; a pipe whose reader is gone ends it with exit 1 and no sentence.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -246,6 +246,9 @@ pub fn run() -> i32 {
     };
     match r {
         Ok(code) => code,
+        // `secrate ls latest | head`: the reader had what it wanted and
+        // left. Not worth a sentence on the terminal; still not a success.
+        Err(e) if stdout_reader_gone(&e) => 1,
         Err(e) => {
             // Not `eprintln!`, which panics when stderr fails (a mount's
             // terminal hung up): the exit code is what counts then.
@@ -253,6 +256,21 @@ pub fn run() -> i32 {
             let _ = writeln!(std::io::stderr(), "secrate: {}", one_sentence(&e));
             1
         }
+    }
+}
+
+/// Did a write to standard output fail because its reader is gone (EPIPE)?
+/// Ours name it; `ls` and `diff` also flush their buffered stdout with a
+/// bare `?`, which gives an io::Error with no context (any other pipe we
+/// write, such as the passphrase's to the mount process, has context).
+fn stdout_reader_gone(e: &anyhow::Error) -> bool {
+    let broken = |s: &std::io::Error| s.kind() == std::io::ErrorKind::BrokenPipe;
+    match e.downcast_ref::<secrate::Error>() {
+        Some(secrate::Error::Io { path, source }) => {
+            path.as_os_str() == "standard output" && broken(source)
+        }
+        Some(_) => false,
+        None => e.chain().count() == 1 && e.downcast_ref::<std::io::Error>().is_some_and(broken),
     }
 }
 

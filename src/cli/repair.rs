@@ -24,10 +24,26 @@ pub struct Args {
     dry_run: bool,
 }
 
+/// What every mount cache holds (src/mount.rs, src/live/).
+const CACHE_PARTS: [&str; 5] = ["meta.redb", "packs", "outbox", "chunks", "staged"];
+
 pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     for d in a.from.iter().chain(&a.cache) {
-        if !d.is_dir() {
-            anyhow::bail!("{} is not a directory", d.display());
+        match std::fs::metadata(d) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => anyhow::bail!("{} is not a directory", d.display()),
+            Err(e) => anyhow::bail!("cannot use {}: {e}", d.display()),
+        }
+    }
+    // A mountpoint or any other folder given as a cache holds nothing
+    // repair looks for: it then recorded as lost what the real cache held.
+    for d in &a.cache {
+        if !CACHE_PARTS.iter().any(|p| d.join(p).exists()) {
+            anyhow::bail!(
+                "{} is not a secrate mount cache (it has none of {}); `secrate status MOUNTPOINT` shows a mount's cache",
+                d.display(),
+                CACHE_PARTS.join(", ")
+            );
         }
     }
     let repo = g.open_repo()?;
