@@ -1055,3 +1055,51 @@ fn repair_refuses_a_cache_that_is_no_mount_cache() {
     // A folder of sources is fine for --from.
     s.ok(&["repair", "--from", plain.to_str().unwrap()]);
 }
+
+/// `secrate snapshot --no-wait` twice in a row, while the first one's
+/// upload cannot finish (the store's `packs/` is a file for a while): the
+/// second said "nothing changed since the last snapshot; everything is
+/// uploaded" with the snapshot still in the outbox. Real FUSE; skipped
+/// without root.
+#[test]
+fn snapshot_no_wait_says_what_still_waits_for_upload() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED: needs root and /dev/fuse");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let s = Secrate::new(&format!("file://{}", store.display()));
+    s.init();
+    let mnt = work.path().join("mnt");
+    let cache = work.path().join("cache");
+    fs::create_dir_all(&mnt).unwrap();
+    let _guard = MountGuard {
+        mnt: mnt.clone(),
+        cache: cache.clone(),
+    };
+    let (m, c) = (mnt.to_str().unwrap(), cache.to_str().unwrap());
+    s.ok(&["mount", m, "--cache", c, "--snapshot-interval", "0"]);
+    // Uploads fail (and are retried) until `packs/` is back.
+    let (packs, away) = (store.join("packs"), store.join("packs.away"));
+    let had_packs = packs.exists();
+    if had_packs {
+        fs::rename(&packs, &away).unwrap();
+    }
+    fs::write(&packs, b"").unwrap();
+    fs::write(mnt.join("new.txt"), b"data").unwrap();
+    let out = s.ok(&["snapshot", "--no-wait", m]);
+    assert!(out.contains(" sealed"), "{out}");
+    let out = s.ok(&["snapshot", "--no-wait", m]);
+    assert!(!out.contains("everything is uploaded"), "{out}");
+    assert!(out.contains("still wait for upload"), "{out}");
+    fs::remove_file(&packs).unwrap();
+    if had_packs {
+        fs::rename(&away, &packs).unwrap();
+    }
+    let out = s.ok(&["snapshot", m]);
+    assert!(out.contains("everything is uploaded"), "{out}");
+    let out = s.ok(&["umount", m]);
+    assert!(out.contains("everything is in the store"), "{out}");
+    assert_eq!(s.ok(&["cat", "latest", "new.txt"]), "data");
+}

@@ -382,9 +382,41 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
     match sealed.flatten() {
         Some(id) if a.no_wait => outln!("snapshot {} sealed", &id[..8])?,
         Some(id) => outln!("snapshot {} sealed and uploaded", &id[..8])?,
-        None => outln!("nothing changed since the last snapshot; everything is uploaded")?,
+        // Waited for: the mount answered only once all was uploaded.
+        None if !a.no_wait => {
+            outln!("nothing changed since the last snapshot; everything is uploaded")?
+        }
+        // Not waited for: an earlier snapshot's upload may still be under
+        // way (`--no-wait` twice in a row); say what the mount says.
+        None => match waiting_upload(&a.mountpoint) {
+            Some((0, _)) => {
+                outln!("nothing changed since the last snapshot; everything is uploaded")?
+            }
+            Some((n, b)) => outln!(
+                "nothing changed since the last snapshot; {n} objects ({}) still wait for upload",
+                bytes(b)
+            )?,
+            None => outln!("nothing changed since the last snapshot")?,
+        },
     }
     Ok(0)
+}
+
+/// Objects and bytes a mount has still to upload, counting a last
+/// snapshot not yet uploaded as one at least; `None` if it did not say.
+fn waiting_upload(mountpoint: &std::path::Path) -> Option<(u64, u64)> {
+    let mut st = None;
+    control::call(mountpoint, &Request::Status, &mut |ev| {
+        if let Event::Status { status } = ev {
+            st = Some(status.clone());
+        }
+    })
+    .ok()?;
+    let st = st?;
+    let n = st.get("pending_objects")?.as_u64()?;
+    let b = st.get("pending_bytes")?.as_u64()?;
+    let uploaded = st.get("last_snapshot_uploaded")?.as_bool()?;
+    Some((if uploaded { n } else { n.max(1) }, b))
 }
 
 /// Hands the kernel's dirty pages for the mount to secrate: with the
