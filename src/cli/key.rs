@@ -36,6 +36,7 @@ enum KeyCmd {
     Remove { id: String },
     /// Change the passphrase you unlocked with (re-wraps the keyring; data is untouched).
     Passwd {
+        /// Read the new passphrase from this file (else a prompt).
         #[arg(long, value_name = "FILE")]
         new_passphrase_file: Option<PathBuf>,
         #[arg(long, default_value_t = DEFAULT_KDF_LOG_N, value_parser = clap::value_parser!(u8).range(10..=20))]

@@ -15,7 +15,9 @@ pub struct Args {
     snapshot: String,
     /// Directory to restore into (created if missing).
     target: PathBuf,
-    /// Restore only this path of the snapshot.
+    /// Restore only this path of the snapshot: a directory's contents go
+    /// straight into TARGET, a file into TARGET under its own name. What
+    /// TARGET already holds under the same names is replaced.
     #[arg(long, value_name = "SUBPATH")]
     path: Option<PathBuf>,
 }
