@@ -89,6 +89,7 @@ pub fn cache_dir_of(mountpoint: &Path) -> Result<PathBuf> {
     let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Error::io("/proc/self/mountinfo", e))?;
+    let mut enclosing: Option<String> = None;
     for line in info.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(dash) = fields.iter().position(|f| *f == "-") else {
@@ -99,11 +100,22 @@ pub fn cache_dir_of(mountpoint: &Path) -> Result<PathBuf> {
         }
         let point = unescape(fields[4]);
         let source = unescape(fields[dash + 2]);
+        let Some(dir) = source.strip_prefix(FSNAME_PREFIX) else {
+            continue;
+        };
         if Path::new(&point) == mp {
-            if let Some(dir) = source.strip_prefix(FSNAME_PREFIX) {
-                return Ok(PathBuf::from(dir));
-            }
+            return Ok(PathBuf::from(dir));
         }
+        if mp.starts_with(&point) && enclosing.as_ref().is_none_or(|e| point.len() > e.len()) {
+            enclosing = Some(point);
+        }
+    }
+    // `cd ~/secrate/project && secrate snapshot .` is a natural thing to try.
+    if let Some(point) = enclosing {
+        return Err(Error::Invalid(format!(
+            "{} is inside the secrate mount at {point}, not a mount itself: give {point}",
+            mountpoint.display()
+        )));
     }
     Err(Error::Invalid(format!(
         "{} is not a secrate mount",

@@ -1059,8 +1059,9 @@ fn repair_refuses_a_cache_that_is_no_mount_cache() {
 /// `secrate snapshot --no-wait` twice in a row, while the first one's
 /// upload cannot finish (the store's `packs/` is a file for a while): the
 /// second said "nothing changed since the last snapshot; everything is
-/// uploaded" with the snapshot still in the outbox. Real FUSE; skipped
-/// without root.
+/// uploaded" with the snapshot still in the outbox. And a path inside the
+/// mount given to `snapshot`, `status` or `umount` said only "is not a
+/// secrate mount". Real FUSE; skipped without root.
 #[test]
 fn snapshot_no_wait_says_what_still_waits_for_upload() {
     if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
@@ -1088,6 +1089,19 @@ fn snapshot_no_wait_says_what_still_waits_for_upload() {
     }
     fs::write(&packs, b"").unwrap();
     fs::write(mnt.join("new.txt"), b"data").unwrap();
+    // A folder inside the mount is not the mount: say which one is.
+    let inside = mnt.join("new.txt");
+    for cmd in ["snapshot", "status", "umount"] {
+        let o = s.run(&[cmd, inside.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "secrate: {} is inside the secrate mount at {m}, not a mount itself: give {m}\n",
+                inside.display()
+            )
+        );
+    }
     let out = s.ok(&["snapshot", "--no-wait", m]);
     assert!(out.contains(" sealed"), "{out}");
     let out = s.ok(&["snapshot", "--no-wait", m]);
