@@ -1356,17 +1356,21 @@ impl Repository {
     }
 }
 
-/// Resolve `latest` or an id prefix among `all` (oldest first).
+/// Resolve `latest`, an id prefix or a `.history` name among `all`
+/// (oldest first).
 pub fn find_in(mut all: Vec<(Id, Snapshot)>, spec: &str, url: &str) -> Result<(Id, Snapshot)> {
     if spec == "latest" {
         return all.pop().ok_or_else(|| {
             Error::Invalid(format!("the repository at {url} has no snapshots yet"))
         });
     }
+    if let Some((base, suffixed)) = history_name(spec) {
+        return find_by_time(all, spec, base, suffixed, url);
+    }
     let spec_l = spec.to_ascii_lowercase();
     if spec_l.is_empty() || !spec_l.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(Error::Invalid(format!(
-            "{spec:?} is not a snapshot id (hex) or \"latest\""
+            "{spec:?} is not a snapshot id (hex), a name in .history (such as 2026-12-07T08:44:39Z) or \"latest\""
         )));
     }
     let mut m: Vec<_> = all
@@ -1381,6 +1385,60 @@ pub fn find_in(mut all: Vec<(Id, Snapshot)>, spec: &str, url: &str) -> Result<(I
         n => Err(Error::Invalid(format!(
             "snapshot id {spec} is ambiguous ({n} snapshots match); give more digits"
         ))),
+    }
+}
+
+/// A `.history` name: the snapshot's UTC time to the second
+/// (`2026-12-07T08:44:39Z`), with `-N` when a mount had given the name to
+/// another snapshot of that second. The time, and whether it had `-N`.
+fn history_name(spec: &str) -> Option<(&str, bool)> {
+    const LEN: usize = "2026-12-07T08:44:39Z".len();
+    let (base, rest) = (spec.get(..LEN)?, &spec[LEN..]);
+    let suffixed = match rest.strip_prefix('-') {
+        None if rest.is_empty() => false,
+        Some(n) if !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()) => true,
+        _ => return None,
+    };
+    let shape = base.bytes().enumerate().all(|(i, c)| match i {
+        4 | 7 => c == b'-',
+        10 => c == b'T',
+        13 | 16 => c == b':',
+        19 => c == b'Z',
+        _ => c.is_ascii_digit(),
+    });
+    shape.then_some((base, suffixed))
+}
+
+/// The snapshot sealed in the second `base` names. One only: a mount
+/// names a second snapshot of the same second `base-1`, but which
+/// snapshot has which suffix depends on what that mount saw (names are
+/// never passed on when one is forgotten), so a suffix, or a second
+/// that holds several snapshots, is answered with their ids to choose
+/// from, never with a guess.
+fn find_by_time(
+    all: Vec<(Id, Snapshot)>,
+    spec: &str,
+    base: &str,
+    suffixed: bool,
+    url: &str,
+) -> Result<(Id, Snapshot)> {
+    let mut m: Vec<_> = all
+        .into_iter()
+        .filter(|(_, s)| s.time_rfc3339() == base)
+        .collect();
+    match m.len() {
+        0 => Err(Error::Invalid(format!(
+            "no snapshot in {url} was sealed at {base}"
+        ))),
+        1 if !suffixed => Ok(m.pop().expect("one")),
+        n => {
+            let ids: Vec<String> = m.iter().map(|(id, _)| id.short()).collect();
+            Err(Error::Invalid(format!(
+                "{spec} does not name one snapshot: {n} {} sealed at {base}; give its id ({})",
+                if n == 1 { "was" } else { "were" },
+                ids.join(", ")
+            )))
+        }
     }
 }
 
@@ -1642,6 +1700,53 @@ pub(crate) mod tests {
             ..Default::default()
         };
         Repository::init(store, "pw", opts).unwrap().0
+    }
+
+    /// A `.history` name finds the one snapshot sealed in that second; a
+    /// second with several, or a `-N` suffix (which snapshot has it
+    /// depends on what a mount saw), answers with the ids to choose from,
+    /// never a guess; other shapes fall through to the id rules.
+    #[test]
+    fn a_history_name_finds_its_snapshot_and_never_guesses() {
+        let at = |secs: i64, nanos: i64, b: u8| {
+            (
+                Id([b; 32]),
+                Snapshot {
+                    time_ns: secs * 1_000_000_000 + nanos,
+                    ..snapshot::tests::sample()
+                },
+            )
+        };
+        // 2026-12-07T08:44:39Z and two snapshots of 08:44:40.
+        let t = 1_796_633_079;
+        let all = vec![at(t, 5, 0xa1), at(t + 1, 1, 0xb2), at(t + 1, 9, 0xc3)];
+        let find = |spec: &str| find_in(all.clone(), spec, "u");
+        assert_eq!(all[0].1.time_rfc3339(), "2026-12-07T08:44:39Z");
+        assert_eq!(find("2026-12-07T08:44:39Z").unwrap().0, Id([0xa1; 32]));
+        for spec in [
+            "2026-12-07T08:44:40Z",
+            "2026-12-07T08:44:40Z-1",
+            "2026-12-07T08:44:39Z-1",
+        ] {
+            let e = find(spec).unwrap_err().to_string();
+            assert!(e.contains("give its id"), "{spec}: {e}");
+        }
+        let e = find("2026-12-07T08:44:40Z").unwrap_err().to_string();
+        assert!(
+            e.contains(&Id([0xb2; 32]).short()) && e.contains(&Id([0xc3; 32]).short()),
+            "{e}"
+        );
+        let e = find("2026-12-07T08:44:41Z").unwrap_err().to_string();
+        assert!(e.contains("no snapshot"), "{e}");
+        for bad in [
+            "2026-12-07T08:44:39Z-",
+            "2026-12-07T08:44:39Z-x",
+            "2026-12-07 08:44:39Z",
+        ] {
+            let e = find(bad).unwrap_err().to_string();
+            assert!(e.contains("is not a snapshot id"), "{bad}: {e}");
+        }
+        assert_eq!(find("a1").unwrap().0, Id([0xa1; 32]));
     }
 
     /// A replica that missed a `forget` (an older copy of its disk given
