@@ -20,7 +20,7 @@ fn main() {
 /// the others. A mount's threads (FUSE, seal, upload, read-ahead, rayon)
 /// take turns allocating and freeing cache entries, so the arenas
 /// fragment: a 12-minute soak (scripts/soak.sh, docs/benchmarks.md) leveled
-/// off at 450-490 MiB resident for a heap of about 180 MiB, and at
+/// off at 440-490 MiB resident for a heap of about 180 MiB, and at
 /// 165-190 MiB with two arenas. `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the
 /// environment still decide, for whoever wants to tune it.
 fn limit_malloc_arenas() {
