@@ -6,7 +6,9 @@
 //! directory that deep aborted the process), and a mount takes directories
 //! as deep as anyone makes them. Threads that walk trees get this much
 //! stack instead: address space only, memory is used as far as a walk goes
-//! down (a few KiB per level), so 256 MiB is room for about 100,000 levels.
+//! down (a few KiB per level: backup's walk takes about 4.8 KiB in a release
+//! build), so 256 MiB is room for about 50,000 levels. Backup and restore
+//! check what is left before each level down and stop there with an error.
 
 use crate::{Error, Result};
 

@@ -314,15 +314,37 @@ fn a_deep_tree_of_long_names_is_backed_up_in_memory_linear_in_its_depth() {
     let s = Secrate::new(&format!("file://{}/store", work.path().display()));
     s.init();
     let out = work.path().join("stdout");
+    let mut backup = s.command();
+    backup.args(["backup", "-q"]).arg(&src);
+    let rss_mib = peak_rss_mib(backup, &out);
+    let said = fs::read_to_string(&out).unwrap();
+    assert!(said.contains(&format!("{} dirs", DEPTH + 1)), "{said}");
+    // About 70 MiB now (a few KiB of stack per level over what any backup
+    // takes); 1.1 GiB of paths before.
+    assert!(
+        rss_mib < 400,
+        "backup: peak RSS {rss_mib} MiB for {DEPTH} levels"
+    );
+    // Restore walks the snapshot the same way: 3.4 GB before, when each
+    // level held its full path (twice).
+    let mut restore = s.command();
+    restore
+        .args(["restore", "-q", "latest"])
+        .arg(work.path().join("out"));
+    let rss_mib = peak_rss_mib(restore, &out);
+    let said = fs::read_to_string(&out).unwrap();
+    assert!(said.contains(&format!(" {DEPTH} dirs")), "{said}");
+    assert!(
+        rss_mib < 400,
+        "restore: peak RSS {rss_mib} MiB for {DEPTH} levels"
+    );
+}
+
+/// Run `cmd` (stdout to `out`), which must succeed; its peak RSS in MiB.
+fn peak_rss_mib(mut cmd: std::process::Command, out: &std::path::Path) -> i64 {
     // Reaped by wait4 below, which gives its peak RSS.
     #[allow(clippy::zombie_processes)]
-    let child = s
-        .command()
-        .args(["backup", "-q"])
-        .arg(&src)
-        .stdout(fs::File::create(&out).unwrap())
-        .spawn()
-        .unwrap();
+    let child = cmd.stdout(fs::File::create(out).unwrap()).spawn().unwrap();
     let mut status = 0;
     // SAFETY: plain wait4 on our own child, into locals.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -330,12 +352,8 @@ fn a_deep_tree_of_long_names_is_backed_up_in_memory_linear_in_its_depth() {
     assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "status {status:#x}"
+        "{cmd:?}: status {status:#x}"
     );
-    let said = fs::read_to_string(&out).unwrap();
-    assert!(said.contains(&format!("{} dirs", DEPTH + 1)), "{said}");
-    // ru_maxrss is in KiB. About 70 MiB now (a few KiB of stack per level
-    // over what any backup takes); 1.1 GiB of paths before.
-    let rss_mib = usage.ru_maxrss / 1024;
-    assert!(rss_mib < 400, "peak RSS {rss_mib} MiB for {DEPTH} levels");
+    // ru_maxrss is in KiB.
+    usage.ru_maxrss / 1024
 }

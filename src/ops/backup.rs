@@ -105,13 +105,13 @@ pub const PARTIAL_TAG: &str = "partial";
 /// (a release build), so a walk stops at about 54,000 levels on the
 /// reading threads' 256 MiB (`crate::deep`); the open files limit (one
 /// handle per level) often stops it first.
-const STACK_RESERVE: usize = 4 << 20;
+pub(crate) const STACK_RESERVE: usize = 4 << 20;
 
 /// Bytes of stack left to the calling thread below the current frame;
 /// `None` if the thread's stack cannot be asked for. Its bounds are asked
 /// once per thread. The walk checks it before going a level down, so a
 /// tree deeper than the stack is a reported error, never a crash.
-fn stack_left() -> Option<usize> {
+pub(crate) fn stack_left() -> Option<usize> {
     thread_local! {
         static LOW: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
     }
@@ -161,7 +161,7 @@ fn stack_low() -> Option<usize> {
 /// asked for. Before, each level held its full path: `O(d²)` bytes, 559 MiB
 /// at 20,000 levels of one-letter names.
 #[derive(Clone, Copy)]
-enum Place<'a> {
+pub(crate) enum Place<'a> {
     Source(&'a Path),
     In {
         dir: &'a Place<'a>,
@@ -171,7 +171,7 @@ enum Place<'a> {
 }
 
 impl<'a> Place<'a> {
-    fn child(&'a self, name: &'a [u8]) -> Place<'a> {
+    pub(crate) fn child(&'a self, name: &'a [u8]) -> Place<'a> {
         Place::In {
             dir: self,
             name,
@@ -180,7 +180,7 @@ impl<'a> Place<'a> {
     }
 
     /// Levels below the source.
-    fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         match self {
             Place::Source(_) => 0,
             Place::In { depth, .. } => *depth,
@@ -188,23 +188,33 @@ impl<'a> Place<'a> {
     }
 
     /// The full path (built by a loop: a deep place must not recurse).
-    fn path(&self) -> PathBuf {
-        let mut names = Vec::with_capacity(self.depth());
-        let mut at = self;
-        let source = loop {
-            match at {
-                Place::Source(p) => break *p,
-                Place::In { dir, name, .. } => {
-                    names.push(OsStr::from_bytes(name));
-                    at = dir;
-                }
-            }
-        };
+    pub(crate) fn path(&self) -> PathBuf {
+        let (source, names) = self.names();
         let len = source.as_os_str().len() + names.iter().map(|n| n.len() + 1).sum::<usize>();
         let mut path = PathBuf::with_capacity(len);
         path.push(source);
         path.extend(names.iter().rev());
         path
+    }
+
+    /// The path below the source (empty for the source itself).
+    pub(crate) fn rel(&self) -> PathBuf {
+        self.names().1.iter().rev().collect()
+    }
+
+    /// The source, and the names below it, innermost first.
+    fn names(&self) -> (&'a Path, Vec<&'a OsStr>) {
+        let mut names = Vec::with_capacity(self.depth());
+        let mut at = *self;
+        loop {
+            match at {
+                Place::Source(p) => return (p, names),
+                Place::In { dir, name, .. } => {
+                    names.push(OsStr::from_bytes(name));
+                    at = *dir;
+                }
+            }
+        }
     }
 }
 
