@@ -1240,13 +1240,19 @@ impl Repository {
         }
         let object = snapshot_name(id);
         let name = Removed::Snapshot.record_name(&object);
-        let bytes = self.store.get(&name)?;
-        removal::holds(Removed::Snapshot, &object, &bytes, &self.keys).map_err(|why| {
-            Error::corrupt(
-                &name,
-                format!("{why}; it is ignored: {object} is not taken for forgotten"),
-            )
-        })?;
+        // Any store's copy that checks will do: one store holding garbage
+        // under the name must not outvote the good copies of the others.
+        self.store
+            .get_where(&name, &|b| {
+                removal::holds(Removed::Snapshot, &object, b, &self.keys)
+            })
+            .map_err(|e| match e {
+                Error::Corrupt { object: o, reason } => Error::corrupt(
+                    o,
+                    format!("{reason}; it is ignored: {object} is not taken for forgotten"),
+                ),
+                e => e,
+            })?;
         self.forgotten
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1470,10 +1476,11 @@ const MAX_KEYS_TRIED: usize = 64;
 /// A record that is missing, damaged, for another key or made with
 /// another keyring (forged, or another repository's) removes nothing.
 fn removal_holds(store: &Store, name: &str, ring: &Keyring) -> bool {
-    let Ok(bytes) = store.get(&removal_name(name)) else {
-        return false;
-    };
-    removal::holds(Removed::Key, name, &bytes, ring).is_ok()
+    store
+        .get_where(&removal_name(name), &|b| {
+            removal::holds(Removed::Key, name, b, ring)
+        })
+        .is_ok()
 }
 
 fn can_read_now(
@@ -1800,6 +1807,70 @@ pub(crate) mod tests {
             assert_eq!(repo.check_forgotten_records().unwrap().0, 1);
             assert!(repo.check_forgotten_records().unwrap().1.is_empty());
         }
+    }
+
+    /// Someone who can write to the first store only replaces the forgotten
+    /// record there with garbage and puts back an old copy of the
+    /// snapshot: the good records on the other stores still hold. (Before,
+    /// the first store's copy was the only one read: the snapshot was
+    /// listed again, `sync` copied it to every store and `check` found its
+    /// pruned data missing. Found by review.)
+    #[test]
+    fn garbage_under_a_forgotten_record_in_one_store_resurrects_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let store = Store::open_many(&u, None, true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let r = Repository::init(store, "pw", opts).unwrap().0;
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let (s1, s2) = (
+            r.write_snapshot(&snap(1)).unwrap(),
+            r.write_snapshot(&snap(2)).unwrap(),
+        );
+        let a = dir.path().join("a");
+        let old = std::fs::read(a.join(snapshot_name(&s1))).unwrap();
+        r.forget_snapshot(&s1).unwrap();
+        let rec = Removed::Snapshot.record_name(&snapshot_name(&s1));
+        std::fs::write(a.join(&rec), [7u8; 114]).unwrap();
+        std::fs::write(a.join(snapshot_name(&s1)), &old).unwrap();
+        let fresh = Repository::open(
+            r.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
+        assert_eq!(fresh.snapshot_ids().unwrap(), vec![s2]);
+        assert_eq!(fresh.list_snapshots().unwrap().forgotten, vec![s1]);
+        assert!(fresh
+            .removed_objects()
+            .unwrap()
+            .contains(&snapshot_name(&s1)));
+        // Garbage on every store: the record holds nowhere, and says why.
+        for st in ["b", "c"] {
+            std::fs::write(dir.path().join(st).join(&rec), [7u8; 114]).unwrap();
+        }
+        let fresh = Repository::open(
+            r.store().clone(),
+            &Secret::Passphrase("pw".to_string().into()),
+        )
+        .unwrap();
+        let l = fresh.list_snapshots().unwrap();
+        assert_eq!(l.ids.len(), 2);
+        assert!(
+            l.bad_records[0]
+                .to_string()
+                .contains("is not taken for forgotten"),
+            "{:?}",
+            l.bad_records
+        );
     }
 
     /// A record that one store refuses (there, but failing writes) is taken

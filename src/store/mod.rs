@@ -676,6 +676,54 @@ impl Store {
         }
     }
 
+    /// `get`, taking only a copy (or a version rebuilt from shards) that
+    /// `accept` takes: for an object that checks only under the keys (a
+    /// removal record). Replicas: every store's copy is tried, not only the
+    /// first one read; else the first store's copy won, and one store
+    /// holding garbage under that name outvoted the good copies of every
+    /// other. None taken: the first reason `accept` gave, or the read
+    /// error.
+    pub fn get_where(
+        &self,
+        name: &str,
+        accept: &dyn Fn(&[u8]) -> std::result::Result<(), String>,
+    ) -> Result<Bytes> {
+        let refused = |why: String| Error::corrupt(name, why);
+        match self.mode_for(name) {
+            Mode::Single => {
+                let b = self.single().get(name)?;
+                accept(&b).map_err(refused)?;
+                Ok(b)
+            }
+            Mode::Replicas => {
+                let mut first_refusal = None;
+                let mut errs = Vec::new();
+                for (_, b) in self.readable() {
+                    match b.get(name) {
+                        Ok(bytes) => match check_name(name, &bytes).and_then(|()| accept(&bytes)) {
+                            Ok(()) => return Ok(bytes),
+                            Err(why) => {
+                                first_refusal.get_or_insert(why);
+                            }
+                        },
+                        Err(e) => errs.push(e),
+                    }
+                }
+                match first_refusal {
+                    Some(why) => Err(refused(why)),
+                    None => Err(self.read_failed(name, errs)),
+                }
+            }
+            Mode::Ec(_) => {
+                // A version is rebuilt only from K shards agreeing on its
+                // digest: one store cannot make up another one.
+                let b = self.get(name)?;
+                accept(&b).map_err(refused)?;
+                Ok(b)
+            }
+        }
+    }
+
     pub fn get_range(&self, name: &str, range: Range<u64>) -> Result<Bytes> {
         match self.mode_for(name) {
             Mode::Single => self.single().get_range(name, range),
