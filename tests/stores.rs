@@ -460,3 +460,30 @@ fn three_replicas_go_to_two_and_erasure_coding_is_refused() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("erasure-coded"), "{}", stderr(&o));
 }
+
+/// Someone who can write to the first store only puts back a removed key
+/// there with garbage in place of its removal record: the good records on
+/// the other stores still hold, and the leaked passphrase opens nothing.
+/// (Before, only the first store's copy of a record was read. Found by
+/// review.)
+#[test]
+fn garbage_under_a_removal_record_in_the_first_store_brings_no_key_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("file://{}", path(n).display());
+    let all = format!("{},{},{}", url("a"), url("b"), url("c"));
+    let s = Secrate::new(&all);
+    s.init();
+    let leaked = "a passphrase that leaked";
+    let id = add_passphrase(&s, &path("pass"), leaked);
+    let key = format!("keys/{id}");
+    let old = fs::read(path("a").join(&key)).unwrap();
+    s.ok(&["key", "remove", &id]);
+    fs::write(path("a").join(&key), &old).unwrap();
+    let rec = path("a").join(format!("keys-removed/{id}"));
+    let len = fs::metadata(&rec).unwrap().len() as usize;
+    fs::write(&rec, vec![7u8; len]).unwrap();
+    let o = with_passphrase(&all, leaked).run(&["snapshots"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(stderr(&o).contains("was removed"), "{}", stderr(&o));
+}
