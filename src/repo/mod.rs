@@ -1302,8 +1302,47 @@ impl Repository {
             // On some stores only, it would hide a snapshot that is not
             // deleted (and that `forget` could then no longer name): taken
             // back where it can be (else `prune` deletes the snapshot).
-            let _ = self.store.delete(&rec_name);
-            return Err(e);
+            // The write error says `sync` would finish the write: not so,
+            // the record is taken back and `forget` must be run again.
+            // The refusing store may refuse the delete too: what counts is
+            // whether a store still lists the record.
+            let deleted = self.store.delete(&rec_name);
+            let left = self
+                .store
+                .list_names(Removed::Snapshot.record_dir())
+                .map(|l| l.contains(&rec_name));
+            let after = match (deleted, left) {
+                (_, Ok(false)) => format!(
+                    "{} was not forgotten (its record was taken back from the other stores); run `secrate forget` again once the store takes writes",
+                    id.short()
+                ),
+                (deleted, left) => format!(
+                    "its record could not be taken back from the other stores either ({}): {} may be hidden but not deleted; run `secrate forget` again once the stores take writes",
+                    match (deleted, left) {
+                        (Err(d), _) | (_, Err(d)) => d.to_string(),
+                        _ => "a store still lists it".to_string(),
+                    },
+                    id.short()
+                ),
+            };
+            return Err(match e {
+                Error::Store {
+                    url,
+                    object,
+                    reason,
+                } => Error::Store {
+                    url,
+                    object,
+                    reason: format!(
+                        "{}; {after}",
+                        reason
+                            .split("; the write reached")
+                            .next()
+                            .unwrap_or(&reason)
+                    ),
+                },
+                e => Error::Invalid(format!("{e}; {after}")),
+            });
         }
         self.forgotten
             .lock()
@@ -1900,7 +1939,11 @@ pub(crate) mod tests {
         // A file where store b's directory of records would go.
         let blocker = dir.path().join("b").join(Removed::Snapshot.record_dir());
         std::fs::write(&blocker, b"in the way").unwrap();
-        assert!(r.forget_snapshot(&id).is_err());
+        let e = r.forget_snapshot(&id).unwrap_err().to_string();
+        // Not "`secrate sync` copies what a store misses": the record was
+        // taken back, so sync would do nothing for it.
+        assert!(e.contains("run `secrate forget` again"), "{e}");
+        assert!(!e.contains("secrate sync"), "{e}");
         assert_eq!(r.snapshot_ids().unwrap(), vec![id]);
         let rec = Removed::Snapshot.record_name(&snapshot_name(&id));
         assert!(!dir.path().join("a").join(&rec).exists());
