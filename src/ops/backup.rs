@@ -13,7 +13,8 @@
 //! parallel while the file is still being read. Hard-linked files are read
 //! once per run. A run that could not read some entries saves what it read,
 //! tagged `partial`; an entry removed while the walk runs is not in the
-//! source any more, and left out without an error.
+//! source any more, and left out without an error (its directory is listed
+//! again: an entry renamed within it is saved under its new name).
 //!
 //! Memory stays linear in the depth of the tree: a level holds its own name
 //! and a link to its parent's (`Place`), never its full path. A tree
@@ -605,36 +606,101 @@ impl<'a> Run<'a> {
 
     /// Back up the entries of the directory open at `fd` (found at `at`,
     /// which is for messages only); returns its tree id.
+    ///
+    /// A name gone by the time it is looked at was removed, or renamed: its
+    /// new name, in this directory, was not in the listing. So the
+    /// directory is listed again, and the names new in it are looked at
+    /// too (a renamed entry is saved under its new name, never silently
+    /// left out), as is a gone name listed still (a not-found that was no
+    /// removal: found a second time, or an error, never silently left
+    /// out). Only a name no longer listed is left out as removed.
     fn dir(&self, fd: &OwnedFd, at: &Place<'_>, prev: Option<&Tree>) -> Result<Id> {
         let mut names = fsat::names(fd).at_place(at)?;
         names.sort();
-        let entries: Vec<Option<Entry>> = names
+        let mut entries = Vec::with_capacity(names.len());
+        let mut gone = Vec::new();
+        for (name, look) in names.iter().zip(self.look(fd, at, &names, prev)?) {
+            match look {
+                Some(e) => entries.extend(e),
+                None => gone.push(name.as_slice()),
+            }
+        }
+        if !gone.is_empty() {
+            let now = match fsat::names(fd) {
+                Ok(now) => now,
+                // The directory itself is removed: so is all it held.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).at_place(at),
+            };
+            let listed = |n: &[u8]| names.binary_search_by(|m| m.as_slice().cmp(n)).is_ok();
+            let mut again: Vec<Vec<u8>> = now
+                .into_iter()
+                .filter(|n| !listed(n) || gone.contains(&n.as_slice()))
+                .collect();
+            again.sort();
+            for name in gone
+                .iter()
+                .filter(|g| again.binary_search_by(|n| n.as_slice().cmp(g)).is_err())
+            {
+                self.removed(&at.child(name));
+            }
+            for (name, look) in again.iter().zip(self.look(fd, at, &again, prev)?) {
+                match look {
+                    Some(e) => entries.extend(e),
+                    // Listed twice, not found when looked at, twice.
+                    None if listed(name) => self.error(
+                        &at.child(name),
+                        "not saved: listed in its directory, but not found when looked at",
+                    ),
+                    // New since the listing, and gone again: a program's
+                    // temporary file.
+                    None => self.removed(&at.child(name)),
+                }
+            }
+            entries.sort_by(|a: &Entry, b: &Entry| a.name.cmp(&b.name));
+        }
+        self.tree(&Tree { entries })
+    }
+
+    /// The entries `names` (sorted) of the directory open at `fd`, in
+    /// parallel: for each, `Some` with its entry (`None` if it is not
+    /// saved: excluded, or an error reported), or `None` if the name was
+    /// not found (removed or renamed since it was listed).
+    #[allow(clippy::type_complexity)]
+    fn look(
+        &self,
+        fd: &OwnedFd,
+        at: &Place<'_>,
+        names: &[Vec<u8>],
+        prev: Option<&Tree>,
+    ) -> Result<Vec<Option<Option<Entry>>>> {
+        names
             .par_iter()
             .map(|name| {
                 let child = at.child(name);
                 let prev_entry = prev.and_then(|t| t.find(name));
                 match self.entry(fd, &child, name, prev_entry) {
-                    Ok(e) => Ok(e),
-                    // Removed since the listing (a program's temporary
-                    // file): not in the source now, which is read whole.
+                    Ok(e) => Ok(Some(e)),
                     Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                        self.progress.warn(&format!(
-                            "{}: removed while the backup ran; not saved",
-                            child.path().display()
-                        ));
                         Ok(None)
                     }
                     Err(e @ Error::Io { .. }) | Err(e @ Error::Invalid(_)) => {
                         self.error(&child, strip_path(&e, &child.path()));
-                        Ok(None)
+                        Ok(Some(None))
                     }
                     Err(e) => Err(e),
                 }
             })
-            .collect::<Result<_>>()?;
-        self.tree(&Tree {
-            entries: entries.into_iter().flatten().collect(),
-        })
+            .collect()
+    }
+
+    /// `at` was listed and is gone from its directory: removed since (a
+    /// program's temporary file), not in the source now.
+    fn removed(&self, at: &Place<'_>) {
+        self.progress.warn(&format!(
+            "{}: removed while the backup ran; not saved",
+            at.path().display()
+        ));
     }
 
     /// The entry `name` of the directory open at `dir`; `None` for a
@@ -1768,6 +1834,97 @@ mod removed_meanwhile {
             .unwrap();
         let names: Vec<_> = a.entries.iter().map(|e| e.name.clone()).collect();
         assert_eq!(names, [b"sub".to_vec()]);
+    }
+}
+
+#[cfg(test)]
+mod renamed_meanwhile {
+    use super::*;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+
+    fn names(repo: &Repository, id: &Id) -> Vec<Vec<u8>> {
+        let tree = repo.read_tree(id).unwrap();
+        tree.entries.iter().map(|e| e.name.clone()).collect()
+    }
+
+    fn one_thread() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .stack_size(crate::deep::STACK)
+            .build()
+            .unwrap()
+    }
+
+    /// A directory renamed within its directory after the listing (to a
+    /// name not listed) is saved under its new name. Before, its old name
+    /// was "removed while the backup ran" and left out: a subtree in the
+    /// source all along was in the snapshot under neither name, and the
+    /// snapshot was not tagged `partial` (exit 0). Seen with the release
+    /// binary: 10 of 300 directories renamed during a backup, 1,000 files
+    /// missing, exit 0.
+    #[test]
+    fn a_directory_renamed_during_the_walk_is_saved_under_its_new_name() {
+        let repo = Arc::new(test_init("memory://backup-renamed-meanwhile"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("a")).unwrap();
+        fs::create_dir_all(src.join("b")).unwrap();
+        fs::write(src.join("b").join("f"), "kept all along").unwrap();
+        let a = src.join("a");
+        let hook = |p: &Path| {
+            // The source is listed and `a` stat'ed: `b` is renamed.
+            if p == a {
+                fs::rename(src.join("b"), src.join("c")).unwrap();
+            }
+        };
+        let mut run = Run::new(&repo, &Quiet, &[]);
+        run.hook = Some(&hook);
+        let root = run.walk_in(&one_thread(), &src, None);
+        assert!(run.errors.lock().unwrap().is_empty(), "{:?}", run.errors);
+        assert_eq!(names(&repo, &root), [b"a".to_vec(), b"c".to_vec()]);
+        let tree = repo.read_tree(&root).unwrap();
+        let c = tree.find(b"c").unwrap().subtree().unwrap();
+        assert_eq!(names(&repo, &c), [b"f".to_vec()]);
+    }
+
+    /// A name not found when looked at that is still listed when its
+    /// directory is listed again, and not found again, is an error (the
+    /// snapshot is `partial`), never left out as removed.
+    #[test]
+    fn a_name_listed_again_and_not_found_again_is_an_error() {
+        let repo = Arc::new(test_init("memory://backup-listed-not-found"));
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        for d in ["a", "b", "c"] {
+            fs::create_dir_all(src.join(d)).unwrap();
+        }
+        let (b, c, away) = (src.join("b"), src.join("c"), dir.path().join("away"));
+        let seen_b = AtomicU64::new(0);
+        let hook = |p: &Path| {
+            // `b` goes before it is opened, each time, and is back by the
+            // time its directory is listed again.
+            if p == b {
+                seen_b.fetch_add(1, Ordering::SeqCst);
+                fs::rename(&b, &away).unwrap();
+            }
+            if p == c {
+                fs::rename(&away, &b).unwrap();
+            }
+        };
+        let mut run = Run::new(&repo, &Quiet, &[]);
+        run.hook = Some(&hook);
+        let root = run.walk_in(&one_thread(), &src, None);
+        assert_eq!(seen_b.load(Ordering::SeqCst), 2);
+        let errors = run.errors.lock().unwrap().clone();
+        assert_eq!(
+            errors,
+            [format!(
+                "{}: not saved: listed in its directory, but not found when looked at",
+                b.display()
+            )]
+        );
+        assert_eq!(names(&repo, &root), [b"a".to_vec(), b"c".to_vec()]);
     }
 }
 
