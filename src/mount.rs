@@ -13,7 +13,7 @@
 //! and its live tree moves to the newest snapshot (`fs::switch`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -91,8 +91,15 @@ pub fn check_places(
             mountpoint.display()
         )));
     }
-    if let Ok(mut entries) = fs::read_dir(mountpoint) {
-        if entries.next().is_some() {
+    if let Ok(entries) = fs::read_dir(mountpoint) {
+        // The root of a filesystem of its own has a `lost+found` that
+        // nobody writes to (fsck does): no file of the user's is hidden.
+        let held = |e: &io::Result<fs::DirEntry>| {
+            !e.as_ref().is_ok_and(|e| {
+                e.file_name() == "lost+found" && e.file_type().is_ok_and(|t| t.is_dir())
+            })
+        };
+        if entries.into_iter().any(|e| held(&e)) {
             return Err(Error::Invalid(format!(
                 "{} is not empty: a mount there would hide what it holds; give an empty directory",
                 mountpoint.display()

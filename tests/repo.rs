@@ -875,6 +875,28 @@ fn a_mountpoint_with_files_or_a_cache_that_is_a_file_is_refused() {
     assert_eq!(fs::read(full.join("mine.txt")).unwrap(), b"mine");
 }
 
+/// A mountpoint that holds only a `lost+found` directory (the root of a
+/// filesystem of its own) is no mountpoint "with files": the mount goes
+/// ahead, and unmounts. Before, it was refused as not empty.
+#[test]
+fn a_mountpoint_with_only_lost_and_found_is_mounted() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let mnt = work.path().join("fs-root");
+    fs::create_dir_all(mnt.join("lost+found")).unwrap();
+    let cache = work.path().join("cache");
+    let _guard = MountGuard {
+        mnt: mnt.clone(),
+        cache: cache.clone(),
+    };
+    let (m, c) = (mnt.to_str().unwrap(), cache.to_str().unwrap());
+    let o = s.run(&["mount", m, "--cache", c, "--snapshot-interval", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    s.ok(&["umount", m]);
+    assert!(mnt.join("lost+found").is_dir());
+}
+
 /// Unmounts (lazily) and kills what a test mounted, also when it fails.
 struct MountGuard {
     mnt: std::path::PathBuf,
