@@ -84,12 +84,11 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cache directory of the secrate mount at `mountpoint`.
-pub fn cache_dir_of(mountpoint: &Path) -> Result<PathBuf> {
-    let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+/// Every secrate mount: its mount point and its cache directory.
+fn secrate_mounts() -> Result<Vec<(PathBuf, PathBuf)>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Error::io("/proc/self/mountinfo", e))?;
-    let mut enclosing: Option<String> = None;
+    let mut mounts = Vec::new();
     for line in info.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(dash) = fields.iter().position(|f| *f == "-") else {
@@ -100,18 +99,52 @@ pub fn cache_dir_of(mountpoint: &Path) -> Result<PathBuf> {
         }
         let point = unescape(fields[4]);
         let source = unescape(fields[dash + 2]);
-        let Some(dir) = source.strip_prefix(FSNAME_PREFIX) else {
-            continue;
-        };
-        if Path::new(&point) == mp {
-            return Ok(PathBuf::from(dir));
+        if let Some(dir) = source.strip_prefix(FSNAME_PREFIX) {
+            mounts.push((PathBuf::from(point), PathBuf::from(dir)));
         }
-        if mp.starts_with(&point) && enclosing.as_ref().is_none_or(|e| point.len() > e.len()) {
+    }
+    Ok(mounts)
+}
+
+/// `path` made canonical, or where it cannot be (a path through a mount
+/// whose process is gone answers nothing) absolute.
+fn full_path(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The mount point of the secrate mount that `path` is, or is inside of
+/// (the innermost); `None` if there is none (or no `/proc`).
+pub fn mount_holding(path: &Path) -> Option<PathBuf> {
+    let path = full_path(path);
+    secrate_mounts()
+        .ok()?
+        .into_iter()
+        .map(|(point, _)| point)
+        .filter(|point| path.starts_with(point))
+        .max_by_key(|point| point.as_os_str().len())
+}
+
+/// The cache directory of the secrate mount at `mountpoint`.
+pub fn cache_dir_of(mountpoint: &Path) -> Result<PathBuf> {
+    let mp = full_path(mountpoint);
+    let mut enclosing: Option<PathBuf> = None;
+    for (point, dir) in secrate_mounts()? {
+        if point == mp {
+            return Ok(dir);
+        }
+        if mp.starts_with(&point)
+            && enclosing
+                .as_ref()
+                .is_none_or(|e| point.as_os_str().len() > e.as_os_str().len())
+        {
             enclosing = Some(point);
         }
     }
     // `cd ~/secrate/project && secrate snapshot .` is a natural thing to try.
     if let Some(point) = enclosing {
+        let point = point.display();
         return Err(Error::Invalid(format!(
             "{} is inside the secrate mount at {point}, not a mount itself: give {point}",
             mountpoint.display()

@@ -980,6 +980,18 @@ fn a_killed_mount_then_a_read_only_one_say_what_is_true() {
     assert_eq!(e.lines().count(), 1, "{e}");
     assert!(e.contains("secrate process is gone"), "{e}");
     assert!(e.contains(&format!("fusermount3 -uz {m}")), "{e}");
+    // A path inside the dead mount: the mount to clear is named, not the
+    // path (`fusermount3 -uz` of it fails: no mount there).
+    let inside = format!("{m}/sub");
+    let o = s.run(&["mount", &inside, "--cache", &format!("{c}-2")]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert_eq!(
+        e,
+        format!(
+            "secrate: {inside} is inside {m}, a mount whose secrate process is gone: unmount it with `fusermount3 -uz {m}`\n"
+        )
+    );
     let st = std::process::Command::new("fusermount3")
         .args(["-uz", m])
         .status()

@@ -60,12 +60,27 @@ pub fn mount(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let mountpoint = match mountpoint {
         Ok((m, true)) => m,
         Ok((m, false)) => bail!("cannot mount at {}: not a directory", m.display()),
-        // A mount whose process died (killed) answers nothing but this.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
-            "{} is a mount whose secrate process is gone: unmount it with `fusermount3 -uz {}` and mount again",
-            a.mountpoint.display(),
-            a.mountpoint.display()
-        ),
+        // A mount whose process died (killed) answers nothing but this,
+        // at it and at every path inside it: name the mount to clear.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            match secrate::control::mount_holding(&a.mountpoint) {
+                Some(point) if std::path::absolute(&a.mountpoint).is_ok_and(|m| m == point) => bail!(
+                    "{} is a mount whose secrate process is gone: unmount it with `fusermount3 -uz {}` and mount again",
+                    a.mountpoint.display(),
+                    a.mountpoint.display()
+                ),
+                Some(point) => bail!(
+                    "{} is inside {}, a mount whose secrate process is gone: unmount it with `fusermount3 -uz {}`",
+                    a.mountpoint.display(),
+                    point.display(),
+                    point.display()
+                ),
+                None => bail!(
+                    "cannot mount at {}: {e} (a FUSE mount whose process is gone? `fusermount3 -uz` it)",
+                    a.mountpoint.display()
+                ),
+            }
+        }
         Err(e) => bail!("cannot mount at {}: {e}", a.mountpoint.display()),
     };
     let store = g.open_store(false)?;
