@@ -804,6 +804,18 @@ fn handle_client(mut stream: UnixStream, shared: &Shared) {
             if let Some(h) = shared.history.get() {
                 status.history_nodes = h.live_nodes() as u64;
             }
+            // A root with no tree is a change not sealed yet, except the
+            // empty root of a repository with no snapshot: a read-only
+            // mount of it holds nothing the store lacks (its `umount`
+            // said the cache held changes).
+            if shared.read_only && status.dirty && status.last_snapshot.is_none() {
+                let empty = f
+                    .live
+                    .read_view()
+                    .and_then(|v| v.children(crate::live::ROOT))
+                    .is_ok_and(|c| c.is_empty());
+                status.dirty = !empty;
+            }
             let mut status = serde_json::to_value(status).unwrap_or_default();
             // `umount` says what is in the store by it: nothing a
             // read-only mount holds is uploaded.

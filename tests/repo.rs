@@ -897,6 +897,31 @@ fn a_mountpoint_with_only_lost_and_found_is_mounted() {
     assert!(mnt.join("lost+found").is_dir());
 }
 
+/// A read-only mount of a repository with no snapshot yet holds nothing
+/// the store lacks: `status` says no unsealed changes and `umount` says
+/// nothing is left in the cache. Before, both said there were changes
+/// ("its cache still holds changes that are not in the store").
+#[test]
+fn a_read_only_mount_of_an_empty_repository_holds_no_changes() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let mnt = work.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let cache = work.path().join("cache");
+    let _guard = MountGuard {
+        mnt: mnt.clone(),
+        cache: cache.clone(),
+    };
+    let (m, c) = (mnt.to_str().unwrap(), cache.to_str().unwrap());
+    let o = s.run(&["mount", "--read-only", m, "--cache", c]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = s.ok(&["status", m]);
+    assert!(st.contains("unsealed changes: no\n"), "{st}");
+    let out = s.ok(&["umount", m]);
+    assert_eq!(out, format!("unmounted {m} (read-only)\n"));
+}
+
 /// Unmounts (lazily) and kills what a test mounted, also when it fails.
 struct MountGuard {
     mnt: std::path::PathBuf,
