@@ -922,6 +922,54 @@ fn a_read_only_mount_of_an_empty_repository_holds_no_changes() {
     assert_eq!(out, format!("unmounted {m} (read-only)\n"));
 }
 
+/// A full disk under standard output (`> /dev/full`) is named as where
+/// the write failed, and a full standard error does not crash `diff`.
+/// Before, `ls`, `cat` and `diff` said only "No space left on device"
+/// (their last flush had no context), and `diff 2>/dev/full` panicked
+/// (exit 101) on its counts line.
+#[test]
+fn a_full_stdout_is_named_and_a_full_stderr_is_no_crash() {
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "a few bytes").unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let full = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [
+        &["ls", "latest"][..],
+        &["cat", "latest", "f"],
+        &["diff", "latest", "latest", "-q"],
+        &["snapshots"],
+    ] {
+        let o = s.command().args(args).stdout(full()).output().unwrap();
+        let e = stderr(&o);
+        if args[0] == "diff" {
+            // Nothing to write: no error.
+            assert_eq!(o.status.code(), Some(0), "{args:?}: {e}");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert_eq!(
+            e, "secrate: standard output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+    let o = s
+        .command()
+        .args(["diff", "latest", "latest"])
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+}
+
 /// Unmounts (lazily) and kills what a test mounted, also when it fails.
 struct MountGuard {
     mnt: std::path::PathBuf,

@@ -119,7 +119,8 @@ pub fn ls(g: &Globals, a: LsArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    out.flush()?;
+    out.flush()
+        .map_err(|e| secrate::Error::io("standard output", e))?;
     Ok(0)
 }
 
@@ -129,7 +130,8 @@ pub fn cat(g: &Globals, a: CatArgs) -> anyhow::Result<i32> {
     let out = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, out.lock());
     cat_file(&repo, &snap, a.path.as_os_str().as_bytes(), &mut out)?;
-    out.flush()?;
+    out.flush()
+        .map_err(|e| secrate::Error::io("standard output", e))?;
     Ok(0)
 }
 
@@ -182,7 +184,8 @@ pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
     // snapshot's, compared when the whole snapshots are.
     let root_changed = parts.is_empty() && old.root_meta != new.root_meta;
     if root_changed {
-        out.write_all(b"U    /\n")?;
+        out.write_all(b"U    /\n")
+            .map_err(|e| secrate::Error::io("standard output", e))?;
     }
     let mut emit = |c: Change, p: &[u8], e: &Entry| -> secrate::Result<()> {
         let mut line = format!("{}    ", c.letter()).into_bytes();
@@ -214,9 +217,10 @@ pub fn diff(g: &Globals, a: DiffArgs) -> anyhow::Result<i32> {
         }
         diff_entries(&repo, o.as_ref(), n.as_ref(), &prefix, &mut emit)?
     };
-    out.flush()?;
+    out.flush()
+        .map_err(|e| secrate::Error::io("standard output", e))?;
     if !g.quiet {
-        eprintln!(
+        errln!(
             "{} to {}: {} added, {} removed, {} changed, {} with other attributes, {} of another kind; files that differ: {} before, {} after",
             old_id.short(),
             new_id.short(),
