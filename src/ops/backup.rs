@@ -618,24 +618,39 @@ impl<'a> Run<'a> {
         let mut names = fsat::names(fd).at_place(at)?;
         names.sort();
         let mut entries = Vec::with_capacity(names.len());
-        let mut gone = Vec::new();
+        // In name order, as `names`: searched by halves.
+        let mut gone: Vec<&[u8]> = Vec::new();
         for (name, look) in names.iter().zip(self.look(fd, at, &names, prev)?) {
             match look {
                 Some(e) => entries.extend(e),
                 None => gone.push(name.as_slice()),
             }
         }
-        if !gone.is_empty() {
-            let now = match fsat::names(fd) {
-                Ok(now) => now,
+        let now = if gone.is_empty() {
+            None
+        } else {
+            match fsat::names(fd) {
+                Ok(now) => Some(now),
                 // The directory itself is removed: so is all it held.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).at_place(at),
-            };
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Some(Vec::new()),
+                // What was read is kept; what went missing is unknown.
+                Err(e) => {
+                    self.error(
+                        at,
+                        format!(
+                            "{} entries not found when looked at, and the directory not listed again: {e}",
+                            gone.len()
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(now) = now {
             let listed = |n: &[u8]| names.binary_search_by(|m| m.as_slice().cmp(n)).is_ok();
             let mut again: Vec<Vec<u8>> = now
                 .into_iter()
-                .filter(|n| !listed(n) || gone.contains(&n.as_slice()))
+                .filter(|n| !listed(n) || gone.binary_search(&n.as_slice()).is_ok())
                 .collect();
             again.sort();
             for name in gone
