@@ -27,10 +27,10 @@
 //! the next run), then the snapshot, checked against the writer lock.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+#[cfg(test)]
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -43,9 +43,11 @@ use rustix::fs::{self as rfs, AtFlags, OFlags};
 
 use crate::chunk::Chunker;
 use crate::crypto::{BlobKind, Id};
+use crate::deep::{stack_left, STACK_RESERVE};
 use crate::error::{Error, IoContext, Result};
 use crate::fsat;
 use crate::fsmeta;
+use crate::ops::Place;
 use crate::progress::Progress;
 use crate::repo::lock::{hostname, now_ns};
 use crate::repo::pack::PackInfo;
@@ -99,125 +101,6 @@ pub struct BackupSummary {
 /// what was read (a later backup may take it as its parent for those
 /// files), not all of the source.
 pub const PARTIAL_TAG: &str = "partial";
-
-/// Stack a walk leaves unused below the directory it stops at: room for
-/// what is done below the last level entered (reading, chunking and sealing
-/// a file, storing a tree), with a wide margin. A level takes about 4.8 KiB
-/// (a release build), so a walk stops at about 54,000 levels on the
-/// reading threads' 256 MiB (`crate::deep`); the open files limit (one
-/// handle per level) often stops it first.
-pub(crate) const STACK_RESERVE: usize = 4 << 20;
-
-/// Bytes of stack left to the calling thread below the current frame;
-/// `None` if the thread's stack cannot be asked for. Its bounds are asked
-/// once per thread. The walk checks it before going a level down, so a
-/// tree deeper than the stack is a reported error, never a crash.
-pub(crate) fn stack_left() -> Option<usize> {
-    thread_local! {
-        static LOW: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-    }
-    let low = match LOW.get() {
-        Some(low) => low,
-        None => {
-            let low = stack_low()?;
-            LOW.set(Some(low));
-            low
-        }
-    };
-    let here = 0u8;
-    // Stacks grow down on every target this builds for.
-    Some((std::ptr::addr_of!(here) as usize).saturating_sub(low))
-}
-
-/// The lowest address of the calling thread's stack, its guard pages
-/// left out (glibc leaves them out already; counted twice, to be safe).
-#[cfg(target_os = "linux")]
-fn stack_low() -> Option<usize> {
-    // SAFETY: `attr` is filled by pthread_getattr_np before it is read
-    // and destroyed once; the other pointers are to locals.
-    unsafe {
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        if libc::pthread_getattr_np(libc::pthread_self(), &mut attr) != 0 {
-            return None;
-        }
-        let mut addr: *mut libc::c_void = std::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let mut guard: libc::size_t = 0;
-        let ok = libc::pthread_attr_getstack(&attr, &mut addr, &mut size) == 0
-            && libc::pthread_attr_getguardsize(&attr, &mut guard) == 0;
-        libc::pthread_attr_destroy(&mut attr);
-        ok.then(|| addr as usize + guard)
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn stack_low() -> Option<usize> {
-    None
-}
-
-/// Where an entry is, for messages (and for reading xattrs by path where
-/// there is no `/proc`): its name and the place of its directory, up to the
-/// source. Each level of a walk holds only its own name, so a walk `d`
-/// levels deep holds `O(d)` bytes of path; the full path is made only when
-/// asked for. Before, each level held its full path: `O(d²)` bytes, 559 MiB
-/// at 20,000 levels of one-letter names.
-#[derive(Clone, Copy)]
-pub(crate) enum Place<'a> {
-    Source(&'a Path),
-    In {
-        dir: &'a Place<'a>,
-        name: &'a [u8],
-        depth: usize,
-    },
-}
-
-impl<'a> Place<'a> {
-    pub(crate) fn child(&'a self, name: &'a [u8]) -> Place<'a> {
-        Place::In {
-            dir: self,
-            name,
-            depth: self.depth() + 1,
-        }
-    }
-
-    /// Levels below the source.
-    pub(crate) fn depth(&self) -> usize {
-        match self {
-            Place::Source(_) => 0,
-            Place::In { depth, .. } => *depth,
-        }
-    }
-
-    /// The full path (built by a loop: a deep place must not recurse).
-    pub(crate) fn path(&self) -> PathBuf {
-        let (source, names) = self.names();
-        let len = source.as_os_str().len() + names.iter().map(|n| n.len() + 1).sum::<usize>();
-        let mut path = PathBuf::with_capacity(len);
-        path.push(source);
-        path.extend(names.iter().rev());
-        path
-    }
-
-    /// The path below the source (empty for the source itself).
-    pub(crate) fn rel(&self) -> PathBuf {
-        self.names().1.iter().rev().collect()
-    }
-
-    /// The source, and the names below it, innermost first.
-    fn names(&self) -> (&'a Path, Vec<&'a OsStr>) {
-        let mut names = Vec::with_capacity(self.depth());
-        let mut at = *self;
-        loop {
-            match at {
-                Place::Source(p) => return (p, names),
-                Place::In { dir, name, .. } => {
-                    names.push(OsStr::from_bytes(name));
-                    at = *dir;
-                }
-            }
-        }
-    }
-}
 
 /// [`IoContext::at`] with the path made only when there is an error.
 trait AtPlace<T> {

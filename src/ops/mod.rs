@@ -10,7 +10,10 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 
+use std::ffi::OsStr;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::BlobKind;
 use crate::error::{Error, Result};
@@ -184,5 +187,69 @@ mod tests {
         })
         .unwrap();
         assert_eq!(removed, DEPTH);
+    }
+}
+
+/// Where an entry is, for messages (and for reading xattrs by path where
+/// there is no `/proc`): its name and the place of its directory, up to the
+/// source. Each level of a walk holds only its own name, so a walk `d`
+/// levels deep holds `O(d)` bytes of path; the full path is made only when
+/// asked for. Before, each level held its full path: `O(d²)` bytes, 559 MiB
+/// at 20,000 levels of one-letter names. Backup and restore walk by it.
+#[derive(Clone, Copy)]
+pub(crate) enum Place<'a> {
+    Source(&'a Path),
+    In {
+        dir: &'a Place<'a>,
+        name: &'a [u8],
+        depth: usize,
+    },
+}
+
+impl<'a> Place<'a> {
+    pub(crate) fn child(&'a self, name: &'a [u8]) -> Place<'a> {
+        Place::In {
+            dir: self,
+            name,
+            depth: self.depth() + 1,
+        }
+    }
+
+    /// Levels below the source.
+    pub(crate) fn depth(&self) -> usize {
+        match self {
+            Place::Source(_) => 0,
+            Place::In { depth, .. } => *depth,
+        }
+    }
+
+    /// The full path (built by a loop: a deep place must not recurse).
+    pub(crate) fn path(&self) -> PathBuf {
+        let (source, names) = self.names();
+        let len = source.as_os_str().len() + names.iter().map(|n| n.len() + 1).sum::<usize>();
+        let mut path = PathBuf::with_capacity(len);
+        path.push(source);
+        path.extend(names.iter().rev());
+        path
+    }
+
+    /// The path below the source (empty for the source itself).
+    pub(crate) fn rel(&self) -> PathBuf {
+        self.names().1.iter().rev().collect()
+    }
+
+    /// The source, and the names below it, innermost first.
+    fn names(&self) -> (&'a Path, Vec<&'a OsStr>) {
+        let mut names = Vec::with_capacity(self.depth());
+        let mut at = *self;
+        loop {
+            match at {
+                Place::Source(p) => return (p, names),
+                Place::In { dir, name, .. } => {
+                    names.push(OsStr::from_bytes(name));
+                    at = *dir;
+                }
+            }
+        }
     }
 }

@@ -33,11 +33,11 @@ use rustix::fs::{self as rfs, AtFlags, Gid, Mode, Timespec, Timestamps, Uid, Xat
 use rustix::io::Errno;
 
 use crate::crypto::{BlobKind, Id};
+use crate::deep::{stack_left, STACK_RESERVE};
 use crate::error::{Error, IoContext, Result};
 use crate::fsat;
 use crate::fsmeta;
-use crate::ops::backup::{stack_left, Place, STACK_RESERVE};
-use crate::ops::{resolve, Resolved};
+use crate::ops::{resolve, Place, Resolved};
 use crate::progress::Progress;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{Content, Entry, Kind, Links, Timestamp};

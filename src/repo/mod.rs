@@ -1471,11 +1471,15 @@ fn find_by_time(
         .into_iter()
         .filter(|(_, s)| s.time_rfc3339() == base)
         .collect();
+    if m.len() == 1 && !suffixed {
+        if let Some(found) = m.pop() {
+            return Ok(found);
+        }
+    }
     match m.len() {
         0 => Err(Error::Invalid(format!(
             "no snapshot in {url} was sealed at {base}"
         ))),
-        1 if !suffixed => Ok(m.pop().expect("one")),
         n => {
             let ids: Vec<String> = m.iter().map(|(id, _)| id.short()).collect();
             Err(Error::Invalid(format!(
