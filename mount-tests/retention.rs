@@ -155,3 +155,103 @@ fn mount_retention_keeps_what_the_policy_says() {
         s.ok(&["check", "-q"]);
     }
 }
+
+/// Write `data` to `p` and make it durable.
+fn put(p: &Path, data: &[u8]) {
+    write_synced(p, data);
+}
+
+/// A mount with retention prunes by itself (`--prune-interval`): the data
+/// only forgotten snapshots used leaves the store, while every byte the
+/// live tree and `.history` show stays readable from the store (the
+/// staged copies are evicted by a small `--cache-size`), a content whose
+/// blobs were pruned can be written again, `check --read-data` is clean,
+/// and a fresh cache sees the same tree. Before, a mount never pruned:
+/// its store grew with every seal until it was unmounted and `secrate
+/// prune` ran.
+#[test]
+fn a_mount_prunes_what_its_retention_forgot() {
+    if !fuse_ready("a_mount_prunes_what_its_retention_forgot") {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    for store in stores("mount-prune") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let mnt = work.path().join("mnt");
+        let opts = [
+            "--snapshot-interval",
+            "1",
+            "--retention",
+            "last=2",
+            "--prune-interval",
+            "1",
+            "--cache-size",
+            "1M",
+        ];
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache"), &opts);
+        let keep = pseudo_random(1, 3 * MIB);
+        put(&m.path("keep"), &keep);
+        let version = |i: u64| pseudo_random(100 + i, 3 * MIB);
+        let mut prev = String::new();
+        for i in 0..5 {
+            put(&m.path("churn"), &version(i));
+            poll_until(
+                &format!("the snapshot of version {i}"),
+                Duration::from_secs(60),
+                || {
+                    let st = status(&s, &m.mnt);
+                    let id = st["last_snapshot"].as_str().unwrap_or("").to_string();
+                    let done =
+                        id != prev && st["last_snapshot_uploaded"] == true && st["dirty"] == false;
+                    if done {
+                        prev = id;
+                    }
+                    done
+                },
+            );
+        }
+        // Without a prune the store holds `keep` and five versions (18
+        // MiB); with it, `keep` and the two versions kept (9 MiB).
+        let mut last = serde_json::Value::Null;
+        poll_until(
+            "a prune down to what is kept",
+            Duration::from_secs(60),
+            || {
+                last = status(&s, &m.mnt)["last_prune"].clone();
+                last["bytes_after"]
+                    .as_u64()
+                    .is_some_and(|b| b < (11 * MIB) as u64)
+            },
+        );
+        eprintln!("  last prune: {last}");
+        assert!(m.log().contains("prune: "), "{}", m.log());
+        assert!(fs::read(m.path("keep")).unwrap() == keep);
+        assert!(fs::read(m.path("churn")).unwrap() == version(4));
+        let names = m.history();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let h = m.path(".history");
+        assert!(fs::read(h.join(&names[0]).join("churn")).unwrap() == version(3));
+        assert!(fs::read(h.join(&names[1]).join("churn")).unwrap() == version(4));
+        assert!(fs::read(h.join(&names[0]).join("keep")).unwrap() == keep);
+        // A content whose blobs were pruned is stored again, not named.
+        put(&m.path("again"), &version(0));
+        m.snapshot();
+        m.umount();
+        s.ok(&["check", "--read-data"]);
+        // What the store holds, counted by listing it: `keep`, two
+        // versions, `again` (12 MiB), not the 21 MiB written.
+        let stats: serde_json::Value = serde_json::from_str(&s.ok(&["stats", "--json"])).unwrap();
+        let stored = stats["stored_bytes"].as_u64().unwrap();
+        assert!(stored < (13 * MIB) as u64, "{stats}");
+
+        let fresh = work.path().join("fresh");
+        let mut m = Mount::new(&s, &mnt, &fresh, &[]);
+        assert!(fs::read(m.path("keep")).unwrap() == keep);
+        assert!(fs::read(m.path("churn")).unwrap() == version(4));
+        assert!(fs::read(m.path("again")).unwrap() == version(0));
+        m.umount();
+    }
+}

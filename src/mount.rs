@@ -41,6 +41,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Applied to this mount's automatic snapshots; `None` keeps all.
     pub retention: Option<crate::ops::forget::Policy>,
+    /// With `retention`: prune at most this often once it forgot
+    /// snapshots (zero: never).
+    pub prune_interval: Duration,
 }
 
 /// `$XDG_CACHE_HOME/secrate/<repository id>` (falling back to `~/.cache`).
@@ -282,7 +285,11 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
                 follow_newest(&live, &f, &switch, &pace)
             }));
     } else {
-        starting.threads = flusher.start(opts.snapshot_interval, opts.retention.clone());
+        starting.threads = flusher.start(
+            opts.snapshot_interval,
+            opts.retention.clone(),
+            opts.prune_interval,
+        );
     }
     let _ = shared.history.set(fs.history());
     let mut options = vec![

@@ -40,6 +40,10 @@ pub struct Args {
     /// (the default), or `none` to keep every snapshot.
     #[arg(long, value_name = "POLICY")]
     retention: Option<String>,
+    /// Remove the data of snapshots retention forgot (as `secrate prune`) at most this
+    /// often (0: never; then `secrate prune` after unmounting).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    prune_interval: u64,
     /// Mount read-only (no snapshots, no writer lock; `.history` follows the store).
     #[arg(long)]
     read_only: bool,
@@ -122,6 +126,7 @@ fn options(a: &Args, mountpoint: PathBuf, cache_dir: PathBuf) -> anyhow::Result<
         cache_size: a.cache_size,
         allow_other: a.allow_other,
         retention,
+        prune_interval: Duration::from_secs(a.prune_interval),
     })
 }
 
@@ -159,6 +164,8 @@ fn spawn_child(
         .arg(a.snapshot_interval.to_string())
         .arg("--cache-size")
         .arg(a.cache_size.to_string())
+        .arg("--prune-interval")
+        .arg(a.prune_interval.to_string())
         .arg("--daemon-child");
     if a.read_only {
         cmd.arg("--read-only");

@@ -14,6 +14,7 @@
 #[cfg(test)]
 mod import_tests;
 pub mod outbox;
+mod prune;
 mod seal;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -35,6 +36,7 @@ use crate::repo::lock::WriterLock;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::Repository;
 
+pub use self::prune::PruneDone;
 pub use self::seal::SealOutcome;
 
 /// A snapshot the mount knows of, uploaded or not.
@@ -70,6 +72,8 @@ pub struct Status {
     /// Nodes of `.history` alive (the kernel or an open listing holds
     /// them); filled in by the mount, which owns the view.
     pub history_nodes: u64,
+    /// What this mount's last prune did (`--prune-interval`).
+    pub last_prune: Option<PruneDone>,
 }
 
 #[derive(Default)]
@@ -104,6 +108,7 @@ pub struct Flusher {
     /// when an upload completes, so until one does, or the chunk cache
     /// grows, it still fits.
     fit: Mutex<Option<(u64, u64, u64)>>,
+    last_prune: Mutex<Option<PruneDone>>,
 }
 
 type ChangeHook = Arc<dyn Fn() + Send + Sync>;
@@ -231,6 +236,7 @@ impl Flusher {
             on_change: Mutex::new(None),
             cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
             fit: Mutex::new(None),
+            last_prune: Mutex::new(None),
         });
         if distrust {
             flusher.confirm_pending()?;
@@ -349,15 +355,22 @@ impl Flusher {
             cache_dir: self.live.dir().display().to_string(),
             outbox_problems: self.outbox_problems(),
             history_nodes: 0,
+            last_prune: self
+                .last_prune
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
     /// Start the background threads: uploader, periodic sealer (which also
-    /// applies `retention` to this mount's snapshots), committer.
+    /// applies `retention` to this mount's snapshots and, at most every
+    /// `prune_every`, prunes after it forgot some), committer.
     pub fn start(
         self: &Arc<Self>,
         snapshot_interval: Duration,
         retention: Option<crate::ops::forget::Policy>,
+        prune_every: Duration,
     ) -> Vec<std::thread::JoinHandle<()>> {
         let mut handles = Vec::new();
         let me = self.clone();
@@ -375,6 +388,9 @@ impl Flusher {
             let me = self.clone();
             handles.push(spawn("secrate-seal", move || {
                 let mut last = std::time::Instant::now();
+                let mut last_prune = last;
+                // What earlier runs or `forget` left is not known: once.
+                let mut prune_due = true;
                 while !me.stop.load(Ordering::SeqCst) {
                     std::thread::sleep(Duration::from_millis(200));
                     if last.elapsed() < snapshot_interval {
@@ -384,11 +400,28 @@ impl Flusher {
                     if let Err(e) = me.seal() {
                         crate::log!("error: automatic snapshot failed: {e}");
                     }
-                    if let Some(p) = &retention {
-                        match me.apply_retention(p) {
-                            Ok(0) => {}
-                            Ok(n) => crate::log!("retention: forgot {n} automatic snapshots"),
-                            Err(e) => crate::log!("warning: retention: {e}"),
+                    let Some(p) = &retention else { continue };
+                    match me.apply_retention(p) {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            crate::log!("retention: forgot {n} automatic snapshots");
+                            prune_due = true;
+                        }
+                        Err(e) => crate::log!("warning: retention: {e}"),
+                    }
+                    if !prune_due || prune_every.is_zero() || last_prune.elapsed() < prune_every {
+                        continue;
+                    }
+                    match me.prune(&crate::ops::prune::PruneOptions::default()) {
+                        // Something waits for upload: at the next seal.
+                        Ok(None) => {}
+                        Ok(Some(_)) => {
+                            prune_due = false;
+                            last_prune = std::time::Instant::now();
+                        }
+                        Err(e) => {
+                            crate::log!("warning: prune: {e}");
+                            last_prune = std::time::Instant::now();
                         }
                     }
                 }
@@ -509,7 +542,7 @@ impl Flusher {
     }
 
     /// Forget this mount's uploaded snapshots that `policy` does not keep.
-    /// Only snapshot objects go (their data stays until `secrate prune`);
+    /// Only snapshot objects go (their data stays until a prune);
     /// the newest snapshot is always kept: the live tree stands on it.
     pub fn apply_retention(&self, policy: &crate::ops::forget::Policy) -> Result<usize> {
         let host = crate::repo::lock::hostname();

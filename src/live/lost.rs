@@ -23,10 +23,8 @@
 
 use std::collections::HashMap;
 
-use redb::ReadableTable;
-
 use crate::crypto::{BlobKind, Id};
-use crate::live::{cache_err, Body, Live, LiveResult, INODES, ROOT};
+use crate::live::{Body, Live, LiveResult, ROOT};
 
 /// What `mark_lost` changed.
 #[derive(Debug, Default)]
@@ -129,18 +127,12 @@ impl Live {
     /// everything committed, so callers change them in the shared write
     /// transaction afterwards.
     fn records_where(&self, hit: impl Fn(&Body) -> bool) -> LiveResult<Vec<u64>> {
-        self.commit(false)?;
-        let view = self.read_view()?;
-        let t = view.txn().open_table(INODES).map_err(cache_err)?;
         let mut v = Vec::new();
-        for r in t.iter().map_err(cache_err)? {
-            let (k, val) = r.map_err(cache_err)?;
-            let rec = crate::live::Inode::decode(val.value())
-                .map_err(|e| crate::live::LiveError::Cache(format!("inode {}: {e}", k.value())))?;
+        self.each_record(|ino, rec| {
             if hit(&rec.body) {
-                v.push(k.value());
+                v.push(ino);
             }
-        }
+        })?;
         Ok(v)
     }
 

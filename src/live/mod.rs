@@ -34,13 +34,14 @@ mod spare;
 mod upkeep;
 mod writeback;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use crate::crypto::Id;
 use crate::repo::tree::{Kind, Timestamp};
 
 pub use self::data::{DataSource, OpenFiles};
@@ -574,6 +575,39 @@ impl Live {
     /// Start a new epoch (under the exclusive barrier, as a seal takes its
     /// view): changes from now on are newer than the view. Returns the
     /// epoch the view belongs to.
+    /// Call `f` on every inode record, as committed now (the shared write
+    /// transaction is committed first).
+    pub(crate) fn each_record(&self, mut f: impl FnMut(u64, &Inode)) -> LiveResult<()> {
+        self.commit(false)?;
+        let view = self.read_view()?;
+        let t = view.txn().open_table(INODES).map_err(cache_err)?;
+        for r in t.iter().map_err(cache_err)? {
+            let (k, val) = r.map_err(cache_err)?;
+            let rec = Inode::decode(val.value())
+                .map_err(|e| LiveError::Cache(format!("inode {}: {e}", k.value())))?;
+            f(k.value(), &rec);
+        }
+        Ok(())
+    }
+
+    /// What the live tree stands on in the store: the trees of directories
+    /// unchanged since their seal, and the chunks of files as sealed
+    /// (staged or not). A prune keeps these beside the snapshots'.
+    /// Between seals, changes only move, share or drop these references
+    /// (new data is staged, not referenced), so what this returns stays
+    /// enough until the next seal.
+    pub fn references(&self) -> LiveResult<(Vec<Id>, HashSet<Id>)> {
+        let (mut trees, mut blobs) = (Vec::new(), HashSet::new());
+        self.each_record(|_, rec| match &rec.body {
+            Body::Dir { tree: Some(id) } => trees.push(*id),
+            Body::File {
+                chunks: Some(c), ..
+            } => blobs.extend(c.iter().map(|c| c.id).filter(|id| !id.is_lost())),
+            _ => {}
+        })?;
+        Ok((trees, blobs))
+    }
+
     pub fn next_epoch(&self) -> LiveResult<u64> {
         let old = self.epoch.load(Ordering::SeqCst);
         self.tx(|tx| tx.set_state_u64("epoch", old + 1))?;
@@ -1103,7 +1137,7 @@ impl View {
         &self.txn
     }
 
-    pub fn tree_stats(&self, id: &crate::crypto::Id) -> LiveResult<Option<import::TreeStats>> {
+    pub fn tree_stats(&self, id: &Id) -> LiveResult<Option<import::TreeStats>> {
         let t = self.txn.open_table(import::TREE_STATS).map_err(cache_err)?;
         Ok(t.get(&id.0[..])
             .map_err(cache_err)?

@@ -21,7 +21,7 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::pack::{pack_name, PackBlob, PackInfo};
-use crate::repo::tree::Content;
+use crate::repo::tree::{Content, Tree};
 use crate::repo::writer::{BlobWriter, StoreSink};
 use crate::repo::Repository;
 
@@ -63,16 +63,19 @@ pub struct PruneReport {
 /// Blobs per new index delta: keeps each delta a few MB.
 const INDEX_CHUNK: usize = 50_000;
 
-fn used_blobs(repo: &Repository, roots: &[Id], progress: &dyn Progress) -> Result<HashSet<Id>> {
-    let mut used = HashSet::new();
+/// Every blob the trees `roots` reach, themselves included, into `used`.
+fn add_used(
+    used: &mut HashSet<Id>,
+    read_tree: &dyn Fn(&Id) -> Result<Arc<Tree>>,
+    roots: &[Id],
+    progress: &dyn Progress,
+) -> Result<()> {
     let mut todo: Vec<Id> = roots.to_vec();
     while let Some(t) = todo.pop() {
         if !used.insert(t) {
             continue;
         }
-        let tree = repo
-            .read_tree(&t)
-            .map_err(|e| damaged(format!("tree {}: {e}", t.short())))?;
+        let tree = read_tree(&t).map_err(|e| damaged(format!("tree {}: {e}", t.short())))?;
         progress.advance(1);
         for e in &tree.entries {
             match &e.content {
@@ -82,7 +85,7 @@ fn used_blobs(repo: &Repository, roots: &[Id], progress: &dyn Progress) -> Resul
             }
         }
     }
-    Ok(used)
+    Ok(())
 }
 
 fn damaged(why: String) -> Error {
@@ -127,6 +130,41 @@ pub fn prune(
         ));
     }
     let lock = repo.lock("prune")?;
+    let read_tree = |id: &Id| repo.read_tree(id).map(Arc::new);
+    let holder = Holder {
+        check: &|| lock.check(),
+        read_tree: &read_tree,
+        trees: Vec::new(),
+        blobs: HashSet::new(),
+    };
+    let report = prune_held(repo.clone(), opts, &holder, progress)?;
+    drop(lock);
+    Ok(report)
+}
+
+/// A writer that holds the lock and prunes: a mount.
+pub struct Holder<'a> {
+    /// Fails once the lock is no longer held.
+    pub check: &'a dyn Fn() -> Result<()>,
+    /// How trees are read (a mount reads them through its cache).
+    pub read_tree: &'a dyn Fn(&Id) -> Result<Arc<Tree>>,
+    /// What the writer still uses beside the snapshots, kept like theirs:
+    /// a mount's live tree (the trees of its unchanged directories, the
+    /// chunks of its files).
+    pub trees: Vec<Id>,
+    pub blobs: HashSet<Id>,
+}
+
+/// `prune` for a writer that holds the lock. The in-memory index is the
+/// new one before anything is deleted, so a writer that goes on
+/// deduplicates only against blobs still stored, and readers look for
+/// moved blobs in their new packs.
+pub fn prune_held(
+    repo: Arc<Repository>,
+    opts: &PruneOptions,
+    holder: &Holder,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
     for p in repo.load_index()? {
         progress.warn(&format!("{p}; its packs are read from their headers"));
     }
@@ -161,7 +199,8 @@ pub fn prune(
     }
     progress.start("trees", None);
     let roots: Vec<Id> = snaps.iter().map(|(_, s)| s.root).collect();
-    let used = used_blobs(&repo, &roots, progress)?;
+    let mut used = HashSet::new();
+    add_used(&mut used, holder.read_tree, &roots, progress)?;
     progress.finish();
 
     // Data that `secrate repair` recorded as lost, and the ranges a mount
@@ -186,6 +225,10 @@ pub fn prune(
         }
         (ix.packs().to_vec(), ix.blobs_by_pack())
     };
+    // After the check: a live file's chunk in no pack is the mount's to
+    // report (it marks lost data), not a reason to keep the store full.
+    add_used(&mut used, holder.read_tree, &holder.trees, progress)?;
+    used.extend(holder.blobs.iter().copied());
     let mut report = PruneReport {
         snapshots: snaps.len(),
         packs_before: packs.len(),
@@ -254,23 +297,13 @@ pub fn prune(
     let mut all: Vec<PackInfo> = keep;
     all.extend(written);
     let mut new_deltas = HashSet::new();
-    let mut batch: Vec<PackInfo> = Vec::new();
-    let mut blobs_in_batch = 0;
-    for p in all {
-        blobs_in_batch += p.blobs.len();
-        batch.push(p);
-        if blobs_in_batch >= INDEX_CHUNK {
-            new_deltas.insert(crate::repo::index::index_name(&repo.write_index(&batch)?));
-            batch.clear();
-            blobs_in_batch = 0;
-        }
+    for batch in index_batches(&all) {
+        new_deltas.insert(crate::repo::index::index_name(&repo.write_index(batch)?));
     }
-    if !batch.is_empty() {
-        new_deltas.insert(crate::repo::index::index_name(&repo.write_index(&batch)?));
-    }
+    repo.replace_index(all, new_deltas.clone());
 
     // 3. Old index deltas, then old packs.
-    lock.check()?;
+    (holder.check)()?;
     for d in old_deltas.iter().filter(|d| !new_deltas.contains(*d)) {
         repo.store().delete(d)?;
         report.index_deleted += 1;
@@ -278,8 +311,24 @@ pub fn prune(
     for id in &delete {
         repo.store().delete(&pack_name(id))?;
     }
-    drop(lock);
     Ok(report)
+}
+
+/// `packs` cut into runs of about `INDEX_CHUNK` blobs, one index delta each.
+fn index_batches(packs: &[PackInfo]) -> Vec<&[PackInfo]> {
+    let mut out = Vec::new();
+    let (mut start, mut blobs) = (0, 0);
+    for (i, p) in packs.iter().enumerate() {
+        blobs += p.blobs.len();
+        if blobs >= INDEX_CHUNK {
+            out.push(&packs[start..=i]);
+            (start, blobs) = (i + 1, 0);
+        }
+    }
+    if start < packs.len() {
+        out.push(&packs[start..]);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -586,6 +586,17 @@ impl Repository {
         self.load_index()
     }
 
+    /// Make `packs` the whole in-memory index and `deltas` the deltas it
+    /// was loaded from, in one step: a prune that wrote them as the new
+    /// complete index and is about to delete what they leave out. A
+    /// reader never sees an empty or half-built index meanwhile.
+    pub fn replace_index(&self, packs: Vec<PackInfo>, deltas: HashSet<String>) {
+        let mut ix = Index::new();
+        ix.add_packs(packs);
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = ix;
+        *self.loaded_deltas.lock().unwrap_or_else(|e| e.into_inner()) = deltas;
+    }
+
     /// Forget the index loaded so far: the next `load_index` loads every
     /// delta the store lists then.
     pub fn forget_index(&self) {

@@ -1,0 +1,220 @@
+//! Prune while mounted: the mount holds the writer lock, so `secrate
+//! prune` cannot run beside it, and the snapshots its retention forgets
+//! would otherwise keep their data (and their cached tree packs) for as
+//! long as it stays mounted.
+//!
+//! It runs between seals and uploads, never beside them, and only with
+//! the outbox empty: every pack the index lists is then in the store, and
+//! no sealed snapshot waits on data a prune could judge unused. Beside the
+//! snapshots it keeps what the live tree stands on (`Live::references`).
+//! The index is swapped for the new one before anything is deleted
+//! (`ops::prune::prune_held`), so the next seal deduplicates only against
+//! blobs still stored.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use crate::error::Result;
+use crate::ops::prune::{prune_held, Holder, PruneOptions, PruneReport};
+use crate::progress::Quiet;
+
+use super::{live_err, time_str, Flusher};
+
+/// What the last prune of a mount did, for `status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PruneDone {
+    pub at: String,
+    pub packs_deleted: usize,
+    pub packs_repacked: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+impl Flusher {
+    /// Remove the data no snapshot and nothing in the live tree uses.
+    /// `None` while something waits for upload (try again later).
+    pub fn prune(&self, opts: &PruneOptions) -> Result<Option<PruneReport>> {
+        // The uploader's order: it takes the seal mutex under its own.
+        let _upload = self.upload_mutex.lock().unwrap_or_else(|e| e.into_inner());
+        let _seal = self.seal_mutex.lock().unwrap_or_else(|e| e.into_inner());
+        if self.pending().map_err(live_err)?.0 > 0 {
+            return Ok(None);
+        }
+        self.check_lock()?;
+        let (mut trees, blobs) = self.live.references().map_err(live_err)?;
+        // The snapshots `.history` shows, also if a listing of the store
+        // were to miss one.
+        trees.extend(self.snapshots().iter().map(|s| s.snapshot.root));
+        let trees: Vec<_> = trees
+            .into_iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let read_tree = |id: &crate::crypto::Id| self.reader.read_tree(id);
+        let holder = Holder {
+            check: &|| self.check_lock(),
+            read_tree: &read_tree,
+            trees,
+            blobs,
+        };
+        let report = prune_held(self.repo.clone(), opts, &holder, &Quiet)?;
+        let dropped = self.reader.drop_unindexed_tree_packs();
+        let after = report.bytes_before - report.bytes_deleted + report.bytes_written;
+        crate::log!(
+            "prune: {} packs removed and {} repacked, {dropped} cached tree packs dropped; \
+             store {} -> {} bytes",
+            report.packs_deleted,
+            report.packs_repacked,
+            report.bytes_before,
+            after
+        );
+        *self.last_prune.lock().unwrap_or_else(|e| e.into_inner()) = Some(PruneDone {
+            at: time_str(SystemTime::now()),
+            packs_deleted: report.packs_deleted,
+            packs_repacked: report.packs_repacked,
+            bytes_before: report.bytes_before,
+            bytes_after: after,
+        });
+        Ok(Some(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flush::testing::{machine, mkfile, noise, reopen};
+    use crate::ops::forget::Policy;
+    use crate::progress::Quiet;
+    use crate::repo::tests::test_init;
+    use std::sync::Arc;
+
+    fn content(m: &crate::flush::testing::Machine, ino: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < len {
+            let r = m
+                .live
+                .read(ino, out.len() as u64, 128 * 1024, &*m.reader)
+                .unwrap();
+            assert!(!r.is_empty(), "a read came short at {}", out.len());
+            out.extend_from_slice(&r);
+        }
+        out
+    }
+
+    fn stored_bytes(repo: &crate::repo::Repository) -> u64 {
+        repo.store()
+            .list("packs")
+            .unwrap()
+            .iter()
+            .map(|o| o.size)
+            .sum()
+    }
+
+    /// A mount's prune removes the data only forgotten snapshots used,
+    /// keeps every byte the live tree shows (files read back from the
+    /// store after their staged copies were evicted), and the next seal
+    /// stores again a content whose blobs were just deleted instead of
+    /// naming them: `check` then finds the repository whole.
+    #[test]
+    fn a_mount_prunes_what_retention_forgot_and_keeps_what_it_shows() {
+        let repo = Arc::new(test_init("memory://mount-prune"));
+        let m = machine(&repo);
+        const N: usize = 400_000;
+        let a = mkfile(&m, b"a", &noise(1, N));
+        let b = mkfile(&m, b"b", &noise(2, N));
+        let c = mkfile(&m, b"c", &noise(3, N));
+        m.flusher.seal().unwrap();
+        m.flusher.upload_pending().unwrap();
+        m.live
+            .write(
+                a,
+                0,
+                &noise(4, N),
+                crate::live::data::Times::Now,
+                &*m.reader,
+            )
+            .unwrap();
+        m.live
+            .write(
+                b,
+                0,
+                &noise(5, N),
+                crate::live::data::Times::Now,
+                &*m.reader,
+            )
+            .unwrap();
+        m.flusher.seal().unwrap();
+        m.flusher.upload_pending().unwrap();
+        let policy = Policy::parse("last=1").unwrap().unwrap();
+        assert_eq!(m.flusher.apply_retention(&policy).unwrap(), 1);
+        // The live files now come from the store.
+        m.flusher.set_cache_size(0);
+        m.flusher.evict_to_budget().unwrap();
+        assert!(!m.live.inode(c).unwrap().is_staged());
+
+        let before = stored_bytes(&repo);
+        let report = m
+            .flusher
+            .prune(&PruneOptions::default())
+            .unwrap()
+            .expect("nothing waits for upload");
+        let after = stored_bytes(&repo);
+        assert!(
+            report.packs_deleted + report.packs_repacked > 0,
+            "{report:?}"
+        );
+        assert!(
+            after + 2 * N as u64 * 9 / 10 < before,
+            "the two overwritten contents are gone: {before} -> {after}"
+        );
+        assert!(m.flusher.status().last_prune.is_some());
+        for (ino, seed) in [(a, 4), (b, 5), (c, 3)] {
+            assert!(content(&m, ino, N) == noise(seed, N), "file {ino}");
+        }
+
+        // The old content of `a` again: its blobs were deleted.
+        mkfile(&m, b"d", &noise(1, N));
+        m.flusher.seal().unwrap();
+        m.flusher.upload_pending().unwrap();
+        let fresh = reopen(&repo);
+        let r = crate::ops::check::check(&fresh, true, &Quiet).unwrap();
+        assert!(r.is_clean(), "{:?} {:?}", r.problems, r.damage);
+        assert_eq!(r.snapshots, 2);
+    }
+
+    /// The live tree is kept by itself, not only through the newest
+    /// snapshot: here its snapshot is gone from the store (deleted by
+    /// hand, or by another writer), and the files, their staged copies
+    /// evicted, still read back whole after a prune.
+    #[test]
+    fn a_mount_prune_keeps_the_live_tree_without_its_snapshot() {
+        let repo = Arc::new(test_init("memory://mount-prune-live"));
+        let m = machine(&repo);
+        const N: usize = 300_000;
+        let a = mkfile(&m, b"a", &noise(1, N));
+        let sealed = m.flusher.seal().unwrap().expect("a snapshot");
+        m.flusher.upload_pending().unwrap();
+        m.flusher.set_cache_size(0);
+        m.flusher.evict_to_budget().unwrap();
+        assert!(!m.live.inode(a).unwrap().is_staged());
+        repo.store()
+            .delete(&crate::repo::snapshot::snapshot_name(&sealed.id))
+            .unwrap();
+        m.flusher.snapshots.write().unwrap().clear();
+        m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
+        assert!(content(&m, a, N) == noise(1, N));
+    }
+
+    /// Something waiting for upload: no prune (what it names could look
+    /// unused to the store's snapshots).
+    #[test]
+    fn a_mount_does_not_prune_while_something_waits_for_upload() {
+        let repo = Arc::new(test_init("memory://mount-prune-pending"));
+        let m = machine(&repo);
+        mkfile(&m, b"a", &noise(1, 1000));
+        m.flusher.seal().unwrap();
+        assert!(m.flusher.prune(&PruneOptions::default()).unwrap().is_none());
+        m.flusher.upload_pending().unwrap();
+        assert!(m.flusher.prune(&PruneOptions::default()).unwrap().is_some());
+    }
+}
