@@ -14,8 +14,9 @@
 #   scripts/soak.sh --rate 400 --interval 2 --seed 7
 #
 # Options: --minutes N (20), --rate OPS/S (200), --interval SECS between
-# snapshots (2), --retention POLICY (last=30), --cache-size SIZE (256M),
-# --sample SECS (10), --seed N (random), --keep (leave the work dir).
+# snapshots (2), --retention POLICY (last=30), --prune-interval SECS (the
+# mount's own prune, 60), --cache-size SIZE (256M), --sample SECS (10),
+# --seed N (random), --keep (leave the work dir).
 # Needs root and /dev/fuse. Prints a table of samples and a summary of
 # each measure's first and last quarter (medians) and its growth per hour
 # over the second half (least squares); raw samples in WORK/samples.csv.
@@ -30,6 +31,7 @@ minutes=20
 rate=200
 interval=2
 retention=last=30
+prune_interval=60
 cache_size=256M
 sample=10
 seed=$((RANDOM * 32768 + RANDOM))
@@ -41,13 +43,14 @@ while (($#)); do
     --rate) rate="$2"; shift ;;
     --interval) interval="$2"; shift ;;
     --retention) retention="$2"; shift ;;
+    --prune-interval) prune_interval="$2"; shift ;;
     --cache-size) cache_size="$2"; shift ;;
     --sample) sample="$2"; shift ;;
     --seed) seed="$2"; shift ;;
     --s3) s3=1 ;;
     --keep) keep=1 ;;
     -h | --help)
-        sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) echo "soak.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -103,10 +106,10 @@ else
     store_dir() { echo "$W/store"; }
 fi
 
-bench_log "seed $seed, $minutes min at $rate ops/s, a snapshot every ${interval}s, retention $retention, cache $cache_size, store $store"
+bench_log "seed $seed, $minutes min at $rate ops/s, a snapshot every ${interval}s, retention $retention, a prune at most every ${prune_interval}s, cache $cache_size, store $store"
 "$bin" --store "$store" init --kdf-work-factor 12 -q >/dev/null
 "$bin" mount "$mnt" --store "$store" --cache "$cache" --snapshot-interval "$interval" \
-    --retention "$retention" --cache-size "$cache_size" -q
+    --retention "$retention" --prune-interval "$prune_interval" --cache-size "$cache_size" -q
 daemon="$(pgrep -n -f "mount $mnt .*--daemon-child")" || bench_die "no daemon process for $mnt"
 
 python3 "$ROOT/scripts/lib/soak-work.py" run "$mnt" "$((minutes * 60))" "$seed" "$rate" \
@@ -168,8 +171,15 @@ for col in ["anon_kib", "file_kib", "threads", "fds", "cache_bytes", "redb_bytes
     print(f"| {col} | {a:.0f} | {b:.0f} | {slope(col):+.0f} |")
 print(f"\n{rows[-1]['ops']} operations in {rows[-1]['secs']} s ({ops:.0f}/s); `secrate umount` took {sys.argv[2]} s")
 PY
+bench_log "the mount's prunes: $(grep -c ' prune: ' "$cache/mount.log" || true) (last: $(grep ' prune: ' "$cache/mount.log" | tail -1 | cut -c22-))"
+if grep -q 'warning: prune' "$cache/mount.log"; then
+    grep 'warning: prune' "$cache/mount.log" | tail -3 >&2
+    bench_die "a prune failed (see $cache/mount.log)"
+fi
 if ((keep)); then mv "$cache" "$W/cache.used"; else rm -rf "$cache"; fi
 "$bin" mount "$mnt" --store "$store" --cache "$W/cache2" --snapshot-interval 0 -q
 python3 "$ROOT/scripts/lib/soak-work.py" verify "$mnt" "$W/model.json"
 "$bin" umount "$mnt" -q
+bench_log "check --read-data of the store"
+"$bin" check --store "$store" --read-data -q || bench_die "check found damage in the store"
 bench_log "done: every name, byte, xattr and hard link of the model came back from the store"
