@@ -236,6 +236,10 @@ fn a_mount_prunes_what_its_retention_forgot() {
         assert!(fs::read(h.join(&names[0]).join("churn")).unwrap() == version(3));
         assert!(fs::read(h.join(&names[1]).join("churn")).unwrap() == version(4));
         assert!(fs::read(h.join(&names[0]).join("keep")).unwrap() == keep);
+        // `secrate prune` beside the mount says why not and what does.
+        let o = s.run(&["prune"]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("prunes by itself"), "{}", stderr(&o));
         // A content whose blobs were pruned is stored again, not named.
         put(&m.path("again"), &version(0));
         m.snapshot();

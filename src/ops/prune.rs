@@ -129,7 +129,7 @@ pub fn prune(
             "--max-unused must be between 0 and 100 percent".into(),
         ));
     }
-    let lock = repo.lock("prune")?;
+    let lock = repo.lock("prune").map_err(mount_hint)?;
     let read_tree = |id: &Id| repo.read_tree(id).map(Arc::new);
     let holder = Holder {
         check: &|| lock.check(),
@@ -140,6 +140,24 @@ pub fn prune(
     let report = prune_held(repo.clone(), opts, &holder, progress)?;
     drop(lock);
     Ok(report)
+}
+
+/// A running mount holds the lock: say that it prunes by itself.
+fn mount_hint(e: Error) -> Error {
+    match e {
+        Error::Locked { url, holder }
+            if holder.starts_with("mount at ") && !holder.contains("stopped without") =>
+        {
+            Error::Locked {
+                url,
+                holder: format!(
+                    "{holder}: a mount with a retention policy prunes by itself \
+                     (`--prune-interval`); to prune now, unmount it first"
+                ),
+            }
+        }
+        e => e,
+    }
 }
 
 /// A writer that holds the lock and prunes: a mount.
