@@ -259,3 +259,55 @@ fn a_mount_prunes_what_its_retention_forgot() {
         m.umount();
     }
 }
+
+/// A prune that refuses (a backup's pack lost: the repository is damaged)
+/// is said by `status` (`PRUNE FAILED`, `prune_error`) and stops nothing:
+/// the mount seals, uploads and unmounts as before.
+#[test]
+fn a_mount_whose_prune_refuses_says_so_and_goes_on() {
+    if !fuse_ready("a_mount_whose_prune_refuses_says_so_and_goes_on") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = file_repo(work.path());
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), pseudo_random(7, 300_000)).unwrap();
+    s.ok(&["backup", "-q", src.to_str().unwrap()]);
+    // The backup's biggest pack (its data) is lost.
+    let packs = work.path().join("store/packs");
+    let biggest = fs::read_dir(&packs)
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    fs::remove_file(&biggest).unwrap();
+    let opts = [
+        "--snapshot-interval",
+        "1",
+        "--retention",
+        "last=1",
+        "--prune-interval",
+        "1",
+    ];
+    let mut m = Mount::in_dir(&s, work.path(), &opts);
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    poll_until("the prune to fail", Duration::from_secs(30), || {
+        status(&s, &m.mnt)["prune_error"].is_string()
+    });
+    let st = status(&s, &m.mnt);
+    assert!(
+        st["prune_error"].as_str().unwrap().contains("damaged"),
+        "{st}"
+    );
+    let text = s.ok(&["status", &mnt]);
+    assert!(text.contains("PRUNE FAILED"), "{text}");
+    put(&m.path("after"), b"still works");
+    m.snapshot();
+    m.umount();
+    assert!(m.log().contains("warning: prune"), "{}", m.log());
+    let m = Mount::in_dir(&s, work.path(), &[]);
+    assert_eq!(fs::read(m.path("after")).unwrap(), b"still works");
+    drop(m);
+}

@@ -548,6 +548,20 @@ fn show_status(st: &serde_json::Value, json: bool) -> anyhow::Result<()> {
             outln!("OUTBOX PROBLEM:  {p}")?;
         }
     }
+    if let Some(p) = st.get("last_prune").filter(|v| !v.is_null()) {
+        let pn = |k: &str| p.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        outln!(
+            "last prune:      {} ({} packs removed, {} repacked; store {} -> {})",
+            p.get("at").and_then(|v| v.as_str()).unwrap_or("-"),
+            pn("packs_deleted"),
+            pn("packs_repacked"),
+            bytes(pn("bytes_before")),
+            bytes(pn("bytes_after"))
+        )?;
+    }
+    if st.get("prune_error").is_some_and(|v| !v.is_null()) {
+        outln!("PRUNE FAILED:    {} (tried again later)", s("prune_error"))?;
+    }
     if st.get("last_error").is_some_and(|v| !v.is_null()) {
         outln!(
             "last error:      {} (at {})",

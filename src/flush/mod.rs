@@ -74,6 +74,9 @@ pub struct Status {
     pub history_nodes: u64,
     /// What this mount's last prune did (`--prune-interval`).
     pub last_prune: Option<PruneDone>,
+    /// Why the last prune failed, until one succeeds (it is tried again
+    /// an interval later).
+    pub prune_error: Option<String>,
 }
 
 #[derive(Default)]
@@ -109,6 +112,7 @@ pub struct Flusher {
     /// grows, it still fits.
     fit: Mutex<Option<(u64, u64, u64)>>,
     last_prune: Mutex<Option<PruneDone>>,
+    prune_error: Mutex<Option<String>>,
 }
 
 type ChangeHook = Arc<dyn Fn() + Send + Sync>;
@@ -237,6 +241,7 @@ impl Flusher {
             cache_size: std::sync::atomic::AtomicU64::new(u64::MAX),
             fit: Mutex::new(None),
             last_prune: Mutex::new(None),
+            prune_error: Mutex::new(None),
         });
         if distrust {
             flusher.confirm_pending()?;
@@ -360,6 +365,11 @@ impl Flusher {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            prune_error: self
+                .prune_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -421,6 +431,8 @@ impl Flusher {
                         }
                         Err(e) => {
                             crate::log!("warning: prune: {e}");
+                            *me.prune_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(e.to_string());
                             last_prune = std::time::Instant::now();
                         }
                     }

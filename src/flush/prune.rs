@@ -68,6 +68,10 @@ impl Flusher {
             report.bytes_before,
             after
         );
+        self.prune_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         *self.last_prune.lock().unwrap_or_else(|e| e.into_inner()) = Some(PruneDone {
             at: time_str(SystemTime::now()),
             packs_deleted: report.packs_deleted,
