@@ -1142,7 +1142,7 @@ fn a_mount_where_nothing_was_done_unmounts_cleanly() {
     let (_work, _local, _cache, mut m) = local_and_mount();
     m.umount();
     let snaps = m.s.ok(&["snapshots"]);
-    assert!(snaps.contains("1 snapshots"), "{snaps}");
+    assert!(snaps.contains("1 snapshot\n"), "{snaps}");
 }
 
 #[test]

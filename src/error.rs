@@ -11,8 +11,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The store failed (after retries) for a reason other than a missing object.
-    #[error("store error at {url} on {object}: {reason}")]
+    /// The store failed (after retries) for a reason other than a missing
+    /// object. `object` empty: no one object (connecting, opening); the
+    /// reason says what was being done.
+    #[error("store error at {url}{}: {reason}", on_object(object))]
     Store {
         url: String,
         object: String,
@@ -89,6 +91,14 @@ impl Error {
     /// read) says nothing about the data.
     pub fn is_damage(&self) -> bool {
         matches!(self, Error::Missing { .. } | Error::Corrupt { .. })
+    }
+}
+
+fn on_object(object: &str) -> String {
+    if object.is_empty() {
+        String::new()
+    } else {
+        format!(" on {object}")
     }
 }
 

@@ -180,7 +180,7 @@ fn a_missing_store_fails_writes_safely() {
         );
         // Reads still work; after sync, writes do again.
         let out = s.ok(&["snapshots"]);
-        assert!(out.contains("1 snapshots"), "{out}");
+        assert!(out.contains("1 snapshot\n"), "{out}");
         s.ok(&["sync"]);
         s.ok(&["backup", "-q", src.to_str().unwrap()]);
         let out = s.ok(&["snapshots"]);

@@ -193,7 +193,7 @@ fn passphrase_recovery_key_and_errors() {
         // The recovery key, from the environment and from a file.
         let mut rec = Secrate::new(&store.url);
         rec.envs = vec![("SECRATE_RECOVERY_KEY".into(), recovery.clone())];
-        assert!(rec.ok(&["snapshots"]).contains("1 snapshots"));
+        assert!(rec.ok(&["snapshots"]).contains("1 snapshot\n"));
         let keyfile = work.path().join("recovery.txt");
         fs::write(&keyfile, format!("{recovery}\n")).unwrap();
         let mut rec = Secrate::new(&store.url);
@@ -204,7 +204,7 @@ fn passphrase_recovery_key_and_errors() {
                 "--recovery-key-file",
                 keyfile.to_str().unwrap()
             ])
-            .contains("1 snapshots"));
+            .contains("1 snapshot\n"));
         let mut bad = Secrate::new(&store.url);
         bad.envs = vec![(
             "SECRATE_RECOVERY_KEY".into(),
@@ -224,7 +224,7 @@ fn passphrase_recovery_key_and_errors() {
             fs::set_permissions(&pf, fs::Permissions::from_mode(mode)).unwrap();
             let o = viafile.run(&args);
             assert!(o.status.success(), "{}", stderr(&o));
-            assert!(String::from_utf8_lossy(&o.stdout).contains("1 snapshots"));
+            assert!(String::from_utf8_lossy(&o.stdout).contains("1 snapshot\n"));
             let e = stderr(&o);
             assert_eq!(
                 e.contains("can be read by every user"),
@@ -1213,7 +1213,10 @@ fn snapshot_no_wait_says_what_still_waits_for_upload() {
     assert!(out.contains(" sealed"), "{out}");
     let out = s.ok(&["snapshot", "--no-wait", m]);
     assert!(!out.contains("everything is uploaded"), "{out}");
-    assert!(out.contains("still wait for upload"), "{out}");
+    assert!(
+        out.contains(" for upload") && out.contains(" still wait"),
+        "{out}"
+    );
     fs::remove_file(&packs).unwrap();
     if had_packs {
         fs::rename(&away, &packs).unwrap();
@@ -1223,4 +1226,68 @@ fn snapshot_no_wait_says_what_still_waits_for_upload() {
     let out = s.ok(&["umount", m]);
     assert!(out.contains("everything is in the store"), "{out}");
     assert_eq!(s.ok(&["cat", "latest", "new.txt"]), "data");
+}
+
+/// `init` into a file, or under one: one sentence naming the file, exit 1
+/// (was "File exists (os error 17)" / "Not a directory (os error 20)");
+/// a read-only command there says the same (was "no repository").
+#[test]
+fn a_store_path_that_is_a_file_is_named() {
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("f");
+    fs::write(&f, b"mine").unwrap();
+    let want = format!(
+        "secrate: {} is a file, not a directory (a file:// store is a directory)\n",
+        f.display()
+    );
+    for dir in [f.clone(), f.join("sub")] {
+        let s = Secrate::new(&format!("file://{}", dir.display()));
+        for args in [&["init"][..], &["snapshots"]] {
+            let o = s.run(args);
+            assert_eq!(o.status.code(), Some(1), "{args:?} {}", dir.display());
+            assert_eq!(stderr(&o), want, "{args:?} {}", dir.display());
+        }
+    }
+    assert_eq!(fs::read(&f).unwrap(), b"mine");
+}
+
+/// A pack removed from a one-store repository: `check` counts in the
+/// singular where the count is one ("1 damaged paths", "1 snapshots"),
+/// and its log line says the pack is missing, not that "its blobs are read
+/// from their other copies" (there is none here).
+#[test]
+fn check_of_a_missing_pack_says_only_what_is_known() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut data = vec![0u8; 100_000];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut data);
+    fs::write(src.join("b"), &data).unwrap();
+    let store = work.path().join("store");
+    let s = Secrate::new(&format!("file://{}", store.display()));
+    s.init();
+    let out = s.ok(&["backup", src.to_str().unwrap()]);
+    assert!(out.contains("; 1 dir; "), "{out}");
+    assert!(s.ok(&["snapshots"]).ends_with("\n1 snapshot\n"));
+    // The tree pack is the small one: the root cannot be read.
+    let st = open_store(&format!("file://{}", store.display()));
+    let packs = st.list("packs").unwrap();
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    let small = packs.iter().min_by_key(|p| p.size).unwrap();
+    st.delete(&small.name).unwrap();
+    let o = s.run(&["check"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.ends_with(
+            "\ndamage found: 1 damaged path (1 distinct) and 1 damaged object; 1 snapshot, 1 tree, 2 packs\n"
+        ),
+        "{out}"
+    );
+    let e = stderr(&o);
+    assert!(!e.contains("other copies"), "{e}");
+    assert!(
+        e.contains("is missing from the store (pruned by another writer, or lost)"),
+        "{e}"
+    );
 }

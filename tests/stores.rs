@@ -160,7 +160,7 @@ fn a_stale_replica_does_not_bring_back_a_forgotten_snapshot() {
     for given in [all.clone(), url("c")] {
         let out = Secrate::new(&given).ok(&["snapshots"]);
         assert!(!out.contains(short), "{given}: {out}");
-        assert!(out.contains("1 snapshots"), "{given}: {out}");
+        assert!(out.contains("1 snapshot\n"), "{given}: {out}");
     }
     let o = s.run(&["restore", &old, path("out").to_str().unwrap()]);
     assert!(!o.status.success(), "{}", stdout(&o));
@@ -181,9 +181,9 @@ fn a_stale_replica_does_not_bring_back_a_forgotten_snapshot() {
     // `prune` frees again what the forget had freed (sync copied c's old
     // packs to a and b: nothing names them now).
     let out = s.ok(&["prune"]);
-    assert!(out.contains("1 snapshots reference"), "{out}");
+    assert!(out.contains("1 snapshot references"), "{out}");
     let out = s.ok(&["check"]);
-    assert!(out.contains("no errors: 1 snapshots"), "{out}");
+    assert!(out.contains("no errors: 1 snapshot,"), "{out}");
     assert!(!out.contains(short), "{out}");
 }
 
@@ -486,4 +486,55 @@ fn garbage_under_a_removal_record_in_the_first_store_brings_no_key_back() {
     let o = with_passphrase(&all, leaked).run(&["snapshots"]);
     assert!(!o.status.success(), "{}", stdout(&o));
     assert!(stderr(&o).contains("was removed"), "{}", stderr(&o));
+}
+
+/// A set given with one URL misspelt (a directory that does not exist, or
+/// an empty one): the read-only commands work from the other replica and
+/// say so once on stderr, naming the store and why (they were silent);
+/// `check` reports it and exits 1.
+#[test]
+fn a_misspelt_replica_is_named_once_by_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("file://{}", path(n).display());
+    let s = Secrate::new(&format!("{},{}", url("a"), url("b")));
+    s.init();
+    let src = path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"content").unwrap();
+    s.ok(&["backup", src.to_str().unwrap()]);
+    fs::create_dir(path("empty")).unwrap();
+    for (typo, why) in [
+        ("typo", "its directory does not exist"),
+        ("empty", "it holds no copy of this repository's `config`"),
+    ] {
+        let s = Secrate::new(&format!("{},{}", url("a"), url(typo)));
+        let dst = path(&format!("restored-{typo}"));
+        for args in [
+            &["snapshots"][..],
+            &["ls", "latest"],
+            &["cat", "latest", "f"],
+            &["restore", "latest", dst.to_str().unwrap()],
+        ] {
+            let o = s.run(args);
+            let e = stderr(&o);
+            assert!(o.status.success(), "{args:?}: {e}");
+            let warning = format!("warning: the store {} is not read ({why}", url(typo));
+            assert!(e.starts_with(&warning), "{args:?}: {e}");
+            assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        }
+        assert_eq!(fs::read(dst.join("f")).unwrap(), b"content");
+        let o = s.run(&["check"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+        assert!(
+            stdout(&o).contains(&format!("error: store {}", url(typo))),
+            "{}",
+            stdout(&o)
+        );
+    }
+    // Both stores there: not a word.
+    let o = s.run(&["snapshots"]);
+    assert!(o.status.success());
+    assert_eq!(stderr(&o), "");
+    assert!(!path("typo").exists(), "a read made the misspelt store");
 }

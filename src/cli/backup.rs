@@ -7,7 +7,7 @@ use anyhow::Context;
 use secrate::ops::backup::{backup, BackupOptions, PARTIAL_TAG};
 use secrate::store::StoreUrl;
 
-use super::format::bytes;
+use super::format::{agree, bytes, count};
 use super::progress::Bar;
 use super::Globals;
 
@@ -53,18 +53,24 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     let bar = Bar::new(g.quiet);
     let s = backup(repo, &opts, &bar)?;
     outln!(
-        "snapshot {} saved: files {} new, {} changed, {} unchanged; {} dirs; read {}, added {} to the store in {:.1} s",
+        "snapshot {} saved: files {} new, {} changed, {} unchanged; {}; read {}, added {} to the store in {:.1} s",
         s.id.short(),
         s.files_new,
         s.files_changed,
         s.files_unchanged,
-        s.dirs,
+        count(s.dirs, "dir"),
         bytes(s.bytes_read),
         bytes(s.bytes_added),
         s.duration.as_secs_f64()
     )?;
     if !s.errors.is_empty() {
-        errln!("secrate: {} entries could not be read and are not in the snapshot (see the warnings above); it is tagged `{PARTIAL_TAG}`", s.errors.len());
+        let n = s.errors.len();
+        errln!(
+            "secrate: {} could not be read and {} not in the snapshot (see the {} above); it is tagged `{PARTIAL_TAG}`",
+            count(n, "entry"),
+            agree(n, "is", "are"),
+            agree(n, "warning", "warnings")
+        );
         return Ok(3);
     }
     Ok(0)

@@ -4,7 +4,7 @@
 //! as `damaged:`; either makes the exit code 1 (the snapshots holding it are
 //! not whole), but the last line says whether anything is new.
 
-use super::format::bytes;
+use super::format::{agree, bytes, count};
 use super::progress::Bar;
 use super::Globals;
 
@@ -38,46 +38,46 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     }
     let stores_ok = super::sync::report_stores(repo.store(), a.read_data)?;
     let read = if a.read_data {
-        format!(", read {} in {} blobs", bytes(r.bytes_read), r.blobs_read)
+        format!(
+            ", read {} in {}",
+            bytes(r.bytes_read),
+            count(r.blobs_read, "blob")
+        )
     } else {
         String::new()
     };
+    // What was checked, as every summary ends.
+    let checked = format!(
+        "{}, {}, {}{read}",
+        count(r.snapshots, "snapshot"),
+        count(r.trees, "tree"),
+        count(r.packs, "pack")
+    );
     if r.is_clean() && !stores_ok {
         outln!(
-            "the repository is intact ({} snapshots, {} trees, {} packs{read}), but not every store holds all of it (run `secrate sync`)",
-            r.snapshots, r.trees, r.packs
+            "the repository is intact ({checked}), but not every store holds all of it (run `secrate sync`)"
         )?;
         Ok(1)
     } else if r.is_clean() {
-        outln!(
-            "no errors: {} snapshots, {} trees, {} packs{read}",
-            r.snapshots,
-            r.trees,
-            r.packs
-        )?;
+        outln!("no errors: {checked}")?;
         Ok(0)
     } else if !r.has_new_damage() {
         let files: std::collections::HashSet<_> = r.recorded.iter().map(|d| &d.path).collect();
         outln!(
-            "no new damage, but {} paths in snapshots ({} distinct) hold data lost earlier and known as lost (recorded by `secrate repair`, or found by a mount before its upload); \
-             a file rewritten (mount) or backed up again from its source is whole in later snapshots; {} snapshots, {} trees, {} packs{read}",
-            r.recorded.len(),
+            "no new damage, but {} in snapshots ({} distinct) {} data lost earlier and known as lost (recorded by `secrate repair`, or found by a mount before its upload); \
+             a file rewritten (mount) or backed up again from its source is whole in later snapshots; {checked}",
+            count(r.recorded.len(), "path"),
             files.len(),
-            r.snapshots,
-            r.trees,
-            r.packs
+            agree(r.recorded.len(), "holds", "hold")
         )?;
         Ok(1)
     } else {
         let files: std::collections::HashSet<_> = r.damage.iter().map(|d| &d.path).collect();
         outln!(
-            "damage found: {} damaged paths ({} distinct) and {} damaged objects; {} snapshots, {} trees, {} packs{read}",
-            r.damage.len(),
+            "damage found: {} ({} distinct) and {}; {checked}",
+            count(r.damage.len(), "damaged path"),
             files.len(),
-            r.problems.len(),
-            r.snapshots,
-            r.trees,
-            r.packs
+            count(r.problems.len(), "damaged object")
         )?;
         Ok(1)
     }

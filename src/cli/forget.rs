@@ -7,7 +7,7 @@ use secrate::ops::forget::{decide, forget as forget_snapshots, parse_duration, P
 use secrate::ops::prune::{prune as prune_repo, PruneOptions, PruneReport};
 use secrate::repo::find_in;
 
-use super::format::{bytes, parse_percent};
+use super::format::{agree, bytes, count, parse_percent};
 use super::progress::Bar;
 use super::Globals;
 
@@ -106,13 +106,13 @@ pub fn forget(g: &Globals, a: ForgetArgs) -> anyhow::Result<i32> {
     let gone = decisions.iter().filter(|d| !d.keep).count();
     if a.dry_run {
         outln!(
-            "dry run: would remove {gone} of {} snapshots",
-            decisions.len()
+            "dry run: would remove {gone} of {}",
+            count(decisions.len(), "snapshot")
         )?;
         return Ok(0);
     }
     let n = forget_snapshots(&repo, &decisions)?;
-    outln!("removed {n} of {} snapshots", decisions.len())?;
+    outln!("removed {n} of {}", count(decisions.len(), "snapshot"))?;
     if a.prune {
         let r = prune_repo(
             repo,
@@ -148,25 +148,27 @@ fn print_prune(r: &PruneReport, dry: bool) -> secrate::Result<()> {
         ("removed", "repacked", "replaced")
     };
     outln!(
-        "{} snapshots reference {} blobs; {} blobs are unused",
-        r.snapshots,
-        r.blobs_used,
-        r.blobs_unused
+        "{} {} {}; {} {} unused",
+        count(r.snapshots, "snapshot"),
+        agree(r.snapshots, "references", "reference"),
+        count(r.blobs_used, "blob"),
+        count(r.blobs_unused, "blob"),
+        agree(r.blobs_unused, "is", "are")
     )?;
     if r.forgotten_left > 0 {
         outln!(
-            "{remove} {} forgotten snapshots that a store still held (it missed the forget)",
-            r.forgotten_left
+            "{remove} {} that a store still held (it missed the forget)",
+            count(r.forgotten_left, "forgotten snapshot")
         )?;
     }
     outln!(
-        "{remove} {} packs and {repack} {} into {} new ({} removed, {} written); {} old index deltas {replace}",
-        r.packs_deleted,
+        "{remove} {} and {repack} {} into {} new ({} removed, {} written); {} {replace}",
+        count(r.packs_deleted, "pack"),
         r.packs_repacked,
         r.packs_written,
         bytes(r.bytes_deleted),
         bytes(r.bytes_written),
-        r.index_deleted
+        count(r.index_deleted, "old index delta")
     )?;
     outln!(
         "store: {} before, {} after",

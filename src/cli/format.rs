@@ -15,6 +15,27 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `1 snapshot`, `3 snapshots`: a count and its noun, plural unless the
+/// count is one (a noun ending in a consonant and `y` takes `ies`).
+pub fn count<N: Copy + std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        return format!("{n} {noun}");
+    }
+    match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
+/// The word of two that agrees with a count: `agree(n, "is", "are")`.
+pub fn agree<'a, N: PartialEq + From<u8>>(n: N, one: &'a str, many: &'a str) -> &'a str {
+    if n == N::from(1) {
+        one
+    } else {
+        many
+    }
+}
+
 pub fn mode(kind: char, mode: u32) -> String {
     let mut s = String::with_capacity(10);
     s.push(kind);
@@ -89,5 +110,12 @@ mod tests {
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::mode('d', 0o755), "drwxr-xr-x");
         assert_eq!(super::mode('-', 0o4755), "-rwsr-xr-x");
+        assert_eq!(super::count(1usize, "snapshot"), "1 snapshot");
+        assert_eq!(super::count(0usize, "snapshot"), "0 snapshots");
+        assert_eq!(super::count(2u64, "entry"), "2 entries");
+        assert_eq!(super::count(1u64, "entry"), "1 entry");
+        assert_eq!(super::count(3u32, "key"), "3 keys");
+        assert_eq!(super::agree(1usize, "is", "are"), "is");
+        assert_eq!(super::agree(7usize, "is", "are"), "are");
     }
 }

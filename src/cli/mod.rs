@@ -156,7 +156,11 @@ impl Globals {
     }
 
     pub fn open_store(&self, create: bool) -> anyhow::Result<Store> {
-        Ok(Store::open_many(&self.store_urls(), self.ec, create)?)
+        let store = Store::open_many(&self.store_urls(), self.ec, create)?;
+        for (url, why) in store.unread() {
+            errln!("warning: the store {url} is not read ({why}); reads use the other stores");
+        }
+        Ok(store)
     }
 
     /// Open and unlock the repository.

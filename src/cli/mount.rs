@@ -19,7 +19,7 @@ use secrate::control::{self, Event, Request};
 use secrate::mount::{default_cache_dir, serve, MountOptions};
 use secrate::repo::{Repository, Secret};
 
-use super::format::{bytes, parse_size};
+use super::format::{agree, bytes, count, parse_size};
 use super::{secret, Globals};
 
 #[derive(clap::Args)]
@@ -321,7 +321,8 @@ impl Line {
                     .map(|e| format!(" (retrying: {e})"))
                     .unwrap_or_default();
                 err!(
-                    "\r\x1b[K{phase}: {pending_objects} objects, {} left{err}",
+                    "\r\x1b[K{phase}: {}, {} left{err}",
+                    count(*pending_objects, "object"),
                     bytes(*pending_bytes)
                 );
             } else if let Some(e) = error {
@@ -415,8 +416,10 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
                 outln!("nothing changed since the last snapshot; everything is uploaded")?
             }
             Some((n, b)) => outln!(
-                "nothing changed since the last snapshot; {n} objects ({}) still wait for upload",
-                bytes(b)
+                "nothing changed since the last snapshot; {} ({}) still {} for upload",
+                count(n, "object"),
+                bytes(b),
+                agree(n, "waits", "wait")
             )?,
             None => outln!("nothing changed since the last snapshot")?,
         },
@@ -520,8 +523,8 @@ fn show_status(st: &serde_json::Value, json: bool) -> anyhow::Result<()> {
         bytes(n("cache_bytes"))
     )?;
     outln!(
-        "waiting upload:  {} objects, {}",
-        n("pending_objects"),
+        "waiting upload:  {}, {}",
+        count(n("pending_objects"), "object"),
         bytes(n("pending_bytes"))
     )?;
     if b("read_only") {

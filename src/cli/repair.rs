@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use secrate::ops::repair::{repair, RepairOptions};
 
+use super::format::count;
 use super::progress::Bar;
 use super::Globals;
 
@@ -68,16 +69,16 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         ""
     };
     outln!(
-        "{} packs missing, {} damaged, {} referenced chunks unindexed; {} put back from caches; {} blobs lost, {} salvaged into {} new packs, {} newly recorded as lost; {} files in snapshots still lost{would}",
-        r.packs_missing,
+        "{} missing, {} damaged, {} unindexed; {} put back from caches; {} lost, {} salvaged into {}, {} newly recorded as lost; {} in snapshots still lost{would}",
+        count(r.packs_missing, "pack"),
         r.packs_damaged,
-        r.blobs_unindexed,
+        count(r.blobs_unindexed, "referenced chunk"),
         r.packs_put_back,
-        r.blobs_lost,
+        count(r.blobs_lost, "blob"),
         r.blobs_salvaged,
-        r.packs_written,
+        count(r.packs_written, "new pack"),
         r.blobs_recorded,
-        r.damaged_files.len()
+        count(r.damaged_files.len(), "file")
     )?;
     if r.index_rewritten && !r.damaged_files.is_empty() {
         outln!("the lost data is recorded (damage/) and no index lists it: a mount marks those ranges of its files lost (reads give EIO, new snapshots never reference them) until a file is rewritten, and the next backup stores those files again where the source still has them")?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use secrate::ops::restore::restore;
 
-use super::format::bytes;
+use super::format::{bytes, count};
 use super::progress::Bar;
 use super::Globals;
 
@@ -32,11 +32,11 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     // With errors this is no success: say "partly" where the counts are,
     // which scripts and eyes read first.
     outln!(
-        "restored snapshot {}{}: {} files, {} dirs, {} into {}",
+        "restored snapshot {}{}: {}, {}, {} into {}",
         id.short(),
         if s.errors.is_empty() { "" } else { " partly" },
-        s.files,
-        s.dirs,
+        count(s.files, "file"),
+        count(s.dirs, "dir"),
         bytes(s.bytes),
         a.target.display()
     )?;

@@ -1,6 +1,6 @@
 //! `secrate snapshots`: a table, or JSON for scripts.
 
-use super::format::bytes;
+use super::format::{bytes, count};
 use super::Globals;
 
 #[derive(clap::Args)]
@@ -68,7 +68,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 s.source
             )?;
         }
-        outln!("{} snapshots", all.len())?;
+        outln!("{}", count(all.len(), "snapshot"))?;
     }
     Ok(if bad.is_empty() { 0 } else { 1 })
 }

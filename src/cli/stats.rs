@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::format::bytes;
+use super::format::{agree, bytes, count};
 use super::Globals;
 use secrate::crypto::BlobKind;
 use secrate::store::Mode;
@@ -143,8 +143,9 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         outln!("stores ({how}, redundancy {redundancy:.2}×):")?;
     } else {
         outln!(
-            "stores ({how}, redundancy {redundancy:.2}× only once every store is complete: {short} of {} miss objects, run `secrate sync`):",
-            stores.len()
+            "stores ({how}, redundancy {redundancy:.2}× only once every store is complete: {short} of {} {} objects, run `secrate sync`):",
+            stores.len(),
+            agree(short, "misses", "miss")
         )?;
     }
     for s in &stores {
@@ -155,13 +156,13 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
                 e.as_str().unwrap_or("")
             )?,
             None => outln!(
-                "  {}: {} objects, {}{}",
+                "  {}: {}, {}{}",
                 s["url"].as_str().unwrap_or(""),
-                s["objects"],
+                count(s["objects"].as_u64().unwrap_or(0), "object"),
                 bytes(s["bytes"].as_u64().unwrap_or(0)),
                 match s["missing"].as_u64().unwrap_or(0) {
                     0 => String::new(),
-                    n => format!(" (misses {n} objects)"),
+                    n => format!(" (misses {})", count(n, "object")),
                 }
             )?,
         }
@@ -170,20 +171,20 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     outln!("latest snapshot (logical):    {}", bytes(latest_bytes))?;
     outln!("all snapshots (logical):      {}", bytes(all_bytes))?;
     outln!(
-        "unique data (after dedup):    {} in {} chunks (dedup {:.2}×)",
+        "unique data (after dedup):    {} in {} (dedup {:.2}×)",
         bytes(data_raw),
-        data_blobs,
+        count(data_blobs, "chunk"),
         ratio(all_bytes, data_raw)
     )?;
     outln!(
-        "trees:                        {} in {} blobs",
+        "trees:                        {} in {}",
         bytes(tree_raw),
-        tree_blobs
+        count(tree_blobs, "blob")
     )?;
     outln!(
-        "packs (compressed, sealed):   {} in {} packs ({:.2}× from data and trees)",
+        "packs (compressed, sealed):   {} in {} ({:.2}× from data and trees)",
         bytes(pack_bytes),
-        packs,
+        count(packs, "pack"),
         ratio(data_raw + tree_raw, pack_bytes)
     )?;
     outln!(

@@ -5,7 +5,7 @@
 //! under the keyring, so then it unlocks). Also the per-store part of
 //! `secrate check`.
 
-use super::format::bytes;
+use super::format::{bytes, count};
 use super::Globals;
 use secrate::store::{Audit, Mode, Store};
 
@@ -64,8 +64,8 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
             _ => "replica".into(),
         };
         outln!(
-            "{url} ({what}): {verb} {} objects ({})",
-            mine.len(),
+            "{url} ({what}): {verb} {} ({})",
+            count(mine.len(), "object"),
             bytes(total)
         )?;
     }
@@ -85,7 +85,7 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
         }
         Ok(0)
     } else {
-        outln!("{} objects could not be repaired", r.failed.len())?;
+        outln!("{} could not be repaired", count(r.failed.len(), "object"))?;
         Ok(1)
     }
 }
@@ -134,7 +134,11 @@ pub fn report_stores(store: &Store, read_data: bool) -> anyhow::Result<bool> {
 
 fn print_audit(a: &Audit) -> secrate::Result<()> {
     const SHOWN: usize = 20;
-    outln!("stores: {} ({} objects)", a.layout.describe(), a.objects)?;
+    outln!(
+        "stores: {} ({})",
+        a.layout.describe(),
+        count(a.objects, "object")
+    )?;
     for s in &a.stores {
         let label = match a.layout.mode {
             Mode::Ec(_) => format!("store {} (shard {})", s.url, s.position),
@@ -146,8 +150,8 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
         }
         if let Some(why) = &s.gone {
             outln!(
-                "error: {label} is gone ({why}): it misses all {} objects (run `secrate sync`)",
-                s.missing.len()
+                "error: {label} is gone ({why}): it misses all {} (run `secrate sync`)",
+                count(s.missing.len(), "object")
             )?;
             continue;
         }
@@ -159,8 +163,8 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
         }
         if s.is_clean() {
             outln!(
-                "{label}: complete, {} objects, {}",
-                s.objects,
+                "{label}: complete, {}, {}",
+                count(s.objects, "object"),
                 bytes(s.bytes)
             )?;
             continue;
@@ -169,10 +173,10 @@ fn print_audit(a: &Audit) -> secrate::Result<()> {
             continue;
         }
         outln!(
-            "error: {label} misses {} and holds {} damaged of {} objects (run `secrate sync`)",
+            "error: {label} misses {} and holds {} damaged of {} (run `secrate sync`)",
             s.missing.len(),
             s.corrupt.len(),
-            a.objects
+            count(a.objects, "object")
         )?;
         for n in s.missing.iter().take(SHOWN) {
             outln!("  missing: {n}")?;

@@ -981,9 +981,12 @@ impl Repository {
             .unwrap_or_else(|e| e.into_inner())
             .insert(pack);
         if new {
+            // Only what is known: the pack is missing. Whether its blobs
+            // have another copy (a second pack, or one a prune wrote since)
+            // is for the read to find out; with none the read fails and
+            // says so itself.
             crate::log!(
-                "pack {} is gone from the store (pruned by another writer, or lost): \
-                 its blobs are read from their other copies",
+                "pack {} is missing from the store (pruned by another writer, or lost)",
                 pack.short()
             );
         }

@@ -20,6 +20,8 @@ use super::ec::EcParams;
 use crate::error::{Error, Result};
 
 pub const NAME: &str = "stores";
+/// The object as errors name it.
+pub const DESCRIBED: &str = "`stores` (the list of the repository's stores)";
 const MAGIC: &[u8; 7] = b"SECRATD";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -197,6 +197,9 @@ pub struct Store {
     /// EC: object lengths and shard versions seen (from shard headers and
     /// our own puts).
     lengths: Arc<Mutex<HashMap<String, (u64, u8)>>>,
+    /// Stores of the set that reads get nothing from, found at open: URL
+    /// and why (see `unread`).
+    unread: Vec<(String, String)>,
 }
 
 fn normalize(url: &str) -> Result<String> {
@@ -280,6 +283,8 @@ impl Store {
             store.note_config();
             if create {
                 store.record_layout()?;
+            } else {
+                store.note_unread(&copies);
             }
             return Ok(store);
         }
@@ -373,7 +378,41 @@ impl Store {
         if create && recorded.as_ref() != Some(&store.layout()) {
             store.record_layout()?;
         }
+        if !create {
+            store.note_unread(&copies_in(&order));
+        }
         Ok(store)
+    }
+
+    /// Note the stores reads will get nothing from: those missing at open,
+    /// and those holding no `config` copy (or shard) while another does
+    /// (a typo that names an empty directory, a replica never synced).
+    /// `copies` is each store's `config` as read at open, in slot order.
+    /// Not at `create`: a new set's stores are empty until written.
+    fn note_unread(&mut self, copies: &[Option<Bytes>]) {
+        let any = copies.iter().any(Option::is_some);
+        self.unread = self
+            .slots
+            .iter()
+            .zip(copies)
+            .filter_map(|(s, c)| match (&s.backend, c) {
+                (Err(why), _) => Some((s.url.clone(), why.clone())),
+                (Ok(_), None) if any => Some((
+                    s.url.clone(),
+                    "it holds no copy of this repository's `config`: empty, or unreadable"
+                        .to_string(),
+                )),
+                _ => None,
+            })
+            .collect();
+    }
+
+    /// The stores of a set (opened without `create`) that reads get
+    /// nothing from, with why: the others serve every read, so without a
+    /// word a misspelt `--store` URL went unnoticed until a write failed.
+    /// The CLI warns; `check` reports them as damage to the set.
+    pub fn unread(&self) -> &[(String, String)] {
+        &self.unread
     }
 
     /// Give each store missing at open the `config` copy or shard the
@@ -410,6 +449,7 @@ impl Store {
             mode,
             slots,
             lengths: Default::default(),
+            unread: Vec::new(),
         }
     }
 
@@ -533,6 +573,14 @@ impl Store {
             }
         }
         match first_err {
+            // One store: this is the first read of it (a repository on one
+            // store has no `stores` object), so its failure is the store's,
+            // not that object's.
+            Some(Error::Store { url, reason, .. }) if self.slots.len() == 1 => Err(Error::Store {
+                url,
+                object: String::new(),
+                reason: format!("cannot read from it: {reason}"),
+            }),
             Some(e) if self.slots.len() == 1 => Err(e),
             _ => Ok(None),
         }
@@ -546,7 +594,8 @@ impl Store {
         }
         let bytes = Bytes::from(self.layout().encode());
         let r = self.each(|_, s| s.b(layout::NAME)?.put(layout::NAME, bytes.clone()));
-        self.all_ok(layout::NAME, r).map(|_| ())
+        // Say what the object is: "on stores" named none a user knows.
+        self.all_ok(layout::DESCRIBED, r).map(|_| ())
     }
 
     /// How `name` is spread: the `stores` object is always whole.
@@ -1241,9 +1290,7 @@ fn open_slots(urls: &[String], create: bool) -> Vec<Slot> {
             Slot::new(
                 u.clone(),
                 Backend::open(u, create).map_err(|e| match e {
-                    Error::NoRepository { .. } => {
-                        "the store is missing (no such directory)".to_string()
-                    }
+                    Error::NoRepository { .. } => "its directory does not exist".to_string(),
                     e => e.to_string(),
                 }),
             )
@@ -1723,6 +1770,35 @@ mod tests {
         std::fs::write(&local, b"also damaged").unwrap();
         assert!(!s.put_file_new(&name, &local).unwrap());
         assert_eq!(b.get(&name).unwrap(), damaged);
+    }
+
+    /// A store that fails its first read said "store error at URL on
+    /// stores": `stores` is an object a repository on one store does not
+    /// even have. One store: the store is named as what failed; several:
+    /// the object is said to be the list of stores.
+    #[test]
+    fn a_failing_store_is_named_not_the_stores_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = dir.path().join("down");
+        std::fs::write(&down, b"").unwrap();
+        let spec = format!("down_file={}", down.display());
+        let u = file_urls(dir.path(), &["a", "b"]);
+        let one = Store::open(&u[0], true).unwrap().with_faults(&spec);
+        let e = one.read_layout().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("store error at {}: cannot read from it: ", u[0])),
+            "{e}"
+        );
+        let two = Store::open_many(&u, None, true).unwrap().with_faults(&spec);
+        let e = two.record_layout().unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "store error at {} on `stores` (the list of the repository's stores): ",
+                u[0]
+            )),
+            "{e}"
+        );
+        assert!(e.contains("the write reached 0 of 2 stores"), "{e}");
     }
 
     #[test]

@@ -155,8 +155,8 @@ impl StoreUrl {
         let url = self.display();
         let fail = |e: object_store::Error| Error::Store {
             url: url.clone(),
-            object: "(connecting)".into(),
-            reason: e.to_string(),
+            object: String::new(),
+            reason: format!("cannot open it: {e}"),
         };
         let prefix = |p: &str| {
             ObjPath::parse(p)
@@ -164,6 +164,12 @@ impl StoreUrl {
         };
         match self {
             StoreUrl::File(dir) => {
+                if let Some(file) = file_in_the_way(dir) {
+                    return Err(Error::Invalid(format!(
+                        "{} is a file, not a directory (a file:// store is a directory)",
+                        file.display()
+                    )));
+                }
                 if !dir.is_dir() {
                     if !create {
                         return Err(Error::NoRepository { url });
@@ -231,6 +237,21 @@ fn env_any(keys: &[&str]) -> Option<String> {
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
 }
 
+/// The path, or the nearest existing ancestor of it, when that is not a
+/// directory: a file:// store can be neither there nor under it (`mkdir`
+/// would say "File exists" or "Not a directory", opening it "no
+/// repository").
+fn file_in_the_way(p: &Path) -> Option<&Path> {
+    for a in p.ancestors() {
+        match fs::metadata(a) {
+            Ok(m) if m.is_dir() => return None,
+            Ok(_) => return Some(a),
+            Err(_) => {}
+        }
+    }
+    None
+}
+
 /// The HTTP backends retry a little themselves; `Store` retries longer on top.
 fn backend_retry() -> RetryConfig {
     RetryConfig {
@@ -278,5 +299,34 @@ mod tests {
         assert!(StoreUrl::parse("ftp://x").is_err());
         assert!(StoreUrl::parse("nothing").is_err());
         assert_eq!(StoreUrl::parse("s3://b/p").unwrap().display(), "s3://b/p");
+    }
+
+    /// A file where the store's directory should be, or above it: one
+    /// sentence naming the file, with or without `create` (was "File
+    /// exists (os error 17)", "Not a directory (os error 20)", or "no
+    /// repository").
+    #[test]
+    fn a_file_where_the_directory_should_be_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        let want = format!(
+            "{} is a file, not a directory (a file:// store is a directory)",
+            f.display()
+        );
+        for dir in [f.clone(), f.join("sub"), f.join("sub/deeper")] {
+            for create in [true, false] {
+                let e = StoreUrl::File(dir.clone()).build(create).err().unwrap();
+                assert_eq!(e.to_string(), want, "{} create={create}", dir.display());
+            }
+        }
+        assert!(StoreUrl::File(t.path().join("new")).build(true).is_ok());
+        assert!(matches!(
+            StoreUrl::File(t.path().join("none"))
+                .build(false)
+                .err()
+                .unwrap(),
+            Error::NoRepository { .. }
+        ));
     }
 }
