@@ -922,6 +922,43 @@ fn a_read_only_mount_of_an_empty_repository_holds_no_changes() {
     assert_eq!(out, format!("unmounted {m} (read-only)\n"));
 }
 
+/// A writable mount of a new repository where nothing is done has no
+/// unsealed changes and its unmount seals nothing (it said "unsealed
+/// changes: yes" and sealed an empty snapshot); the next mount, where a
+/// file is made, seals it.
+#[test]
+fn a_writable_mount_where_nothing_was_done_seals_nothing() {
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED: needs root and /dev/fuse");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let s = Secrate::new(&format!("file://{}/store", work.path().display()));
+    s.init();
+    let mnt = work.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let cache = work.path().join("cache");
+    let _guard = MountGuard {
+        mnt: mnt.clone(),
+        cache: cache.clone(),
+    };
+    let (m, c) = (mnt.to_str().unwrap(), cache.to_str().unwrap());
+    let mount = || s.ok(&["mount", m, "--cache", c, "--snapshot-interval", "0"]);
+    mount();
+    let st = s.ok(&["status", m]);
+    assert!(st.contains("unsealed changes: no\n"), "{st}");
+    s.ok(&["umount", m]);
+    assert!(s.ok(&["snapshots"]).ends_with("\n0 snapshots\n"));
+
+    mount();
+    fs::write(mnt.join("f"), b"data").unwrap();
+    let st = s.ok(&["status", m]);
+    assert!(st.contains("unsealed changes: yes\n"), "{st}");
+    s.ok(&["umount", m]);
+    assert!(s.ok(&["snapshots"]).ends_with("\n1 snapshot\n"));
+    assert_eq!(s.ok(&["cat", "latest", "f"]), "data");
+}
+
 /// A full disk under standard output (`> /dev/full`) is named as where
 /// the write failed, and a full standard error does not crash `diff`.
 /// Before, `ls`, `cat` and `diff` said only "No space left on device"

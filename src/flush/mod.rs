@@ -337,11 +337,7 @@ impl Flusher {
         let (sealed, uploaded) = self.gens().unwrap_or_default();
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let last = self.snapshots().last().cloned();
-        let dirty = self
-            .live
-            .inode(crate::live::ROOT)
-            .map(|r| r.dir_tree().is_none())
-            .unwrap_or(true);
+        let dirty = seal::has_changes(&self.live).unwrap_or(true);
         Status {
             pending_objects: objects,
             pending_bytes: bytes,

@@ -18,6 +18,31 @@ use crate::repo::snapshot::{snapshot_name, Origin, RootMeta, Snapshot};
 use crate::repo::tree::{ChunkRef, Content, Entry, Kind, Tree};
 use crate::repo::writer::{BlobWriter, PackSink};
 
+/// Whether the live tree holds anything its last snapshot does not: its
+/// root has no sealed tree, and is not the empty root a new cache starts
+/// with, untouched. That root has no tree either, and sealing it made an
+/// empty snapshot at the unmount of a mount where nothing was done.
+///
+/// Untouched: never imported nor sealed, no entries, and its three times
+/// still the one they were created with (a change of its entries sets
+/// mtime and ctime, of its attributes ctime, each to now; its atime moves
+/// only when set, which sets ctime). An entry made and removed again
+/// leaves the times apart: that mount seals an empty snapshot.
+pub(crate) fn has_changes(live: &crate::live::Live) -> crate::live::LiveResult<bool> {
+    let root = live.inode(ROOT)?;
+    if root.dir_tree().is_some() {
+        return Ok(false);
+    }
+    let same_times = root.atime == root.mtime && root.mtime == root.ctime;
+    let untouched = same_times
+        && live.tx(|tx| {
+            Ok(tx.state("base_snapshot")?.is_none()
+                && tx.state_u64("seal_gen")? == 0
+                && !tx.has_children(ROOT)?)
+        })?;
+    Ok(!untouched)
+}
+
 #[derive(Clone, Debug)]
 pub struct SealOutcome {
     pub id: Id,
@@ -78,7 +103,7 @@ impl Flusher {
         let (view, view_epoch) = {
             let _w = live.barrier.write().unwrap_or_else(|e| e.into_inner());
             live.commit(false).map_err(live_err)?;
-            if live.inode(ROOT).map_err(live_err)?.dir_tree().is_some() {
+            if !has_changes(live).map_err(live_err)? {
                 return Ok(None);
             }
             let epoch = live.next_epoch().map_err(live_err)?;
@@ -437,6 +462,48 @@ mod tests {
             &m3.live.read(zi, 0, 100, &*m3.reader).unwrap()[..],
             b"ZZZZ this is z, different"
         );
+    }
+
+    /// A new cache where nothing was done has nothing to seal and says
+    /// so in its status (it sealed an empty snapshot at every unmount and
+    /// showed "unsealed changes: yes"); a change of the root's attributes,
+    /// or an entry made and removed, is sealed; an emptied tree that
+    /// followed a snapshot is sealed (empty), as it must be.
+    #[test]
+    fn an_untouched_new_cache_seals_nothing() {
+        use crate::live::{KillSetid, SetAttr};
+        let repo = Arc::new(crate::repo::tests::test_init("memory://seal-untouched"));
+        let m = machine(&repo);
+        assert!(!m.flusher.status().dirty);
+        assert!(m.flusher.seal().unwrap().is_none());
+        assert!(m.flusher.snapshots().is_empty());
+
+        let chmod = SetAttr {
+            mode: Some(0o700),
+            ..Default::default()
+        };
+        m.live.setattr(ROOT, &chmod, &|_| KillSetid::Keep).unwrap();
+        assert!(m.flusher.status().dirty);
+        let s = m.flusher.seal().unwrap().unwrap();
+        assert_eq!(s.snapshot.files, 0);
+        assert!(!m.flusher.status().dirty);
+
+        let m = machine(&repo);
+        mkfile(&m, b"x", b"x");
+        m.live.unlink(ROOT, b"x").unwrap();
+        assert!(m.flusher.status().dirty);
+        assert!(m.flusher.seal().unwrap().is_some());
+
+        let m = machine(&repo);
+        mkfile(&m, b"x", b"x");
+        let full = m.flusher.seal().unwrap().unwrap();
+        m.flusher.upload_pending().unwrap();
+        let m = machine(&repo);
+        import_snapshot(&m.live, &m.reader, &full.id, &full.snapshot).unwrap();
+        assert!(!m.flusher.status().dirty);
+        m.live.unlink(ROOT, b"x").unwrap();
+        assert!(m.flusher.status().dirty);
+        assert_eq!(m.flusher.seal().unwrap().unwrap().snapshot.files, 0);
     }
 
     /// The seal writes each record's ctime into its entry, and a fresh
