@@ -175,7 +175,7 @@ impl Backend {
             Some(_) if self.is_gone() => Err(Error::Store {
                 url: self.url.clone(),
                 object: name.to_string(),
-                reason: "the store is missing (no such directory)".into(),
+                reason: "its directory does not exist".into(),
             }),
             _ => Ok(()),
         }

@@ -1849,7 +1849,7 @@ mod tests {
                 .put("x", Bytes::from_static(b"x"))
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("missing (no such directory)"), "{e}");
+            assert!(e.contains("its directory does not exist"), "{e}");
             assert!(!path.exists(), "a write must not make the store again");
             // The lock: taken, refreshed and released on the other store.
             assert!(s
