@@ -947,6 +947,13 @@ fn a_writable_mount_where_nothing_was_done_seals_nothing() {
     mount();
     let st = s.ok(&["status", m]);
     assert!(st.contains("unsealed changes: no\n"), "{st}");
+    for wait in [&["snapshot"][..], &["snapshot", "--no-wait"]] {
+        let args = [wait, &[m]].concat();
+        assert_eq!(
+            s.ok(&args),
+            "nothing to snapshot: nothing was written to this mount yet\n"
+        );
+    }
     s.ok(&["umount", m]);
     assert!(s.ok(&["snapshots"]).ends_with("\n0 snapshots\n"));
 

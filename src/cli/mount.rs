@@ -402,16 +402,25 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
     );
     line.end();
     r?;
+    let status = || mount_status(&a.mountpoint);
     match sealed.flatten() {
         Some(id) if a.no_wait => outln!("snapshot {} sealed", &id[..8])?,
         Some(id) => outln!("snapshot {} sealed and uploaded", &id[..8])?,
+        // A new mount where nothing was done seals nothing, and there is
+        // no "last snapshot" to speak of.
+        None if status()
+            .and_then(|st| st.get("last_snapshot").map(|v| v.is_null()))
+            .unwrap_or(false) =>
+        {
+            outln!("nothing to snapshot: nothing was written to this mount yet")?
+        }
         // Waited for: the mount answered only once all was uploaded.
         None if !a.no_wait => {
             outln!("nothing changed since the last snapshot; everything is uploaded")?
         }
         // Not waited for: an earlier snapshot's upload may still be under
         // way (`--no-wait` twice in a row); say what the mount says.
-        None => match waiting_upload(&a.mountpoint) {
+        None => match status().and_then(|st| waiting_upload(&st)) {
             Some((0, _)) => {
                 outln!("nothing changed since the last snapshot; everything is uploaded")?
             }
@@ -427,9 +436,9 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Objects and bytes a mount has still to upload, counting a last
-/// snapshot not yet uploaded as one at least; `None` if it did not say.
-fn waiting_upload(mountpoint: &std::path::Path) -> Option<(u64, u64)> {
+/// The mount's status, as `secrate status` gets it; `None` if it did not
+/// answer.
+fn mount_status(mountpoint: &std::path::Path) -> Option<serde_json::Value> {
     let mut st = None;
     control::call(mountpoint, &Request::Status, &mut |ev| {
         if let Event::Status { status } = ev {
@@ -437,7 +446,12 @@ fn waiting_upload(mountpoint: &std::path::Path) -> Option<(u64, u64)> {
         }
     })
     .ok()?;
-    let st = st?;
+    st
+}
+
+/// Objects and bytes a mount has still to upload, counting a last
+/// snapshot not yet uploaded as one at least; `None` if it did not say.
+fn waiting_upload(st: &serde_json::Value) -> Option<(u64, u64)> {
     let n = st.get("pending_objects")?.as_u64()?;
     let b = st.get("pending_bytes")?.as_u64()?;
     let uploaded = st.get("last_snapshot_uploaded")?.as_bool()?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use secrate::ops::restore::restore;
 
-use super::format::{bytes, count};
+use super::format::{agree, bytes, count};
 use super::progress::Bar;
 use super::Globals;
 
@@ -42,12 +42,13 @@ pub fn run(g: &Globals, a: Args) -> anyhow::Result<i32> {
     )?;
     match s.errors.len() {
         0 => Ok(0),
-        1 => {
-            errln!("secrate: 1 path was not restored fully (see the warning above)");
-            Ok(1)
-        }
         n => {
-            errln!("secrate: {n} paths were not restored fully (see the warnings above)");
+            errln!(
+                "secrate: {} {} not restored fully (see the {} above)",
+                count(n, "path"),
+                agree(n, "was", "were"),
+                agree(n, "warning", "warnings")
+            );
             Ok(1)
         }
     }
