@@ -951,7 +951,7 @@ fn a_writable_mount_where_nothing_was_done_seals_nothing() {
         let args = [wait, &[m]].concat();
         assert_eq!(
             s.ok(&args),
-            "nothing to snapshot: nothing was written to this mount yet\n"
+            "nothing to snapshot: nothing changed in this mount, which has no snapshot yet\n"
         );
     }
     s.ok(&["umount", m]);

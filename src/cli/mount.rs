@@ -412,7 +412,7 @@ pub fn snapshot(g: &Globals, a: SnapshotArgs) -> anyhow::Result<i32> {
             .and_then(|st| st.get("last_snapshot").map(|v| v.is_null()))
             .unwrap_or(false) =>
         {
-            outln!("nothing to snapshot: nothing was written to this mount yet")?
+            outln!("nothing to snapshot: nothing changed in this mount, which has no snapshot yet")?
         }
         // Waited for: the mount answered only once all was uploaded.
         None if !a.no_wait => {
