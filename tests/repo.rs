@@ -268,6 +268,20 @@ fn unreachable_store_and_bad_urls() {
         "{e}"
     );
     assert_eq!(e.lines().count(), 1, "{e}");
+    // A client that cannot be made (no Azure account given): the store
+    // and what failed, no "on (connecting)".
+    let mut c = Secrate::new("az://container/prefix").command();
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AZURE_")) {
+        c.env_remove(k);
+    }
+    let o = c.args(["snapshots"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.starts_with("secrate: store error at az://container/prefix: cannot open it: "),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
     for url in ["file://relative", "ftp://x", "nonsense"] {
         let o = Secrate::new(url).run(&["snapshots"]);
         assert_eq!(o.status.code(), Some(1));
