@@ -57,16 +57,18 @@ impl Flusher {
             trees,
             blobs,
         };
+        let started = std::time::Instant::now();
         let report = prune_held(self.repo.clone(), opts, &holder, &Quiet)?;
         let dropped = self.reader.drop_unindexed_tree_packs();
         let after = report.bytes_before - report.bytes_deleted + report.bytes_written;
         crate::log!(
             "prune: {} packs removed and {} repacked, {dropped} cached tree packs dropped; \
-             store {} -> {} bytes",
+             store {} -> {} bytes, in {:.1} s",
             report.packs_deleted,
             report.packs_repacked,
             report.bytes_before,
-            after
+            after,
+            started.elapsed().as_secs_f64()
         );
         self.prune_error
             .lock()
