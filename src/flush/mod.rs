@@ -418,7 +418,11 @@ impl Flusher {
                     if !prune_due || prune_every.is_zero() || last_prune.elapsed() < prune_every {
                         continue;
                     }
-                    match me.prune(&crate::ops::prune::PruneOptions::default()) {
+                    let opts = crate::ops::prune::PruneOptions {
+                        max_unused: prune::MAX_UNUSED,
+                        dry_run: false,
+                    };
+                    match me.prune(&opts) {
                         // Something waits for upload: at the next seal.
                         Ok(None) => {}
                         Ok(Some(_)) => {
