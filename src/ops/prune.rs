@@ -133,6 +133,7 @@ pub fn prune(
     let read_tree = |id: &Id| repo.read_tree(id).map(Arc::new);
     let holder = Holder {
         check: &|| lock.check(),
+        stopping: &|| false,
         read_tree: &read_tree,
         trees: Vec::new(),
         blobs: HashSet::new(),
@@ -164,6 +165,10 @@ fn mount_hint(e: Error) -> Error {
 pub struct Holder<'a> {
     /// Fails once the lock is no longer held.
     pub check: &'a dyn Fn() -> Result<()>,
+    /// True once the writer wants to stop (a mount unmounting): the prune
+    /// ends before its next pack or its new index, deleting nothing. New
+    /// packs it wrote are outside the index; the next prune indexes them.
+    pub stopping: &'a (dyn Fn() -> bool + Sync),
     /// How trees are read (a mount reads them through its cache).
     pub read_tree: &'a dyn Fn(&Id) -> Result<Arc<Tree>>,
     /// What the writer still uses beside the snapshots, kept like theirs:
@@ -287,11 +292,21 @@ pub fn prune_held(
         return Ok(report);
     }
 
+    let stopped = || -> Result<()> {
+        match (holder.stopping)() {
+            true => Err(Error::Invalid(
+                "stopped before it deleted anything (the writer is stopping)".into(),
+            )),
+            false => Ok(()),
+        }
+    };
+    stopped()?;
     // 1. Move the used blobs of mostly-unused packs into new packs.
     let writer = BlobWriter::for_repack(repo.clone(), Arc::new(StoreSink(repo.clone())), 3);
     let total: u64 = repack.iter().map(|(i, _)| packs[*i].size).sum();
     progress.start("repack", Some(total));
     repack.par_iter().try_for_each(|(i, blobs)| -> Result<()> {
+        stopped()?;
         let kind = packs[*i].kind;
         for b in blobs {
             let data = repo.read_blob(kind, &b.id)?;
@@ -305,6 +320,7 @@ pub fn prune_held(
     report.packs_written = written.len();
     report.bytes_written = stats.stored_bytes;
 
+    stopped()?;
     // 2. A complete new index, before anything is deleted.
     let old_deltas: Vec<String> = repo
         .store()
