@@ -394,7 +394,7 @@ impl Flusher {
             let me = self.clone();
             handles.push(spawn("secrate-seal", move || {
                 let mut last = std::time::Instant::now();
-                let mut last_prune = last;
+                let mut next_prune = last + me.prune_wait(prune_every);
                 // What earlier runs or `forget` left is not known: once.
                 let mut prune_due = true;
                 while !me.stop.load(Ordering::SeqCst) {
@@ -415,7 +415,8 @@ impl Flusher {
                         }
                         Err(e) => crate::log!("warning: retention: {e}"),
                     }
-                    if !prune_due || prune_every.is_zero() || last_prune.elapsed() < prune_every {
+                    let now = std::time::Instant::now();
+                    if !prune_due || prune_every.is_zero() || now < next_prune {
                         continue;
                     }
                     let opts = crate::ops::prune::PruneOptions {
@@ -427,19 +428,47 @@ impl Flusher {
                         Ok(None) => {}
                         Ok(Some(_)) => {
                             prune_due = false;
-                            last_prune = std::time::Instant::now();
+                            me.pruned_at(SystemTime::now());
+                            next_prune = std::time::Instant::now() + prune_every;
                         }
                         Err(e) => {
                             crate::log!("warning: prune: {e}");
                             *me.prune_error.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some(e.to_string());
-                            last_prune = std::time::Instant::now();
+                            next_prune = std::time::Instant::now() + prune_every;
                         }
                     }
                 }
             }));
         }
         handles
+    }
+
+    /// How long until the next prune is due: `every` counts across mounts
+    /// of this cache, from its last prune or, before any, from its first
+    /// mount (counted from each mount's start, a mount shorter than the
+    /// interval, a laptop's working day, never pruned).
+    fn prune_wait(&self, every: Duration) -> Duration {
+        let now = unix_secs(SystemTime::now());
+        let since = match self.live.tx(|tx| tx.state_u64(PRUNE_CLOCK)) {
+            Ok(0) => {
+                self.pruned_at(SystemTime::now());
+                0
+            }
+            Ok(t) => now.saturating_sub(t),
+            Err(_) => 0,
+        };
+        every.saturating_sub(Duration::from_secs(since))
+    }
+
+    /// Record a prune (or the first mount) at `t` for `prune_wait`.
+    fn pruned_at(&self, t: SystemTime) {
+        if let Err(e) = self
+            .live
+            .tx(|tx| tx.set_state_u64(PRUNE_CLOCK, unix_secs(t).max(1)))
+        {
+            crate::log!("warning: cannot record the prune's time in the cache: {e}");
+        }
     }
 
     /// Start following the store (a read-only mount, whose flusher threads
@@ -692,6 +721,15 @@ impl Flusher {
         st.last_error = Some((e.to_string(), SystemTime::now()));
         st.reachable = !matches!(e, Error::Store { .. });
     }
+}
+
+/// The cache's record of its last prune (Unix seconds), or of its first
+/// mount before any.
+const PRUNE_CLOCK: &str = "prune_clock";
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Oldest first (by time, then id), as `.history` names them.

@@ -253,6 +253,34 @@ mod tests {
         assert_eq!(stored_bytes(&repo), before);
     }
 
+    /// The prune interval counts across mounts of one cache: a fresh
+    /// cache waits a whole interval (and starts the clock), and a cache
+    /// whose last prune (or first mount) was longer ago than the interval
+    /// prunes at once, however short each mount is.
+    #[test]
+    fn the_prune_interval_counts_across_mounts() {
+        let repo = Arc::new(test_init("memory://mount-prune-clock"));
+        let m = machine(&repo);
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(m.flusher.prune_wait(hour), hour);
+        let w = m.flusher.prune_wait(hour);
+        assert!(
+            w <= hour && w > hour - std::time::Duration::from_secs(5),
+            "{w:?}"
+        );
+        m.flusher
+            .pruned_at(std::time::SystemTime::now() - std::time::Duration::from_secs(3000));
+        let m = m.restart(&repo, None);
+        let w = m.flusher.prune_wait(hour);
+        assert!(
+            w <= std::time::Duration::from_secs(600) && w > std::time::Duration::from_secs(595),
+            "{w:?}"
+        );
+        m.flusher
+            .pruned_at(std::time::SystemTime::now() - std::time::Duration::from_secs(4000));
+        assert_eq!(m.flusher.prune_wait(hour), std::time::Duration::ZERO);
+    }
+
     /// Something waiting for upload: no prune (what it names could look
     /// unused to the store's snapshots).
     #[test]
