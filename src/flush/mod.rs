@@ -113,9 +113,13 @@ pub struct Flusher {
     fit: Mutex<Option<(u64, u64, u64)>>,
     last_prune: Mutex<Option<PruneDone>>,
     prune_error: Mutex<Option<String>>,
+    prune_keep: Mutex<Option<KeepHook>>,
 }
 
 type ChangeHook = Arc<dyn Fn() + Send + Sync>;
+/// What a prune keeps beside the snapshots and the live tree: (trees,
+/// blobs) the mount's `.history` still shows (`keep_for_prune`).
+type KeepHook = Arc<dyn Fn() -> (Vec<Id>, std::collections::HashSet<Id>) + Send + Sync>;
 
 fn time_str(t: SystemTime) -> String {
     let ns = t
@@ -242,6 +246,7 @@ impl Flusher {
             fit: Mutex::new(None),
             last_prune: Mutex::new(None),
             prune_error: Mutex::new(None),
+            prune_keep: Mutex::new(None),
         });
         if distrust {
             flusher.confirm_pending()?;

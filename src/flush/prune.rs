@@ -12,6 +12,7 @@
 //! blobs still stored.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::Result;
@@ -39,6 +40,16 @@ pub struct PruneDone {
 }
 
 impl Flusher {
+    /// Call `f` at each prune for what it must keep beside the snapshots
+    /// and the live tree: (trees, with all they reach; blobs). The mount's
+    /// `.history` gives the nodes the kernel still holds.
+    pub fn keep_for_prune(
+        &self,
+        f: impl Fn() -> (Vec<crate::crypto::Id>, HashSet<crate::crypto::Id>) + Send + Sync + 'static,
+    ) {
+        *self.prune_keep.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(f));
+    }
+
     /// Remove the data no snapshot and nothing in the live tree uses.
     /// `None` while something waits for upload (try again later).
     pub fn prune(&self, opts: &PruneOptions) -> Result<Option<PruneReport>> {
@@ -53,6 +64,19 @@ impl Flusher {
         // The snapshots `.history` shows, also if a listing of the store
         // were to miss one.
         trees.extend(self.snapshots().iter().map(|s| s.snapshot.root));
+        // And what it showed that the kernel still holds: a file open in
+        // a snapshot retention just forgot (a `cp` out of it) reads on.
+        let keep = self
+            .prune_keep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut blobs = blobs;
+        if let Some(f) = keep {
+            let (t, b) = f();
+            trees.extend(t);
+            blobs.extend(b);
+        }
         let trees: Vec<_> = trees
             .into_iter()
             .collect::<HashSet<_>>()
@@ -279,6 +303,65 @@ mod tests {
         m.flusher
             .pruned_at(std::time::SystemTime::now() - std::time::Duration::from_secs(4000));
         assert_eq!(m.flusher.prune_wait(hour), std::time::Duration::ZERO);
+    }
+
+    /// Found by review: a file open in `.history` (a `cp` out of an old
+    /// snapshot) read EIO as soon as retention forgot its snapshot and
+    /// the mount pruned, while the kernel still held it open. Before the
+    /// mount pruned, that data stayed until the unmount. What `.history`
+    /// nodes alive stand on is kept now, and goes at a prune after the
+    /// kernel let go of them.
+    #[test]
+    fn a_mount_prune_keeps_what_an_open_history_file_reads() {
+        use crate::fs::history::{History, HISTORY_INO};
+        let repo = Arc::new(test_init("memory://mount-prune-history"));
+        let m = machine(&repo);
+        let history = History::attach(m.flusher.clone(), m.reader.clone());
+        const N: usize = 300_000;
+        let a = mkfile(&m, b"a", &noise(1, N));
+        m.flusher.seal().unwrap().expect("a snapshot");
+        m.flusher.upload_pending().unwrap();
+        // A process opens `.history/<that snapshot>/a`.
+        let (listed, pins) = history.readdir(HISTORY_INO).unwrap();
+        let name = listed[0].2.clone();
+        drop(pins);
+        let root = history.lookup(HISTORY_INO, &name).unwrap();
+        let file = history.lookup(root, b"a").unwrap();
+        // The live file gets another content; retention forgets the
+        // snapshot the open file is in.
+        m.live
+            .write(
+                a,
+                0,
+                &noise(2, N),
+                crate::live::data::Times::Now,
+                &*m.reader,
+            )
+            .unwrap();
+        m.flusher.seal().unwrap().expect("a snapshot");
+        m.flusher.upload_pending().unwrap();
+        let policy = Policy::parse("last=1").unwrap().unwrap();
+        assert_eq!(m.flusher.apply_retention(&policy).unwrap(), 1);
+        m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
+        let read = |ino: u64| {
+            let mut out = Vec::new();
+            while out.len() < N {
+                let r = history.read(ino, out.len() as u64, 128 * 1024).unwrap();
+                assert!(!r.is_empty());
+                out.extend_from_slice(&r);
+            }
+            out
+        };
+        assert!(read(file) == noise(1, N), "the open file reads on");
+
+        // The kernel lets go: the next prune frees it.
+        let before = stored_bytes(&repo);
+        history.forget(file, 1);
+        history.forget(root, 1);
+        m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
+        let after = stored_bytes(&repo);
+        assert!(after + N as u64 * 9 / 10 < before, "{before} -> {after}");
+        assert!(content(&m, a, N) == noise(2, N));
     }
 
     /// Something waiting for upload: no prune (what it names could look

@@ -31,7 +31,7 @@ use crate::flush::{Flusher, SnapEntry};
 use crate::live::data::read_chunks;
 use crate::live::{LiveError, LiveResult};
 use crate::repo::snapshot::RootMeta;
-use crate::repo::tree::{Entry, Kind, Timestamp};
+use crate::repo::tree::{Content, Entry, Kind, Timestamp};
 
 pub const HISTORY_INO: u64 = 2;
 pub const FIRST: u64 = 1 << 62;
@@ -187,6 +187,40 @@ impl History {
             names: Mutex::new(SnapshotNames::default()),
             answering: Default::default(),
         }
+    }
+
+    /// `new`, with the nodes alive kept by the mount's prune
+    /// (`Flusher::keep_for_prune`): a file open in a snapshot that
+    /// retention forgot, or a directory a process stands in, reads on
+    /// until the kernel lets go of it.
+    pub fn attach(flusher: Arc<Flusher>, reader: Arc<BlobReader>) -> Arc<History> {
+        let history = Arc::new(History::new(flusher.clone(), reader));
+        // Weak: the flusher keeps the hook, and the view keeps the flusher.
+        let view = Arc::downgrade(&history);
+        flusher.keep_for_prune(move || view.upgrade().map(|h| h.references()).unwrap_or_default());
+        history
+    }
+
+    /// What the nodes alive stand on in the store: the trees of snapshot
+    /// roots and directories (with all they reach) and the chunks of
+    /// files. The kernel may still read them although their snapshot is
+    /// gone from the list.
+    pub fn references(&self) -> (Vec<Id>, HashSet<Id>) {
+        let (mut trees, mut blobs) = (Vec::new(), HashSet::new());
+        for node in self.read_nodes().all() {
+            match node {
+                Node::Root { tree, .. } => trees.push(*tree),
+                Node::Entry(e) => match &e.content {
+                    Content::Subtree(id) => trees.push(*id),
+                    Content::Chunks(c) => {
+                        blobs.extend(c.iter().map(|c| c.id).filter(|id| !id.is_lost()))
+                    }
+                    _ => {}
+                },
+                Node::Latest => {}
+            }
+        }
+        (trees, blobs)
     }
 
     pub fn is_history(ino: u64) -> bool {

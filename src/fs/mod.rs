@@ -219,7 +219,7 @@ impl SecrateFs {
         flusher: Arc<Flusher>,
         read_only: bool,
     ) -> SecrateFs {
-        let history = Arc::new(History::new(flusher.clone(), reader.clone()));
+        let history = History::attach(flusher.clone(), reader.clone());
         let notifier = Arc::new(OnceLock::<Notifier>::new());
         // Weak: the flusher keeps the hook, and the view keeps the flusher.
         let (view, kernel) = (Arc::downgrade(&history), notifier.clone());

@@ -90,6 +90,11 @@ impl Nodes {
         self.by_name.get(&(parent, name.to_vec())).copied()
     }
 
+    /// Every node alive.
+    pub fn all(&self) -> impl Iterator<Item = &Node> {
+        self.slots.values().map(|s| &s.node)
+    }
+
     /// Nodes alive.
     pub fn len(&self) -> usize {
         self.slots.len()
