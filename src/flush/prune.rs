@@ -15,11 +15,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::{live_err, time_str, Flusher};
 use crate::error::Result;
 use crate::ops::prune::{prune_held, Holder, PruneOptions, PruneReport};
-use crate::progress::Quiet;
-
-use super::{live_err, time_str, Flusher};
 
 /// A mount's prune repacks a pack only when more than this fraction of it
 /// is unused (`secrate prune` 5 %): repacking downloads and uploads the
@@ -37,6 +35,25 @@ pub struct PruneDone {
     pub packs_repacked: usize,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// What it found wrong and went on past (as `secrate prune` warns:
+    /// a damaged index delta, a pack the store lost, a forged record),
+    /// each also in the mount's log.
+    pub warnings: Vec<String>,
+}
+
+/// The prune's progress in a mount: nothing shown, warnings kept (and
+/// logged) for `status`.
+#[derive(Default)]
+struct Warnings(std::sync::Mutex<Vec<String>>);
+
+impl crate::progress::Progress for Warnings {
+    fn warn(&self, message: &str) {
+        crate::log!("warning: prune: {message}");
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message.to_string());
+    }
 }
 
 impl Flusher {
@@ -91,7 +108,8 @@ impl Flusher {
             blobs,
         };
         let started = std::time::Instant::now();
-        let report = prune_held(self.repo.clone(), opts, &holder, &Quiet)?;
+        let warnings = Warnings::default();
+        let report = prune_held(self.repo.clone(), opts, &holder, &warnings)?;
         let dropped = self.reader.drop_unindexed_tree_packs();
         let after = report.bytes_before - report.bytes_deleted + report.bytes_written;
         crate::log!(
@@ -113,6 +131,7 @@ impl Flusher {
             packs_repacked: report.packs_repacked,
             bytes_before: report.bytes_before,
             bytes_after: after,
+            warnings: warnings.0.into_inner().unwrap_or_else(|e| e.into_inner()),
         });
         Ok(Some(report))
     }
@@ -362,6 +381,33 @@ mod tests {
         let after = stored_bytes(&repo);
         assert!(after + N as u64 * 9 / 10 < before, "{before} -> {after}");
         assert!(content(&m, a, N) == noise(2, N));
+    }
+
+    /// Found by review: the mount's prune reported to `Quiet`, so what
+    /// `secrate prune` warns of went nowhere: here a forged "forgotten"
+    /// record for the mount's own snapshot (the store trying to make it
+    /// look forgotten), also a pack the store lost or a damaged index
+    /// delta. Now each is in the log and in `status` (`last_prune`).
+    #[test]
+    fn a_mount_prune_reports_what_it_finds_wrong() {
+        use crate::repo::removal::Removed;
+        let repo = Arc::new(test_init("memory://mount-prune-warns"));
+        let m = machine(&repo);
+        mkfile(&m, b"a", &noise(1, 1000));
+        let s = m.flusher.seal().unwrap().expect("a snapshot");
+        m.flusher.upload_pending().unwrap();
+        let record = Removed::Snapshot.record_name(&crate::repo::snapshot::snapshot_name(&s.id));
+        repo.store()
+            .put(&record, bytes::Bytes::from_static(b"not a record"))
+            .unwrap();
+        m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
+        let done = m.flusher.status().last_prune.unwrap();
+        assert_eq!(done.warnings.len(), 1, "{:?}", done.warnings);
+        assert!(
+            done.warnings[0].contains(&s.id.short()),
+            "{:?}",
+            done.warnings
+        );
     }
 
     /// Something waiting for upload: no prune (what it names could look
