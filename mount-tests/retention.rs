@@ -4,7 +4,8 @@
 //! six changes exactly the three newest automatic snapshots remain (the
 //! newest always among them), a backup's snapshot is never touched, and
 //! `.history` and `secrate snapshots` agree; with `none` every snapshot
-//! stays.
+//! stays. A mount with retention prunes by itself, and a file open in
+//! `.history` reads on through that prune.
 //!
 //! Every change is one atomic operation (a symlink created), so each seal
 //! holds exactly one more change and the expected snapshots are exact.
@@ -310,4 +311,61 @@ fn a_mount_whose_prune_refuses_says_so_and_goes_on() {
     let m = Mount::in_dir(&s, work.path(), &[]);
     assert_eq!(fs::read(m.path("after")).unwrap(), b"still works");
     drop(m);
+
+/// Found by review: a file open in `.history` (a `cp` out of an old
+/// snapshot) read EIO once retention forgot its snapshot and the mount
+/// pruned, while it was still open. What the kernel still holds of
+/// `.history` is kept until it lets go; the next prune takes it.
+#[test]
+fn a_file_open_in_history_reads_on_through_a_prune() {
+    if !fuse_ready("a_file_open_in_history_reads_on_through_a_prune") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    const MIB: usize = 1 << 20;
+    for store in stores("mount-prune-open") {
+        eprintln!("== {} store", store.label);
+        let work = tempfile::tempdir().unwrap();
+        let s = Secrate::new(&store.url);
+        s.init();
+        let opts = [
+            "--snapshot-interval",
+            "1",
+            "--retention",
+            "last=1",
+            "--prune-interval",
+            "1",
+            "--cache-size",
+            "1M",
+        ];
+        let mnt = work.path().join("mnt");
+        let mut m = Mount::new(&s, &mnt, &work.path().join("cache"), &opts);
+        let old = pseudo_random(7, 3 * MIB);
+        put(&m.path("big"), &old);
+        poll_until("the first snapshot", Duration::from_secs(60), || {
+            let st = status(&s, &m.mnt);
+            st["last_snapshot_uploaded"] == true && st["dirty"] == false && m.history().len() == 1
+        });
+        let first = m.history()[0].clone();
+        let open = fs::File::open(m.path(".history").join(&first).join("big")).unwrap();
+        put(&m.path("big"), &pseudo_random(8, 3 * MIB));
+        // Retention forgets the first snapshot, then the mount prunes.
+        poll_until(
+            "a prune after the first snapshot went",
+            Duration::from_secs(60),
+            || {
+                let log = m.log();
+                log.rfind("retention: forgot")
+                    .is_some_and(|at| log[at..].contains(" prune: "))
+            },
+        );
+        assert!(!m.history().contains(&first));
+        let mut got = vec![0u8; old.len()];
+        open.read_exact_at(&mut got, 0)
+            .expect("the open file reads on after the prune");
+        assert!(got == old);
+        drop(open);
+        m.umount();
+        s.ok(&["check", "--read-data"]);
+    }
 }
