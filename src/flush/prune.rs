@@ -46,13 +46,19 @@ pub struct PruneDone {
 #[derive(Default)]
 struct Warnings(std::sync::Mutex<Vec<String>>);
 
+/// Warnings kept for `status` (a store can hold any number of forged
+/// records; the log has them all).
+const MAX_WARNINGS: usize = 20;
+
 impl crate::progress::Progress for Warnings {
     fn warn(&self, message: &str) {
         crate::log!("warning: prune: {message}");
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(message.to_string());
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < MAX_WARNINGS {
+            kept.push(message.to_string());
+        } else if kept.len() == MAX_WARNINGS {
+            kept.push("more warnings: see the mount's log".to_string());
+        }
     }
 }
 
@@ -408,6 +414,24 @@ mod tests {
             "{:?}",
             done.warnings
         );
+    }
+
+    /// A store can hold any number of forged records: `status` keeps the
+    /// first warnings and says there are more.
+    #[test]
+    fn a_mount_prune_keeps_a_bounded_list_of_warnings() {
+        use crate::progress::Progress;
+        let w = Warnings::default();
+        for i in 0..MAX_WARNINGS + 5 {
+            w.warn(&format!("warning {i}"));
+        }
+        let kept = w.0.into_inner().unwrap();
+        assert_eq!(kept.len(), MAX_WARNINGS + 1);
+        assert_eq!(
+            kept[MAX_WARNINGS - 1],
+            format!("warning {}", MAX_WARNINGS - 1)
+        );
+        assert!(kept[MAX_WARNINGS].contains("more warnings"));
     }
 
     /// Something waiting for upload: no prune (what it names could look
