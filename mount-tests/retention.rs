@@ -311,6 +311,7 @@ fn a_mount_whose_prune_refuses_says_so_and_goes_on() {
     let m = Mount::in_dir(&s, work.path(), &[]);
     assert_eq!(fs::read(m.path("after")).unwrap(), b"still works");
     drop(m);
+}
 
 /// Found by review: a file open in `.history` (a `cp` out of an old
 /// snapshot) read EIO once retention forgot its snapshot and the mount
