@@ -146,13 +146,30 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flush::testing::{machine, mkfile, noise, reopen};
+    use crate::flush::testing::{machine, mkfile, noise, reopen, Machine};
     use crate::ops::forget::Policy;
     use crate::progress::Quiet;
     use crate::repo::tests::test_init;
     use std::sync::Arc;
 
-    fn content(m: &crate::flush::testing::Machine, ino: u64, len: usize) -> Vec<u8> {
+    fn rewrite(m: &Machine, ino: u64, data: &[u8]) {
+        m.live
+            .write(ino, 0, data, crate::live::data::Times::Now, &*m.reader)
+            .unwrap();
+    }
+
+    fn seal_and_upload(m: &Machine) {
+        m.flusher.seal().unwrap();
+        m.flusher.upload_pending().unwrap();
+    }
+
+    /// Retention `last=1`: it forgets the one snapshot before the newest.
+    fn keep_the_newest(m: &Machine) {
+        let policy = Policy::parse("last=1").unwrap().unwrap();
+        assert_eq!(m.flusher.apply_retention(&policy).unwrap(), 1);
+    }
+
+    fn content(m: &Machine, ino: u64, len: usize) -> Vec<u8> {
         let mut out = Vec::new();
         while out.len() < len {
             let r = m
@@ -187,30 +204,11 @@ mod tests {
         let a = mkfile(&m, b"a", &noise(1, N));
         let b = mkfile(&m, b"b", &noise(2, N));
         let c = mkfile(&m, b"c", &noise(3, N));
-        m.flusher.seal().unwrap();
-        m.flusher.upload_pending().unwrap();
-        m.live
-            .write(
-                a,
-                0,
-                &noise(4, N),
-                crate::live::data::Times::Now,
-                &*m.reader,
-            )
-            .unwrap();
-        m.live
-            .write(
-                b,
-                0,
-                &noise(5, N),
-                crate::live::data::Times::Now,
-                &*m.reader,
-            )
-            .unwrap();
-        m.flusher.seal().unwrap();
-        m.flusher.upload_pending().unwrap();
-        let policy = Policy::parse("last=1").unwrap().unwrap();
-        assert_eq!(m.flusher.apply_retention(&policy).unwrap(), 1);
+        seal_and_upload(&m);
+        rewrite(&m, a, &noise(4, N));
+        rewrite(&m, b, &noise(5, N));
+        seal_and_upload(&m);
+        keep_the_newest(&m);
         // The live files now come from the store.
         m.flusher.set_cache_size(0);
         m.flusher.evict_to_budget().unwrap();
@@ -238,8 +236,7 @@ mod tests {
 
         // The old content of `a` again: its blobs were deleted.
         mkfile(&m, b"d", &noise(1, N));
-        m.flusher.seal().unwrap();
-        m.flusher.upload_pending().unwrap();
+        seal_and_upload(&m);
         let fresh = reopen(&repo);
         let r = crate::ops::check::check(&fresh, true, &Quiet).unwrap();
         assert!(r.is_clean(), "{:?} {:?}", r.problems, r.damage);
@@ -277,21 +274,10 @@ mod tests {
         let repo = Arc::new(test_init("memory://mount-prune-stop"));
         let m = machine(&repo);
         let a = mkfile(&m, b"a", &noise(1, 200_000));
-        m.flusher.seal().unwrap();
-        m.flusher.upload_pending().unwrap();
-        m.live
-            .write(
-                a,
-                0,
-                &noise(2, 200_000),
-                crate::live::data::Times::Now,
-                &*m.reader,
-            )
-            .unwrap();
-        m.flusher.seal().unwrap();
-        m.flusher.upload_pending().unwrap();
-        let policy = Policy::parse("last=1").unwrap().unwrap();
-        assert_eq!(m.flusher.apply_retention(&policy).unwrap(), 1);
+        seal_and_upload(&m);
+        rewrite(&m, a, &noise(2, 200_000));
+        seal_and_upload(&m);
+        keep_the_newest(&m);
         let before = stored_bytes(&repo);
         m.flusher.stop();
         let e = m.flusher.prune(&PruneOptions::default()).unwrap_err();
@@ -354,19 +340,10 @@ mod tests {
         let file = history.lookup(root, b"a").unwrap();
         // The live file gets another content; retention forgets the
         // snapshot the open file is in.
-        m.live
-            .write(
-                a,
-                0,
-                &noise(2, N),
-                crate::live::data::Times::Now,
-                &*m.reader,
-            )
-            .unwrap();
+        rewrite(&m, a, &noise(2, N));
         m.flusher.seal().unwrap().expect("a snapshot");
         m.flusher.upload_pending().unwrap();
-        let policy = Policy::parse("last=1").unwrap().unwrap();
-        assert_eq!(m.flusher.apply_retention(&policy).unwrap(), 1);
+        keep_the_newest(&m);
         m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
         let read = |ino: u64| {
             let mut out = Vec::new();
