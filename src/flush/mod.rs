@@ -408,6 +408,36 @@ impl Flusher {
                         continue;
                     }
                     last = std::time::Instant::now();
+                    // Before the seal: a prune needs an empty outbox, and
+                    // the last seal's upload had a whole interval to
+                    // finish. Right after a seal it could find that seal's
+                    // snapshot still waiting, tick after tick on a busy
+                    // mount.
+                    let due = retention.is_some()
+                        && prune_due
+                        && !prune_every.is_zero()
+                        && std::time::Instant::now() >= next_prune;
+                    if due {
+                        let opts = crate::ops::prune::PruneOptions {
+                            max_unused: prune::MAX_UNUSED,
+                            dry_run: false,
+                        };
+                        match me.prune(&opts) {
+                            // Something waits for upload: at the next tick.
+                            Ok(None) => {}
+                            Ok(Some(_)) => {
+                                prune_due = false;
+                                me.pruned_at(SystemTime::now());
+                                next_prune = std::time::Instant::now() + prune_every;
+                            }
+                            Err(e) => {
+                                crate::log!("warning: prune: {e}");
+                                *me.prune_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(e.to_string());
+                                next_prune = std::time::Instant::now() + prune_every;
+                            }
+                        }
+                    }
                     if let Err(e) = me.seal() {
                         crate::log!("error: automatic snapshot failed: {e}");
                     }
@@ -419,29 +449,6 @@ impl Flusher {
                             prune_due = true;
                         }
                         Err(e) => crate::log!("warning: retention: {e}"),
-                    }
-                    let now = std::time::Instant::now();
-                    if !prune_due || prune_every.is_zero() || now < next_prune {
-                        continue;
-                    }
-                    let opts = crate::ops::prune::PruneOptions {
-                        max_unused: prune::MAX_UNUSED,
-                        dry_run: false,
-                    };
-                    match me.prune(&opts) {
-                        // Something waits for upload: at the next seal.
-                        Ok(None) => {}
-                        Ok(Some(_)) => {
-                            prune_due = false;
-                            me.pruned_at(SystemTime::now());
-                            next_prune = std::time::Instant::now() + prune_every;
-                        }
-                        Err(e) => {
-                            crate::log!("warning: prune: {e}");
-                            *me.prune_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(e.to_string());
-                            next_prune = std::time::Instant::now() + prune_every;
-                        }
                     }
                 }
             }));
