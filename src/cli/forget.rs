@@ -173,7 +173,7 @@ fn print_prune(r: &PruneReport, dry: bool) -> secrate::Result<()> {
     outln!(
         "store: {} before, {} after",
         bytes(r.bytes_before),
-        bytes(r.bytes_before - r.bytes_deleted + r.bytes_written)
+        bytes(r.bytes_after())
     )?;
     Ok(())
 }

@@ -83,7 +83,7 @@ impl Flusher {
             return Ok(None);
         }
         self.check_lock()?;
-        let (mut trees, blobs) = self.live.references().map_err(live_err)?;
+        let (mut trees, mut blobs) = self.live.references().map_err(live_err)?;
         // The snapshots `.history` shows, also if a listing of the store
         // were to miss one.
         trees.extend(self.snapshots().iter().map(|s| s.snapshot.root));
@@ -94,17 +94,12 @@ impl Flusher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut blobs = blobs;
         if let Some(f) = keep {
             let (t, b) = f();
             trees.extend(t);
             blobs.extend(b);
         }
-        let trees: Vec<_> = trees
-            .into_iter()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        // Repeated trees cost nothing: the walk visits each once.
         let read_tree = |id: &crate::crypto::Id| self.reader.read_tree(id);
         let holder = Holder {
             check: &|| self.check_lock(),
@@ -117,7 +112,7 @@ impl Flusher {
         let warnings = Warnings::default();
         let report = prune_held(self.repo.clone(), opts, &holder, &warnings)?;
         let dropped = self.reader.drop_unindexed_tree_packs();
-        let after = report.bytes_before - report.bytes_deleted + report.bytes_written;
+        let after = report.bytes_after();
         crate::log!(
             "prune: {} packs removed and {} repacked, {dropped} cached tree packs dropped; \
              store {} -> {} bytes, in {:.1} s",

@@ -60,6 +60,13 @@ pub struct PruneReport {
     pub forgotten_left: usize,
 }
 
+impl PruneReport {
+    /// What the store's packs hold after it.
+    pub fn bytes_after(&self) -> u64 {
+        self.bytes_before - self.bytes_deleted + self.bytes_written
+    }
+}
+
 /// Blobs per new index delta: keeps each delta a few MB.
 const INDEX_CHUNK: usize = 50_000;
 
