@@ -161,6 +161,12 @@ fn print_prune(r: &PruneReport, dry: bool) -> secrate::Result<()> {
             count(r.forgotten_left, "forgotten snapshot")
         )?;
     }
+    if r.sets_merged > 0 {
+        outln!(
+            "merged {} into one",
+            count(r.sets_merged, "forgotten set record")
+        )?;
+    }
     outln!(
         "{remove} {} and {repack} {} into {} new ({} removed, {} written); {} {replace}",
         count(r.packs_deleted, "pack"),

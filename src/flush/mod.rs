@@ -21,6 +21,7 @@ pub(crate) mod testing;
 mod upload;
 mod verify;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -611,28 +612,36 @@ impl Flusher {
         }
         let decisions = crate::ops::forget::decide(&mine, Some(policy), &[]);
         let newest = decisions.first().map(|d| d.id);
-        let mut gone = 0;
-        let mut result = Ok(());
-        for d in decisions.iter().filter(|d| !d.keep && Some(d.id) != newest) {
-            result = self.check_lock().and_then(|()| {
-                self.repo
-                    .store()
-                    .delete(&crate::repo::snapshot::snapshot_name(&d.id))
-            });
-            if result.is_err() {
-                break;
-            }
+        let gone: Vec<Id> = decisions
+            .iter()
+            .filter(|d| !d.keep && Some(d.id) != newest)
+            .map(|d| d.id)
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        // One forgotten set record for all of them, on every store before
+        // any is deleted: a store that misses the deletes (a stale replica
+        // given back) cannot bring them back, with their data pruned.
+        let result = self
+            .check_lock()
+            .and_then(|()| self.repo.forget_snapshots(&gone));
+        // Also when a delete failed: they are forgotten (the record holds),
+        // and those deleted are gone. A record taken back forgets nothing.
+        let listed = self.repo.snapshot_ids();
+        let forgotten: HashSet<Id> = match (&result, &listed) {
+            (Ok(()), _) => gone.iter().copied().collect(),
+            (Err(_), Ok(ids)) => gone.iter().filter(|id| !ids.contains(id)).copied().collect(),
+            (Err(_), Err(_)) => HashSet::new(),
+        };
+        if !forgotten.is_empty() {
             self.snapshots
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|s| s.id != d.id);
-            gone += 1;
-        }
-        // Also when one failed: those before it are gone.
-        if gone > 0 {
+                .retain(|s| !forgotten.contains(&s.id));
             self.snapshots_changed();
         }
-        result.map(|()| gone)
+        result.map(|()| forgotten.len())
     }
 
     /// Ask the background threads to stop (the uploader finishes its item).

@@ -238,6 +238,58 @@ mod tests {
         assert_eq!(r.snapshots, 2);
     }
 
+    /// Retention forgets with a record on every store: a replica that
+    /// missed the delete and gives the snapshot back after its data was
+    /// pruned does not make it a damaged snapshot; the next prune deletes
+    /// it there and goes on, and `check` finds the repository whole.
+    /// (Before, the mount deleted without a record: the snapshot was
+    /// listed again, its data gone, and every later prune refused.)
+    #[test]
+    fn a_snapshot_retention_forgot_stays_forgotten_on_a_stale_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let urls: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let store = crate::store::Store::open_many(&urls, None, true).unwrap();
+        let opts = crate::repo::InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let repo = Arc::new(crate::repo::Repository::init(store, "pw", opts).unwrap().0);
+        let m = machine(&repo);
+        const N: usize = 300_000;
+        let a = mkfile(&m, b"a", &noise(1, N));
+        let first = m.flusher.seal().unwrap().expect("a snapshot").id;
+        m.flusher.upload_pending().unwrap();
+        let name = crate::repo::snapshot::snapshot_name(&first);
+        let stale = dir.path().join("b").join(&name);
+        let old = std::fs::read(&stale).unwrap();
+        // Two retention passes, a forgotten set each; the prune merges them.
+        for seed in [2, 3] {
+            rewrite(&m, a, &noise(seed, N));
+            seal_and_upload(&m);
+            keep_the_newest(&m);
+        }
+        assert!(!stale.exists());
+        let sets = || std::fs::read_dir(dir.path().join("a/snapshots-forgotten")).unwrap().count();
+        assert_eq!(sets(), 2);
+        let report = m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
+        assert!(report.packs_deleted + report.packs_repacked > 0, "{report:?}");
+        assert_eq!((report.sets_merged, sets()), (2, 1), "{report:?}");
+        // The older copy of store b comes back, its data pruned.
+        std::fs::write(&stale, &old).unwrap();
+        let fresh = reopen(&repo);
+        assert!(!fresh.snapshot_ids().unwrap().contains(&first));
+        let report = m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
+        assert_eq!(report.forgotten_left, 1, "{report:?}");
+        assert!(!stale.exists());
+        assert!(m.flusher.status().prune_error.is_none());
+        let r = crate::ops::check::check(&reopen(&repo), true, &Quiet).unwrap();
+        assert!(r.is_clean(), "{:?} {:?}", r.problems, r.damage);
+        assert_eq!(r.snapshots, 1);
+    }
+
     /// The live tree is kept by itself, not only through the newest
     /// snapshot: here its snapshot is gone from the store (deleted by
     /// hand, or by another writer), and the files, their staged copies

@@ -7,7 +7,7 @@
 //! Snapshots are grouped by host and source; each group keeps its own.
 //! A snapshot is kept if any rule keeps it, and so is the complete snapshot
 //! before a partial one that is kept. Forgetting deletes snapshot
-//! objects only, each after its record (`snapshots-forgotten/<id>`) is on
+//! objects only, after their record (`snapshots-forgotten/<id>`, or a set) is on
 //! every store; `prune` then removes the data nothing references.
 
 use std::collections::BTreeMap;
@@ -267,18 +267,20 @@ fn keep_complete_before_partial(group: &mut [Decision], forget_ids: &[Id]) {
     }
 }
 
-/// Forget the snapshots `decisions` do not keep: each leaves a record on
-/// every store, then is deleted (`Repository::forget_snapshot`), so that a
-/// store that missed the delete does not bring it back. Takes the writer
-/// lock.
+/// Forget the snapshots `decisions` do not keep: a record goes to every
+/// store (one, `snapshots-forgotten/<id>`, for one snapshot; a forgotten
+/// set for several), then they are deleted (`Repository::forget_snapshot`,
+/// `forget_snapshots`), so that a store that missed the delete does not
+/// bring them back. Takes the writer lock.
 pub fn forget(repo: &Repository, decisions: &[Decision]) -> Result<usize> {
     let _lock = repo.lock("forget")?;
-    let mut n = 0;
-    for d in decisions.iter().filter(|d| !d.keep) {
-        repo.forget_snapshot(&d.id)?;
-        n += 1;
+    let ids: Vec<Id> = decisions.iter().filter(|d| !d.keep).map(|d| d.id).collect();
+    match ids.as_slice() {
+        [] => {}
+        [one] => repo.forget_snapshot(one)?,
+        many => repo.forget_snapshots(many)?,
     }
-    Ok(n)
+    Ok(ids.len())
 }
 
 #[cfg(test)]

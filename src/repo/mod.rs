@@ -50,12 +50,21 @@ use self::keys::{
 };
 use self::lock::WriterLock;
 use self::pack::{pack_id_from_name, pack_name, PackBlob, PackInfo};
-use self::removal::{Removal, Removed};
+use self::removal::{ForgottenSet, Removal, Removed};
 use self::snapshot::{snapshot_name, Snapshot};
 use self::tree::Tree;
 
 /// Snapshots with their ids, oldest first.
 pub type SnapshotList = Vec<(Id, Snapshot)>;
+
+/// The forgotten set records read.
+#[derive(Default)]
+struct ForgottenSets {
+    /// Named by a set that holds.
+    ids: HashSet<Id>,
+    /// Sets that do not hold, with why.
+    bad: Vec<Error>,
+}
 
 /// What `Repository::list_snapshots` found.
 #[derive(Debug, Default)]
@@ -148,6 +157,9 @@ pub struct Repository {
     /// Snapshots whose forgotten record was read and checked: records are
     /// never changed, so each is read once (a mount lists often).
     forgotten: Mutex<HashSet<Id>>,
+    /// Forgotten set records read, by name (content-addressed: each is
+    /// read once): the ids of one that holds, or why it does not.
+    forgotten_sets: Mutex<HashMap<String, std::result::Result<Arc<ForgottenSet>, String>>>,
 }
 
 /// `reload_index_since` lists the index at most this often.
@@ -223,6 +235,7 @@ impl Repository {
             gone_packs: Mutex::new(HashSet::new()),
             index_reloaded: Mutex::new(None),
             forgotten: Mutex::new(HashSet::new()),
+            forgotten_sets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -1217,15 +1230,20 @@ impl Repository {
             .collect();
         let mut out = SnapshotListing::default();
         // Usually no listed snapshot has a record (nothing was left over):
-        // then the records are listed but none is read.
-        let records: HashSet<Id> = self
-            .store
-            .list_names(Removed::Snapshot.record_dir())?
+        // then the records are listed but none is read, but for the sets,
+        // each read once.
+        let (names, sets) = self.forgotten_set_ids()?;
+        out.bad_records = sets.bad;
+        let records: HashSet<Id> = names
             .iter()
             .filter_map(|n| Removed::Snapshot.object_name(n))
             .filter_map(|n| n.strip_prefix("snapshots/").and_then(Id::from_hex))
             .collect();
         for id in listed {
+            if sets.ids.contains(&id) {
+                out.forgotten.push(id);
+                continue;
+            }
             if !records.contains(&id) {
                 out.ids.push(id);
                 continue;
@@ -1239,6 +1257,62 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+
+    /// The names in `snapshots-forgotten/`, and the ids of the set records
+    /// among them that hold (each read once per process), with the sets
+    /// that do not. A set gone when read (`prune` merged it into a new one
+    /// since the listing) makes it list again.
+    fn forgotten_set_ids(&self) -> Result<(Vec<String>, ForgottenSets)> {
+        let mut tries = 0;
+        'list: loop {
+            tries += 1;
+            let names = self.store.list_names(Removed::Snapshot.record_dir())?;
+            let mut out = ForgottenSets::default();
+            for name in names.iter().filter(|n| ForgottenSet::is_set_name(n)) {
+                match self.forgotten_set(name) {
+                    Ok(set) => out.ids.extend(set.ids.iter().copied()),
+                    Err(Error::Missing { .. }) if tries < 3 => continue 'list,
+                    Err(e) => out.bad.push(e),
+                }
+            }
+            return Ok((names, out));
+        }
+    }
+
+    /// The forgotten set record `name`, if it holds.
+    fn forgotten_set(&self, name: &str) -> Result<Arc<ForgottenSet>> {
+        let known = self
+            .forgotten_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let found = match known {
+            Some(k) => k,
+            None => {
+                // Any store's copy that holds will do, as for single records.
+                let read = self.store.get_where(name, &|b| {
+                    ForgottenSet::holds(name, b, &self.keys).map(|_| ())
+                });
+                let found = match read {
+                    Ok(b) => ForgottenSet::decode(&b).map(Arc::new).map_err(|e| e.0),
+                    Err(Error::Corrupt { reason, .. }) => Err(reason),
+                    Err(e) => return Err(e),
+                };
+                self.forgotten_sets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), found.clone());
+                found
+            }
+        };
+        found.map_err(|reason| {
+            Error::corrupt(
+                name,
+                format!("{reason}; it is ignored: the snapshots it names are not taken for forgotten"),
+            )
+        })
     }
 
     /// Does the forgotten record of snapshot `id` hold (made with this
@@ -1277,9 +1351,12 @@ impl Repository {
     /// Every forgotten record checked, whether or not a store still holds
     /// its snapshot (`check`): the ones that do not hold, with why.
     pub fn check_forgotten_records(&self) -> Result<(usize, Vec<Error>)> {
-        let names = self.store.list_names(Removed::Snapshot.record_dir())?;
-        let mut bad = Vec::new();
+        let (names, sets) = self.forgotten_set_ids()?;
+        let mut bad = sets.bad;
         for name in &names {
+            if ForgottenSet::is_set_name(name) {
+                continue;
+            }
             let id = Removed::Snapshot
                 .object_name(name)
                 .and_then(|n| n.strip_prefix("snapshots/").and_then(Id::from_hex));
@@ -1312,7 +1389,97 @@ impl Repository {
         self.store.check_all_present(&object)?;
         let rec = Removal::new(&self.keys, Removed::Snapshot, &id.to_hex(), now_secs());
         let rec_name = Removed::Snapshot.record_name(&object);
-        if let Err(e) = self.store.put(&rec_name, Bytes::from(rec.encode())) {
+        self.put_forgotten_record(&rec_name, rec.encode(), &id.short())?;
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*id);
+        self.store.delete(&object)
+    }
+
+    /// Forget the snapshots `ids` for good with one record for all, a
+    /// forgotten set (`snapshots-forgotten/set-<hash>`), written to every
+    /// store before any of them is deleted: `forget_snapshot` for each, in
+    /// one object (a mount's retention, which forgets every minute). Needs
+    /// the writer lock. On an error some may be deleted; all stay
+    /// forgotten.
+    pub fn forget_snapshots(&self, ids: &[Id]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in ids {
+            self.store.check_all_present(&snapshot_name(id))?;
+        }
+        let rec = ForgottenSet::new(&self.keys, ids, now_secs());
+        let bytes = rec.encode();
+        let name = ForgottenSet::name_of(&bytes);
+        let what = match ids {
+            [one] => one.short(),
+            _ => format!("{} snapshots", ids.len()),
+        };
+        self.put_forgotten_record(&name, bytes, &what)?;
+        self.forgotten
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ids.iter().copied());
+        self.forgotten_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, Ok(Arc::new(rec)));
+        for id in ids {
+            self.store.delete(&snapshot_name(id))?;
+        }
+        Ok(())
+    }
+
+    /// Merge the forgotten set records that hold into one (`prune`, under
+    /// the writer lock), so that the directory every listing of snapshots
+    /// lists stays small. The merged set goes to every store before the
+    /// sets it replaces are deleted; it is dated by the newest of them, so
+    /// that merging again what a stale store gives back makes the same
+    /// record. Sets that do not hold are left for `check` to name. Returns
+    /// how many sets were merged away.
+    pub fn merge_forgotten_sets(&self) -> Result<usize> {
+        let names = self.store.list_names(Removed::Snapshot.record_dir())?;
+        let mut merged = Vec::new();
+        let mut ids = Vec::new();
+        let mut newest = i64::MIN;
+        for name in names.iter().filter(|n| ForgottenSet::is_set_name(n)) {
+            match self.forgotten_set(name) {
+                Ok(set) => {
+                    ids.extend(set.ids.iter().copied());
+                    newest = newest.max(set.forgotten);
+                    merged.push(name);
+                }
+                Err(Error::Corrupt { .. } | Error::Missing { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if merged.len() < 2 {
+            return Ok(0);
+        }
+        let rec = ForgottenSet::new(&self.keys, &ids, newest);
+        let bytes = rec.encode();
+        let name = ForgottenSet::name_of(&bytes);
+        self.store.put(&name, Bytes::from(bytes))?;
+        self.forgotten_sets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), Ok(Arc::new(rec)));
+        let mut gone = 0;
+        for old in merged.into_iter().filter(|n| **n != name) {
+            self.store.delete(old)?;
+            gone += 1;
+        }
+        Ok(gone)
+    }
+
+    /// Put a forgotten record on every store; if a store refuses it, take
+    /// it back from the others (on some stores only, it would hide a
+    /// snapshot that is not deleted, and that `forget` could then no
+    /// longer name). `what` names the snapshots in the error.
+    fn put_forgotten_record(&self, rec_name: &str, rec: Vec<u8>, what: &str) -> Result<()> {
+        if let Err(e) = self.store.put(rec_name, Bytes::from(rec)) {
             // On some stores only, it would hide a snapshot that is not
             // deleted (and that `forget` could then no longer name): taken
             // back where it can be (else `prune` deletes the snapshot).
@@ -1320,15 +1487,14 @@ impl Repository {
             // the record is taken back and `forget` must be run again.
             // The refusing store may refuse the delete too: what counts is
             // whether a store still lists the record.
-            let deleted = self.store.delete(&rec_name);
+            let deleted = self.store.delete(rec_name);
             let left = self
                 .store
                 .list_names(Removed::Snapshot.record_dir())
-                .map(|l| l.contains(&rec_name));
+                .map(|l| l.iter().any(|n| n == rec_name));
             let after = match (deleted, left) {
                 (_, Ok(false)) => format!(
-                    "{} was not forgotten (its record was taken back from the other stores); run `secrate forget` again once the store takes writes",
-                    id.short()
+                    "{what} was not forgotten (its record was taken back from the other stores); run `secrate forget` again once the store takes writes"
                 ),
                 (deleted, left) => format!(
                     "its record could not be taken back from the other stores either ({}): {} may be hidden but not deleted; run `secrate forget` again once the stores take writes",
@@ -1336,7 +1502,7 @@ impl Repository {
                         (Err(d), _) | (_, Err(d)) => d.to_string(),
                         _ => "a store still lists it".to_string(),
                     },
-                    id.short()
+                    what
                 ),
             };
             return Err(match e {
@@ -1358,11 +1524,7 @@ impl Repository {
                 e => Error::Invalid(format!("{e}; {after}")),
             });
         }
-        self.forgotten
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*id);
-        self.store.delete(&object)
+        Ok(())
     }
 
     /// Objects a removal record made with this repository's keys names:
@@ -1864,6 +2026,154 @@ pub(crate) mod tests {
             assert_eq!(repo.check_forgotten_records().unwrap().0, 1);
             assert!(repo.check_forgotten_records().unwrap().1.is_empty());
         }
+    }
+
+    /// A mount's retention forgets with one record for many snapshots (a
+    /// forgotten set): an older copy of a replica given back lists none of
+    /// them again, `sync` deletes them there, `prune`'s merge makes one set
+    /// of many and merging again what a stale store gives back makes the
+    /// same set. (Before, the mount deleted without a record: a stale
+    /// replica brought a snapshot back, damaged once its data was pruned,
+    /// and the mount's prune refused until it was forgotten by hand.)
+    #[test]
+    fn forgotten_sets_hold_against_a_stale_replica_and_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let store = Store::open_many(&u, None, true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let r = Repository::init(store, "pw", opts).unwrap().0;
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let s: Vec<Id> = (1..=4).map(|n| r.write_snapshot(&snap(n)).unwrap()).collect();
+        let b = dir.path().join("b");
+        let old: Vec<Vec<u8>> = s[..3]
+            .iter()
+            .map(|id| std::fs::read(b.join(snapshot_name(id))).unwrap())
+            .collect();
+        r.forget_snapshots(&s[..2]).unwrap();
+        r.forget_snapshots(&s[2..3]).unwrap();
+        let sets = |st: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path().join(st).join("snapshots-forgotten"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(sets("a").len(), 2);
+        assert_eq!(sets("a"), sets("b"));
+        assert!(sets("a").iter().all(|n| n.starts_with("set-")));
+        // The older copy of store b comes back.
+        for (id, bytes) in s[..3].iter().zip(&old) {
+            std::fs::write(b.join(snapshot_name(id)), bytes).unwrap();
+        }
+        let secret = || Secret::Passphrase("pw".to_string().into());
+        let fresh = Repository::open(r.store().clone(), &secret()).unwrap();
+        for repo in [&r, &fresh] {
+            assert_eq!(repo.snapshot_ids().unwrap(), vec![s[3]]);
+            let mut l = repo.list_snapshots().unwrap();
+            l.forgotten.sort();
+            let mut want = s[..3].to_vec();
+            want.sort();
+            assert_eq!(l.forgotten, want);
+            assert!(l.bad_records.is_empty(), "{:?}", l.bad_records);
+            assert!(repo.find_snapshot(&s[0].to_hex()).is_err());
+            let removed = repo.removed_objects().unwrap();
+            assert!(s[..3].iter().all(|id| removed.contains(&snapshot_name(id))));
+            let (n, bad) = repo.check_forgotten_records().unwrap();
+            assert_eq!(n, 2);
+            assert!(bad.is_empty(), "{bad:?}");
+        }
+        // `sync` knows the sets' snapshots for removed ones, not missing
+        // ones: it deletes them from b and copies none to a.
+        let report = r.store().sync_with(false, false, &|| r.removed_objects()).unwrap();
+        assert_eq!(report.deleted.len(), 3, "{report:?}");
+        assert!(report.copied.is_empty(), "{report:?}");
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert!(s[..3].iter().all(|id| !b.join(snapshot_name(id)).exists()));
+        // Merged into one set, on both stores; the listing is the same.
+        let before = sets("a");
+        assert_eq!(r.merge_forgotten_sets().unwrap(), 2);
+        assert_eq!(sets("a").len(), 1);
+        assert_eq!(sets("a"), sets("b"));
+        assert_eq!(r.merge_forgotten_sets().unwrap(), 0);
+        // A stale store gives back an old set and the snapshots: still
+        // forgotten, and merging again makes the very same set.
+        let merged = sets("a");
+        let old_set = dir.path().join("a/snapshots-forgotten").join(&before[0]);
+        assert!(!old_set.exists());
+        for (id, bytes) in s[..3].iter().zip(&old) {
+            std::fs::write(b.join(snapshot_name(id)), bytes).unwrap();
+        }
+        let fresh = Repository::open(r.store().clone(), &secret()).unwrap();
+        assert_eq!(fresh.snapshot_ids().unwrap(), vec![s[3]]);
+        assert_eq!(fresh.list_snapshots().unwrap().forgotten.len(), 3);
+        // (The old set itself: written back from a copy kept above.)
+        let set_bytes = |name: &str| {
+            fresh
+                .store()
+                .get(&format!("snapshots-forgotten/{name}"))
+                .unwrap()
+        };
+        let merged_bytes = set_bytes(&merged[0]);
+        let again = ForgottenSet::new(
+            fresh.keys(),
+            &s[..2],
+            ForgottenSet::decode(&merged_bytes).unwrap().forgotten,
+        )
+        .encode();
+        std::fs::create_dir_all(b.join("snapshots-forgotten")).unwrap();
+        let again_name = ForgottenSet::name_of(&again);
+        std::fs::write(b.join(&again_name), &again).unwrap();
+        let (n, bad) = fresh.check_forgotten_records().unwrap();
+        assert_eq!(n, 2);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(fresh.merge_forgotten_sets().unwrap(), 1);
+        assert_eq!(sets("a"), merged);
+        assert_eq!(sets("b"), merged);
+    }
+
+    /// A forgotten set made with another repository's keys, one renamed,
+    /// and garbage under a set's name forget nothing; `check` names each,
+    /// and `prune`'s merge leaves them alone.
+    #[test]
+    fn a_forged_forgotten_set_hides_nothing() {
+        let r = test_init("memory://forged-set");
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let ids: Vec<Id> = (1..=3).map(|n| r.write_snapshot(&snap(n)).unwrap()).collect();
+        let put = |b: Vec<u8>| r.store().put(&ForgottenSet::name_of(&b), Bytes::from(b)).unwrap();
+        let other = Keyring::generate([1; 16], ChunkerParams::DEFAULT);
+        put(ForgottenSet::new(&other, &ids[..1], 1).encode());
+        put(b"garbage".to_vec());
+        let ours = ForgottenSet::new(r.keys(), &ids[1..2], 1).encode();
+        let renamed = ForgottenSet::name_of(b"another");
+        r.store().put(&renamed, Bytes::from(ours)).unwrap();
+        let mut listed = r.snapshot_ids().unwrap();
+        listed.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(listed, want);
+        let l = r.list_snapshots().unwrap();
+        assert!(l.forgotten.is_empty());
+        assert_eq!(l.bad_records.len(), 3, "{:?}", l.bad_records);
+        assert!(l.bad_records.iter().all(|e| e.to_string().contains("not taken for forgotten")));
+        assert!(r.removed_objects().unwrap().is_empty());
+        assert_eq!(r.check_forgotten_records().unwrap().1.len(), 3);
+        assert_eq!(r.merge_forgotten_sets().unwrap(), 0);
+        // Ours, under its own name, holds.
+        r.forget_snapshots(&ids[..1]).unwrap();
+        assert_eq!(r.snapshot_ids().unwrap().len(), 2);
     }
 
     /// Someone who can write to the first store only replaces the forgotten

@@ -1,5 +1,7 @@
-//! Removal records: `keys-removed/<id>` (a key `key remove` took away) and
-//! `snapshots-forgotten/<id>` (a snapshot `forget` deleted).
+//! Removal records: `keys-removed/<id>` (a key `key remove` took away),
+//! `snapshots-forgotten/<id>` (a snapshot `forget` deleted) and
+//! `snapshots-forgotten/set-<hash>` (snapshots a mount's retention deleted,
+//! or the records `prune` merged: [`ForgottenSet`]).
 //!
 //! A delete reaches only the stores that are there and hold the object
 //! then; a store that missed it (down, or an older copy of a disk given
@@ -16,7 +18,7 @@
 //! forgotten snapshot. A record forged by someone who can write to one
 //! store but has no key removes and hides nothing.
 
-use crate::crypto::Keyring;
+use crate::crypto::{Id, Keyring};
 use crate::repo::codec::{bad, Dec, DecodeResult, Enc};
 
 /// What a record removes.
@@ -184,6 +186,119 @@ pub fn holds(
     Ok(())
 }
 
+/// Magic of a forgotten set record.
+pub const SET_MAGIC: &[u8; 7] = b"SECRATB";
+/// Name prefix of forgotten set records inside `snapshots-forgotten/`.
+pub const SET_PREFIX: &str = "set-";
+
+/// A forgotten set record, `snapshots-forgotten/set-<BLAKE3 of it>`: the
+/// snapshots `ids` were forgotten at `forgotten` (Unix seconds). One
+/// record for many snapshots: a mount's retention forgets one or two a
+/// minute, and one record per snapshot would grow the directory every
+/// listing of snapshots lists by half a million a year. `prune` merges
+/// the sets into one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForgottenSet {
+    pub forgotten: i64,
+    /// Ascending, no repeats.
+    pub ids: Vec<Id>,
+    pub tag: [u8; 32],
+}
+
+impl ForgottenSet {
+    /// The set of `ids` (sorted and deduplicated here).
+    pub fn new(ring: &Keyring, ids: &[Id], forgotten: i64) -> ForgottenSet {
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut r = ForgottenSet {
+            forgotten,
+            ids,
+            tag: [0; 32],
+        };
+        r.tag = ring.removal_tag(&r.body());
+        r
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut e = Enc::with_capacity(20 + 32 * self.ids.len());
+        e.raw(SET_MAGIC)
+            .u8(VERSION)
+            .i64(self.forgotten)
+            .u32(self.ids.len() as u32);
+        for id in &self.ids {
+            e.raw(&id.0);
+        }
+        e.finish()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = self.body();
+        b.extend_from_slice(&self.tag);
+        b
+    }
+
+    /// Its name: `snapshots-forgotten/set-<64 hex of BLAKE3(encoded)>`.
+    pub fn name_of(encoded: &[u8]) -> String {
+        format!(
+            "{}/{SET_PREFIX}{}",
+            crate::store::SNAPSHOTS_FORGOTTEN,
+            blake3::hash(encoded).to_hex()
+        )
+    }
+
+    /// Is `name` (in `snapshots-forgotten/`) that of a set record?
+    pub fn is_set_name(name: &str) -> bool {
+        name.strip_prefix(crate::store::SNAPSHOTS_FORGOTTEN)
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| r.strip_prefix(SET_PREFIX))
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    }
+
+    /// Decoder checks: magic, version, a count the bytes can hold, ids in
+    /// ascending order without repeats, no trailing bytes. Not the tag
+    /// (`holds`), nor the name.
+    pub fn decode(b: &[u8]) -> DecodeResult<ForgottenSet> {
+        let mut d = Dec::new(b);
+        let v = d.magic(SET_MAGIC)?;
+        if v != VERSION {
+            return bad(format!("forgotten set record version {v} is not supported"));
+        }
+        let forgotten = d.i64()?;
+        let n = d.u32()? as usize;
+        if n == 0 || d.remaining() != n.saturating_mul(32).saturating_add(32) {
+            return bad("a forgotten set record's count does not match its length");
+        }
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = Id(d.array()?);
+            if ids.last().is_some_and(|l: &Id| *l >= id) {
+                return bad("a forgotten set record's ids are not in ascending order");
+            }
+            ids.push(id);
+        }
+        let tag = d.array()?;
+        d.finish()?;
+        Ok(ForgottenSet { forgotten, ids, tag })
+    }
+
+    /// Does `bytes`, stored under `name`, hold under `ring`? Its name must
+    /// be its hash (a record cannot be passed off under another name, and
+    /// a name is never reused for other bytes) and its tag must check.
+    /// Else why not; such a record forgets nothing.
+    pub fn holds(name: &str, bytes: &[u8], ring: &Keyring) -> std::result::Result<ForgottenSet, String> {
+        let r = ForgottenSet::decode(bytes).map_err(|e| e.0)?;
+        if ForgottenSet::name_of(bytes) != name {
+            return Err("it does not match its name (damaged or moved)".into());
+        }
+        let tag = ring.removal_tag(&r.body());
+        if blake3::Hash::from(tag) != blake3::Hash::from(r.tag) {
+            return Err("it was not made with this repository's keys (damaged or forged)".into());
+        }
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,11 +381,70 @@ mod tests {
         assert_eq!(s.object_name(&s.record_name(&name)).unwrap(), name);
     }
 
+    #[test]
+    fn forgotten_set_test_vector_and_binding() {
+        let ring = Keyring::generate([3; 16], ChunkerParams::DEFAULT);
+        let (a, b) = (Id([0xab; 32]), Id([0x01; 32]));
+        let r = ForgottenSet::new(&ring, &[a, b, a], 1);
+        assert_eq!(r.ids, vec![b, a], "sorted, no repeats");
+        let bytes = r.encode();
+        let mut want = String::from("5345435241544201");
+        want += "0100000000000000";
+        want += "02000000";
+        want += &"01".repeat(32);
+        want += &"ab".repeat(32);
+        assert_eq!(hex::encode(&bytes[..bytes.len() - 32]), want);
+        assert_eq!(bytes.len(), 20 + 2 * 32 + 32);
+        let name = ForgottenSet::name_of(&bytes);
+        assert!(ForgottenSet::is_set_name(&name), "{name}");
+        assert_eq!(ForgottenSet::holds(&name, &bytes, &ring).unwrap(), r);
+        // Not a single snapshot's record name: old code passes it over.
+        assert!(Removed::Snapshot
+            .object_name(&name)
+            .and_then(|n| n.strip_prefix("snapshots/").and_then(Id::from_hex))
+            .is_none());
+        // Under another name: refused.
+        let other_name = ForgottenSet::name_of(b"other");
+        assert!(ForgottenSet::holds(&other_name, &bytes, &ring).is_err());
+        // Another repository's keyring: refused.
+        let other = Keyring::generate([3; 16], ChunkerParams::DEFAULT);
+        assert!(ForgottenSet::holds(&name, &bytes, &other).is_err());
+        // Any byte changed: refused (by the decoder, the name or the tag).
+        for i in 0..bytes.len() {
+            let mut c = bytes.clone();
+            c[i] ^= 1;
+            assert!(ForgottenSet::holds(&name, &c, &ring).is_err(), "byte {i}");
+            // Even renamed to its new hash, the tag gives it away.
+            assert!(ForgottenSet::holds(&ForgottenSet::name_of(&c), &c, &ring).is_err());
+        }
+        // A single snapshot's record is not a set, nor a set a single.
+        let single = Removal::new(&ring, Removed::Snapshot, &a.to_hex(), 1).encode();
+        assert!(ForgottenSet::decode(&single).is_err());
+        assert!(Removal::decode(Removed::Snapshot, &bytes).is_err());
+        // Out of order, repeated, empty, count beyond the bytes: refused.
+        let mut swapped = bytes.clone();
+        swapped[20..52].copy_from_slice(&[0xab; 32]);
+        swapped[52..84].copy_from_slice(&[0x01; 32]);
+        assert!(ForgottenSet::decode(&swapped).is_err());
+        let mut twice = bytes.clone();
+        twice[52..84].copy_from_slice(&[0x01; 32]);
+        assert!(ForgottenSet::decode(&twice).is_err());
+        let empty = ForgottenSet::new(&ring, &[], 1).encode();
+        assert!(ForgottenSet::decode(&empty).is_err());
+        let mut long = bytes.clone();
+        long[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(ForgottenSet::decode(&long).is_err());
+        for n in ["snapshots-forgotten/set-", "snapshots-forgotten/set-AB", "snapshots-forgotten/abc"] {
+            assert!(!ForgottenSet::is_set_name(n), "{n}");
+        }
+    }
+
     proptest! {
         #[test]
         fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = Removal::decode(Removed::Key, &b);
             let _ = Removal::decode(Removed::Snapshot, &b);
+            let _ = ForgottenSet::decode(&b);
         }
     }
 }

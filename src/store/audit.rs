@@ -139,6 +139,20 @@ fn removed_objects(universe: &BTreeSet<&String>) -> BTreeSet<String> {
     keys
 }
 
+/// The snapshots the forgotten set records in `universe` name, as the
+/// records say (unchecked: `sync` deletes only what the keyring confirms,
+/// as for single records). A set no store gives whole names nothing.
+fn snapshots_in_sets(store: &Store, universe: &BTreeSet<&String>) -> BTreeSet<String> {
+    universe
+        .iter()
+        .filter(|n| crate::repo::removal::ForgottenSet::is_set_name(n))
+        .filter_map(|n| store.get_where(n, &|b| check_name(n, b)).ok())
+        .filter_map(|b| crate::repo::removal::ForgottenSet::decode(&b).ok())
+        .flat_map(|r| r.ids)
+        .map(|id| crate::repo::snapshot::snapshot_name(&id))
+        .collect()
+}
+
 /// Objects that check themselves, besides content-addressed ones.
 pub(super) fn self_check(name: &str, b: &[u8]) -> Option<std::result::Result<(), String>> {
     if let Some(id) = content_addressed(name) {
@@ -215,7 +229,8 @@ impl Store {
                 removal_unfinished: Vec::new(),
             });
         }
-        let removed = removed_objects(&universe);
+        let mut removed = removed_objects(&universe);
+        removed.extend(snapshots_in_sets(self, &universe));
         let mut removal_unfinished = Vec::new();
         for name in &universe {
             let holders: Vec<usize> = (0..n)

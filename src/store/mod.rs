@@ -1349,12 +1349,19 @@ fn existing_is_ours(b: &Backend, name: &str, ours: impl FnOnce() -> Result<Bytes
 }
 
 /// Names that are the BLAKE3 hash of their bytes: packs, index deltas,
-/// snapshots, damage records.
+/// snapshots, damage records, forgotten set records.
 pub fn content_addressed(name: &str) -> Option<[u8; 32]> {
     let (dir, file) = name.rsplit_once('/')?;
+    // Forgotten set records (`repo::removal::ForgottenSet`) are named
+    // `set-<hash>`; single ones by the snapshot's id, not their bytes.
+    let file = match dir {
+        SNAPSHOTS_FORGOTTEN => file.strip_prefix("set-")?,
+        _ => file,
+    };
     let ok_dir = dir == "index"
         || dir == "snapshots"
         || dir == "damage"
+        || dir == SNAPSHOTS_FORGOTTEN
         || dir
             .strip_prefix("packs/")
             .is_some_and(|d| d.len() == 2 && file.starts_with(d));
