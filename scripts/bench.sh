@@ -14,7 +14,8 @@
 #            secrate, and as the FUSE ceiling an in-memory FUSE filesystem,
 #            examples/memfs.rs, set up as the mount is); secrate also times
 #            the seal + upload of the untarred tree. --quick: the
-#            drivers/net subtree (5.7k files)
+#            drivers/net subtree (5.7k files). P1_TARBALL=gz untars a gzip
+#            tarball (`tar xzf`, gocryptfs's own form) instead of the plain tar
 #   p2       dd bs=1M conv=fsync of 2 GiB random data (--quick: 1 GiB), then
 #            a cold read (caches dropped; gocryptfs and secrate remounted;
 #            secrate first on its own cache dir, then on a fresh one, i.e.

@@ -631,7 +631,11 @@ impl Flusher {
         let listed = self.repo.snapshot_ids();
         let forgotten: HashSet<Id> = match (&result, &listed) {
             (Ok(()), _) => gone.iter().copied().collect(),
-            (Err(_), Ok(ids)) => gone.iter().filter(|id| !ids.contains(id)).copied().collect(),
+            (Err(_), Ok(ids)) => gone
+                .iter()
+                .filter(|id| !ids.contains(id))
+                .copied()
+                .collect(),
             (Err(_), Err(_)) => HashSet::new(),
         };
         if !forgotten.is_empty() {

@@ -272,10 +272,17 @@ mod tests {
             keep_the_newest(&m);
         }
         assert!(!stale.exists());
-        let sets = || std::fs::read_dir(dir.path().join("a/snapshots-forgotten")).unwrap().count();
+        let sets = || {
+            std::fs::read_dir(dir.path().join("a/snapshots-forgotten"))
+                .unwrap()
+                .count()
+        };
         assert_eq!(sets(), 2);
         let report = m.flusher.prune(&PruneOptions::default()).unwrap().unwrap();
-        assert!(report.packs_deleted + report.packs_repacked > 0, "{report:?}");
+        assert!(
+            report.packs_deleted + report.packs_repacked > 0,
+            "{report:?}"
+        );
         assert_eq!((report.sets_merged, sets()), (2, 1), "{report:?}");
         // The older copy of store b comes back, its data pruned.
         std::fs::write(&stale, &old).unwrap();

@@ -1310,7 +1310,9 @@ impl Repository {
         found.map_err(|reason| {
             Error::corrupt(
                 name,
-                format!("{reason}; it is ignored: the snapshots it names are not taken for forgotten"),
+                format!(
+                    "{reason}; it is ignored: the snapshots it names are not taken for forgotten"
+                ),
             )
         })
     }
@@ -2052,7 +2054,9 @@ pub(crate) mod tests {
             time_ns: n as i64,
             ..snapshot::tests::sample()
         };
-        let s: Vec<Id> = (1..=4).map(|n| r.write_snapshot(&snap(n)).unwrap()).collect();
+        let s: Vec<Id> = (1..=4)
+            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .collect();
         let b = dir.path().join("b");
         let old: Vec<Vec<u8>> = s[..3]
             .iter()
@@ -2061,10 +2065,11 @@ pub(crate) mod tests {
         r.forget_snapshots(&s[..2]).unwrap();
         r.forget_snapshots(&s[2..3]).unwrap();
         let sets = |st: &str| -> Vec<String> {
-            let mut v: Vec<String> = std::fs::read_dir(dir.path().join(st).join("snapshots-forgotten"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect();
+            let mut v: Vec<String> =
+                std::fs::read_dir(dir.path().join(st).join("snapshots-forgotten"))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
             v.sort();
             v
         };
@@ -2094,7 +2099,10 @@ pub(crate) mod tests {
         }
         // `sync` knows the sets' snapshots for removed ones, not missing
         // ones: it deletes them from b and copies none to a.
-        let report = r.store().sync_with(false, false, &|| r.removed_objects()).unwrap();
+        let report = r
+            .store()
+            .sync_with(false, false, &|| r.removed_objects())
+            .unwrap();
         assert_eq!(report.deleted.len(), 3, "{report:?}");
         assert!(report.copied.is_empty(), "{report:?}");
         assert!(report.failed.is_empty(), "{report:?}");
@@ -2151,8 +2159,14 @@ pub(crate) mod tests {
             time_ns: n as i64,
             ..snapshot::tests::sample()
         };
-        let ids: Vec<Id> = (1..=3).map(|n| r.write_snapshot(&snap(n)).unwrap()).collect();
-        let put = |b: Vec<u8>| r.store().put(&ForgottenSet::name_of(&b), Bytes::from(b)).unwrap();
+        let ids: Vec<Id> = (1..=3)
+            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .collect();
+        let put = |b: Vec<u8>| {
+            r.store()
+                .put(&ForgottenSet::name_of(&b), Bytes::from(b))
+                .unwrap()
+        };
         let other = Keyring::generate([1; 16], ChunkerParams::DEFAULT);
         put(ForgottenSet::new(&other, &ids[..1], 1).encode());
         put(b"garbage".to_vec());
@@ -2167,7 +2181,10 @@ pub(crate) mod tests {
         let l = r.list_snapshots().unwrap();
         assert!(l.forgotten.is_empty());
         assert_eq!(l.bad_records.len(), 3, "{:?}", l.bad_records);
-        assert!(l.bad_records.iter().all(|e| e.to_string().contains("not taken for forgotten")));
+        assert!(l
+            .bad_records
+            .iter()
+            .all(|e| e.to_string().contains("not taken for forgotten")));
         assert!(r.removed_objects().unwrap().is_empty());
         assert_eq!(r.check_forgotten_records().unwrap().1.len(), 3);
         assert_eq!(r.merge_forgotten_sets().unwrap(), 0);

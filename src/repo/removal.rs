@@ -252,7 +252,9 @@ impl ForgottenSet {
         name.strip_prefix(crate::store::SNAPSHOTS_FORGOTTEN)
             .and_then(|r| r.strip_prefix('/'))
             .and_then(|r| r.strip_prefix(SET_PREFIX))
-            .is_some_and(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+            .is_some_and(|h| {
+                h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+            })
     }
 
     /// Decoder checks: magic, version, a count the bytes can hold, ids in
@@ -279,14 +281,22 @@ impl ForgottenSet {
         }
         let tag = d.array()?;
         d.finish()?;
-        Ok(ForgottenSet { forgotten, ids, tag })
+        Ok(ForgottenSet {
+            forgotten,
+            ids,
+            tag,
+        })
     }
 
     /// Does `bytes`, stored under `name`, hold under `ring`? Its name must
     /// be its hash (a record cannot be passed off under another name, and
     /// a name is never reused for other bytes) and its tag must check.
     /// Else why not; such a record forgets nothing.
-    pub fn holds(name: &str, bytes: &[u8], ring: &Keyring) -> std::result::Result<ForgottenSet, String> {
+    pub fn holds(
+        name: &str,
+        bytes: &[u8],
+        ring: &Keyring,
+    ) -> std::result::Result<ForgottenSet, String> {
         let r = ForgottenSet::decode(bytes).map_err(|e| e.0)?;
         if ForgottenSet::name_of(bytes) != name {
             return Err("it does not match its name (damaged or moved)".into());
@@ -434,7 +444,11 @@ mod tests {
         let mut long = bytes.clone();
         long[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(ForgottenSet::decode(&long).is_err());
-        for n in ["snapshots-forgotten/set-", "snapshots-forgotten/set-AB", "snapshots-forgotten/abc"] {
+        for n in [
+            "snapshots-forgotten/set-",
+            "snapshots-forgotten/set-AB",
+            "snapshots-forgotten/abc",
+        ] {
             assert!(!ForgottenSet::is_set_name(n), "{n}");
         }
     }
