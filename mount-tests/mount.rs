@@ -232,6 +232,9 @@ fn remount_on_fresh_cache_same_tree_and_history() {
         );
         check_make_tree(&tree);
         cp_a(Path::new(DOC), &m.path("doc"));
+        // The mount root's own xattrs too (the root has no parent tree:
+        // the snapshot carries them).
+        secrate::fsmeta::set_xattr(&m.mnt, b"user.root", b"top").unwrap();
         m.snapshot();
         let at_first = desc(&m.mnt);
 
@@ -254,6 +257,7 @@ fn remount_on_fresh_cache_same_tree_and_history() {
         fs::rename(tree.join("dir-01"), tree.join("dir-01-renamed")).unwrap();
         fs::set_permissions(tree.join("exec.sh"), fs::Permissions::from_mode(0o700)).unwrap();
         secrate::fsmeta::set_xattr(&tree.join("private"), b"user.added", b"later").unwrap();
+        secrate::fsmeta::set_xattr(&m.mnt, b"user.root", b"changed").unwrap();
         std::os::unix::fs::symlink("dir-01-renamed", tree.join("link-new")).unwrap();
         fs::create_dir(tree.join("new-dir")).unwrap();
         fs::write(tree.join("new-dir/new-file"), b"new file\n").unwrap();

@@ -27,6 +27,8 @@ fn round_trip_dedup_and_secrecy() {
                 seed: 1,
             },
         );
+        // The source directory's own xattrs: the snapshot carries them.
+        secrate::fsmeta::set_xattr(&src, b"user.root", b"source").unwrap();
         let s = Secrate::new(&store.url);
         s.init();
         let out = s.ok(&["backup", src.to_str().unwrap()]);

@@ -185,6 +185,7 @@ impl Flusher {
                 uid: root.uid,
                 gid: root.gid,
                 mtime: root.mtime,
+                xattrs: root.xattrs.clone(),
             },
             parent: parent.and_then(|p| p.try_into().ok()).map(Id),
             files: root_stats.files,

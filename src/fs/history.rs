@@ -357,7 +357,7 @@ impl History {
                         n,
                         Node::Root {
                             tree: s.snapshot.root,
-                            meta: s.snapshot.root_meta,
+                            meta: s.snapshot.root_meta.clone(),
                         },
                     )
                 })
@@ -520,6 +520,7 @@ impl History {
     pub fn xattrs(&self, ino: u64) -> LiveResult<Vec<(Vec<u8>, Vec<u8>)>> {
         match self.node(ino) {
             Ok(Node::Entry(e)) => Ok(e.xattrs.clone()),
+            Ok(Node::Root { meta, .. }) => Ok(meta.xattrs.clone()),
             Ok(_) => Ok(Vec::new()),
             Err(_) if ino == HISTORY_INO => Ok(Vec::new()),
             Err(e) => Err(e),

@@ -242,7 +242,7 @@ pub(super) fn take_root_meta(root: &mut Inode, snap: &Snapshot) {
     (root.mode, root.uid, root.gid) = (m.mode, m.uid, m.gid);
     (root.mtime, root.atime, root.ctime) = (m.mtime, m.mtime, m.mtime);
     root.gen = 0;
-    root.xattrs.clear();
+    root.xattrs = m.xattrs.clone();
 }
 
 fn blank_dir() -> Inode {

@@ -235,6 +235,8 @@ pub fn backup(
         run.write_index(&pending)?;
     }
     progress.finish();
+    // The source directory's own xattrs: it has no parent tree to hold them.
+    let root_xattrs = run.xattrs_or_warn(&Place::Source(source), fsat::xattrs(&root_fd));
 
     let errors = std::mem::take(&mut *run.errors.lock().unwrap_or_else(|e| e.into_inner()));
     let mut tags = opts.tags.clone();
@@ -253,6 +255,7 @@ pub fn backup(
             uid: root_md.uid,
             gid: root_md.gid,
             mtime: root_md.mtime,
+            xattrs: root_xattrs,
         },
         parent: parent.map(|(id, _)| id),
         files: run.files_new.load(Ordering::Relaxed)

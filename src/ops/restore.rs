@@ -186,7 +186,7 @@ impl<'a> Run<'a> {
                 match t {
                     Target::Own => {
                         let node = Node::Open(root.fd.as_fd());
-                        self.set_attrs(node, target, m.mode, m.uid, m.gid, m.mtime, &[]);
+                        self.set_attrs(node, target, m.mode, m.uid, m.gid, m.mtime, &m.xattrs);
                     }
                     Target::Users(mode) => self.put_back(&root, mode),
                 }

@@ -702,7 +702,7 @@ impl Repository {
 
     /// A snapshot object, sealed: its id and bytes.
     pub fn seal_snapshot(&self, s: &Snapshot) -> (Id, Vec<u8>) {
-        let bytes = sealed::seal(&self.keys, snapshot::MAGIC, snapshot::VERSION, &s.encode());
+        let bytes = sealed::seal(&self.keys, snapshot::MAGIC, s.version(), &s.encode());
         (Id::of_object(&bytes), bytes)
     }
 
@@ -1198,7 +1198,7 @@ impl Repository {
         let name = snapshot_name(id);
         let bytes = self.store.get(&name)?;
         check_name(&name, "snapshots/", &bytes)?;
-        let plain = sealed::open(&self.keys, snapshot::MAGIC, snapshot::VERSION, &bytes)
+        let plain = sealed::open_any(&self.keys, snapshot::MAGIC, snapshot::VERSIONS, &bytes)
             .map_err(|e| Error::corrupt(&name, e.0))?;
         Snapshot::decode(&plain).map_err(|e| Error::corrupt(&name, e.0))
     }

@@ -22,11 +22,24 @@ pub fn open(
     version: u8,
     bytes: &[u8],
 ) -> DecodeResult<Zeroizing<Vec<u8>>> {
+    open_any(keys, magic, &[version], bytes)
+}
+
+/// `open`, for a kind with several versions whose payloads one decoder
+/// reads.
+pub fn open_any(
+    keys: &Keyring,
+    magic: &[u8; 7],
+    versions: &[u8],
+    bytes: &[u8],
+) -> DecodeResult<Zeroizing<Vec<u8>>> {
     let mut d = Dec::new(bytes);
     let v = d.magic(magic)?;
-    if v != version {
+    if !versions.contains(&v) {
+        let known: Vec<String> = versions.iter().map(u8::to_string).collect();
         return bad(format!(
-            "version {v} is not supported (this secrate reads {version})"
+            "version {v} is not supported (this secrate reads {})",
+            known.join(" and ")
         ));
     }
     match age_decrypt(keys.meta_identity(), d.raw(d.remaining())?) {

@@ -9,7 +9,14 @@ use crate::repo::codec::{bad, Dec, DecodeResult, Enc};
 use crate::repo::tree::Timestamp;
 
 pub const MAGIC: &[u8; 7] = b"SECRATS";
+/// The version of a snapshot whose root has no xattrs.
 pub const VERSION: u8 = 1;
+/// The version of one whose root has xattrs (they follow the tags): an
+/// older secrate refuses it by its version instead of calling the bytes
+/// after the tags damage.
+pub const VERSION_ROOT_XATTRS: u8 = 2;
+/// Every version this secrate reads.
+pub const VERSIONS: &[u8] = &[VERSION, VERSION_ROOT_XATTRS];
 
 pub fn snapshot_name(id: &Id) -> String {
     format!("snapshots/{}", id.to_hex())
@@ -25,12 +32,14 @@ pub enum Origin {
 
 /// Attributes of the snapshot's root directory itself (its entries are in
 /// the root tree; the directory has no parent tree to hold these).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RootMeta {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     pub mtime: Timestamp,
+    /// Sorted by name, as a tree entry's.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +96,15 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// The version its encoding is sealed with.
+    pub fn version(&self) -> u8 {
+        if self.root_meta.xattrs.is_empty() {
+            VERSION
+        } else {
+            VERSION_ROOT_XATTRS
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::with_capacity(256);
         e.i64(self.time_ns)
@@ -112,6 +130,12 @@ impl Snapshot {
         for t in &self.tags {
             e.bytes16(short_str(t));
         }
+        if !self.root_meta.xattrs.is_empty() {
+            e.u16(self.root_meta.xattrs.len() as u16);
+            for (k, v) in &self.root_meta.xattrs {
+                e.bytes16(k).bytes32(v);
+            }
+        }
         e.finish()
     }
 
@@ -127,7 +151,7 @@ impl Snapshot {
             o => return bad(format!("unknown origin {o}")),
         };
         let root = Id(d.array()?);
-        let root_meta = RootMeta {
+        let mut root_meta = RootMeta {
             mode: d.u32()?,
             uid: d.u32()?,
             gid: d.u32()?,
@@ -135,6 +159,7 @@ impl Snapshot {
                 secs: d.i64()?,
                 nanos: d.u32()?,
             },
+            xattrs: Vec::new(),
         };
         if root_meta.mode & !0o7777 != 0 || root_meta.mtime.nanos >= 1_000_000_000 {
             return bad("root attributes out of range");
@@ -149,6 +174,19 @@ impl Snapshot {
         let mut tags = Vec::with_capacity(n);
         for _ in 0..n {
             tags.push(d.string16()?);
+        }
+        // The root's xattrs (version 2), if any: at least one.
+        if d.remaining() > 0 {
+            let nx = d.u16()? as usize;
+            if nx == 0 {
+                return bad("an empty list of root xattrs");
+            }
+            root_meta.xattrs.reserve(nx.min(d.remaining() / 6));
+            for _ in 0..nx {
+                let k = d.bytes16()?.to_vec();
+                let v = d.bytes32()?.to_vec();
+                root_meta.xattrs.push((k, v));
+            }
         }
         d.finish()?;
         Ok(Snapshot {
@@ -215,6 +253,7 @@ pub(crate) mod tests {
                 uid: 0,
                 gid: 0,
                 mtime: Timestamp { secs: 2, nanos: 0 },
+                xattrs: Vec::new(),
             },
             parent: None,
             files: 2,
@@ -253,6 +292,43 @@ pub(crate) mod tests {
         assert_eq!(hex::encode(&b), expect);
         assert_eq!(Snapshot::decode(&b).unwrap(), sample());
         assert_eq!(sample().time_rfc3339(), "1970-01-01T00:00:01Z");
+    }
+
+    /// Root xattrs follow the tags and make the snapshot version 2; without
+    /// them the bytes are version 1's, unchanged.
+    #[test]
+    fn root_xattrs_round_trip_after_the_tags() {
+        let plain = sample();
+        assert_eq!(plain.version(), VERSION);
+        let mut s = sample();
+        s.root_meta.xattrs = vec![
+            (b"user.a".to_vec(), b"1".to_vec()),
+            (b"user.b".to_vec(), vec![]),
+        ];
+        assert_eq!(s.version(), VERSION_ROOT_XATTRS);
+        let b = s.encode();
+        let base = plain.encode();
+        assert_eq!(&b[..base.len()], &base[..]);
+        assert_eq!(
+            hex::encode(&b[base.len()..]),
+            [
+                "0200",
+                "0600",
+                "757365722e61",
+                "01000000",
+                "31",
+                "0600",
+                "757365722e62",
+                "00000000"
+            ]
+            .concat()
+        );
+        assert_eq!(Snapshot::decode(&b).unwrap(), s);
+        // A count of zero, or a list cut short: refused.
+        let mut zero = base.clone();
+        zero.extend_from_slice(&[0, 0]);
+        assert!(Snapshot::decode(&zero).is_err());
+        assert!(Snapshot::decode(&b[..b.len() - 1]).is_err());
     }
 
     #[test]
