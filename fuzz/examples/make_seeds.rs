@@ -16,7 +16,7 @@ use secrate::live::record::{Body, Inode};
 use secrate::repo::config::{Config, DEFAULT_PACK_TARGET};
 use secrate::repo::index::encode_delta;
 use secrate::repo::keys::{encode_keyring, KeyKind, KeyObject};
-use secrate::repo::removal::{Removal, Removed};
+use secrate::repo::removal::{ForgottenSet, Removal, Removed};
 use secrate::repo::lock::LockInfo;
 use secrate::repo::pack::{blob_ad, encode_blob_body, header_range, PackBuilder, PackInfo};
 use secrate::repo::snapshot::{Origin, RootMeta, Snapshot};
@@ -107,6 +107,7 @@ fn sample_snapshot() -> Snapshot {
             uid: 1000,
             gid: 1000,
             mtime: Timestamp { secs: 1, nanos: 2 },
+            xattrs: Vec::new(),
         },
         parent: Some(Id([5; 32])),
         files: 10,
@@ -266,6 +267,8 @@ fn main() {
     w("key_removal", "record", &removal.encode());
     let forgotten = Removal::new(keys, Removed::Snapshot, &"ab".repeat(32), 1_700_000_000);
     w("key_removal", "snapshot", &forgotten.encode());
+    let set = ForgottenSet::new(keys, &[Id([1; 32]), Id([2; 32])], 1_700_000_000);
+    w("key_removal", "set", &set.encode());
 
     let lz4_raw: Vec<u8> = b"secrate ".repeat(40);
     let mut stored = Vec::new();
@@ -309,6 +312,9 @@ fn main() {
     let snap = sample_snapshot().encode();
     let lock_info = sample_lock().encode();
     w("snapshot", "sample", &snap);
+    let mut with_xattrs = sample_snapshot();
+    with_xattrs.root_meta.xattrs = vec![(b"user.k".to_vec(), b"v".to_vec())];
+    w("snapshot", "root-xattrs", &with_xattrs.encode());
     w("lock_info", "sample", &lock_info);
 
     w(
@@ -431,6 +437,7 @@ fn check(dir: &Path) {
                 "key_removal" => {
                     Removal::decode(Removed::Key, &b).is_ok()
                         || Removal::decode(Removed::Snapshot, &b).is_ok()
+                        || ForgottenSet::decode(&b).is_ok()
                 }
                 "keyring" => decode_keyring(&b).is_ok(),
                 "blob_body" => decode_blob_body(&b).is_ok(),
