@@ -833,7 +833,8 @@ fn a_clean_stop_keeps_cached_copies_a_crash_drops_them() {
         assert_eq!(fs::read(m.path("f")).unwrap(), data);
         let log = log_since(&m, mark);
         assert!(
-            !log.contains("sealed files back"),
+            !log.contains("back to its sealed content")
+                && !log.contains("back to their sealed content"),
             "a clean stop dropped cached copies:\n{log}"
         );
         assert_eq!(
@@ -850,7 +851,7 @@ fn a_clean_stop_keeps_cached_copies_a_crash_drops_them() {
         let mut m = Mount::new(&s, &mnt, &cache, &[]);
         let log = log_since(&m, mark);
         assert!(
-            log.contains("1 sealed files back to their sealed content"),
+            log.contains("1 sealed file back to its sealed content"),
             "after a crash the cached copy must go:\n{log}"
         );
         assert_eq!(fs::read(m.path("f")).unwrap(), data);
@@ -878,7 +879,7 @@ fn a_clean_stop_keeps_cached_copies_a_crash_drops_them() {
         let mut m = Mount::new(&s, &mnt, &cache, &[]);
         let log = log_since(&m, mark);
         assert!(
-            log.contains("1 sealed files back to their sealed content"),
+            log.contains("1 sealed file back to its sealed content"),
             "a cut copy was trusted:\n{log}"
         );
         assert_eq!(fs::read(m.path("f")).unwrap(), data);

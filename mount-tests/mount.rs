@@ -3028,7 +3028,7 @@ fn a_file_open_across_a_live_tree_switch_reads_what_it_opened() {
     assert!(all == old_big, "the open file's content changed");
     assert!(
         m.log()
-            .contains("1 files open in the old live tree keep their content until closed"),
+            .contains("1 file open in the old live tree keeps its content until closed"),
         "mount.log:\n{}",
         m.log()
     );

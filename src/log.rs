@@ -70,6 +70,27 @@ macro_rules! log {
     ($($t:tt)*) => { $crate::log::line(format_args!($($t)*)) };
 }
 
+/// `1 snapshot`, `3 snapshots`: a count and its noun, plural unless the
+/// count is one (a noun ending in a consonant and `y` takes `ies`).
+pub fn count<N: Copy + std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        return format!("{n} {noun}");
+    }
+    match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
+/// The word of two that agrees with a count: `agree(n, "is", "are")`.
+pub fn agree<'a, N: PartialEq + From<u8>>(n: N, one: &'a str, many: &'a str) -> &'a str {
+    if n == N::from(1) {
+        one
+    } else {
+        many
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// A log past its limit is rotated: every line lands in `mount.log` or

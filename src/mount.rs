@@ -29,6 +29,7 @@ use crate::flush::{live_err, Flusher};
 use crate::fs::SecrateFs;
 use crate::live::import::import_snapshot;
 use crate::live::{Live, ROOT};
+use crate::log::{agree, count};
 use crate::repo::Repository;
 
 pub struct MountOptions {
@@ -208,12 +209,14 @@ pub fn serve(repo: Arc<Repository>, opts: MountOptions, ready: &mut dyn FnMut())
         || !rec.lost_dirty.is_empty()
     {
         crate::log!(
-            "recovered the cache: {} leftover staged files removed, {} unlinked files dropped, {} files written but never fsync'd were lost, {} sealed files back to their sealed content, {} sizes set from staged data",
-            rec.removed_files,
-            rec.dropped_orphans,
-            rec.lost_dirty.len(),
-            rec.dropped_clean,
-            rec.resized
+            "recovered the cache: {} removed, {} dropped, {} written but never fsync'd {} lost, {} back to {} sealed content, {} from staged data",
+            count(rec.removed_files, "leftover staged file"),
+            count(rec.dropped_orphans, "unlinked file"),
+            count(rec.lost_dirty.len(), "file"),
+            agree(rec.lost_dirty.len(), "was", "were"),
+            count(rec.dropped_clean, "sealed file"),
+            agree(rec.dropped_clean, "its", "their"),
+            count(rec.resized, "size set")
         );
     }
     let reader = BlobReader::new(repo.clone(), &opts.cache_dir, opts.cache_size)?;
@@ -506,11 +509,11 @@ fn log_import(
         )
     };
     crate::log!(
-        "the live tree is now snapshot {} ({}): {} files, {} directories, in {:.3} s ({how})",
+        "the live tree is now snapshot {} ({}): {}, {}, in {:.3} s ({how})",
         latest.id.short(),
         latest.snapshot.time_rfc3339(),
-        i.files,
-        i.dirs,
+        count(i.files, "file"),
+        count(i.dirs, "directory"),
         took.as_secs_f64()
     );
 }
@@ -600,8 +603,9 @@ fn follow_newest(
     log_import(&b.latest, &i, took);
     if i.kept_open > 0 {
         crate::log!(
-            "{} files open in the old live tree keep their content until closed",
-            i.kept_open
+            "{} open in the old live tree {} until closed",
+            count(i.kept_open, "file"),
+            agree(i.kept_open, "keeps its content", "keep their content")
         );
     }
     Ok(())

@@ -15,26 +15,7 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// `1 snapshot`, `3 snapshots`: a count and its noun, plural unless the
-/// count is one (a noun ending in a consonant and `y` takes `ies`).
-pub fn count<N: Copy + std::fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
-    if n == N::from(1) {
-        return format!("{n} {noun}");
-    }
-    match noun.strip_suffix('y') {
-        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{n} {stem}ies"),
-        _ => format!("{n} {noun}s"),
-    }
-}
-
-/// The word of two that agrees with a count: `agree(n, "is", "are")`.
-pub fn agree<'a, N: PartialEq + From<u8>>(n: N, one: &'a str, many: &'a str) -> &'a str {
-    if n == N::from(1) {
-        one
-    } else {
-        many
-    }
-}
+pub use secrate::log::{agree, count};
 
 pub fn mode(kind: char, mode: u32) -> String {
     let mut s = String::with_capacity(10);

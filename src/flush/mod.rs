@@ -446,7 +446,10 @@ impl Flusher {
                     match me.apply_retention(p) {
                         Ok(0) => {}
                         Ok(n) => {
-                            crate::log!("retention: forgot {n} automatic snapshots");
+                            crate::log!(
+                                "retention: forgot {}",
+                                crate::log::count(n, "automatic snapshot")
+                            );
                             prune_due = true;
                         }
                         Err(e) => crate::log!("warning: retention: {e}"),
@@ -564,8 +567,9 @@ impl Flusher {
             let dropped = self.reader.drop_unindexed_tree_packs();
             if !gone.is_empty() {
                 crate::log!(
-                    "the store's index was rewritten (a prune): {} packs gone, {dropped} cached tree packs dropped",
-                    gone.len()
+                    "the store's index was rewritten (a prune): {} gone, {} dropped",
+                    crate::log::count(gone.len(), "pack"),
+                    crate::log::count(dropped, "cached tree pack")
                 );
             }
         }

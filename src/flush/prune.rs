@@ -114,10 +114,11 @@ impl Flusher {
         let dropped = self.reader.drop_unindexed_tree_packs();
         let after = report.bytes_after();
         crate::log!(
-            "prune: {} packs removed and {} repacked, {dropped} cached tree packs dropped; \
+            "prune: {} removed and {} repacked, {} dropped; \
              store {} -> {} bytes, in {:.1} s",
-            report.packs_deleted,
+            crate::log::count(report.packs_deleted, "pack"),
             report.packs_repacked,
+            crate::log::count(dropped, "cached tree pack"),
             report.bytes_before,
             after,
             started.elapsed().as_secs_f64()

@@ -443,11 +443,11 @@ impl Flusher {
             return Ok(Confirmed::Whole);
         }
         crate::log!(
-            "snapshot {} ({}), not yet uploaded, names {} blobs the store does not hold (a prune \
+            "snapshot {} ({}), not yet uploaded, names {} the store does not hold (a prune \
              after its lock was removed, or a damaged outbox pack): storing again what this cache has",
             id.short(),
             snap.time_rfc3339(),
-            missing.len()
+            crate::log::count(missing.len(), "blob")
         );
         {
             // As for a damaged pack: no seal in between may keep them.
@@ -485,12 +485,13 @@ impl Flusher {
         }
         self.refuse_snapshot(seq, &item.name)?;
         self.report(format!(
-            "snapshot {} of {} is not uploaded: {} blobs it names are gone from the store and from \
+            "snapshot {} of {} is not uploaded: {} it names {} gone from the store and from \
              this cache (a prune after its lock was removed, or a damaged outbox pack); the live \
              tree keeps what it still has and later snapshots hold it",
             id.to_hex(),
             snap.time_rfc3339(),
-            still.len()
+            crate::log::count(still.len(), "blob"),
+            crate::log::agree(still.len(), "is", "are")
         ));
         Ok(Confirmed::Refused)
     }

@@ -524,8 +524,8 @@ impl<'a> Run<'a> {
                     self.error(
                         at,
                         format!(
-                            "{} entries not found when looked at, and the directory not listed again: {e}",
-                            gone.len()
+                            "{} not found when looked at, and the directory not listed again: {e}",
+                            crate::log::count(gone.len(), "entry")
                         ),
                     );
                     None

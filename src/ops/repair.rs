@@ -292,9 +292,9 @@ pub fn repair(
         let id = repo.write_damage(&record)?;
         report.blobs_recorded = record.lost.len();
         progress.warn(&format!(
-            "{} recorded: {} blobs lost for good",
+            "{} recorded: {} lost for good",
             crate::repo::damage::damage_name(&id),
-            record.lost.len()
+            crate::log::count(record.lost.len(), "blob")
         ));
     }
 
