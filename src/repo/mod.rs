@@ -1268,6 +1268,18 @@ impl Repository {
         'list: loop {
             tries += 1;
             let names = self.store.list_names(Removed::Snapshot.record_dir())?;
+            // Only what the store still lists: a merged set is the whole
+            // union, and a process that merges every hour (a mount) kept
+            // every one it ever made or read.
+            let sets: HashSet<&str> = names
+                .iter()
+                .filter(|n| ForgottenSet::is_set_name(n))
+                .map(String::as_str)
+                .collect();
+            self.forgotten_sets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|n, _| sets.contains(n.as_str()));
             let mut out = ForgottenSets::default();
             for name in names.iter().filter(|n| ForgottenSet::is_set_name(n)) {
                 match self.forgotten_set(name) {
@@ -1471,6 +1483,10 @@ impl Repository {
         let mut gone = 0;
         for old in merged.into_iter().filter(|n| **n != name) {
             self.store.delete(old)?;
+            self.forgotten_sets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(old);
             gone += 1;
         }
         Ok(gone)
@@ -2191,6 +2207,34 @@ pub(crate) mod tests {
         // Ours, under its own name, holds.
         r.forget_snapshots(&ids[..1]).unwrap();
         assert_eq!(r.snapshot_ids().unwrap().len(), 2);
+    }
+
+    /// A process that merges (a mount prunes every hour) keeps in memory
+    /// only the sets the store still lists: each merged set is the whole
+    /// union, so keeping every one ever made grew without bound (a year of
+    /// a mount: tens of GB). Found by review.
+    #[test]
+    fn merged_away_sets_leave_the_cache() {
+        let r = test_init("memory://set-cache");
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let ids: Vec<Id> = (1..=7)
+            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .collect();
+        let cached = || r.forgotten_sets.lock().unwrap().len();
+        // The second merge takes the first one's set too.
+        for (round, merged) in [(&ids[..3], 3), (&ids[3..6], 4)] {
+            for id in round {
+                r.forget_snapshots(&[*id]).unwrap();
+            }
+            assert_eq!(r.merge_forgotten_sets().unwrap(), merged);
+        }
+        assert_eq!(r.snapshot_ids().unwrap(), vec![ids[6]]);
+        let listed = r.store().list_names("snapshots-forgotten").unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(cached(), 1);
     }
 
     /// Someone who can write to the first store only replaces the forgotten
