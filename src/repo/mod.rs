@@ -158,7 +158,8 @@ pub struct Repository {
     /// never changed, so each is read once (a mount lists often).
     forgotten: Mutex<HashSet<Id>>,
     /// Forgotten set records read, by name (content-addressed: each is
-    /// read once): the ids of one that holds, or why it does not.
+    /// read once): the ids of one that holds, or why its bytes do not (a
+    /// read that failed is not kept). Only the sets last listed.
     forgotten_sets: Mutex<HashMap<String, std::result::Result<Arc<ForgottenSet>, String>>>,
 }
 
@@ -1304,18 +1305,27 @@ impl Repository {
             Some(k) => k,
             None => {
                 // Any store's copy that holds will do, as for single records.
+                // Kept for good: a set that holds, or the very bytes of its
+                // name refused (never otherwise, being named by their hash).
+                // Not a read that failed (stores not answering, too few
+                // shards, a damaged copy): the next listing reads it again.
+                let refused = std::cell::Cell::new(false);
                 let read = self.store.get_where(name, &|b| {
-                    ForgottenSet::holds(name, b, &self.keys).map(|_| ())
+                    ForgottenSet::holds(name, b, &self.keys)
+                        .map(|_| ())
+                        .inspect_err(|_| refused.set(ForgottenSet::name_of(b) == name))
                 });
                 let found = match read {
                     Ok(b) => ForgottenSet::decode(&b).map(Arc::new).map_err(|e| e.0),
                     Err(Error::Corrupt { reason, .. }) => Err(reason),
                     Err(e) => return Err(e),
                 };
-                self.forgotten_sets
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(name.to_string(), found.clone());
+                if found.is_ok() || refused.get() {
+                    self.forgotten_sets
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_string(), found.clone());
+                }
                 found
             }
         };
@@ -2235,6 +2245,64 @@ pub(crate) mod tests {
         let listed = r.store().list_names("snapshots-forgotten").unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(cached(), 1);
+    }
+
+    /// A set that could not be read once (erasure-coded stores that did not
+    /// answer: "only 0 of its 3 shards are readable") is read again at the
+    /// next listing. (Before, the failure was kept for the life of the
+    /// process: a mount that started during an outage listed the set's
+    /// leftovers as snapshots until it was restarted, and its prune
+    /// refused them as damaged. Found by review.)
+    #[test]
+    fn a_set_unreadable_once_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let u: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.path().display()))
+            .collect();
+        let p = crate::store::EcParams::parse("2+1").unwrap();
+        let store = Store::open_many(&u, Some(p), true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        let r = Repository::init(store, "pw", opts).unwrap().0;
+        let snap = |n: u8| Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        };
+        let s: Vec<Id> = (1..=3)
+            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .collect();
+        // A forget whose deletes did not happen (stores given back): the
+        // snapshots are on every store, and the set says they are gone.
+        let shards = |id: &Id| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+            ["a", "b", "c"]
+                .iter()
+                .map(|st| dir.path().join(st).join(snapshot_name(id)))
+                .map(|f| (f.clone(), std::fs::read(&f).unwrap()))
+                .collect()
+        };
+        let kept: Vec<_> = s[..2].iter().flat_map(shards).collect();
+        r.forget_snapshots(&s[..2]).unwrap();
+        for (f, b) in &kept {
+            std::fs::write(f, b).unwrap();
+        }
+        assert_eq!(r.snapshot_ids().unwrap(), vec![s[2]]);
+        // A process that starts while the stores do not serve the set.
+        let down = dir.path().join("down");
+        std::fs::write(&down, b"").unwrap();
+        let spec = format!("down_file={},reads_of=snapshots-forgotten", down.display());
+        let secret = Secret::Passphrase("pw".to_string().into());
+        let fresh = Repository::open(r.store().with_faults(&spec), &secret).unwrap();
+        let l = fresh.list_snapshots().unwrap();
+        assert_eq!(l.ids.len(), 3, "{:?}", l.bad_records);
+        assert_eq!(l.bad_records.len(), 1);
+        std::fs::remove_file(&down).unwrap();
+        let l = fresh.list_snapshots().unwrap();
+        assert!(l.bad_records.is_empty(), "{:?}", l.bad_records);
+        assert_eq!(l.ids, vec![s[2]]);
+        assert_eq!(l.forgotten.len(), 2);
     }
 
     /// Someone who can write to the first store only replaces the forgotten
