@@ -84,6 +84,21 @@ impl Store {
                 r.url
             )));
         }
+        // An object a removal record names that a store left out holds
+        // and a store that stays lacks: lost with that store if the record
+        // is forged (no key checks it here), and no store that stays
+        // "misses" it. `sync` deletes it (record checked) or copies it.
+        if let Some((r, n)) = audit
+            .stores
+            .iter()
+            .filter(|r| out.contains(&r.url))
+            .find_map(|r| r.removed.first().map(|n| (r, n)))
+        {
+            return Err(Error::Invalid(format!(
+                "the store {} that would be left out holds {n}, which a removal record names and a store that stays lacks: run `secrate sync` first (nothing was changed)",
+                r.url
+            )));
+        }
         let mut report = LeaveReport {
             kept: kept.iter().map(|s| s.url.clone()).collect(),
             left: Vec::new(),

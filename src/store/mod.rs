@@ -1985,6 +1985,45 @@ mod tests {
         assert!(d("c").join(y).exists());
     }
 
+    /// A snapshot only the store being left out holds, named by a
+    /// forgotten set made without this repository's keys (or by a forged
+    /// single record): `sync --leave-out` refuses until `sync` has sorted
+    /// it out. (Before, the audit called it "removed" rather than missing
+    /// on the store that stays, and leaving the store out lost it. Found
+    /// by review.)
+    #[test]
+    fn leave_out_keeps_a_snapshot_an_unchecked_record_names() {
+        use crate::repo::removal::ForgottenSet;
+        let dir = tempfile::tempdir().unwrap();
+        let u = file_urls(dir.path(), &["a", "b"]);
+        let s = Store::open_many(&u, None, true).unwrap();
+        s.put("config", Bytes::from_static(b"c")).unwrap();
+        let bytes = b"a snapshot b never got";
+        let x = crate::crypto::Id(*blake3::hash(bytes).as_bytes());
+        let snap = crate::repo::snapshot::snapshot_name(&x);
+        let other =
+            crate::crypto::Keyring::generate([1; 16], crate::crypto::ChunkerParams::DEFAULT);
+        let set = ForgottenSet::new(&other, &[x], 1).encode();
+        let put = |st: &str, name: &str, b: &[u8]| {
+            let p = dir.path().join(st).join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b).unwrap();
+        };
+        put("a", &snap, bytes);
+        // Put on both stores by someone who can write to them.
+        put("a", &ForgottenSet::name_of(&set), &set);
+        put("b", &ForgottenSet::name_of(&set), &set);
+        let e = s.leave_out(&u[..1], false, false).unwrap_err().to_string();
+        assert!(e.contains("run `secrate sync` first"), "{e}");
+        assert!(dir.path().join("a").join(&snap).exists());
+        // `sync` (the record does not check) gives it to b; then a can go.
+        let r = s
+            .sync_with(false, false, &|| Ok(Default::default()))
+            .unwrap();
+        assert!(dir.path().join("b").join(&snap).exists(), "{r:?}");
+        s.leave_out(&u[..1], false, false).unwrap();
+    }
+
     /// One damaged or hostile store naming every key but a write-only one
     /// in removal records (garbage, made with no keyring) and holding none
     /// of them: sync kept them on the other store. (Found by review:
