@@ -632,15 +632,16 @@ impl Flusher {
             .and_then(|()| self.repo.forget_snapshots(&gone));
         // Also when a delete failed: they are forgotten (the record holds),
         // and those deleted are gone. A record taken back forgets nothing.
-        let listed = self.repo.snapshot_ids();
-        let forgotten: HashSet<Id> = match (&result, &listed) {
-            (Ok(()), _) => gone.iter().copied().collect(),
-            (Err(_), Ok(ids)) => gone
-                .iter()
-                .filter(|id| !ids.contains(id))
-                .copied()
-                .collect(),
-            (Err(_), Err(_)) => HashSet::new(),
+        let forgotten: HashSet<Id> = match &result {
+            Ok(()) => gone.iter().copied().collect(),
+            Err(_) => match self.repo.snapshot_ids() {
+                Ok(ids) => gone
+                    .iter()
+                    .filter(|id| !ids.contains(id))
+                    .copied()
+                    .collect(),
+                Err(_) => HashSet::new(),
+            },
         };
         if !forgotten.is_empty() {
             self.snapshots
