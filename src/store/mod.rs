@@ -1030,8 +1030,23 @@ impl Store {
     }
 
     /// The names of the objects under `dir`, as `list` gives them.
+    /// The names of `list`, without reading any shard header: one store's
+    /// garbage under a name in `dir` does not fail the listing (its read
+    /// does, and says which object).
     pub fn list_names(&self, dir: &str) -> Result<Vec<String>> {
-        Ok(self.list(dir)?.into_iter().map(|o| o.name).collect())
+        if self.mode == Mode::Single {
+            return Ok(self
+                .single()
+                .list(dir)?
+                .into_iter()
+                .map(|o| o.name)
+                .collect());
+        }
+        Ok(self
+            .list_union(dir)?
+            .into_iter()
+            .map(|(_, o)| o.name)
+            .collect())
     }
 
     /// Every object under `dir` (e.g. `packs`), with names relative to the
@@ -1042,6 +1057,25 @@ impl Store {
         if self.mode == Mode::Single {
             return self.single().list(dir);
         }
+        let mut out = self.list_union(dir)?;
+        if let Mode::Ec(p) = self.mode {
+            let errs = par_map(&mut out, 16, |(i, o)| {
+                if o.name == layout::NAME {
+                    return Ok(());
+                }
+                o.size = self.ec_len(&o.name, p, Some(*i))?;
+                Ok(())
+            });
+            if let Some(e) = errs.into_iter().find_map(|r| r.err()) {
+                return Err(e);
+            }
+        }
+        Ok(out.into_iter().map(|(_, o)| o).collect())
+    }
+
+    /// Several stores: the union of what the reachable stores list under
+    /// `dir`, each with the first store that listed it (sizes as listed).
+    fn list_union(&self, dir: &str) -> Result<Vec<(usize, ObjectInfo)>> {
         let lists = self.each(|_, s| match &s.backend {
             Ok(b) => Some(b.list(dir)),
             Err(_) => None,
@@ -1068,20 +1102,7 @@ impl Store {
                 return Err(e);
             }
         }
-        let mut out: Vec<(usize, ObjectInfo)> = merged.into_values().collect();
-        if let Mode::Ec(p) = self.mode {
-            let errs = par_map(&mut out, 16, |(i, o)| {
-                if o.name == layout::NAME {
-                    return Ok(());
-                }
-                o.size = self.ec_len(&o.name, p, Some(*i))?;
-                Ok(())
-            });
-            if let Some(e) = errs.into_iter().find_map(|r| r.err()) {
-                return Err(e);
-            }
-        }
-        Ok(out.into_iter().map(|(_, o)| o).collect())
+        Ok(merged.into_values().collect())
     }
 
     fn remember_len(&self, name: &str, len: u64, version: u8) {
