@@ -1029,8 +1029,8 @@ impl Store {
         }
     }
 
-    /// The names of the objects under `dir`, as `list` gives them.
-    /// The names of `list`, without reading any shard header: one store's
+    /// The names of the objects under `dir`, as `list` gives them,
+    /// without reading any shard header: one store's
     /// garbage under a name in `dir` does not fail the listing (its read
     /// does, and says which object).
     pub fn list_names(&self, dir: &str) -> Result<Vec<String>> {
