@@ -1151,6 +1151,39 @@ mod tests {
     use crate::crypto::Id;
     use proptest::prelude::*;
 
+    /// Xattr names beyond what `listxattr` can return are refused with
+    /// ENOSPC: the u16 count of the record (and of the tree the seal
+    /// writes) never wraps, and what was set stays readable. (Found by
+    /// review: the mount set no limit; 65,536 names wrapped the count.)
+    #[test]
+    fn xattr_names_stop_at_the_list_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Live::open(dir.path()).unwrap();
+        let mut n = 0u32;
+        let err = loop {
+            let name = format!("user.{n:08}");
+            match live.set_xattr(ROOT, name.as_bytes(), b"", false, false) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 70_000, "no limit");
+        };
+        assert!(
+            matches!(&err, LiveError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC)),
+            "{err:?}"
+        );
+        let x = live.inode(ROOT).unwrap().xattrs;
+        assert_eq!(x.len(), n as usize);
+        assert!(x.iter().map(|(k, _)| k.len() + 1).sum::<usize>() <= ops::XATTR_LIST_MAX);
+        // A value of a name already there may still change.
+        live.set_xattr(ROOT, b"user.00000000", b"v", false, true)
+            .unwrap();
+        live.commit_if_pending().unwrap();
+        drop(live);
+        let live = Live::open(dir.path()).unwrap();
+        assert_eq!(live.inode(ROOT).unwrap().xattrs.len(), n as usize);
+    }
+
     /// One step of a workload against the live tree; numbers pick among
     /// what exists (modulo its count), names among four.
     #[derive(Debug, Clone)]

@@ -470,6 +470,16 @@ impl Live {
                     (None, _, true) => return Err(LiveError::NoAttr),
                     (Some(i), _, _) => r.xattrs[i].1 = value.to_vec(),
                     (None, _, _) => {
+                        // The kernel lists at most XATTR_LIST_MAX bytes of
+                        // names (each with its NUL), and records and trees
+                        // count xattrs in a u16: a name beyond that is
+                        // refused as on a full disk, never wrapped.
+                        let listed: usize = r.xattrs.iter().map(|(k, _)| k.len() + 1).sum();
+                        if listed + name.len() + 1 > XATTR_LIST_MAX {
+                            return Err(LiveError::Io(std::io::Error::from_raw_os_error(
+                                libc::ENOSPC,
+                            )));
+                        }
                         r.xattrs.push((name.to_vec(), value.to_vec()));
                         r.xattrs.sort();
                     }
@@ -496,6 +506,10 @@ impl Live {
         })
     }
 }
+
+/// Linux's bound on the bytes `listxattr` returns (names with their NULs):
+/// at most 32,768 names, well within the u16 count of records and trees.
+pub const XATTR_LIST_MAX: usize = 65_536;
 
 /// Is `anc` an ancestor of (or the same as) directory `ino`?
 fn is_ancestor(tx: &Tx, anc: u64, mut ino: u64) -> LiveResult<bool> {
