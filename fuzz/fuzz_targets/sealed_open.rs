@@ -9,7 +9,7 @@ use secrate_fuzz::keys;
 fuzz_target!(|data: &[u8]| {
     let keys = keys();
     if data.starts_with(snapshot::MAGIC) {
-        if let Ok(p) = sealed::open(keys, snapshot::MAGIC, snapshot::VERSION, data) {
+        if let Ok(p) = sealed::open_any(keys, snapshot::MAGIC, snapshot::VERSIONS, data) {
             let _ = snapshot::Snapshot::decode(&p);
         }
     } else if data.starts_with(lock::MAGIC) {

@@ -248,16 +248,11 @@ mod tests {
     #[test]
     fn a_snapshot_retention_forgot_stays_forgotten_on_a_stale_replica() {
         let dir = tempfile::tempdir().unwrap();
-        let urls: Vec<String> = ["a", "b"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
-        let store = crate::store::Store::open_many(&urls, None, true).unwrap();
-        let opts = crate::repo::InitOptions {
-            kdf_log_n: 4,
-            ..Default::default()
-        };
-        let repo = Arc::new(crate::repo::Repository::init(store, "pw", opts).unwrap().0);
+        let repo = Arc::new(crate::repo::tests::test_init_many(
+            dir.path(),
+            &["a", "b"],
+            None,
+        ));
         let m = machine(&repo);
         const N: usize = 300_000;
         let a = mkfile(&m, b"a", &noise(1, N));

@@ -1949,6 +1949,44 @@ pub(crate) mod tests {
 
     use super::*;
 
+    /// A repository on the `file://` stores `names` under `dir`: replicas,
+    /// or erasure coded (`ec`, e.g. "2+1").
+    pub fn test_init_many(dir: &std::path::Path, names: &[&str], ec: Option<&str>) -> Repository {
+        let u: Vec<String> = names
+            .iter()
+            .map(|n| format!("file://{}/{n}", dir.display()))
+            .collect();
+        let p = ec.map(|e| crate::store::EcParams::parse(e).unwrap());
+        let store = Store::open_many(&u, p, true).unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 4,
+            ..Default::default()
+        };
+        Repository::init(store, "pw", opts).unwrap().0
+    }
+
+    /// Every one of `ids` is listed, none is taken for forgotten, and
+    /// `bad` records are reported.
+    fn assert_nothing_hidden(r: &Repository, ids: &[Id], bad: usize) -> SnapshotListing {
+        let mut listed = r.snapshot_ids().unwrap();
+        listed.sort();
+        let mut want = ids.to_vec();
+        want.sort();
+        assert_eq!(listed, want);
+        let l = r.list_snapshots().unwrap();
+        assert!(l.forgotten.is_empty());
+        assert_eq!(l.bad_records.len(), bad, "{:?}", l.bad_records);
+        l
+    }
+
+    /// The sample snapshot, timed `n` ns after the epoch.
+    fn numbered_snapshot(n: u8) -> Snapshot {
+        Snapshot {
+            time_ns: n as i64,
+            ..snapshot::tests::sample()
+        }
+    }
+
     pub fn test_init(url: &str) -> Repository {
         let store = Store::open(url, true).unwrap();
         let opts = InitOptions {
@@ -2013,23 +2051,10 @@ pub(crate) mod tests {
     #[test]
     fn a_forgotten_snapshot_on_a_stale_replica_stays_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
-        let store = Store::open_many(&u, None, true).unwrap();
-        let opts = InitOptions {
-            kdf_log_n: 4,
-            ..Default::default()
-        };
-        let r = Repository::init(store, "pw", opts).unwrap().0;
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
+        let r = test_init_many(dir.path(), &["a", "b"], None);
         let (s1, s2) = (
-            r.write_snapshot(&snap(1)).unwrap(),
-            r.write_snapshot(&snap(2)).unwrap(),
+            r.write_snapshot(&numbered_snapshot(1)).unwrap(),
+            r.write_snapshot(&numbered_snapshot(2)).unwrap(),
         );
         let stale = dir.path().join("b").join(snapshot_name(&s1));
         let old = std::fs::read(&stale).unwrap();
@@ -2068,22 +2093,9 @@ pub(crate) mod tests {
     #[test]
     fn forgotten_sets_hold_against_a_stale_replica_and_merge() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
-        let store = Store::open_many(&u, None, true).unwrap();
-        let opts = InitOptions {
-            kdf_log_n: 4,
-            ..Default::default()
-        };
-        let r = Repository::init(store, "pw", opts).unwrap().0;
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
+        let r = test_init_many(dir.path(), &["a", "b"], None);
         let s: Vec<Id> = (1..=4)
-            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .map(|n| r.write_snapshot(&numbered_snapshot(n)).unwrap())
             .collect();
         let b = dir.path().join("b");
         let old: Vec<Vec<u8>> = s[..3]
@@ -2183,12 +2195,8 @@ pub(crate) mod tests {
     #[test]
     fn a_forged_forgotten_set_hides_nothing() {
         let r = test_init("memory://forged-set");
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
         let ids: Vec<Id> = (1..=3)
-            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .map(|n| r.write_snapshot(&numbered_snapshot(n)).unwrap())
             .collect();
         let put = |b: Vec<u8>| {
             r.store()
@@ -2201,14 +2209,7 @@ pub(crate) mod tests {
         let ours = ForgottenSet::new(r.keys(), &ids[1..2], 1).encode();
         let renamed = ForgottenSet::name_of(b"another");
         r.store().put(&renamed, Bytes::from(ours)).unwrap();
-        let mut listed = r.snapshot_ids().unwrap();
-        listed.sort();
-        let mut want = ids.clone();
-        want.sort();
-        assert_eq!(listed, want);
-        let l = r.list_snapshots().unwrap();
-        assert!(l.forgotten.is_empty());
-        assert_eq!(l.bad_records.len(), 3, "{:?}", l.bad_records);
+        let l = assert_nothing_hidden(&r, &ids, 3);
         assert!(l
             .bad_records
             .iter()
@@ -2228,12 +2229,8 @@ pub(crate) mod tests {
     #[test]
     fn merged_away_sets_leave_the_cache() {
         let r = test_init("memory://set-cache");
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
         let ids: Vec<Id> = (1..=7)
-            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .map(|n| r.write_snapshot(&numbered_snapshot(n)).unwrap())
             .collect();
         let cached = || r.forgotten_sets.lock().unwrap().len();
         // The second merge takes the first one's set too.
@@ -2257,23 +2254,9 @@ pub(crate) mod tests {
     #[test]
     fn garbage_in_one_ec_store_fails_no_listing() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b", "c"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
-        let p = crate::store::EcParams::parse("2+1").unwrap();
-        let store = Store::open_many(&u, Some(p), true).unwrap();
-        let opts = InitOptions {
-            kdf_log_n: 4,
-            ..Default::default()
-        };
-        let r = Repository::init(store, "pw", opts).unwrap().0;
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
+        let r = test_init_many(dir.path(), &["a", "b", "c"], Some("2+1"));
         let s: Vec<Id> = (1..=2)
-            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .map(|n| r.write_snapshot(&numbered_snapshot(n)).unwrap())
             .collect();
         r.forget_snapshots(&s[..1]).unwrap();
         let a = dir.path().join("a");
@@ -2311,23 +2294,9 @@ pub(crate) mod tests {
     #[test]
     fn a_set_unreadable_once_is_read_again() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b", "c"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
-        let p = crate::store::EcParams::parse("2+1").unwrap();
-        let store = Store::open_many(&u, Some(p), true).unwrap();
-        let opts = InitOptions {
-            kdf_log_n: 4,
-            ..Default::default()
-        };
-        let r = Repository::init(store, "pw", opts).unwrap().0;
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
+        let r = test_init_many(dir.path(), &["a", "b", "c"], Some("2+1"));
         let s: Vec<Id> = (1..=3)
-            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .map(|n| r.write_snapshot(&numbered_snapshot(n)).unwrap())
             .collect();
         // A forget whose deletes did not happen (stores given back): the
         // snapshots are on every store, and the set says they are gone.
@@ -2369,23 +2338,10 @@ pub(crate) mod tests {
     #[test]
     fn garbage_under_a_forgotten_record_in_one_store_resurrects_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let u: Vec<String> = ["a", "b", "c"]
-            .iter()
-            .map(|n| format!("file://{}/{n}", dir.path().display()))
-            .collect();
-        let store = Store::open_many(&u, None, true).unwrap();
-        let opts = InitOptions {
-            kdf_log_n: 4,
-            ..Default::default()
-        };
-        let r = Repository::init(store, "pw", opts).unwrap().0;
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
+        let r = test_init_many(dir.path(), &["a", "b", "c"], None);
         let (s1, s2) = (
-            r.write_snapshot(&snap(1)).unwrap(),
-            r.write_snapshot(&snap(2)).unwrap(),
+            r.write_snapshot(&numbered_snapshot(1)).unwrap(),
+            r.write_snapshot(&numbered_snapshot(2)).unwrap(),
         );
         let a = dir.path().join("a");
         let old = std::fs::read(a.join(snapshot_name(&s1))).unwrap();
@@ -2471,12 +2427,8 @@ pub(crate) mod tests {
     #[test]
     fn a_forged_forgotten_record_hides_nothing() {
         let r = test_init("memory://forged-forgotten");
-        let snap = |n: u8| Snapshot {
-            time_ns: n as i64,
-            ..snapshot::tests::sample()
-        };
         let ids: Vec<Id> = (1..=4)
-            .map(|n| r.write_snapshot(&snap(n)).unwrap())
+            .map(|n| r.write_snapshot(&numbered_snapshot(n)).unwrap())
             .collect();
         let rec = |id: &Id| Removed::Snapshot.record_name(&snapshot_name(id));
         let put = |id: &Id, b: Vec<u8>| r.store().put(&rec(id), Bytes::from(b)).unwrap();
@@ -2490,14 +2442,7 @@ pub(crate) mod tests {
             &ids[2],
             Removal::new(r.keys(), Removed::Snapshot, &ids[3].to_hex(), 1).encode(),
         );
-        let mut listed = r.snapshot_ids().unwrap();
-        listed.sort();
-        let mut want = ids.clone();
-        want.sort();
-        assert_eq!(listed, want);
-        let l = r.list_snapshots().unwrap();
-        assert!(l.forgotten.is_empty());
-        assert_eq!(l.bad_records.len(), 3, "{:?}", l.bad_records);
+        assert_nothing_hidden(&r, &ids, 3);
         assert!(r
             .removed_objects()
             .unwrap()
