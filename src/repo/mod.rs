@@ -60,10 +60,20 @@ pub type SnapshotList = Vec<(Id, Snapshot)>;
 /// The forgotten set records read.
 #[derive(Default)]
 struct ForgottenSets {
-    /// Named by a set that holds.
-    ids: HashSet<Id>,
+    /// The sets that hold, by name.
+    held: Vec<(String, Arc<ForgottenSet>)>,
     /// Sets that do not hold, with why.
     bad: Vec<Error>,
+}
+
+impl ForgottenSets {
+    /// Every snapshot a set that holds names.
+    fn ids(&self) -> HashSet<Id> {
+        self.held
+            .iter()
+            .flat_map(|(_, set)| set.ids.iter().copied())
+            .collect()
+    }
 }
 
 /// What `Repository::list_snapshots` found.
@@ -1236,6 +1246,7 @@ impl Repository {
         // then the records are listed but none is read, but for the sets,
         // each read once.
         let (names, sets) = self.forgotten_set_ids()?;
+        let forgotten = sets.ids();
         out.bad_records = sets.bad;
         let records: HashSet<Id> = names
             .iter()
@@ -1243,7 +1254,7 @@ impl Repository {
             .filter_map(|n| n.strip_prefix("snapshots/").and_then(Id::from_hex))
             .collect();
         for id in listed {
-            if sets.ids.contains(&id) {
+            if forgotten.contains(&id) {
                 out.forgotten.push(id);
                 continue;
             }
@@ -1286,7 +1297,7 @@ impl Repository {
             let mut out = ForgottenSets::default();
             for name in names.iter().filter(|n| ForgottenSet::is_set_name(n)) {
                 match self.forgotten_set(name) {
-                    Ok(set) => out.ids.extend(set.ids.iter().copied()),
+                    Ok(set) => out.held.push((name.clone(), set)),
                     Err(Error::Missing { .. }) if tries < 3 => continue 'list,
                     Err(e) => out.bad.push(e),
                 }
@@ -1466,25 +1477,13 @@ impl Repository {
     /// record. Sets that do not hold are left for `check` to name. Returns
     /// how many sets were merged away.
     pub fn merge_forgotten_sets(&self) -> Result<usize> {
-        let names = self.store.list_names(Removed::Snapshot.record_dir())?;
-        let mut merged = Vec::new();
-        let mut ids = Vec::new();
-        let mut newest = i64::MIN;
-        for name in names.iter().filter(|n| ForgottenSet::is_set_name(n)) {
-            match self.forgotten_set(name) {
-                Ok(set) => {
-                    ids.extend(set.ids.iter().copied());
-                    newest = newest.max(set.forgotten);
-                    merged.push(name);
-                }
-                Err(Error::Corrupt { .. } | Error::Missing { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if merged.len() < 2 {
+        let (_, sets) = self.forgotten_set_ids()?;
+        if sets.held.len() < 2 {
             return Ok(0);
         }
-        let rec = ForgottenSet::new(&self.keys, &ids, newest);
+        let ids: Vec<Id> = sets.ids().into_iter().collect();
+        let newest = sets.held.iter().map(|(_, set)| set.forgotten).max();
+        let rec = ForgottenSet::new(&self.keys, &ids, newest.unwrap_or_default());
         let bytes = rec.encode();
         let name = ForgottenSet::name_of(&bytes);
         self.store.put(&name, Bytes::from(bytes))?;
@@ -1493,7 +1492,7 @@ impl Repository {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.clone(), Ok(Arc::new(rec)));
         let mut gone = 0;
-        for old in merged.into_iter().filter(|n| **n != name) {
+        for (old, _) in sets.held.iter().filter(|(n, _)| *n != name) {
             self.store.delete(old)?;
             self.forgotten_sets
                 .lock()

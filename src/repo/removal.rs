@@ -250,11 +250,8 @@ impl ForgottenSet {
     /// Is `name` (in `snapshots-forgotten/`) that of a set record?
     pub fn is_set_name(name: &str) -> bool {
         name.strip_prefix(crate::store::SNAPSHOTS_FORGOTTEN)
-            .and_then(|r| r.strip_prefix('/'))
-            .and_then(|r| r.strip_prefix(SET_PREFIX))
-            .is_some_and(|h| {
-                h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-            })
+            .is_some_and(|r| r.starts_with('/'))
+            && crate::store::content_addressed(name).is_some()
     }
 
     /// Decoder checks: magic, version, a count the bytes can hold, ids in

@@ -1376,7 +1376,7 @@ pub fn content_addressed(name: &str) -> Option<[u8; 32]> {
     // Forgotten set records (`repo::removal::ForgottenSet`) are named
     // `set-<hash>`; single ones by the snapshot's id, not their bytes.
     let file = match dir {
-        SNAPSHOTS_FORGOTTEN => file.strip_prefix("set-")?,
+        SNAPSHOTS_FORGOTTEN => file.strip_prefix(crate::repo::removal::SET_PREFIX)?,
         _ => file,
     };
     let ok_dir = dir == "index"
